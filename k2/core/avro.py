@@ -1,0 +1,197 @@
+"""Kafka wire format: Avro single-object encoding (0xC3 0x01, the writer schema's 8-byte CRC-64-AVRO fingerprint,
+then the Avro binary body). Every message names its writer schema, so one topic carries v1 and v2 messages and
+consumers need no registry service: the registry is schemas/, every published version of every record.
+
+A published schema file is never edited; a new version is a new file (trade_v3.avsc) and becomes the reader.
+"""
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from k2.core.records import QUOTE, TRADE, Record, RecordKind
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+MAGIC = b"\xc3\x01"
+HEADER_SIZE = 10
+# message_id of upgraded v1 messages (which had none): uuid5 of the message bytes, stable on every read.
+V1_MESSAGE_ID_NAMESPACE = uuid.UUID("6f1c2b7e-64c5-4c35-9c55-8d0f8a1f3e21")
+
+
+class DecodeError(ValueError):
+    """Bytes that are not a readable K2 message; says why."""
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    kind: RecordKind
+    version: int
+    path: Path
+    schema: dict[str, Any]
+    parsed: Any
+    parsed_for_reading: Any
+    fingerprint: bytes
+
+
+def load_schema(path: Path) -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(path.read_text())
+    return schema
+
+
+def _without_uuid_logical_type(node: Any) -> Any:
+    """Records keep UUIDs as their canonical strings; fastavro would read a uuid-typed string as uuid.UUID."""
+    if isinstance(node, dict):
+        return {k: _without_uuid_logical_type(v) for k, v in node.items()
+                if not (k == "logicalType" and v == "uuid")}
+    if isinstance(node, list):
+        return [_without_uuid_logical_type(v) for v in node]
+    return node
+
+
+def schema_fingerprint(schema: dict[str, Any]) -> bytes:
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+
+
+def _load_versions() -> dict[RecordKind, list[SchemaVersion]]:
+    versions: dict[RecordKind, list[SchemaVersion]] = {TRADE: [], QUOTE: []}
+    for path in sorted(SCHEMA_DIR.glob("*_v*.avsc")):
+        kind, _, number = path.stem.rpartition("_v")
+        if kind not in versions:
+            raise RuntimeError(f"{path.name}: unknown record kind {kind!r}")
+        schema = load_schema(path)
+        versions[kind].append(SchemaVersion(
+            kind, int(number), path, schema, fastavro.parse_schema(schema),
+            fastavro.parse_schema(_without_uuid_logical_type(schema)), schema_fingerprint(schema)))
+    for kind_versions in versions.values():
+        kind_versions.sort(key=lambda v: v.version)
+    return versions
+
+
+VERSIONS = _load_versions()
+CURRENT: dict[RecordKind, SchemaVersion] = {kind: vs[-1] for kind, vs in VERSIONS.items()}
+CURRENT_FIELDS: dict[RecordKind, list[str]] = {
+    kind: [f["name"] for f in v.schema["fields"]] for kind, v in CURRENT.items()}
+
+
+def _upgrade_trade_v1(old: Record, raw: bytes) -> Record:
+    vendor = {"company_id": str(old["company_id"]), "qualifiers": str(old["qualifiers"])}
+    if old["venue"]:
+        vendor["venue"] = old["venue"]
+    if old["buyer_id"]:
+        vendor["buyer_id"] = old["buyer_id"]
+    message_id = str(uuid.uuid5(V1_MESSAGE_ID_NAMESPACE, raw.hex()))
+    sequence = old["sequence_number"]
+    return {
+        "message_id": message_id,
+        "trade_id": f"{old['exchange']}-{sequence if sequence is not None else message_id}",
+        "symbol": old["symbol"], "exchange": old["exchange"], "asset_class": "EQUITIES",
+        "timestamp": old["exchange_timestamp"], "price": old["price"], "quantity": Decimal(old["volume"]),
+        "currency": "AUD", "side": "UNKNOWN", "trade_conditions": [str(old["qualifiers"])],
+        "source_sequence": sequence, "ingestion_timestamp": old["ingestion_timestamp"],
+        "platform_sequence": None, "vendor_data": vendor,
+    }
+
+
+def _upgrade_quote_v1(old: Record, raw: bytes) -> Record:
+    def side(price: Decimal, volume: int) -> tuple[Decimal | None, Decimal | None]:
+        return (price, Decimal(volume)) if price and volume else (None, None)
+
+    bid_price, bid_quantity = side(old["bid_price"], old["bid_volume"])
+    ask_price, ask_quantity = side(old["ask_price"], old["ask_volume"])
+    message_id = str(uuid.uuid5(V1_MESSAGE_ID_NAMESPACE, raw.hex()))
+    sequence = old["sequence_number"]
+    return {
+        "message_id": message_id,
+        "quote_id": f"{old['exchange']}-{sequence if sequence is not None else message_id}",
+        "symbol": old["symbol"], "exchange": old["exchange"], "asset_class": "EQUITIES",
+        "timestamp": old["exchange_timestamp"], "bid_price": bid_price, "bid_quantity": bid_quantity,
+        "ask_price": ask_price, "ask_quantity": ask_quantity, "currency": "AUD", "source_sequence": sequence,
+        "ingestion_timestamp": old["ingestion_timestamp"], "platform_sequence": None,
+        "vendor_data": {"company_id": str(old["company_id"])},
+    }
+
+
+# Versions whose change cannot be expressed by Avro schema resolution (renamed fields, unit changes, fields folded
+# into vendor_data) are upgraded by a function; every other older version is read by Avro resolution.
+UPGRADES: dict[tuple[RecordKind, int], Callable[[Record, bytes], Record]] = {
+    (TRADE, 1): _upgrade_trade_v1,
+    (QUOTE, 1): _upgrade_quote_v1,
+}
+
+
+@dataclass(frozen=True)
+class _Reader:
+    kind: RecordKind
+    writer: Any
+    reader: Any  # None when the writer is the current schema (no resolution needed)
+    upgrade: Callable[[Record, bytes], Record] | None
+
+
+def _readers() -> dict[bytes, _Reader]:
+    readers: dict[bytes, _Reader] = {}
+    for kind, versions in VERSIONS.items():
+        current = CURRENT[kind]
+        for version in versions:
+            upgrade = UPGRADES.get((kind, version.version))
+            if version is current:
+                reader = _Reader(kind, version.parsed_for_reading, None, None)
+            elif upgrade is not None:
+                reader = _Reader(kind, version.parsed_for_reading, None, upgrade)
+            else:
+                reader = _Reader(kind, version.parsed_for_reading, current.parsed_for_reading, None)
+            readers[version.fingerprint] = reader
+    return readers
+
+
+_READERS = _readers()
+_WRITERS = {kind: (MAGIC + v.fingerprint, v.parsed) for kind, v in CURRENT.items()}
+
+
+def encode(kind: RecordKind, record: Record) -> bytes:
+    """A v2 record as a self-describing Kafka message value."""
+    header, parsed = _WRITERS[kind]
+    out = BytesIO()
+    out.write(header)
+    fastavro.schemaless_writer(out, parsed, record)
+    return out.getvalue()
+
+
+def encode_with(version: SchemaVersion, record: Record) -> bytes:
+    """A record in an older schema version (tests, migrations)."""
+    out = BytesIO()
+    out.write(MAGIC + version.fingerprint)
+    fastavro.schemaless_writer(out, version.parsed, record)
+    return out.getvalue()
+
+
+def decode(value: bytes) -> tuple[RecordKind, Record]:
+    """Any published version's message as a current-version record."""
+    if value[:2] != MAGIC or len(value) < HEADER_SIZE:
+        raise DecodeError("not Avro single-object encoded (missing C3 01 header)")
+    reader = _READERS.get(value[2:HEADER_SIZE])
+    if reader is None:
+        raise DecodeError(f"unknown writer schema fingerprint {value[2:HEADER_SIZE].hex()}")
+    body = BytesIO(value)
+    body.seek(HEADER_SIZE)
+    try:
+        record = fastavro.schemaless_reader(body, reader.writer, reader.reader)
+    except Exception as error:  # fastavro raises several types for truncated or corrupt bodies
+        raise DecodeError(f"corrupt Avro body: {type(error).__name__}: {error}") from None
+    if body.tell() != len(value):
+        raise DecodeError(f"{len(value) - body.tell()} trailing bytes after the Avro body")
+    if reader.upgrade is not None:
+        record = reader.upgrade(record, value)
+    return reader.kind, record
+
+
+def timestamp_from_micros(micros: int) -> datetime:
+    return datetime.fromtimestamp(micros // 1_000_000, UTC).replace(microsecond=micros % 1_000_000)

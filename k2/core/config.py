@@ -1,0 +1,75 @@
+"""Configuration from environment variables, prefix K2_ (documented in docs/configuration.md).
+
+Shared settings live here; each service's settings class adds its own under K2_<SERVICE>_ (K2_INGEST_PORT, …).
+Telemetry uses the standard OTEL_* variables, and KAFKA_BOOTSTRAP_SERVERS names an existing cluster.
+"""
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_DIR = ROOT / ".run"
+
+
+class KafkaSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="K2_KAFKA_", extra="ignore")
+
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "K2_KAFKA_BOOTSTRAP_SERVERS"))
+    # librdkafka security settings for a production cluster, e.g. SASL_SSL.
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+    ssl_ca_location: str = ""
+    topic_prefix: str = ""
+    # Bytes of produced-but-unacknowledged messages per producer before producers apply backpressure.
+    producer_buffer_bytes: int = 64 * 1024 * 1024
+    compression: str = "zstd"
+
+
+class IcebergSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="K2_ICEBERG_", extra="ignore")
+
+    catalog_name: str = "k2"
+    # SQLAlchemy URI of the SQL catalog: SQLite embedded by default, PostgreSQL in production.
+    catalog_uri: str = f"sqlite:///{RUN_DIR / 'iceberg' / 'catalog.db'}"
+    warehouse: str = f"file://{RUN_DIR / 'iceberg' / 'warehouse'}"
+    namespace: str = "market_data"
+    s3_endpoint: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr = SecretStr("")
+    s3_region: str = "us-east-1"
+
+
+class ServerSettings(BaseSettings):
+    """gRPC serving settings shared by every service; each service sets its env prefix and default ports."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    metrics_port: int = 0
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # With a client CA, clients must present a certificate it signed (mTLS).
+    tls_client_ca_file: Path | None = None
+    # Plaintext gRPC is served on loopback only, unless this is set (e.g. inside a private container network).
+    allow_plaintext: bool = False
+    grace_seconds: float = 10.0
+    max_message_bytes: int = 16 * 1024 * 1024
+
+
+class AuthSettings(BaseSettings):
+    """Bearer tokens. Each scope accepts the tokens listed for it; a write token also reads."""
+
+    model_config = SettingsConfigDict(env_prefix="K2_AUTH_", extra="ignore")
+
+    write_tokens: list[SecretStr] = []
+    read_tokens: list[SecretStr] = []
+    # A file with one token per line, granted write (and read) scope: how `make up` hands the CLI its token.
+    token_file: Path | None = None
+    # Without any read token, reads are open (the embedded default); writes always need a token.
+    require_read_token: bool = False

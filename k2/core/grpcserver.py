@@ -1,0 +1,105 @@
+"""Serving a K2 gRPC service: interceptors (tracing, token auth), the library health servicer with per-service
+status, server reflection, TLS/mTLS, the metrics endpoint, and graceful shutdown on SIGTERM/SIGINT
+(health NOT_SERVING → stop accepting → drain for the grace period → the service's own cleanup → exit 0)."""
+
+import asyncio
+import ipaddress
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from k2.core.auth import TokenAuthInterceptor
+from k2.core.config import AuthSettings, ServerSettings
+from k2.core.telemetry import setup_tracing, start_metrics_server
+
+log = logging.getLogger(__name__)
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        if not (settings.allow_plaintext or _is_loopback(settings.host)):
+            raise ValueError(f"refusing plaintext gRPC on {settings.host}: set a TLS certificate and key, "
+                             "or allow_plaintext for a private network")
+        return None
+    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+class GrpcServer:
+    def __init__(self, service: str, settings: ServerSettings, auth: AuthSettings):
+        setup_tracing(service)
+        self.service = service
+        self.settings = settings
+        self.health = health_aio.HealthServicer()
+        self.server = grpc.aio.server(
+            interceptors=[aio_server_interceptor(), TokenAuthInterceptor(auth)],
+            options=[("grpc.max_receive_message_length", settings.max_message_bytes),
+                     ("grpc.max_send_message_length", settings.max_message_bytes)])
+        self.service_names: list[str] = []
+        self.port = 0
+
+    def add(self, add_to_server: Callable[[object, grpc.aio.Server], None], servicer: object, full_name: str) -> None:
+        """Registers a servicer, e.g. add(add_IngestServiceServicer_to_server, servicer, "k2.ingest.v1.IngestService")."""
+        add_to_server(servicer, self.server)
+        self.service_names.append(full_name)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Per-service health, e.g. NOT_SERVING while a dependency such as Kafka is unreachable."""
+        status = SERVING if serving else NOT_SERVING
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def start(self) -> int:
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], self.server)
+        address = f"{self.settings.host}:{self.settings.port}"
+        credentials = server_credentials(self.settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
+        await self.server.start()
+        start_metrics_server(self.settings.host, self.settings.metrics_port)
+        await self.set_serving(True)
+        log.info("%s serving gRPC on %s:%d (%s), metrics on %s", self.service, self.settings.host, self.port,
+                 "TLS" if credentials else "plaintext", self.settings.metrics_port or "off")
+        return self.port
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.grace_seconds)
+
+
+async def run_until_signalled(server: GrpcServer, on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Starts the server, waits for SIGTERM/SIGINT, then stops gracefully and runs the service's cleanup."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await server.start()
+    await stop.wait()
+    log.info("%s: shutting down (grace %.0f s)", server.service, server.settings.grace_seconds)
+    await server.stop()
+    if on_stop is not None:
+        await on_stop()

@@ -1,0 +1,129 @@
+"""The RPC boundary: k2.marketdata.v1 Trade/Quote messages ⇄ v2 records (see the mapping in marketdata.proto)."""
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from k2.core.records import (
+    FieldError, Record, check_message_id, new_message_id, parse_decimal, utc_now, validate_quote, validate_trade,
+)
+from k2.marketdata.v1.marketdata_pb2 import AssetClass, Quote, Side, Trade
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ASSET_CLASS_NAMES = {value: name.removeprefix("ASSET_CLASS_") for name, value in AssetClass.items() if value}
+ASSET_CLASS_VALUES = {name: value for value, name in ASSET_CLASS_NAMES.items()}
+SIDE_NAMES = {value: name.removeprefix("SIDE_") for name, value in Side.items() if value}
+SIDE_VALUES = {name: value for value, name in SIDE_NAMES.items()}
+
+
+def datetime_from_timestamp(field: str, ts: Timestamp) -> datetime:
+    if ts.nanos % 1000:
+        raise FieldError(field, "finer than a microsecond; K2 timestamps are whole microseconds")
+    return EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+
+
+def set_timestamp(ts: Timestamp, value: datetime) -> None:
+    delta = value - EPOCH
+    ts.seconds = delta.days * 86400 + delta.seconds
+    ts.nanos = delta.microseconds * 1000
+
+
+def decimal_text(value: Decimal) -> str:
+    """Canonical decimal string: no exponent, no trailing fractional zeros ("97123.45", "100")."""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _enum(field: str, names: dict[int, str], value: int) -> str:
+    try:
+        return names[value]
+    except KeyError:
+        raise FieldError(field, "unspecified or unknown enum value" if value else "required") from None
+
+
+def _vendor_data(message: Trade | Quote) -> dict[str, str] | None:
+    return dict(message.vendor_data) or None
+
+
+def trade_from_proto(message: Trade, received: datetime | None = None) -> Record:
+    """A validated v2 trade from a published message; ingest stamps message_id (if absent) and ingestion time."""
+    if not message.HasField("timestamp"):
+        raise FieldError("timestamp", "required")
+    record: Record = {
+        "message_id": check_message_id(message.message_id) if message.message_id else new_message_id(),
+        "trade_id": message.trade_id,
+        "symbol": message.symbol,
+        "exchange": message.exchange,
+        "asset_class": _enum("asset_class", ASSET_CLASS_NAMES, message.asset_class),
+        "timestamp": datetime_from_timestamp("timestamp", message.timestamp),
+        "price": parse_decimal("price", message.price),
+        "quantity": parse_decimal("quantity", message.quantity),
+        "currency": message.currency,
+        "side": _enum("side", SIDE_NAMES, message.side),
+        "trade_conditions": list(message.trade_conditions),
+        "source_sequence": message.source_sequence if message.HasField("source_sequence") else None,
+        "ingestion_timestamp": received or utc_now(),
+        "platform_sequence": message.platform_sequence if message.HasField("platform_sequence") else None,
+        "vendor_data": _vendor_data(message),
+    }
+    return validate_trade(record)
+
+
+def _optional_decimal(message: Quote, field: str) -> Decimal | None:
+    return parse_decimal(field, getattr(message, field)) if message.HasField(field) else None
+
+
+def quote_from_proto(message: Quote, received: datetime | None = None) -> Record:
+    if not message.HasField("timestamp"):
+        raise FieldError("timestamp", "required")
+    record: Record = {
+        "message_id": check_message_id(message.message_id) if message.message_id else new_message_id(),
+        "quote_id": message.quote_id,
+        "symbol": message.symbol,
+        "exchange": message.exchange,
+        "asset_class": _enum("asset_class", ASSET_CLASS_NAMES, message.asset_class),
+        "timestamp": datetime_from_timestamp("timestamp", message.timestamp),
+        "bid_price": _optional_decimal(message, "bid_price"),
+        "bid_quantity": _optional_decimal(message, "bid_quantity"),
+        "ask_price": _optional_decimal(message, "ask_price"),
+        "ask_quantity": _optional_decimal(message, "ask_quantity"),
+        "currency": message.currency,
+        "source_sequence": message.source_sequence if message.HasField("source_sequence") else None,
+        "ingestion_timestamp": received or utc_now(),
+        "platform_sequence": message.platform_sequence if message.HasField("platform_sequence") else None,
+        "vendor_data": _vendor_data(message),
+    }
+    return validate_quote(record)
+
+
+def trade_to_proto(record: Record) -> Trade:
+    message = Trade(
+        message_id=record["message_id"], trade_id=record["trade_id"], symbol=record["symbol"],
+        exchange=record["exchange"], asset_class=ASSET_CLASS_VALUES[record["asset_class"]],
+        price=decimal_text(record["price"]), quantity=decimal_text(record["quantity"]),
+        currency=record["currency"], side=SIDE_VALUES[record["side"]],
+        trade_conditions=record["trade_conditions"], source_sequence=record["source_sequence"],
+        platform_sequence=record["platform_sequence"], vendor_data=record["vendor_data"],
+    )
+    set_timestamp(message.timestamp, record["timestamp"])
+    set_timestamp(message.ingestion_timestamp, record["ingestion_timestamp"])
+    return message
+
+
+def _optional_text(value: Decimal | None) -> str | None:
+    return None if value is None else decimal_text(value)
+
+
+def quote_to_proto(record: Record) -> Quote:
+    message = Quote(
+        message_id=record["message_id"], quote_id=record["quote_id"], symbol=record["symbol"],
+        exchange=record["exchange"], asset_class=ASSET_CLASS_VALUES[record["asset_class"]],
+        bid_price=_optional_text(record["bid_price"]), bid_quantity=_optional_text(record["bid_quantity"]),
+        ask_price=_optional_text(record["ask_price"]), ask_quantity=_optional_text(record["ask_quantity"]),
+        currency=record["currency"], source_sequence=record["source_sequence"],
+        platform_sequence=record["platform_sequence"], vendor_data=record["vendor_data"],
+    )
+    set_timestamp(message.timestamp, record["timestamp"])
+    set_timestamp(message.ingestion_timestamp, record["ingestion_timestamp"])
+    return message

@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# The project's own single-node Apache Kafka 4.x broker (KRaft, combined broker + controller) on 127.0.0.1.
+#
+# Usage: scripts/kafka.sh up|down|status
+#   up      fetch the jars once (Maven), format storage once, start the broker, wait until it serves
+#   down    stop it (SIGTERM, then SIGKILL after a bounded wait)
+#   status  print whether it runs; exit 0 when running, 1 when not
+#
+# Environment:
+#   KAFKA_BOOTSTRAP_SERVERS   set: use that Kafka instead, `up` only prints it
+#   K2_KAFKA_PORT             client (PLAINTEXT) port, default 9092
+#   K2_KAFKA_CONTROLLER_PORT  KRaft controller port, default 9093
+#   K2_RUN_DIR                run state; the broker keeps config, pid and data in $K2_RUN_DIR/kafka
+#   KAFKA_HEAP_OPTS           JVM heap flags, default "-Xmx512m -Xms512m"
+#   K2_KAFKA_START_TIMEOUT    seconds `up` waits for the broker to serve, default 90
+set -euo pipefail
+
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+
+KAFKA_SOURCES="$K2_ROOT/scripts/kafka"
+KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$KAFKA_SOURCES/pom.xml")
+KAFKA_HOME="$K2_CACHE/kafka-$KAFKA_VERSION"
+KAFKA_LIBS="$KAFKA_HOME/libs"
+KAFKA_LIBS_MARKER="$KAFKA_HOME/libs.complete"
+
+PLAINTEXT_PORT="${K2_KAFKA_PORT:-9092}"
+CONTROLLER_PORT="${K2_KAFKA_CONTROLLER_PORT:-9093}"
+BOOTSTRAP="127.0.0.1:$PLAINTEXT_PORT"
+START_TIMEOUT_SECONDS="${K2_KAFKA_START_TIMEOUT:-90}"
+STOP_TIMEOUT_SECONDS=30
+
+STATE_DIR="$K2_RUN_DIR/kafka"
+DATA_DIR="$STATE_DIR/data"
+CONFIG_FILE="$STATE_DIR/server.properties"
+PID_FILE="$STATE_DIR/kafka.pid"
+LOCK_FILE="$STATE_DIR/lock"
+LOG_FILE="$K2_RUN_DIR/logs/kafka.log"
+PYTHON="$K2_ROOT/.venv/bin/python"
+
+read -ra HEAP_FLAGS <<<"${KAFKA_HEAP_OPTS:--Xmx512m -Xms512m}"
+KAFKA_JAVA=(
+  java "${HEAP_FLAGS[@]}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError
+  -Djava.awt.headless=true "-Dlog4j2.configurationFile=$KAFKA_SOURCES/log4j2.xml" -cp "$KAFKA_LIBS/*"
+)
+
+die() {
+  echo "kafka.sh: $*" >&2
+  exit 1
+}
+
+# Copies the broker's jars from Maven into $KAFKA_LIBS once per pom.xml content.
+ensure_jars() {
+  local pom_hash
+  pom_hash=$(sha256sum "$KAFKA_SOURCES/pom.xml" | cut -d' ' -f1)
+  if [[ -f $KAFKA_LIBS_MARKER && $(<"$KAFKA_LIBS_MARKER") == "$pom_hash" ]]; then
+    return 0
+  fi
+  mkdir -p "$KAFKA_HOME"
+  (
+    flock 9
+    if [[ -f $KAFKA_LIBS_MARKER && $(<"$KAFKA_LIBS_MARKER") == "$pom_hash" ]]; then
+      exit 0
+    fi
+    echo "Fetching Kafka $KAFKA_VERSION jars with Maven into $KAFKA_LIBS ..."
+    local staging="$KAFKA_HOME/libs.partial"
+    rm -rf "$staging"
+    mvn -q -B -Dstyle.color=never -f "$KAFKA_SOURCES/pom.xml" -Dmaven.repo.local="$K2_CACHE/m2" \
+      dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$staging" \
+      || die "Maven could not fetch the Kafka $KAFKA_VERSION jars (see the output above)"
+    rm -rf "$KAFKA_LIBS"
+    mv "$staging" "$KAFKA_LIBS"
+    echo "$pom_hash" >"$KAFKA_LIBS_MARKER"
+  ) 9>"$KAFKA_HOME/lock"
+}
+
+port_open() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Prints the pid of this run dir's broker if it is alive (not a zombie, still our java process).
+broker_pid() {
+  [[ -f $PID_FILE ]] || return 1
+  local pid
+  pid=$(<"$PID_FILE")
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "kafka.Kafka $CONFIG_FILE" || return 1
+  echo "$pid"
+}
+
+process_running() {
+  local state
+  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ $state != Z ]]
+}
+
+show_log_tail() {
+  echo "---- last 40 lines of $LOG_FILE ----" >&2
+  tail -n 40 "$LOG_FILE" >&2 || true
+  echo "----" >&2
+}
+
+write_config() {
+  sed -e "s|@PLAINTEXT_PORT@|$PLAINTEXT_PORT|g" \
+    -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" \
+    -e "s|@LOG_DIRS@|$DATA_DIR|g" \
+    "$KAFKA_SOURCES/server.properties.template" >"$CONFIG_FILE"
+}
+
+format_storage_once() {
+  [[ -f $DATA_DIR/meta.properties ]] && return 0
+  local cluster_id
+  cluster_id=$("$PYTHON" -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+  echo "Formatting Kafka storage in $DATA_DIR (cluster id $cluster_id)"
+  "${KAFKA_JAVA[@]}" kafka.tools.StorageTool format --cluster-id "$cluster_id" --config "$CONFIG_FILE" >>"$LOG_FILE" 2>&1 \
+    || { show_log_tail; die "formatting the Kafka storage in $DATA_DIR failed"; }
+}
+
+stop_pid() {
+  local pid=$1
+  kill -TERM "$pid" 2>/dev/null || true
+  local waited=0
+  while process_running "$pid" && ((waited < STOP_TIMEOUT_SECONDS * 10)); do
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  if process_running "$pid"; then
+    echo "Kafka (pid $pid) did not stop within ${STOP_TIMEOUT_SECONDS}s; sending SIGKILL" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+    while process_running "$pid"; do sleep 0.1; done
+  fi
+}
+
+cmd_up() {
+  if [[ -n ${KAFKA_BOOTSTRAP_SERVERS:-} ]]; then
+    echo "Kafka serving on $KAFKA_BOOTSTRAP_SERVERS (external, from KAFKA_BOOTSTRAP_SERVERS)"
+    return 0
+  fi
+  [[ -x $PYTHON ]] || die "$PYTHON is missing (it checks that the broker serves); run scripts/bootstrap.sh first"
+  mkdir -p "$STATE_DIR" "$DATA_DIR" "$(dirname "$LOG_FILE")"
+  exec 8>"$LOCK_FILE"
+  flock 8
+
+  local pid
+  if pid=$(broker_pid); then
+    port_open "$PLAINTEXT_PORT" \
+      || die "Kafka (pid $pid) from $STATE_DIR runs but does not serve on $BOOTSTRAP; run scripts/kafka.sh down"
+    echo "Kafka serving on $BOOTSTRAP"
+    return 0
+  fi
+  rm -f "$PID_FILE"
+  for port in "$PLAINTEXT_PORT" "$CONTROLLER_PORT"; do
+    if port_open "$port"; then
+      die "port 127.0.0.1:$port is already in use by another process (set K2_KAFKA_PORT / K2_KAFKA_CONTROLLER_PORT)"
+    fi
+  done
+
+  ensure_jars
+  write_config
+  if [[ -f $LOG_FILE ]]; then
+    mv "$LOG_FILE" "$LOG_FILE.1"
+  fi
+  format_storage_once
+
+  # Started from this non-interactive script, the background java ignores SIGINT; nohup makes it ignore SIGHUP.
+  nohup "${KAFKA_JAVA[@]}" kafka.Kafka "$CONFIG_FILE" >>"$LOG_FILE" 2>&1 </dev/null 8>&- &
+  pid=$!
+  echo "$pid" >"$PID_FILE"
+
+  local ready=0
+  "$PYTHON" "$KAFKA_SOURCES/wait_ready.py" "$BOOTSTRAP" "$pid" "$START_TIMEOUT_SECONDS" || ready=$?
+  case $ready in
+    0) echo "Kafka serving on $BOOTSTRAP" ;;
+    2)
+      rm -f "$PID_FILE"
+      show_log_tail
+      die "Kafka exited during startup"
+      ;;
+    *)
+      stop_pid "$pid"
+      rm -f "$PID_FILE"
+      show_log_tail
+      die "Kafka did not serve on $BOOTSTRAP within ${START_TIMEOUT_SECONDS}s; stopped it"
+      ;;
+  esac
+}
+
+cmd_down() {
+  mkdir -p "$STATE_DIR"
+  exec 8>"$LOCK_FILE"
+  flock 8
+  local pid
+  if pid=$(broker_pid); then
+    stop_pid "$pid"
+    echo "Kafka stopped"
+  else
+    echo "Kafka not running"
+  fi
+  rm -f "$PID_FILE"
+}
+
+cmd_status() {
+  local pid
+  if pid=$(broker_pid); then
+    echo "Kafka running (pid $pid) on $BOOTSTRAP"
+  else
+    echo "Kafka not running"
+    return 1
+  fi
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  *) die "usage: scripts/kafka.sh up|down|status" ;;
+esac
