@@ -6,7 +6,7 @@ an absent optional field (an empty vendor_data map is None too, so proto and Avr
 
 import uuid
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from typing import Any, Literal
 
 TRADE: Literal["trade"] = "trade"
@@ -23,6 +23,8 @@ MAX_INTEGER_DIGITS = DECIMAL_PRECISION - DECIMAL_SCALE
 ASSET_CLASSES = ("EQUITIES", "CRYPTO", "FUTURES", "OPTIONS")
 SIDES = ("BUY", "SELL", "SELL_SHORT", "UNKNOWN")
 MAX_TEXT_LENGTH = 256
+# Decimal operations round to the context's precision (28 digits by default): ours holds any decimal(38,18) exactly.
+EXACT = Context(prec=DECIMAL_PRECISION + 2)
 
 
 class FieldError(ValueError):
@@ -49,7 +51,7 @@ def check_decimal(field: str, value: Decimal) -> Decimal:
     exponent = value.as_tuple().exponent
     assert isinstance(exponent, int)
     if exponent < -DECIMAL_SCALE:
-        value = value.normalize()  # trailing zeros beyond the scale are harmless; anything else is not
+        value = value.normalize(EXACT)  # trailing zeros beyond the scale are harmless; anything else is not
         exponent = value.as_tuple().exponent
         assert isinstance(exponent, int)
         if exponent < -DECIMAL_SCALE:

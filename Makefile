@@ -1,0 +1,42 @@
+# K2: `make up` runs the platform on the embedded defaults; `make test` runs the whole suite. Both install what
+# they need (a project-local .venv from uv.lock; Kafka, buf, grpcurl, Jaeger into ~/.cache/k2).
+SHELL := /bin/bash
+PYTHON := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: venv proto check-proto lint up down status test bench clean
+
+venv: .venv/.synced
+.venv/.synced: pyproject.toml uv.lock scripts/bootstrap.sh
+	./scripts/bootstrap.sh
+	touch $@
+
+proto: venv
+	$(PYTHON) scripts/gen_proto.py
+
+# The contracts: generated code current, buf lint (STANDARD) and no breaking change against main.
+check-proto: venv
+	$(PYTHON) scripts/gen_proto.py --check
+	buf=$$(./scripts/tools.sh buf) && $$buf lint && \
+	  if git rev-parse --verify -q main >/dev/null; then $$buf breaking --against '.git#branch=main'; fi
+
+lint: venv
+	.venv/bin/ruff check k2/core services clients tests bench scripts
+
+up: venv
+	./scripts/platform.sh up
+
+down:
+	./scripts/platform.sh down
+
+status: venv
+	./scripts/platform.sh status
+
+test: venv check-proto
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	./scripts/bench.sh
+
+clean: down
+	rm -rf .run
