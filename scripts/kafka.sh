@@ -37,6 +37,13 @@ LOCK_FILE="$STATE_DIR/lock"
 LOG_FILE="$K2_RUN_DIR/logs/kafka.log"
 PYTHON="$K2_ROOT/.venv/bin/python"
 
+# Class-data-sharing archive of the broker's classes: halves JVM start-up. The first broker of a JDK + jar set dumps it
+# into its run dir when it exits (`down`), which then installs it in the cache for every later start.
+JAVA_RUNTIME=$(sed -n 's/^JAVA_RUNTIME_VERSION="\(.*\)"/\1/p' \
+  "$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")/release" 2>/dev/null || true)
+CDS_ARCHIVE="$KAFKA_HOME/broker-classes-jdk-${JAVA_RUNTIME:-unknown}.jsa"
+CDS_DUMP="$STATE_DIR/broker-classes.jsa"
+
 read -ra HEAP_FLAGS <<<"${KAFKA_HEAP_OPTS:--Xmx512m -Xms512m}"
 KAFKA_JAVA=(
   java "${HEAP_FLAGS[@]}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError
@@ -64,10 +71,14 @@ ensure_jars() {
     echo "Fetching Kafka $KAFKA_VERSION jars with Maven into $KAFKA_LIBS ..."
     local staging="$KAFKA_HOME/libs.partial"
     rm -rf "$staging"
-    mvn -q -B -Dstyle.color=never -f "$KAFKA_SOURCES/pom.xml" -Dmaven.repo.local="$K2_CACHE/m2" \
-      dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$staging" \
-      || die "Maven could not fetch the Kafka $KAFKA_VERSION jars (see the output above)"
-    rm -rf "$KAFKA_LIBS"
+    # Maven's output is kept for failures only (on success Debian's Maven prints nothing but colour codes).
+    local maven_log="$KAFKA_HOME/maven.log"
+    if ! mvn -q -B -f "$KAFKA_SOURCES/pom.xml" -Dmaven.repo.local="$K2_CACHE/m2" \
+      dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$staging" >"$maven_log" 2>&1; then
+      cat "$maven_log" >&2
+      die "Maven could not fetch the Kafka $KAFKA_VERSION jars (output above, also in $maven_log)"
+    fi
+    rm -rf "$KAFKA_LIBS" "$KAFKA_HOME"/*.jsa
     mv "$staging" "$KAFKA_LIBS"
     echo "$pom_hash" >"$KAFKA_LIBS_MARKER"
   ) 9>"$KAFKA_HOME/lock"
@@ -83,7 +94,7 @@ broker_pid() {
   local pid
   pid=$(<"$PID_FILE")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "kafka.Kafka $CONFIG_FILE" || return 1
+  [[ $(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") == *"kafka.Kafka $CONFIG_FILE"* ]] || return 1
   echo "$pid"
 }
 
@@ -111,7 +122,9 @@ format_storage_once() {
   local cluster_id
   cluster_id=$("$PYTHON" -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
   echo "Formatting Kafka storage in $DATA_DIR (cluster id $cluster_id)"
-  "${KAFKA_JAVA[@]}" kafka.tools.StorageTool format --cluster-id "$cluster_id" --config "$CONFIG_FILE" >>"$LOG_FILE" 2>&1 \
+  local cds_flags=()
+  [[ -f $CDS_ARCHIVE ]] && cds_flags=("-XX:SharedArchiveFile=$CDS_ARCHIVE")
+  "${KAFKA_JAVA[@]}" "${cds_flags[@]}" kafka.tools.StorageTool format --cluster-id "$cluster_id" --config "$CONFIG_FILE" >>"$LOG_FILE" 2>&1 \
     || { show_log_tail; die "formatting the Kafka storage in $DATA_DIR failed"; }
 }
 
@@ -127,7 +140,18 @@ stop_pid() {
     echo "Kafka (pid $pid) did not stop within ${STOP_TIMEOUT_SECONDS}s; sending SIGKILL" >&2
     kill -KILL "$pid" 2>/dev/null || true
     while process_running "$pid"; do sleep 0.1; done
+    return 1
   fi
+}
+
+# A broker that exited cleanly has written its class-data-sharing dump; share it with every later start.
+install_cds_dump() {
+  [[ -f $CDS_DUMP ]] || return 0
+  if [[ ! -f $CDS_ARCHIVE ]]; then
+    cp "$CDS_DUMP" "$CDS_ARCHIVE.partial.$$"
+    mv "$CDS_ARCHIVE.partial.$$" "$CDS_ARCHIVE"
+  fi
+  rm -f "$CDS_DUMP"
 }
 
 cmd_up() {
@@ -135,6 +159,7 @@ cmd_up() {
     echo "Kafka serving on $KAFKA_BOOTSTRAP_SERVERS (external, from KAFKA_BOOTSTRAP_SERVERS)"
     return 0
   fi
+  command -v java >/dev/null || die "java (17 or later) is not installed"
   [[ -x $PYTHON ]] || die "$PYTHON is missing (it checks that the broker serves); run scripts/bootstrap.sh first"
   mkdir -p "$STATE_DIR" "$DATA_DIR" "$(dirname "$LOG_FILE")"
   exec 8>"$LOCK_FILE"
@@ -161,8 +186,13 @@ cmd_up() {
   fi
   format_storage_once
 
+  local cds_flag="-XX:SharedArchiveFile=$CDS_ARCHIVE"
+  if [[ ! -f $CDS_ARCHIVE ]]; then
+    rm -f "$CDS_DUMP"
+    cds_flag="-XX:ArchiveClassesAtExit=$CDS_DUMP"
+  fi
   # Started from this non-interactive script, the background java ignores SIGINT; nohup makes it ignore SIGHUP.
-  nohup "${KAFKA_JAVA[@]}" kafka.Kafka "$CONFIG_FILE" >>"$LOG_FILE" 2>&1 </dev/null 8>&- &
+  nohup "${KAFKA_JAVA[@]}" "$cds_flag" kafka.Kafka "$CONFIG_FILE" >>"$LOG_FILE" 2>&1 </dev/null 8>&- &
   pid=$!
   echo "$pid" >"$PID_FILE"
 
@@ -176,7 +206,7 @@ cmd_up() {
       die "Kafka exited during startup"
       ;;
     *)
-      stop_pid "$pid"
+      stop_pid "$pid" || true
       rm -f "$PID_FILE"
       show_log_tail
       die "Kafka did not serve on $BOOTSTRAP within ${START_TIMEOUT_SECONDS}s; stopped it"
@@ -190,7 +220,9 @@ cmd_down() {
   flock 8
   local pid
   if pid=$(broker_pid); then
-    stop_pid "$pid"
+    if stop_pid "$pid"; then
+      install_cds_dump
+    fi
     echo "Kafka stopped"
   else
     echo "Kafka not running"
@@ -201,7 +233,7 @@ cmd_down() {
 cmd_status() {
   local pid
   if pid=$(broker_pid); then
-    echo "Kafka running (pid $pid) on $BOOTSTRAP"
+    echo "Kafka running (pid $pid) on $(sed -n 's|^advertised.listeners=PLAINTEXT://||p' "$CONFIG_FILE")"
   else
     echo "Kafka not running"
     return 1

@@ -13,6 +13,7 @@ JAEGER_RELEASE=v2.13.0
 NPM_TOOLS_DIR="$K2_ROOT/scripts/tools"
 
 # Project-owned Go caches, so installs work without a writable home Go setup and `rm -rf $K2_CACHE` resets everything.
+export GOPATH="$K2_CACHE/go/path"
 export GOMODCACHE="$K2_CACHE/go/mod"
 export GOCACHE="$K2_CACHE/go/build"
 export GOFLAGS="${GOFLAGS:+$GOFLAGS }-modcacherw"
@@ -51,10 +52,12 @@ install_buf() {
     npm ci --prefix "$prefix" --ignore-scripts --no-audit --no-fund >&2
     # Exactly one platform package (@bufbuild/buf-<os>-<arch>) is installed: the one matching this machine.
     local native=("$prefix"/node_modules/@bufbuild/buf-*/bin/buf)
-    [ ${#native[@]} -eq 1 ] && [ -x "${native[0]}" ] || die "no native buf binary for this platform under $prefix"
+    if [ ${#native[@]} -ne 1 ] || [ ! -x "${native[0]}" ]; then
+      die "no native buf binary for this platform under $prefix"
+    fi
+    "${native[0]}" --version >/dev/null || die "${native[0]} does not run"
     ln -sfn "${native[0]}" "$binary"
   fi
-  "$binary" --version >/dev/null || die "$binary does not run"
   link_stable_name buf "$binary"
   echo "$binary"
 }
@@ -65,7 +68,8 @@ install_grpcurl() {
   if [ ! -x "$binary" ]; then
     log "building grpcurl $GRPCURL_VERSION with go install"
     staging=$(mktemp -d "$K2_BIN/.grpcurl.XXXXXX")
-    GOBIN="$staging" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION" >&2
+    GOBIN="$staging" go install -ldflags "-X main.version=$GRPCURL_VERSION" \
+      "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION" >&2
     mv "$staging/grpcurl" "$binary"
   fi
   link_stable_name grpcurl "$binary"

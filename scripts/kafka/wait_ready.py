@@ -4,8 +4,6 @@ Usage: wait_ready.py HOST:PORT BROKER_PID TIMEOUT_SECONDS
 Exit 0 when ready, 1 on timeout, 2 when the broker process exited.
 """
 
-import logging
-import os
 import socket
 import sys
 import time
@@ -16,10 +14,11 @@ from confluent_kafka.admin import AdminClient
 
 def process_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
         return False
-    return True
+    return state != "Z"
 
 
 def port_open(host: str, port: int) -> bool:
@@ -34,14 +33,13 @@ def main() -> int:
     bootstrap, pid, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     host, port = bootstrap.rsplit(":", 1)
     deadline = time.monotonic() + timeout
-    quiet = logging.getLogger("kafka-wait-ready")
-    quiet.setLevel(logging.CRITICAL)
     admin = None
     while time.monotonic() < deadline:
         if not process_alive(pid):
             return 2
+        # The client port opens only late in start-up; connecting earlier would just log refused connections.
         if admin is None and port_open(host, int(port)):
-            admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet})
+            admin = AdminClient({"bootstrap.servers": bootstrap})
         if admin is not None:
             try:
                 # A KRaft broker only lists itself once it has caught up with the metadata log and is unfenced.
