@@ -45,9 +45,9 @@ SYMBOLS: dict[str, SymbolSpec] = {
                    1_056_789_012, 21_098_765_432, 3.0, 150.0),
         SymbolSpec("SOLUSDT", Decimal("187.32"), Decimal("0.01"), Decimal("0.001"), 8, 8,
                    1_298_765_432, 25_432_109_876, 5.0, 150.0),
-        SymbolSpec("SHIBUSDT", Decimal("0.00001234"), Decimal("0.00000001"), Decimal("1"), 8, 2,
+        SymbolSpec("SHIBUSDT", Decimal("0.00001234"), Decimal("0.00000001"), Decimal(1), 8, 2,
                    712_345_678, 13_579_246_801, 2.0, 120.0, whale_share=0.004),
-        SymbolSpec("PEPEUSDT", Decimal("0.00000950"), Decimal("0.00000001"), Decimal("1"), 8, 2,
+        SymbolSpec("PEPEUSDT", Decimal("0.00000950"), Decimal("0.00000001"), Decimal(1), 8, 2,
                    498_765_432, 11_223_344_556, 2.0, 100.0, whale_share=0.004),
     )
 }
