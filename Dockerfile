@@ -1,0 +1,30 @@
+# One image for every K2 service and one-shot; the command picks what runs:
+#   python -m services.ingest | services.writer | services.query   (the services)
+#   python -m k2.core.kafka                                         (topic provisioning)
+# Python dependencies are installed by uv from uv.lock, exactly as locked (no dev group).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ARG UV_VERSION=0.13.8
+RUN pip install --no-cache-dir "uv==${UV_VERSION}"
+WORKDIR /app
+# The image's own Python, bytecode compiled at build time, files copied (not hard-linked) out of uv's cache.
+ENV UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy
+# Dependencies first, in a layer of their own that only a change of the lock rebuilds.
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --locked --no-dev --no-install-project
+COPY schemas schemas
+COPY k2 k2
+COPY clients clients
+COPY services services
+# The project itself is installed editable: k2.core finds schemas/ next to the k2 package, in /app.
+RUN uv sync --locked --no-dev
+
+FROM ${PYTHON_IMAGE}
+RUN groupadd --system --gid 10001 k2 \
+    && useradd --system --uid 10001 --gid k2 --home-dir /app --no-create-home k2
+WORKDIR /app
+COPY --from=build /app /app
+COPY deploy/grpc_healthcheck.py deploy/grpc_healthcheck.py
+ENV PATH=/app/.venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+USER k2
