@@ -18,6 +18,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from k2.core.avro_writer import UnsupportedSchema, compile_writer
 from k2.core.records import QUOTE, TRADE, Record, RecordKind
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -153,16 +154,26 @@ def _readers() -> dict[bytes, _Reader]:
 
 
 _READERS = _readers()
-_WRITERS = {kind: (MAGIC + v.fingerprint, v.parsed) for kind, v in CURRENT.items()}
+
+
+def _encoder(version: SchemaVersion) -> Callable[[Record], bytes]:
+    header = MAGIC + version.fingerprint
+    try:
+        write = compile_writer(version.schema)
+    except UnsupportedSchema:
+        return lambda record: encode_with(version, record)
+
+    def encode_compiled(record: Record) -> bytes:
+        out = bytearray(header)
+        write(out, record)
+        return bytes(out)
+
+    return encode_compiled
 
 
 def encode(kind: RecordKind, record: Record) -> bytes:
     """A v2 record as a self-describing Kafka message value."""
-    header, parsed = _WRITERS[kind]
-    out = BytesIO()
-    out.write(header)
-    fastavro.schemaless_writer(out, parsed, record)
-    return out.getvalue()
+    return _ENCODERS[kind](record)
 
 
 def encode_with(version: SchemaVersion, record: Record) -> bytes:
@@ -171,6 +182,9 @@ def encode_with(version: SchemaVersion, record: Record) -> bytes:
     out.write(MAGIC + version.fingerprint)
     fastavro.schemaless_writer(out, version.parsed, record)
     return out.getvalue()
+
+
+_ENCODERS = {kind: _encoder(version) for kind, version in CURRENT.items()}
 
 
 def decode(value: bytes) -> tuple[RecordKind, Record]:

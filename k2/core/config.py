@@ -14,7 +14,8 @@ RUN_DIR = ROOT / ".run"
 
 
 class KafkaSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="K2_KAFKA_", extra="ignore")
+    # populate_by_name: KafkaSettings(bootstrap_servers=...) works despite the env alias.
+    model_config = SettingsConfigDict(env_prefix="K2_KAFKA_", extra="ignore", populate_by_name=True)
 
     bootstrap_servers: str = Field(
         "127.0.0.1:9092", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "K2_KAFKA_BOOTSTRAP_SERVERS"))

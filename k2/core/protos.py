@@ -6,7 +6,7 @@ from decimal import Decimal
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from k2.core.records import (
-    FieldError, Record, check_message_id, new_message_id, parse_decimal, utc_now, validate_quote, validate_trade,
+    FieldError, Record, check_message_id, new_message_id, read_decimal, utc_now, validate_quote, validate_trade,
 )
 from k2.marketdata.v1.marketdata_pb2 import AssetClass, Quote, Side, Trade
 
@@ -20,7 +20,10 @@ SIDE_VALUES = {name: value for value, name in SIDE_NAMES.items()}
 def datetime_from_timestamp(field: str, ts: Timestamp) -> datetime:
     if ts.nanos % 1000:
         raise FieldError(field, "finer than a microsecond; K2 timestamps are whole microseconds")
-    return EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+    try:
+        return EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+    except OverflowError:
+        raise FieldError(field, f"outside years 1-9999: {ts.seconds} s since 1970") from None
 
 
 def set_timestamp(ts: Timestamp, value: datetime) -> None:
@@ -46,19 +49,22 @@ def _vendor_data(message: Trade | Quote) -> dict[str, str] | None:
     return dict(message.vendor_data) or None
 
 
-def trade_from_proto(message: Trade, received: datetime | None = None) -> Record:
-    """A validated v2 trade from a published message; ingest stamps message_id (if absent) and ingestion time."""
+def trade_from_proto(message: Trade, received: datetime | None = None,
+                     message_id: str | None = None) -> Record:
+    """A validated v2 trade from a published message; ingest stamps the ingestion time and, when the message
+    has none, the message_id (the given one, else a new random UUID)."""
     if not message.HasField("timestamp"):
         raise FieldError("timestamp", "required")
     record: Record = {
-        "message_id": check_message_id(message.message_id) if message.message_id else new_message_id(),
+        "message_id": (check_message_id(message.message_id) if message.message_id
+                       else message_id or new_message_id()),
         "trade_id": message.trade_id,
         "symbol": message.symbol,
         "exchange": message.exchange,
         "asset_class": _enum("asset_class", ASSET_CLASS_NAMES, message.asset_class),
         "timestamp": datetime_from_timestamp("timestamp", message.timestamp),
-        "price": parse_decimal("price", message.price),
-        "quantity": parse_decimal("quantity", message.quantity),
+        "price": read_decimal("price", message.price),
+        "quantity": read_decimal("quantity", message.quantity),
         "currency": message.currency,
         "side": _enum("side", SIDE_NAMES, message.side),
         "trade_conditions": list(message.trade_conditions),
@@ -71,14 +77,16 @@ def trade_from_proto(message: Trade, received: datetime | None = None) -> Record
 
 
 def _optional_decimal(message: Quote, field: str) -> Decimal | None:
-    return parse_decimal(field, getattr(message, field)) if message.HasField(field) else None
+    return read_decimal(field, getattr(message, field)) if message.HasField(field) else None
 
 
-def quote_from_proto(message: Quote, received: datetime | None = None) -> Record:
+def quote_from_proto(message: Quote, received: datetime | None = None,
+                     message_id: str | None = None) -> Record:
     if not message.HasField("timestamp"):
         raise FieldError("timestamp", "required")
     record: Record = {
-        "message_id": check_message_id(message.message_id) if message.message_id else new_message_id(),
+        "message_id": (check_message_id(message.message_id) if message.message_id
+                       else message_id or new_message_id()),
         "quote_id": message.quote_id,
         "symbol": message.symbol,
         "exchange": message.exchange,
@@ -97,6 +105,12 @@ def quote_from_proto(message: Quote, received: datetime | None = None) -> Record
     return validate_quote(record)
 
 
+def _set_ingestion_timestamp(message: Trade | Quote, record: Record) -> None:
+    # A publisher's record has none yet: ingest stamps it on receipt.
+    if record["ingestion_timestamp"] is not None:
+        set_timestamp(message.ingestion_timestamp, record["ingestion_timestamp"])
+
+
 def trade_to_proto(record: Record) -> Trade:
     message = Trade(
         message_id=record["message_id"], trade_id=record["trade_id"], symbol=record["symbol"],
@@ -107,7 +121,7 @@ def trade_to_proto(record: Record) -> Trade:
         platform_sequence=record["platform_sequence"], vendor_data=record["vendor_data"],
     )
     set_timestamp(message.timestamp, record["timestamp"])
-    set_timestamp(message.ingestion_timestamp, record["ingestion_timestamp"])
+    _set_ingestion_timestamp(message, record)
     return message
 
 
@@ -125,5 +139,5 @@ def quote_to_proto(record: Record) -> Quote:
         platform_sequence=record["platform_sequence"], vendor_data=record["vendor_data"],
     )
     set_timestamp(message.timestamp, record["timestamp"])
-    set_timestamp(message.ingestion_timestamp, record["ingestion_timestamp"])
+    _set_ingestion_timestamp(message, record)
     return message

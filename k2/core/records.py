@@ -38,11 +38,16 @@ class FieldError(ValueError):
 
 def parse_decimal(field: str, text: str) -> Decimal:
     """An exact decimal from its string form, checked against decimal(38,18)."""
+    return check_decimal(field, read_decimal(field, text))
+
+
+def read_decimal(field: str, text: str) -> Decimal:
+    """The decimal a string spells, not yet checked against decimal(38,18): for records that validate_trade or
+    validate_quote check next (which is where the range is checked, once)."""
     try:
-        value = Decimal(text)
+        return Decimal(text)
     except (InvalidOperation, TypeError):
         raise FieldError(field, f"not a decimal number: {text!r:.40}") from None
-    return check_decimal(field, value)
 
 
 def check_decimal(field: str, value: Decimal) -> Decimal:

@@ -1,0 +1,394 @@
+"""BinanceFeed: Binance Spot trades and best bid/ask, live into Kafka through the ingest service's sink.
+
+Symbols are split into connection groups of at most max_streams_per_connection streams (two per symbol:
+<s>@trade and <s>@bookTicker). Each group keeps one connection open:
+- a connection that drops (1006, a close frame, no pong) is replaced at once, or after a jittered exponential
+  backoff when connecting keeps failing; endpoints are tried in failover order and a circuit breaker stops
+  attempts for a cooldown after too many consecutive failures;
+- a connection that delivers no frame for watchdog_silence_seconds (while not held back by publishing) is
+  replaced;
+- before Binance's 24 h limit, and when the server announces serverShutdown, the connection is switched over
+  make-before-break: the new connection is opened and subscribed while the old one still delivers, both feed
+  the same per-symbol sequencing (duplicates dropped, holes filled by whichever delivers them), then the old
+  one is closed.
+Trade-id gaps (e.g. the trades sent while a dropped connection was down) are detected per symbol and reported.
+"""
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter, deque
+
+from websockets.exceptions import WebSocketException
+
+from k2.core.avro import timestamp_from_micros
+from k2.core.protos import set_timestamp
+from k2.ingest.v1.ingest_pb2 import ConnectionState, FeedStatus
+
+from .connection import FeedConnection, SubscribeError
+from .metrics import register_feed
+from .parsing import FrameParser
+from .publishing import PublishBuffer, Publisher, RecordSink
+from .resilience import Backoff, CircuitBreaker, SlidingWindowLimiter
+from .sequencing import GapLog, SymbolState
+from .settings import BinanceSettings, quote_asset
+
+log = logging.getLogger(__name__)
+FEED_NAME = "binance"
+# After the new connection's first frame, the old one keeps delivering for this long (at most the overlap
+# setting) so the frames already on their way to it are read before it is closed.
+SWITCH_SETTLE_SECONDS = 1.0
+SWITCH_POLL_SECONDS = 0.02
+RATE_WINDOW_SAMPLES = 11  # one per second: rates over the last 10 s
+
+
+class ConnectionGroup:
+    """Some symbols' streams, served by one connection (two during a switch-over)."""
+
+    def __init__(self, feed: "BinanceFeed", number: int, states: list[SymbolState]):
+        self.feed = feed
+        self.number = number
+        self.states = states
+        self.streams = [f"{s.symbol.lower()}@{kind}" for s in states for kind in feed.settings.stream_types]
+        self.state = ConnectionState.CONNECTION_STATE_CONNECTING
+        self.active: FeedConnection | None = None
+        self.connections: set[FeedConnection] = set()
+        self.endpoint_index = 0
+        self.failures = 0  # consecutive failed attempts and connections that closed before delivering
+        self._shutdown_announced: FeedConnection | None = None
+        self._wake = asyncio.Event()
+
+    @property
+    def endpoint(self) -> str:
+        return self.feed.settings.endpoints[self.endpoint_index]
+
+    async def run(self) -> None:
+        try:
+            connection = await self._connect()
+            while True:
+                reason = await self._supervise(connection)
+                self.feed.count_reconnect(reason)
+                self.state = ConnectionState.CONNECTION_STATE_RECONNECTING
+                self.active = None
+                connection = await self._connect()
+        finally:
+            self.active = None
+
+    # ---- opening connections ---------------------------------------------------------------------
+
+    async def _connect(self) -> FeedConnection:
+        """Opens a connection, retrying with backoff through the endpoints until one succeeds."""
+        while True:
+            if self.failures:
+                await asyncio.sleep(self.feed.backoff.delay(self.failures - 1))
+            connection = await self._attempt()
+            if connection is not None:
+                self._start_serving(connection)
+                return connection
+
+    async def _attempt(self) -> FeedConnection | None:
+        feed = self.feed
+        await feed.breaker.admit()
+        connection = FeedConnection(feed.settings, self.endpoint, self.streams, feed.parser, feed.buffer,
+                                    self._on_server_shutdown)
+        self.connections.add(connection)
+        try:
+            await feed.connection_attempts.acquire()
+            await connection.open()
+        except asyncio.CancelledError:
+            feed.breaker.abandoned()
+            raise
+        except (OSError, TimeoutError, WebSocketException, SubscribeError) as error:  # refused, TLS, HTTP 429, ...
+            self.connections.discard(connection)
+            feed.breaker.failed()
+            feed.connect_failures += 1
+            self.failures += 1
+            failed_endpoint = self.endpoint
+            self.endpoint_index = (self.endpoint_index + 1) % len(feed.settings.endpoints)
+            log.warning("binance group %d: connecting to %s failed (%s: %s); next attempt on %s", self.number,
+                        failed_endpoint, type(error).__name__, error, self.endpoint)
+            return None
+        feed.breaker.succeeded()
+        log.info("binance group %d: connection %d open on %s (%d streams)", self.number, connection.id,
+                 connection.endpoint, len(self.streams))
+        return connection
+
+    def _start_serving(self, connection: FeedConnection) -> None:
+        self.active = connection
+        self.state = ConnectionState.CONNECTION_STATE_CONNECTED
+        self._shutdown_announced = None
+        self._wake.clear()
+
+    def _on_server_shutdown(self, connection: FeedConnection) -> None:
+        if connection is self.active:
+            self._shutdown_announced = connection
+            self._wake.set()
+
+    # ---- serving ---------------------------------------------------------------------------------
+
+    async def _supervise(self, connection: FeedConnection) -> str:
+        """Serves through switch-overs; returns the reason when the group must reconnect (break-before-make)."""
+        settings = self.feed.settings
+        check_interval = min(1.0, settings.watchdog_silence_seconds / 4)
+        rotate_at = self._rotation_deadline()
+        seen_frames, active_since = connection.frames, time.monotonic()
+        failed_switches = 0
+        while True:
+            await _wait_any((connection.closed, self._wake), check_interval)
+            now = time.monotonic()
+            if connection.closed.is_set():
+                self.connections.discard(connection)
+                self.failures = 0 if connection.frames else self.failures + 1
+                log.warning("binance group %d: connection %d closed (%s)", self.number, connection.id,
+                            connection.reason)
+                return connection.reason or "closed"
+            if connection.frames:
+                self.failures = 0
+            reason = None
+            if self._shutdown_announced is connection:
+                reason = "server_shutdown"
+            elif now >= rotate_at:
+                reason = "rotation"
+            if reason is not None:
+                self._wake.clear()
+                replacement = await self._switch_over(connection, reason)
+                if replacement is None:  # the old connection keeps serving; try again after a backoff
+                    rotate_at = time.monotonic() + self.feed.backoff.delay(failed_switches)
+                    failed_switches += 1
+                    self._shutdown_announced = None
+                    continue
+                failed_switches = 0
+                connection = replacement
+                self._start_serving(connection)
+                rotate_at = self._rotation_deadline()
+                seen_frames, active_since = connection.frames, time.monotonic()
+                continue
+            if connection.frames != seen_frames or connection.blocked:
+                seen_frames, active_since = connection.frames, now
+            elif now - active_since >= settings.watchdog_silence_seconds:
+                log.warning("binance group %d: no data on connection %d for %.1fs; reconnecting", self.number,
+                            connection.id, now - active_since)
+                await connection.close("watchdog")
+                self.connections.discard(connection)
+                return "watchdog"
+
+    def _rotation_deadline(self) -> float:
+        settings = self.feed.settings
+        return time.monotonic() + settings.rotation_interval_seconds + random.uniform(
+            0, settings.rotation_jitter_seconds)
+
+    async def _switch_over(self, old: FeedConnection, reason: str) -> FeedConnection | None:
+        """Make-before-break: open and subscribe a new connection, let both deliver until the new one has
+        started and the old one has caught up, then close the old one."""
+        feed = self.feed
+        feed.count_reconnect(reason)
+        log.info("binance group %d: switching connection %d over (%s)", self.number, old.id, reason)
+        self.state = ConnectionState.CONNECTION_STATE_RECONNECTING
+        new = await self._attempt()
+        if new is None:
+            self.state = ConnectionState.CONNECTION_STATE_CONNECTED
+            return None
+        for state in self.states:
+            state.hold()
+        try:
+            overlap_ends = time.monotonic() + feed.settings.switch_overlap_seconds
+            while not new.frames and not new.closed.is_set() and time.monotonic() < overlap_ends:
+                await asyncio.sleep(SWITCH_POLL_SECONDS)
+            settle_ends = min(overlap_ends, time.monotonic() + SWITCH_SETTLE_SECONDS)
+            while not new.closed.is_set() and not old.closed.is_set():
+                now = time.monotonic()
+                if now >= overlap_ends:
+                    break
+                if now >= settle_ends and new.frames and not any(s.has_pending() for s in self.states):
+                    break
+                await asyncio.sleep(SWITCH_POLL_SECONDS)
+            if new.closed.is_set():
+                log.warning("binance group %d: new connection %d closed during the switch-over (%s)", self.number,
+                            new.id, new.reason)
+                self.connections.discard(new)
+                self.state = ConnectionState.CONNECTION_STATE_CONNECTED
+                return None
+            await old.close(reason)
+            self.connections.discard(old)
+        finally:
+            for state in self.states:
+                state.release()
+        log.info("binance group %d: switched from connection %d to %d", self.number, old.id, new.id)
+        return new
+
+    async def stop_reading(self) -> None:
+        for connection in list(self.connections):
+            await connection.stop_reading()
+
+    async def close(self) -> None:
+        for connection in list(self.connections):
+            await connection.close("stopped")
+        self.connections.clear()
+        self.state = ConnectionState.CONNECTION_STATE_STOPPED
+
+
+async def _wait_any(events: tuple[asyncio.Event, ...], timeout: float) -> None:
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+class BinanceFeed:
+    """The live feed. `await feed.run()` serves until `await feed.stop()`; `feed.status()` at any time."""
+
+    name = FEED_NAME
+
+    def __init__(self, settings: BinanceSettings, sink: RecordSink):
+        self.settings = settings
+        self.gap_log = GapLog(settings.recent_gaps)
+        self.states = [SymbolState(symbol, quote_asset(symbol), self.gap_log) for symbol in settings.symbols]
+        self.buffer = PublishBuffer(settings.max_buffered_records)
+        self.parser = FrameParser(self.states, settings.stream_types, settings.time_unit == "MICROSECOND",
+                                  self.buffer)
+        self.backoff = Backoff(settings.backoff_base_seconds, settings.backoff_cap_seconds)
+        self.publisher = Publisher(sink, self.buffer, settings.batch_size, settings.batch_linger_seconds,
+                                   self.backoff)
+        self.breaker = CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_cooldown_seconds)
+        self.connection_attempts = SlidingWindowLimiter(settings.max_connection_attempts,
+                                                        settings.connection_attempt_window_seconds)
+        per_connection = settings.max_streams_per_connection // len(settings.stream_types)
+        self.groups = [ConnectionGroup(self, number, self.states[start:start + per_connection])
+                       for number, start in enumerate(range(0, len(self.states), per_connection))]
+        self.reconnects: Counter[str] = Counter()
+        self.connect_failures = 0
+        self.unpublished_at_stop = 0
+        self._running = False
+        self._stop_requested = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._samples: deque[tuple[float, int, int]] = deque(maxlen=RATE_WINDOW_SAMPLES)
+        register_feed(self)
+
+    def count_reconnect(self, reason: str) -> None:
+        self.reconnects[reason] += 1
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connects and publishes until stop(); then stops reading, flushes what was parsed, closes."""
+        if self._running:
+            raise RuntimeError("the feed is already running")
+        if self._stop_requested.is_set():
+            return
+        self._running = True
+        log.info("binance feed: %d symbol(s) on %d connection(s), endpoints %s", len(self.states), len(self.groups),
+                 ", ".join(self.settings.endpoints))
+        draining = asyncio.Event()
+        groups = [asyncio.create_task(group.run(), name=f"binance-group-{group.number}") for group in self.groups]
+        publisher = asyncio.create_task(self.publisher.run(draining), name="binance-publisher")
+        sampler = asyncio.create_task(self._sample_rates(), name="binance-rates")
+        stop = asyncio.create_task(self._stop_requested.wait())
+        failed: list[asyncio.Task[None]] = []
+        try:
+            done, _ = await asyncio.wait([stop, publisher, *groups], return_when=asyncio.FIRST_COMPLETED)
+            failed = [task for task in done if task is not stop]  # type: ignore[misc]
+            for task in failed:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("binance feed: %s failed", task.get_name(), exc_info=task.exception())
+        finally:
+            stop.cancel()
+            sampler.cancel()
+            for task in groups:
+                task.cancel()
+            await asyncio.gather(*groups, sampler, return_exceptions=True)
+            for group in self.groups:
+                await group.stop_reading()
+            draining.set()
+            await asyncio.wait([publisher], timeout=self.settings.stop_flush_timeout_seconds)
+            publisher.cancel()
+            await asyncio.gather(publisher, return_exceptions=True)
+            self.unpublished_at_stop = self.publisher.unpublished()
+            if self.unpublished_at_stop:
+                log.error("binance feed: %d parsed record(s) could not be published before stopping",
+                          self.unpublished_at_stop)
+            for group in self.groups:
+                await group.close()
+            self._running = False
+            self._stopped.set()
+            log.info("binance feed stopped")
+        for task in failed:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def stop(self) -> None:
+        """Graceful: stop reading, publish what was parsed, close the connections. Returns when done."""
+        self._stop_requested.set()
+        if self._running:
+            await self._stopped.wait()
+
+    async def _sample_rates(self) -> None:
+        while True:
+            self._samples.append((time.monotonic(), self.messages_received(), self.trades_received()))
+            await asyncio.sleep(1.0)
+
+    # ---- state -----------------------------------------------------------------------------------
+
+    def messages_received(self) -> int:
+        return sum(state.messages for state in self.states)
+
+    def trades_received(self) -> int:
+        return sum(state.trades for state in self.states)
+
+    def open_connections(self) -> list[FeedConnection]:
+        return [c for group in self.groups for c in group.connections if c.is_open]
+
+    @property
+    def is_running(self) -> bool:
+        return self._running
+
+    def group_state(self, group: ConnectionGroup) -> int:
+        return group.state if self._running else ConnectionState.CONNECTION_STATE_STOPPED
+
+    def connection_state(self) -> int:
+        if not self._running:
+            return ConnectionState.CONNECTION_STATE_STOPPED
+        states = {group.state for group in self.groups}
+        if states == {ConnectionState.CONNECTION_STATE_CONNECTED}:
+            return ConnectionState.CONNECTION_STATE_CONNECTED
+        if ConnectionState.CONNECTION_STATE_RECONNECTING in states:
+            return ConnectionState.CONNECTION_STATE_RECONNECTING
+        return ConnectionState.CONNECTION_STATE_CONNECTING
+
+    def _rates(self) -> tuple[float, float]:
+        if not self._running or not self._samples:
+            return 0.0, 0.0
+        then, messages, trades = self._samples[0]
+        elapsed = time.monotonic() - then
+        if elapsed <= 0:
+            return 0.0, 0.0
+        return (self.messages_received() - messages) / elapsed, (self.trades_received() - trades) / elapsed
+
+    def status(self) -> FeedStatus:
+        messages_rate, trades_rate = self._rates()
+        endpoints = list(dict.fromkeys(
+            group.active.endpoint if group.active is not None else group.endpoint for group in self.groups))
+        status = FeedStatus(
+            name=FEED_NAME,
+            state=self.connection_state(),  # type: ignore[arg-type]
+            endpoint=", ".join(endpoints),
+            streams=[stream for group in self.groups for stream in group.streams],
+            symbols=[state.symbol for state in self.states],
+            messages_per_second=messages_rate,
+            trades_per_second=trades_rate,
+            reconnects_by_reason=dict(self.reconnects),
+            gaps_detected=self.gap_log.detected,
+            trades_missed=self.gap_log.missed,
+            circuit_state=self.breaker.state,  # type: ignore[arg-type]
+            connections=len(self.open_connections()),
+        )
+        last_event_us = max(state.last_event_us for state in self.states)
+        if last_event_us:
+            set_timestamp(status.last_event_time, timestamp_from_micros(last_event_us))
+        for gap in self.gap_log.recent:
+            entry = status.recent_gaps.add(symbol=gap.symbol, first_missing=gap.first_missing,
+                                           last_missing=gap.last_missing)
+            set_timestamp(entry.detected_at, gap.detected_at)
+        return status

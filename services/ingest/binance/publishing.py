@@ -1,0 +1,126 @@
+"""Between the socket readers and Kafka: a bounded buffer of parsed records and the publisher that empties it.
+
+Readers append parsed records to the buffer without awaiting anything; when the buffer holds
+`capacity` records they stop reading (the WebSocket's own receive queue then fills and the socket is no
+longer read: TCP backpressure towards the exchange). The publisher takes batches of up to `batch_size`
+records per kind, publishes them through the sink (which returns once Kafka has acknowledged them) and
+retries whatever Kafka refused, so nothing parsed is dropped and nothing grows without bound.
+"""
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Protocol
+
+from k2.core.producer import DeliveryReport
+from k2.core.records import QUOTE, TRADE, Record, RecordKind
+
+from .resilience import Backoff
+
+log = logging.getLogger(__name__)
+DeadLetter = tuple[bytes, str, str, str]  # raw payload, reason, field, source
+
+
+class RecordSink(Protocol):
+    """What the feed publishes through (the ingest service's KafkaSink)."""
+
+    async def publish(self, kind: RecordKind, records: list[Record]) -> DeliveryReport: ...
+
+    async def dead_letter(self, raw: bytes, reason: str, field: str, source: str) -> None: ...
+
+
+class PublishBuffer:
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.trades: list[Record] = []
+        self.quotes: list[Record] = []
+        self.dead_letters: list[DeadLetter] = []
+        self._space = asyncio.Event()
+
+    def size(self) -> int:
+        return len(self.trades) + len(self.quotes) + len(self.dead_letters)
+
+    def full(self) -> bool:
+        return len(self.trades) + len(self.quotes) + len(self.dead_letters) >= self.capacity
+
+    async def wait_for_space(self) -> None:
+        while self.full():
+            self._space.clear()
+            await self._space.wait()
+
+    def take(self, limit: int) -> tuple[list[Record], list[Record], list[DeadLetter]]:
+        trades, self.trades = self.trades[:limit], self.trades[limit:]
+        quotes, self.quotes = self.quotes[:limit], self.quotes[limit:]
+        dead_letters, self.dead_letters = self.dead_letters, []
+        self._space.set()
+        return trades, quotes, dead_letters
+
+
+class Publisher:
+    def __init__(self, sink: RecordSink, buffer: PublishBuffer, batch_size: int, linger: float, backoff: Backoff):
+        self.sink = sink
+        self.buffer = buffer
+        self.batch_size = batch_size
+        self.linger = linger
+        self.backoff = backoff
+        self.published: Counter[str] = Counter()  # trade, quote, dead_letter → acknowledged by Kafka
+        self.retries = 0
+        self.in_flight = 0
+
+    async def run(self, draining: asyncio.Event) -> None:
+        """Publishes until `draining` is set and everything buffered is acknowledged."""
+        buffer = self.buffer
+        while True:
+            if buffer.size() < self.batch_size:
+                if draining.is_set():
+                    if not buffer.size():
+                        return
+                else:
+                    await asyncio.sleep(self.linger)
+            trades, quotes, dead_letters = buffer.take(self.batch_size)
+            self.in_flight = len(trades) + len(quotes) + len(dead_letters)
+            if not self.in_flight:
+                continue
+            deliveries = [self._deliver(kind, records) for kind, records in ((TRADE, trades), (QUOTE, quotes))
+                          if records]
+            await asyncio.gather(*deliveries, *(self._dead_letter(item) for item in dead_letters))
+            self.in_flight = 0
+
+    async def _deliver(self, kind: RecordKind, records: list[Record]) -> None:
+        attempt = 0
+        while True:
+            try:
+                report = await self.sink.publish(kind, records)
+            except Exception as error:  # noqa: BLE001 - whatever the sink raised, the records are retried
+                log.error("binance: publishing %d %s record(s) failed: %s; retrying", len(records), kind, error)
+                failed = records
+            else:
+                failed = [r for r, e in zip(records, report.errors, strict=True) if e is not None]
+                self.published[kind] += len(records) - len(failed)
+                if failed:
+                    first_error = next(e for e in report.errors if e is not None)
+                    log.error("binance: Kafka refused %d of %d %s record(s) (%s); retrying them", len(failed),
+                              len(records), kind, first_error)
+            if not failed:
+                return
+            records = failed
+            self.retries += 1
+            await asyncio.sleep(self.backoff.delay(attempt))
+            attempt += 1
+
+    async def _dead_letter(self, item: DeadLetter) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self.sink.dead_letter(*item)
+            except Exception as error:  # noqa: BLE001 - whatever the sink raised, the frame is retried
+                log.error("binance: dead-lettering a frame failed: %s; retrying", error)
+                self.retries += 1
+                await asyncio.sleep(self.backoff.delay(attempt))
+                attempt += 1
+            else:
+                self.published["dead_letter"] += 1
+                return
+
+    def unpublished(self) -> int:
+        return self.buffer.size() + self.in_flight

@@ -1,0 +1,126 @@
+"""The one way ingest writes to Kafka: v2 records → Avro messages keyed by symbol on the trades/quotes topic,
+rejected input → the dead-letter topic. Every batch is one PRODUCER span; each of its messages carries that
+span's trace context in its headers, so the writer's spans join the publisher's trace."""
+
+import asyncio
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
+
+from k2.core import avro
+from k2.core.config import KafkaSettings
+from k2.core.kafka import DEAD_LETTER, TOPIC_FOR, dead_letter_headers, topic_name
+from k2.core.producer import AsyncProducer, DeliveryReport, OutgoingMessage
+from k2.core.records import Record, RecordKind
+from k2.core.telemetry import trace_headers
+from services.ingest import metrics
+
+tracer = trace.get_tracer("k2.ingest")
+
+
+class DeliveryError(RuntimeError):
+    """Kafka refused a message that must not be lost (a dead letter)."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    raw: bytes
+    reason: str
+    field: str
+    source: str
+    # Where the input came from, e.g. (("k2.dlq.file", b"/data/7078.csv"), ("k2.dlq.line", b"17")).
+    context: tuple[tuple[str, bytes], ...] = ()
+
+
+class KafkaSink:
+    def __init__(self, settings: KafkaSettings, producer: AsyncProducer | None = None):
+        self.settings = settings
+        self.producer = producer or AsyncProducer(settings)
+        self.topics = {kind: topic_name(settings, topic) for kind, topic in TOPIC_FOR.items()}
+        self.dead_letter_topic = topic_name(settings, DEAD_LETTER)
+
+    async def publish(self, kind: RecordKind, records: list[Record]) -> DeliveryReport:
+        """Writes the records and waits for Kafka's acks: one error (or None) per record, in order. While the
+        producer's buffer is full this waits (backpressure)."""
+        return await (await self.produce(kind, records))
+
+    async def produce(self, kind: RecordKind, records: Sequence[Record]) -> asyncio.Future[DeliveryReport]:
+        """Hands the records to the producer and returns the awaitable of their delivery report, so the caller
+        can prepare its next batch meanwhile. Batches are written in the order of the calls."""
+        topic = self.topics[kind]
+        encode = avro.encode
+        span = _send_span(topic, len(records))
+        with _ended_on_error(span):
+            headers = trace_headers(trace.set_span_in_context(span))
+            messages = [OutgoingMessage(topic, record["symbol"].encode(), encode(kind, record), headers)
+                        for record in records]
+            return await self._produce(span, topic, messages)
+
+    async def dead_letter(self, raw: bytes, reason: str, field: str, source: str) -> None:
+        """Writes one rejected input to the dead-letter topic; returns once Kafka has it, or DeliveryError."""
+        report = await (await self.produce_dead_letters([DeadLetter(raw, reason, field, source)]))
+        if report.failed:
+            raise DeliveryError(f"dead letter not written to {self.dead_letter_topic}: {report.errors[0]}")
+
+    async def produce_dead_letters(self, letters: Sequence[DeadLetter]) -> asyncio.Future[DeliveryReport]:
+        topic = self.dead_letter_topic
+        span = _send_span(topic, len(letters))
+        with _ended_on_error(span):
+            trace_context = trace_headers(trace.set_span_in_context(span))
+            messages = [OutgoingMessage(topic, None, letter.raw,
+                                        dead_letter_headers(letter.reason, letter.source, letter.field)
+                                        + list(letter.context) + trace_context)
+                        for letter in letters]
+            return await self._produce(span, topic, messages)
+
+    async def _produce(self, span: Span, topic: str,
+                       messages: list[OutgoingMessage]) -> asyncio.Future[DeliveryReport]:
+        started = time.perf_counter()
+        delivery = await self.producer.produce_batch(messages)
+        metrics.PRODUCE_BATCHES_IN_FLIGHT.inc()
+
+        def delivered(future: asyncio.Future[DeliveryReport]) -> None:
+            metrics.PRODUCE_BATCHES_IN_FLIGHT.dec()
+            seconds = time.perf_counter() - started
+            metrics.KAFKA_DELIVERY_SECONDS.labels(metrics.SERVICE, topic).observe(seconds)
+            if not future.cancelled():
+                failed = future.result().failed
+                if failed:
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, f"{failed} messages not delivered"))
+                    metrics.KAFKA_MESSAGES.labels(metrics.SERVICE, topic, "failed").inc(failed)
+                metrics.KAFKA_MESSAGES.labels(metrics.SERVICE, topic, "delivered").inc(len(messages) - failed)
+            span.end()
+
+        delivery.add_done_callback(delivered)
+        return delivery
+
+    def buffered(self) -> int:
+        """Messages handed to the producer and not yet acknowledged by Kafka."""
+        return self.producer.in_flight()
+
+    async def close(self, timeout: float = 30.0) -> int:
+        """Flushes everything produced so far; returns how many messages Kafka did not take in the timeout."""
+        return await asyncio.to_thread(self.producer.close, timeout)
+
+
+@contextmanager
+def _ended_on_error(span: Span) -> Iterator[None]:
+    """The span of a send that failed before its messages were handed over (it ends on delivery otherwise)."""
+    try:
+        yield
+    except BaseException as error:
+        span.record_exception(error)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+        span.end()
+        raise
+
+
+def _send_span(topic: str, count: int) -> Span:
+    # OpenTelemetry messaging semantic conventions for a batch send to Kafka.
+    return tracer.start_span(f"send {topic}", kind=SpanKind.PRODUCER, attributes={
+        "messaging.system": "kafka", "messaging.operation.type": "send", "messaging.operation.name": "send",
+        "messaging.destination.name": topic, "messaging.batch.message_count": count})

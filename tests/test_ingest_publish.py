@@ -1,0 +1,293 @@
+"""PublishTrades / PublishQuotes against the real broker: exact records on the topics, per-item rejections,
+idempotent re-sends, pipelined in-order answers, delivery failures reported, auth, feed status, SIGTERM."""
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import grpc
+import pytest
+from conftest import free_port
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_ingest_support import READ_TOKEN, WRITE, WRITE_TOKEN, headers_of, read_topic, running_ingest
+
+from k2.core import avro
+from k2.core.config import KafkaSettings
+from k2.core.kafka import QUOTES, TRADES
+from k2.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from k2.marketdata.v1.marketdata_pb2 import AssetClass, Quote, Side, Trade
+from services.ingest.ids import batch_message_ids
+
+START = datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def trade(i: int, **fields: Any) -> Trade:
+    message = Trade(trade_id=f"BINANCE-{1000 + i}", symbol="BTCUSDT" if i % 2 else "ETHUSDT",
+                    exchange="BINANCE", asset_class=AssetClass.ASSET_CLASS_CRYPTO, price=f"97123.{i:02d}",
+                    quantity="0.00150000", currency="USDT", side=Side.SIDE_SELL if i % 2 else Side.SIDE_BUY,
+                    source_sequence=1000 + i, vendor_data={"is_buyer_maker": "true" if i % 2 else "false"})
+    message.timestamp.FromDatetime(START + timedelta(microseconds=i))
+    for name, value in fields.items():
+        setattr(message, name, value)
+    return message
+
+
+def expected_trade(i: int) -> dict[str, Any]:
+    return {"trade_id": f"BINANCE-{1000 + i}", "symbol": "BTCUSDT" if i % 2 else "ETHUSDT",
+            "exchange": "BINANCE", "asset_class": "CRYPTO", "timestamp": START + timedelta(microseconds=i),
+            "price": Decimal(f"97123.{i:02d}"), "quantity": Decimal("0.0015"), "currency": "USDT",
+            "side": "SELL" if i % 2 else "BUY", "trade_conditions": [], "source_sequence": 1000 + i,
+            "platform_sequence": None, "vendor_data": {"is_buyer_maker": "true" if i % 2 else "false"}}
+
+
+async def requests(*batches: ingest_pb2.PublishTradesRequest
+                   ) -> AsyncIterator[ingest_pb2.PublishTradesRequest]:
+    for batch in batches:
+        yield batch
+
+
+async def publish(stub: Any, *batches: ingest_pb2.PublishTradesRequest
+                  ) -> list[ingest_pb2.PublishTradesResponse]:
+    return [answer async for answer in stub.PublishTrades(requests(*batches), metadata=WRITE)]
+
+
+def batch(batch_id: str, trades: Iterable[Trade]) -> ingest_pb2.PublishTradesRequest:
+    return ingest_pb2.PublishTradesRequest(batch_id=batch_id, trades=list(trades))
+
+
+async def test_published_trades_are_on_the_topic_exactly(kafka_settings: KafkaSettings) -> None:
+    sent = [trade(i) for i in range(40)]
+    sent[3].price = "99999999999999999999.999999999999999999"  # the extremes of decimal(38,18)
+    sent[4].quantity = "0.000000000000000001"
+    sent[5].trade_conditions[:] = ["A", "XT"]
+    sent[6].ClearField("source_sequence")
+    sent[6].vendor_data.clear()
+    before = datetime.now(UTC)
+    async with running_ingest(kafka_settings) as ingest:
+        [answer] = await publish(ingest.stub, batch("batch-1", sent))
+        messages = await read_topic(kafka_settings, ingest.topic(TRADES))
+    assert (answer.batch_id, answer.accepted, list(answer.rejections)) == ("batch-1", 40, [])
+    assert not answer.duplicate
+
+    expected = {i: expected_trade(i) for i in range(40)}
+    expected[3]["price"] = Decimal("99999999999999999999.999999999999999999")
+    expected[4]["quantity"] = Decimal("0.000000000000000001")
+    expected[5]["trade_conditions"] = ["A", "XT"]
+    expected[6] |= {"source_sequence": None, "vendor_data": None}
+    message_id = batch_message_ids("trade", "batch-1")
+    by_trade_id = {}
+    for message in messages:
+        kind, record = avro.decode(message.value())
+        assert kind == "trade" and message.key() == record["symbol"].encode()
+        by_trade_id[record["trade_id"]] = record
+    assert len(messages) == len(by_trade_id) == 40
+    # the batch was one send span: every message carries its trace context
+    assert len({headers_of(m)["traceparent"] for m in messages}) == 1
+    for i, wanted in expected.items():
+        record = by_trade_id[wanted["trade_id"]]
+        assert before <= record.pop("ingestion_timestamp") <= datetime.now(UTC)
+        assert uuid.UUID(record["message_id"]).version == 5
+        assert record.pop("message_id") == message_id(i)
+        assert record == wanted  # Decimal and datetime equality: exact values, not text
+
+
+async def test_invalid_items_are_rejected_one_by_one(kafka_settings: KafkaSettings) -> None:
+    sent = [trade(i) for i in range(10)]
+    sent[1].price = "12,5"
+    sent[2].price = "1.0000000000000000001"
+    sent[3].ClearField("timestamp")
+    sent[4].side = 99
+    sent[5].timestamp.nanos = 1
+    sent[6].quantity = "-1"
+    sent[7].timestamp.seconds = 2**62
+    async with running_ingest(kafka_settings) as ingest:
+        [answer] = await publish(ingest.stub, batch("mixed", sent))
+        records = await ingest.records(TRADES)
+    rejections = [(r.index, r.field, r.reason) for r in answer.rejections]
+    assert [(index, field) for index, field, _ in rejections] == [
+        (1, "price"), (2, "price"), (3, "timestamp"), (4, "side"), (5, "timestamp"), (6, "quantity"),
+        (7, "timestamp")]
+    for (_, _, reason), expected in zip(rejections, [
+            "not a decimal number", "more than 18 decimal places", "required", "unknown enum value",
+            "finer than a microsecond", "must be positive", "outside years 1-9999"], strict=True):
+        assert expected in reason
+    assert answer.accepted == 3
+    assert sorted(r["trade_id"] for r in records) == [f"BINANCE-{1000 + i}" for i in (0, 8, 9)]
+
+
+async def test_a_resent_batch_is_written_once(kafka_settings: KafkaSettings) -> None:
+    first = batch("resend-me", [trade(i) for i in range(25)])
+    async with running_ingest(kafka_settings) as ingest:
+        [original, same_stream_copy] = await publish(ingest.stub, first, first)
+        [other_stream_copy] = await publish(ingest.stub, first)  # as after a reconnect
+        assert await ingest.count(TRADES) == 25
+    assert (original.accepted, original.duplicate) == (25, False)
+    for copy in (same_stream_copy, other_stream_copy):
+        assert (copy.batch_id, copy.accepted, copy.duplicate) == ("resend-me", 25, True)
+
+
+async def test_beyond_the_dedupe_window_a_resent_batch_keeps_its_ids(kafka_settings: KafkaSettings) -> None:
+    async with running_ingest(kafka_settings, dedupe_window_batches=1) as ingest:
+        await publish(ingest.stub, batch("a", [trade(i) for i in range(5)]), batch("b", [trade(9)]))
+        [late_copy] = await publish(ingest.stub, batch("a", [trade(i) for i in range(5)]))
+        records = await ingest.records(TRADES)
+    assert late_copy.duplicate is False  # forgotten: written again...
+    ids_of_a = [r["message_id"] for r in records if r["trade_id"] != "BINANCE-1009"]
+    assert len(ids_of_a) == 10 and len(set(ids_of_a)) == 5  # ...with the same message ids: dropped downstream
+
+
+async def test_publisher_message_ids_are_kept(kafka_settings: KafkaSettings) -> None:
+    own_id = "0b9f4e1c-5d2a-4f53-9b8e-2f6c1d0a7e31"
+    async with running_ingest(kafka_settings) as ingest:
+        await publish(ingest.stub, batch("", [trade(0, message_id=own_id), trade(1)]))
+        records = sorted(await ingest.records(TRADES), key=lambda r: r["trade_id"])
+    assert records[0]["message_id"] == own_id
+    assert uuid.UUID(records[1]["message_id"]).version == 4  # no batch id: a random id
+
+
+async def test_answers_come_in_order_while_batches_pipeline(kafka_settings: KafkaSettings) -> None:
+    batches = [batch(f"ordered-{n}", [trade(n * 10 + i) for i in range(10)]) for n in range(60)]
+    async with running_ingest(kafka_settings, max_batches_in_flight=4) as ingest:
+        answers = await publish(ingest.stub, *batches)
+        assert await ingest.count(TRADES) == 600
+    assert [a.batch_id for a in answers] == [f"ordered-{n}" for n in range(60)]
+    assert all(a.accepted == 10 for a in answers)
+
+
+async def test_too_large_a_batch_ends_the_stream_after_those_before(kafka_settings: KafkaSettings) -> None:
+    received = []
+    async with running_ingest(kafka_settings, max_batch_items=10) as ingest:
+        batches = requests(batch("fits", [trade(i) for i in range(10)]),
+                           batch("too-big", [trade(i) for i in range(11)]))
+        call = ingest.stub.PublishTrades(batches, metadata=WRITE)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            async for answer in call:
+                received.append(answer.batch_id)
+        assert await ingest.count(TRADES) == 10
+    assert received == ["fits"]
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 10" in (error.value.details() or "")
+
+
+async def test_a_message_kafka_refuses_is_a_rejection(kafka_settings: KafkaSettings) -> None:
+    oversized = trade(1)
+    oversized.vendor_data["blob"] = "x" * 2_000_000  # above the producer's message.max.bytes
+    async with running_ingest(kafka_settings) as ingest:
+        [answer] = await publish(ingest.stub, batch("one-too-big", [trade(0), oversized, trade(2)]))
+        assert await ingest.count(TRADES) == 2
+    assert answer.accepted == 2
+    [rejection] = answer.rejections
+    assert (rejection.index, rejection.field) == (1, "")
+    assert "not written to Kafka" in rejection.reason and "too large" in rejection.reason.lower()
+
+
+async def test_quotes_one_sided_and_crossed_are_published_exactly(kafka_settings: KafkaSettings) -> None:
+    def quote(i: int, bid: tuple[str, str] | None, ask: tuple[str, str] | None) -> Quote:
+        message = Quote(quote_id=f"Q-{i}", symbol="BHP", exchange="ASX",
+                        asset_class=AssetClass.ASSET_CLASS_EQUITIES, currency="AUD")
+        if bid:
+            message.bid_price, message.bid_quantity = bid
+        if ask:
+            message.ask_price, message.ask_quantity = ask
+        message.timestamp.FromDatetime(START)
+        return message
+
+    sent = [quote(0, ("37.7", "300"), None), quote(1, ("37.8", "1"), ("37.7", "2")),
+            quote(2, None, ("1", "1")), quote(3, ("1", "0"), None)]
+
+    async def quote_batches() -> AsyncIterator[ingest_pb2.PublishQuotesRequest]:
+        yield ingest_pb2.PublishQuotesRequest(batch_id="quotes", quotes=sent)
+
+    async with running_ingest(kafka_settings) as ingest:
+        [answer] = [a async for a in ingest.stub.PublishQuotes(quote_batches(), metadata=WRITE)]
+        records = {r["quote_id"]: r for r in await ingest.records(QUOTES)}
+    assert answer.accepted == 3 and [(r.index, r.field) for r in answer.rejections] == [(3, "bid_quantity")]
+    sides = {qid: (r["bid_price"], r["bid_quantity"], r["ask_price"], r["ask_quantity"])
+             for qid, r in records.items()}
+    assert sides == {"Q-0": (Decimal("37.7"), Decimal(300), None, None),
+                     "Q-1": (Decimal("37.8"), Decimal(1), Decimal("37.7"), Decimal(2)),
+                     "Q-2": (None, None, Decimal(1), Decimal(1))}
+
+
+@pytest.mark.parametrize("metadata, code", [
+    ((), grpc.StatusCode.UNAUTHENTICATED),
+    ((("authorization", "Bearer wrong-token"),), grpc.StatusCode.UNAUTHENTICATED),
+    ((("authorization", f"Bearer {READ_TOKEN}"),), grpc.StatusCode.PERMISSION_DENIED),
+])
+async def test_publishing_needs_a_write_token(kafka_settings: KafkaSettings, metadata: Any,
+                                              code: grpc.StatusCode) -> None:
+    async with running_ingest(kafka_settings) as ingest:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            [a async for a in ingest.stub.PublishTrades(requests(batch("x", [trade(0)])), metadata=metadata)]
+        with pytest.raises(grpc.aio.AioRpcError) as load_error:
+            load = ingest_pb2.LoadFilesRequest(paths=["trades/3153.csv"],
+                                               format=ingest_pb2.FILE_FORMAT_ASX_TRADES)
+            [r async for r in ingest.stub.LoadFiles(load, metadata=metadata)]
+        assert await ingest.count(TRADES) == 0
+    assert error.value.code() == code and load_error.value.code() == code
+
+
+class StaticFeed:
+    name = "static"
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None: ...
+
+    def status(self) -> ingest_pb2.FeedStatus:
+        return ingest_pb2.FeedStatus(name=self.name, state=ingest_pb2.CONNECTION_STATE_CONNECTED,
+                                     symbols=["BTCUSDT"])
+
+
+async def test_feed_status_lists_the_registered_feeds(kafka_settings: KafkaSettings) -> None:
+    async with running_ingest(kafka_settings) as ingest:
+        reader = (("authorization", f"Bearer {READ_TOKEN}"),)
+        empty = await ingest.stub.GetFeedStatus(ingest_pb2.GetFeedStatusRequest(), metadata=reader)
+        ingest.app.add_feed(StaticFeed())
+        listed = await ingest.stub.GetFeedStatus(ingest_pb2.GetFeedStatusRequest(), metadata=reader)
+    assert list(empty.feeds) == []
+    assert [(f.name, f.state, list(f.symbols)) for f in listed.feeds] == [
+        ("static", ingest_pb2.CONNECTION_STATE_CONNECTED, ["BTCUSDT"])]
+
+
+async def test_sigterm_flushes_and_exits_zero(kafka_settings: KafkaSettings) -> None:
+    port = free_port()
+    env = os.environ | {"K2_INGEST_PORT": str(port), "K2_INGEST_METRICS_PORT": "0",
+                        "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+                        "K2_KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
+                        "K2_AUTH_WRITE_TOKENS": f'["{WRITE_TOKEN}"]'}
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.ingest", env=env,
+                                                   stderr=asyncio.subprocess.PIPE)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            await asyncio.wait_for(_until_serving(health), timeout=30)
+            stub = ingest_pb2_grpc.IngestServiceStub(channel)
+            [answer] = await publish(stub, batch("before-sigterm", [trade(i) for i in range(100)]))
+        assert answer.accepted == 100
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+        assert process.returncode == 0, stderr.decode()[-2000:]
+        assert len(await read_topic(kafka_settings, kafka_settings.topic_prefix + TRADES.name)) == 100
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def _until_serving(health: health_pb2_grpc.HealthStub) -> None:
+    while True:
+        try:
+            reply = await health.Check(health_pb2.HealthCheckRequest(service="k2.ingest.v1.IngestService"))
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.1)
