@@ -6,13 +6,13 @@ import asyncio
 import ipaddress
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from k2.core.auth import TokenAuthInterceptor
 from k2.core.config import AuthSettings, ServerSettings
@@ -33,7 +33,12 @@ def _is_loopback(host: str) -> bool:
 
 
 def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    # A half-configured TLS must fail at start, not quietly serve plaintext.
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+        raise ValueError("TLS needs both tls_cert_file and tls_key_file")
     if settings.tls_cert_file is None or settings.tls_key_file is None:
+        if settings.tls_client_ca_file is not None:
+            raise ValueError("tls_client_ca_file (mTLS) needs TLS: set tls_cert_file and tls_key_file")
         if not (settings.allow_plaintext or _is_loopback(settings.host)):
             raise ValueError(f"refusing plaintext gRPC on {settings.host}: set a TLS certificate and key, "
                              "or allow_plaintext for a private network")
@@ -44,14 +49,24 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
         root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
+def _traced(untraced_methods: Collection[str]) -> Callable[[object], bool] | None:
+    if not untraced_methods:
+        return None
+    return filters.negate(filters.any_of(*(filters.full_method_name(m) for m in untraced_methods)))
+
+
 class GrpcServer:
-    def __init__(self, service: str, settings: ServerSettings, auth: AuthSettings):
+    def __init__(self, service: str, settings: ServerSettings, auth: AuthSettings,
+                 untraced_methods: Collection[str] = ()):
+        """untraced_methods: full names ("/k2.query.v1.QueryService/SubscribeTrades") served without a span: endless
+        streams, whose span would never end usefully and which the OpenTelemetry aio interceptor cannot close
+        cleanly when the client goes away (it logs "Failed to detach context" for every such stream)."""
         setup_tracing(service)
         self.service = service
         self.settings = settings
         self.health = health_aio.HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(), TokenAuthInterceptor(auth)],
+            interceptors=[aio_server_interceptor(filter_=_traced(untraced_methods)), TokenAuthInterceptor(auth)],
             options=[("grpc.max_receive_message_length", settings.max_message_bytes),
                      ("grpc.max_send_message_length", settings.max_message_bytes)])
         self.service_names: list[str] = []

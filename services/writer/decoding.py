@@ -1,0 +1,65 @@
+"""Decoding off the consume loop: Avro decoding is CPU-bound Python that holds the GIL, so batches are decoded
+in worker processes while the loop consumes the next ones and commits (K2_WRITER_DECODE_PROCESSES; 0 decodes
+on the loop's thread)."""
+
+import gc
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+
+from k2.core.arrow import BatchDecoder, DecodedBatch
+from k2.core.records import QUOTE, TRADE, RecordKind
+
+_decoders: dict[RecordKind, BatchDecoder] = {}
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)  # the writer died (kill -9): a worker must not outlive it
+
+
+def _start_worker(parent: int) -> None:
+    gc.set_threshold(50_000, 20, 20)  # a dict per message: collect the young generation less often
+    _decoders.update({TRADE: BatchDecoder(TRADE), QUOTE: BatchDecoder(QUOTE)})
+    threading.Thread(target=_exit_with, args=(parent,), name="exit-with-writer", daemon=True).start()
+
+
+def _ready() -> None:
+    """Run once per worker at start-up, so the first batch does not wait for the workers to import."""
+
+
+def _decode(kind: RecordKind, values: list[bytes]) -> DecodedBatch:
+    return _decoders[kind].decode(values)
+
+
+class Decoders:
+    def __init__(self, processes: int):
+        self.processes = processes
+        self._inline = {TRADE: BatchDecoder(TRADE), QUOTE: BatchDecoder(QUOTE)}
+        self._pool: ProcessPoolExecutor | None = None
+        self.restart()
+
+    def restart(self) -> None:
+        """A fresh pool (after a worker died: a broken pool refuses new work)."""
+        self.close()
+        if self.processes:
+            # spawn: the workers inherit none of the parent's threads (librdkafka, gRPC) or locks.
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_start_worker, initargs=(os.getpid(),))
+            for future in [self._pool.submit(_ready) for _ in range(self.processes)]:
+                future.result()
+
+    def submit(self, kind: RecordKind, values: list[bytes]) -> Future[DecodedBatch]:
+        if self._pool is not None:
+            return self._pool.submit(_decode, kind, values)
+        future: Future[DecodedBatch] = Future()
+        future.set_result(self._inline[kind].decode(values))
+        return future
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

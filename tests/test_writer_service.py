@@ -1,0 +1,303 @@
+"""The writer service in-process against the real broker: v1 and v2 messages become v2 rows, poison goes to
+the dead-letter topic without stalling its partition, status/flush/compaction over gRPC, health, traces."""
+
+import asyncio
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from confluent_kafka import Consumer, Message, Producer
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from strategies import sample_quote, sample_trade
+
+from k2.core import avro
+from k2.core.config import AuthSettings, IcebergSettings, KafkaSettings
+from k2.core.iceberg import committed_offsets, load_catalog, table_identifier
+from k2.core.kafka import (
+    DEAD_LETTER, DLQ_REASON, DLQ_SOURCE_OFFSET, DLQ_SOURCE_PARTITION, DLQ_SOURCE_TOPIC, TRADES,
+    consumer_config, producer_config, topic_name,
+)
+from k2.core.telemetry import setup_tracing
+from k2.writer.v1 import writer_pb2 as pb
+from k2.writer.v1 import writer_pb2_grpc
+from services.writer.config import WriterSettings
+from services.writer.server import WriterApp
+
+TOKEN = "writer-test-token"
+WRITE = [("authorization", f"Bearer {TOKEN}")]
+Started = tuple[WriterApp, writer_pb2_grpc.WriterServiceStub, grpc.aio.Channel]
+
+
+@pytest.fixture
+async def start_writer(kafka_settings: KafkaSettings,
+                       iceberg_settings: IcebergSettings) -> AsyncIterator[Callable[..., Awaitable[Started]]]:
+    started: list[Started] = []
+
+    async def start(kafka: KafkaSettings = kafka_settings, **overrides: object) -> Started:
+        defaults = {"port": 0, "metrics_port": 0, "group_id": f"writer-{uuid.uuid4().hex[:8]}",
+                    "commit_interval_ms": 200}
+        settings = WriterSettings.model_validate(defaults | overrides)
+        app = await WriterApp.open(settings, kafka, iceberg_settings,
+                                   AuthSettings.model_validate({"write_tokens": [TOKEN]}))
+        port = await app.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        started.append((app, writer_pb2_grpc.WriterServiceStub(channel), channel))
+        return started[-1]
+
+    yield start
+    for app, _, channel in started:
+        await channel.close()
+        await app.stop()
+
+
+async def wait_caught_up(stub: writer_pb2_grpc.WriterServiceStub, topic: str,
+                         timeout: float = 60.0) -> pb.GetStatusResponse:
+    """Polls GetStatus until the table records every message of the topic."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = await stub.GetStatus(pb.GetStatusRequest())
+        partitions = [p for p in status.partitions if p.topic == topic]
+        if partitions and all(p.lag == 0 for p in partitions) and any(p.high_watermark for p in partitions):
+            return status
+        assert time.monotonic() < deadline, f"not caught up: {status.partitions}"
+        await asyncio.sleep(0.2)
+
+
+def produce(kafka: KafkaSettings, topic: str, values: list[bytes], partition: int = 0) -> None:
+    producer = Producer(producer_config(kafka))
+    for value in values:
+        producer.produce(topic, value, partition=partition)
+    assert producer.flush(30) == 0
+
+
+def trades_table(iceberg: IcebergSettings):  # type: ignore[no-untyped-def]
+    return load_catalog(iceberg).load_table(table_identifier(iceberg, "trade"))
+
+
+async def test_v1_and_v2_become_v2_rows_and_poison_is_dead_lettered(
+        start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings,
+        iceberg_settings: IcebergSettings) -> None:
+    topic = topic_name(kafka_settings, TRADES)
+    before = [sample_trade(message_id=str(uuid.uuid4()), trade_id=f"BINANCE-{i}",
+                           price=Decimal("97123.45") + i) for i in range(20)]
+    after = [sample_trade(message_id=str(uuid.uuid4()), trade_id=f"BINANCE-{100 + i}",
+                          quantity=Decimal("12345678901234567890.123456789012345678")) for i in range(20)]
+    v1 = {"symbol": "BHP", "company_id": 7078, "exchange": "ASX",
+          "exchange_timestamp": datetime(2014, 3, 9, 23, 5, 44, 516000, UTC), "price": Decimal("37.51"),
+          "volume": 40000, "qualifiers": 3, "venue": "X", "buyer_id": None,
+          "ingestion_timestamp": datetime(2014, 3, 9, 23, 5, 45, tzinfo=UTC), "sequence_number": 1}
+    poison = os.urandom(64)
+    values = [*(avro.encode("trade", r) for r in before), avro.encode_with(avro.VERSIONS["trade"][0], v1),
+              poison, avro.encode("quote", sample_quote()), *(avro.encode("trade", r) for r in after)]
+    _, stub, _ = await start_writer()
+    produce(kafka_settings, topic, values, partition=2)
+
+    status = await wait_caught_up(stub, topic)
+    assert status.dead_lettered == 2
+    partition = next(p for p in status.partitions if p.topic == topic and p.partition == 2)
+    assert partition.committed_offset == partition.high_watermark == len(values)
+
+    rows = {r["trade_id"]: r for r in trades_table(iceberg_settings).scan().to_arrow().to_pylist()}
+    assert len(rows) == 41
+    for record in before + after:
+        row = rows[record["trade_id"]]
+        assert (row["message_id"], row["price"], row["quantity"]) == (
+            record["message_id"], record["price"], record["quantity"])
+    upgraded = rows["ASX-1"]
+    assert (upgraded["symbol"], upgraded["price"], upgraded["quantity"], upgraded["currency"]) == (
+        "BHP", Decimal("37.51"), Decimal(40000), "AUD")
+
+    consumer = Consumer(consumer_config(kafka_settings, f"dlq-{uuid.uuid4().hex[:6]}"))
+    consumer.subscribe([topic_name(kafka_settings, DEAD_LETTER)])
+    letters: list[Message] = []
+    deadline = time.monotonic() + 30
+    while len(letters) < 2 and time.monotonic() < deadline:
+        letters += [m for m in consumer.consume(10, timeout=0.5) if m.error() is None]
+    consumer.close()
+    assert len(letters) == 2
+    headers = [dict(m.headers() or []) for m in letters]
+    assert letters[0].value() == poison
+    assert [(h[DLQ_SOURCE_TOPIC], h[DLQ_SOURCE_PARTITION], h[DLQ_SOURCE_OFFSET]) for h in headers] == [
+        (topic.encode(), b"2", b"21"), (topic.encode(), b"2", b"22")]
+    assert b"header" in headers[0][DLQ_REASON]  # type: ignore[operator]
+    assert headers[1][DLQ_REASON] == b"a quote message where trades are expected"
+
+
+async def test_flush_needs_a_write_token_and_reports_commits(
+        start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings) -> None:
+    _, stub, _ = await start_writer(commit_interval_ms=600_000)
+    topic = topic_name(kafka_settings, TRADES)
+    produce(kafka_settings, topic, [avro.encode("trade", sample_trade(message_id=str(uuid.uuid4())))
+                                    for _ in range(10)])
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Flush(pb.FlushRequest())
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    deadline = time.monotonic() + 30
+    committed = 0
+    while committed < 10:  # the consumer may not have read all ten yet
+        assert time.monotonic() < deadline
+        response = await stub.Flush(pb.FlushRequest(), metadata=WRITE)
+        commits = {c.table: c for c in response.commits}
+        assert set(commits) == {"market_data.trades", "market_data.quotes"}
+        committed += commits["market_data.trades"].rows
+        await asyncio.sleep(0.2)
+    status = await stub.GetStatus(pb.GetStatusRequest())
+    table = next(t for t in status.tables if t.table == "market_data.trades")
+    assert table.rows == 10 and table.snapshot_id and table.files >= 1
+    assert table.newest_event_time.seconds == int(sample_trade()["timestamp"].timestamp())
+
+
+class TradeStream:
+    """Produces unique trades over two event days in a thread until stopped; remembers what Kafka
+    acknowledged."""
+
+    def __init__(self, kafka: KafkaSettings, rate: int):
+        self.topic = topic_name(kafka, TRADES)
+        self.producer = Producer(producer_config(kafka))
+        self.rate = rate
+        self.acknowledged: dict[str, tuple[Decimal, Decimal]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _on_delivery(self, error: object, message: object, record: dict[str, Any]) -> None:
+        if error is None:
+            self.acknowledged[record["message_id"]] = (record["price"], record["quantity"])
+
+    def _run(self) -> None:
+        sent = 0
+        started = time.monotonic()
+        while not self._stop.is_set():
+            day = datetime(2026, 1, 1 + sent % 2, tzinfo=UTC)
+            record = sample_trade(
+                message_id=str(uuid.uuid4()), trade_id=f"T-{sent}",
+                symbol=random.choice(["BTCUSDT", "ETHUSDT"]),
+                timestamp=day + timedelta(microseconds=sent),
+                price=Decimal(f"{random.randint(1, 10**8)}.{random.randint(0, 10**18 - 1):018d}"),
+                quantity=Decimal(f"{random.randint(1, 10**6)}.{random.randint(0, 10**18 - 1):018d}"))
+            self.producer.produce(self.topic, avro.encode("trade", record), record["symbol"].encode(),
+                                  on_delivery=partial(self._on_delivery, record=record))
+            sent += 1
+            self.producer.poll(0)
+            delay = started + sent / self.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        assert self.producer.flush(30) == 0
+
+
+def table_rows(iceberg: IcebergSettings) -> list[tuple[str, Decimal, Decimal]]:
+    scan = trades_table(iceberg).scan(selected_fields=("message_id", "price", "quantity")).to_arrow()
+    return sorted(zip(*(scan[c].to_pylist() for c in ("message_id", "price", "quantity")), strict=True))
+
+
+async def compact(
+        stub: writer_pb2_grpc.WriterServiceStub) -> tuple[list[pb.CompactProgress], pb.CompactResult]:
+    progress, result = [], None
+    async for event in stub.Compact(pb.CompactRequest(table="market_data.trades"), metadata=WRITE):
+        if event.HasField("progress"):
+            progress.append(event.progress)
+        else:
+            result = event.result
+    assert result is not None
+    return progress, result
+
+
+async def test_compaction_under_concurrent_appends_keeps_every_row_once(
+        start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings,
+        iceberg_settings: IcebergSettings) -> None:
+    _, stub, _ = await start_writer(commit_interval_ms=100, compaction_interval_seconds=0,
+                                    snapshot_expiry_interval_seconds=1, snapshot_max_age_seconds=3,
+                                    snapshot_min_keep=1)
+    topic = topic_name(kafka_settings, TRADES)
+    stream = TradeStream(kafka_settings, rate=1500)
+    stream.start()
+    await asyncio.sleep(4)  # many small commits, each adding a file to both day partitions
+
+    progress, result = await compact(stub)  # while appends to the same partitions continue
+    assert result.files_after < result.files_before and result.snapshot_id
+    assert progress[-1].partitions_done == progress[-1].partitions_total == 2
+    await asyncio.sleep(1)
+    stream.stop()
+    await wait_caught_up(stub, topic)
+
+    table = trades_table(iceberg_settings)
+    compactions = [s for s in table.snapshots() if s.summary and s.summary.operation.value == "overwrite"]
+    assert compactions, "the compaction commits are still in the table's history"
+    for snapshot in compactions:  # offsets carried forward unchanged
+        parent = snapshot.parent_snapshot_id
+        assert committed_offsets(table, snapshot.snapshot_id) == committed_offsets(table, parent)
+    rows = table_rows(iceberg_settings)
+    assert len(rows) == len({r[0] for r in rows}) == len(stream.acknowledged)
+    assert {r[0]: (r[1], r[2]) for r in rows} == stream.acknowledged
+
+    live_before = set(table.inspect.files()["file_path"].to_pylist())
+    _, result = await compact(stub)  # quiet now: the same answer before and after
+    assert result.files_after < result.files_before
+    assert table_rows(iceberg_settings) == rows
+    table.refresh()
+    replaced = live_before - set(table.inspect.files()["file_path"].to_pylist())
+    assert replaced
+    deadline = time.monotonic() + 30
+    while any(Path(p.removeprefix("file://")).exists() for p in replaced):  # expiry deletes them
+        assert time.monotonic() < deadline, "files replaced by compaction were not deleted after expiry"
+        await asyncio.sleep(0.5)
+    assert table_rows(iceberg_settings) == rows
+    assert len(trades_table(iceberg_settings).snapshots()) <= 20
+
+
+async def test_health_is_not_serving_while_kafka_is_unreachable(
+        start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings) -> None:
+    unreachable = kafka_settings.model_copy(update={"bootstrap_servers": "127.0.0.1:9"})
+    _, _, channel = await start_writer(kafka=unreachable, provision_topics=False,
+                                       monitor_interval_seconds=0.5)
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + 30
+    while True:
+        response = await health.Check(health_pb2.HealthCheckRequest(service="k2.writer.v1.WriterService"))
+        if response.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+            break
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.3)
+
+
+async def test_sampled_traces_continue_through_the_writer(
+        start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings) -> None:
+    exporter = InMemorySpanExporter()
+    setup_tracing("writer").add_span_processor(SimpleSpanProcessor(exporter))
+    _, stub, _ = await start_writer()
+    topic = topic_name(kafka_settings, TRADES)
+    trace_id = uuid.uuid4().hex
+    producer = Producer(producer_config(kafka_settings))
+    for _ in range(20):  # one published batch: one sampled trace context on every message
+        producer.produce(topic, avro.encode("trade", sample_trade(message_id=str(uuid.uuid4()))),
+                         headers=[("traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01".encode())])
+    assert producer.flush(30) == 0
+    await wait_caught_up(stub, topic)
+    spans = [s for s in exporter.get_finished_spans()
+             if s.context is not None and f"{s.context.trace_id:032x}" == trace_id]
+    consumed: list[Any] = [s.attributes for s in spans if s.kind == SpanKind.CONSUMER]
+    committed: list[Any] = [s.attributes for s in spans if s.name == "market_data.trades commit"]
+    assert consumed and committed
+    assert {a["messaging.destination.name"] for a in consumed} == {topic}
+    assert sum(a["messaging.batch.message_count"] for a in consumed) == 20
+    assert sum(a["k2.rows"] for a in committed) == 20
