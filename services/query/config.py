@@ -1,0 +1,38 @@
+"""Query service settings, environment prefix K2_QUERY_ (K2_QUERY_PORT, K2_QUERY_MAX_LIMIT, ...)."""
+
+from pydantic_settings import SettingsConfigDict
+
+from k2.core.config import ServerSettings
+
+
+class QuerySettings(ServerSettings):
+    model_config = SettingsConfigDict(env_prefix="K2_QUERY_", extra="ignore")
+
+    port: int = 50053
+    metrics_port: int = 9103
+
+    # QueryTrades / QueryQuotes
+    default_limit: int = 10_000
+    max_limit: int = 100_000
+    response_rows: int = 2_000  # rows per streamed response
+    max_span_days: int = 366
+    max_symbols: int = 100
+    # GetBars: at most this many intervals in the requested range
+    max_bars: int = 100_000
+
+    # Subscriptions
+    subscription_batch: int = 1_000  # most trades per response; also the fan-out consumer's poll size
+    flush_ms: float = 2.0  # a response leaves after this long even when not full
+    heartbeat_seconds: float = 5.0
+    # Bytes waiting to be sent to one subscriber before it is ended as too slow (RESOURCE_EXHAUSTED).
+    subscriber_buffer_bytes: int = 8 * 1024 * 1024
+    # A replaying subscriber joins the live fan-out once it is at most this many messages behind it.
+    join_lag_messages: int = 20_000
+    max_concurrent_replays: int = 8
+    # At start the fan-out re-reads the Kafka tail not yet in Iceberg (for GetLatest), at most this many
+    # messages per partition.
+    latest_backfill_messages: int = 100_000
+    fetch_wait_max_ms: int = 5
+    kafka_timeout_seconds: float = 10.0
+    # threads for blocking work: Iceberg scans, Kafka range reads, row conversion
+    worker_threads: int = 16

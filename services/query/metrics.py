@@ -1,0 +1,31 @@
+"""Prometheus metrics of the query service (documented in docs/metrics-query.md)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SERVICE = "query"
+
+REQUEST_SECONDS = Histogram(
+    "k2_query_request_seconds", "Time to answer a query RPC completely (streams: until the last response).",
+    ["service", "rpc"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+REQUESTS = Counter("k2_query_requests_total", "Query RPCs by outcome (gRPC status code name).",
+                   ["service", "rpc", "code"])
+ROWS_RETURNED = Counter("k2_query_rows_returned_total",
+                        "Trades, quotes or bars returned by QueryTrades, QueryQuotes, GetBars and GetLatest.",
+                        ["service", "rpc"])
+ACTIVE_SUBSCRIBERS = Gauge("k2_query_active_subscribers", "Open subscription streams.", ["service", "kind"])
+DELIVERED = Counter("k2_query_delivered_total", "Trades or quotes sent to subscribers, by phase.",
+                    ["service", "kind", "phase"])
+SLOW_SUBSCRIBER_DROPS = Counter(
+    "k2_query_slow_subscriber_drops_total",
+    "Subscriptions ended with RESOURCE_EXHAUSTED because their send buffer was full.", ["service", "kind"])
+RESUME_FALLBACKS = Counter(
+    "k2_query_resume_fallbacks_total",
+    "Resumed subscriptions whose position had left Kafka (retention) or Iceberg (expired snapshot) and restarted "
+    "from history at the token's time mark.", ["service", "kind"])
+TAIL_LAG = Gauge("k2_query_tail_lag_messages",
+                 "Messages in Kafka the live fan-out consumer has not yet read (high watermark - position).",
+                 ["service", "topic"])
+KAFKA_UP = Gauge("k2_query_kafka_up", "1 while the fan-out consumer reaches Kafka, else 0.", ["service"])
+INVALID_MESSAGES = Counter("k2_query_invalid_messages_total",
+                           "Kafka messages the fan-out skipped: not a valid record of the topic's kind.",
+                           ["service", "topic"])
