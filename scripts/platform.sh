@@ -95,7 +95,7 @@ up() {
 
   if [ ! -f "$K2_RUN_DIR/asx-sample.loaded" ]; then
     echo "Loading the ASX sample (trades and quotes of BHP, DVN, MWR)..."
-    .venv/bin/k2 load asx "$K2_ROOT/../shared/data/asx/trades" "$K2_ROOT/../shared/data/asx/quotes" --no-progress
+    .venv/bin/k2 load asx "$K2_ROOT/../shared/data/asx/trades" "$K2_ROOT/../shared/data/asx/quotes"
     touch "$K2_RUN_DIR/asx-sample.loaded"
   fi
   cat <<MSG
