@@ -4,6 +4,7 @@ Shared settings live here; each service's settings class adds its own under K2_<
 Telemetry uses the standard OTEL_* variables, and KAFKA_BOOTSTRAP_SERVERS names an existing cluster.
 """
 
+import ipaddress
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr
@@ -11,6 +12,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = ROOT / ".run"
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class KafkaSettings(BaseSettings):

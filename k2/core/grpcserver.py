@@ -3,7 +3,6 @@ status, server reflection, TLS/mTLS, the metrics endpoint, and graceful shutdown
 (health NOT_SERVING → stop accepting → drain for the grace period → the service's own cleanup → exit 0)."""
 
 import asyncio
-import ipaddress
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Collection
@@ -15,21 +14,12 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from k2.core.auth import TokenAuthInterceptor
-from k2.core.config import AuthSettings, ServerSettings
+from k2.core.config import AuthSettings, ServerSettings, is_loopback_host
 from k2.core.telemetry import setup_tracing, start_metrics_server
 
 log = logging.getLogger(__name__)
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
@@ -39,7 +29,7 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
     if settings.tls_cert_file is None or settings.tls_key_file is None:
         if settings.tls_client_ca_file is not None:
             raise ValueError("tls_client_ca_file (mTLS) needs TLS: set tls_cert_file and tls_key_file")
-        if not (settings.allow_plaintext or _is_loopback(settings.host)):
+        if not (settings.allow_plaintext or is_loopback_host(settings.host)):
             raise ValueError(f"refusing plaintext gRPC on {settings.host}: set a TLS certificate and key, "
                              "or allow_plaintext for a private network")
         return None

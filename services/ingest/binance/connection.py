@@ -18,10 +18,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
+from k2.core.config import is_loopback_host
+
 from .parsing import SERVER_SHUTDOWN, FrameParser
 from .publishing import PublishBuffer
 from .resilience import SlidingWindowLimiter
-from .settings import BinanceSettings, is_loopback_host
+from .settings import BinanceSettings
 
 log = logging.getLogger(__name__)
 # Frames websockets queues before it stops reading the socket. Large enough that flow control is not exercised

@@ -1,6 +1,5 @@
 """Settings of the Binance live feed (environment prefix K2_INGEST_BINANCE_)."""
 
-import ipaddress
 import json
 import re
 from typing import Annotated, Any, Literal
@@ -8,6 +7,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from k2.core.config import is_loopback_host
 
 LIVE_ENDPOINTS = [
     "wss://stream.binance.com:9443",
@@ -22,15 +23,6 @@ QUOTE_ASSETS = (
 )
 MAX_CONNECTION_LIFETIME = 24 * 3600.0
 _SYMBOL = re.compile(r"^[A-Z0-9]{2,30}$")
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def quote_asset(symbol: str) -> str:
