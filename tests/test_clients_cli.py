@@ -98,7 +98,7 @@ def test_load_asx_detects_the_kind_and_reports_progress(platform: Platform) -> N
                 str(ASX / "quotes" / "7181.csv"))
     assert result.exit_code == 0, result.output
     trades, quotes = platform.ingest.load_requests
-    assert (trades.format, list(trades.paths)) == (1, [str(ASX / "trades" / "3153.csv")])
+    assert (trades.format, list(trades.paths)) == (1, [str((ASX / "trades" / "3153.csv").resolve())])
     assert quotes.format == 2 and len(quotes.paths) == 2
     assert "total" in result.stdout and "3153.csv" in result.stdout
     folder = k2(platform, "load", "asx", str(ASX / "trades"))
