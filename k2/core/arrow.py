@@ -12,12 +12,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.schema import Schema
 from pyiceberg.types import (
-    DecimalType, IcebergType, ListType, LongType, MapType, NestedField, StringType, TimestamptzType,
+    DecimalType,
+    IcebergType,
+    ListType,
+    LongType,
+    MapType,
+    NestedField,
+    StringType,
+    TimestamptzType,
 )
 
 from k2.core.avro import CURRENT, HEADER_SIZE, MAGIC, DecodeError, decode
 from k2.core.records import (
-    DECIMAL_PRECISION, DECIMAL_SCALE, MAX_TEXT_LENGTH, QUOTE, TRADE, VALIDATORS, FieldError, Record,
+    DECIMAL_PRECISION,
+    DECIMAL_SCALE,
+    MAX_TEXT_LENGTH,
+    QUOTE,
+    TRADE,
+    VALIDATORS,
+    FieldError,
+    Record,
     RecordKind,
 )
 

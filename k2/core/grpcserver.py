@@ -39,10 +39,11 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
         root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
-def _traced(untraced_methods: Collection[str]) -> Callable[[object], bool] | None:
-    if not untraced_methods:
-        return None
-    return filters.negate(filters.any_of(*(filters.full_method_name(m) for m in untraced_methods)))
+def _traced(untraced_methods: Collection[str]) -> Callable[[object], bool]:
+    # Health probes and reflection are never traced: they are noise, and the aio interceptor cannot wrap
+    # Health/Watch (its handler writes through context.write instead of yielding), failing every Watch call.
+    return filters.negate(filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection."),
+                                         *(filters.full_method_name(m) for m in untraced_methods)))
 
 
 class GrpcServer:

@@ -6,7 +6,14 @@ from decimal import Decimal
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from k2.core.records import (
-    FieldError, Record, check_message_id, new_message_id, read_decimal, utc_now, validate_quote, validate_trade,
+    FieldError,
+    Record,
+    check_message_id,
+    new_message_id,
+    read_decimal,
+    utc_now,
+    validate_quote,
+    validate_trade,
 )
 from k2.marketdata.v1.marketdata_pb2 import AssetClass, Quote, Side, Trade
 

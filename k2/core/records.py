@@ -56,11 +56,14 @@ def check_decimal(field: str, value: Decimal) -> Decimal:
     exponent = value.as_tuple().exponent
     assert isinstance(exponent, int)
     if exponent < -DECIMAL_SCALE:
-        value = value.normalize(EXACT)  # trailing zeros beyond the scale are harmless; anything else is not
-        exponent = value.as_tuple().exponent
+        # Trailing zeros beyond the scale are harmless; anything else is not. normalize() also rounds (more digits
+        # than EXACT holds, or a value so small it underflows to 0): a changed value is refused, never rounded.
+        normalized = value.normalize(EXACT)
+        exponent = normalized.as_tuple().exponent
         assert isinstance(exponent, int)
-        if exponent < -DECIMAL_SCALE:
+        if exponent < -DECIMAL_SCALE or normalized != value:
             raise FieldError(field, f"more than {DECIMAL_SCALE} decimal places: {value}")
+        value = normalized
     if value and value.adjusted() >= MAX_INTEGER_DIGITS:
         raise FieldError(field, f"more than {MAX_INTEGER_DIGITS} integer digits: {value}")
     return value

@@ -45,10 +45,20 @@ def load_symbols(path: Path) -> dict[str, str]:
     """company_id → symbol from the vendor's company_info.csv (header company_id,symbol,...)."""
     with path.open(newline="", encoding="utf-8-sig") as file:
         reader = csv.DictReader(file)
-        if not reader.fieldnames or not {"company_id", "symbol"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: expected a header with company_id and symbol, found "
-                             f"{reader.fieldnames}")
-        return {row["company_id"].strip(): row["symbol"].strip() for row in reader if row["company_id"]}
+        try:
+            if not reader.fieldnames or not {"company_id", "symbol"} <= set(reader.fieldnames):
+                raise ValueError(f"{path}: expected a header with company_id and symbol, found "
+                                 f"{reader.fieldnames}")
+            symbols = {}
+            for row in reader:
+                if not row["company_id"]:
+                    continue
+                if row["symbol"] is None:
+                    raise ValueError(f"{path}: line {reader.line_num} has no symbol column")
+                symbols[row["company_id"].strip()] = row["symbol"].strip()
+        except csv.Error as error:  # e.g. a field beyond the csv module's size limit
+            raise ValueError(f"{path}: line {reader.line_num} is not CSV: {error}") from None
+        return symbols
 
 
 def company_id_of(path: Path) -> str:

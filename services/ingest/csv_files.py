@@ -46,7 +46,10 @@ _FRACTION = re.compile(r"[.,](\d+)", re.ASCII)
 def read_header(kind: RecordKind, path: Path) -> list[str]:
     """The file's column names, checked: every required column present, none unknown or repeated."""
     with path.open(encoding="utf-8-sig", newline="") as file:
-        header = next(csv.reader([file.readline()]), [])
+        try:
+            header = next(csv.reader([file.readline()]), [])
+        except csv.Error as error:  # e.g. a field beyond the csv module's size limit
+            raise ValueError(f"{path.name}: the header is not a CSV line: {error}") from None
     columns = [name.strip() for name in header]
     missing = [name for name in REQUIRED[kind] if name not in columns]
     if missing:
@@ -153,8 +156,12 @@ def _vendor_data(text: str) -> dict[str, str] | None:
         return None
     try:
         value: Any = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise FieldError("vendor_data", f"not JSON: {error.msg}") from None
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, an over-long integer, too deep nesting
+        raise FieldError("vendor_data", f"not JSON: {getattr(error, 'msg', error)}") from None
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise FieldError("vendor_data", 'must be a JSON object of strings, e.g. {"venue": "X"}')
+    try:
+        "".join([*value, *value.values()]).encode()
+    except UnicodeEncodeError:  # a \ud800-\udfff escape without its pair: not text, and Avro could not carry it
+        raise FieldError("vendor_data", "contains an unpaired surrogate escape (\\ud800-\\udfff)") from None
     return value or None

@@ -18,6 +18,10 @@ Idempotency, for a batch re-sent after a lost acknowledgement:
   per-message_id set: it would cost memory per message, and be incomplete anyway across replicas and restarts.
 A delivery failure is part of the batch's outcome: re-sending the same batch id returns it again, so failed
 items are re-sent in a new batch.
+
+Tracing: the stream has no span of its own (it may stay open for hours); each request (batch) is one SERVER
+span named after the method, a child of the trace context the client sent in the call's metadata (else a new
+trace, sampled by the service's sampler), from receipt to the answer. The batch's Kafka send span is its child.
 """
 
 import asyncio
@@ -27,6 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind
 
 from k2.core.producer import DeliveryReport
 from k2.core.protos import quote_from_proto, trade_from_proto
@@ -38,6 +46,8 @@ from services.ingest.ids import batch_message_ids
 from services.ingest.sink import KafkaSink
 
 SOURCE = "grpc"
+SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+tracer = trace.get_tracer("k2.ingest")
 
 
 @dataclass(frozen=True)
@@ -46,10 +56,11 @@ class Kind:
     items_field: str
     from_proto: Callable[..., Record]
     response: Callable[..., Any]
+    method: str
 
 
-TRADES = Kind(TRADE, "trades", trade_from_proto, ingest_pb2.PublishTradesResponse)
-QUOTES = Kind(QUOTE, "quotes", quote_from_proto, ingest_pb2.PublishQuotesResponse)
+TRADES = Kind(TRADE, "trades", trade_from_proto, ingest_pb2.PublishTradesResponse, "PublishTrades")
+QUOTES = Kind(QUOTE, "quotes", quote_from_proto, ingest_pb2.PublishQuotesResponse, "PublishQuotes")
 
 
 class BatchRefused(Exception):
@@ -92,9 +103,10 @@ class Publisher:
         self.symbols = symbols
         self.ledgers = {kind: BatchLedger(settings.dedupe_window_batches) for kind in (TRADE, QUOTE)}
 
-    async def stream(self, kind: Kind, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async def stream(self, kind: Kind, requests: AsyncIterator[Any],
+                     trace_context: Context | None = None) -> AsyncIterator[Any]:
         """Answers a stream of batches in order; raises BatchRefused for a request refused as a whole (after
-        answering the batches before it)."""
+        answering the batches before it). trace_context: the caller's, parent of each batch's span."""
         depth = self.settings.max_batches_in_flight
         answers: asyncio.Queue[asyncio.Future[Any] | None] = asyncio.Queue(depth)
         loop = asyncio.get_running_loop()
@@ -104,7 +116,7 @@ class Publisher:
                 async for request in requests:
                     # Shielded: a batch being produced when the call is cancelled is still produced whole and
                     # recorded, so the client's retry of it is answered as a duplicate.
-                    await answers.put(await asyncio.shield(self._start(kind, request)))
+                    await answers.put(await asyncio.shield(self._traced(kind, request, trace_context)))
             except Exception as error:  # noqa: BLE001 - whatever it is, answered after the batches before it
                 failed: asyncio.Future[Any] = loop.create_future()
                 failed.set_exception(error)
@@ -120,6 +132,27 @@ class Publisher:
         finally:
             reader.cancel()
             metrics.PUBLISH_STREAMS.labels(metrics.SERVICE, kind.kind).dec()
+
+    async def _traced(self, kind: Kind, request: Any, trace_context: Context | None) -> asyncio.Future[Any]:
+        """_start within the batch's span, which ends with the batch's answer."""
+        # Named as the gRPC instrumentation names the spans of the other calls ("/<service>/<method>").
+        span = tracer.start_span(f"/{SERVICE_NAME}/{kind.method}", trace_context, SpanKind.SERVER)
+        if span.is_recording():
+            span.set_attributes({"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": kind.method,
+                                 "k2.batch.id": request.batch_id,
+                                 "k2.batch.items": len(getattr(request, kind.items_field))})
+        # The caller's context too, so its baggage reaches the records' headers with the send span's context.
+        token = otel_context.attach(trace.set_span_in_context(span, trace_context))
+        try:
+            answer = await self._start(kind, request)
+        except BaseException as error:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+            span.end()
+            raise
+        finally:
+            otel_context.detach(token)
+        answer.add_done_callback(lambda done: _end_batch_span(span, done))
+        return answer
 
     async def _start(self, kind: Kind, request: Any) -> asyncio.Future[Any]:
         """Validates and produces one batch; returns the future of its answer (resolved on Kafka's acks)."""
@@ -190,6 +223,17 @@ def _answer(kind: Kind, batch_id: str, indexes: list[int], rejections: list[Any]
         metrics.count_rejected(SOURCE, kind.kind, "not_delivered", ("" for _ in failed))
         rejections = sorted(rejections + failed, key=lambda rejection: rejection.index)
     return kind.response(batch_id=batch_id, accepted=len(indexes) - len(failed), rejections=rejections)
+
+
+def _end_batch_span(span: Span, answer: asyncio.Future[Any]) -> None:
+    if span.is_recording():
+        if answer.cancelled() or answer.exception() is not None:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, "the batch was not answered"))
+        else:
+            result = answer.result()
+            span.set_attributes({"k2.batch.accepted": result.accepted, "k2.batch.rejected": len(result.rejections),
+                                 "k2.batch.duplicate": result.duplicate})
+    span.end()
 
 
 def _as_duplicate(earlier: asyncio.Future[Any]) -> asyncio.Future[Any]:

@@ -10,6 +10,7 @@ import grpc
 from k2.core.config import AuthSettings, KafkaSettings
 from k2.core.grpcserver import GrpcServer, run_until_signalled
 from k2.core.kafka import provision_topics
+from k2.core.telemetry import context_from_metadata
 from k2.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from services.ingest import metrics
 from services.ingest.config import IngestSettings
@@ -20,8 +21,8 @@ from services.ingest.sink import KafkaSink
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
-# A publish stream may stay open for hours: no span for the whole call; each batch's send is its own trace
-# (sampled on its own), whose context its Kafka messages carry.
+# A publish stream may stay open for hours: no span for the whole call; each batch is a span of its own (in the
+# caller's trace, if it sent one), whose Kafka messages carry its send span's context.
 PUBLISH_METHODS = (f"/{SERVICE_NAME}/PublishTrades", f"/{SERVICE_NAME}/PublishQuotes")
 
 
@@ -35,7 +36,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             self, request_iterator: AsyncIterator[ingest_pb2.PublishTradesRequest],
             context: grpc.aio.ServicerContext) -> AsyncIterator[ingest_pb2.PublishTradesResponse]:
         try:
-            async for answer in self.publisher.stream(TRADES, request_iterator):
+            async for answer in self.publisher.stream(TRADES, request_iterator,
+                                                      context_from_metadata(context.invocation_metadata())):
                 yield answer
         except BatchRefused as refused:
             await context.abort(refused.code, refused.message)
@@ -44,7 +46,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             self, request_iterator: AsyncIterator[ingest_pb2.PublishQuotesRequest],
             context: grpc.aio.ServicerContext) -> AsyncIterator[ingest_pb2.PublishQuotesResponse]:
         try:
-            async for answer in self.publisher.stream(QUOTES, request_iterator):
+            async for answer in self.publisher.stream(QUOTES, request_iterator,
+                                                      context_from_metadata(context.invocation_metadata())):
                 yield answer
         except BatchRefused as refused:
             await context.abort(refused.code, refused.message)

@@ -16,6 +16,9 @@ to every matching subscriber.
   symbol (the topics are keyed by symbol, so that is the symbol's Kafka order), kept undecoded. At start it reads
   from the offsets the current Iceberg snapshot recorded (at most `latest_backfill_messages` back), so that state
   covers the tail not yet in Iceberg.
+- Tracing: when a fan-out batch reaches subscribers, each distinct sampled trace context among its messages gets
+  one CONSUMER span "deliver <topic>", a child of the producer's span (so a traced trade's trace runs on from
+  ingest's send to its delivery); unsampled messages cost one header scan.
 """
 
 import asyncio
@@ -25,13 +28,16 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from opentelemetry import trace
 
 from k2.core.config import KafkaSettings
 from k2.core.kafka import QUOTES, TRADES, consumer_config, topic_name
 from k2.core.records import QUOTE, TRADE, RecordKind
+from k2.core.telemetry import messaging_span, sampled_message_traces
 from services.query import metrics
 from services.query.config import QuerySettings
 from services.query.convert import DECODERS, LiveItem, MarketMessage, live_item, response_bytes
@@ -45,6 +51,7 @@ Offsets = dict[int, int]
 KINDS: tuple[RecordKind, ...] = (TRADE, QUOTE)
 MAX_WAITING_BATCHES = 4
 PROBE_SECONDS = 1.0
+tracer = trace.get_tracer(__name__)
 
 
 class Subscriber:
@@ -228,13 +235,33 @@ class FanOut:
                 if decoded is None and self._wanted[kind]:  # a first subscriber arrived after the poll
                     decoded = self._decode(kind, messages[kind])
                 if decoded:
-                    self._deliver(kind, decoded, position)
+                    self._traced_deliver(kind, messages[kind], decoded, position)
                 if self._ahead[kind]:
                     self._promote(kind, position)
         finally:
             self._waiting.release()
 
-    def _deliver(self, kind: RecordKind, items: list[LiveItem], position: Offsets) -> None:
+    def _traced_deliver(self, kind: RecordKind, messages: list[Message], items: list[LiveItem],
+                        position: Offsets) -> None:
+        """_deliver within a "deliver" span per sampled trace context of the batch, which records how many
+        subscribers got part of the batch."""
+        headers: list[Any] = [message.headers() for message in messages]
+        traces = sampled_message_traces(headers)
+        if not traces:
+            self._deliver(kind, items, position)
+            return
+        topic = self.topics[kind]
+        spans = [messaging_span(tracer, f"deliver {topic}", found, operation="deliver", topic=topic,
+                                partition=messages[found.first].partition(), offset=messages[found.first].offset())
+                 for found in traces]
+        subscribers = self._deliver(kind, items, position)
+        for span in spans:
+            span.set_attribute("k2.subscribers", subscribers)
+            span.end()
+
+    def _deliver(self, kind: RecordKind, items: list[LiveItem], position: Offsets) -> int:
+        """Queues the matching items for each subscriber; returns how many subscribers got some."""
+        reached = 0
         targets: dict[_Group, list[LiveItem]] = {}
         by_symbol = self._by_symbol[kind]
         if by_symbol:
@@ -251,12 +278,15 @@ class FanOut:
                 chosen = [i for i in chosen if selection.matches(i.symbol, i.exchange, i.timestamp)]
             if chosen:
                 self._send(kind, chosen, position, selection, list(group.subscribers))
+                reached += len(group.subscribers)
         for subscriber in list(self._ahead[kind]):
             skip_below, selection = subscriber.skip_below, subscriber.selection
             chosen = [i for i in items if i.offset >= skip_below.get(i.partition, 0)
                       and selection.matches(i.symbol, i.exchange, i.timestamp)]
             if chosen:
                 self._send(kind, chosen, self.position_of(subscriber), selection, [subscriber])
+                reached += 1
+        return reached
 
     def _send(self, kind: RecordKind, chosen: list[LiveItem], position: Offsets, selection: Selection,
               subscribers: list[Subscriber]) -> None:

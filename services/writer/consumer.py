@@ -113,7 +113,8 @@ class TableBuffer:
         self.nbytes = 0
         self.oldest: float | None = None  # monotonic time of the oldest uncommitted message
         self.progress: dict[int, PartitionProgress] = {}
-        self.traces: list[MessageTrace] = []  # sampled producer traces of the buffered messages
+        # sampled producer traces of the buffered messages, each with the process span that consumed it
+        self.traces: list[tuple[MessageTrace, Span]] = []
 
     @property
     def table(self) -> Table:
@@ -379,7 +380,7 @@ class WriterLoop:
             metrics.MESSAGES_CONSUMED.labels(metrics.SERVICE, topic).inc(len(values))
             decoded = self.decoders.submit(buffer.kind, values)
             traces = sampled_message_traces(headers)
-            trace_spans = [messaging_span(tracer, f"{topic} process", found, operation="process", topic=topic,
+            trace_spans = [messaging_span(tracer, f"process {topic}", found, operation="process", topic=topic,
                                           partition=partitions[found.first], offset=offsets[found.first],
                                           group=self.settings.group_id) for found in traces]
             self._decoding.append(_Decoding(buffer, values, partitions, offsets, spans,  # type: ignore[arg-type]
@@ -419,7 +420,8 @@ class WriterLoop:
         if buffer.oldest is None and len(stale) < len(decoding.spans):
             buffer.oldest = time.monotonic()
         if len(buffer.traces) < MAX_COMMIT_LINKS:
-            buffer.traces += decoding.traces[:MAX_COMMIT_LINKS - len(buffer.traces)]
+            buffer.traces += list(zip(decoding.traces, decoding.trace_spans, strict=True))[
+                :MAX_COMMIT_LINKS - len(buffer.traces)]
 
     def _commit_due(self) -> None:
         now = time.monotonic()
@@ -434,11 +436,14 @@ class WriterLoop:
         if buffer.oldest is None:
             return CommitResult(buffer.appender.name, 0, 0, 0, 0)
         self.dead_letters.confirm(timeout=30.0)  # dead letters are acknowledged before their offsets commit
-        if buffer.traces:  # sampled traffic: the commit continues the first producer trace, links the others
-            first, others = buffer.traces[0], buffer.traces[1:]
-            with tracer.start_as_current_span(f"{buffer.appender.name} commit", context=first.context,
-                                              links=links_to(others),
-                                              attributes={"db.system": "iceberg"}) as span:
+        if buffer.traces:
+            # Sampled traffic: the commit is a child of the first covered message's process span (its trace
+            # continues: publish → send → process → commit) and links to every covered producer trace.
+            first, first_process = buffer.traces[0]
+            with tracer.start_as_current_span(
+                    f"{buffer.appender.name} commit", context=trace.set_span_in_context(first_process, first.context),
+                    links=links_to(found for found, _ in buffer.traces),
+                    attributes={"db.system": "iceberg", "db.collection.name": buffer.appender.name}) as span:
                 result = buffer.appender.commit(buffer.buffered(), buffer.progress)
                 span.set_attributes({"k2.rows": result.rows, "k2.snapshot_id": result.snapshot_id})
         else:

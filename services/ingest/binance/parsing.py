@@ -41,6 +41,7 @@ FIELD_OF_KEY = {
 }
 TRADE = 0
 QUOTE = 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _INVALID = object()
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -71,6 +72,8 @@ def exact_decimal(field: str, value: Any) -> Decimal:
 def _integer(key: str, value: Any) -> int:
     if type(value) is not int:
         raise FieldError(FIELD_OF_KEY[key], f"{key}: not an integer: {value!r:.40}")
+    if not INT64_MIN <= value <= INT64_MAX:  # ids and times are Avro longs
+        raise FieldError(FIELD_OF_KEY[key], f"{key}: outside the 64-bit range: {value!r:.40}")
     return value
 
 
@@ -117,7 +120,10 @@ class FrameParser:
             data = message["data"]
         except (KeyError, TypeError):
             return self._unwrapped(raw, message)
-        route = self._routes.get(stream)
+        try:
+            route = self._routes.get(stream)
+        except TypeError:  # an unhashable stream (a JSON array or object): rejected as not a string
+            route = None
         if route is None:
             return self._unrouted(raw, stream, data)
         kind, state = route
@@ -165,9 +171,9 @@ class FrameParser:
             quantity = Decimal(quantity)
         else:
             quantity = exact_decimal("quantity", quantity)
-        if not price:
+        if price <= 0:
             raise FieldError("price", "p: must be positive")
-        if not quantity:
+        if quantity <= 0:
             raise FieldError("quantity", "q: must be positive")
         maker = data["m"]
         if maker is True:
@@ -224,8 +230,12 @@ class FrameParser:
         ask_quantity: Decimal | None = exact_decimal("ask_quantity", data["A"])
         if not bid_quantity:  # an empty side of the book
             bid_price = bid_quantity = None
+        elif bid_quantity < 0:
+            raise FieldError("bid_quantity", "B: must not be negative")
         if not ask_quantity:
             ask_price = ask_quantity = None
+        elif ask_quantity < 0:
+            raise FieldError("ask_quantity", "A: must not be negative")
         if len(data) != 6:
             self._count_unknown_fields(data, QUOTE_KEYS)
         state.last_update_id = update_id

@@ -5,20 +5,30 @@ Readers append parsed records to the buffer without awaiting anything; when the 
 longer read: TCP backpressure towards the exchange). The publisher takes batches of up to `batch_size`
 records per kind, publishes them through the sink (which returns once Kafka has acknowledged them) and
 retries whatever Kafka refused, so nothing parsed is dropped and nothing grows without bound.
+
+Tracing: each batch is one CONSUMER span "receive binance <kind>s" (a new trace, sampled by the service's
+sampler) from the receipt of its first record until Kafka acknowledged all of it; each attempt's Kafka send span
+is its child.
 """
 
 import asyncio
 import logging
 from collections import Counter
+from datetime import timedelta
 from typing import Protocol
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
 from k2.core.producer import DeliveryReport
+from k2.core.protos import EPOCH
 from k2.core.records import QUOTE, TRADE, Record, RecordKind
 
 from .resilience import Backoff
 
 log = logging.getLogger(__name__)
 DeadLetter = tuple[bytes, str, str, str]  # raw payload, reason, field, source
+tracer = trace.get_tracer("k2.ingest.binance")
 
 
 class RecordSink(Protocol):
@@ -87,6 +97,15 @@ class Publisher:
             self.in_flight = 0
 
     async def _deliver(self, kind: RecordKind, records: list[Record]) -> None:
+        received_ns = (records[0]["ingestion_timestamp"] - EPOCH) // timedelta(microseconds=1) * 1000
+        with tracer.start_as_current_span(f"receive binance {kind}s", kind=SpanKind.CONSUMER,
+                                          start_time=received_ns) as span:
+            if span.is_recording():
+                span.set_attributes({"messaging.operation.type": "receive", "messaging.batch.message_count":
+                                     len(records), "k2.feed": "binance"})
+            await self._deliver_batch(kind, records)
+
+    async def _deliver_batch(self, kind: RecordKind, records: list[Record]) -> None:
         attempt = 0
         while True:
             try:
