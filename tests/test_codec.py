@@ -133,3 +133,9 @@ def test_decode_errors_say_why() -> None:
                           (encoded[:-3], "corrupt Avro body"), (encoded + b"\0", "trailing bytes")]:
         with pytest.raises(avro.DecodeError, match=reason):
             avro.decode(value)
+
+
+@pytest.mark.parametrize("text", ["١٢٣", "１２", "12\u00a0"])
+def test_only_ascii_decimal_strings_are_read(text: str) -> None:
+    with pytest.raises(FieldError, match="not a decimal number"):
+        parse_decimal("price", text)

@@ -45,9 +45,11 @@ def read_decimal(field: str, text: str) -> Decimal:
     """The decimal a string spells, not yet checked against decimal(38,18): for records that validate_trade or
     validate_quote check next (which is where the range is checked, once)."""
     try:
-        return Decimal(text)
-    except (InvalidOperation, TypeError):
-        raise FieldError(field, f"not a decimal number: {text!r:.40}") from None
+        if text.isascii():  # Decimal() would also read other scripts' digits and surrounding whitespace
+            return Decimal(text)
+    except (InvalidOperation, TypeError, AttributeError):
+        pass
+    raise FieldError(field, f"not a decimal number: {text!r:.40}")
 
 
 def check_decimal(field: str, value: Decimal) -> Decimal:

@@ -45,7 +45,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _INVALID = object()
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_PLAIN_DECIMAL = re.compile(r"\d{1,20}(?:\.\d{1,18})?").fullmatch  # fits decimal(38,18) as written
+_PLAIN_DECIMAL = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,18})?").fullmatch  # fits decimal(38,18) as written
 _NAMESPACE_SHA1 = hashlib.sha1(MESSAGE_ID_NAMESPACE.bytes)
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
