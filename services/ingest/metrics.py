@@ -1,4 +1,4 @@
-"""Prometheus metrics of the ingest service (documented in docs/metrics-ingest.md). Module-level: one set per
+"""Prometheus metrics of the ingest service (documented in docs/metrics.md). Module-level: one set per
 process, however many servers a process starts (tests start several)."""
 
 from collections import Counter as Tally

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the query service (documented in docs/metrics-query.md)."""
+"""Prometheus metrics of the query service (documented in docs/metrics.md)."""
 
 from prometheus_client import Counter, Gauge, Histogram
 

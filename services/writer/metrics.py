@@ -1,4 +1,4 @@
-"""The writer's Prometheus metrics (docs/metrics-writer.md). Every metric carries service="writer"."""
+"""The writer's Prometheus metrics (docs/metrics.md). Every metric carries service="writer"."""
 
 from prometheus_client import Counter, Gauge, Histogram
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the Binance feed (documented in docs/metrics-binance.md).
+"""Prometheus metrics of the Binance feed (documented in docs/metrics.md).
 
 The hot path only increments plain integers on the feed's objects; this collector turns them into metrics
 when Prometheus scrapes, so per-message work carries no metrics-library cost.
