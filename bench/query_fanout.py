@@ -183,7 +183,9 @@ def main() -> None:
         provision_topics(KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix))
         # a generous per-subscriber buffer: this measures throughput, not the slow-subscriber policy
         with query_service(bootstrap, prefix, K2_QUERY_HEARTBEAT_SECONDS="0.2",
-                           K2_QUERY_SUBSCRIBER_BUFFER_BYTES=str(256 * 2**20)) as (port, pid):
+                           K2_QUERY_SUBSCRIBER_BUFFER_BYTES=str(256 * 2**20),
+                           # every benchmark subscriber connects from this one address
+                           K2_QUERY_MAX_STREAMS_PER_CLIENT="0", K2_QUERY_MAX_REQUESTS_PER_SECOND_PER_CLIENT="0") as (port, pid):
             for subscribers in (1, 10):
                 log(f"fan-out to {subscribers} subscriber(s) ...")
                 result[f"subscribers_{subscribers}"] = delivered_rate(bootstrap, port, values, subscribers, prefix)

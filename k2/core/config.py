@@ -71,6 +71,11 @@ class ServerSettings(BaseSettings):
     allow_plaintext: bool = False
     grace_seconds: float = 10.0
     max_message_bytes: int = 16 * 1024 * 1024
+    # Limits answered with RESOURCE_EXHAUSTED (0: no limit). A client is its peer IP address.
+    max_requests_per_second_per_client: float = 1000.0
+    rate_burst_seconds: float = 2.0
+    max_streams_per_client: int = 200
+    max_streams: int = 5000
 
 
 class AuthSettings(BaseSettings):

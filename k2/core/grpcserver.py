@@ -15,6 +15,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from k2.core.auth import TokenAuthInterceptor
 from k2.core.config import AuthSettings, ServerSettings, is_loopback_host
+from k2.core.limits import LimitsInterceptor
 from k2.core.telemetry import setup_tracing, start_metrics_server
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ class GrpcServer:
         self.settings = settings
         self.health = health_aio.HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(filter_=_traced(untraced_methods)), TokenAuthInterceptor(auth)],
+            interceptors=[aio_server_interceptor(filter_=_traced(untraced_methods)), TokenAuthInterceptor(auth),
+                          LimitsInterceptor(settings)],
             options=[("grpc.max_receive_message_length", settings.max_message_bytes),
                      ("grpc.max_send_message_length", settings.max_message_bytes)])
         self.service_names: list[str] = []
