@@ -99,13 +99,17 @@ class GrpcServer:
         await self.server.stop(self.settings.grace_seconds)
 
 
-async def run_until_signalled(server: GrpcServer, on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Starts the server, waits for SIGTERM/SIGINT, then stops gracefully and runs the service's cleanup."""
+async def run_until_signalled(server: GrpcServer, on_stop: Callable[[], Awaitable[None]] | None = None,
+                              on_started: Callable[[], None] | None = None) -> None:
+    """Starts the server (then on_started, e.g. background tasks), waits for SIGTERM/SIGINT, then stops gracefully
+    and runs the service's cleanup."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await server.start()
+    if on_started is not None:
+        on_started()
     await stop.wait()
     log.info("%s: shutting down (grace %.0f s)", server.service, server.settings.grace_seconds)
     await server.stop()

@@ -1,7 +1,8 @@
 """Kafka plumbing: the topics (declared once, provisioned idempotently), client configuration, dead-lettering."""
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
@@ -52,7 +53,7 @@ def client_config(settings: KafkaSettings) -> dict[str, str]:
     return config
 
 
-def producer_config(settings: KafkaSettings, **overrides: str | int | float) -> dict[str, object]:
+def producer_config(settings: KafkaSettings, **overrides: str | float) -> dict[str, object]:
     """Idempotent, acks=all, compressed, with a bounded local buffer (Producer.produce raises BufferError when
     full, which callers turn into backpressure)."""
     config: dict[str, object] = client_config(settings) | {
@@ -68,7 +69,7 @@ def producer_config(settings: KafkaSettings, **overrides: str | int | float) -> 
     return config | overrides
 
 
-def consumer_config(settings: KafkaSettings, group_id: str, **overrides: str | int | float) -> dict[str, object]:
+def consumer_config(settings: KafkaSettings, group_id: str, **overrides: str | float) -> dict[str, object]:
     config: dict[str, object] = client_config(settings) | {
         "group.id": group_id,
         "enable.auto.commit": False,
@@ -96,6 +97,26 @@ def provision_topics(settings: KafkaSettings, topics: Sequence[Topic] = TOPICS, 
             if error.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent provisioner won the race
                 raise
     return created
+
+
+async def watch_reachability(settings: KafkaSettings, on_change: Callable[[bool], Awaitable[None]],
+                             interval: float = 5.0, timeout: float = 5.0) -> None:
+    """Calls on_change(reachable) at the first check and whenever Kafka's reachability changes, until cancelled:
+    how a service's health follows its Kafka dependency."""
+    admin = AdminClient(client_config(settings))
+    reachable: bool | None = None
+    while True:
+        try:
+            await asyncio.to_thread(admin.list_topics, timeout=timeout)
+            now_reachable = True
+        except KafkaException:
+            now_reachable = False
+        if now_reachable != reachable:
+            reachable = now_reachable
+            if not reachable:
+                log.warning("Kafka at %s is unreachable", settings.bootstrap_servers)
+            await on_change(reachable)
+        await asyncio.sleep(interval)
 
 
 def dead_letter_headers(reason: str, source: str, field_name: str = "", *, topic: str = "",

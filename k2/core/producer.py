@@ -58,7 +58,7 @@ class _BatchDelivery:
 
 
 class AsyncProducer:
-    def __init__(self, settings: KafkaSettings, **overrides: str | int | float):
+    def __init__(self, settings: KafkaSettings, **overrides: str | float):
         self._producer = Producer(producer_config(settings, **overrides))
         self._produce_lock = asyncio.Lock()
         self._stopping = threading.Event()

@@ -9,7 +9,7 @@ import grpc
 
 from k2.core.config import AuthSettings, KafkaSettings
 from k2.core.grpcserver import GrpcServer, run_until_signalled
-from k2.core.kafka import provision_topics
+from k2.core.kafka import provision_topics, watch_reachability
 from k2.core.telemetry import context_from_metadata
 from k2.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from services.ingest import metrics
@@ -75,6 +75,7 @@ class IngestApp:
         self.kafka = kafka
         self.sink = KafkaSink(kafka)
         self.feeds = FeedRegistry()
+        self._kafka_watch: asyncio.Task[None] | None = None
         symbols = metrics.SymbolLabels(settings.metrics_symbols_per_source)
         self.servicer = IngestServicer(Publisher(settings, self.sink, symbols),
                                        Loader(settings, self.sink, symbols), self.feeds)
@@ -97,8 +98,13 @@ class IngestApp:
         """Serves until stop(); returns the bound port."""
         await self.prepare()
         port = await self.server.start()
-        self.feeds.start()
+        self.start_background()
         return port
+
+    def start_background(self) -> None:
+        """The feeds, and health that follows Kafka (NOT_SERVING while it is unreachable)."""
+        self.feeds.start()
+        self._kafka_watch = asyncio.create_task(watch_reachability(self.kafka, self.server.set_serving))
 
     async def stop(self) -> None:
         await self.server.stop()
@@ -106,6 +112,8 @@ class IngestApp:
 
     async def shutdown(self) -> None:
         """After the server stopped accepting: stop the feeds, then flush everything produced to Kafka."""
+        if self._kafka_watch is not None:
+            self._kafka_watch.cancel()
         await self.feeds.stop(self.settings.feed_stop_seconds)
         unflushed = await self.sink.close(timeout=max(self.settings.grace_seconds, 30.0))
         if unflushed:
@@ -128,6 +136,5 @@ async def serve(settings: IngestSettings, kafka: KafkaSettings, auth: AuthSettin
     for feed in exchange_feeds(settings, app.sink):
         app.add_feed(feed)
     await app.prepare()
-    app.feeds.start()
-    await run_until_signalled(app.server, on_stop=app.shutdown)
+    await run_until_signalled(app.server, on_started=app.start_background, on_stop=app.shutdown)
 
