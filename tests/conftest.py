@@ -5,10 +5,11 @@ import os
 import socket
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from test_query_harness import Market, Service, running_service
 
 from k2.core.config import IcebergSettings, KafkaSettings
 from k2.core.kafka import provision_topics
@@ -55,3 +56,16 @@ def iceberg_settings(tmp_path: Path) -> IcebergSettings:
     """An embedded SQLite catalog and local warehouse of this test's own."""
     return IcebergSettings(catalog_uri=f"sqlite:///{tmp_path / 'catalog.db'}",
                            warehouse=f"file://{tmp_path / 'warehouse'}")
+
+
+@pytest.fixture
+def market(kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings) -> Market:
+    """Produces trades/quotes to Kafka and commits Iceberg snapshots as the writer would (query tests)."""
+    return Market(kafka_settings, iceberg_settings)
+
+
+@pytest.fixture
+async def service(kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings) -> AsyncIterator[Service]:
+    """A query service in-process on a free port over this test's topics and catalog."""
+    async with running_service(kafka_settings, iceberg_settings) as started:
+        yield started

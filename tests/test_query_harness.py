@@ -12,12 +12,14 @@ from decimal import Decimal
 
 import grpc
 from confluent_kafka import Producer
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from k2.core.arrow import records_to_arrow
 from k2.core.avro import encode
 from k2.core.config import IcebergSettings, KafkaSettings
 from k2.core.iceberg import ensure_table, load_catalog, offsets_property
 from k2.core.kafka import TOPIC_FOR, producer_config, topic_name
+from k2.core.protos import set_timestamp
 from k2.core.records import QUOTE, TRADE, Record, RecordKind
 from k2.query.v1 import query_pb2_grpc
 from services.query.config import QuerySettings
@@ -160,3 +162,9 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 30.0, inter
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(interval)
+
+
+def ts(value) -> Timestamp:  # type: ignore[no-untyped-def]
+    result = Timestamp()
+    set_timestamp(result, value)
+    return result

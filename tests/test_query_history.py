@@ -2,7 +2,6 @@
 GetLatest, and request validation — against a real broker and a real Iceberg catalog."""
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from zoneinfo import ZoneInfo
@@ -11,32 +10,14 @@ import grpc
 import pytest
 from conftest import ASX_DATA
 from google.protobuf.timestamp_pb2 import Timestamp
-from test_query_harness import T0, Market, Service, quote, running_service, trade, trades
+from test_query_harness import T0, Market, Service, quote, running_service, trade, trades, ts
 
 from k2.core.arrow import records_to_arrow
 from k2.core.config import IcebergSettings, KafkaSettings
 from k2.core.iceberg import ensure_table, load_catalog
-from k2.core.protos import set_timestamp
 from k2.core.records import QUOTE, TRADE, Record
 from k2.query.v1 import query_pb2
 from services.query.selection import micros
-
-
-@pytest.fixture
-def market(kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings) -> Market:
-    return Market(kafka_settings, iceberg_settings)
-
-
-@pytest.fixture
-async def service(kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings) -> AsyncIterator[Service]:
-    async with running_service(kafka_settings, iceberg_settings) as started:
-        yield started
-
-
-def ts(value) -> Timestamp:  # type: ignore[no-untyped-def]
-    result = Timestamp()
-    set_timestamp(result, value)
-    return result
 
 
 def order(record: Record) -> tuple:  # type: ignore[type-arg]

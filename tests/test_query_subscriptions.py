@@ -3,7 +3,7 @@ writer committing concurrently, filters, heartbeats, resume tokens, slow-subscri
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -11,7 +11,6 @@ import grpc
 import pytest
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
-from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import REGISTRY
 from test_query_harness import (
     T0,
@@ -22,34 +21,17 @@ from test_query_harness import (
     running_service,
     trade,
     trades,
+    ts,
     wait_until,
 )
 
 from k2.core.config import IcebergSettings, KafkaSettings
 from k2.core.kafka import client_config
-from k2.core.protos import set_timestamp
 from k2.core.records import QUOTE, TRADE
 from k2.marketdata.v1.marketdata_pb2 import Trade
 from k2.query.v1 import query_pb2
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]
-
-
-@pytest.fixture
-def market(kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings) -> Market:
-    return Market(kafka_settings, iceberg_settings)
-
-
-@pytest.fixture
-async def service(kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings) -> AsyncIterator[Service]:
-    async with running_service(kafka_settings, iceberg_settings) as started:
-        yield started
-
-
-def ts(value) -> Timestamp:  # type: ignore[no-untyped-def]
-    result = Timestamp()
-    set_timestamp(result, value)
-    return result
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
-from k2.core.avro import CURRENT, HEADER_SIZE, MAGIC, DecodeError, decode
+from k2.core.avro import CURRENT, HEADER_SIZE, MAGIC, DecodeError, decode, without_logical_types
 from k2.core.records import (
     DECIMAL_PRECISION,
     DECIMAL_SCALE,
@@ -164,14 +164,6 @@ class DecodedBatch:
     rejected: list[Rejection]
 
 
-def _without_logical_types(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _without_logical_types(v) for k, v in node.items() if k != "logicalType"}
-    if isinstance(node, list):
-        return [_without_logical_types(v) for v in node]
-    return node
-
-
 def _unscaled(values: list[bytes | None]) -> list[int | None]:
     return [None if v is None else int.from_bytes(v, "big", signed=True) for v in values]
 
@@ -250,7 +242,7 @@ class BatchDecoder:
         self.kind = kind
         current = CURRENT[kind]
         self._header = MAGIC + current.fingerprint
-        self._raw_schema = fastavro.parse_schema(_without_logical_types(current.schema))
+        self._raw_schema = fastavro.parse_schema(without_logical_types(current.schema))
         self._columns = _RawColumns(kind)
         self._validate = VALIDATORS[kind]
 

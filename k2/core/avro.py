@@ -7,7 +7,7 @@ A published schema file is never edited; a new version is a new file (trade_v3.a
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -48,13 +48,14 @@ def load_schema(path: Path) -> dict[str, Any]:
     return schema
 
 
-def _without_uuid_logical_type(node: Any) -> Any:
-    """Records keep UUIDs as their canonical strings; fastavro would read a uuid-typed string as uuid.UUID."""
+def without_logical_types(node: Any, types: Collection[str] | None = None) -> Any:
+    """The schema without the given logical types (all when None): fastavro then reads the underlying values
+    (a uuid as its string; a decimal's bytes and a timestamp's long, which hot paths convert column-wise)."""
     if isinstance(node, dict):
-        return {k: _without_uuid_logical_type(v) for k, v in node.items()
-                if not (k == "logicalType" and v == "uuid")}
+        return {k: without_logical_types(v, types) for k, v in node.items()
+                if not (k == "logicalType" and (types is None or v in types))}
     if isinstance(node, list):
-        return [_without_uuid_logical_type(v) for v in node]
+        return [without_logical_types(v, types) for v in node]
     return node
 
 
@@ -71,7 +72,7 @@ def _load_versions() -> dict[RecordKind, list[SchemaVersion]]:
         schema = load_schema(path)
         versions[kind].append(SchemaVersion(
             kind, int(number), path, schema, fastavro.parse_schema(schema),
-            fastavro.parse_schema(_without_uuid_logical_type(schema)), schema_fingerprint(schema)))
+            fastavro.parse_schema(without_logical_types(schema, ["uuid"])), schema_fingerprint(schema)))
     for kind_versions in versions.values():
         kind_versions.sort(key=lambda v: v.version)
     return versions

@@ -20,8 +20,7 @@ import pyarrow.compute as pc
 from confluent_kafka import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from k2.core.arrow import _without_logical_types
-from k2.core.avro import CURRENT, HEADER_SIZE, MAGIC, DecodeError, decode
+from k2.core.avro import CURRENT, HEADER_SIZE, MAGIC, DecodeError, decode, without_logical_types
 from k2.core.protos import ASSET_CLASS_VALUES, SIDE_VALUES, decimal_text, quote_to_proto, trade_to_proto
 from k2.core.records import (
     DECIMAL_PRECISION,
@@ -166,7 +165,7 @@ class LiveDecoder:
         self.kind = kind
         current = CURRENT[kind]
         self._header = MAGIC + current.fingerprint
-        self._raw_schema = fastavro.parse_schema(_without_logical_types(current.schema))
+        self._raw_schema = fastavro.parse_schema(without_logical_types(current.schema))
         self._texts = _TEXT_FIELDS[kind]
         self._fast = self._trade if kind == TRADE else self._quote
 
