@@ -1,7 +1,7 @@
 # One image for every K2 service and one-shot; the command picks what runs:
 #   python -m services.ingest | services.writer | services.query   (the services)
 #   python -m k2.core.kafka                                         (topic provisioning)
-# Python dependencies are installed by uv from uv.lock, exactly as locked (no dev group).
+# Python dependencies are installed by uv exactly as pinned in requirements/runtime.txt (versions and hashes).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -11,14 +11,15 @@ WORKDIR /app
 # The image's own Python, bytecode compiled at build time, files copied (not hard-linked) out of uv's cache.
 ENV UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy
 # Dependencies first, in a layer of their own that only a change of the lock rebuilds.
-COPY pyproject.toml uv.lock README.md ./
-RUN uv sync --locked --no-dev --no-install-project
+COPY requirements/runtime.txt requirements/runtime.txt
+RUN uv venv /app/.venv && uv pip sync --python /app/.venv/bin/python requirements/runtime.txt
 COPY schemas schemas
 COPY k2 k2
 COPY clients clients
 COPY services services
+COPY pyproject.toml README.md ./
 # The project itself is installed editable: k2.core finds schemas/ next to the k2 package, in /app.
-RUN uv sync --locked --no-dev
+RUN uv pip install --python /app/.venv/bin/python --no-deps --editable .
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 k2 \

@@ -1,15 +1,20 @@
 # K2: `make up` runs the platform on the embedded defaults; `make test` runs the whole suite. Both install what
-# they need (a project-local .venv from uv.lock; Kafka, buf, grpcurl, Jaeger into ~/.cache/k2).
+# they need (a project-local .venv from requirements/dev.txt; Kafka, buf, grpcurl, Jaeger into ~/.cache/k2).
 SHELL := /bin/bash
 PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv proto check-proto lint up down status test bench clean
+.PHONY: venv lock proto check-proto lint up down status test bench clean
 
 venv: .venv/.synced
-.venv/.synced: pyproject.toml uv.lock scripts/bootstrap.sh
+.venv/.synced: pyproject.toml requirements/dev.txt scripts/bootstrap.sh
 	./scripts/bootstrap.sh
 	touch $@
+
+# Re-pins requirements/{runtime,dev}.txt from pyproject.toml, keeping every version that still satisfies it
+# (the files carry versions and hashes, no index address). Upgrade one package with UV_ARGS="-P name".
+lock:
+	./scripts/lock.sh $(UV_ARGS)
 
 proto: venv
 	$(PYTHON) scripts/gen_proto.py

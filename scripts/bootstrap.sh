@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# Creates the project-local virtual environment (.venv) from uv.lock. uv itself is pinned and kept in the cache.
+# Creates the project-local virtual environment (.venv) exactly as pinned in requirements/dev.txt (versions and
+# hashes), then installs the project itself editable, with the pinned uv (scripts/tools.sh uv).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
-UV_VERSION=0.13.8
-uv="$K2_CACHE/uv-$UV_VERSION/bin/uv"
-if [ ! -x "$uv" ]; then
-  python3 -m venv "$K2_CACHE/uv-$UV_VERSION"
-  "$K2_CACHE/uv-$UV_VERSION/bin/pip" install --quiet "uv==$UV_VERSION"
-fi
+uv=$("$K2_ROOT/scripts/tools.sh" uv)
 cd "$K2_ROOT"
-"$uv" sync --locked --quiet
+export UV_PYTHON_DOWNLOADS=never
+[ -x .venv/bin/python ] || "$uv" venv --quiet --python python3 .venv
+"$uv" pip sync --quiet --python .venv/bin/python requirements/dev.txt
+"$uv" pip install --quiet --python .venv/bin/python --no-deps --editable .

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Usage: scripts/tools.sh buf|grpcurl|jaeger
+# Usage: scripts/tools.sh uv|buf|grpcurl|jaeger
 # Installs the named external tool at its pinned version into the cache (outside the repo) unless it is already there,
 # and prints the absolute path of its binary as the only line on stdout. Progress goes to stderr.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 
+UV_VERSION=0.13.8  # the image uses the same one (UV_VERSION in .env)
 GRPCURL_VERSION=v1.9.4
 # Jaeger's Go module keeps v1 tags; module tag v1.76.0 is the Jaeger v2.13.0 release (see its CHANGELOG).
 JAEGER_MODULE_VERSION=v1.76.0
@@ -33,6 +34,17 @@ require_command() {
 # Points the stable name $K2_BIN/<tool> at the versioned binary.
 link_stable_name() {
   ln -sfn "$(basename "$2")" "$K2_BIN/$1"
+}
+
+install_uv() {
+  local prefix="$K2_CACHE/uv-$UV_VERSION"
+  if [ ! -x "$prefix/bin/uv" ]; then
+    log "installing uv $UV_VERSION into $prefix"
+    rm -rf "$prefix"
+    python3 -m venv "$prefix" >&2
+    "$prefix/bin/pip" install --quiet "uv==$UV_VERSION" >&2
+  fi
+  echo "$prefix/bin/uv"
 }
 
 install_buf() {
@@ -98,11 +110,11 @@ install_jaeger() {
   echo "$binary"
 }
 
-[ $# -eq 1 ] || die "usage: $0 buf|grpcurl|jaeger"
+[ $# -eq 1 ] || die "usage: $0 uv|buf|grpcurl|jaeger"
 tool=$1
 case "$tool" in
-  buf | grpcurl | jaeger) ;;
-  *) die "unknown tool '$tool' (expected buf, grpcurl or jaeger)" ;;
+  uv | buf | grpcurl | jaeger) ;;
+  *) die "unknown tool '$tool' (expected uv, buf, grpcurl or jaeger)" ;;
 esac
 
 # One installer per tool at a time, so parallel callers (make up, tests) don't race on the same files.

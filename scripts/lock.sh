@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Pins the dependencies of pyproject.toml: requirements/runtime.txt (the image) and requirements/dev.txt (.venv,
+# constrained to the same runtime versions), with hashes and no index address. Versions already pinned are kept
+# unless pyproject.toml excludes them or an upgrade is asked for (arguments go to `uv pip compile`, e.g. -P protobuf).
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+uv=$("$K2_ROOT/scripts/tools.sh" uv)
+cd "$K2_ROOT"
+compile=("$uv" pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet "$@")
+"${compile[@]}" -o requirements/runtime.txt
+"${compile[@]}" --group dev -c requirements/runtime.txt -o requirements/dev.txt
