@@ -1,19 +1,21 @@
-"""Serving a K2 gRPC service: interceptors (tracing, token auth), the library health servicer with per-service
+"""Serving a K2 gRPC service: interceptors (tracing, token auth, limits, malformed requests), the library health servicer with per-service
 status, server reflection, TLS/mTLS, the metrics endpoint, and graceful shutdown on SIGTERM/SIGINT
 (health NOT_SERVING → stop accepting → drain for the grace period → the service's own cleanup → exit 0)."""
 
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
-from k2.core.auth import TokenAuthInterceptor
+from k2.core.auth import OPEN_PREFIXES, TokenAuthInterceptor
 from k2.core.config import AuthSettings, ServerSettings, is_loopback_host
 from k2.core.limits import LimitsInterceptor
 from k2.core.telemetry import setup_tracing, start_metrics_server
@@ -47,6 +49,53 @@ def _traced(untraced_methods: Collection[str]) -> Callable[[object], bool]:
                                          *(filters.full_method_name(m) for m in untraced_methods)))
 
 
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    """A request that is not a valid protobuf of its method's type is answered INVALID_ARGUMENT with the parser's
+    reason; left to the library, it becomes UNKNOWN ("Unexpected DecodeError"), which reads like a server fault."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if (handler is None or handler.request_deserializer is None
+                or handler_call_details.method.startswith(OPEN_PREFIXES)):  # type: ignore[attr-defined]
+            return handler
+        deserialize = handler.request_deserializer
+
+        async def parsed(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return deserialize(data)
+            except DecodeError as error:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid protobuf message: {error}")
+
+        async def parsed_stream(datas: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for data in datas:
+                yield await parsed(data, context)
+
+        serialize = handler.response_serializer
+        if handler.request_streaming and handler.response_streaming:
+            async def stream_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+                                    ) -> AsyncIterator[Any]:
+                async for response in handler.stream_stream(parsed_stream(requests, context), context):
+                    yield response
+            return grpc.stream_stream_rpc_method_handler(stream_stream, response_serializer=serialize)
+        if handler.request_streaming:
+            async def stream_unary(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+                return await handler.stream_unary(parsed_stream(requests, context), context)
+            return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=serialize)
+        if handler.response_streaming:
+            async def unary_stream(data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async for response in handler.unary_stream(await parsed(data, context), context):
+                    yield response
+            return grpc.unary_stream_rpc_method_handler(unary_stream, response_serializer=serialize)
+
+        async def unary_unary(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+            return await handler.unary_unary(await parsed(data, context), context)
+        return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=serialize)
+
+
 class GrpcServer:
     def __init__(self, service: str, settings: ServerSettings, auth: AuthSettings,
                  untraced_methods: Collection[str] = ()):
@@ -59,7 +108,7 @@ class GrpcServer:
         self.health = health_aio.HealthServicer()
         self.server = grpc.aio.server(
             interceptors=[aio_server_interceptor(filter_=_traced(untraced_methods)), TokenAuthInterceptor(auth),
-                          LimitsInterceptor(settings)],
+                          LimitsInterceptor(settings), MalformedRequestInterceptor()],
             options=[("grpc.max_receive_message_length", settings.max_message_bytes),
                      ("grpc.max_send_message_length", settings.max_message_bytes)])
         self.service_names: list[str] = []
