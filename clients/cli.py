@@ -29,7 +29,6 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 from rich.text import Text
 
 from clients.aio import AsyncK2Client, FileFormat
@@ -37,7 +36,7 @@ from clients.client import K2Client
 from clients.demo import run_demo
 from clients.errors import K2Error
 from clients.models import BAR_INTERVALS, CompactResult, LoadProgress, LoadSummary, Quote, Trade
-from clients.output import OutputFormat, emit, iso, text
+from clients.output import OutputFormat, emit, iso, table_of, text
 from clients.settings import ClientSettings
 from clients.times import parse_time
 from k2.core.config import ROOT
@@ -165,9 +164,7 @@ def status(ctx: typer.Context) -> None:
     serving."""
     with _client(ctx) as k2:
         health = k2.health()
-        table = Table(title="Services")
-        for name in ("service", "address", "status", "detail"):
-            table.add_column(name)
+        table = table_of("Services", ("service", "address", "status", "detail"))
         for h in health:
             table.add_row(h.service, h.address, Text(h.status, style="green" if h.serving else "red"), h.detail)
         out.print(table)
@@ -184,33 +181,39 @@ def status(ctx: typer.Context) -> None:
 
 
 def _print_feeds(k2: K2Client) -> None:
-    table = Table(title="Feeds")
-    for name in ("feed", "state", "circuit", "connections", "msg/s", "trades/s", "last event", "gaps",
-                 "trades missed", "reconnects"):
-        table.add_column(name)
-    for feed in k2.feed_status():
-        reconnects = ", ".join(f"{reason} {count}" for reason, count in sorted(feed.reconnects_by_reason.items()))
-        table.add_row(feed.name, feed.state, feed.circuit_state, str(feed.connections),
-                      f"{feed.messages_per_second:.1f}", f"{feed.trades_per_second:.1f}", text(feed.last_event_time),
-                      str(feed.gaps_detected), str(feed.trades_missed), reconnects)
+    """One column per feed, one row per figure: fits a terminal however many figures a feed reports."""
+    feeds = k2.feed_status()
+    table = table_of("Feeds", ("", *(feed.name for feed in feeds)), right_aligned=frozenset())
+    rows: dict[str, list[str]] = {name: [] for name in (
+        "state", "circuit breaker", "connections", "messages/s", "trades/s", "last event", "gaps", "trades missed",
+        "reconnects")}
+    for feed in feeds:
+        for name, value in zip(rows, (
+                feed.state, feed.circuit_state, str(feed.connections), f"{feed.messages_per_second:.1f}",
+                f"{feed.trades_per_second:.1f}", text(feed.last_event_time), str(feed.gaps_detected),
+                str(feed.trades_missed),
+                ", ".join(f"{reason} {count}" for reason, count in sorted(feed.reconnects_by_reason.items()))),
+                strict=True):
+            rows[name].append(value)
+    for name, values in rows.items():
+        table.add_row(name, *values)
     out.print(table)
 
 
 def _print_writer(k2: K2Client) -> None:
     status = k2.writer_status()
-    tables = Table(title=f"Iceberg tables (last commit {text(status.last_commit_time) or 'none'}, "
-                         f"{status.last_commit_rows} rows; dead-lettered {status.dead_lettered})")
-    for name in ("table", "snapshot", "rows", "files", "newest event", "freshness s"):
-        tables.add_column(name)
+    tables = table_of(f"Iceberg tables (last commit {text(status.last_commit_time) or 'none'}, "
+                      f"{status.last_commit_rows} rows; dead-lettered {status.dead_lettered})",
+                      ("table", "rows", "files", "newest event", "freshness s", "snapshot"),
+                      unbroken=frozenset({"table"}))
     for t in status.tables:
-        tables.add_row(t.table, str(t.snapshot_id), str(t.rows), str(t.files), text(t.newest_event_time),
-                       f"{t.freshness_seconds:.1f}")
+        tables.add_row(t.table, str(t.rows), str(t.files), text(t.newest_event_time), f"{t.freshness_seconds:.1f}",
+                       str(t.snapshot_id))
     out.print(tables)
-    lag = Table(title=f"Kafka lag (total {status.total_lag})")
-    for name in ("topic", "partition", "committed", "high watermark", "lag"):
-        lag.add_column(name)
+    lag = table_of(f"Kafka lag (total {status.total_lag})", ("topic", "partition", "committed", "high watermark", "lag"))
     for p in status.partitions:
-        lag.add_row(p.topic, str(p.partition), str(p.committed_offset), str(p.high_watermark), str(p.lag))
+        committed = "none" if p.committed_offset < 0 else str(p.committed_offset)  # nothing committed from it yet
+        lag.add_row(p.topic, str(p.partition), committed, str(p.high_watermark), str(p.lag))
     out.print(lag)
 
 
@@ -295,12 +298,11 @@ def _load(ctx: typer.Context, paths: list[Path], kind: Kind | None, vendor: str,
             summary = _load_group(k2, progress, file_format, files, reference, header_rows=0 if vendor == "asx" else 1)
             if summary is not None:
                 summaries.append(summary)
-    table = Table(title="Loaded")
-    for name in ("file", "rows read", "accepted", "rejected (dead-letter)", "rows/s"):
-        table.add_column(name, justify="left" if name == "file" else "right")
+    table = table_of("Loaded", ("file", "rows read", "accepted", "rejected (dead-letter)", "rows/s"),
+                     right_aligned=frozenset({"rows read", "accepted", "rejected (dead-letter)", "rows/s"}))
     for summary in summaries:
         for file in summary.files:
-            table.add_row(file.path, str(file.rows_read), str(file.rows_accepted), str(file.rows_rejected),
+            table.add_row(str(Path(*Path(file.path).parts[-2:])), str(file.rows_read), str(file.rows_accepted), str(file.rows_rejected),
                           f"{file.rows_per_second:,.0f}")
     table.add_row("total", str(sum(s.rows_read for s in summaries)), str(sum(s.rows_accepted for s in summaries)),
                   str(sum(s.rows_rejected for s in summaries)), f"{sum(s.seconds for s in summaries):.1f} s")

@@ -49,6 +49,8 @@ def test_trades_as_csv_and_table(platform: Platform) -> None:
     assert rows[0]["exchange"] == "ASX" and rows[0]["message_id"]
     table = k2(platform, "trades", "DVN", *DAY_RANGE)
     assert table.exit_code == 0 and "1.005" in table.stdout and "5 rows" in table.stdout
+    # An 80-column terminal still shows whole values: timestamps unbroken, long ids wrapped, never cut with "…".
+    assert rows[0]["timestamp"] in table.stdout and "…" not in table.stdout
 
 
 def test_quotes_bars_latest(platform: Platform) -> None:

@@ -106,7 +106,7 @@ def test_cli_loads_asx_files_and_queries_them(services: Services) -> None:
     runner = CliRunner()
     loaded = runner.invoke(app, ["load", "asx", str(ASX / "trades" / "3153.csv")], env=services.env())
     assert loaded.exit_code == 0, loaded.output
-    assert "total" in loaded.stdout
+    assert "total" in loaded.stdout and "trades/3153.csv" in loaded.stdout
     with services.client() as k2:
         k2.flush()
         day = datetime(2014, 3, 9, tzinfo=UTC)
