@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from k2.core import avro
 from k2.core.config import KafkaSettings
 from k2.core.kafka import TRADES, provision_topics, topic_name
-from k2.core.producer import AsyncProducer, OutgoingMessage
+from k2.core.producer import AsyncProducer
 from k2.core.protos import trade_from_proto
 from k2.ingest.v1 import ingest_pb2
 from k2.marketdata.v1.marketdata_pb2 import AssetClass, Side, Trade
@@ -136,7 +136,8 @@ async def kafka_reference(settings: KafkaSettings, seconds: float) -> float:
     producer = AsyncProducer(settings)
     topic = topic_name(settings, TRADES)
     records = [trade_from_proto(t) for t in sample_trades(BATCH_SIZE)]
-    messages = [OutgoingMessage(topic, r["symbol"].encode(), avro.encode("trade", r)) for r in records]
+    keys = [r["symbol"].encode() for r in records]
+    values = [avro.encode("trade", r) for r in records]
     in_flight: asyncio.Queue[asyncio.Future[object]] = asyncio.Queue(8)
     sent = 0
     started = time.perf_counter()
@@ -147,8 +148,8 @@ async def kafka_reference(settings: KafkaSettings, seconds: float) -> float:
 
     drainer = asyncio.create_task(drain())
     while time.perf_counter() - started < seconds:
-        await in_flight.put(await producer.produce_batch(messages))  # type: ignore[arg-type]
-        sent += len(messages)
+        await in_flight.put(await producer.produce_batch(topic, keys, values))  # type: ignore[arg-type]
+        sent += len(values)
     while not in_flight.empty():
         await (await in_flight.get())
     elapsed = time.perf_counter() - started

@@ -521,7 +521,7 @@ class ListSink:
 
     async def publish(self, kind: RecordKind, records: list[Record]) -> DeliveryReport:
         self.records[kind] += records
-        return DeliveryReport([None] * len(records), [0] * len(records), [0] * len(records))
+        return DeliveryReport([None] * len(records))
 
     async def dead_letter(self, raw: bytes, reason: str, field: str, source: str) -> None:
         self.records["dead_letter"].append({"raw": raw, "reason": reason, "field": field, "source": source})

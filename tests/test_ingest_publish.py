@@ -87,8 +87,8 @@ async def test_published_trades_are_on_the_topic_exactly(kafka_settings: KafkaSe
         assert kind == "trade" and message.key() == record["symbol"].encode()
         by_trade_id[record["trade_id"]] = record
     assert len(messages) == len(by_trade_id) == 40
-    # the batch was one send span: every message carries its trace context
-    assert len({headers_of(m)["traceparent"] for m in messages}) == 1
+    # the batch was one send span: its messages all carry its trace context when it is sampled, none otherwise
+    assert len({headers_of(m).get("traceparent") for m in messages}) == 1
     for i, wanted in expected.items():
         record = by_trade_id[wanted["trade_id"]]
         assert before <= record.pop("ingestion_timestamp") <= datetime.now(UTC)

@@ -1,36 +1,35 @@
 """An asyncio front for confluent-kafka's Producer: a batch is awaited as one unit, acknowledged only when Kafka
 has durably accepted (acks=all) or refused every message in it. The producer's buffer is bounded: when it is full,
-`send_batch` waits (backpressure to the caller) instead of dropping or growing."""
+`produce_batch` waits (backpressure to the caller) instead of dropping or growing.
+
+A batch without headers is handed over in one call (Producer.produce_batch, which cannot carry headers) and has
+one delivery callback for all its messages: per-message callbacks and their Python calls are most of the cost of
+producing. That callback learns a failed message by its value, so a batch's values are mapped back to their
+positions only when one of them failed. Messages with headers (sampled trace context, dead letters) are produced
+one by one."""
 
 import asyncio
 import threading
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from k2.core.config import KafkaSettings
 from k2.core.kafka import producer_config
 
-Headers = list[tuple[str, bytes]]
-
-
-@dataclass(frozen=True)
-class OutgoingMessage:
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: Headers | None = None
+Headers = Sequence[tuple[str, bytes]]
+QUEUE_FULL_WAIT_SECONDS = 0.005
 
 
 @dataclass
 class DeliveryReport:
-    """Per message of a batch: None when delivered, else the Kafka error text. Offsets for delivered ones."""
+    """Per message of a batch: None when delivered, else the Kafka error text."""
 
     errors: list[str | None]
-    partitions: list[int]
-    offsets: list[int]
 
     @property
     def failed(self) -> int:
@@ -38,23 +37,61 @@ class DeliveryReport:
 
 
 class _BatchDelivery:
-    __slots__ = ("future", "lock", "loop", "pending", "report")
+    """The outcome of one batch's messages. Delivery callbacks run on one thread at a time (the poll thread, or
+    the thread closing the producer once that has stopped), and only that thread counts deliveries; the event
+    loop sets `expected` once every message is handed over. Whichever of the two sees the other's final count
+    resolves the batch (twice at worst, which _resolve ignores)."""
 
-    def __init__(self, size: int, future: asyncio.Future[DeliveryReport], loop: asyncio.AbstractEventLoop):
-        self.report = DeliveryReport([None] * size, [-1] * size, [-1] * size)
-        self.pending = size
+    __slots__ = ("delivered", "errors", "expected", "failed_values", "future", "loop", "values")
+
+    def __init__(self, values: Sequence[bytes], future: asyncio.Future[DeliveryReport],
+                 loop: asyncio.AbstractEventLoop):
+        self.values = values
+        self.errors: list[str | None] = [None] * len(values)
+        self.failed_values: list[tuple[bytes, str]] = []
+        self.delivered = 0
+        self.expected = -1  # until every message is handed over
         self.future = future
         self.loop = loop
-        self.lock = threading.Lock()
 
-    def settled(self) -> None:
-        """One more message has its outcome; the last one resolves the batch. Called from the poll thread
-        (deliveries) and the event loop (messages refused before sending)."""
-        with self.lock:
-            self.pending -= 1
-            done = self.pending == 0
-        if done:
-            self.loop.call_soon_threadsafe(_resolve, self.future, self.report)
+    def on_delivery(self, error: KafkaError | None, message: Any) -> None:
+        """A message of the batch produced in one call: known by its value."""
+        if error is not None:
+            self.failed_values.append((message.value(), error.str()))
+        self.delivered += 1
+        if self.delivered == self.expected:
+            self.loop.call_soon_threadsafe(self.resolve)
+
+    def on_delivery_at(self, index: int, error: KafkaError | None, message: Any) -> None:
+        """A message produced on its own: known by its position."""
+        if error is not None:
+            self.errors[index] = error.str()
+        self.delivered += 1
+        if self.delivered == self.expected:
+            self.loop.call_soon_threadsafe(self.resolve)
+
+    def handed_over(self, accepted: int) -> None:
+        """Every message was handed over (or refused, its error already set); `accepted` are awaited."""
+        self.expected = accepted
+        if self.delivered == accepted:
+            self.resolve()
+
+    def resolve(self) -> None:
+        if self.future.done():
+            return
+        if self.failed_values:
+            self._place_failures()
+        self.future.set_result(DeliveryReport(self.errors))
+
+    def _place_failures(self) -> None:
+        # Equal values are the same bytes of the same record: which of their positions carries an error does
+        # not change what the publisher must re-send.
+        positions: defaultdict[bytes, list[int]] = defaultdict(list)
+        for index, value in enumerate(self.values):
+            if self.errors[index] is None:
+                positions[value].append(index)
+        for value, error in self.failed_values:
+            self.errors[positions[value].pop()] = error
 
 
 class AsyncProducer:
@@ -70,62 +107,83 @@ class AsyncProducer:
         while not self._stopping.is_set():
             self._producer.poll(0.05)
 
-    @staticmethod
-    def _on_delivery(batch: _BatchDelivery, index: int, error: KafkaError | None, message: object) -> None:
-        report = batch.report
-        if error is not None:
-            report.errors[index] = error.str()
-        else:
-            report.partitions[index] = message.partition()  # type: ignore[attr-defined]
-            report.offsets[index] = message.offset()  # type: ignore[attr-defined]
-        batch.settled()
+    async def send_batch(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes],
+                         headers: Sequence[Headers] | None = None) -> DeliveryReport:
+        return await (await self.produce_batch(topic, keys, values, headers))
 
-    async def send_batch(self, messages: Sequence[OutgoingMessage]) -> DeliveryReport:
-        return await (await self.produce_batch(messages))
-
-    async def produce_batch(self, messages: Sequence[OutgoingMessage]) -> asyncio.Future[DeliveryReport]:
-        """Hands every message to the producer (waiting while its buffer is full) and returns the future of
-        the batch's delivery report, so a caller can produce the next batch while this one awaits its acks.
-        Batches are produced one after another, never interleaved, so their order per partition is kept.
-        A message the producer refuses outright (e.g. above message.max.bytes) is that message's error."""
+    async def produce_batch(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes],
+                            headers: Sequence[Headers] | None = None) -> asyncio.Future[DeliveryReport]:
+        """Hands every message (keys[i], values[i], headers[i] when given) to the producer, waiting while its
+        buffer is full, and returns the future of the batch's delivery report, so a caller can produce the next
+        batch while this one awaits its acks. Batches are produced one after another, never interleaved, so
+        their order per partition is kept. A message the producer refuses outright (e.g. above
+        message.max.bytes) is that message's error."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[DeliveryReport] = loop.create_future()
-        if not messages:
-            future.set_result(DeliveryReport([], [], []))
-            return future
-        batch = _BatchDelivery(len(messages), future, loop)
-        produce = self._producer.produce
+        batch = _BatchDelivery(values, future, loop)
         async with self._produce_lock:
-            for index, message in enumerate(messages):
-                callback = partial(self._on_delivery, batch, index)
-                while True:
-                    try:
-                        produce(message.topic, message.value, message.key, headers=message.headers,
-                                on_delivery=callback)
-                        break
-                    except BufferError:
-                        await asyncio.sleep(0.005)  # buffer full: wait for deliveries to free space
-                    except KafkaException as error:  # refused before sending, e.g. above message.max.bytes
-                        batch.report.errors[index] = error.args[0].str()
-                        batch.settled()
-                        break
+            if headers is None:
+                refused = await self._produce_together(topic, keys, values, batch)
+            else:
+                refused = await self._produce_each(topic, keys, values, headers, batch)
+        batch.handed_over(len(values) - refused)
         return future
+
+    async def _produce_together(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes],
+                                batch: _BatchDelivery) -> int:
+        messages: list[dict[str, Any]] = [{"key": key, "value": value}
+                                          for key, value in zip(keys, values, strict=True)]
+        refused = 0
+        start = 0
+        while start < len(messages):
+            pending = messages[start:] if start else messages
+            accepted = self._producer.produce_batch(topic, pending, on_delivery=batch.on_delivery)
+            if accepted == len(pending):
+                break
+            # The producer takes messages in order until its buffer is full, then refuses all the rest with
+            # QUEUE_FULL: those are produced again once deliveries have freed space. Any other refusal is final.
+            full_from = len(pending)
+            for offset, message in enumerate(pending):
+                error = message.get("_error")
+                if error is None:
+                    continue
+                if error.code() == KafkaError._QUEUE_FULL:
+                    full_from = offset
+                    break
+                batch.errors[start + offset] = error.str()
+                refused += 1
+            start += full_from
+            if start < len(messages):
+                for message in messages[start:]:
+                    del message["_error"]  # the next call marks only what it refuses
+                await asyncio.sleep(QUEUE_FULL_WAIT_SECONDS)
+        return refused
+
+    async def _produce_each(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes],
+                            headers: Sequence[Headers], batch: _BatchDelivery) -> int:
+        produce = self._producer.produce
+        refused = 0
+        for index, (key, value, message_headers) in enumerate(zip(keys, values, headers, strict=True)):
+            while True:
+                try:
+                    produce(topic, value, key, headers=list(message_headers),
+                            on_delivery=partial(batch.on_delivery_at, index))
+                    break
+                except BufferError:
+                    await asyncio.sleep(QUEUE_FULL_WAIT_SECONDS)  # buffer full: wait for deliveries to free space
+                except KafkaException as error:  # refused before sending, e.g. above message.max.bytes
+                    batch.errors[index] = error.args[0].str()
+                    refused += 1
+                    break
+        return refused
 
     def in_flight(self) -> int:
         return len(self._producer)
 
-    def flush(self, timeout: float) -> int:
-        """Waits for every buffered message to be delivered or to fail; returns how many are still queued."""
+    def close(self, timeout: float = 30.0) -> int:
+        """Stops polling, then waits (on this thread, now the only one serving delivery callbacks) for every
+        buffered message to be delivered or to fail; returns how many are still queued."""
+        self._stopping.set()
+        self._poller.join()
         remaining: int = self._producer.flush(timeout)
         return remaining
-
-    def close(self, timeout: float = 30.0) -> int:
-        remaining = self.flush(timeout)
-        self._stopping.set()
-        self._poller.join(timeout=1.0)
-        return remaining
-
-
-def _resolve(future: asyncio.Future[DeliveryReport], report: DeliveryReport) -> None:
-    if not future.done():
-        future.set_result(report)

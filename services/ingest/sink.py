@@ -1,6 +1,8 @@
 """The one way ingest writes to Kafka: v2 records → Avro messages keyed by symbol on the trades/quotes topic,
-rejected input → the dead-letter topic. Every batch is one PRODUCER span; each of its messages carries that
-span's trace context in its headers, so the writer's spans join the publisher's trace."""
+rejected input → the dead-letter topic. Every batch is one PRODUCER span; when that span is sampled (or the
+caller sent baggage), each of its messages carries the span's trace context in its headers, so the writer's spans
+join the publisher's trace. Unsampled batches carry no headers (consumers skip unsampled contexts anyway), which
+lets the producer hand the whole batch over in one call."""
 
 import asyncio
 import time
@@ -8,13 +10,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.trace import Span, SpanKind
 
 from k2.core import avro
 from k2.core.config import KafkaSettings
 from k2.core.kafka import DEAD_LETTER, TOPIC_FOR, dead_letter_headers, topic_name
-from k2.core.producer import AsyncProducer, DeliveryReport, OutgoingMessage
+from k2.core.producer import AsyncProducer, DeliveryReport, Headers
 from k2.core.records import Record, RecordKind
 from k2.core.telemetry import trace_headers
 from services.ingest import metrics
@@ -51,14 +53,19 @@ class KafkaSink:
     async def produce(self, kind: RecordKind, records: Sequence[Record]) -> asyncio.Future[DeliveryReport]:
         """Hands the records to the producer and returns the awaitable of their delivery report, so the caller
         can prepare its next batch meanwhile. Batches are written in the order of the calls."""
-        topic = self.topics[kind]
         encode = avro.encode
-        span = _send_span(topic, len(records))
+        return await self.produce_encoded(kind, [record["symbol"].encode() for record in records],
+                                          [encode(kind, record) for record in records])
+
+    async def produce_encoded(self, kind: RecordKind, keys: Sequence[bytes],
+                              values: Sequence[bytes]) -> asyncio.Future[DeliveryReport]:
+        """`produce` for records already encoded (avro.encode) and keyed by their symbol."""
+        topic = self.topics[kind]
+        span = _send_span(topic, len(values))
         with _ended_on_error(span):
-            headers = trace_headers(trace.set_span_in_context(span))
-            messages = [OutgoingMessage(topic, record["symbol"].encode(), encode(kind, record), headers)
-                        for record in records]
-            return await self._produce(span, topic, messages)
+            headers = _propagated_headers(span)
+            return await self._produce(span, topic, keys, values,
+                                       None if headers is None else [headers] * len(values))
 
     async def dead_letter(self, raw: bytes, reason: str, field: str, source: str) -> None:
         """Writes one rejected input to the dead-letter topic; returns once Kafka has it, or DeliveryError."""
@@ -71,16 +78,16 @@ class KafkaSink:
         span = _send_span(topic, len(letters))
         with _ended_on_error(span):
             trace_context = trace_headers(trace.set_span_in_context(span))
-            messages = [OutgoingMessage(topic, None, letter.raw,
-                                        dead_letter_headers(letter.reason, letter.source, letter.field)
-                                        + list(letter.context) + trace_context)
-                        for letter in letters]
-            return await self._produce(span, topic, messages)
+            headers = [dead_letter_headers(letter.reason, letter.source, letter.field) + list(letter.context)
+                       + trace_context for letter in letters]
+            return await self._produce(span, topic, [None] * len(letters), [letter.raw for letter in letters],
+                                       headers)
 
-    async def _produce(self, span: Span, topic: str,
-                       messages: list[OutgoingMessage]) -> asyncio.Future[DeliveryReport]:
+    async def _produce(self, span: Span, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes],
+                       headers: Sequence[Headers] | None) -> asyncio.Future[DeliveryReport]:
         started = time.perf_counter()
-        delivery = await self.producer.produce_batch(messages)
+        count = len(values)
+        delivery = await self.producer.produce_batch(topic, keys, values, headers)
         metrics.PRODUCE_BATCHES_IN_FLIGHT.inc()
 
         def delivered(future: asyncio.Future[DeliveryReport]) -> None:
@@ -92,7 +99,7 @@ class KafkaSink:
                 if failed:
                     span.set_status(trace.Status(trace.StatusCode.ERROR, f"{failed} messages not delivered"))
                     metrics.KAFKA_MESSAGES.labels(metrics.SERVICE, topic, "failed").inc(failed)
-                metrics.KAFKA_MESSAGES.labels(metrics.SERVICE, topic, "delivered").inc(len(messages) - failed)
+                metrics.KAFKA_MESSAGES.labels(metrics.SERVICE, topic, "delivered").inc(count - failed)
             span.end()
 
         delivery.add_done_callback(delivered)
@@ -117,6 +124,15 @@ def _ended_on_error(span: Span) -> Iterator[None]:
         span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
         span.end()
         raise
+
+
+def _propagated_headers(span: Span) -> Headers | None:
+    """The send span's trace context and the caller's baggage as headers, or None when there is nothing a
+    consumer would use: an unsampled span and no baggage."""
+    context = trace.set_span_in_context(span)
+    if not span.get_span_context().trace_flags.sampled and not baggage.get_all(context):
+        return None
+    return trace_headers(context)
 
 
 def _send_span(topic: str, count: int) -> Span:
