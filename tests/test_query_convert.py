@@ -1,5 +1,5 @@
-"""The query service's conversions and tokens, without Kafka or Iceberg: the fan-out's fast decoder and the
-column-wise Arrow conversion give exactly the core mapping's messages; bars round VWAP half-even; tokens refuse
+"""The query service's conversions and tokens, without Kafka or Iceberg: the fan-out's fast decoder gives exactly
+the core mapping's messages (Arrow rows: tests/test_query_wire.py); bars round VWAP half-even; tokens refuse
 anything they did not issue."""
 
 from datetime import UTC, datetime, timedelta
@@ -15,7 +15,7 @@ from k2.core.arrow import records_to_arrow
 from k2.core.protos import quote_to_proto, trade_to_proto
 from k2.core.records import QUOTE, TRADE, FieldError, Record
 from services.query.bars import BarBuilder, divide_half_even
-from services.query.convert import DECODERS, quotes_from_rows, trades_from_rows
+from services.query.convert import DECODERS
 from services.query.selection import Selection, micros, rows_after, sort_rows
 from services.query.tokens import PageToken, StreamPosition, query_digest
 
@@ -62,17 +62,6 @@ def test_live_decoder_refuses_what_the_validators_refuse_and_reads_older_version
         "ingestion_timestamp": datetime(2014, 3, 10, tzinfo=UTC), "sequence_number": 1})
     message, symbol, _, _ = trade.decode(old)  # type: ignore[misc]
     assert (symbol, message.quantity, message.vendor_data["venue"]) == ("BHP", "40000", "X")
-
-
-@settings(max_examples=50, deadline=None)
-@given(st_records=trades())
-def test_rows_convert_like_the_core_mapping(st_records: Record) -> None:
-    records = [st_records, sample_trade(vendor_data=None, source_sequence=None, trade_conditions=["a", "b"])]
-    got = [m.SerializeToString() for m in trades_from_rows(records_to_arrow(TRADE, records))]
-    assert got == [trade_to_proto(r).SerializeToString() for r in records]
-    quote_records = [sample_quote(), sample_quote(bid_price=None, bid_quantity=None, vendor_data={"a": "b"})]
-    got = [m.SerializeToString() for m in quotes_from_rows(records_to_arrow(QUOTE, quote_records))]
-    assert got == [quote_to_proto(r).SerializeToString() for r in quote_records]
 
 
 def test_vwap_rounds_half_even_and_bars_align_to_utc() -> None:

@@ -1,7 +1,5 @@
-"""Rows and Kafka messages → k2.marketdata.v1 messages, and subscription responses as bytes.
-
-Arrow rows are converted column by column (one Python list per column, then one message per row) with the same
-mapping as k2.core.protos.trade_to_proto / quote_to_proto, which is much faster than going through row dicts.
+"""Kafka messages → k2.marketdata.v1 messages, and subscription responses as bytes (Arrow rows are encoded by
+services.query.wire).
 
 Live and replayed records become "framed" bytes: the serialized message behind the tag and length of field 1 of
 Subscribe{Trades,Quotes}Response (`repeated ... trades|quotes = 1`). A response is then the concatenation of its
@@ -15,13 +13,11 @@ from io import BytesIO
 from typing import Any
 
 import fastavro
-import pyarrow as pa
-import pyarrow.compute as pc
 from confluent_kafka import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from k2.core.avro import CURRENT, HEADER_SIZE, MAGIC, DecodeError, decode, without_logical_types
-from k2.core.protos import ASSET_CLASS_VALUES, SIDE_VALUES, decimal_text, quote_to_proto, trade_to_proto
+from k2.core.protos import ASSET_CLASS_VALUES, SIDE_VALUES, quote_to_proto, trade_to_proto
 from k2.core.records import (
     DECIMAL_PRECISION,
     DECIMAL_SCALE,
@@ -35,6 +31,7 @@ from k2.core.records import (
 from k2.marketdata.v1.marketdata_pb2 import Quote, Trade
 from k2.query.v1 import query_pb2
 from services.query.selection import micros
+from services.query.wire import varint
 
 MarketMessage = Trade | Quote
 FIELD_ONE_TAG = b"\x0a"  # field 1, wire type 2 (length-delimited)
@@ -43,76 +40,14 @@ TO_PROTO: dict[RecordKind, Callable[[dict[str, Any]], MarketMessage]] = {
     TRADE: trade_to_proto, QUOTE: quote_to_proto}
 
 
-def _micros(column: pa.ChunkedArray | pa.Array) -> list[int]:
-    return pc.cast(column, pa.int64()).to_pylist()
-
-
 def _timestamp(value: int) -> Timestamp:
     seconds, micros = divmod(value, 1_000_000)
     return Timestamp(seconds=seconds, nanos=micros * 1000)
 
 
-def _decimal_texts(column: pa.ChunkedArray | pa.Array) -> list[str | None]:
-    return [None if value is None else decimal_text(value) for value in column.to_pylist()]
-
-
-def _vendor_data(column: pa.ChunkedArray | pa.Array) -> list[dict[str, str] | None]:
-    return [None if value is None else dict(value) for value in column.to_pylist()]
-
-
-def trades_from_rows(table: pa.Table) -> list[Trade]:
-    c = {name: table[name] for name in table.column_names}
-    return [
-        Trade(message_id=message_id, trade_id=trade_id, symbol=symbol, exchange=exchange,
-              asset_class=ASSET_CLASS_VALUES[asset_class], timestamp=_timestamp(timestamp), price=price,
-              quantity=quantity, currency=currency, side=SIDE_VALUES[side], trade_conditions=conditions,
-              source_sequence=source_sequence, ingestion_timestamp=_timestamp(ingested),
-              platform_sequence=platform_sequence, vendor_data=vendor_data)
-        for (message_id, trade_id, symbol, exchange, asset_class, timestamp, price, quantity, currency, side,
-             conditions, source_sequence, ingested, platform_sequence, vendor_data) in zip(
-            c["message_id"].to_pylist(), c["trade_id"].to_pylist(), c["symbol"].to_pylist(),
-            c["exchange"].to_pylist(), c["asset_class"].to_pylist(), _micros(c["timestamp"]),
-            _decimal_texts(c["price"]), _decimal_texts(c["quantity"]), c["currency"].to_pylist(),
-            c["side"].to_pylist(), c["trade_conditions"].to_pylist(), c["source_sequence"].to_pylist(),
-            _micros(c["ingestion_timestamp"]), c["platform_sequence"].to_pylist(), _vendor_data(c["vendor_data"]),
-            strict=True)
-    ]
-
-
-def quotes_from_rows(table: pa.Table) -> list[Quote]:
-    c = {name: table[name] for name in table.column_names}
-    return [
-        Quote(message_id=message_id, quote_id=quote_id, symbol=symbol, exchange=exchange,
-              asset_class=ASSET_CLASS_VALUES[asset_class], timestamp=_timestamp(timestamp), bid_price=bid_price,
-              bid_quantity=bid_quantity, ask_price=ask_price, ask_quantity=ask_quantity, currency=currency,
-              source_sequence=source_sequence, ingestion_timestamp=_timestamp(ingested),
-              platform_sequence=platform_sequence, vendor_data=vendor_data)
-        for (message_id, quote_id, symbol, exchange, asset_class, timestamp, bid_price, bid_quantity, ask_price,
-             ask_quantity, currency, source_sequence, ingested, platform_sequence, vendor_data) in zip(
-            c["message_id"].to_pylist(), c["quote_id"].to_pylist(), c["symbol"].to_pylist(),
-            c["exchange"].to_pylist(), c["asset_class"].to_pylist(), _micros(c["timestamp"]),
-            _decimal_texts(c["bid_price"]), _decimal_texts(c["bid_quantity"]), _decimal_texts(c["ask_price"]),
-            _decimal_texts(c["ask_quantity"]), c["currency"].to_pylist(), c["source_sequence"].to_pylist(),
-            _micros(c["ingestion_timestamp"]), c["platform_sequence"].to_pylist(), _vendor_data(c["vendor_data"]),
-            strict=True)
-    ]
-
-
-FROM_ROWS: dict[RecordKind, Callable[[pa.Table], list[Any]]] = {TRADE: trades_from_rows, QUOTE: quotes_from_rows}
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def frame(message: MarketMessage) -> bytes:
     payload = message.SerializeToString()
-    return FIELD_ONE_TAG + _varint(len(payload)) + payload
+    return FIELD_ONE_TAG + varint(len(payload)) + payload
 
 
 @dataclass(slots=True)

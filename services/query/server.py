@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+import pyarrow as pa
 from confluent_kafka import KafkaException
 
 from k2.core.arrow import arrow_schema
@@ -22,20 +23,19 @@ from k2.query.v1 import query_pb2
 from services.query import bars as bars_module
 from services.query import metrics, validation
 from services.query.config import QuerySettings
-from services.query.convert import FROM_ROWS
 from services.query.fanout import FanOut
 from services.query.history import History, Snapshot, SnapshotGone, latest_row, ordered_rows
 from services.query.kafka_tail import KafkaAdmin, Offsets, OffsetsExpired, read_tail_table
 from services.query.selection import Selection, row_key
 from services.query.subscriptions import StreamEnded, Subscriptions
 from services.query.tokens import PageToken
+from services.query.wire import MESSAGE_TYPES, framed, joined, messages
 from services.query.workers import Workers
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "k2.query.v1.QueryService"
 T = TypeVar("T")
-QUERY_RESPONSES: dict[RecordKind, tuple[type, str]] = {
-    TRADE: (query_pb2.QueryTradesResponse, "trades"), QUOTE: (query_pb2.QueryQuotesResponse, "quotes")}
+QUERY_RESPONSES: dict[RecordKind, type] = {TRADE: query_pb2.QueryTradesResponse, QUOTE: query_pb2.QueryQuotesResponse}
 
 
 class DeadlineExceeded(Exception):
@@ -129,12 +129,12 @@ class QueryServicer:
     # ---- QueryTrades / QueryQuotes ---------------------------------------------------------------------------
 
     async def QueryTrades(self, request: query_pb2.QueryTradesRequest,
-                          context: grpc.aio.ServicerContext) -> AsyncIterator[query_pb2.QueryTradesResponse]:
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         async for response in self._stream("QueryTrades", context, lambda b: self._range(TRADE, request, b)):
             yield response
 
     async def QueryQuotes(self, request: query_pb2.QueryQuotesRequest,
-                          context: grpc.aio.ServicerContext) -> AsyncIterator[query_pb2.QueryQuotesResponse]:
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         async for response in self._stream("QueryQuotes", context, lambda b: self._range(QUOTE, request, b)):
             yield response
 
@@ -152,7 +152,7 @@ class QueryServicer:
                                        selection, columns, self._settings.fetch_wait_max_ms, budget.check)
 
     async def _range(self, kind: RecordKind, request: validation.QueryRequest,
-                     budget: Budget) -> AsyncIterator[Any]:
+                     budget: Budget) -> AsyncIterator[bytes]:
         query = validation.range_query(kind, request, self._settings)
         columns = arrow_schema(kind).names
         if query.page is None:
@@ -165,10 +165,9 @@ class QueryServicer:
             tail_start, tail_end, after = page.tail_start, page.tail_end, page.after
         tail = await self._tail(kind, tail_start, tail_end, query.selection, columns, budget)
         rows = ordered_rows(kind, snapshot, query.selection, columns, tail, after)
-        response_type, field = QUERY_RESPONSES[kind]
         batch = self._settings.response_rows
         remaining, more, last_key = query.limit, False, None
-        pending: list[Any] = []
+        pending = pa.array([], pa.binary())  # framed rows not sent yet
         returned = metrics.ROWS_RETURNED.labels(metrics.SERVICE, f"Query{kind.title()}s")
         while not more:
             budget.check()
@@ -182,19 +181,19 @@ class QueryServicer:
             more = taken.num_rows < window.num_rows
             remaining -= taken.num_rows
             last_key = row_key(taken, taken.num_rows - 1)
-            pending += await self._workers.run(FROM_ROWS[kind], taken)
+            pending = pa.concat_arrays([pending, await self._workers.run(framed, kind, taken)])
             sent = 0
-            while len(pending) - sent > batch:
+            while len(pending) - sent > batch:  # the last rows wait for the response that carries the token
                 returned.inc(batch)
-                yield response_type(**{field: pending[sent:sent + batch]})
+                yield joined(pending, sent, sent + batch)
                 sent += batch
-            pending = pending[sent:]
+            pending = pending.slice(sent)
         token = ""
         if more and last_key is not None:
             token = PageToken(query.digest, snapshot.snapshot_id, tail_start, tail_end, last_key).encode()
-        if pending or token:
+        if len(pending) or token:
             returned.inc(len(pending))
-            yield response_type(**{field: pending}, next_page_token=token)
+            yield joined(pending) + QUERY_RESPONSES[kind](next_page_token=token).SerializeToString()
 
     # ---- GetBars ---------------------------------------------------------------------------------------------
 
@@ -241,7 +240,7 @@ class QueryServicer:
                     snapshots[kind] = await self._workers.run(self._history.current, kind, topic)
                 row = await self._workers.run(latest_row, kind, snapshots[kind], symbol)
                 if row is not None:
-                    getattr(entry, field).CopyFrom(FROM_ROWS[kind](row)[0])
+                    getattr(entry, field).CopyFrom(MESSAGE_TYPES[kind].FromString(messages(kind, row)[0].as_py()))
             entries.append(entry)
         metrics.ROWS_RETURNED.labels(metrics.SERVICE, "GetLatest").inc(
             sum(e.HasField("trade") + e.HasField("quote") for e in entries))
@@ -281,15 +280,16 @@ def _pass_through(payload: bytes) -> bytes:
 
 
 def add_query_service(servicer: QueryServicer, server: grpc.aio.Server) -> None:
-    """As the generated add_QueryServiceServicer_to_server, except that the subscription handlers yield their
-    responses already serialized (shared by every subscriber with the same filter), so they pass through."""
+    """As the generated add_QueryServiceServicer_to_server, except that the streaming handlers yield their
+    responses already serialized, so they pass through: QueryTrades/QueryQuotes encode rows column-wise
+    (services.query.wire), subscriptions share one response's bytes among every subscriber with the same filter."""
     handlers = {
         "QueryTrades": grpc.unary_stream_rpc_method_handler(
             servicer.QueryTrades, request_deserializer=query_pb2.QueryTradesRequest.FromString,
-            response_serializer=query_pb2.QueryTradesResponse.SerializeToString),
+            response_serializer=_pass_through),
         "QueryQuotes": grpc.unary_stream_rpc_method_handler(
             servicer.QueryQuotes, request_deserializer=query_pb2.QueryQuotesRequest.FromString,
-            response_serializer=query_pb2.QueryQuotesResponse.SerializeToString),
+            response_serializer=_pass_through),
         "GetBars": grpc.unary_unary_rpc_method_handler(
             servicer.GetBars, request_deserializer=query_pb2.GetBarsRequest.FromString,
             response_serializer=query_pb2.GetBarsResponse.SerializeToString),

@@ -32,13 +32,14 @@ from k2.core.config import KafkaSettings
 from k2.core.records import RecordKind
 from services.query import metrics
 from services.query.config import QuerySettings
-from services.query.convert import FROM_ROWS, frame, live_item, response_bytes
+from services.query.convert import live_item, response_bytes
 from services.query.fanout import FanOut, Subscriber
 from services.query.history import History, SnapshotGone, ordered_rows
 from services.query.kafka_tail import KafkaAdmin, Offsets, RangeReader, symbol_keys
 from services.query.selection import Key, Selection, from_micros, row_key
 from services.query.tokens import StreamPosition
 from services.query.validation import Subscription
+from services.query.wire import framed, joined
 from services.query.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class StreamEnded(Exception):
 
 
 def _framed(kind: RecordKind, rows: pa.Table) -> bytes:
-    return b"".join(map(frame, FROM_ROWS[kind](rows)))
+    return joined(framed(kind, rows))
 
 
 def _now_micros() -> int:
