@@ -7,9 +7,9 @@ from decimal import Decimal
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import quotes, sample_quote, sample_trade, trades
+from strategies import positive_decimals, quotes, sample_quote, sample_trade, trades
 
-from k2.core import arrow, avro, protos
+from k2.core import arrow, avro, proto_avro, protos
 from k2.core.records import FieldError, Record, parse_decimal, validate_quote, validate_trade
 from k2.marketdata.v1.marketdata_pb2 import Quote, Side, Trade
 
@@ -139,3 +139,57 @@ def test_decode_errors_say_why() -> None:
 def test_only_ascii_decimal_strings_are_read(text: str) -> None:
     with pytest.raises(FieldError, match="not a decimal number"):
         parse_decimal("price", text)
+
+
+# Decimal strings a publisher may send: plain ones the one-pass encoder reads itself, and every form it leaves
+# to the exact path (exponents, signs, zero, too many digits, trailing zeros beyond the scale, non-ASCII, junk).
+decimal_texts = st.one_of(
+    positive_decimals().map(protos.decimal_text),
+    st.sampled_from(["1.50", "0.10000000", "007", "1e3", "1E-18", "-1", "+1", "0", "0.000", "1.", ".5", " 1",
+                     "1.0000000000000000000", "123456789012345678901", "0.0000000000000000001", "NaN", "Infinity",
+                     "١٢", "", "12,5", "00000000000000000000001", "99999999999999999999.999999999999999999"]))
+message_ids = st.one_of(st.just(""), st.uuids().map(str), st.uuids().map(lambda u: str(u).upper()),
+                        st.uuids().map(lambda u: "{" + str(u) + "}"), st.just("not-a-uuid"))
+seconds = st.one_of(st.integers(0, 4_102_444_800), st.sampled_from([-1, -62_135_596_800, 253_402_300_799,
+                                                                     253_402_300_800, 10**12]))
+
+
+@st.composite
+def published_trades(draw: st.DrawFn) -> Trade:
+    message = protos.trade_to_proto(draw(trades()) | {"ingestion_timestamp": None})
+    message.message_id = draw(message_ids)
+    message.price, message.quantity = draw(decimal_texts), draw(decimal_texts)
+    message.asset_class, message.side = draw(st.integers(0, 5)), draw(st.integers(0, 5))  # type: ignore[assignment]
+    for name in ("trade_id", "symbol", "exchange", "currency"):
+        if draw(st.integers(0, 9)) == 0:
+            setattr(message, name, draw(st.sampled_from(["", "X" * 256, "X" * 257])))
+    if draw(st.booleans()):
+        message.timestamp.seconds = draw(seconds)
+        message.timestamp.nanos = draw(st.sampled_from([0, 1000, 999_999_000, 1, 999]))
+    if draw(st.integers(0, 9)) == 0:
+        message.ClearField("timestamp")
+    if draw(st.integers(0, 4)) == 0:
+        message.source_sequence = 0  # present, and zero
+    return message
+
+
+@PROPERTY
+@given(st.lists(published_trades(), max_size=8), st.datetimes(timezones=st.just(UTC)))
+def test_trades_encoded_in_one_pass_are_what_the_exact_path_writes_or_rejects(
+        messages: list[Trade], received: datetime) -> None:
+    def message_id(index: int) -> str:
+        return f"00000000-0000-5000-8000-{index:012d}"
+
+    batch = proto_avro.encode_trades(messages, received, message_id)
+    keys, values, indexes, rejected = [], [], [], []
+    for index, message in enumerate(messages):
+        try:
+            record = protos.trade_from_proto(message, received, message_id(index))
+        except FieldError as error:
+            rejected.append((index, error.field, error.reason))
+        else:
+            keys.append(record["symbol"].encode())
+            values.append(avro.encode("trade", record))
+            indexes.append(index)
+    assert (batch.keys, batch.values, batch.indexes) == (keys, values, indexes)
+    assert [(index, error.field, error.reason) for index, error in batch.rejected] == rejected

@@ -28,6 +28,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -37,8 +38,8 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind
 
 from k2.core.producer import DeliveryReport
-from k2.core.protos import quote_from_proto, trade_from_proto
-from k2.core.records import MAX_TEXT_LENGTH, QUOTE, TRADE, FieldError, Record, RecordKind, utc_now
+from k2.core.proto_avro import EncodedBatch, MessageIds, encode_quotes, encode_trades
+from k2.core.records import MAX_TEXT_LENGTH, QUOTE, TRADE, RecordKind, utc_now
 from k2.ingest.v1 import ingest_pb2
 from services.ingest import metrics
 from services.ingest.config import IngestSettings
@@ -54,13 +55,13 @@ tracer = trace.get_tracer("k2.ingest")
 class Kind:
     kind: RecordKind
     items_field: str
-    from_proto: Callable[..., Record]
+    encode: Callable[[Sequence[Any], datetime, MessageIds], EncodedBatch]
     response: Callable[..., Any]
     method: str
 
 
-TRADES = Kind(TRADE, "trades", trade_from_proto, ingest_pb2.PublishTradesResponse, "PublishTrades")
-QUOTES = Kind(QUOTE, "quotes", quote_from_proto, ingest_pb2.PublishQuotesResponse, "PublishQuotes")
+TRADES = Kind(TRADE, "trades", encode_trades, ingest_pb2.PublishTradesResponse, "PublishTrades")
+QUOTES = Kind(QUOTE, "quotes", encode_quotes, ingest_pb2.PublishQuotesResponse, "PublishQuotes")
 
 
 class BatchRefused(Exception):
@@ -175,9 +176,12 @@ class Publisher:
                 return _as_duplicate(earlier)
 
         self.symbols.count_received(SOURCE, kind.kind, [item.symbol for item in items])
-        records, indexes, rejections = _validate(kind, batch_id, items)
+        encoded = kind.encode(items, utc_now(), batch_message_ids(kind.kind, batch_id) if batch_id else None)
+        indexes = encoded.indexes
+        rejections = [ingest_pb2.Rejection(index=index, field=error.field, reason=error.reason)
+                      for index, error in encoded.rejected]
         metrics.count_rejected(SOURCE, kind.kind, "invalid", (r.field for r in rejections))
-        delivery = await self.sink.produce(kind.kind, records)
+        delivery = await self.sink.produce_encoded(kind.kind, encoded.keys, encoded.values)
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if batch_id:
             ledger.put(batch_id, answer)
@@ -192,25 +196,6 @@ class Publisher:
         delivery.add_done_callback(delivered)
         metrics.PUBLISH_BATCHES.labels(metrics.SERVICE, kind.kind, "published").inc()
         return answer
-
-
-def _validate(kind: Kind, batch_id: str, items: Sequence[Any]) -> tuple[list[Record], list[int], list[Any]]:
-    """(accepted records, their indexes in the batch, rejections) — the per-item hot path, kept lean."""
-    records: list[Record] = []
-    indexes: list[int] = []
-    rejections: list[Any] = []
-    convert = kind.from_proto
-    received = utc_now()
-    message_id = batch_message_ids(kind.kind, batch_id) if batch_id else None
-    for index, item in enumerate(items):
-        try:
-            record = convert(item, received, message_id and message_id(index))
-        except FieldError as error:
-            rejections.append(ingest_pb2.Rejection(index=index, field=error.field, reason=error.reason))
-        else:
-            records.append(record)
-            indexes.append(index)
-    return records, indexes, rejections
 
 
 def _answer(kind: Kind, batch_id: str, indexes: list[int], rejections: list[Any],
