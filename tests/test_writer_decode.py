@@ -76,3 +76,35 @@ def test_one_sided_and_half_empty_quotes() -> None:
     assert batch.rows.to_pylist() == [0]
     assert batch.table.to_pylist()[0]["ask_price"] is None
     assert [(r.index, r.field) for r in batch.rejected] == [(1, "bid_quantity")]
+
+
+def test_values_beyond_the_fast_layout_decode_like_the_reference() -> None:
+    """Lengths of 64 bytes and more, varints longer than 8 bytes, negative and 16-byte decimals, non-ASCII text,
+    many map entries, timestamps before 1970: each row as the reference decode gives it."""
+    trades = [
+        sample_trade(),
+        sample_trade(trade_id="T" * 64, symbol="Ünïcödé-€", vendor_data={f"k{i}": "v" * 70 for i in range(20)}),
+        sample_trade(asset_class="FUTURES", price=Decimal("-12345678901234567890.123456789012345678"),
+                     source_sequence=-(2**63), platform_sequence=2**63 - 1),
+        sample_trade(price=Decimal("99999999999999999999.999999999999999999"), source_sequence=2**55,
+                     timestamp=datetime(1969, 12, 31, 23, 59, 59, 999999, UTC), trade_conditions=["@", "XT"]),
+        sample_trade(quantity=Decimal("0.000000000000000001"), source_sequence=-1, platform_sequence=0,
+                     vendor_data=None),
+    ]
+    quotes = [sample_quote(), sample_quote(bid_price=None, bid_quantity=None, vendor_data={"a": "b"}),
+              sample_quote(ask_price=Decimal("-0.5"), asset_class="FUTURES", source_sequence=None)]
+    for kind, records in (("trade", trades), ("quote", quotes)):
+        values = [avro.encode(kind, r) for r in records]  # type: ignore[arg-type]
+        batch = BatchDecoder(kind).decode(values)  # type: ignore[arg-type]
+        assert batch.rejected == []
+        reference = records_to_arrow(kind, [avro.decode(values[i])[1] for i in batch.rows.to_pylist()])  # type: ignore[arg-type]
+        assert sorted(batch.rows.to_pylist()) == list(range(len(records)))
+        assert batch.table.equals(reference)
+
+
+def test_invalid_utf8_is_undecodable() -> None:
+    in_a_column = avro.encode("trade", sample_trade(symbol="XYZUSDT")).replace(b"XYZ", b"\xff\xfe\xfd")
+    in_a_map = avro.encode("trade", sample_trade(vendor_data={"XYZ": "1"})).replace(b"XYZ", b"\xff\xfe\xfd")
+    batch = BatchDecoder("trade").decode([in_a_column, avro.encode("trade", sample_trade()), in_a_map])
+    assert batch.rows.to_pylist() == [1]
+    assert [(r.index, r.category) for r in batch.rejected] == [(0, UNDECODABLE), (2, UNDECODABLE)]

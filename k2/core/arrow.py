@@ -1,6 +1,7 @@
 """Record batches ⇄ Arrow, and the Iceberg table schemas — all derived from the current Avro schemas, so the
 tables follow the contract: a field added to the Avro schema becomes a column without hand-written mapping."""
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,7 +23,7 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
-from k2.core.avro import CURRENT, HEADER_SIZE, MAGIC, DecodeError, decode, without_logical_types
+from k2.core.avro import CURRENT, MAGIC, DecodeError, decode
 from k2.core.records import (
     DECIMAL_PRECISION,
     DECIMAL_SCALE,
@@ -133,20 +134,19 @@ def arrow_to_records(table: pa.Table) -> list[Record]:
     return records
 
 
-# Kafka values straight to Arrow: the writer's hot path. Messages in the current schema version are read with
-# a copy of the schema stripped of logical types, so fastavro returns raw longs and two's-complement bytes
-# instead of building a datetime and a Decimal per value, and each column is built in one step. Older versions
-# go through avro.decode (their upgrade functions) and records_to_arrow. Acceptance is decided by
-# records.VALIDATORS: cheap vectorised checks flag the rows that could fail them, and only the flagged rows are
-# decoded in full and judged.
-
-_DECIMAL_LIMIT = 10 ** DECIMAL_PRECISION
-_ZERO = pa.scalar(Decimal(0), pa.decimal128(DECIMAL_PRECISION, DECIMAL_SCALE))
-
+# Kafka values straight to Arrow: the writer's hot path. A message in the current schema version whose strings,
+# bytes and array/map blocks are shorter than 64 (one-byte lengths: nearly all) is split into its fields' raw
+# bytes by one regular-expression match (the record's layout, generated from the schema), and each column is
+# built from those bytes by vectorised Arrow kernels: no per-field Python call, no Decimal or datetime object.
+# Every other message (older versions, long strings, corrupt bodies) goes through avro.decode (its upgrade
+# function) and records_to_arrow. Acceptance is decided by records.VALIDATORS: cheap vectorised checks flag the
+# rows that could fail them, and only the flagged rows are decoded in full and judged.
 
 UNDECODABLE = "undecodable"
 WRONG_KIND = "wrong_kind"
 INVALID = "invalid"
+
+_ZERO = pa.scalar(Decimal(0), pa.decimal128(DECIMAL_PRECISION, DECIMAL_SCALE))
 
 
 @dataclass(frozen=True)
@@ -164,53 +164,211 @@ class DecodedBatch:
     rejected: list[Rejection]
 
 
-def _unscaled(values: list[bytes | None]) -> list[int | None]:
-    return [None if v is None else int.from_bytes(v, "big", signed=True) for v in values]
+_SHORT = 64  # strings, bytes and blocks the pattern matches: those whose length is one varint byte
+_BLOCK_ITEMS = 15  # items per array/map block the pattern matches
+_VARINT = rb"[\x80-\xff]{0,9}[\x00-\x7f]"
+_VARINT_BYTES = 8  # longer varints (|value| ≥ 2^55) take the full decode
+_DECIMAL_BYTES = 16  # two's complement of a decimal(38,18); a 16-byte value may exceed 38 digits: full decode
 
 
-def _decimal_column(unscaled: list[int | None], arrow_type: pa.DataType) -> pa.Array:
-    """Unscaled integers (None for null) → decimal128, without Decimal objects."""
-    zero = b"\0" * 16
-    data = b"".join([zero if v is None else v.to_bytes(16, "little", signed=True) for v in unscaled])
-    validity = None
-    if None in unscaled:
-        validity = pa.array([v is not None for v in unscaled], pa.bool_()).buffers()[1]
-    return pa.Array.from_buffers(arrow_type, len(unscaled), [validity, pa.py_buffer(data)])
+def _byte(value: int) -> bytes:
+    return re.escape(bytes([value]))
 
 
-def _out_of_range(unscaled: list[int | None]) -> list[int]:
-    present = [v for v in unscaled if v is not None]
-    if not present or (max(present) < _DECIMAL_LIMIT and min(present) > -_DECIMAL_LIMIT):
-        return []
-    return [i for i, v in enumerate(unscaled) if v is not None and not -_DECIMAL_LIMIT < v < _DECIMAL_LIMIT]
+_SHORT_BYTES = b"(?:" + b"|".join(_byte(2 * n) + rb"[\s\S]{%d}" % n for n in range(_SHORT)) + b")"
 
 
-class _RawColumns:
-    """Builds the Arrow table of raw (logical-type-free) records of one kind: Arrow converts the dicts in one
-    call (decimals as their bytes, timestamps as longs), then decimals and timestamps get their types."""
+def _is_block(avro_type: Any) -> bool:
+    """An array or a map, possibly nullable: decoded per distinct value rather than by kernels."""
+    avro_type, _ = _avro_field_type(avro_type)
+    return isinstance(avro_type, dict) and avro_type["type"] in ("array", "map")
+
+
+def _pattern(avro_type: Any) -> bytes:
+    """The regular expression matching one value of `avro_type` (short lengths only)."""
+    if isinstance(avro_type, list):
+        null_index = avro_type.index("null")
+        null, value = _byte(2 * null_index), _byte(2 * (1 - null_index)) + _pattern(avro_type[1 - null_index])
+        return b"(?:" + null + b"|" + value + b")"
+    kind = avro_type if isinstance(avro_type, str) else avro_type["type"]
+    if kind in ("long", "int"):
+        return _VARINT
+    if kind == "boolean":
+        return rb"[\x00\x01]"
+    if kind in ("string", "bytes"):
+        return _SHORT_BYTES
+    if kind == "enum":
+        symbols = avro_type["symbols"]
+        if len(symbols) > _SHORT:
+            raise TypeError(f"enum with more than {_SHORT} symbols: {avro_type['name']}")
+        return b"[" + b"".join(_byte(2 * i) for i in range(len(symbols))) + b"]"
+    if kind in ("array", "map"):
+        item = _pattern(avro_type["items"]) if kind == "array" else _SHORT_BYTES + _pattern(avro_type["values"])
+        block = b"|".join(_byte(2 * n) + b"(?:" + item + b"){%d}" % n for n in range(1, _BLOCK_ITEMS + 1))
+        return b"(?:" + block + rb")*\x00"
+    raise TypeError(f"no pattern for {avro_type}")
+
+
+_UINT64 = pa.uint64()
+
+
+def _u64(value: int) -> pa.Scalar:
+    return pa.scalar(value, _UINT64)
+
+
+# Seven-bit groups packed pairwise, then in fours, then in eights: a little-endian varint's value.
+_VARINT_PACKING = [(_u64(0x007F007F007F007F), _u64(0x7F007F007F007F00), 1),
+                   (_u64(0x00003FFF00003FFF), _u64(0x3FFF00003FFF0000), 2),
+                   (_u64(0x000000000FFFFFFF), _u64(0x0FFFFFFF00000000), 4)]
+_ZERO_PADS = pa.array([b"\0" * n for n in range(_DECIMAL_BYTES + 1)], pa.binary())
+_ONE_PADS = pa.array([b"\xff" * n for n in range(_DECIMAL_BYTES + 1)], pa.binary())
+
+
+# binary_replace_slice, because binary_slice fails on some inputs (pyarrow 26: "Negative buffer resize").
+def _first_byte(values: pa.Array) -> pa.Array:
+    return pc.binary_replace_slice(values, 1, 2**31 - 1, b"")
+
+
+def _after_first_byte(values: pa.Array) -> pa.Array:
+    return pc.binary_replace_slice(values, 0, 1, b"")
+
+
+def _cells(values: pa.Array, width: int, negative: pa.Array | None = None) -> pa.Buffer:
+    """The values (at most `width` bytes each, little-endian) extended to `width` bytes, with 0xff bytes where
+    `negative`: one buffer of fixed-width cells."""
+    missing = pc.subtract(width, pc.binary_length(values))
+    fill = pc.take(_ZERO_PADS, missing)
+    if negative is not None:
+        fill = pc.if_else(negative, pc.take(_ONE_PADS, missing), fill)
+    return pc.binary_join_element_wise(values, fill, b"").cast(pa.binary(width)).buffers()[1]
+
+
+def _longs(raw: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """(int64 values of zig-zag varints, rows whose varint is too long for the kernels)."""
+    long = pc.greater(pc.binary_length(raw), _VARINT_BYTES)
+    raw = pc.if_else(long, b"\0", raw)
+    value = pa.Array.from_buffers(_UINT64, len(raw), [None, _cells(raw, _VARINT_BYTES)])
+    value = pc.bit_wise_and(value, _u64(0x7F7F7F7F7F7F7F7F))
+    for low, high, shift in _VARINT_PACKING:
+        value = pc.bit_wise_or(pc.bit_wise_and(value, low), pc.shift_right(pc.bit_wise_and(value, high), shift))
+    sign = pc.subtract(_u64(0), pc.bit_wise_and(value, _u64(1)))  # all ones for odd (negative) values
+    value = pc.bit_wise_xor(pc.shift_right(value, 1), sign)
+    return pa.Array.from_buffers(pa.int64(), len(raw), [None, value.buffers()[1]]), long
+
+
+def _decimals(raw: pa.Array, arrow_type: pa.DataType) -> tuple[pa.Array, pa.Array]:
+    """(decimal128 values of length-prefixed big-endian two's complement, rows too long for the kernels)."""
+    unscaled = _after_first_byte(raw)
+    long = pc.greater_equal(pc.binary_length(unscaled), _DECIMAL_BYTES)
+    unscaled = pc.if_else(long, b"", unscaled)
+    negative = pc.greater_equal(_first_byte(unscaled), pa.scalar(b"\x80", pa.binary()))
+    cells = _cells(pc.binary_reverse(unscaled), _DECIMAL_BYTES, negative)
+    return pa.Array.from_buffers(arrow_type, len(raw), [None, cells]), long
+
+
+def _strings(raw: pa.Array) -> tuple[pa.Array, pa.Array | None]:
+    """(UTF-8 strings of length-prefixed bytes, rows that are not valid UTF-8 when there are any)."""
+    text = _after_first_byte(raw)
+    try:
+        return text.cast(pa.string()), None
+    except pa.ArrowInvalid:  # rare: those rows take the full decode, which says why
+        invalid = pa.array([not _is_utf8(value) for value in text.to_pylist()], pa.bool_())
+        return pc.if_else(invalid, b"", text).cast(pa.string()), invalid
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _column(avro_type: Any, arrow_type: pa.DataType, raw: pa.Array) -> tuple[pa.Array, pa.Array | None]:
+    """(a scalar field's column built from the raw bytes of its values, rows the kernels cannot build or None)."""
+    if isinstance(avro_type, list):
+        null_index = avro_type.index("null")
+        null = pc.equal(_first_byte(raw), pa.scalar(bytes([2 * null_index]), pa.binary()))
+        value = pc.if_else(null, b"\0", _after_first_byte(raw))  # \0: a value of every scalar type
+        column, slow = _column(avro_type[1 - null_index], arrow_type, value)
+        return pc.if_else(null, pa.scalar(None, arrow_type), column), slow
+    kind = avro_type if isinstance(avro_type, str) else avro_type["type"]
+    logical = None if isinstance(avro_type, str) else avro_type.get("logicalType")
+    if logical == "decimal":
+        return _decimals(raw, arrow_type)
+    if kind == "long":
+        values, slow = _longs(raw)
+        return values.cast(arrow_type), slow  # int64, or a timestamp's microseconds
+    if kind == "int":
+        values, slow = _longs(raw)
+        slow = pc.or_(slow, pc.not_equal(values, pc.cast(values, pa.int32(), safe=False)))
+        return pc.cast(values, pa.int32(), safe=False), slow  # out-of-range rows are taken out (slow)
+    if kind == "boolean":
+        return pc.equal(raw, pa.scalar(b"\x01", pa.binary())), None
+    if kind == "string":
+        return _strings(raw)
+    if kind == "enum":
+        codes = pa.Array.from_buffers(pa.uint8(), len(raw), [None, raw.cast(pa.binary(1)).buffers()[1]])
+        return pc.take(pa.array(avro_type["symbols"], pa.string()), pc.shift_right(codes, 1)), None
+    raise TypeError(f"no column for {avro_type}")
+
+
+_UNREADABLE = object()
+
+
+class _BlockColumn:
+    """An array or map field (possibly nullable): few distinct values per batch (usually empty or absent), each
+    read once."""
+
+    def __init__(self, avro_type: Any, arrow_type: pa.DataType):
+        self._schema = fastavro.parse_schema(avro_type)
+        self._arrow_type = arrow_type
+        self._map = pa.types.is_map(arrow_type)
+
+    def _read(self, raw: bytes) -> Any:
+        value: Any
+        try:
+            value = fastavro.schemaless_reader(BytesIO(raw), self._schema, None)
+        except ValueError:  # invalid UTF-8 (the pattern matched the layout): the full decode says why
+            return _UNREADABLE
+        return list(value.items()) if self._map and value is not None else value
+
+    def column(self, raw: Sequence[bytes]) -> tuple[pa.Array, pa.Array | None]:
+        distinct = {value: self._read(value) for value in set(raw)}
+        slow = None
+        if any(value is _UNREADABLE for value in distinct.values()):
+            slow = pa.array([distinct[value] is _UNREADABLE for value in raw], pa.bool_())
+            distinct = {key: None if value is _UNREADABLE else value for key, value in distinct.items()}
+        return pa.array([distinct[value] for value in raw], self._arrow_type), slow
+
+
+class _FastPath:
+    """The pattern splitting a current-version message into its fields' raw bytes, and the columns built from
+    them."""
 
     def __init__(self, kind: RecordKind):
+        current = CURRENT[kind]
+        fields = current.schema["fields"]
+        self.pattern = re.compile(re.escape(MAGIC + current.fingerprint)
+                                  + b"".join(b"(" + _pattern(field["type"]) + b")" for field in fields))
         self.schema = arrow_schema(kind)
-        self.raw_schema = pa.schema([
-            field.with_type(pa.binary()) if pa.types.is_decimal(field.type)
-            else field.with_type(pa.int64()) if pa.types.is_timestamp(field.type) else field
-            for field in self.schema])
+        self._fields = [(field["type"], arrow_field.type,
+                         _BlockColumn(field["type"], arrow_field.type) if _is_block(field["type"]) else None)
+                        for field, arrow_field in zip(fields, self.schema, strict=True)]
 
-    def table(self, records: list[dict[str, Any]]) -> tuple[pa.Table | None, list[int]]:
-        """(the table, []) or (None, positions of records with a decimal beyond decimal(38,18))."""
-        raw = pa.Table.from_pylist(records, schema=self.raw_schema)
-        columns = []
-        for field, column in zip(self.schema, raw.columns, strict=True):
-            if pa.types.is_decimal(field.type):
-                unscaled = _unscaled([r[field.name] for r in records])
-                if out_of_range := _out_of_range(unscaled):
-                    return None, out_of_range
-                columns.append(_decimal_column(unscaled, field.type))
-            elif pa.types.is_timestamp(field.type):
-                columns.append(column.cast(field.type))
+    def table(self, rows: list[tuple[bytes, ...]]) -> tuple[pa.Table, pa.Array | None]:
+        """(the table of the matched rows, the rows to take out for the full decode, or None)."""
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(self._fields)
+        arrays, slow = [], None
+        for (avro_type, arrow_type, block), raw in zip(self._fields, columns, strict=True):
+            if block is not None:
+                array, field_slow = block.column(raw)
             else:
-                columns.append(column)
-        return pa.Table.from_arrays(columns, schema=self.schema), []
+                array, field_slow = _column(avro_type, arrow_type, pa.array(raw, pa.binary()))
+            arrays.append(array)
+            if field_slow is not None:
+                slow = field_slow if slow is None else pc.or_(slow, field_slow)
+        return pa.Table.from_arrays(arrays, schema=self.schema), slow
 
 
 _TEXT_FIELDS: dict[RecordKind, tuple[str, ...]] = {TRADE: ("trade_id", "symbol", "exchange", "currency"),
@@ -240,10 +398,7 @@ class BatchDecoder:
 
     def __init__(self, kind: RecordKind):
         self.kind = kind
-        current = CURRENT[kind]
-        self._header = MAGIC + current.fingerprint
-        self._raw_schema = fastavro.parse_schema(without_logical_types(current.schema))
-        self._columns = _RawColumns(kind)
+        self._fast = _FastPath(kind)
         self._validate = VALIDATORS[kind]
 
     def _judge(self, index: int, value: bytes) -> Record | Rejection:
@@ -260,45 +415,29 @@ class BatchDecoder:
             return Rejection(index, INVALID, error.reason, error.field)
 
     def decode(self, values: Sequence[bytes]) -> DecodedBatch:
-        header, raw_schema, reader = self._header, self._raw_schema, fastavro.schemaless_reader
-        raw: list[Any] = []
-        raw_rows: list[int] = []
+        match = self._fast.pattern.fullmatch
+        matched: list[tuple[bytes, ...]] = []
+        matched_rows: list[int] = []
         other_rows: list[int] = []
-        # One stream over every value: a record read past its own value's end is caught by the position check.
-        body = BytesIO(b"".join(values))
-        seek, tell = body.seek, body.tell
-        end = 0
         for index, value in enumerate(values):
-            start, end = end, end + len(value)
-            if value.startswith(header):
-                seek(start + HEADER_SIZE)
-                try:
-                    record = reader(body, raw_schema, None)
-                except Exception:  # corrupt body: the full decode below says why
-                    other_rows.append(index)
-                    continue
-                if tell() == end:
-                    raw.append(record)
-                    raw_rows.append(index)
-                    continue
-            other_rows.append(index)
-
-        table, out_of_range = self._columns.table(raw)
-        while out_of_range:  # rare: judged in full below, with the reason
-            skip = set(out_of_range)
-            other_rows += [raw_rows[i] for i in out_of_range]
-            raw = [r for i, r in enumerate(raw) if i not in skip]
-            raw_rows = [row for i, row in enumerate(raw_rows) if i not in skip]
-            table, out_of_range = self._columns.table(raw)
-        assert table is not None
-        rows = pa.array(raw_rows, pa.int64())
+            found = match(value)
+            if found is None:
+                other_rows.append(index)
+            else:
+                matched.append(found.groups())
+                matched_rows.append(index)
+        table, slow = self._fast.table(matched)
+        rows = pa.array(matched_rows, pa.int64())
+        if slow is not None and pc.any(slow).as_py():  # rare: judged in full below
+            other_rows += rows.filter(slow).to_pylist()
+            fast = pc.invert(slow)
+            table, rows = table.filter(fast), rows.filter(fast)
 
         rejected: list[Rejection] = []
         suspect = _suspect_rows(self.kind, table)
         if pc.any(suspect).as_py():
             keep = []
-            for position, is_suspect in enumerate(suspect.to_pylist()):
-                index = raw_rows[position]
+            for index, is_suspect in zip(rows.to_pylist(), suspect.to_pylist(), strict=True):
                 verdict = self._judge(index, values[index]) if is_suspect else None
                 if isinstance(verdict, Rejection):
                     rejected.append(verdict)
