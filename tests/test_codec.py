@@ -180,6 +180,7 @@ def test_trades_encoded_in_one_pass_are_what_the_exact_path_writes_or_rejects(
     def message_id(index: int) -> str:
         return f"00000000-0000-5000-8000-{index:012d}"
 
+    messages = messages + messages  # the second time round, from what the batch has already written
     batch = proto_avro.encode_trades(messages, received, message_id)
     keys, values, indexes, rejected = [], [], [], []
     for index, message in enumerate(messages):

@@ -14,8 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from k2.core import avro
-from k2.core.avro_writer import write_long, write_timestamp_micros
-from k2.core.protos import ASSET_CLASS_NAMES, SIDE_NAMES, quote_from_proto, trade_from_proto
+from k2.core.avro_writer import write_long
+from k2.core.protos import ASSET_CLASS_NAMES, EPOCH, SIDE_NAMES, quote_from_proto, trade_from_proto
 from k2.core.records import (
     DECIMAL_SCALE,
     MAX_INTEGER_DIGITS,
@@ -58,18 +58,8 @@ def _enum_tags(kind: RecordKind, name: str, proto_names: dict[int, str]) -> dict
 
 _ASSET_CLASS_TAGS = _enum_tags(TRADE, "asset_class", ASSET_CLASS_NAMES)
 _SIDE_TAGS = _enum_tags(TRADE, "side", SIDE_NAMES)
-_TRADE_HEADER = avro.MAGIC + avro.CURRENT[TRADE].fingerprint
-
-
-def _write_timestamp(out: bytearray, micros: int) -> None:
-    """write_long for a timestamp in microseconds, unrolled for those from 1979 to 3111 (8 bytes written)."""
-    zigzag = micros << 1
-    if 1 << 49 <= zigzag < 1 << 56:
-        out += bytes((zigzag & 127 | 128, zigzag >> 7 & 127 | 128, zigzag >> 14 & 127 | 128,
-                      zigzag >> 21 & 127 | 128, zigzag >> 28 & 127 | 128, zigzag >> 35 & 127 | 128,
-                      zigzag >> 42 & 127 | 128, zigzag >> 49))
-    else:
-        write_long(out, micros)
+_TRADE_HEADER_AND_ID_SIZE = avro.MAGIC + avro.CURRENT[TRADE].fingerprint + b"H"  # message ids: 36 characters
+_TEXT_LENGTHS = [bytes([size << 1]) for size in range(64)]  # a text's length as written, below 64 bytes
 
 
 def _write_text(out: bytearray, text: str) -> None:
@@ -80,6 +70,84 @@ def _write_text(out: bytearray, text: str) -> None:
     else:
         write_long(out, size)
     out += data
+
+
+def _written(write: Callable[[bytearray, Any], None], value: Any) -> bytes:
+    out = bytearray()
+    write(out, value)
+    return bytes(out)
+
+
+def _checked_text(text: str) -> bytes:
+    """A required text as written, or empty when check_text would refuse it."""
+    return _written(_write_text, text) if 0 < len(text) <= MAX_TEXT_LENGTH else b""
+
+
+def _decimal(text: str) -> bytes:
+    """A positive plain decimal string as its decimal(38,18) Avro bytes; empty for anything the exact path must
+    judge (zero included: whether it is allowed depends on the field and the asset class)."""
+    match = _PLAIN_DECIMAL(text)
+    if match is None:
+        return b""
+    whole, fraction = match.groups()
+    scale = _SCALE_FOR_FRACTION_DIGITS
+    unscaled = int(whole + fraction) * scale[len(fraction)] if fraction else int(whole) * scale[0]
+    if not unscaled:
+        return b""
+    data = unscaled.to_bytes((unscaled.bit_length() + 8) // 8, "big", signed=True)
+    return bytes([len(data) << 1]) + data  # at most 16 bytes
+
+
+class _Longs:
+    """Avro longs as written, for values that share their high bits (timestamps, sequence numbers of a batch):
+    the low 14 bits from a table, the rest from a cache."""
+
+    _LOW = b"".join(bytes((low & 127 | 128, low >> 7 | 128)) for low in range(1 << 14))
+
+    def __init__(self) -> None:
+        self._high: dict[int, bytes] = {}
+
+    def written(self, value: int) -> bytes:
+        zigzag = (value << 1) ^ (value >> 63)
+        if zigzag < 1 << 14:
+            return _written(write_long, value)
+        high = self._high.get(zigzag >> 14)
+        if high is None:
+            high = self._high[zigzag >> 14] = _varint(zigzag >> 14)
+        low = (zigzag & 16383) << 1
+        return self._LOW[low:low + 2] + high
+
+
+def _varint(unsigned: int) -> bytes:
+    out = bytearray()
+    while unsigned > 0x7F:
+        out.append((unsigned & 0x7F) | 0x80)
+        unsigned >>= 7
+    out.append(unsigned)
+    return bytes(out)
+
+
+def _optional_long(longs: _Longs, value: int, present: bool) -> bytes:
+    return b"\x02" + longs.written(value) if present else b"\x00"
+
+
+def _vendor_data(entries: tuple[tuple[str, str], ...]) -> bytes:
+    out = bytearray(b"\x02")
+    write_long(out, len(entries))
+    for name, value in entries:
+        _write_text(out, name)
+        _write_text(out, value)
+    out.append(0)
+    return bytes(out)
+
+
+def _trade_conditions(conditions: Sequence[str]) -> bytes:
+    out = bytearray()
+    write_long(out, len(conditions))
+    for condition in conditions:
+        _write_text(out, condition)
+    out.append(0)
+    return bytes(out)
 
 
 def _encode_exactly(kind: RecordKind, convert: Callable[..., Record], message: Any, index: int,
@@ -99,105 +167,87 @@ def encode_trades(messages: Sequence[Trade], received: datetime, message_ids: Me
     is their ingestion timestamp."""
     batch = EncodedBatch()
     keys, values, indexes = batch.keys, batch.values, batch.indexes
-    ingestion_timestamp = bytearray()
-    write_timestamp_micros(ingestion_timestamp, received)
-    texts: dict[str, bytes] = {}  # symbol, exchange, currency as written: few distinct ones per batch
-    symbol_keys: dict[str, bytes] = {}
-    asset_class_tags, side_tags, scale = _ASSET_CLASS_TAGS, _SIDE_TAGS, _SCALE_FOR_FRACTION_DIGITS
-    plain_decimal, canonical_uuid = _PLAIN_DECIMAL, _CANONICAL_UUID
+    # Per batch, what few distinct values many trades share, as written (empty: not for this path).
+    heads: dict[tuple[str, str, int], tuple[bytes, bytes] | tuple[()]] = {}  # (symbol, exchange, asset class)
+    tails: dict[tuple[str, int], bytes] = {}  # (currency, side)
+    decimals: dict[str, bytes] = {}
+    vendor_data_written: dict[tuple[tuple[str, str], ...], bytes] = {}
+    longs = _Longs()
+    ingestion_timestamp = longs.written(_micros(received))
+    lengths = _TEXT_LENGTHS
     for index, message in enumerate(messages):
-        # Everything is read and checked before anything is written; a trade that is not plain goes the exact way.
+        symbol, exchange, asset_class = message.symbol, message.exchange, message.asset_class
+        head = heads.get((symbol, exchange, asset_class))
+        if head is None:
+            head = heads[symbol, exchange, asset_class] = _head(symbol, exchange, asset_class)
+        currency, side = message.currency, message.side
+        tail = tails.get((currency, side))
+        if tail is None:
+            tail = tails[currency, side] = _tail(currency, side)
+        price, quantity = message.price, message.quantity
+        price_written = decimals.get(price)
+        if price_written is None:
+            price_written = decimals[price] = _decimal(price)
+        quantity_written = decimals.get(quantity)
+        if quantity_written is None:
+            quantity_written = decimals[quantity] = _decimal(quantity)
+        trade_id = message.trade_id.encode()
         message_id = message.message_id
-        trade_id, symbol, exchange, currency = message.trade_id, message.symbol, message.exchange, message.currency
-        asset_class = asset_class_tags.get(message.asset_class)
-        side = side_tags.get(message.side)
         timestamp = message.timestamp
         seconds, nanos = timestamp.seconds, timestamp.nanos
-        price, quantity = message.price, message.quantity
-        price_match, quantity_match = plain_decimal(price), plain_decimal(quantity)
-        if (asset_class is None or side is None or price_match is None or quantity_match is None
+        if (not head or not tail or not price_written or not quantity_written
+                or not 0 < len(trade_id) < 64 or (message_id and _CANONICAL_UUID(message_id) is None)
                 or not (0 <= seconds < _SECONDS_BEFORE_YEAR_10000 and 0 <= nanos < 1_000_000_000)
-                or nanos % 1000 or not (seconds or nanos or message.HasField("timestamp"))
-                or not (trade_id and symbol and exchange and currency)
-                or len(trade_id) > MAX_TEXT_LENGTH or len(symbol) > MAX_TEXT_LENGTH
-                or len(exchange) > MAX_TEXT_LENGTH or len(currency) > MAX_TEXT_LENGTH
-                or (message_id and canonical_uuid(message_id) is None)):
+                or nanos % 1000 or not (seconds or nanos or message.HasField("timestamp"))):
+            # Not plain (a trade_id of 64 bytes or more included, for brevity): the exact path judges it.
             _encode_exactly(TRADE, trade_from_proto, message, index, received, message_ids, batch)
             continue
-        whole, fraction = price_match.groups()
-        price_unscaled = int(whole + fraction) * scale[len(fraction)] if fraction else int(whole) * scale[0]
-        whole, fraction = quantity_match.groups()
-        quantity_unscaled = int(whole + fraction) * scale[len(fraction)] if fraction else int(whole) * scale[0]
-        if not (price_unscaled and quantity_unscaled):  # zero: positive or not depends on the asset class
-            _encode_exactly(TRADE, trade_from_proto, message, index, received, message_ids, batch)
-            continue
-
-        out = bytearray(_TRADE_HEADER)
-        out.append(72)  # a UUID's 36 characters
-        out += (message_id or (message_ids(index) if message_ids else new_message_id())).encode()
-        data = trade_id.encode()
-        if len(data) < 64:
-            out.append(len(data) << 1)
-            out += data
-        else:
-            _write_text(out, trade_id)
-        for text in (symbol, exchange):
-            written = texts.get(text)
-            if written is None:
-                written = texts[text] = _text_bytes(text)
-            out += written
-        out += asset_class
-        _write_timestamp(out, seconds * 1_000_000 + nanos // 1000)
-        for unscaled in (price_unscaled, quantity_unscaled):
-            data = unscaled.to_bytes((unscaled.bit_length() + 8) // 8, "big", signed=True)
-            out.append(len(data) << 1)  # at most 16 bytes
-            out += data
-        written = texts.get(currency)
-        if written is None:
-            written = texts[currency] = _text_bytes(currency)
-        out += written
-        out += side
         conditions = message.trade_conditions
-        if conditions:
-            write_long(out, len(conditions))
-            for condition in conditions:
-                _write_text(out, condition)
-        out.append(0)
-        sequence = message.source_sequence
-        if sequence or message.HasField("source_sequence"):
-            out.append(2)
-            write_long(out, sequence)
-        else:
-            out.append(0)
-        out += ingestion_timestamp
-        sequence = message.platform_sequence
-        if sequence or message.HasField("platform_sequence"):
-            out.append(2)
-            write_long(out, sequence)
-        else:
-            out.append(0)
         vendor_data = message.vendor_data
         if vendor_data:
-            out.append(2)
-            write_long(out, len(vendor_data))
-            for name in vendor_data:  # the map's own order, as dict(vendor_data) has it
-                _write_text(out, name)
-                _write_text(out, vendor_data[name])
-        out.append(0)
-
-        key = symbol_keys.get(symbol)
-        if key is None:
-            key = symbol_keys[symbol] = symbol.encode()
-        keys.append(key)
-        values.append(bytes(out))
+            entries = tuple([(name, vendor_data[name]) for name in vendor_data])  # the map's order, as dict() has
+            vendor_written = vendor_data_written.get(entries)
+            if vendor_written is None:
+                vendor_written = vendor_data_written[entries] = _vendor_data(entries)
+        else:
+            vendor_written = b"\x00"
+        sequence, platform_sequence = message.source_sequence, message.platform_sequence
+        values.append(b"".join((
+            _TRADE_HEADER_AND_ID_SIZE,
+            (message_id or (message_ids(index) if message_ids else new_message_id())).encode(),
+            lengths[len(trade_id)], trade_id, head[1],
+            longs.written(seconds * 1_000_000 + nanos // 1000),
+            price_written, quantity_written, tail,
+            _trade_conditions(conditions) if conditions else b"\x00",
+            _optional_long(longs, sequence, bool(sequence) or message.HasField("source_sequence")),
+            ingestion_timestamp,
+            _optional_long(longs, platform_sequence,
+                           bool(platform_sequence) or message.HasField("platform_sequence")),
+            vendor_written)))
+        keys.append(head[0])
         indexes.append(index)
     return batch
 
 
-def _text_bytes(text: str) -> bytes:
-    out = bytearray()
-    _write_text(out, text)
-    return bytes(out)
+def _head(symbol: str, exchange: str, asset_class: int) -> tuple[bytes, bytes] | tuple[()]:
+    """(the key, symbol + exchange + asset_class as written), empty when the exact path must judge them."""
+    tag = _ASSET_CLASS_TAGS.get(asset_class)
+    written_symbol, written_exchange = _checked_text(symbol), _checked_text(exchange)
+    if tag is None or not written_symbol or not written_exchange:
+        return ()
+    return symbol.encode(), written_symbol + written_exchange + tag
+
+
+def _tail(currency: str, side: int) -> bytes:
+    """currency + side as written (they follow the quantity), empty when the exact path must judge them."""
+    tag = _SIDE_TAGS.get(side)
+    written = _checked_text(currency)
+    return written + tag if tag is not None and written else b""
+
+
+def _micros(value: datetime) -> int:
+    delta = value - EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def encode_quotes(messages: Sequence[Quote], received: datetime, message_ids: MessageIds) -> EncodedBatch:
