@@ -36,3 +36,6 @@ class QuerySettings(ServerSettings):
     kafka_timeout_seconds: float = 10.0
     # threads for blocking work: Iceberg scans, Kafka range reads, row conversion
     worker_threads: int = 16
+    # Iceberg data files read (their rows and encoded messages) and snapshot file lists kept in memory, at most
+    # this many bytes (least recently used go first); 0: none.
+    file_cache_bytes: int = 256 * 1024 * 1024

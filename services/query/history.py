@@ -1,7 +1,7 @@
 """Iceberg history: the current snapshot and the Kafka offsets it recorded, and ordered scans of one snapshot.
 
-A scan plans the snapshot's files once with the selection's row filter (partition and min/max pruning), then
-reads them one UTC day at a time — the table is partitioned by day — so a long range is returned in order
+A scan takes the snapshot's files (planned once per snapshot, then kept by the IcebergCache) that may hold the
+selection by their time and symbol bounds, and reads them one UTC day at a time — the table is partitioned by day — so a long range is returned in order
 without holding it all in memory, and an empty stretch of days costs nothing. Rows from the Kafka tail are merged
 into the same windows, so the caller sees one ordered sequence."""
 
@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
 from pyiceberg.conversions import from_bytes
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.table import FileScanTask, Table
 
@@ -21,6 +22,8 @@ from k2.core.arrow import arrow_schema
 from k2.core.config import IcebergSettings
 from k2.core.iceberg import committed_offsets, load_catalog, table_identifier
 from k2.core.records import RecordKind
+from services.query import wire
+from services.query.cache import IcebergCache
 from services.query.selection import Key, Selection, rows_after, sort_rows
 
 DAY = 86_400_000_000  # µs
@@ -36,11 +39,13 @@ class Snapshot:
     table: Table | None  # None: the table does not exist yet (nothing written)
     snapshot_id: int | None
     offsets: Offsets  # next Kafka offset per partition, recorded by the snapshot's commit
+    cache: IcebergCache  # where its plan and the rows of its files are kept
 
 
 class History:
-    def __init__(self, settings: IcebergSettings):
+    def __init__(self, settings: IcebergSettings, cache: IcebergCache):
         self._settings = settings
+        self._cache = cache
         self._catalog: Catalog | None = None
         self._lock = threading.Lock()
 
@@ -58,17 +63,18 @@ class History:
         table = self._load(kind)
         snapshot = table.current_snapshot() if table is not None else None
         if table is None or snapshot is None:
-            return Snapshot(table, None, {})
-        return Snapshot(table, snapshot.snapshot_id, committed_offsets(table, snapshot.snapshot_id).get(topic, {}))
+            return Snapshot(table, None, {}, self._cache)
+        return Snapshot(table, snapshot.snapshot_id, committed_offsets(table, snapshot.snapshot_id).get(topic, {}),
+                        self._cache)
 
     def at(self, kind: RecordKind, topic: str, snapshot_id: int | None) -> Snapshot:
         """The snapshot a token named (None: the table was empty then)."""
         if snapshot_id is None:
-            return Snapshot(None, None, {})
+            return Snapshot(None, None, {}, self._cache)
         table = self._load(kind)
         if table is None or table.snapshot_by_id(snapshot_id) is None:
             raise SnapshotGone(f"snapshot {snapshot_id} of the {kind} table no longer exists")
-        return Snapshot(table, snapshot_id, committed_offsets(table, snapshot_id).get(topic, {}))
+        return Snapshot(table, snapshot_id, committed_offsets(table, snapshot_id).get(topic, {}), self._cache)
 
 
 MIN_TIME, MAX_TIME = -(2**63), 2**63 - 1  # µs: unbounded
@@ -79,31 +85,72 @@ class _File:
     task: FileScanTask
     first: int  # µs: the file's smallest and largest timestamp (unbounded without statistics)
     last: int
+    symbols: tuple[str, str] | None  # the smallest and largest symbol (None: no statistics)
+
+    def may_hold(self, selection: Selection) -> bool:
+        return self.symbols is None or selection.symbols is None or any(
+            self.symbols[0] <= symbol <= self.symbols[1] for symbol in selection.symbols)
+
+
+def _plan_files(table: Table, snapshot_id: int) -> list[_File]:
+    """Every data file of the snapshot, with its time and symbol bounds."""
+    schema = table.schema()
+    timestamp, symbol = schema.find_field("timestamp"), schema.find_field("symbol")
+    files = []
+    for task in table.scan(snapshot_id=snapshot_id).plan_files():
+        lower, upper = task.file.lower_bounds or {}, task.file.upper_bounds or {}
+        first, last = lower.get(timestamp.field_id), upper.get(timestamp.field_id)
+        low_symbol, high_symbol = lower.get(symbol.field_id), upper.get(symbol.field_id)
+        files.append(_File(
+            task, from_bytes(timestamp.field_type, first) if first else MIN_TIME,
+            from_bytes(timestamp.field_type, last) if last else MAX_TIME,
+            (from_bytes(symbol.field_type, low_symbol), from_bytes(symbol.field_type, high_symbol))
+            if low_symbol is not None and high_symbol is not None else None))
+    return files
 
 
 class _Plan:
-    """The snapshot's files that may hold selected rows, with their time bounds."""
+    """The snapshot's files that may hold selected rows, with their time bounds. Files are read whole (every
+    column) into the cache; the selection is then applied to the Arrow rows. `columns` may include wire.FRAMED:
+    each row's encoded message, made once per cached file."""
 
-    def __init__(self, snapshot: Snapshot, selection: Selection, columns: list[str]):
+    def __init__(self, kind: RecordKind, snapshot: Snapshot, selection: Selection, columns: list[str]):
         self.files: list[_File] = []
-        self._scan = None
-        if snapshot.table is None or snapshot.snapshot_id is None:
-            return
-        self._scan = scan = snapshot.table.scan(row_filter=selection.row_filter(),
-                                                snapshot_id=snapshot.snapshot_id)
-        self._projection = scan.projection().select(*columns)
+        self._kind = kind
         self._columns = columns
-        field = snapshot.table.schema().find_field("timestamp")
-        for task in scan.plan_files():
-            lower = (task.file.lower_bounds or {}).get(field.field_id)
-            upper = (task.file.upper_bounds or {}).get(field.field_id)
-            self.files.append(_File(task, from_bytes(field.field_type, lower) if lower else MIN_TIME,
-                                    from_bytes(field.field_type, upper) if upper else MAX_TIME))
+        self._snapshot = snapshot
+        table, snapshot_id = snapshot.table, snapshot.snapshot_id
+        if table is None or snapshot_id is None:
+            return
+        self._projection = table.scan(snapshot_id=snapshot_id).projection()
+        files = snapshot.cache.plan((table.metadata.table_uuid, snapshot_id), lambda: _plan_files(table, snapshot_id))
+        self.files = [f for f in files if f.may_hold(selection)]
 
     def read(self, files: list[_File], selection: Selection) -> pa.Table:
-        assert self._scan is not None
-        scan = ArrowScan(self._scan.table_metadata, self._scan.io, self._projection, selection.row_filter())
-        return scan.to_table([f.task for f in files]).select(self._columns)
+        table, cache = self._snapshot.table, self._snapshot.cache
+        assert table is not None
+        schema = arrow_schema(self._kind)
+        parts = [_row_schema(self._kind, self._columns).empty_table()]
+        for file in files:
+            task = file.task
+            key = (task.file.file_path, tuple(sorted(d.file_path for d in task.delete_files)),
+                   self._projection.schema_id)
+
+            def load(task: FileScanTask = task) -> pa.Table:
+                scan = ArrowScan(table.metadata, table.io, self._projection, AlwaysTrue())
+                return scan.to_table([task]).select(schema.names).cast(schema)
+
+            rows = cache.file_rows(key, load)
+            whole = rows.table
+            if wire.FRAMED in self._columns:
+                whole = whole.append_column(wire.FRAMED_FIELD, cache.framed(key, rows, self._kind))
+            parts.append(selection.filter(whole).select(self._columns))
+        return pa.concat_tables(parts)
+
+
+def _row_schema(kind: RecordKind, columns: list[str]) -> pa.Schema:
+    schema = arrow_schema(kind)
+    return pa.schema([wire.FRAMED_FIELD if name == wire.FRAMED else schema.field(name) for name in columns])
 
 
 def _bounded(value: int) -> int | None:
@@ -112,12 +159,17 @@ def _bounded(value: int) -> int | None:
 
 def ordered_rows(kind: RecordKind, snapshot: Snapshot, selection: Selection, columns: list[str],
                  tail: pa.Table | None = None, after: Key | None = None) -> Iterator[pa.Table]:
-    """The selected rows of the snapshot plus `tail` (rows already selected), sorted, after `after`, as a
-    sequence of non-empty tables, one per UTC day with data."""
-    target = pa.schema([arrow_schema(kind).field(name) for name in columns])
-    plan = _Plan(snapshot, selection, columns)
+    """The selected rows of the snapshot plus `tail` (rows already selected, every column), sorted, after
+    `after`, as a sequence of non-empty tables, one per UTC day with data."""
+    schema = arrow_schema(kind)
+    target = _row_schema(kind, columns)
+    plan = _Plan(kind, snapshot, selection, columns)
     files = plan.files
-    tail_rows = tail.select(columns).cast(target) if tail is not None and tail.num_rows else None
+    tail_rows = None
+    if tail is not None and tail.num_rows:
+        if wire.FRAMED in columns:
+            tail = tail.select(schema.names).append_column(wire.FRAMED_FIELD, wire.framed(kind, tail))
+        tail_rows = tail.select(columns).cast(target)
     cursor = max(MIN_TIME if selection.start is None else selection.start, MIN_TIME if after is None else after[0])
     end = MAX_TIME if selection.end is None else selection.end
     while cursor < end:
@@ -156,12 +208,12 @@ def latest_row(kind: RecordKind, snapshot: Snapshot, symbol: str) -> pa.Table | 
     """The symbol's last row (in the row order) in the snapshot: files are read newest first, stopping as soon
     as no remaining file can hold a newer row."""
     selection = Selection(symbols=frozenset([symbol]))
-    plan = _Plan(snapshot, selection, arrow_schema(kind).names)
+    plan = _Plan(kind, snapshot, selection, arrow_schema(kind).names)
     best: pa.Table | None = None
     for file in sorted(plan.files, key=lambda f: f.last, reverse=True):
         if best is not None and file.last < best["timestamp"][0].value:
             break
-        rows = plan.read([file], selection).cast(arrow_schema(kind))
+        rows = plan.read([file], selection)
         if rows.num_rows:
             rows = sort_rows(rows if best is None else pa.concat_tables([best, rows]))
             best = rows.slice(rows.num_rows - 1)

@@ -22,6 +22,7 @@ from k2.core.records import QUOTE, TRADE, FieldError, RecordKind
 from k2.query.v1 import query_pb2
 from services.query import bars as bars_module
 from services.query import metrics, validation
+from services.query.cache import IcebergCache
 from services.query.config import QuerySettings
 from services.query.fanout import FanOut
 from services.query.history import History, Snapshot, SnapshotGone, latest_row, ordered_rows
@@ -29,7 +30,7 @@ from services.query.kafka_tail import KafkaAdmin, Offsets, OffsetsExpired, read_
 from services.query.selection import Selection, row_key
 from services.query.subscriptions import StreamEnded, Subscriptions
 from services.query.tokens import PageToken
-from services.query.wire import MESSAGE_TYPES, framed, joined, messages
+from services.query.wire import FRAMED, MESSAGE_TYPES, joined, messages
 from services.query.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class QueryServicer:
             snapshot = await self._workers.run(self._history.at, kind, topic, page.snapshot_id)
             tail_start, tail_end, after = page.tail_start, page.tail_end, page.after
         tail = await self._tail(kind, tail_start, tail_end, query.selection, columns, budget)
-        rows = ordered_rows(kind, snapshot, query.selection, columns, tail, after)
+        rows = ordered_rows(kind, snapshot, query.selection, [*columns, FRAMED], tail, after)
         batch = self._settings.response_rows
         remaining, more, last_key = query.limit, False, None
         pending = pa.array([], pa.binary())  # framed rows not sent yet
@@ -181,7 +182,7 @@ class QueryServicer:
             more = taken.num_rows < window.num_rows
             remaining -= taken.num_rows
             last_key = row_key(taken, taken.num_rows - 1)
-            pending = pa.concat_arrays([pending, await self._workers.run(framed, kind, taken)])
+            pending = pa.concat_arrays([pending, *taken[FRAMED].chunks])
             sent = 0
             while len(pending) - sent > batch:  # the last rows wait for the response that carries the token
                 returned.inc(batch)
@@ -314,7 +315,7 @@ class QueryServer(GrpcServer):
         kafka = kafka or KafkaSettings()
         super().__init__("query", settings, auth or AuthSettings(), untraced_methods=[
             f"/{SERVICE_NAME}/SubscribeTrades", f"/{SERVICE_NAME}/SubscribeQuotes"])
-        history = History(iceberg or IcebergSettings())
+        history = History(iceberg or IcebergSettings(), IcebergCache(settings.file_cache_bytes))
         admin = KafkaAdmin(kafka, settings.kafka_timeout_seconds)
         self.workers = Workers(settings.worker_threads)
         self.fanout = FanOut(kafka, settings, history, self.set_serving)

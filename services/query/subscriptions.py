@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import grpc
-import pyarrow as pa
 
 from k2.core.arrow import arrow_schema
 from k2.core.config import KafkaSettings
@@ -39,7 +38,7 @@ from services.query.kafka_tail import KafkaAdmin, Offsets, RangeReader, symbol_k
 from services.query.selection import Key, Selection, from_micros, row_key
 from services.query.tokens import StreamPosition
 from services.query.validation import Subscription
-from services.query.wire import framed, joined
+from services.query.wire import FRAMED, joined
 from services.query.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -50,10 +49,6 @@ class StreamEnded(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
-
-
-def _framed(kind: RecordKind, rows: pa.Table) -> bytes:
-    return joined(framed(kind, rows))
 
 
 def _now_micros() -> int:
@@ -159,7 +154,7 @@ class Subscriptions:
                              position: StreamPosition) -> AsyncIterator[tuple[bytes, StreamPosition]]:
         topic = self._fanout.topics[kind]
         snapshot = await self._workers.run(self._history.at, kind, topic, position.snapshot_id)
-        rows = ordered_rows(kind, snapshot, selection, arrow_schema(kind).names, after=position.after)
+        rows = ordered_rows(kind, snapshot, selection, [*arrow_schema(kind).names, FRAMED], after=position.after)
         batch = self._settings.subscription_batch
         while True:
             window = await self._workers.run(next, rows, None)
@@ -167,7 +162,7 @@ class Subscriptions:
                 return
             for start in range(0, window.num_rows, batch):
                 chunk = window.slice(start, batch)
-                framed = await self._workers.run(_framed, kind, chunk)
+                framed = joined(chunk[FRAMED].combine_chunks())
                 after = row_key(chunk, chunk.num_rows - 1)
                 position = replace(position, after=after, mark=max(position.mark, after[0]))
                 metrics.DELIVERED.labels(metrics.SERVICE, kind, "history").inc(chunk.num_rows)

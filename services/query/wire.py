@@ -21,6 +21,9 @@ MESSAGE_TYPES: dict[RecordKind, type[Trade] | type[Quote]] = {TRADE: Trade, QUOT
 NULL = pa.scalar(None, pa.binary())
 VARINT, LENGTH_DELIMITED = 0, 2
 FIELD_ONE = 1  # `repeated Trade trades = 1` / `repeated Quote quotes = 1` in every response that carries them
+# A column of row tables that is not data: each row's message, framed as field 1 of a response (see `framed`).
+FRAMED = "framed"
+FRAMED_FIELD = pa.field(FRAMED, pa.binary(), nullable=False)
 
 
 def varint(value: int) -> bytes:
