@@ -5,7 +5,7 @@ then falls back to fastavro)."""
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from decimal import Context, Decimal
+from decimal import Decimal
 from typing import Any
 
 Write = Callable[[bytearray, Any], None]
@@ -58,13 +58,13 @@ def write_timestamp_micros(out: bytearray, value: datetime | int) -> None:
 
 
 def _decimal_writer(precision: int, scale: int) -> Write:
-    context = Context(prec=precision + scale + 2)  # exact for every value the type can hold
+    factor = 10**scale
     limit = 10**precision
 
     def write_decimal(out: bytearray, value: Decimal) -> None:
-        scaled = value.scaleb(scale, context)
-        unscaled = int(scaled)
-        if unscaled != scaled:
+        numerator, denominator = value.as_integer_ratio()  # exact, and cheaper than Decimal arithmetic
+        unscaled, remainder = divmod(numerator * factor, denominator)
+        if remainder:
             raise ValueError("Scale provided in schema does not match the decimal")
         if not -limit < unscaled < limit:
             raise ValueError("The decimal precision is bigger than allowed by schema")
