@@ -1,14 +1,17 @@
 """Shared fixtures. Kafka tests use the real broker that scripts/kafka.sh starts (once per test session, on its own
-ports and run folder so it never meets `make up`'s); each test gets its own topics through a unique prefix."""
+ports and run folder so it never meets `make up`'s); each test gets its own topics through a unique prefix.
+S3 warehouse tests likewise share the S3-compatible server scripts/s3.sh starts, the first time one asks for it."""
 
 import os
 import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pyarrow.fs import S3FileSystem
 from test_query_harness import Market, Service, running_service
 
 from k2.core.config import IcebergSettings, KafkaSettings
@@ -41,6 +44,52 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         subprocess.run([script, "down"], env=env, check=False, stdout=subprocess.DEVNULL)
+
+
+@dataclass(frozen=True)
+class S3Server:
+    environment: dict[str, str]  # the env file scripts/s3.sh wrote: K2_ICEBERG_S3_* and the AWS SDK settings
+    bucket: str
+
+    def filesystem(self) -> S3FileSystem:
+        """A client of the server, for looking at the bucket directly."""
+        env = self.environment
+        return S3FileSystem(endpoint_override=env["K2_ICEBERG_S3_ENDPOINT"], region=env["K2_ICEBERG_S3_REGION"],
+                            access_key=env["K2_ICEBERG_S3_ACCESS_KEY_ID"],
+                            secret_key=env["K2_ICEBERG_S3_SECRET_ACCESS_KEY"], allow_bucket_creation=True)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    return dict(line.split("=", 1) for line in lines)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server (s3proxy, filesystem backend, S3 v4 signatures, credentials generated for this
+    session) with one bucket."""
+    env = os.environ | {"K2_RUN_DIR": str(tmp_path_factory.mktemp("s3-run")), "K2_S3_PORT": str(free_port())}
+    script = ROOT / "scripts" / "s3.sh"
+    up = subprocess.run([script, "up"], check=False, env=env, capture_output=True, text=True, timeout=600)
+    try:
+        assert up.returncode == 0, f"scripts/s3.sh up failed:\n{up.stdout}\n{up.stderr}"
+        server = S3Server(read_env_file(Path(up.stdout.strip().splitlines()[-1])), "k2-test")
+        with pytest.MonkeyPatch.context() as patch:  # the AWS SDK reads its settings from the environment
+            for name, value in server.environment.items():
+                patch.setenv(name, value)
+            server.filesystem().create_dir(server.bucket)
+        yield server
+    finally:
+        subprocess.run([script, "down"], check=False, env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def s3_warehouse(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A warehouse of this test's own in the S3 server's bucket. The server's variables are set in the test's
+    environment, so IcebergSettings() and every service process the test starts use it, as a deployment would."""
+    for name, value in s3_server.environment.items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{s3_server.bucket}/{uuid.uuid4().hex[:10]}/warehouse"
 
 
 @pytest.fixture

@@ -13,6 +13,13 @@ from typing import Any
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.io import (
+    S3_ACCESS_KEY_ID,
+    S3_ENDPOINT,
+    S3_FORCE_VIRTUAL_ADDRESSING,
+    S3_REGION,
+    S3_SECRET_ACCESS_KEY,
+)
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.table import Table
 from pyiceberg.table.sorting import SortField, SortOrder
@@ -34,11 +41,23 @@ def load_catalog(settings: IcebergSettings) -> Catalog:
         Path(settings.catalog_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     if settings.warehouse.startswith("file://"):
         Path(settings.warehouse.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
-    if settings.s3_endpoint:
-        properties |= {"s3.endpoint": settings.s3_endpoint, "s3.access-key-id": settings.s3_access_key_id,
-                       "s3.secret-access-key": settings.s3_secret_access_key.get_secret_value(),
-                       "s3.region": settings.s3_region, "s3.path-style-access": "true"}
+    if settings.warehouse.startswith("s3://"):
+        properties |= _s3_properties(settings)
     return SqlCatalog(settings.catalog_name, **properties)
+
+
+def _s3_properties(settings: IcebergSettings) -> dict[str, str]:
+    """Properties of pyiceberg's pyarrow FileIO for an s3:// warehouse. Without an endpoint it is AWS S3 itself;
+    without an access key, the AWS default credential chain (AWS_* variables, profile, instance role)."""
+    # A given region also keeps pyiceberg from asking AWS for the bucket's region, which other stores do not answer.
+    properties = {S3_REGION: settings.s3_region}
+    if settings.s3_endpoint:
+        # S3-compatible stores address the bucket in the path (http://host:port/bucket/key), not the host name.
+        properties |= {S3_ENDPOINT: settings.s3_endpoint, S3_FORCE_VIRTUAL_ADDRESSING: "false"}
+    if settings.s3_access_key_id:
+        properties |= {S3_ACCESS_KEY_ID: settings.s3_access_key_id,
+                       S3_SECRET_ACCESS_KEY: settings.s3_secret_access_key.get_secret_value()}
+    return properties
 
 
 def table_identifier(settings: IcebergSettings, kind: RecordKind) -> str:
@@ -59,7 +78,17 @@ def _layout(kind: RecordKind) -> tuple[PartitionSpec, SortOrder]:
 
 
 def ensure_table(catalog: Catalog, settings: IcebergSettings, kind: RecordKind) -> Table:
-    """Creates the table if missing; an existing table gains columns the current Avro schema added (no rewrite)."""
+    """Creates the table if missing; an existing table gains columns the current Avro schema added (no rewrite).
+    The first access to the warehouse's storage: its failure (wrong credentials, no bucket) names the warehouse."""
+    try:
+        return _ensure_table(catalog, settings, kind)
+    except OSError as error:
+        # pyarrow's message names only the object and the S3 operation (often a HEAD, whose 403 has no body).
+        raise OSError(f"the warehouse {settings.warehouse} refused or failed a request (check K2_ICEBERG_WAREHOUSE "
+                      f"and K2_ICEBERG_S3_*): {error}") from error
+
+
+def _ensure_table(catalog: Catalog, settings: IcebergSettings, kind: RecordKind) -> Table:
     catalog.create_namespace_if_not_exists(settings.namespace)
     identifier = table_identifier(settings, kind)
     schema = iceberg_schema(kind)
