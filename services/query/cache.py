@@ -21,22 +21,22 @@ PLAN_ENTRY_BYTES = 64 * 1024  # what a snapshot's file list is counted as (it ho
 class FileRows:
     """One data file's rows (every column of the table schema), and their framed messages once asked for."""
 
-    __slots__ = ("_framed", "_lock", "table")
+    __slots__ = ("_framed", "_lock", "nbytes", "table")
 
     def __init__(self, table: pa.Table):
         self.table = table
+        self.nbytes = table.nbytes
         self._framed: pa.Array | None = None
         self._lock = threading.Lock()
 
-    def framed(self, kind: RecordKind) -> pa.Array:
+    def framed(self, kind: RecordKind) -> tuple[pa.Array, bool]:
+        """(the framed messages, whether this call made them)"""
         with self._lock:
-            if self._framed is None:
-                self._framed = wire.framed(kind, self.table)
-            return self._framed
-
-    @property
-    def nbytes(self) -> int:
-        return self.table.nbytes + (0 if self._framed is None else self._framed.nbytes)
+            if self._framed is not None:
+                return self._framed, False
+            self._framed = wire.framed(kind, self.table)
+            self.nbytes += self._framed.nbytes
+            return self._framed, True
 
 
 class IcebergCache:
@@ -71,9 +71,8 @@ class IcebergCache:
 
     def framed(self, key: Hashable, rows: FileRows, kind: RecordKind) -> pa.Array:
         """The rows' framed messages, encoded once per cached file (and counted in its size from then on)."""
-        had = rows.nbytes
-        framed = rows.framed(kind)
-        if rows.nbytes != had:
+        framed, made = rows.framed(kind)
+        if made:
             with self._lock:
                 cached = self._entries.get(("file", key), (None, 0))[0] is rows
             if cached:

@@ -5,6 +5,7 @@ selection by their time and symbol bounds, and reads them one UTC day at a time 
 without holding it all in memory, and an empty stretch of days costs nothing. Rows from the Kafka tail are merged
 into the same windows, so the caller sees one ordered sequence."""
 
+import functools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -129,7 +130,7 @@ class _Plan:
     def read(self, files: list[_File], selection: Selection) -> pa.Table:
         table, cache = self._snapshot.table, self._snapshot.cache
         assert table is not None
-        schema = arrow_schema(self._kind)
+        schema = _full_schema(self._kind)
         parts = [_row_schema(self._kind, self._columns).empty_table()]
         for file in files:
             task = file.task
@@ -144,12 +145,17 @@ class _Plan:
             whole = rows.table
             if wire.FRAMED in self._columns:
                 whole = whole.append_column(wire.FRAMED_FIELD, cache.framed(key, rows, self._kind))
-            parts.append(selection.filter(whole).select(self._columns))
+            parts.append(whole.select(self._columns).filter(selection.mask(whole)))
         return pa.concat_tables(parts)
 
 
+@functools.cache
+def _full_schema(kind: RecordKind) -> pa.Schema:
+    return arrow_schema(kind)
+
+
 def _row_schema(kind: RecordKind, columns: list[str]) -> pa.Schema:
-    schema = arrow_schema(kind)
+    schema = _full_schema(kind)
     return pa.schema([wire.FRAMED_FIELD if name == wire.FRAMED else schema.field(name) for name in columns])
 
 
@@ -161,7 +167,7 @@ def ordered_rows(kind: RecordKind, snapshot: Snapshot, selection: Selection, col
                  tail: pa.Table | None = None, after: Key | None = None) -> Iterator[pa.Table]:
     """The selected rows of the snapshot plus `tail` (rows already selected, every column), sorted, after
     `after`, as a sequence of non-empty tables, one per UTC day with data."""
-    schema = arrow_schema(kind)
+    schema = _full_schema(kind)
     target = _row_schema(kind, columns)
     plan = _Plan(kind, snapshot, selection, columns)
     files = plan.files

@@ -61,15 +61,20 @@ class Selection:
         return terms[0] if len(terms) == 1 else And(*terms)
 
     def mask(self, table: pa.Table) -> pa.Array | pa.ChunkedArray:
-        mask: Any = pa.array([True] * table.num_rows, pa.bool_())
+        terms: list[Any] = []
         if self.symbols is not None:
-            mask = pc.and_(mask, pc.is_in(table["symbol"], pa.array(sorted(self.symbols), pa.string())))
+            terms.append(pc.is_in(table["symbol"], pa.array(sorted(self.symbols), pa.string())))
         if self.exchanges is not None:
-            mask = pc.and_(mask, pc.is_in(table["exchange"], pa.array(sorted(self.exchanges), pa.string())))
+            terms.append(pc.is_in(table["exchange"], pa.array(sorted(self.exchanges), pa.string())))
         if self.start is not None:
-            mask = pc.and_(mask, pc.greater_equal(table["timestamp"], pa.scalar(self.start, TIMESTAMP_TYPE)))
+            terms.append(pc.greater_equal(table["timestamp"], pa.scalar(self.start, TIMESTAMP_TYPE)))
         if self.end is not None:
-            mask = pc.and_(mask, pc.less(table["timestamp"], pa.scalar(self.end, TIMESTAMP_TYPE)))
+            terms.append(pc.less(table["timestamp"], pa.scalar(self.end, TIMESTAMP_TYPE)))
+        if not terms:
+            return pa.repeat(True, table.num_rows)
+        mask = terms[0]
+        for term in terms[1:]:
+            mask = pc.and_(mask, term)
         return mask
 
     def filter(self, table: pa.Table) -> pa.Table:

@@ -27,7 +27,7 @@ from services.query.config import QuerySettings
 from services.query.fanout import FanOut
 from services.query.history import History, Snapshot, SnapshotGone, latest_row, ordered_rows
 from services.query.kafka_tail import KafkaAdmin, Offsets, OffsetsExpired, read_tail_table
-from services.query.selection import Selection, row_key
+from services.query.selection import ORDER_COLUMNS, Selection, row_key
 from services.query.subscriptions import StreamEnded, Subscriptions
 from services.query.tokens import PageToken
 from services.query.wire import FRAMED, MESSAGE_TYPES, joined, messages
@@ -140,10 +140,11 @@ class QueryServicer:
             yield response
 
     async def _fresh_tail(self, kind: RecordKind) -> tuple[Snapshot, Offsets, Offsets]:
-        """The current snapshot and the Kafka range it does not hold: [its recorded offsets, high watermarks)."""
+        """The current snapshot and the Kafka range it does not hold: [its recorded offsets, high watermarks).
+        Both are read at once: a snapshot newer than the watermarks only makes that range empty."""
         topic = self._fanout.topics[kind]
-        snapshot = await self._workers.run(self._history.current, kind, topic)
-        low, high = await self._workers.run(self._admin.watermarks, topic)
+        snapshot, (low, high) = await asyncio.gather(self._workers.run(self._history.current, kind, topic),
+                                                     self._workers.run(self._admin.watermarks, topic))
         start = {p: max(snapshot.offsets.get(p, first), first) for p, first in low.items()}
         return snapshot, start, high
 
@@ -165,7 +166,7 @@ class QueryServicer:
             snapshot = await self._workers.run(self._history.at, kind, topic, page.snapshot_id)
             tail_start, tail_end, after = page.tail_start, page.tail_end, page.after
         tail = await self._tail(kind, tail_start, tail_end, query.selection, columns, budget)
-        rows = ordered_rows(kind, snapshot, query.selection, [*columns, FRAMED], tail, after)
+        rows = ordered_rows(kind, snapshot, query.selection, [*ORDER_COLUMNS, FRAMED], tail, after)
         batch = self._settings.response_rows
         remaining, more, last_key = query.limit, False, None
         pending = pa.array([], pa.binary())  # framed rows not sent yet

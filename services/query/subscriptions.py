@@ -26,7 +26,6 @@ from dataclasses import replace
 
 import grpc
 
-from k2.core.arrow import arrow_schema
 from k2.core.config import KafkaSettings
 from k2.core.records import RecordKind
 from services.query import metrics
@@ -35,7 +34,7 @@ from services.query.convert import live_item, response_bytes
 from services.query.fanout import FanOut, Subscriber
 from services.query.history import History, SnapshotGone, ordered_rows
 from services.query.kafka_tail import KafkaAdmin, Offsets, RangeReader, symbol_keys
-from services.query.selection import Key, Selection, from_micros, row_key
+from services.query.selection import ORDER_COLUMNS, Key, Selection, from_micros, row_key
 from services.query.tokens import StreamPosition
 from services.query.validation import Subscription
 from services.query.wire import FRAMED, joined
@@ -154,7 +153,7 @@ class Subscriptions:
                              position: StreamPosition) -> AsyncIterator[tuple[bytes, StreamPosition]]:
         topic = self._fanout.topics[kind]
         snapshot = await self._workers.run(self._history.at, kind, topic, position.snapshot_id)
-        rows = ordered_rows(kind, snapshot, selection, [*arrow_schema(kind).names, FRAMED], after=position.after)
+        rows = ordered_rows(kind, snapshot, selection, [*ORDER_COLUMNS, FRAMED], after=position.after)
         batch = self._settings.subscription_batch
         while True:
             window = await self._workers.run(next, rows, None)
