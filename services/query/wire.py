@@ -59,30 +59,33 @@ def _without(default: pa.BooleanArray, values: pa.Array) -> pa.Array:
     return _where(pc.invert(default), values)
 
 
-def _single_bytes(values: pa.Array) -> pa.Array:
-    """Values 0..255 (a fresh uint8 array, no offset) as one-byte binary strings."""
-    return pa.Array.from_buffers(pa.binary(1), len(values), [None, values.buffers()[1]]).cast(pa.binary())
+_SMALL = 1 << 14  # values below take at most two varint bytes: read from a table
+_SMALL_VARINTS = pa.array([varint(n) for n in range(_SMALL)], pa.binary())
+# the low 14 bits of a larger value: two bytes, each with its continuation bit
+_LOW_GROUPS = pa.array([bytes([n & 0x7F | 0x80, n >> 7 | 0x80]) for n in range(_SMALL)], pa.binary())
+_U64_SMALL = pa.scalar(_SMALL, pa.uint64())
+_U64_LOW_BITS = pa.scalar(_SMALL - 1, pa.uint64())
+_U64_14 = pa.scalar(14, pa.uint64())
 
 
-def _u64(value: int) -> pa.Scalar:
-    return pa.scalar(value, pa.uint64())
+def _unsigned_varints(bits: pa.Array) -> pa.Array:
+    """uint64 values (no nulls) as varints, 14 bits at a time through the tables."""
+    lowest, highest = pc.min_max(bits).values()
+    low_bits = pc.bit_wise_and(bits, _U64_LOW_BITS)
+    small = pc.take(_SMALL_VARINTS, low_bits)
+    if highest.as_py() < _SMALL:
+        return small
+    large = pc.binary_join_element_wise(pc.take(_LOW_GROUPS, low_bits),
+                                        _unsigned_varints(pc.shift_right(bits, _U64_14)), b"")
+    return large if lowest.as_py() >= _SMALL else pc.if_else(pc.less(bits, _U64_SMALL), small, large)
 
 
 def varints(values: pa.Array) -> pa.Array:
     """int64 values as protobuf varints (a negative value in ten bytes, its two's complement, as protobuf
     writes an int64); null stays null."""
-    bits = pc.fill_null(values.cast(pa.int64()), 0).view(pa.uint64())
-    top = pc.max(bits).as_py() or 0
-    size = max(1, (top.bit_length() + 6) // 7)
-    parts = []
-    for k in range(size):
-        byte = pc.bit_wise_and(pc.shift_right(bits, _u64(7 * k)), _u64(0x7F))
-        if k + 1 < size:  # the continuation bit where a further byte follows
-            more = pc.cast(pc.greater_equal(bits, _u64(1 << 7 * (k + 1))), pa.uint64())
-            byte = pc.bit_wise_or(byte, pc.shift_left(more, _u64(7)))
-        single = _single_bytes(pc.cast(byte, pa.uint8()))
-        parts.append(_where(pc.greater_equal(bits, _u64(1 << 7 * k)), single) if k else single)
-    encoded = _join(*parts) if size > 1 else parts[0]
+    if len(values) == 0:
+        return pa.array([], pa.binary())
+    encoded = _unsigned_varints(pc.fill_null(values.cast(pa.int64()), 0).view(pa.uint64()))
     return encoded if values.null_count == 0 else _where(pc.is_valid(values), encoded)
 
 
