@@ -106,10 +106,12 @@ class FrameRun:
             assert letter_raw == raw and reason and isinstance(field, str) and source.startswith("binance")
         if reply is not None:
             assert isinstance(reply, dict)
-        if changes[0]:
-            assert_carriable(TRADE, self.out.trades[-1])
-        if changes[1]:
-            assert_carriable(QUOTE, self.out.quotes[-1])
+        for kind, messages, changed in ((TRADE, self.out.trades, changes[0]), (QUOTE, self.out.quotes, changes[1])):
+            if changed:
+                key, value, _ = messages[-1]
+                decoded_kind, record = avro.decode(value)
+                assert decoded_kind == kind and key == record["symbol"].encode()
+                assert_carriable(kind, record)
 
 
 def assert_carriable(kind: str, record: Record) -> None:

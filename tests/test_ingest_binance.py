@@ -15,7 +15,7 @@ import subprocess
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -253,9 +253,10 @@ class SlowSink:
         self.sink = sink
         self.delay = delay
 
-    async def publish(self, kind: RecordKind, records: list[Record]) -> DeliveryReport:
+    async def publish_encoded(self, kind: RecordKind, keys: Sequence[bytes],
+                              values: Sequence[bytes]) -> DeliveryReport:
         await asyncio.sleep(self.delay)
-        return await self.sink.publish(kind, records)
+        return await self.sink.publish_encoded(kind, keys, values)
 
     async def dead_letter(self, raw: bytes, reason: str, field: str, source: str) -> None:
         await self.sink.dead_letter(raw, reason, field, source)
@@ -519,12 +520,20 @@ class ListSink:
     def __init__(self) -> None:
         self.records: dict[str, list[Record]] = defaultdict(list)
 
-    async def publish(self, kind: RecordKind, records: list[Record]) -> DeliveryReport:
-        self.records[kind] += records
-        return DeliveryReport([None] * len(records))
+    async def publish_encoded(self, kind: RecordKind, keys: Sequence[bytes],
+                              values: Sequence[bytes]) -> DeliveryReport:
+        self.records[kind] += [avro.decode(value)[1] for value in values]
+        return DeliveryReport([None] * len(values))
 
     async def dead_letter(self, raw: bytes, reason: str, field: str, source: str) -> None:
         self.records["dead_letter"].append({"raw": raw, "reason": reason, "field": field, "source": source})
+
+
+def parsed(messages: list[tuple[bytes, bytes, int]]) -> list[Record]:
+    """The records of the feed's buffered messages, each checked to be keyed by its symbol."""
+    records = [avro.decode(value)[1] for _, value, _ in messages]
+    assert [key for key, _, _ in messages] == [record["symbol"].encode() for record in records]
+    return records
 
 
 def _frame(stream: str, data: dict[str, Any]) -> bytes:
@@ -548,14 +557,14 @@ def test_parser_maps_fields_exactly_and_counts_unknowns() -> None:
                                        "a": "0.03200000", "A": "1.50000000"}))
     parse(_frame("ethbtc@bookTicker", {"u": 8, "s": "ETHBTC", "b": "0.031", "B": "1", "a": "0.032", "A": "1"}))
     parse(b'{"result":null,"id":3}')
-    first, second = feed.buffer.trades
-    assert first["price"] == Decimal("0.00000001") and str(first["price"]) == "1E-8"
+    first, second = parsed(feed.buffer.trades)
+    assert first["price"] == Decimal("0.00000001")
     assert first["quantity"] == Decimal("12345678901234567890.123456789012345678")
     assert first["timestamp"] == datetime(2025, 11, 25, 12, 0, 0, 123000, UTC)
     assert first["vendor_data"] == {"is_buyer_maker": "true", "event_time": "1764072000124000"}
     assert first["side"] == "SELL" and second["side"] == "BUY"
     assert second["currency"] == "USDT"
-    (quote,) = feed.buffer.quotes  # the older update id 8 came after 9: superseded
+    (quote,) = parsed(feed.buffer.quotes)  # the older update id 8 came after 9: superseded
     assert quote["currency"] == "BTC" and quote["bid_price"] is None and quote["bid_quantity"] is None
     assert quote["ask_price"] == Decimal("0.032") and quote["source_sequence"] == 9
     assert feed.parser.unknown_events == {"aggTrade": 1}
@@ -576,6 +585,6 @@ def test_parser_sequencing_drops_copies_and_fills_holes_while_held() -> None:
     assert state.has_pending()
     state.release()  # 15 never came
     feed.parser.parse(_frame("btcusdt@trade", _trade(20)))  # not held: a gap at once
-    assert [t["source_sequence"] for t in feed.buffer.trades] == [10, 11, 12, 16, 17, 13, 14, 20]
+    assert [t["source_sequence"] for t in parsed(feed.buffer.trades)] == [10, 11, 12, 16, 17, 13, 14, 20]
     assert [(g.first_missing, g.last_missing) for g in feed.gap_log.recent] == [(15, 15), (18, 19)]
     assert state.duplicate_trades == 2 and feed.gap_log.missed == 3

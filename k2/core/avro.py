@@ -80,6 +80,7 @@ def _load_versions() -> dict[RecordKind, list[SchemaVersion]]:
 
 VERSIONS = _load_versions()
 CURRENT: dict[RecordKind, SchemaVersion] = {kind: vs[-1] for kind, vs in VERSIONS.items()}
+CURRENT_HEADERS: dict[RecordKind, bytes] = {kind: MAGIC + v.fingerprint for kind, v in CURRENT.items()}
 CURRENT_FIELDS: dict[RecordKind, list[str]] = {
     kind: [f["name"] for f in v.schema["fields"]] for kind, v in CURRENT.items()}
 
@@ -170,6 +171,12 @@ def _encoder(version: SchemaVersion) -> Callable[[Record], bytes]:
         return bytes(out)
 
     return encode_compiled
+
+
+def enum_written(kind: RecordKind, field: str, symbol: str) -> bytes:
+    """A symbol of an enum field of the current schema as Avro writes it (its index; one byte for K2's enums)."""
+    [enum] = [f["type"] for f in CURRENT[kind].schema["fields"] if f["name"] == field]
+    return bytes([enum["symbols"].index(symbol) << 1])
 
 
 def encode(kind: RecordKind, record: Record) -> bytes:

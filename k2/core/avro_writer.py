@@ -3,6 +3,7 @@ schemaless writer (tests check it) at well under half its cost per record, which
 work. Covers the types K2's schemas use; compile_writer raises UnsupportedSchema for anything else (the caller
 then falls back to fastavro)."""
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -57,7 +58,7 @@ def write_timestamp_micros(out: bytearray, value: datetime | int) -> None:
     write_long(out, value)
 
 
-def _decimal_writer(precision: int, scale: int) -> Write:
+def decimal_writer(precision: int, scale: int) -> Write:
     factor = 10**scale
     limit = 10**precision
 
@@ -71,6 +72,70 @@ def _decimal_writer(precision: int, scale: int) -> Write:
         write_bytes(out, unscaled.to_bytes((unscaled.bit_length() + 8) // 8, "big", signed=True))
 
     return write_decimal
+
+
+def text_written(text: str) -> bytes:
+    """A string as Avro writes it."""
+    out = bytearray()
+    write_string(out, text)
+    return bytes(out)
+
+
+def plain_decimal_writer(precision: int, scale: int) -> Callable[[str], bytes]:
+    """A function giving the Avro bytes of decimal(precision, scale) for a positive decimal string without sign
+    or exponent and with at most precision - scale integer and scale fractional digits, read straight into its
+    unscaled integer (no Decimal); it gives b"" for any other string (zero included), which the caller must
+    read the exact way."""
+    plain = re.compile(rf"([0-9]{{1,{precision - scale}}})(?:\.([0-9]{{1,{scale}}}))?").fullmatch
+    factors = [10 ** (scale - digits) for digits in range(scale + 1)]
+
+    def written(text: str) -> bytes:
+        match = plain(text)
+        if match is None:
+            return b""
+        whole, fraction = match.groups()
+        unscaled = int(whole + fraction) * factors[len(fraction)] if fraction else int(whole) * factors[0]
+        if not unscaled:
+            return b""
+        data = unscaled.to_bytes((unscaled.bit_length() + 8) // 8, "big")  # positive: the sign bit is clear
+        return bytes([len(data) << 1]) + data if len(data) < 64 else _written_bytes(data)
+
+    return written
+
+
+def _written_bytes(data: bytes) -> bytes:
+    out = bytearray()
+    write_bytes(out, data)
+    return bytes(out)
+
+
+class LongWriter:
+    """Avro longs as written, for a series of values that mostly share their high bits (timestamps, sequence
+    numbers): the low 14 bits come from a table, the rest is remembered from the previous value."""
+
+    _LOW = b"".join(bytes((low & 127 | 128, low >> 7 | 128)) for low in range(1 << 14))
+    __slots__ = ("_high", "_high_written")
+
+    def __init__(self) -> None:
+        self._high = -1
+        self._high_written = b""
+
+    def written(self, value: int) -> bytes:
+        zigzag = (value << 1) ^ (value >> 63)
+        high = zigzag >> 14
+        if not high:
+            out = bytearray()
+            write_long(out, value)
+            return bytes(out)
+        if high != self._high:
+            out = bytearray()
+            while high > 0x7F:
+                out.append((high & 0x7F) | 0x80)
+                high >>= 7
+            out.append(high)
+            self._high, self._high_written = zigzag >> 14, bytes(out)
+        low = (zigzag & 16383) << 1
+        return self._LOW[low:low + 2] + self._high_written
 
 
 def _enum_writer(symbols: list[str]) -> Write:
@@ -141,7 +206,7 @@ def _type_writer(schema: Any) -> Write:
         raise UnsupportedSchema(f"union {schema}")
     kind, logical = schema["type"], schema.get("logicalType")
     if logical == "decimal" and kind == "bytes":
-        return _decimal_writer(schema["precision"], schema.get("scale", 0))
+        return decimal_writer(schema["precision"], schema.get("scale", 0))
     if logical == "timestamp-micros" and kind == "long":
         return write_timestamp_micros
     if logical == "uuid" and kind == "string":

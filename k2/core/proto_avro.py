@@ -14,11 +14,11 @@ from datetime import datetime
 from typing import Any
 
 from k2.core import avro
-from k2.core.avro_writer import write_long
+from k2.core.avro_writer import LongWriter, plain_decimal_writer, text_written, write_long, write_string
 from k2.core.protos import ASSET_CLASS_NAMES, EPOCH, SIDE_NAMES, quote_from_proto, trade_from_proto
 from k2.core.records import (
+    DECIMAL_PRECISION,
     DECIMAL_SCALE,
-    MAX_INTEGER_DIGITS,
     MAX_TEXT_LENGTH,
     QUOTE,
     TRADE,
@@ -31,11 +31,8 @@ from k2.marketdata.v1.marketdata_pb2 import Quote, Trade
 
 MessageIds = Callable[[int], str] | None  # the message_id of item i when it has none (None: a random UUID)
 
-# An unsigned decimal without exponent, at most 20 integer and 18 fractional digits: fits decimal(38,18) as written.
-_PLAIN_DECIMAL = re.compile(rf"([0-9]{{1,{MAX_INTEGER_DIGITS}}})(?:\.([0-9]{{1,{DECIMAL_SCALE}}}))?").fullmatch
+_plain_decimal = plain_decimal_writer(DECIMAL_PRECISION, DECIMAL_SCALE)
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
-# 10^(18 - digits): scales a decimal's digits read as an integer to its unscaled decimal(38,18) value.
-_SCALE_FOR_FRACTION_DIGITS = [10 ** (DECIMAL_SCALE - digits) for digits in range(DECIMAL_SCALE + 1)]
 _SECONDS_BEFORE_YEAR_10000 = 253_402_300_800
 
 
@@ -50,84 +47,23 @@ class EncodedBatch:
     rejected: list[tuple[int, FieldError]] = field(default_factory=list)
 
 
-def _enum_tags(kind: RecordKind, name: str, proto_names: dict[int, str]) -> dict[int, bytes]:
-    """proto enum value → the Avro enum's index as written (one zig-zag byte)."""
-    [avro_enum] = [f["type"] for f in avro.CURRENT[kind].schema["fields"] if f["name"] == name]
-    return {value: bytes([avro_enum["symbols"].index(symbol) << 1]) for value, symbol in proto_names.items()}
+def _enum_tags(field: str, proto_names: dict[int, str]) -> dict[int, bytes]:
+    """proto enum value → the Avro enum symbol as written."""
+    return {value: avro.enum_written(TRADE, field, symbol) for value, symbol in proto_names.items()}
 
 
-_ASSET_CLASS_TAGS = _enum_tags(TRADE, "asset_class", ASSET_CLASS_NAMES)
-_SIDE_TAGS = _enum_tags(TRADE, "side", SIDE_NAMES)
-_TRADE_HEADER_AND_ID_SIZE = avro.MAGIC + avro.CURRENT[TRADE].fingerprint + b"H"  # message ids: 36 characters
+_ASSET_CLASS_TAGS = _enum_tags("asset_class", ASSET_CLASS_NAMES)
+_SIDE_TAGS = _enum_tags("side", SIDE_NAMES)
+_TRADE_HEADER_AND_ID_SIZE = avro.CURRENT_HEADERS[TRADE] + b"H"  # message ids: 36 characters
 _TEXT_LENGTHS = [bytes([size << 1]) for size in range(64)]  # a text's length as written, below 64 bytes
-
-
-def _write_text(out: bytearray, text: str) -> None:
-    data = text.encode()
-    size = len(data)
-    if size < 64:
-        out.append(size << 1)
-    else:
-        write_long(out, size)
-    out += data
-
-
-def _written(write: Callable[[bytearray, Any], None], value: Any) -> bytes:
-    out = bytearray()
-    write(out, value)
-    return bytes(out)
 
 
 def _checked_text(text: str) -> bytes:
     """A required text as written, or empty when check_text would refuse it."""
-    return _written(_write_text, text) if 0 < len(text) <= MAX_TEXT_LENGTH else b""
+    return text_written(text) if 0 < len(text) <= MAX_TEXT_LENGTH else b""
 
 
-def _decimal(text: str) -> bytes:
-    """A positive plain decimal string as its decimal(38,18) Avro bytes; empty for anything the exact path must
-    judge (zero included: whether it is allowed depends on the field and the asset class)."""
-    match = _PLAIN_DECIMAL(text)
-    if match is None:
-        return b""
-    whole, fraction = match.groups()
-    scale = _SCALE_FOR_FRACTION_DIGITS
-    unscaled = int(whole + fraction) * scale[len(fraction)] if fraction else int(whole) * scale[0]
-    if not unscaled:
-        return b""
-    data = unscaled.to_bytes((unscaled.bit_length() + 8) // 8, "big", signed=True)
-    return bytes([len(data) << 1]) + data  # at most 16 bytes
-
-
-class _Longs:
-    """Avro longs as written, for values that share their high bits (timestamps, sequence numbers of a batch):
-    the low 14 bits from a table, the rest from a cache."""
-
-    _LOW = b"".join(bytes((low & 127 | 128, low >> 7 | 128)) for low in range(1 << 14))
-
-    def __init__(self) -> None:
-        self._high: dict[int, bytes] = {}
-
-    def written(self, value: int) -> bytes:
-        zigzag = (value << 1) ^ (value >> 63)
-        if zigzag < 1 << 14:
-            return _written(write_long, value)
-        high = self._high.get(zigzag >> 14)
-        if high is None:
-            high = self._high[zigzag >> 14] = _varint(zigzag >> 14)
-        low = (zigzag & 16383) << 1
-        return self._LOW[low:low + 2] + high
-
-
-def _varint(unsigned: int) -> bytes:
-    out = bytearray()
-    while unsigned > 0x7F:
-        out.append((unsigned & 0x7F) | 0x80)
-        unsigned >>= 7
-    out.append(unsigned)
-    return bytes(out)
-
-
-def _optional_long(longs: _Longs, value: int, present: bool) -> bytes:
+def _optional_long(longs: LongWriter, value: int, present: bool) -> bytes:
     return b"\x02" + longs.written(value) if present else b"\x00"
 
 
@@ -135,8 +71,8 @@ def _vendor_data(entries: tuple[tuple[str, str], ...]) -> bytes:
     out = bytearray(b"\x02")
     write_long(out, len(entries))
     for name, value in entries:
-        _write_text(out, name)
-        _write_text(out, value)
+        write_string(out, name)
+        write_string(out, value)
     out.append(0)
     return bytes(out)
 
@@ -145,7 +81,7 @@ def _trade_conditions(conditions: Sequence[str]) -> bytes:
     out = bytearray()
     write_long(out, len(conditions))
     for condition in conditions:
-        _write_text(out, condition)
+        write_string(out, condition)
     out.append(0)
     return bytes(out)
 
@@ -172,7 +108,7 @@ def encode_trades(messages: Sequence[Trade], received: datetime, message_ids: Me
     tails: dict[tuple[str, int], bytes] = {}  # (currency, side)
     decimals: dict[str, bytes] = {}
     vendor_data_written: dict[tuple[tuple[str, str], ...], bytes] = {}
-    longs = _Longs()
+    longs, sequences = LongWriter(), LongWriter()
     ingestion_timestamp = longs.written(_micros(received))
     lengths = _TEXT_LENGTHS
     for index, message in enumerate(messages):
@@ -187,10 +123,10 @@ def encode_trades(messages: Sequence[Trade], received: datetime, message_ids: Me
         price, quantity = message.price, message.quantity
         price_written = decimals.get(price)
         if price_written is None:
-            price_written = decimals[price] = _decimal(price)
+            price_written = decimals[price] = _plain_decimal(price)
         quantity_written = decimals.get(quantity)
         if quantity_written is None:
-            quantity_written = decimals[quantity] = _decimal(quantity)
+            quantity_written = decimals[quantity] = _plain_decimal(quantity)
         trade_id = message.trade_id.encode()
         message_id = message.message_id
         timestamp = message.timestamp
@@ -219,9 +155,9 @@ def encode_trades(messages: Sequence[Trade], received: datetime, message_ids: Me
             longs.written(seconds * 1_000_000 + nanos // 1000),
             price_written, quantity_written, tail,
             _trade_conditions(conditions) if conditions else b"\x00",
-            _optional_long(longs, sequence, bool(sequence) or message.HasField("source_sequence")),
+            _optional_long(sequences, sequence, bool(sequence) or message.HasField("source_sequence")),
             ingestion_timestamp,
-            _optional_long(longs, platform_sequence,
+            _optional_long(sequences, platform_sequence,
                            bool(platform_sequence) or message.HasField("platform_sequence")),
             vendor_written)))
         keys.append(head[0])

@@ -45,10 +45,10 @@ class KafkaSink:
         self.topics = {kind: topic_name(settings, topic) for kind, topic in TOPIC_FOR.items()}
         self.dead_letter_topic = topic_name(settings, DEAD_LETTER)
 
-    async def publish(self, kind: RecordKind, records: list[Record]) -> DeliveryReport:
-        """Writes the records and waits for Kafka's acks: one error (or None) per record, in order. While the
-        producer's buffer is full this waits (backpressure)."""
-        return await (await self.produce(kind, records))
+    async def publish_encoded(self, kind: RecordKind, keys: Sequence[bytes], values: Sequence[bytes]) -> DeliveryReport:
+        """Writes records already encoded (avro.encode) and keyed by symbol, and waits for Kafka's acks: one
+        error (or None) per record, in order. While the producer's buffer is full this waits (backpressure)."""
+        return await (await self.produce_encoded(kind, keys, values))
 
     async def produce(self, kind: RecordKind, records: Sequence[Record]) -> asyncio.Future[DeliveryReport]:
         """Hands the records to the producer and returns the awaitable of their delivery report, so the caller

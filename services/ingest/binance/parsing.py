@@ -13,6 +13,7 @@ bytes and the reason; unknown event types and unknown fields are counted and ski
 import hashlib
 import json
 import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -20,7 +21,20 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from k2.core.records import FieldError, check_decimal, parse_decimal
+from k2.core import avro
+from k2.core.avro import timestamp_from_micros
+from k2.core.avro_writer import LongWriter, decimal_writer, plain_decimal_writer, text_written
+from k2.core.records import (
+    DECIMAL_PRECISION,
+    DECIMAL_SCALE,
+    FieldError,
+    Record,
+    RecordKind,
+    check_decimal,
+    parse_decimal,
+)
+from k2.core.records import QUOTE as QUOTE_KIND
+from k2.core.records import TRADE as TRADE_KIND
 
 from .sequencing import SymbolState
 
@@ -77,6 +91,39 @@ def _integer(key: str, value: Any) -> int:
     return value
 
 
+_TRADE_HEADER_AND_ID_SIZE = avro.CURRENT_HEADERS[TRADE_KIND] + b"H"  # message ids: 36 characters
+# platform_sequence (null), then vendor_data up to the event time's value.
+_TAKER_SOLD, _TAKER_BOUGHT = (
+    b"\x00\x02\x04" + text_written("is_buyer_maker") + text_written(maker) + text_written("event_time")
+    for maker in ("true", "false"))
+_plain_decimal = plain_decimal_writer(DECIMAL_PRECISION, DECIMAL_SCALE)
+_write_decimal = decimal_writer(DECIMAL_PRECISION, DECIMAL_SCALE)
+
+
+def _decimal_written(value: Decimal) -> bytes:
+    out = bytearray()
+    _write_decimal(out, value)
+    return bytes(out)
+
+
+class _SymbolWritten:
+    """What every trade of a symbol shares, as written: its key, symbol + exchange + asset class, and currency +
+    side + (empty) trade_conditions for either side."""
+
+    __slots__ = ("buy", "head", "key", "sell")
+
+    def __init__(self, state: SymbolState):
+        self.key = state.symbol.encode()
+        self.head = (text_written(state.symbol) + text_written(EXCHANGE)
+                     + avro.enum_written(TRADE_KIND, "asset_class", ASSET_CLASS))
+        self.buy, self.sell = (text_written(state.currency) + avro.enum_written(TRADE_KIND, "side", side) + b"\x00"
+                               for side in ("BUY", "SELL"))
+
+
+def _encoded(kind: RecordKind, record: Record, received_us: int) -> tuple[bytes, bytes, int]:
+    return record["symbol"].encode(), avro.encode(kind, record), received_us
+
+
 class MalformedFrame(Exception):
     def __init__(self, category: str, reason: str, field: str = ""):
         super().__init__(reason)
@@ -93,6 +140,8 @@ class FrameParser:
         self.out = out
         self._scale = 1 if microseconds else 1000
         self._routes: dict[str, tuple[int, SymbolState]] = {}
+        self._written = {state.symbol: _SymbolWritten(state) for state in states}
+        self._timestamps, self._sequences, self._received = LongWriter(), LongWriter(), LongWriter()
         for state in states:
             if "trade" in stream_types:
                 self._routes[state.trade_stream] = (TRADE, state)
@@ -166,30 +215,31 @@ class FrameParser:
             raise FieldError("symbol", f"s: {data['s']!r:.40} on the {state.trade_stream} stream")
         price = data["p"]
         quantity = data["q"]
-        price = Decimal(price) if type(price) is str and _PLAIN_DECIMAL(price) else exact_decimal("price", price)
-        if type(quantity) is str and _PLAIN_DECIMAL(quantity):
-            quantity = Decimal(quantity)
-        else:
-            quantity = exact_decimal("quantity", quantity)
-        if price <= 0:
-            raise FieldError("price", "p: must be positive")
-        if quantity <= 0:
-            raise FieldError("quantity", "q: must be positive")
+        # Plain positive decimal strings (Binance's) straight to their Avro bytes; anything else the exact way.
+        price_written = _plain_decimal(price) if type(price) is str else b""
+        price_value = None if price_written else exact_decimal("price", price)
+        quantity_written = _plain_decimal(quantity) if type(quantity) is str else b""
+        quantity_value = None if quantity_written else exact_decimal("quantity", quantity)
+        if price_value is not None:
+            if price_value <= 0:
+                raise FieldError("price", "p: must be positive")
+            price_written = _decimal_written(price_value)
+        if quantity_value is not None:
+            if quantity_value <= 0:
+                raise FieldError("quantity", "q: must be positive")
+            quantity_written = _decimal_written(quantity_value)
         maker = data["m"]
-        if maker is True:
-            side = "SELL"
-        elif maker is False:
-            side = "BUY"
-        else:
+        if maker is not True and maker is not False:
             raise FieldError("side", f"m: not a boolean: {maker!r:.40}")
         trade_time = data["T"]
         if trade_time == state.last_trade_time:
-            timestamp = state.last_timestamp
+            timestamp_written = state.last_timestamp_written
         else:
             micros = _integer("T", trade_time) * self._scale
-            timestamp = _EPOCH + timedelta(0, 0, micros)
+            _EPOCH + timedelta(0, 0, micros)  # a time beyond the datetime range is refused (OverflowError)
+            timestamp_written = self._timestamps.written(micros)
             state.last_trade_time = trade_time
-            state.last_timestamp = timestamp
+            state.last_timestamp_written = timestamp_written
             state.last_event_us = micros
         event_time = data["E"]
         if type(event_time) is not int:
@@ -197,24 +247,16 @@ class FrameParser:
         if len(data) != 9 or "M" not in data:  # the 8 other known keys were all read above
             self._count_unknown_fields(data, TRADE_KEYS)
         trade_id_text = f"BINANCE-{trade_id}"
-        self.out.trades.append({
-            "message_id": message_id(trade_id_text),
-            "trade_id": trade_id_text,
-            "symbol": state.symbol,
-            "exchange": EXCHANGE,
-            "asset_class": ASSET_CLASS,
-            "timestamp": timestamp,
-            "price": price,
-            "quantity": quantity,
-            "currency": state.currency,
-            "side": side,
-            "trade_conditions": [],
-            "source_sequence": trade_id,
-            "ingestion_timestamp": datetime.now(UTC),
-            "platform_sequence": None,
-            "vendor_data": {"is_buyer_maker": "true" if maker else "false",
-                            "event_time": str(event_time * self._scale)},
-        })
+        received = time.time_ns() // 1000
+        written = self._written[state.symbol]
+        # The trade's Avro v2 message, field by field (the schema's order).
+        self.out.trades.append((written.key, b"".join((
+            _TRADE_HEADER_AND_ID_SIZE, message_id(trade_id_text).encode(), text_written(trade_id_text),
+            written.head, timestamp_written, price_written, quantity_written,
+            written.sell if maker else written.buy,  # currency, side, no trade_conditions
+            b"\x02", self._sequences.written(trade_id), self._received.written(received),
+            _TAKER_SOLD if maker else _TAKER_BOUGHT, text_written(str(event_time * self._scale)), b"\x00",
+        )), received))
         state.trades += 1
 
     def _quote(self, data: dict[str, Any], state: SymbolState) -> None:
@@ -240,8 +282,9 @@ class FrameParser:
             self._count_unknown_fields(data, QUOTE_KEYS)
         state.last_update_id = update_id
         quote_id = f"BINANCE-{state.symbol}-{update_id}"
-        received = datetime.now(UTC)
-        self.out.quotes.append({
+        received_us = time.time_ns() // 1000
+        received = timestamp_from_micros(received_us)
+        self.out.quotes.append(_encoded(QUOTE_KIND, {
             "message_id": message_id(quote_id),
             "quote_id": quote_id,
             "symbol": state.symbol,
@@ -257,7 +300,7 @@ class FrameParser:
             "ingestion_timestamp": received,
             "platform_sequence": None,
             "vendor_data": {"timestamp_source": "receive_time"},
-        })
+        }, received_us))
         state.quotes += 1
 
     def _unwrapped(self, raw: bytes, message: Any) -> dict[str, Any] | None:

@@ -1,6 +1,6 @@
 """Between the socket readers and Kafka: a bounded buffer of parsed records and the publisher that empties it.
 
-Readers append parsed records to the buffer without awaiting anything; when the buffer holds
+Readers append parsed records, already encoded as Kafka messages, to the buffer without awaiting anything; when the buffer holds
 `capacity` records they stop reading (the WebSocket's own receive queue then fills and the socket is no
 longer read: TCP backpressure towards the exchange). The publisher takes batches of up to `batch_size`
 records per kind, publishes them through the sink (which returns once Kafka has acknowledged them) and
@@ -14,27 +14,29 @@ is its child.
 import asyncio
 import logging
 from collections import Counter
-from datetime import timedelta
+from collections.abc import Sequence
 from typing import Protocol
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from k2.core.producer import DeliveryReport
-from k2.core.protos import EPOCH
-from k2.core.records import QUOTE, TRADE, Record, RecordKind
+from k2.core.records import QUOTE, TRADE, RecordKind
 
 from .resilience import Backoff
 
 log = logging.getLogger(__name__)
 DeadLetter = tuple[bytes, str, str, str]  # raw payload, reason, field, source
+# A parsed record as its Kafka message: key, value (avro.encode's bytes), and when it was received (µs since 1970).
+Message = tuple[bytes, bytes, int]
 tracer = trace.get_tracer("k2.ingest.binance")
 
 
 class RecordSink(Protocol):
     """What the feed publishes through (the ingest service's KafkaSink)."""
 
-    async def publish(self, kind: RecordKind, records: list[Record]) -> DeliveryReport: ...
+    async def publish_encoded(self, kind: RecordKind, keys: Sequence[bytes],
+                              values: Sequence[bytes]) -> DeliveryReport: ...
 
     async def dead_letter(self, raw: bytes, reason: str, field: str, source: str) -> None: ...
 
@@ -42,8 +44,8 @@ class RecordSink(Protocol):
 class PublishBuffer:
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self.trades: list[Record] = []
-        self.quotes: list[Record] = []
+        self.trades: list[Message] = []
+        self.quotes: list[Message] = []
         self.dead_letters: list[DeadLetter] = []
         self._space = asyncio.Event()
 
@@ -58,7 +60,7 @@ class PublishBuffer:
             self._space.clear()
             await self._space.wait()
 
-    def take(self, limit: int) -> tuple[list[Record], list[Record], list[DeadLetter]]:
+    def take(self, limit: int) -> tuple[list[Message], list[Message], list[DeadLetter]]:
         trades, self.trades = self.trades[:limit], self.trades[limit:]
         quotes, self.quotes = self.quotes[:limit], self.quotes[limit:]
         dead_letters, self.dead_letters = self.dead_letters, []
@@ -91,38 +93,37 @@ class Publisher:
             self.in_flight = len(trades) + len(quotes) + len(dead_letters)
             if not self.in_flight:
                 continue
-            deliveries = [self._deliver(kind, records) for kind, records in ((TRADE, trades), (QUOTE, quotes))
-                          if records]
+            deliveries = [self._deliver(kind, messages) for kind, messages in ((TRADE, trades), (QUOTE, quotes))
+                          if messages]
             await asyncio.gather(*deliveries, *(self._dead_letter(item) for item in dead_letters))
             self.in_flight = 0
 
-    async def _deliver(self, kind: RecordKind, records: list[Record]) -> None:
-        received_ns = (records[0]["ingestion_timestamp"] - EPOCH) // timedelta(microseconds=1) * 1000
+    async def _deliver(self, kind: RecordKind, messages: list[Message]) -> None:
         with tracer.start_as_current_span(f"receive binance {kind}s", kind=SpanKind.CONSUMER,
-                                          start_time=received_ns) as span:
+                                          start_time=messages[0][2] * 1000) as span:
             if span.is_recording():
                 span.set_attributes({"messaging.operation.type": "receive", "messaging.batch.message_count":
-                                     len(records), "k2.feed": "binance"})
-            await self._deliver_batch(kind, records)
+                                     len(messages), "k2.feed": "binance"})
+            await self._deliver_batch(kind, messages)
 
-    async def _deliver_batch(self, kind: RecordKind, records: list[Record]) -> None:
+    async def _deliver_batch(self, kind: RecordKind, messages: list[Message]) -> None:
         attempt = 0
         while True:
             try:
-                report = await self.sink.publish(kind, records)
+                report = await self.sink.publish_encoded(kind, [m[0] for m in messages], [m[1] for m in messages])
             except Exception as error:  # noqa: BLE001 - whatever the sink raised, the records are retried
-                log.error("binance: publishing %d %s record(s) failed: %s; retrying", len(records), kind, error)
-                failed = records
+                log.error("binance: publishing %d %s record(s) failed: %s; retrying", len(messages), kind, error)
+                failed = messages
             else:
-                failed = [r for r, e in zip(records, report.errors, strict=True) if e is not None]
-                self.published[kind] += len(records) - len(failed)
+                failed = [m for m, e in zip(messages, report.errors, strict=True) if e is not None]
+                self.published[kind] += len(messages) - len(failed)
                 if failed:
                     first_error = next(e for e in report.errors if e is not None)
                     log.error("binance: Kafka refused %d of %d %s record(s) (%s); retrying them", len(failed),
-                              len(records), kind, first_error)
+                              len(messages), kind, first_error)
             if not failed:
                 return
-            records = failed
+            messages = failed
             self.retries += 1
             await asyncio.sleep(self.backoff.delay(attempt))
             attempt += 1
