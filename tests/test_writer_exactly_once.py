@@ -1,7 +1,8 @@
 """Exactly once, with writers as real processes (`python -m services.writer`) while a producer keeps sending:
 kill -9 at random points over several rounds; two writers in one group through rebalances; the same kill test
 against a real PostgreSQL catalog. Afterwards the table holds exactly the acknowledged trades: same count, no
-duplicate message_id, every decimal equal."""
+duplicate message_id, every decimal equal. And a message re-sent with the same message_id (as ingest does
+after its own dedupe window) lands once, across a writer restart."""
 
 import asyncio
 import os
@@ -15,14 +16,17 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 from conftest import ROOT, free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_writer_service import TradeStream, table_rows, wait_caught_up
+from strategies import sample_trade
+from test_writer_service import TradeStream, produce, table_rows, wait_caught_up
 
+from k2.core import avro
 from k2.core.config import IcebergSettings, KafkaSettings
 from k2.core.kafka import TRADES, topic_name
 from k2.writer.v1 import writer_pb2_grpc
@@ -211,3 +215,33 @@ async def test_kill_9_with_a_postgresql_catalog(
     iceberg = IcebergSettings(catalog_name=f"test_{uuid.uuid4().hex[:8]}", catalog_uri=postgres_catalog_uri,
                               warehouse=f"file://{tmp_path / 'warehouse'}")
     await kill_rounds(kafka_settings, iceberg, writers, tmp_path, rounds=2)
+
+
+async def test_a_resent_message_id_lands_once_across_a_restart(
+        kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings, writers: list[WriterProcess],
+        tmp_path: Path) -> None:
+    topic = topic_name(kafka_settings, TRADES)
+    group = f"writer-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+    trade = sample_trade(message_id=str(uuid.uuid4()), trade_id="T-1", ingestion_timestamp=now)
+    resent = trade | {"ingestion_timestamp": now + timedelta(seconds=5)}  # ingest re-sending the same trade
+    other = sample_trade(message_id=str(uuid.uuid4()), trade_id="T-2", ingestion_timestamp=now)
+    duplicates = "k2_writer_duplicates_dropped_total"
+
+    first = WriterProcess(kafka_settings, iceberg_settings, group, tmp_path / "first.log", commit_interval_ms=50)
+    writers.append(first)
+    await first.wait_serving()
+    produce(kafka_settings, topic, [avro.encode("trade", trade), avro.encode("trade", trade)], partition=0)
+    await wait_caught_up(first.stub, topic)
+    assert first.metric(duplicates, table="market_data.trades") == 1
+    assert first.terminate() == 0, first.log_tail()
+
+    second = WriterProcess(kafka_settings, iceberg_settings, group, tmp_path / "second.log",
+                           commit_interval_ms=50)
+    writers.append(second)
+    await second.wait_serving()
+    produce(kafka_settings, topic, [avro.encode("trade", resent), avro.encode("trade", other)], partition=1)
+    await wait_caught_up(second.stub, topic)
+    assert second.metric(duplicates, table="market_data.trades") == 1
+    assert second.terminate() == 0, second.log_tail()
+    assert [row[0] for row in table_rows(iceberg_settings)] == sorted([trade["message_id"], other["message_id"]])

@@ -32,6 +32,12 @@ class WriterSettings(ServerSettings):
     commit_attempts: int = 10
     commit_backoff_max_seconds: float = 2.0
 
+    # De-duplication by message_id: a row is dropped when a row with its message_id was committed within the
+    # window (by ingestion time; kept in memory, at most `dedupe_max_ids` ids, rebuilt from the table on start)
+    # or is buffered. 0 in either disables it.
+    dedupe_window_seconds: float = 600.0
+    dedupe_max_ids: int = 1_000_000
+
     # Compaction of partitions that stopped receiving data: every interval (0 = only on request), partitions
     # without a new file for `compaction_quiet_seconds` whose files below 3/4 of the target size number at
     # least `compaction_min_files` are rewritten into sorted files of about the target size.

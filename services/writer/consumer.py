@@ -42,6 +42,7 @@ from k2.core.telemetry import MessageTrace, links_to, messaging_span, sampled_me
 from . import metrics
 from .config import WriterSettings
 from .decoding import Decoders
+from .dedupe import SeenIds
 from .tables import OFFSET_COLUMN, PARTITION_COLUMN, CommitResult, PartitionProgress, TableAppender
 
 log = logging.getLogger(__name__)
@@ -104,10 +105,11 @@ def without_partitions(rows: pa.Table, partitions: set[int]) -> pa.Table:
 class TableBuffer:
     """One table's decoded rows awaiting commit and the span of each assigned partition of its topic."""
 
-    def __init__(self, kind: RecordKind, topic: str, appender: TableAppender):
+    def __init__(self, kind: RecordKind, topic: str, appender: TableAppender, seen: SeenIds):
         self.kind = kind
         self.topic = topic
         self.appender = appender
+        self.seen = seen
         self.chunks: list[pa.Table] = []
         self.rows = 0
         self.nbytes = 0
@@ -121,6 +123,9 @@ class TableBuffer:
         return self.appender.table
 
     def add(self, chunk: pa.Table) -> None:
+        chunk, duplicates = self.seen.drop_seen(chunk)
+        if duplicates:
+            metrics.DUPLICATES_DROPPED.labels(metrics.SERVICE, self.appender.name).inc(duplicates)
         self.chunks.append(chunk)
         self.rows += chunk.num_rows
         self.nbytes += chunk.nbytes
@@ -144,6 +149,7 @@ class TableBuffer:
         for partition, span in self.progress.items():
             if span.next is not None:
                 span.start = result.offsets.get(partition, span.start)
+        self.seen.committed(self.buffered())
         self._clear_rows()
         self.oldest = None
         self.traces = []
@@ -157,14 +163,17 @@ class TableBuffer:
             assert rows is not None
             kept = without_partitions(rows, partitions)
             self._clear_rows()
+            self.seen.forget_buffered(kept)
             if kept.num_rows:
-                self.add(kept)
+                self.chunks.append(kept)
+                self.rows, self.nbytes = kept.num_rows, kept.nbytes
         if not self.chunks and not any(span.pending for span in self.progress.values()):
             self.oldest = None
 
     def reset(self) -> None:
         self.progress.clear()
         self._clear_rows()
+        self.seen.forget_buffered(None)
         self.oldest = None
         self.traces = []
 
@@ -198,7 +207,8 @@ class WriterLoop:
         self.buffers = {}
         for kind, table in tables.items():
             topic = topic_name(kafka, TOPIC_FOR[kind])
-            self.buffers[topic] = TableBuffer(kind, topic, TableAppender(table, topic, settings))
+            seen = SeenIds(settings.dedupe_window_seconds, settings.dedupe_max_ids)
+            self.buffers[topic] = TableBuffer(kind, topic, TableAppender(table, topic, settings), seen)
         overrides: dict[str, str | int | float] = {
             "partition.assignment.strategy": settings.assignment_strategy,
             "session.timeout.ms": settings.session_timeout_ms,
@@ -295,10 +305,12 @@ class WriterLoop:
                 future.set_exception(error)
 
     def _table_offsets(self) -> dict[str, dict[int, int]]:
+        """The offsets each table records, its committed message_ids re-read alongside."""
         offsets = {}
         for topic, buffer in self.buffers.items():
             buffer.table.refresh()
             offsets[topic] = committed_offsets(buffer.table).get(topic, {})
+            buffer.seen.rebuild(buffer.table)
         return offsets
 
     def _position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:

@@ -26,6 +26,10 @@ ROWS_ALREADY_COMMITTED = Counter(
     "k2_writer_rows_already_committed_total",
     "Buffered rows dropped because the table already holds their offsets (another writer committed them "
     "after a rebalance).", ["service", "table"])
+DUPLICATES_DROPPED = Counter(
+    "k2_writer_duplicates_dropped_total",
+    "Rows dropped because a row with their message_id was committed within the dedupe window or is buffered.",
+    ["service", "table"])
 FILES_PER_COMMIT = Histogram("k2_writer_files_per_commit", "Data files added by one commit.",
                              ["service", "table"], buckets=(0, 1, 2, 4, 8, 16, 32, 64))
 DATA_FILE_BYTES = Histogram(
