@@ -588,3 +588,14 @@ def test_parser_sequencing_drops_copies_and_fills_holes_while_held() -> None:
     assert [t["source_sequence"] for t in parsed(feed.buffer.trades)] == [10, 11, 12, 16, 17, 13, 14, 20]
     assert [(g.first_missing, g.last_missing) for g in feed.gap_log.recent] == [(15, 15), (18, 19)]
     assert state.duplicate_trades == 2 and feed.gap_log.missed == 3
+
+
+def test_json_numbers_in_frames_are_read_exactly_never_as_floats() -> None:
+    feed = BinanceFeed(BinanceSettings(symbols=["BTCUSDT"], time_unit="MILLISECOND"), ListSink())
+    feed.parser.parse(b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1764072000124,"s":"BTCUSDT","t":5,'
+                      b'"p":0.1,"q":3,"T":1764072000123,"m":true,"M":true}}')
+    feed.parser.parse(_frame("btcusdt@trade", _trade(6)).replace(b'"t": 6', b'"t": 6.5'))
+    [trade] = parsed(feed.buffer.trades)
+    assert (trade["price"], trade["quantity"]) == (Decimal("0.1"), Decimal(3))  # 0.1 exactly, not the float's
+    [(_, reason, field, _)] = feed.buffer.dead_letters
+    assert (field, reason) == ("source_sequence", "source_sequence: t: not an integer: Decimal('6.5')")
