@@ -7,15 +7,18 @@ from decimal import Decimal
 
 import pyarrow as pa
 import pytest
+from confluent_kafka import Message
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from strategies import quotes, sample_quote, sample_trade, trades
 
 from k2.core import avro
 from k2.core.arrow import records_to_arrow
 from k2.core.protos import quote_to_proto, trade_to_proto
 from k2.core.records import QUOTE, TRADE, FieldError, Record
+from k2.query.v1 import query_pb2
 from services.query.bars import BarBuilder, divide_half_even
-from services.query.convert import DECODERS
+from services.query.convert import BATCH_DECODE_MIN, DECODERS, LiveItem, live_items
 from services.query.selection import Selection, micros, rows_after, sort_rows
 from services.query.tokens import PageToken, StreamPosition, query_digest
 
@@ -62,6 +65,26 @@ def test_live_decoder_refuses_what_the_validators_refuse_and_reads_older_version
         "ingestion_timestamp": datetime(2014, 3, 10, tzinfo=UTC), "sequence_number": 1})
     message, symbol, _, _ = trade.decode(old)  # type: ignore[misc]
     assert (symbol, message.quantity, message.vendor_data["venue"]) == ("BHP", "40000", "X")
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(trades(), min_size=1, max_size=20))
+def test_a_batch_decodes_like_single_messages(records: list[Record]) -> None:
+    """Large polls are decoded as a whole (Arrow kernels), small ones message by message: the same items."""
+    values = [avro.encode(TRADE, record) for record in records]
+    values += [avro.encode(TRADE, sample_trade(symbol="")), b"\xc3\x01garbage", avro.encode(QUOTE, sample_quote())]
+    messages = [Message(topic="trades", partition=i % 3, offset=i, value=values[i % len(values)])
+                for i in range(BATCH_DECODE_MIN + 7)]
+    batched, refused = live_items(TRADE, messages)
+    single = [live_items(TRADE, [message]) for message in messages]
+
+    def seen(items: list[LiveItem]) -> list[tuple[object, ...]]:  # a map's entries may come in any order
+        return [(i.partition, i.offset, i.symbol, i.exchange, i.timestamp,
+                 query_pb2.SubscribeTradesResponse.FromString(i.framed)) for i in items]
+
+    assert seen(batched) == seen([item for items, _ in single for item in items])
+    assert [m.offset() for m in refused] == [m.offset() for _, gone in single for m in gone]
+    assert len(refused) >= 3 * (len(messages) // len(values))  # the three invalid values, every time
 
 
 def test_vwap_rounds_half_even_and_bars_align_to_utc() -> None:

@@ -40,7 +40,7 @@ from k2.core.records import QUOTE, TRADE, RecordKind
 from k2.core.telemetry import messaging_span, sampled_message_traces
 from services.query import metrics
 from services.query.config import QuerySettings
-from services.query.convert import DECODERS, LiveItem, MarketMessage, live_item, response_bytes
+from services.query.convert import DECODERS, LiveItem, MarketMessage, live_items, response_bytes
 from services.query.history import History
 from services.query.kafka_tail import KAFKA_LOG, KafkaAdmin
 from services.query.selection import Selection
@@ -305,13 +305,9 @@ class FanOut:
                 self._join_group(subscriber)
 
     def _decode(self, kind: RecordKind, messages: list[Message]) -> list[LiveItem]:
-        items = []
-        for message in messages:
-            item = live_item(kind, message)
-            if item is None:
-                metrics.INVALID_MESSAGES.labels(metrics.SERVICE, message.topic()).inc()
-            else:
-                items.append(item)
+        items, refused = live_items(kind, messages)
+        if refused:
+            metrics.INVALID_MESSAGES.labels(metrics.SERVICE, self.topics[kind]).inc(len(refused))
         return items
 
     def _set_health(self, healthy: bool) -> None:

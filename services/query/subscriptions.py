@@ -30,7 +30,7 @@ from k2.core.config import KafkaSettings
 from k2.core.records import RecordKind
 from services.query import metrics
 from services.query.config import QuerySettings
-from services.query.convert import live_item, response_bytes
+from services.query.convert import live_items, response_bytes
 from services.query.fanout import FanOut, Subscriber
 from services.query.history import History, SnapshotGone, ordered_rows
 from services.query.kafka_tail import KafkaAdmin, Offsets, RangeReader, symbol_keys
@@ -174,12 +174,13 @@ class Subscriptions:
         """(framed records, count, newest timestamp) of the reader's next messages; advances `offsets`."""
         framed, count, newest = [], 0, 0
         keys = symbol_keys(selection)
+        wanted = []
         for message in reader.read(self._settings.subscription_batch, 0.2):
             offsets[message.partition()] = message.offset() + 1
-            if keys is not None and message.key() is not None and message.key() not in keys:
-                continue
-            item = live_item(kind, message)
-            if item is not None and selection.matches(item.symbol, item.exchange, item.timestamp):
+            if keys is None or message.key() is None or message.key() in keys:
+                wanted.append(message)
+        for item in live_items(kind, wanted)[0]:
+            if selection.matches(item.symbol, item.exchange, item.timestamp):
                 framed.append(item.framed)
                 count += 1
                 newest = max(newest, item.timestamp)
