@@ -63,10 +63,6 @@ def _checked_text(text: str) -> bytes:
     return text_written(text) if 0 < len(text) <= MAX_TEXT_LENGTH else b""
 
 
-def _optional_long(longs: LongWriter, value: int, present: bool) -> bytes:
-    return b"\x02" + longs.written(value) if present else b"\x00"
-
-
 def _vendor_data(entries: tuple[tuple[str, str], ...]) -> bytes:
     out = bytearray(b"\x02")
     write_long(out, len(entries))
@@ -108,8 +104,9 @@ def encode_trades(messages: Sequence[Trade], received: datetime, message_ids: Me
     tails: dict[tuple[str, int], bytes] = {}  # (currency, side)
     decimals: dict[str, bytes] = {}
     vendor_data_written: dict[tuple[tuple[str, str], ...], bytes] = {}
-    longs, sequences = LongWriter(), LongWriter()
-    ingestion_timestamp = longs.written(_micros(received))
+    timestamp_written, sequence_written = LongWriter().written, LongWriter().written
+    platform_sequence_written = LongWriter().written
+    ingestion_timestamp = LongWriter().written(_micros(received))
     lengths = _TEXT_LENGTHS
     for index, message in enumerate(messages):
         symbol, exchange, asset_class = message.symbol, message.exchange, message.asset_class
@@ -148,18 +145,19 @@ def encode_trades(messages: Sequence[Trade], received: datetime, message_ids: Me
         else:
             vendor_written = b"\x00"
         sequence, platform_sequence = message.source_sequence, message.platform_sequence
+        # An optional long: 0x02 and the value when present (zero included), else 0x00 (null).
+        sequence_bytes = (b"\x02" + sequence_written(sequence)
+                          if sequence or message.HasField("source_sequence") else b"\x00")
+        platform_sequence_bytes = (b"\x02" + platform_sequence_written(platform_sequence)
+                                   if platform_sequence or message.HasField("platform_sequence") else b"\x00")
         values.append(b"".join((
             _TRADE_HEADER_AND_ID_SIZE,
             (message_id or (message_ids(index) if message_ids else new_message_id())).encode(),
             lengths[len(trade_id)], trade_id, head[1],
-            longs.written(seconds * 1_000_000 + nanos // 1000),
+            timestamp_written(seconds * 1_000_000 + nanos // 1000),
             price_written, quantity_written, tail,
             _trade_conditions(conditions) if conditions else b"\x00",
-            _optional_long(sequences, sequence, bool(sequence) or message.HasField("source_sequence")),
-            ingestion_timestamp,
-            _optional_long(sequences, platform_sequence,
-                           bool(platform_sequence) or message.HasField("platform_sequence")),
-            vendor_written)))
+            sequence_bytes, ingestion_timestamp, platform_sequence_bytes, vendor_written)))
         keys.append(head[0])
         indexes.append(index)
     return batch
