@@ -8,8 +8,12 @@ import json
 import re
 import statistics
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -440,6 +444,31 @@ async def test_skip_ids_leaves_a_gap(start_exchange):
                 ids += trade_ids(await receive(ws, 50))
     jumps = [(a, b) for a, b in itertools.pairwise(ids) if b != a + 1]
     assert len(jumps) == 1 and jumps[0][1] - jumps[0][0] == 8 and jumps[0][1] == next_id
+
+    # The skipped trades happened: REST historicalTrades returns them, as Binance would, by trade id.
+    missing = await asyncio.to_thread(rest_get, exchange, "/api/v3/historicalTrades",
+                                      symbol="BTCUSDT", fromId=next_id - 7, limit=7)
+    assert [t["id"] for t in missing] == list(range(next_id - 7, next_id))
+    for trade in missing:
+        assert set(trade) == {"id", "price", "qty", "quoteQty", "time", "isBuyerMaker", "isBestMatch"}
+        assert Decimal(trade["quoteQty"]) == Decimal(trade["price"]) * Decimal(trade["qty"])
+    streamed = await asyncio.to_thread(rest_get, exchange, "/api/v3/historicalTrades", symbol="BTCUSDT",
+                                       fromId=ids[0], limit=3)
+    assert [t["id"] for t in streamed] == ids[:3]
+
+
+async def test_historical_trades_refuses_what_binance_refuses(start_exchange):
+    exchange = await start_exchange()
+    for params, code in (({"symbol": "NOPEUSDT"}, -1121), ({"symbol": "BTCUSDT", "limit": 1001}, -1131),
+                         ({"symbol": "BTCUSDT", "fromId": "x"}, -1100)):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            await asyncio.to_thread(rest_get, exchange, "/api/v3/historicalTrades", **params)
+        assert refused.value.code == 400 and json.loads(refused.value.read())["code"] == code
+
+
+def rest_get(exchange: ReplayExchange, path: str, **params: object) -> Any:
+    with urllib.request.urlopen(f"{exchange.http_url}{path}?{urllib.parse.urlencode(params)}", timeout=10) as response:
+        return json.loads(response.read())
 
 
 async def test_malformed_frames(start_exchange):

@@ -292,12 +292,6 @@ class MarketSimulator:
             counts[book.book_stream] = book.books_generated
         return counts
 
-    def skip_trade_ids(self, symbol: str, count: int) -> int:
-        """Leave a gap of `count` trade ids on `symbol`; returns the next id that will be sent."""
-        book = self._book(symbol)
-        book.next_trade_id += count
-        return book.next_trade_id
-
     def take_trade(self, symbol: str) -> tuple[int, str, str]:
         """Consume the next trade id for an injected (malformed) trade: (id, last price, last qty)."""
         book = self._book(symbol)

@@ -111,12 +111,6 @@ class RecordedStream:
         self._position = end
         return emitted
 
-    def skip_trade_ids(self, symbol: str, count: int) -> int:
-        symbol = self._known(symbol)
-        self._id_offsets[symbol] = self._id_offsets.get(symbol, 0) + count
-        last_id = self._last_trade.get(symbol, (0, "", ""))[0]
-        return last_id + 1 + count
-
     def take_trade(self, symbol: str) -> tuple[int, str, str]:
         symbol = self._known(symbol)
         if symbol not in self._last_trade:

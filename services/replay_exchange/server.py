@@ -10,7 +10,9 @@ close the connection (1008 "Too many messages"); at most `max_streams_per_connec
 connection is closed after `max_lifetime` seconds (1001 "Connection lifetime exceeded"); more than
 `max_connection_attempts` handshakes per `connection_attempt_window` seconds are refused with HTTP 429.
 
-Plain HTTP on the same port: `GET /stats` and `GET|POST /control/<fault>?...` (see `_HTTP_FAULTS`).
+Plain HTTP on the same port: `GET /stats`, `GET|POST /control/<fault>?...` (see `_HTTP_FAULTS`), and Binance's
+REST `GET /api/v3/historicalTrades?symbol=&fromId=&limit=` over the most recent trades of each symbol, including
+those a fault kept off the streams (skipped ids), so a feed handler can fill its gaps by trade id.
 """
 
 import asyncio
@@ -23,6 +25,8 @@ import logging
 import re
 import time
 from collections.abc import Coroutine
+from decimal import Decimal
+from itertools import islice
 from typing import Any, Self, cast
 from urllib.parse import parse_qs, urlsplit
 
@@ -33,7 +37,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
-from .encoding import ascii_json, encode_batch, frame, server_shutdown_payload, wrap_combined
+from .encoding import RECORDED, TRADE, ascii_json, encode_batch, frame, server_shutdown_payload, wrap_combined
 from .market import MarketSimulator
 from .replay import RecordedStream
 from .symbols import symbol_spec
@@ -85,6 +89,7 @@ class ExchangeConfig:
     max_batch_trades: int = 2048  # trades generated per send batch at the max rate
     max_write_buffer: int = 64 * 2**20  # bytes queued for one client before it is dropped as too slow
     slow_consumer_timeout: float = 10.0  # max rate: how long the market waits for one client to drain
+    rest_history_trades: int = 100_000  # per symbol: the trades historicalTrades can return
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rate", parse_rate(self.rate))
@@ -251,6 +256,9 @@ class ReplayExchange:
         self._faults: collections.Counter[str] = collections.Counter()
         self._stats: collections.Counter[str] = collections.Counter()
         self._pongs_withheld_closed = 0
+        # symbol -> the most recent trade events (see encoding.TRADE), oldest first, ids ascending
+        self._trade_history: dict[str, collections.deque[tuple]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=self.config.rest_history_trades))
         self.failure: BaseException | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -413,6 +421,14 @@ class ReplayExchange:
     def _deliver(self, batch: list[tuple]) -> None:
         if not batch or not self._variants:
             return
+        history = self._trade_history
+        for event in batch:
+            if event[1] == TRADE:
+                history[event[2]].append(event)
+            elif event[1] == RECORDED and event[2].get("e") == "trade":
+                data = event[2]
+                history[data["s"]].append((event[0], TRADE, data["s"], data["t"], data["p"], data["q"],
+                                           time.time_ns() // 1000, "true" if data.get("m") else "false"))
         event_time_us = time.time_ns() // 1000
         now = time.monotonic()
         per_stream: collections.Counter[str] | None = None
@@ -470,6 +486,8 @@ class ReplayExchange:
                     raise _HttpError(http.HTTPStatus.METHOD_NOT_ALLOWED, "use GET or POST")
                 result = self._http_fault(url.path.removeprefix("/control/"), query)
                 return self._json_response(connection, http.HTTPStatus.OK, result)
+            if url.path == "/api/v3/historicalTrades":
+                return self._historical_trades_response(connection, request, query)
             if url.path in ("/ws", "/stream") or url.path.startswith(("/ws/", "/stream/")):
                 self._admit(cast(_ExchangeConnection, connection), request, url.path, query)
                 return None
@@ -707,12 +725,32 @@ class ReplayExchange:
         return [s.id for s in sessions]
 
     def skip_trade_ids(self, symbol: str, count: int) -> int:
-        """Leave out `count` trade ids on `symbol` for everyone; returns the next trade id to be sent."""
+        """Keep the next `count` trades on `symbol` off the streams for everyone (they still happen: REST
+        historicalTrades returns them); returns the next trade id to be sent."""
         if count <= 0:
             raise ValueError("count must be positive")
-        next_id = self._source.skip_trade_ids(symbol, count)
+        symbol = symbol.upper()
+        now_us = time.time_ns() // 1000
+        history = self._trade_history[symbol]
+        for _ in range(count):
+            trade_id, price, qty = self._source.take_trade(symbol)
+            history.append((f"{symbol.lower()}@trade", TRADE, symbol, trade_id, price, qty, now_us, "false"))
         self._faults["skip_ids"] += 1
-        return next_id
+        return trade_id + 1
+
+    def historical_trades(self, symbol: str, from_id: int | None, limit: int, micros: bool) -> list[dict[str, Any]]:
+        """Binance's GET /api/v3/historicalTrades: up to `limit` trades from `from_id` (default: the most recent),
+        as Binance returns them (decimal strings; time in ms, or µs when asked with X-MBX-TIME-UNIT)."""
+        history = self._trade_history.get(symbol.upper())
+        if not history:
+            return []
+        first_id = history[0][3]
+        start = len(history) - limit if from_id is None else from_id - first_id  # ids are consecutive
+        trades = islice(history, max(start, 0), max(start, 0) + limit)
+        return [{"id": trade_id, "price": price, "qty": qty, "quoteQty": str(Decimal(price) * Decimal(qty)),
+                 "time": time_us if micros else time_us // 1000, "isBuyerMaker": maker == "true", "isBestMatch": True}
+                for _, _, _, trade_id, price, qty, time_us, maker in trades
+                if from_id is None or trade_id >= from_id]
 
     def send_malformed(self, kind: str, symbol: str | None = None, field: str = "p", value: str = "12.34.56",
                        which: str = "all", connection: int | None = None) -> list[int]:
@@ -824,6 +862,26 @@ class ReplayExchange:
         except (ValueError, TypeError) as exc:  # TypeError: a required parameter is missing
             raise _HttpError(http.HTTPStatus.BAD_REQUEST, str(exc)) from None
         return {"fault": name, "connections": ids}
+
+    def _historical_trades_response(self, connection: ServerConnection, request: Request,
+                                    query: dict[str, list[str]]) -> Response:
+        params = {key: values[-1] for key, values in query.items()}
+        symbol = params.get("symbol", "").upper()
+        if symbol not in self._source.symbols:
+            return self._json_response(connection, http.HTTPStatus.BAD_REQUEST, {"code": -1121, "msg": "Invalid symbol."})
+        try:
+            limit = int(params.get("limit", "500"))
+            from_id = int(params["fromId"]) if "fromId" in params else None
+        except ValueError:
+            return self._json_response(connection, http.HTTPStatus.BAD_REQUEST,
+                                       {"code": -1100, "msg": "Illegal characters found in a parameter."})
+        if not 1 <= limit <= 1000:
+            return self._json_response(connection, http.HTTPStatus.BAD_REQUEST,
+                                       {"code": -1131, "msg": "Invalid limit: must be between 1 and 1000."})
+        micros = request.headers.get("X-MBX-TIME-UNIT", "").upper() == "MICROSECOND"
+        self._stats["rest_requests"] += 1
+        return self._json_response(connection, http.HTTPStatus.OK,
+                                   self.historical_trades(symbol, from_id, limit, micros))
 
     @staticmethod
     def _reject_leftovers(params: dict[str, str]) -> None:
