@@ -22,7 +22,8 @@ class QuerySettings(ServerSettings):
 
     # Subscriptions
     subscription_batch: int = 1_000  # most trades per response; also the fan-out consumer's poll size
-    flush_ms: float = 2.0  # a response leaves after this long even when not full
+    # After a first message, how long the fan-out waits for more to send together (0: what has arrived, at once)
+    flush_ms: float = 0.0
     heartbeat_seconds: float = 5.0
     # Bytes waiting to be sent to one subscriber before it is ended as too slow (RESOURCE_EXHAUSTED).
     subscriber_buffer_bytes: int = 8 * 1024 * 1024

@@ -1,8 +1,9 @@
 """The live fan-out: ONE Kafka consumer per process reads the trades and quotes topics and delivers every record
 to every matching subscriber.
 
-- A consumer thread polls up to `subscription_batch` messages or `flush_ms`, decodes each message once, builds
-  its proto message once and serializes it once (convert.LiveItem), and hands the batch to the event loop. At most
+- A consumer thread waits for a message, takes what else has arrived (up to `subscription_batch` messages, waiting
+  `flush_ms` more for them: 0 by default, so a record is never held back), decodes them once into serialized
+  messages (convert.live_items: a large batch as a whole), and hands the batch to the event loop. At most
   a few batches wait for the loop, so a busy loop slows the consumer rather than growing memory. Messages of a
   kind nobody subscribes to are not decoded at all (if a first subscriber arrives meanwhile, the loop decodes
   the batch it joins at).
@@ -51,6 +52,7 @@ Offsets = dict[int, int]
 KINDS: tuple[RecordKind, ...] = (TRADE, QUOTE)
 MAX_WAITING_BATCHES = 4
 PROBE_SECONDS = 1.0
+IDLE_POLL_SECONDS = 0.1  # the consumer thread's wait for a first message (then it probes and checks stopping)
 tracer = trace.get_tracer(__name__)
 
 
@@ -392,7 +394,7 @@ class FanOut:
 
     def _consume(self, consumer: Consumer, consumed: dict[RecordKind, Offsets]) -> None:
         batch_size = self._settings.subscription_batch
-        timeout = self._settings.flush_ms / 1000
+        gather = self._settings.flush_ms / 1000
         kinds, latest = self._kinds, self._latest
         next_probe = 0.0
         while not self._stopping.is_set():
@@ -401,9 +403,11 @@ class FanOut:
                 self._probe(consumer, consumed)  # raises while Kafka is unreachable
                 next_probe = now + PROBE_SECONDS
                 self._report_health(True)
-            messages = consumer.consume(batch_size, timeout)
+            messages = consumer.consume(1, IDLE_POLL_SECONDS)
             if not messages:
                 continue
+            if batch_size > 1:  # what else has arrived (or arrives within `flush_ms`) joins this batch
+                messages += consumer.consume(batch_size - 1, gather)
             polled: dict[RecordKind, list[Message]] = {TRADE: [], QUOTE: []}
             for message in messages:
                 error = message.error()
