@@ -186,12 +186,12 @@ def _print_feeds(k2: K2Client) -> None:
     table = table_of("Feeds", ("", *(feed.name for feed in feeds)), right_aligned=frozenset())
     rows: dict[str, list[str]] = {name: [] for name in (
         "state", "circuit breaker", "connections", "messages/s", "trades/s", "last event", "gaps", "trades missed",
-        "reconnects")}
+        "trades backfilled", "reconnects")}
     for feed in feeds:
         for name, value in zip(rows, (
                 feed.state, feed.circuit_state, str(feed.connections), f"{feed.messages_per_second:.1f}",
                 f"{feed.trades_per_second:.1f}", text(feed.last_event_time), str(feed.gaps_detected),
-                str(feed.trades_missed),
+                str(feed.trades_missed), str(feed.trades_backfilled),
                 ", ".join(f"{reason} {count}" for reason, count in sorted(feed.reconnects_by_reason.items()))),
                 strict=True):
             rows[name].append(value)

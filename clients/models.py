@@ -278,6 +278,7 @@ class FeedStatus:
     reconnects_by_reason: dict[str, int]
     gaps_detected: int
     trades_missed: int
+    trades_backfilled: int
     circuit_state: str
     connections: int
     recent_gaps: list[Gap]
@@ -291,7 +292,7 @@ class FeedStatus:
             messages_per_second=message.messages_per_second, trades_per_second=message.trades_per_second,
             last_event_time=optional_time(message, "last_event_time"),
             reconnects_by_reason=dict(message.reconnects_by_reason), gaps_detected=message.gaps_detected,
-            trades_missed=message.trades_missed,
+            trades_missed=message.trades_missed, trades_backfilled=message.trades_backfilled,
             circuit_state=ingest_pb2.CircuitState.Name(message.circuit_state).removeprefix("CIRCUIT_STATE_"),
             connections=message.connections,
             recent_gaps=[Gap(symbol=gap.symbol, first_missing=gap.first_missing, last_missing=gap.last_missing,

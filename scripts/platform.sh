@@ -81,6 +81,7 @@ up() {
     start replay_exchange "$PY" -m services.replay_exchange --host 127.0.0.1 --port "$REPLAY_PORT" \
       --symbols "${K2_REPLAY_SYMBOLS:-BTCUSDT,ETHUSDT}" --rate realtime
     export K2_INGEST_BINANCE_ENDPOINTS="[\"ws://127.0.0.1:$REPLAY_PORT\"]"
+    export K2_INGEST_BINANCE_REST_ENDPOINT="http://127.0.0.1:$REPLAY_PORT"  # gap backfill (historicalTrades)
     echo "Binance feed: live Binance is not reachable; using the local replay exchange on ws://127.0.0.1:$REPLAY_PORT"
   else
     echo "Binance feed: live Binance"

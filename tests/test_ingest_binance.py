@@ -47,6 +47,7 @@ FAST = {
     "backoff_base_seconds": 0.05, "backoff_cap_seconds": 0.4, "switch_overlap_seconds": 1.0,
     "watchdog_silence_seconds": 5.0, "open_timeout_seconds": 5.0, "close_timeout_seconds": 1.0,
     "stop_flush_timeout_seconds": 20.0,
+    "backfill_enabled": False,  # gaps are reported only, unless a test asks for the REST backfill
 }
 
 
@@ -343,6 +344,43 @@ async def test_skipped_trade_ids_are_reported_as_a_gap_with_the_exact_range(kafk
     assert_accounted(await run.trades(), status)
     metrics = generate_latest(REGISTRY).decode()
     assert 'k2_binance_gaps_total{service="ingest",symbol="BTCUSDT"}' in metrics
+
+
+async def test_a_gap_is_filled_by_trade_id_from_the_rest_api(kafka_settings: KafkaSettings) -> None:
+    async with exchange_running() as exchange, feed_running(
+            kafka_settings, [exchange.url], backfill_enabled=True, rest_endpoint=exchange.http_url) as run:
+        await connected(run)
+        next_id = exchange.skip_trade_ids("BTCUSDT", 7)
+        await until(lambda: run.status().trades_backfilled >= 7, what="backfill")
+        await connected(run)
+        status = await run.stop()
+    assert status.trades_missed == 7 and status.trades_backfilled == 7
+    assert [(g.first_missing, g.last_missing) for g in status.recent_gaps] == [(next_id - 7, next_id - 1)]
+    btc = [t for t in await run.trades() if t["symbol"] == "BTCUSDT"]
+    ids = [t["source_sequence"] for t in btc]
+    assert len(ids) == len(set(ids)) and set(ids) == set(range(min(ids), max(ids) + 1)), "a hole is left"
+    filled = [t for t in btc if t["vendor_data"].get("source") == "rest_backfill"]
+    assert sorted(t["source_sequence"] for t in filled) == list(range(next_id - 7, next_id))
+    for trade in filled:  # the identity the stream would have given it, so copies are recognisable downstream
+        assert trade["trade_id"] == f"BINANCE-{trade['source_sequence']}"
+        assert trade["message_id"] == str(uuid.uuid5(MESSAGE_ID_NAMESPACE, trade["trade_id"]))
+        assert trade["price"] > 0 and trade["quantity"] > 0 and trade["side"] in ("BUY", "SELL")
+    metrics = generate_latest(REGISTRY).decode()
+    assert 'k2_binance_backfills_total{outcome="filled",service="ingest"}' in metrics
+
+
+async def test_an_unreachable_rest_api_leaves_the_gap_reported_and_the_feed_running(
+        kafka_settings: KafkaSettings) -> None:
+    async with exchange_running() as exchange, feed_running(
+            kafka_settings, [exchange.url], backfill_enabled=True, backfill_attempts=2,
+            rest_endpoint=f"http://127.0.0.1:{free_port()}") as run:
+        await connected(run)
+        exchange.skip_trade_ids("BTCUSDT", 5)
+        await until(lambda: run.feed.backfill.outcomes["unavailable"] >= 1, what="backfill given up")
+        await connected(run)  # still streaming
+        status = await run.stop()
+    assert status.trades_missed == 5 and status.trades_backfilled == 0
+    assert_accounted(await run.trades(), status)
 
 
 async def test_malformed_frames_go_to_the_dead_letter_topic_with_payload_and_reason(

@@ -155,7 +155,7 @@ class GetFeedStatusResponse(_message.Message):
     def __init__(self, feeds: _Optional[_Iterable[_Union[FeedStatus, _Mapping]]] = ...) -> None: ...
 
 class FeedStatus(_message.Message):
-    __slots__ = ("name", "state", "endpoint", "streams", "symbols", "messages_per_second", "trades_per_second", "last_event_time", "reconnects_by_reason", "gaps_detected", "trades_missed", "circuit_state", "connections", "recent_gaps")
+    __slots__ = ("name", "state", "endpoint", "streams", "symbols", "messages_per_second", "trades_per_second", "last_event_time", "reconnects_by_reason", "gaps_detected", "trades_missed", "circuit_state", "connections", "recent_gaps", "trades_backfilled")
     class ReconnectsByReasonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +177,7 @@ class FeedStatus(_message.Message):
     CIRCUIT_STATE_FIELD_NUMBER: _ClassVar[int]
     CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
     RECENT_GAPS_FIELD_NUMBER: _ClassVar[int]
+    TRADES_BACKFILLED_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: ConnectionState
     endpoint: str
@@ -191,7 +192,8 @@ class FeedStatus(_message.Message):
     circuit_state: CircuitState
     connections: int
     recent_gaps: _containers.RepeatedCompositeFieldContainer[Gap]
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ConnectionState, str]] = ..., endpoint: _Optional[str] = ..., streams: _Optional[_Iterable[str]] = ..., symbols: _Optional[_Iterable[str]] = ..., messages_per_second: _Optional[float] = ..., trades_per_second: _Optional[float] = ..., last_event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reconnects_by_reason: _Optional[_Mapping[str, int]] = ..., gaps_detected: _Optional[int] = ..., trades_missed: _Optional[int] = ..., circuit_state: _Optional[_Union[CircuitState, str]] = ..., connections: _Optional[int] = ..., recent_gaps: _Optional[_Iterable[_Union[Gap, _Mapping]]] = ...) -> None: ...
+    trades_backfilled: int
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ConnectionState, str]] = ..., endpoint: _Optional[str] = ..., streams: _Optional[_Iterable[str]] = ..., symbols: _Optional[_Iterable[str]] = ..., messages_per_second: _Optional[float] = ..., trades_per_second: _Optional[float] = ..., last_event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reconnects_by_reason: _Optional[_Mapping[str, int]] = ..., gaps_detected: _Optional[int] = ..., trades_missed: _Optional[int] = ..., circuit_state: _Optional[_Union[CircuitState, str]] = ..., connections: _Optional[int] = ..., recent_gaps: _Optional[_Iterable[_Union[Gap, _Mapping]]] = ..., trades_backfilled: _Optional[int] = ...) -> None: ...
 
 class Gap(_message.Message):
     __slots__ = ("symbol", "first_missing", "last_missing", "detected_at")

@@ -11,7 +11,8 @@ Symbols are split into connection groups of at most max_streams_per_connection s
   make-before-break: the new connection is opened and subscribed while the old one still delivers, both feed
   the same per-symbol sequencing (duplicates dropped, holes filled by whichever delivers them), then the old
   one is closed.
-Trade-id gaps (e.g. the trades sent while a dropped connection was down) are detected per symbol and reported.
+Trade-id gaps (e.g. the trades sent while a dropped connection was down) are detected per symbol, reported, and
+filled by trade id from the REST API where it is reachable (backfill.py).
 """
 
 import asyncio
@@ -26,6 +27,7 @@ from k2.core.avro import timestamp_from_micros
 from k2.core.protos import set_timestamp
 from k2.ingest.v1.ingest_pb2 import ConnectionState, FeedStatus
 
+from .backfill import GapBackfill
 from .connection import FeedConnection, SubscribeError
 from .metrics import register_feed
 from .parsing import FrameParser
@@ -252,6 +254,8 @@ class BinanceFeed:
         self.backoff = Backoff(settings.backoff_base_seconds, settings.backoff_cap_seconds)
         self.publisher = Publisher(sink, self.buffer, settings.batch_size, settings.batch_linger_seconds,
                                    self.backoff)
+        self.backfill = GapBackfill(settings, self.states, self.buffer)
+        self.gap_log.on_gap = self.backfill.request
         self.breaker = CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_cooldown_seconds)
         self.connection_attempts = SlidingWindowLimiter(settings.max_connection_attempts,
                                                         settings.connection_attempt_window_seconds)
@@ -285,6 +289,7 @@ class BinanceFeed:
         groups = [asyncio.create_task(group.run(), name=f"binance-group-{group.number}") for group in self.groups]
         publisher = asyncio.create_task(self.publisher.run(draining), name="binance-publisher")
         sampler = asyncio.create_task(self._sample_rates(), name="binance-rates")
+        backfill = asyncio.create_task(self.backfill.run(), name="binance-backfill")
         stop = asyncio.create_task(self._stop_requested.wait())
         failed: list[asyncio.Task[None]] = []
         try:
@@ -296,9 +301,10 @@ class BinanceFeed:
         finally:
             stop.cancel()
             sampler.cancel()
+            backfill.cancel()
             for task in groups:
                 task.cancel()
-            await asyncio.gather(*groups, sampler, return_exceptions=True)
+            await asyncio.gather(*groups, sampler, backfill, return_exceptions=True)
             for group in self.groups:
                 await group.stop_reading()
             draining.set()
@@ -381,6 +387,7 @@ class BinanceFeed:
             reconnects_by_reason=dict(self.reconnects),
             gaps_detected=self.gap_log.detected,
             trades_missed=self.gap_log.missed,
+            trades_backfilled=self.backfill.filled,
             circuit_state=self.breaker.state,  # type: ignore[arg-type]
             connections=len(self.open_connections()),
         )

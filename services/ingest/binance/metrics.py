@@ -37,6 +37,9 @@ _METRICS = [
     ("k2_binance_connect_failures", "Failed connection attempts", None, True),
     ("k2_binance_gaps", "Trade-id gaps detected, by symbol", "symbol", True),
     ("k2_binance_trades_missed", "Trades missing in detected gaps, by symbol", "symbol", True),
+    ("k2_binance_trades_backfilled", "Missing trades recovered from the REST API and queued for Kafka, by symbol",
+     "symbol", True),
+    ("k2_binance_backfills", "Gaps handed to the REST backfill, by outcome", "outcome", True),
     ("k2_binance_last_event_timestamp_seconds", "Trade time of the latest trade, by symbol", "symbol", False),
     ("k2_binance_connection_state",
      "ConnectionState of each connection group (1 connecting, 2 connected, 3 reconnecting, 4 stopped)",
@@ -55,8 +58,11 @@ def _samples(feed: "BinanceFeed") -> Iterator[tuple[str, str, float]]:
         yield "k2_binance_quotes", s.symbol, s.quotes
         yield "k2_binance_gaps", s.symbol, s.gaps
         yield "k2_binance_trades_missed", s.symbol, s.missed
+        yield "k2_binance_trades_backfilled", s.symbol, s.backfilled
         if s.last_event_us:
             yield "k2_binance_last_event_timestamp_seconds", s.symbol, s.last_event_us / 1e6
+    for outcome, count in feed.backfill.outcomes.items():
+        yield "k2_binance_backfills", outcome, count
     yield "k2_binance_duplicates", "trade", sum(s.duplicate_trades for s in feed.states)
     yield "k2_binance_duplicates", "quote", sum(s.duplicate_quotes for s in feed.states)
     for kind, count in feed.publisher.published.items():

@@ -9,6 +9,7 @@ switch-over a hole is a gap at once (after a reconnect: the trades sent while di
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -33,12 +34,13 @@ class Gap:
 
 
 class GapLog:
-    """Every gap of the feed: totals, the most recent ones, a log line each."""
+    """Every gap of the feed: totals, the most recent ones, a log line each, and `on_gap` (the REST backfill)."""
 
-    def __init__(self, recent: int):
+    def __init__(self, recent: int, on_gap: Callable[[Gap], None] | None = None):
         self.recent: deque[Gap] = deque(maxlen=recent)
         self.detected = 0
         self.missed = 0
+        self.on_gap = on_gap
 
     def record(self, state: "SymbolState", first_missing: int, last_missing: int) -> None:
         gap = Gap(state.symbol, first_missing, last_missing, utc_now())
@@ -49,10 +51,13 @@ class GapLog:
         state.missed += gap.size
         log.warning("binance %s: %d trade(s) missing, ids %d..%d", state.symbol, gap.size, first_missing,
                     last_missing)
+        if self.on_gap is not None:
+            self.on_gap(gap)
 
 
 class SymbolState:
     __slots__ = (
+        "backfilled",
         "currency",
         "duplicate_quotes",
         "duplicate_trades",
@@ -85,7 +90,7 @@ class SymbolState:
         self.pending: list[tuple[int, int]] = []  # holes that a held switch-over may still fill
         self.holds = 0
         self.messages = self.trades = self.quotes = self.duplicate_trades = self.duplicate_quotes = 0
-        self.gaps = self.missed = 0
+        self.gaps = self.missed = self.backfilled = 0
         self.last_event_us = 0
         # Fills of one taker order share their trade time: the last conversion is reused.
         self.last_trade_time = -1

@@ -83,6 +83,12 @@ class BinanceSettings(BaseSettings):
     # On stop: how long to keep trying to publish what was already parsed.
     stop_flush_timeout_seconds: float = 30.0
     recent_gaps: int = 20
+    # Gaps are filled by trade id from the REST API's historicalTrades where it is reachable (offline: reported only).
+    backfill_enabled: bool = True
+    rest_endpoint: str = "https://api.binance.com"
+    backfill_max_trades_per_gap: int = 10_000
+    backfill_max_pending_gaps: int = 100
+    backfill_attempts: int = 3
 
     @field_validator("symbols", "endpoints", "stream_types", mode="before")
     @classmethod
@@ -130,6 +136,16 @@ class BinanceSettings(BaseSettings):
             raise ValueError("at least one endpoint is required")
         return checked
 
+    @field_validator("rest_endpoint")
+    @classmethod
+    def _check_rest_endpoint(cls, endpoint: str) -> str:
+        url = urlsplit(endpoint.strip().rstrip("/"))
+        if url.scheme != "https" and not (url.scheme == "http" and is_loopback_host(url.hostname or "")):
+            raise ValueError(f"{endpoint}: the REST endpoint is an https:// URL (http:// for a local replay exchange)")
+        if url.path or url.query:
+            raise ValueError(f"{endpoint}: give the base URL only (the feed appends /api/v3/historicalTrades)")
+        return endpoint.strip().rstrip("/")
+
     @model_validator(mode="after")
     def _check_limits(self) -> "BinanceSettings":
         if self.rotation_interval_seconds + self.rotation_jitter_seconds >= MAX_CONNECTION_LIFETIME:
@@ -147,7 +163,8 @@ class BinanceSettings(BaseSettings):
         if self.backoff_cap_seconds < self.backoff_base_seconds:
             raise ValueError("backoff_cap_seconds must be at least backoff_base_seconds")
         for name in ("circuit_failure_threshold", "batch_size", "max_buffered_records", "max_connection_attempts",
-                     "streams_in_url", "streams_per_subscribe"):
+                     "streams_in_url", "streams_per_subscribe", "backfill_max_trades_per_gap",
+                     "backfill_max_pending_gaps", "backfill_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_buffered_records < self.batch_size:
