@@ -7,6 +7,7 @@ k2.core.protos.trade_to_proto / quote_to_proto, read from the message descriptor
 presence) and matched to the Arrow columns by name (the contract mirrors them); tests/test_query_wire.py proves
 that the bytes parse into exactly the messages those functions build."""
 
+import functools
 from decimal import Decimal
 from typing import cast
 
@@ -89,9 +90,25 @@ def varints(values: pa.Array) -> pa.Array:
     return encoded if values.null_count == 0 else _where(pc.is_valid(values), encoded)
 
 
+@functools.cache
+def _tagged_lengths(tag: bytes) -> pa.Array:
+    """The tag then each length below _SMALL as a varint: a table."""
+    return pa.array([tag + varint(n) for n in range(_SMALL)], pa.binary())
+
+
+def _delimited_parts(tag: bytes, payload: pa.Array, omit_empty: bool = False) -> list[pa.Array]:
+    """[tag and length, payload]: null where the payload is null (or empty, with `omit_empty`)."""
+    lengths = pc.binary_length(payload)
+    if omit_empty:
+        lengths = pc.if_else(pc.equal(lengths, 0), pa.scalar(None, lengths.type), lengths)
+    if (pc.max(lengths).as_py() or 0) < _SMALL:
+        return [pc.take(_tagged_lengths(tag), lengths), payload]
+    return [pc.binary_join_element_wise(tag, varints(lengths), b""), payload]
+
+
 def _delimited(tag: bytes, payload: pa.Array) -> pa.Array:
     """tag, length, payload; null where the payload is null."""
-    return pc.binary_join_element_wise(tag, varints(pc.binary_length(payload)), payload, b"")
+    return pc.binary_join_element_wise(*_delimited_parts(tag, payload), b"")
 
 
 def decimal_texts(column: pa.Array) -> pa.Array:
@@ -110,7 +127,7 @@ def decimal_texts(column: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(sign, integer, rest, "")
 
 
-def _enum(field: FieldDescriptor, column: pa.Array) -> pa.Array:
+def _enum(field: FieldDescriptor, column: pa.Array) -> list[pa.Array]:
     """An Avro enum symbol S (a string column) as the proto value <PREFIX>_S."""
     enum = field.enum_type
     assert enum is not None
@@ -120,15 +137,15 @@ def _enum(field: FieldDescriptor, column: pa.Array) -> pa.Array:
     if index.null_count > column.null_count:
         raise ValueError(f"{field.name}: a value that is no {enum.name} symbol")
     encoded = pa.array([_tag(field.number, VARINT) + varint(n) for n in numbers.values()], pa.binary())
-    return pc.take(encoded, index)
+    return [pc.take(encoded, index)]
 
 
-def _integers(field: FieldDescriptor, column: pa.Array) -> pa.Array:
+def _integers(field: FieldDescriptor, column: pa.Array) -> list[pa.Array]:
     encoded = pc.binary_join_element_wise(_tag(field.number, VARINT), varints(column), b"")
-    return encoded if field.has_presence else _without(pc.equal(column, 0), encoded)
+    return [encoded if field.has_presence else _without(pc.equal(column, 0), encoded)]
 
 
-def _timestamp(field: FieldDescriptor, column: pa.Array) -> pa.Array:
+def _timestamp(field: FieldDescriptor, column: pa.Array) -> list[pa.Array]:
     """A google.protobuf.Timestamp (seconds = 1, nanos = 2), present wherever the column has a value."""
     micros = column.cast(pa.int64())
     fraction = pc.modulo(micros, 1_000_000)  # floored: a time before 1970 has negative seconds, positive nanos
@@ -136,18 +153,17 @@ def _timestamp(field: FieldDescriptor, column: pa.Array) -> pa.Array:
     nanos = pc.multiply(fraction, 1000)
     body = _join(_without(pc.equal(seconds, 0), pc.binary_join_element_wise(_tag(1, VARINT), varints(seconds), b"")),
                  _without(pc.equal(nanos, 0), pc.binary_join_element_wise(_tag(2, VARINT), varints(nanos), b"")))
-    return _delimited(_tag(field.number, LENGTH_DELIMITED), _when_valid(column, body))
+    return _delimited_parts(_tag(field.number, LENGTH_DELIMITED), _when_valid(column, body))
 
 
 def _when_valid(column: pa.Array, encoded: pa.Array) -> pa.Array:
     return encoded if column.null_count == 0 else _where(pc.is_valid(column), encoded)
 
 
-def _text(field: FieldDescriptor, column: pa.Array) -> pa.Array:
+def _text(field: FieldDescriptor, column: pa.Array) -> list[pa.Array]:
     """A string field from a string or decimal column."""
     payload = (decimal_texts(column) if pa.types.is_decimal(column.type) else column).cast(pa.binary())
-    encoded = _delimited(_tag(field.number, LENGTH_DELIMITED), payload)
-    return encoded if field.has_presence else _without(pc.equal(pc.binary_length(payload), 0), encoded)
+    return _delimited_parts(_tag(field.number, LENGTH_DELIMITED), payload, omit_empty=not field.has_presence)
 
 
 def _elements(column: pa.ListArray | pa.MapArray) -> pa.Array:
@@ -164,20 +180,21 @@ def _concatenated(column: pa.ListArray | pa.MapArray, encoded_elements: pa.Array
     return _when_valid(column, pc.binary_join(lists, b""))
 
 
-def _repeated_text(field: FieldDescriptor, column: pa.ListArray) -> pa.Array:
-    return _concatenated(column, _delimited(_tag(field.number, LENGTH_DELIMITED),
-                                            _elements(column).cast(pa.binary())))
+def _repeated_text(field: FieldDescriptor, column: pa.ListArray) -> list[pa.Array]:
+    return [_concatenated(column, _delimited(_tag(field.number, LENGTH_DELIMITED),
+                                             _elements(column).cast(pa.binary())))]
 
 
-def _map(field: FieldDescriptor, column: pa.MapArray) -> pa.Array:
+def _map(field: FieldDescriptor, column: pa.MapArray) -> list[pa.Array]:
     """Each entry a submessage of the map field: key = 1, value = 2."""
     entries = _elements(column)
     key = _delimited(_tag(1, LENGTH_DELIMITED), pc.struct_field(entries, [0]).cast(pa.binary()))
     value = _delimited(_tag(2, LENGTH_DELIMITED), pc.struct_field(entries, [1]).cast(pa.binary()))
-    return _concatenated(column, _delimited(_tag(field.number, LENGTH_DELIMITED), _join(key, value)))
+    return [_concatenated(column, _delimited(_tag(field.number, LENGTH_DELIMITED), _join(key, value)))]
 
 
-def _field(field: FieldDescriptor, column: pa.Array) -> pa.Array:
+def _field(field: FieldDescriptor, column: pa.Array) -> list[pa.Array]:
+    """The field's encoding as parts to concatenate (all null where the field is left out)."""
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         return _map(field, column)
     if field.is_repeated:
@@ -199,7 +216,7 @@ def messages(kind: RecordKind, table: pa.Table) -> pa.Array:
         return pa.array([], pa.binary())
     batch = columns.to_batches()[0]
     fields = [descriptor.fields_by_number[number] for number in sorted(descriptor.fields_by_number)]
-    return _join(*(_field(field, batch.column(field.name)) for field in fields))
+    return _join(*(part for field in fields for part in _field(field, batch.column(field.name))))  # one pass
 
 
 def framed(kind: RecordKind, table: pa.Table) -> pa.Array:
