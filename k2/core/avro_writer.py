@@ -74,11 +74,13 @@ def decimal_writer(precision: int, scale: int) -> Write:
     return write_decimal
 
 
+SHORT_SIZES = [bytes([size << 1]) for size in range(64)]  # the size of bytes or a string below 64, as written
+
+
 def text_written(text: str) -> bytes:
     """A string as Avro writes it."""
-    out = bytearray()
-    write_string(out, text)
-    return bytes(out)
+    data = text.encode()
+    return SHORT_SIZES[len(data)] + data if len(data) < 64 else _written_bytes(data)
 
 
 def plain_decimal_writer(precision: int, scale: int) -> Callable[[str], bytes]:
@@ -98,7 +100,7 @@ def plain_decimal_writer(precision: int, scale: int) -> Callable[[str], bytes]:
         if not unscaled:
             return b""
         data = unscaled.to_bytes((unscaled.bit_length() + 8) // 8, "big")  # positive: the sign bit is clear
-        return bytes([len(data) << 1]) + data if len(data) < 64 else _written_bytes(data)
+        return SHORT_SIZES[len(data)] + data if len(data) < 64 else _written_bytes(data)
 
     return written
 

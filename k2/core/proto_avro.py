@@ -14,7 +14,14 @@ from datetime import datetime
 from typing import Any
 
 from k2.core import avro
-from k2.core.avro_writer import LongWriter, plain_decimal_writer, text_written, write_long, write_string
+from k2.core.avro_writer import (
+    SHORT_SIZES,
+    LongWriter,
+    plain_decimal_writer,
+    text_written,
+    write_long,
+    write_string,
+)
 from k2.core.protos import ASSET_CLASS_NAMES, EPOCH, SIDE_NAMES, quote_from_proto, trade_from_proto
 from k2.core.records import (
     DECIMAL_PRECISION,
@@ -55,7 +62,6 @@ def _enum_tags(field: str, proto_names: dict[int, str]) -> dict[int, bytes]:
 _ASSET_CLASS_TAGS = _enum_tags("asset_class", ASSET_CLASS_NAMES)
 _SIDE_TAGS = _enum_tags("side", SIDE_NAMES)
 _TRADE_HEADER_AND_ID_SIZE = avro.CURRENT_HEADERS[TRADE] + b"H"  # message ids: 36 characters
-_TEXT_LENGTHS = [bytes([size << 1]) for size in range(64)]  # a text's length as written, below 64 bytes
 
 
 def _checked_text(text: str) -> bytes:
@@ -107,7 +113,7 @@ def encode_trades(messages: Sequence[Trade], received: datetime, message_ids: Me
     timestamp_written, sequence_written = LongWriter().written, LongWriter().written
     platform_sequence_written = LongWriter().written
     ingestion_timestamp = LongWriter().written(_micros(received))
-    lengths = _TEXT_LENGTHS
+    lengths = SHORT_SIZES
     for index, message in enumerate(messages):
         symbol, exchange, asset_class = message.symbol, message.exchange, message.asset_class
         head = heads.get((symbol, exchange, asset_class))
