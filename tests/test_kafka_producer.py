@@ -2,7 +2,6 @@
 producing each message would choose (per-symbol order depends on it), and every message's outcome, delivered or
 refused by the broker, reaches the caller at that message's position."""
 
-import asyncio
 import os
 import uuid
 
@@ -50,7 +49,7 @@ async def test_a_batch_lands_on_the_partitions_produce_chooses(kafka_settings: K
     try:
         report = await producer.send_batch(together, keys, values)
     finally:
-        await asyncio.to_thread(producer.close)
+        await producer.close()
     assert report.errors == [None] * len(values)
     reference = Producer(producer_config(kafka_settings))
     for key, value in zip(keys, values, strict=True):
@@ -72,7 +71,7 @@ async def test_each_failure_in_a_batch_reaches_the_caller_at_its_position(kafka_
     try:
         await probe.send_batch(topic, KEYS, [b"probe"] * len(KEYS))
     finally:
-        await asyncio.to_thread(probe.close)
+        await probe.close()
     partition = {key: partition for key, _, partition in consumed_partitions(kafka_settings, topic, len(KEYS))}
     small_key = next(key for key in KEYS if partition[key] == 0)
     big_key = next(key for key in KEYS if partition[key] == 1)
@@ -84,7 +83,7 @@ async def test_each_failure_in_a_batch_reaches_the_caller_at_its_position(kafka_
         report = await producer.send_batch(topic, keys, values)
         second = await producer.send_batch(topic, [small_key], [b"d"])  # the producer goes on
     finally:
-        await asyncio.to_thread(producer.close)
+        await producer.close()
     assert [error is None for error in report.errors] == [True, False, True, True, False]
     assert all("too large" in (error or "").lower() for error in (report.errors[1], report.errors[4]))
     assert second.errors == [None]

@@ -2,6 +2,9 @@
 has durably accepted (acks=all) or refused every message in it. The producer's buffer is bounded: when it is full,
 `produce_batch` waits (backpressure to the caller) instead of dropping or growing.
 
+Delivery callbacks are served on the event loop (poll(0) every POLL_SECONDS while messages are in flight):
+from a thread of its own, every callback would wait for the GIL the event loop holds.
+
 A batch without headers is handed over in one call (Producer.produce_batch, which cannot carry headers) and has
 one delivery callback for all its messages: per-message callbacks and their Python calls are most of the cost of
 producing. That callback learns a failed message by its value, so a batch's values are mapped back to their
@@ -9,7 +12,8 @@ positions only when one of them failed. Messages with headers (sampled trace con
 one by one."""
 
 import asyncio
-import threading
+import contextlib
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +27,8 @@ from k2.core.kafka import producer_config
 
 Headers = Sequence[tuple[str, bytes]]
 QUEUE_FULL_WAIT_SECONDS = 0.005
+POLL_SECONDS = 0.001  # while messages are in flight: at most this much added to a batch's acknowledgement
+IDLE_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -37,22 +43,18 @@ class DeliveryReport:
 
 
 class _BatchDelivery:
-    """The outcome of one batch's messages. Delivery callbacks run on one thread at a time (the poll thread, or
-    the thread closing the producer once that has stopped), and only that thread counts deliveries; the event
-    loop sets `expected` once every message is handed over. Whichever of the two sees the other's final count
-    resolves the batch (twice at worst, which _resolve ignores)."""
+    """The outcome of one batch's messages, counted on the event loop; resolved once every message handed over
+    (`expected`) has been delivered or has failed."""
 
-    __slots__ = ("delivered", "errors", "expected", "failed_values", "future", "loop", "values")
+    __slots__ = ("delivered", "errors", "expected", "failed_values", "future", "values")
 
-    def __init__(self, values: Sequence[bytes], future: asyncio.Future[DeliveryReport],
-                 loop: asyncio.AbstractEventLoop):
+    def __init__(self, values: Sequence[bytes], future: asyncio.Future[DeliveryReport]):
         self.values = values
         self.errors: list[str | None] = [None] * len(values)
         self.failed_values: list[tuple[bytes, str]] = []
         self.delivered = 0
         self.expected = -1  # until every message is handed over
         self.future = future
-        self.loop = loop
 
     def on_delivery(self, error: KafkaError | None, message: Any) -> None:
         """A message of the batch produced in one call: known by its value."""
@@ -60,7 +62,7 @@ class _BatchDelivery:
             self.failed_values.append((message.value(), error.str()))
         self.delivered += 1
         if self.delivered == self.expected:
-            self.loop.call_soon_threadsafe(self.resolve)
+            self.resolve()
 
     def on_delivery_at(self, index: int, error: KafkaError | None, message: Any) -> None:
         """A message produced on its own: known by its position."""
@@ -68,7 +70,7 @@ class _BatchDelivery:
             self.errors[index] = error.str()
         self.delivered += 1
         if self.delivered == self.expected:
-            self.loop.call_soon_threadsafe(self.resolve)
+            self.resolve()
 
     def handed_over(self, accepted: int) -> None:
         """Every message was handed over (or refused, its error already set); `accepted` are awaited."""
@@ -77,7 +79,7 @@ class _BatchDelivery:
             self.resolve()
 
     def resolve(self) -> None:
-        if self.future.done():
+        if self.future.done():  # cancelled by its awaiter
             return
         if self.failed_values:
             self._place_failures()
@@ -98,14 +100,20 @@ class AsyncProducer:
     def __init__(self, settings: KafkaSettings, **overrides: str | float):
         self._producer = Producer(producer_config(settings, **overrides))
         self._produce_lock = asyncio.Lock()
-        self._stopping = threading.Event()
-        # librdkafka calls delivery callbacks from poll(); one thread polls so the event loop never blocks.
-        self._poller = threading.Thread(target=self._poll, name="kafka-producer-poll", daemon=True)
-        self._poller.start()
+        self._poller: asyncio.Task[None] | None = None  # started with the first batch, on its event loop
+        self._handed_over = asyncio.Event()
 
-    def _poll(self) -> None:
-        while not self._stopping.is_set():
-            self._producer.poll(0.05)
+    async def _poll(self) -> None:
+        """Serves delivery callbacks (and librdkafka's other events) until cancelled."""
+        poll, in_flight = self._producer.poll, self._producer.__len__
+        while True:
+            poll(0)
+            if in_flight():
+                await asyncio.sleep(POLL_SECONDS)
+            else:
+                self._handed_over.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._handed_over.wait(), IDLE_POLL_SECONDS)
 
     async def send_batch(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes],
                          headers: Sequence[Headers] | None = None) -> DeliveryReport:
@@ -118,15 +126,18 @@ class AsyncProducer:
         batch while this one awaits its acks. Batches are produced one after another, never interleaved, so
         their order per partition is kept. A message the producer refuses outright (e.g. above
         message.max.bytes) is that message's error."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[DeliveryReport] = loop.create_future()
-        batch = _BatchDelivery(values, future, loop)
+        if self._poller is None or self._poller.get_loop() is not asyncio.get_running_loop():
+            self._poller = asyncio.create_task(self._poll(), name="kafka-producer-poll")
+            self._handed_over = asyncio.Event()
+        future: asyncio.Future[DeliveryReport] = asyncio.get_running_loop().create_future()
+        batch = _BatchDelivery(values, future)
         async with self._produce_lock:
             if headers is None:
                 refused = await self._produce_together(topic, keys, values, batch)
             else:
                 refused = await self._produce_each(topic, keys, values, headers, batch)
         batch.handed_over(len(values) - refused)
+        self._handed_over.set()
         return future
 
     async def _produce_together(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes],
@@ -180,10 +191,16 @@ class AsyncProducer:
     def in_flight(self) -> int:
         return len(self._producer)
 
-    def close(self, timeout: float = 30.0) -> int:
-        """Stops polling, then waits (on this thread, now the only one serving delivery callbacks) for every
-        buffered message to be delivered or to fail; returns how many are still queued."""
-        self._stopping.set()
-        self._poller.join()
-        remaining: int = self._producer.flush(timeout)
-        return remaining
+    async def close(self, timeout: float = 30.0) -> int:
+        """Waits for every buffered message to be delivered or to fail (their callbacks served meanwhile), then
+        stops polling; returns how many are still queued."""
+        deadline = time.monotonic() + timeout
+        while len(self._producer) and time.monotonic() < deadline:
+            self._producer.poll(0)
+            await asyncio.sleep(POLL_SECONDS)
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        self._producer.poll(0)
+        return len(self._producer)

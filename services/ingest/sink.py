@@ -111,7 +111,7 @@ class KafkaSink:
 
     async def close(self, timeout: float = 30.0) -> int:
         """Flushes everything produced so far; returns how many messages Kafka did not take in the timeout."""
-        return await asyncio.to_thread(self.producer.close, timeout)
+        return await self.producer.close(timeout)
 
 
 @contextmanager
