@@ -16,12 +16,13 @@
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+SCRIPT=kafka.sh
+source "$K2_ROOT/scripts/java_server.sh"
 
 KAFKA_SOURCES="$K2_ROOT/scripts/kafka"
 KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$KAFKA_SOURCES/pom.xml")
 KAFKA_HOME="$K2_CACHE/kafka-$KAFKA_VERSION"
 KAFKA_LIBS="$KAFKA_HOME/libs"
-KAFKA_LIBS_MARKER="$KAFKA_HOME/libs.complete"
 
 PLAINTEXT_PORT="${K2_KAFKA_PORT:-9092}"
 CONTROLLER_PORT="${K2_KAFKA_CONTROLLER_PORT:-9093}"
@@ -50,64 +51,18 @@ KAFKA_JAVA=(
   -Djava.awt.headless=true "-Dlog4j2.configurationFile=$KAFKA_SOURCES/log4j2.xml" -cp "$KAFKA_LIBS/*"
 )
 
-die() {
-  echo "kafka.sh: $*" >&2
-  exit 1
-}
-
-# Copies the broker's jars from Maven into $KAFKA_LIBS once per pom.xml content.
+# The broker's jars from Maven into $KAFKA_LIBS, once per pom.xml content (a class-data-sharing archive of older
+# jars goes with them).
 ensure_jars() {
-  local pom_hash
-  pom_hash=$(sha256sum "$KAFKA_SOURCES/pom.xml" | cut -d' ' -f1)
-  if [[ -f $KAFKA_LIBS_MARKER && $(<"$KAFKA_LIBS_MARKER") == "$pom_hash" ]]; then
-    return 0
-  fi
-  mkdir -p "$KAFKA_HOME"
-  (
-    flock 9
-    if [[ -f $KAFKA_LIBS_MARKER && $(<"$KAFKA_LIBS_MARKER") == "$pom_hash" ]]; then
-      exit 0
-    fi
-    echo "Fetching Kafka $KAFKA_VERSION jars with Maven into $KAFKA_LIBS ..."
-    local staging="$KAFKA_HOME/libs.partial"
-    rm -rf "$staging"
-    # Maven's output is kept for failures only (on success Debian's Maven prints nothing but colour codes).
-    local maven_log="$KAFKA_HOME/maven.log"
-    if ! mvn -q -B -f "$KAFKA_SOURCES/pom.xml" -Dmaven.repo.local="$K2_CACHE/m2" \
-      dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$staging" >"$maven_log" 2>&1; then
-      cat "$maven_log" >&2
-      die "Maven could not fetch the Kafka $KAFKA_VERSION jars (output above, also in $maven_log)"
-    fi
-    rm -rf "$KAFKA_LIBS" "$KAFKA_HOME"/*.jsa
-    mv "$staging" "$KAFKA_LIBS"
-    echo "$pom_hash" >"$KAFKA_LIBS_MARKER"
-  ) 9>"$KAFKA_HOME/lock"
+  maven_fetch "$KAFKA_SOURCES/pom.xml" "$KAFKA_LIBS" "the Kafka $KAFKA_VERSION jars" remove_cds_archives
 }
 
-port_open() {
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+remove_cds_archives() {
+  rm -f "$KAFKA_HOME"/*.jsa
 }
 
-# Prints the pid of this run dir's broker if it is alive (not a zombie, still our java process).
 broker_pid() {
-  [[ -f $PID_FILE ]] || return 1
-  local pid
-  pid=$(<"$PID_FILE")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  [[ $(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") == *"kafka.Kafka $CONFIG_FILE"* ]] || return 1
-  echo "$pid"
-}
-
-process_running() {
-  local state
-  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
-  [[ $state != Z ]]
-}
-
-show_log_tail() {
-  echo "---- last 40 lines of $LOG_FILE ----" >&2
-  tail -n 40 "$LOG_FILE" >&2 || true
-  echo "----" >&2
+  server_pid "$PID_FILE" "kafka.Kafka $CONFIG_FILE"
 }
 
 write_config() {
@@ -126,22 +81,6 @@ format_storage_once() {
   [[ -f $CDS_ARCHIVE ]] && cds_flags=("-XX:SharedArchiveFile=$CDS_ARCHIVE")
   "${KAFKA_JAVA[@]}" "${cds_flags[@]}" kafka.tools.StorageTool format --cluster-id "$cluster_id" --config "$CONFIG_FILE" >>"$LOG_FILE" 2>&1 \
     || { show_log_tail; die "formatting the Kafka storage in $DATA_DIR failed"; }
-}
-
-stop_pid() {
-  local pid=$1
-  kill -TERM "$pid" 2>/dev/null || true
-  local waited=0
-  while process_running "$pid" && ((waited < STOP_TIMEOUT_SECONDS * 10)); do
-    sleep 0.1
-    waited=$((waited + 1))
-  done
-  if process_running "$pid"; then
-    echo "Kafka (pid $pid) did not stop within ${STOP_TIMEOUT_SECONDS}s; sending SIGKILL" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    while process_running "$pid"; do sleep 0.1; done
-    return 1
-  fi
 }
 
 # A broker that exited cleanly has written its class-data-sharing dump; share it with every later start.
@@ -206,7 +145,7 @@ cmd_up() {
       die "Kafka exited during startup"
       ;;
     *)
-      stop_pid "$pid" || true
+      stop_pid "$pid" Kafka || true
       rm -f "$PID_FILE"
       show_log_tail
       die "Kafka did not serve on $BOOTSTRAP within ${START_TIMEOUT_SECONDS}s; stopped it"
@@ -220,7 +159,7 @@ cmd_down() {
   flock 8
   local pid
   if pid=$(broker_pid); then
-    if stop_pid "$pid"; then
+    if stop_pid "$pid" Kafka; then
       install_cds_dump
     fi
     echo "Kafka stopped"

@@ -16,12 +16,14 @@
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+SCRIPT=s3.sh
+source "$K2_ROOT/scripts/java_server.sh"
 
 S3_SOURCES="$K2_ROOT/scripts/s3"
 S3PROXY_VERSION=$(sed -n 's:.*<s3proxy.version>\(.*\)</s3proxy.version>.*:\1:p' "$S3_SOURCES/pom.xml")
 S3PROXY_HOME="$K2_CACHE/s3proxy-$S3PROXY_VERSION"
-S3PROXY_JAR="$S3PROXY_HOME/s3proxy-$S3PROXY_VERSION-jar-with-dependencies.jar"
-S3PROXY_MARKER="$S3PROXY_HOME/jar.complete"
+S3PROXY_LIBS="$S3PROXY_HOME/libs"
+S3PROXY_JAR="$S3PROXY_LIBS/s3proxy-$S3PROXY_VERSION-jar-with-dependencies.jar"
 
 PORT="${K2_S3_PORT:-9000}"
 ENDPOINT="http://127.0.0.1:$PORT"
@@ -37,65 +39,8 @@ PID_FILE="$STATE_DIR/s3proxy.pid"
 LOCK_FILE="$STATE_DIR/lock"
 LOG_FILE="$K2_RUN_DIR/logs/s3.log"
 
-die() {
-  echo "s3.sh: $*" >&2
-  exit 1
-}
-
-# Copies the s3proxy jar from Maven into $S3PROXY_HOME once per pom.xml content.
-ensure_jar() {
-  local pom_hash
-  pom_hash=$(sha256sum "$S3_SOURCES/pom.xml" | cut -d' ' -f1)
-  if [[ -f $S3PROXY_MARKER && $(<"$S3PROXY_MARKER") == "$pom_hash" ]]; then
-    return 0
-  fi
-  mkdir -p "$S3PROXY_HOME"
-  (
-    flock 9
-    if [[ -f $S3PROXY_MARKER && $(<"$S3PROXY_MARKER") == "$pom_hash" ]]; then
-      exit 0
-    fi
-    echo "Fetching s3proxy $S3PROXY_VERSION with Maven into $S3PROXY_HOME ..."
-    local staging="$S3PROXY_HOME/jar.partial"
-    rm -rf "$staging"
-    local maven_log="$S3PROXY_HOME/maven.log"
-    if ! mvn -q -B -f "$S3_SOURCES/pom.xml" -Dmaven.repo.local="$K2_CACHE/m2" \
-      dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$staging" >"$maven_log" 2>&1; then
-      cat "$maven_log" >&2
-      die "Maven could not fetch s3proxy $S3PROXY_VERSION (output above, also in $maven_log)"
-    fi
-    [[ -f $staging/$(basename "$S3PROXY_JAR") ]] || die "Maven did not produce $(basename "$S3PROXY_JAR")"
-    mv "$staging/$(basename "$S3PROXY_JAR")" "$S3PROXY_JAR"
-    rm -rf "$staging"
-    echo "$pom_hash" >"$S3PROXY_MARKER"
-  ) 9>"$S3PROXY_HOME/lock"
-}
-
-port_open() {
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-# Prints the pid of this run dir's server if it is alive (not a zombie, still our java process).
-server_pid() {
-  [[ -f $PID_FILE ]] || return 1
-  local pid
-  pid=$(<"$PID_FILE")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  process_running "$pid" || return 1
-  [[ $(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") == *"--properties $CONFIG_FILE"* ]] || return 1
-  echo "$pid"
-}
-
-process_running() {
-  local state
-  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
-  [[ $state != Z ]]
-}
-
-show_log_tail() {
-  echo "---- last 40 lines of $LOG_FILE ----" >&2
-  tail -n 40 "$LOG_FILE" >&2 || true
-  echo "----" >&2
+s3proxy_pid() {
+  server_pid "$PID_FILE" "--properties $CONFIG_FILE"
 }
 
 # The credentials belong to the run folder: generated on its first start, kept with its data.
@@ -141,21 +86,6 @@ EOF
   )
 }
 
-stop_pid() {
-  local pid=$1
-  kill -TERM "$pid" 2>/dev/null || true
-  local waited=0
-  while process_running "$pid" && ((waited < STOP_TIMEOUT_SECONDS * 10)); do
-    sleep 0.1
-    waited=$((waited + 1))
-  done
-  if process_running "$pid"; then
-    echo "s3proxy (pid $pid) did not stop within ${STOP_TIMEOUT_SECONDS}s; sending SIGKILL" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    while process_running "$pid"; do sleep 0.1; done
-  fi
-}
-
 cmd_up() {
   command -v java >/dev/null || die "java (17 or later) is not installed"
   mkdir -p "$STATE_DIR" "$DATA_DIR" "$(dirname "$LOG_FILE")"
@@ -163,7 +93,7 @@ cmd_up() {
   flock 8
 
   local pid
-  if pid=$(server_pid); then
+  if pid=$(s3proxy_pid); then
     local running_endpoint
     running_endpoint=$(sed -n 's/^s3proxy.endpoint=//p' "$CONFIG_FILE")
     port_open "${running_endpoint##*:}" \
@@ -175,7 +105,7 @@ cmd_up() {
   rm -f "$PID_FILE"
   port_open "$PORT" && die "port 127.0.0.1:$PORT is already in use by another process (set K2_S3_PORT)"
 
-  ensure_jar
+  maven_fetch "$S3_SOURCES/pom.xml" "$S3PROXY_LIBS" "s3proxy $S3PROXY_VERSION"
   generate_credentials_once
   write_config
   if [[ -f $LOG_FILE ]]; then
@@ -195,7 +125,7 @@ cmd_up() {
       die "s3proxy exited during startup"
     fi
     if ((waited++ >= START_TIMEOUT_SECONDS * 10)); then
-      stop_pid "$pid"
+      stop_pid "$pid" s3proxy || true
       rm -f "$PID_FILE"
       show_log_tail
       die "s3proxy did not serve on $ENDPOINT within ${START_TIMEOUT_SECONDS}s; stopped it"
@@ -211,8 +141,8 @@ cmd_down() {
   exec 8>"$LOCK_FILE"
   flock 8
   local pid
-  if pid=$(server_pid); then
-    stop_pid "$pid"
+  if pid=$(s3proxy_pid); then
+    stop_pid "$pid" s3proxy || true
     echo "s3proxy stopped"
   else
     echo "s3proxy not running"
@@ -222,7 +152,7 @@ cmd_down() {
 
 cmd_status() {
   local pid
-  if pid=$(server_pid); then
+  if pid=$(s3proxy_pid); then
     echo "s3proxy running (pid $pid) on $(sed -n 's/^s3proxy.endpoint=//p' "$CONFIG_FILE")"
   else
     echo "s3proxy not running"
