@@ -37,7 +37,7 @@ down:
 status: venv
 	./scripts/platform.sh status
 
-test: venv check-proto
+test: venv check-proto lint
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 bench: venv

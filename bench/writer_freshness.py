@@ -88,7 +88,7 @@ def watch(iceberg: IcebergSettings, until: float, seen: int) -> tuple[list[float
         if table is None:
             try:
                 table = load_catalog(iceberg).load_table(table_identifier(iceberg, "trade"))
-            except Exception:  # not created yet
+            except Exception:  # noqa: BLE001, S112 - the writer has not created it yet; the next poll retries
                 continue
             metadata_folder = table.location().removeprefix("file://") + "/metadata"
         entries = len(os.listdir(metadata_folder))
@@ -136,7 +136,7 @@ def wait_until_writing(kafka: KafkaSettings, iceberg: IcebergSettings,
             snapshot = table.current_snapshot()
             if snapshot is not None:
                 return snapshot.snapshot_id
-        except Exception:  # not created yet
+        except Exception:  # noqa: BLE001, S110 - the writer has not created it yet; the next poll retries
             pass
         time.sleep(0.1)
 

@@ -110,7 +110,7 @@ def run_writer(kafka: KafkaSettings, iceberg: IcebergSettings, expected: int) ->
             if table is None:
                 try:
                     table = load_catalog(iceberg).load_table(table_identifier(iceberg, "trade"))
-                except Exception:  # not created yet
+                except Exception:  # noqa: BLE001, S112 - the writer has not created it yet; the next poll retries
                     continue
             rows = table_rows(table)
             if rows and (not samples or rows != samples[-1][1]):

@@ -122,7 +122,7 @@ def test_one_sided_crossed_and_locked_quotes_are_valid() -> None:
                       "ask_quantity": Decimal(1)}
     for record in (one_sided, crossed):
         assert validate_quote(dict(record)) == record
-    half = base | {"bid_price": Decimal("1"), "bid_quantity": None}
+    half = base | {"bid_price": Decimal(1), "bid_quantity": None}
     with pytest.raises(FieldError, match="bid_quantity"):
         validate_quote(half)
 

@@ -8,7 +8,7 @@ from strategies import sample_quote, sample_trade
 
 from k2.core import avro
 from k2.core.config import KafkaSettings
-from k2.core.kafka import QUOTES, TRADES, TOPICS, client_config, consumer_config, producer_config, topic_name
+from k2.core.kafka import QUOTES, TOPICS, TRADES, client_config, consumer_config, producer_config, topic_name
 from k2.core.records import Record
 
 

@@ -51,7 +51,7 @@ def test_v1_trade_upgrades_field_by_field() -> None:
 def test_v1_quote_zero_side_becomes_absent() -> None:
     v1 = VERSIONS["quote"][0]
     datum = {"symbol": "BHP", "company_id": 7078, "exchange": "ASX",
-             "exchange_timestamp": fastavro_millis(1394406344516), "bid_price": Decimal("37.7"), "ask_price": Decimal("0"),
+             "exchange_timestamp": fastavro_millis(1394406344516), "bid_price": Decimal("37.7"), "ask_price": Decimal(0),
              "bid_volume": 300, "ask_volume": 0, "ingestion_timestamp": fastavro_millis(1394406345000),
              "sequence_number": None}
     _, record = avro.decode(avro.encode_with(v1, datum))

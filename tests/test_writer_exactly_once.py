@@ -200,12 +200,12 @@ def postgres_catalog_uri() -> Iterator[str]:
     folder.chmod(0o755)  # run as root, the server runs as the postgres user, which must reach it
     env = os.environ | {"K2_POSTGRES_DIR": str(folder / "postgres"), "K2_RUN_DIR": str(folder / "run")}
     script = ROOT / "scripts" / "postgres.sh"
-    up = subprocess.run([script, "up"], env=env, capture_output=True, text=True, timeout=600)
+    up = subprocess.run([script, "up"], env=env, capture_output=True, text=True, timeout=600, check=False)
     try:
         assert up.returncode == 0, f"scripts/postgres.sh up failed:\n{up.stdout}\n{up.stderr}"
         yield up.stdout.strip().splitlines()[-1]
     finally:
-        subprocess.run([script, "down"], env=env, capture_output=True, timeout=120)
+        subprocess.run([script, "down"], env=env, capture_output=True, timeout=120, check=False)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -27,8 +27,15 @@ from k2.core import avro
 from k2.core.config import AuthSettings, IcebergSettings, KafkaSettings
 from k2.core.iceberg import committed_offsets, load_catalog, table_identifier
 from k2.core.kafka import (
-    DEAD_LETTER, DLQ_REASON, DLQ_SOURCE_OFFSET, DLQ_SOURCE_PARTITION, DLQ_SOURCE_TOPIC, TRADES,
-    consumer_config, producer_config, topic_name,
+    DEAD_LETTER,
+    DLQ_REASON,
+    DLQ_SOURCE_OFFSET,
+    DLQ_SOURCE_PARTITION,
+    DLQ_SOURCE_TOPIC,
+    TRADES,
+    consumer_config,
+    producer_config,
+    topic_name,
 )
 from k2.core.telemetry import setup_tracing
 from k2.writer.v1 import writer_pb2 as pb

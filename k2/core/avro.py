@@ -206,7 +206,7 @@ def decode(value: bytes) -> tuple[RecordKind, Record]:
     body.seek(HEADER_SIZE)
     try:
         record = fastavro.schemaless_reader(body, reader.writer, reader.reader)
-    except Exception as error:  # fastavro raises several types for truncated or corrupt bodies
+    except Exception as error:  # noqa: BLE001 - fastavro raises several types for truncated or corrupt bodies
         raise DecodeError(f"corrupt Avro body: {type(error).__name__}: {error}") from None
     if body.tell() != len(value):
         raise DecodeError(f"{len(value) - body.tell()} trailing bytes after the Avro body")

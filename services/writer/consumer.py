@@ -24,7 +24,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka import (
-    OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition,
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
 )
 from opentelemetry import trace
 from opentelemetry.trace import Span
@@ -34,7 +40,12 @@ from k2.core.arrow import DecodedBatch, Rejection
 from k2.core.config import KafkaSettings
 from k2.core.iceberg import committed_offsets
 from k2.core.kafka import (
-    DEAD_LETTER, TOPIC_FOR, consumer_config, dead_letter_headers, producer_config, topic_name,
+    DEAD_LETTER,
+    TOPIC_FOR,
+    consumer_config,
+    dead_letter_headers,
+    producer_config,
+    topic_name,
 )
 from k2.core.records import RecordKind
 from k2.core.telemetry import MessageTrace, links_to, messaging_span, sampled_message_traces
@@ -284,7 +295,7 @@ class WriterLoop:
             if not self._rewind_needed:
                 self._apply_decoded(wait=True)
                 self.commit_all()
-        except Exception:
+        except Exception:  # whatever failed, stopping goes on: the tables' offsets are the truth
             log.exception("final commit failed; the next writer re-reads from the tables' offsets")
         self._serve_commands()
         self.consumer.close()
@@ -301,7 +312,7 @@ class WriterLoop:
                 continue
             try:
                 future.set_result(command())
-            except Exception as error:  # handed to the caller
+            except Exception as error:  # noqa: BLE001 - handed to the caller, who re-raises it
                 future.set_exception(error)
 
     def _table_offsets(self) -> dict[str, dict[int, int]]:
