@@ -49,6 +49,10 @@ def _traced(untraced_methods: Collection[str]) -> Callable[[object], bool]:
                                          *(filters.full_method_name(m) for m in untraced_methods)))
 
 
+class MalformedRequest(Exception):
+    """A request that is not a valid protobuf of its method's type; says why."""
+
+
 class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
     """A request that is not a valid protobuf of its method's type is answered INVALID_ARGUMENT with the parser's
     reason; left to the library, it becomes UNKNOWN ("Unexpected DecodeError"), which reads like a server fault."""
@@ -64,26 +68,41 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
             return handler
         deserialize = handler.request_deserializer
 
-        async def parsed(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        def parse(data: bytes) -> Any:
             try:
                 return deserialize(data)
             except DecodeError as error:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid protobuf message: {error}")
+                raise MalformedRequest(f"request: not a valid protobuf message: {error}") from None
 
-        async def parsed_stream(datas: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def parsed(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return parse(data)
+            except MalformedRequest as error:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+        async def parsed_stream(datas: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+            # Raises rather than aborts: a handler may read its requests from another task (PublishTrades does,
+            # to pipeline), and an abort from there races the handler's own writes (the call then hangs). The
+            # exception reaches the handler, which answers what came before; the abort is sent from its task.
             async for data in datas:
-                yield await parsed(data, context)
+                yield parse(data)
 
         serialize = handler.response_serializer
         if handler.request_streaming and handler.response_streaming:
             async def stream_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
                                     ) -> AsyncIterator[Any]:
-                async for response in handler.stream_stream(parsed_stream(requests, context), context):
-                    yield response
+                try:
+                    async for response in handler.stream_stream(parsed_stream(requests), context):
+                        yield response
+                except MalformedRequest as error:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             return grpc.stream_stream_rpc_method_handler(stream_stream, response_serializer=serialize)
         if handler.request_streaming:
             async def stream_unary(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
-                return await handler.stream_unary(parsed_stream(requests, context), context)
+                try:
+                    return await handler.stream_unary(parsed_stream(requests), context)
+                except MalformedRequest as error:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=serialize)
         if handler.response_streaming:
             async def unary_stream(data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
