@@ -1,5 +1,6 @@
 """Tracing's cost on the hot path: PublishTrades throughput of the ingest service (its own process, batches of 500,
-16 outstanding, as bench/ingest_publish.py measures it) in three set-ups, one after the other:
+16 outstanding, as bench/ingest_publish.py measures it) in three set-ups, interleaved over ROUNDS rounds (one
+8-second run of each is within this machine's noise, and whichever ran first had an edge):
 
 - off: no exporter and the always_off sampler (no span is recorded at all);
 - default: the services' default sampling (parent-based, 1 % of new traces), exporting over OTLP;
@@ -7,13 +8,14 @@
 
 The OTLP endpoint is a real Jaeger (scripts/jaeger.sh, on ports of its own) when it has been built
 (scripts/tools.sh jaeger), else an in-process OTLP gRPC collector that accepts and discards. Reported per set-up:
-trades/s and the service's CPU per trade; and the loss of each traced set-up against `off` (target: at most 10 %
-at default sampling). Prints one JSON object."""
+the median trades/s and service CPU per trade; and the loss of each traced set-up against `off` (target: at most
+10 % at default sampling). Prints one JSON object."""
 
 import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +36,7 @@ from k2.core.kafka import provision_topics
 
 WARMUP_SECONDS = 2.0
 MEASURE_SECONDS = 8.0
+ROUNDS = 3
 JAEGER_BINARY = Path(os.environ.get("K2_CACHE", Path.home() / ".cache" / "k2")) / "bin" / "jaeger"
 
 
@@ -116,13 +119,17 @@ def main() -> None:
         settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"bench-{uuid.uuid4().hex[:8]}.")
         provision_topics(settings)
         exporting = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "1000"}
-        results = {
-            "off": measure(bootstrap, settings.topic_prefix, {"OTEL_TRACES_SAMPLER": "always_off"}),
-            "default": measure(bootstrap, settings.topic_prefix, exporting),
-            "full": measure(bootstrap, settings.topic_prefix, exporting | {"OTEL_TRACES_SAMPLER": "always_on"}),
-        }
+        setups = {"off": {"OTEL_TRACES_SAMPLER": "always_off"}, "default": exporting,
+                  "full": exporting | {"OTEL_TRACES_SAMPLER": "always_on"}}
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in setups}
+        for _ in range(ROUNDS):
+            for name, variables in setups.items():
+                runs[name].append(measure(bootstrap, settings.topic_prefix, variables))
+        results = {name: {figure: statistics.median(run[figure] for run in measured) for figure in measured[0]}
+                   for name, measured in runs.items()}
     print(json.dumps({
-        "otlp_sink": sink, "batch_size": 500, "measure_seconds": MEASURE_SECONDS, "cpus": os.cpu_count(),
+        "otlp_sink": sink, "batch_size": 500, "measure_seconds": MEASURE_SECONDS, "rounds": ROUNDS,
+        "cpus": os.cpu_count(),
         "off_no_exporter_no_sampling": results["off"],
         "default_parentbased_1pct_exporting": results["default"],
         "full_always_on_exporting": results["full"],
