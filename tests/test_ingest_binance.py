@@ -289,6 +289,44 @@ async def test_slow_kafka_applies_backpressure_bounded_without_loss_or_watchdog(
     assert_accounted(trades, status)
 
 
+class RefusingSink:
+    """The real KafkaSink, except that Kafka refuses every trade (as it would a record above its size limit)."""
+
+    def __init__(self, sink: KafkaSink):
+        self.sink = sink
+
+    async def publish_encoded(self, kind: RecordKind, keys: Sequence[bytes],
+                              values: Sequence[bytes]) -> DeliveryReport:
+        if kind == "trade":
+            return DeliveryReport(["Broker: Message size too large"] * len(values))
+        return await self.sink.publish_encoded(kind, keys, values)
+
+    async def dead_letter(self, raw: bytes, reason: str, field: str, source: str) -> None:
+        await self.sink.dead_letter(raw, reason, field, source)
+
+
+async def test_records_kafka_keeps_refusing_are_dead_lettered_and_never_stall_the_feed(
+        kafka_settings: KafkaSettings) -> None:
+    sink = KafkaSink(kafka_settings)
+    try:
+        async with exchange_running() as exchange, feed_running(
+                kafka_settings, [exchange.url], sink=RefusingSink(sink), publish_attempts=3) as run:
+            await connected(run)
+            await until(lambda: run.feed.publisher.undeliverable["dead_lettered"] >= 50, what="dead letters")
+            await connected(run)  # still reading: the refused trades did not stall it
+            status = await run.stop()
+    finally:
+        await sink.close()
+    assert await run.trades() == [] and status.state == ConnectionState.CONNECTION_STATE_STOPPED
+    refused = [m for m in await read_topic(kafka_settings, topic_name(kafka_settings, DEAD_LETTER))
+               if headers_of(m).get("k2.dlq.source") == b"binance:trade"]
+    assert len(refused) == run.feed.publisher.undeliverable["dead_lettered"] == run.feed.trades_received()
+    assert not run.feed.publisher.undeliverable["lost"]
+    reason = headers_of(refused[0])["k2.dlq.reason"].decode()
+    assert reason == "Kafka refused the trade 3 times: Broker: Message size too large"
+    assert avro.decode(refused[0].value())[1]["symbol"] in SYMBOLS  # the record itself, as it would have been
+
+
 async def test_missing_pong_closes_and_reconnects(kafka_settings: KafkaSettings) -> None:
     async with exchange_running() as exchange, feed_running(kafka_settings, [exchange.url], ping_interval_seconds=0.2,
                                                             ping_timeout_seconds=0.4) as run:

@@ -253,7 +253,7 @@ class BinanceFeed:
                                   self.buffer)
         self.backoff = Backoff(settings.backoff_base_seconds, settings.backoff_cap_seconds)
         self.publisher = Publisher(sink, self.buffer, settings.batch_size, settings.batch_linger_seconds,
-                                   self.backoff)
+                                   self.backoff, settings.publish_attempts)
         self.backfill = GapBackfill(settings, self.states, self.buffer)
         self.gap_log.on_gap = self.backfill.request
         self.breaker = CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_cooldown_seconds)

@@ -30,6 +30,8 @@ _METRICS = [
     ("k2_binance_duplicates", "Copies dropped (switch-over overlap, superseded quotes), by kind", "kind", True),
     ("k2_binance_published", "Records acknowledged by Kafka, by kind (trade, quote, dead_letter)", "kind", True),
     ("k2_binance_publish_retries", "Publish attempts repeated after Kafka refused records", None, True),
+    ("k2_binance_undeliverable", "Records Kafka refused publish_attempts times, by outcome (dead_lettered, lost)",
+     "outcome", True),
     ("k2_binance_unknown_events", "Frames of unknown event types, skipped", "event", True),
     ("k2_binance_unknown_fields", "Unknown fields in known events, skipped", "field", True),
     ("k2_binance_malformed", "Frames dead-lettered as malformed, by reason", "reason", True),
@@ -68,6 +70,8 @@ def _samples(feed: "BinanceFeed") -> Iterator[tuple[str, str, float]]:
     for kind, count in feed.publisher.published.items():
         yield "k2_binance_published", kind, count
     yield "k2_binance_publish_retries", "", feed.publisher.retries
+    for outcome, count in feed.publisher.undeliverable.items():
+        yield "k2_binance_undeliverable", outcome, count
     for event, count in feed.parser.unknown_events.items():
         yield "k2_binance_unknown_events", event, count
     for field, count in feed.parser.unknown_fields.items():

@@ -4,7 +4,9 @@ Readers append parsed records, already encoded as Kafka messages, to the buffer 
 `capacity` records they stop reading (the WebSocket's own receive queue then fills and the socket is no
 longer read: TCP backpressure towards the exchange). The publisher takes batches of up to `batch_size`
 records per kind, publishes them through the sink (which returns once Kafka has acknowledged them) and
-retries whatever Kafka refused, so nothing parsed is dropped and nothing grows without bound.
+retries whatever Kafka refused, up to `attempts` times with backoff: a record still refused then goes to the
+dead-letter topic with the reason (a record Kafka never takes must not stall the feed), and a dead letter still
+refused after as many attempts is counted and logged as lost. Nothing grows without bound.
 
 Tracing: each batch is one CONSUMER span "receive binance <kind>s" (a new trace, sampled by the service's
 sampler) from the receipt of its first record until Kafka acknowledged all of it; each attempt's Kafka send span
@@ -69,13 +71,16 @@ class PublishBuffer:
 
 
 class Publisher:
-    def __init__(self, sink: RecordSink, buffer: PublishBuffer, batch_size: int, linger: float, backoff: Backoff):
+    def __init__(self, sink: RecordSink, buffer: PublishBuffer, batch_size: int, linger: float, backoff: Backoff,
+                 attempts: int):
         self.sink = sink
         self.buffer = buffer
         self.batch_size = batch_size
         self.linger = linger
         self.backoff = backoff
+        self.attempts = attempts
         self.published: Counter[str] = Counter()  # trade, quote, dead_letter → acknowledged by Kafka
+        self.undeliverable: Counter[str] = Counter()  # refused `attempts` times: dead_lettered, lost
         self.retries = 0
         self.in_flight = 0
 
@@ -107,40 +112,47 @@ class Publisher:
             await self._deliver_batch(kind, messages)
 
     async def _deliver_batch(self, kind: RecordKind, messages: list[Message]) -> None:
-        attempt = 0
-        while True:
+        error = ""
+        for attempt in range(self.attempts):
+            if attempt:
+                self.retries += 1
+                await asyncio.sleep(self.backoff.delay(attempt - 1))
             try:
                 report = await self.sink.publish_encoded(kind, [m[0] for m in messages], [m[1] for m in messages])
-            except Exception as error:  # noqa: BLE001 - whatever the sink raised, the records are retried
-                log.error("binance: publishing %d %s record(s) failed: %s; retrying", len(messages), kind, error)
-                failed = messages
-            else:
-                failed = [m for m, e in zip(messages, report.errors, strict=True) if e is not None]
-                self.published[kind] += len(messages) - len(failed)
-                if failed:
-                    first_error = next(e for e in report.errors if e is not None)
-                    log.error("binance: Kafka refused %d of %d %s record(s) (%s); retrying them", len(failed),
-                              len(messages), kind, first_error)
+            except Exception as failure:  # noqa: BLE001 - whatever the sink raised, the records are retried
+                error = str(failure)
+                log.error("binance: publishing %d %s record(s) failed: %s", len(messages), kind, error)
+                continue
+            failed = [m for m, e in zip(messages, report.errors, strict=True) if e is not None]
+            self.published[kind] += len(messages) - len(failed)
             if not failed:
                 return
+            error = next(e for e in report.errors if e is not None)
+            log.error("binance: Kafka refused %d of %d %s record(s) (%s)", len(failed), len(messages), kind, error)
             messages = failed
-            self.retries += 1
-            await asyncio.sleep(self.backoff.delay(attempt))
-            attempt += 1
+        log.error("binance: %d %s record(s) refused %d times; dead-lettering them", len(messages), kind,
+                  self.attempts)
+        reason = f"Kafka refused the {kind} {self.attempts} times: {error}"
+        for _, value, _ in messages:
+            await self._dead_letter((value, reason, "", f"binance:{kind}"), undeliverable=True)
 
-    async def _dead_letter(self, item: DeadLetter) -> None:
-        attempt = 0
-        while True:
+    async def _dead_letter(self, item: DeadLetter, undeliverable: bool = False) -> None:
+        for attempt in range(self.attempts):
+            if attempt:
+                self.retries += 1
+                await asyncio.sleep(self.backoff.delay(attempt - 1))
             try:
                 await self.sink.dead_letter(*item)
             except Exception as error:  # noqa: BLE001 - whatever the sink raised, the frame is retried
-                log.error("binance: dead-lettering a frame failed: %s; retrying", error)
-                self.retries += 1
-                await asyncio.sleep(self.backoff.delay(attempt))
-                attempt += 1
-            else:
-                self.published["dead_letter"] += 1
-                return
+                log.error("binance: dead-lettering a frame failed: %s", error)
+                continue
+            self.published["dead_letter"] += 1
+            if undeliverable:
+                self.undeliverable["dead_lettered"] += 1
+            return
+        self.undeliverable["lost"] += 1
+        log.error("binance: a %s record was lost: neither its topic nor the dead-letter topic took it (%s)",
+                  item[3], item[1])
 
     def unpublished(self) -> int:
         return self.buffer.size() + self.in_flight

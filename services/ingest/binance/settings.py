@@ -80,6 +80,8 @@ class BinanceSettings(BaseSettings):
     batch_linger_seconds: float = 0.005
     # Records parsed but not yet acknowledged by Kafka; when full, the feed stops reading from the sockets.
     max_buffered_records: int = 50_000
+    # Attempts to publish a record Kafka refuses (with backoff); then it is dead-lettered with the reason.
+    publish_attempts: int = 8
     # On stop: how long to keep trying to publish what was already parsed.
     stop_flush_timeout_seconds: float = 30.0
     recent_gaps: int = 20
@@ -164,7 +166,7 @@ class BinanceSettings(BaseSettings):
             raise ValueError("backoff_cap_seconds must be at least backoff_base_seconds")
         for name in ("circuit_failure_threshold", "batch_size", "max_buffered_records", "max_connection_attempts",
                      "streams_in_url", "streams_per_subscribe", "backfill_max_trades_per_gap",
-                     "backfill_max_pending_gaps", "backfill_attempts"):
+                     "backfill_max_pending_gaps", "backfill_attempts", "publish_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_buffered_records < self.batch_size:
