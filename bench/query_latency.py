@@ -3,8 +3,10 @@ the trade was handed to the Kafka producer), one machine, one clock.
 
 The query service runs as its own process (default settings); a producer process publishes pre-encoded trades,
 10 every millisecond (linger.ms=0), writing each one's publish time into shared memory (indexed by its
-source_sequence); one subscriber in this process measures on arrival. The first 3 s are warm-up and not
-counted. Prints one JSON object."""
+source_sequence); one subscriber in this process measures on arrival. The reference, in the same run: a plain
+Kafka consumer in a process of its own (assigned to every partition, the fan-out's fetch settings) measuring the
+same trades on arrival — what Kafka itself takes on this machine, which the service cannot beat. The first 3 s
+are warm-up and not counted. Prints one JSON object."""
 
 import asyncio
 import json
@@ -17,12 +19,12 @@ from decimal import Decimal
 
 import grpc
 from _kafka import kafka_bootstrap
-from confluent_kafka import Producer
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 from query_fanout import log, query_service
 
 from k2.core import avro
 from k2.core.config import KafkaSettings
-from k2.core.kafka import TRADES, producer_config, provision_topics, topic_name
+from k2.core.kafka import TRADES, consumer_config, producer_config, provision_topics, topic_name
 from k2.query.v1 import query_pb2, query_pb2_grpc
 
 RATE = 10_000  # trades/s
@@ -63,13 +65,43 @@ def publish(bootstrap: str, prefix: str, sent: "multiprocessing.Array[float]",
     producer.flush(60)
 
 
+def consume(bootstrap: str, prefix: str, received: "multiprocessing.Array[float]",
+            ready: "multiprocessing.synchronize.Event") -> None:
+    """The reference: trade i (source_sequence i) arrived at a plain Kafka consumer at wall-clock time received[i]."""
+    settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix)
+    consumer = Consumer(consumer_config(settings, f"bench-{uuid.uuid4().hex}", **{"fetch.wait.max.ms": 5}))
+    topic = topic_name(settings, TRADES)
+    consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in range(TRADES.partitions)])
+    consumer.consume(1, 1.0)  # connected, positions resolved
+    ready.set()
+    count = 0
+    while count < RATE * SECONDS:
+        # consume(n, timeout) waits for n messages or the timeout: take one, then whatever else has arrived
+        for message in consumer.consume(1, 0.1) + consumer.consume(999, 0):
+            if message.error() is None:
+                received[avro.decode(message.value())[1]["source_sequence"]] = time.time()
+                count += 1
+    consumer.close()
+
+
+def quantiles(latencies: list[float]) -> dict[str, float]:
+    latencies.sort()
+    cuts = statistics.quantiles(latencies, n=1000)
+    return {"p50_ms": round(cuts[499], 2), "p99_ms": round(cuts[989], 2), "p999_ms": round(cuts[998], 2),
+            "max_ms": round(latencies[-1], 2), "mean_ms": round(statistics.fmean(latencies), 2)}
+
+
 async def measure(port: int, bootstrap: str, prefix: str) -> dict[str, object]:
     context = multiprocessing.get_context("spawn")
     sent = context.Array("d", RATE * SECONDS, lock=False)
-    ready, go = context.Event(), context.Event()
+    arrived = context.Array("d", RATE * SECONDS, lock=False)
+    ready, go, reference_ready = context.Event(), context.Event(), context.Event()
     producer = context.Process(target=publish, args=(bootstrap, prefix, sent, ready, go))
+    reference = context.Process(target=consume, args=(bootstrap, prefix, arrived, reference_ready))
     producer.start()
+    reference.start()
     await asyncio.to_thread(ready.wait, 120)
+    await asyncio.to_thread(reference_ready.wait, 120)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = query_pb2_grpc.QueryServiceStub(channel).SubscribeTrades(query_pb2.SubscribeTradesRequest())
         await call.read()  # the first heartbeat: subscribed
@@ -86,11 +118,11 @@ async def measure(port: int, bootstrap: str, prefix: str) -> dict[str, object]:
                 received += len(response.trades)
         call.cancel()
     await asyncio.to_thread(producer.join)
-    latencies.sort()
-    quantiles = statistics.quantiles(latencies, n=1000)
-    return {"rate_per_s": RATE, "measured_trades": len(latencies), "p50_ms": round(quantiles[499], 2),
-            "p99_ms": round(quantiles[989], 2), "p999_ms": round(quantiles[998], 2),
-            "max_ms": round(latencies[-1], 2), "mean_ms": round(statistics.fmean(latencies), 2)}
+    await asyncio.to_thread(reference.join)
+    first = int(WARM_UP * RATE)
+    kafka_only = [(arrived[i] - sent[i]) * 1000 for i in range(first, RATE * SECONDS)]
+    return {"rate_per_s": RATE, "measured_trades": len(latencies)} | quantiles(latencies) | {
+        "reference_plain_kafka_consumer": quantiles(kafka_only)}
 
 
 def main() -> None:
