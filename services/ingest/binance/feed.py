@@ -346,10 +346,6 @@ class BinanceFeed:
     def open_connections(self) -> list[FeedConnection]:
         return [c for group in self.groups for c in group.connections if c.is_open]
 
-    @property
-    def is_running(self) -> bool:
-        return self._running
-
     def group_state(self, group: ConnectionGroup) -> int:
         return group.state if self._running else ConnectionState.CONNECTION_STATE_STOPPED
 
