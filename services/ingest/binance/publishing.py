@@ -16,7 +16,7 @@ is its child.
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from opentelemetry import trace
@@ -111,12 +111,17 @@ class Publisher:
                                      len(messages), "k2.feed": "binance"})
             await self._deliver_batch(kind, messages)
 
-    async def _deliver_batch(self, kind: RecordKind, messages: list[Message]) -> None:
-        error = ""
+    async def _tries(self) -> AsyncIterator[int]:
+        """Attempt numbers, `attempts` of them, with the backoff slept before each retry."""
         for attempt in range(self.attempts):
             if attempt:
                 self.retries += 1
                 await asyncio.sleep(self.backoff.delay(attempt - 1))
+            yield attempt
+
+    async def _deliver_batch(self, kind: RecordKind, messages: list[Message]) -> None:
+        error = ""
+        async for _ in self._tries():
             try:
                 report = await self.sink.publish_encoded(kind, [m[0] for m in messages], [m[1] for m in messages])
             except Exception as failure:  # noqa: BLE001 - whatever the sink raised, the records are retried
@@ -133,14 +138,11 @@ class Publisher:
         log.error("binance: %d %s record(s) refused %d times; dead-lettering them", len(messages), kind,
                   self.attempts)
         reason = f"Kafka refused the {kind} {self.attempts} times: {error}"
-        for _, value, _ in messages:
-            await self._dead_letter((value, reason, "", f"binance:{kind}"), undeliverable=True)
+        await asyncio.gather(*(self._dead_letter((value, reason, "", f"binance:{kind}"), undeliverable=True)
+                               for _, value, _ in messages))
 
     async def _dead_letter(self, item: DeadLetter, undeliverable: bool = False) -> None:
-        for attempt in range(self.attempts):
-            if attempt:
-                self.retries += 1
-                await asyncio.sleep(self.backoff.delay(attempt - 1))
+        async for _ in self._tries():
             try:
                 await self.sink.dead_letter(*item)
             except Exception as error:  # noqa: BLE001 - whatever the sink raised, the frame is retried
