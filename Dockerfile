@@ -3,6 +3,9 @@
 #   python -m k2.core.kafka                                         (topic provisioning)
 # Python dependencies are installed by uv exactly as pinned in requirements/runtime.txt (versions and hashes).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG RUST_IMAGE=rust:1.95-slim-bookworm
+
+FROM ${RUST_IMAGE} AS rust
 
 FROM ${PYTHON_IMAGE} AS build
 ARG UV_VERSION=0.13.8
@@ -20,6 +23,14 @@ COPY services services
 COPY pyproject.toml README.md ./
 # The project itself is installed editable: k2.core finds schemas/ next to the k2 package, in /app.
 RUN uv pip install --python /app/.venv/bin/python --no-deps --editable .
+# The compiled hot paths (native/, Rust via maturin): the toolchain from the rust image, its linker from Debian;
+# neither reaches the final image.
+COPY --from=rust /usr/local/cargo /usr/local/cargo
+COPY --from=rust /usr/local/rustup /usr/local/rustup
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+COPY native /build/native
+RUN CARGO_HOME=/usr/local/cargo RUSTUP_HOME=/usr/local/rustup PATH=/usr/local/cargo/bin:$PATH \
+    uv pip install --python /app/.venv/bin/python --no-deps /build/native
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 k2 \

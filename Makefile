@@ -7,7 +7,8 @@ PYTEST_ARGS ?=
 .PHONY: venv lock proto check-proto lint up down status test bench clean
 
 venv: .venv/.synced
-.venv/.synced: pyproject.toml requirements/dev.txt scripts/bootstrap.sh
+.venv/.synced: pyproject.toml requirements/dev.txt scripts/bootstrap.sh native/pyproject.toml native/Cargo.toml \
+              $(wildcard native/src/*.rs)
 	./scripts/bootstrap.sh
 	touch $@
 
@@ -27,6 +28,7 @@ check-proto: venv
 
 lint: venv
 	.venv/bin/ruff check k2/core services clients tests bench scripts
+	cd native && cargo fmt --check && cargo clippy --release --quiet -- -D warnings
 
 up: venv
 	./scripts/platform.sh up

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates the project-local virtual environment (.venv) exactly as pinned in requirements/dev.txt (versions and
-# hashes), then installs the project itself editable, with the pinned uv (scripts/tools.sh uv).
+# hashes), then installs the project itself editable and builds its compiled hot paths (native/, Rust: cargo
+# fetches the crates pinned in native/Cargo.toml), with the pinned uv (scripts/tools.sh uv).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 uv=$("$K2_ROOT/scripts/tools.sh" uv)
@@ -9,3 +10,4 @@ export UV_PYTHON_DOWNLOADS=never
 [ -x .venv/bin/python ] || "$uv" venv --quiet --python python3 .venv
 "$uv" pip sync --quiet --python .venv/bin/python requirements/dev.txt
 "$uv" pip install --quiet --python .venv/bin/python --no-deps --editable .
+"$uv" pip install --quiet --python .venv/bin/python --no-deps --reinstall-package k2-native ./native

@@ -1,0 +1,17 @@
+//! K2's compiled hot paths, each called once per batch so that no per-record Python work remains on them:
+//! - `publish`: published protobuf trades → their Avro v2 Kafka messages (ingest's PublishTrades, the feed);
+//! - `fanout`: Avro v2 Kafka messages → framed protobuf messages (query's live fan-out).
+//!
+//! Each writes exactly the bytes of the Python reference path it replaces (tests compare them), and hands
+//! anything unusual back to that path, which judges it.
+use pyo3::prelude::*;
+
+mod fanout;
+mod publish;
+
+#[pymodule]
+fn k2_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    publish::register(module)?;
+    fanout::register(module)?;
+    Ok(())
+}
