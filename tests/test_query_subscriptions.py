@@ -237,7 +237,13 @@ async def test_slow_subscriber_is_ended_without_slowing_others(market: Market, k
         await receive(slow, lambda r: len(r.responses) >= 1)  # started; from now on it never reads
         await receive(fast, lambda r: len(r.responses) >= 1)
         records = trades(SYMBOLS, 12_000, step=timedelta(milliseconds=1))
-        producing = asyncio.create_task(asyncio.to_thread(market.produce, TRADE, records))
+
+        async def produce_in_steps() -> None:  # at a pace the fast reader, on this event loop too, keeps up with
+            for start in range(0, len(records), 1000):
+                await asyncio.to_thread(market.produce, TRADE, records[start:start + 1000])
+                await asyncio.sleep(0.05)
+
+        producing = asyncio.create_task(produce_in_steps())
         got = await receive(fast, lambda r: len(r.trades) >= len(records), timeout=120)
         await producing
         assert_exactly_once_in_order(got.trades, records)
