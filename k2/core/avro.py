@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -205,7 +205,7 @@ def decode(value: bytes) -> tuple[RecordKind, Record]:
     body = BytesIO(value)
     body.seek(HEADER_SIZE)
     try:
-        record = fastavro.schemaless_reader(body, reader.writer, reader.reader)
+        record = cast(Record, fastavro.schemaless_reader(body, reader.writer, reader.reader))
     except Exception as error:  # noqa: BLE001 - fastavro raises several types for truncated or corrupt bodies
         raise DecodeError(f"corrupt Avro body: {type(error).__name__}: {error}") from None
     if body.tell() != len(value):

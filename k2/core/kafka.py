@@ -38,15 +38,18 @@ DLQ_SOURCE_TOPIC = "k2.dlq.topic"
 DLQ_SOURCE_PARTITION = "k2.dlq.partition"
 DLQ_SOURCE_OFFSET = "k2.dlq.offset"
 
+ClientConfig = dict[str, str | int | float | bool]  # librdkafka properties
+
 
 def topic_name(settings: KafkaSettings, topic: Topic) -> str:
     return settings.topic_prefix + topic.name
 
 
-def client_config(settings: KafkaSettings) -> dict[str, str]:
+def client_config(settings: KafkaSettings) -> ClientConfig:
     # TCP_NODELAY, as the Java clients set it: with Nagle on, a small produce or fetch can wait for the delayed ACK.
-    config = {"bootstrap.servers": settings.bootstrap_servers, "security.protocol": settings.security_protocol,
-              "socket.nagle.disable": "true"}
+    config: ClientConfig = {
+        "bootstrap.servers": settings.bootstrap_servers, "security.protocol": settings.security_protocol,
+        "socket.nagle.disable": True}
     if settings.sasl_mechanism:
         config |= {"sasl.mechanism": settings.sasl_mechanism, "sasl.username": settings.sasl_username,
                    "sasl.password": settings.sasl_password.get_secret_value()}
@@ -55,10 +58,10 @@ def client_config(settings: KafkaSettings) -> dict[str, str]:
     return config
 
 
-def producer_config(settings: KafkaSettings, **overrides: str | float) -> dict[str, object]:
+def producer_config(settings: KafkaSettings, **overrides: str | float) -> ClientConfig:
     """Idempotent, acks=all, compressed, with a bounded local buffer (Producer.produce raises BufferError when
     full, which callers turn into backpressure)."""
-    config: dict[str, object] = client_config(settings) | {
+    config: ClientConfig = client_config(settings) | {
         "enable.idempotence": True,
         "acks": "all",
         "compression.type": settings.compression,
@@ -71,8 +74,8 @@ def producer_config(settings: KafkaSettings, **overrides: str | float) -> dict[s
     return config | overrides
 
 
-def consumer_config(settings: KafkaSettings, group_id: str, **overrides: str | float) -> dict[str, object]:
-    config: dict[str, object] = client_config(settings) | {
+def consumer_config(settings: KafkaSettings, group_id: str, **overrides: str | float) -> ClientConfig:
+    config: ClientConfig = client_config(settings) | {
         "group.id": group_id,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",

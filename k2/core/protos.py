@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -19,9 +20,9 @@ from k2.marketdata.v1.marketdata_pb2 import AssetClass, Quote, Side, Trade
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ASSET_CLASS_NAMES = {value: name.removeprefix("ASSET_CLASS_") for name, value in AssetClass.items() if value}
-ASSET_CLASS_VALUES = {name: value for value, name in ASSET_CLASS_NAMES.items()}
+ASSET_CLASS_VALUES = cast(dict[str, AssetClass], {name: value for value, name in ASSET_CLASS_NAMES.items()})
 SIDE_NAMES = {value: name.removeprefix("SIDE_") for name, value in Side.items() if value}
-SIDE_VALUES = {name: value for value, name in SIDE_NAMES.items()}
+SIDE_VALUES = cast(dict[str, Side], {name: value for value, name in SIDE_NAMES.items()})
 
 
 def datetime_from_timestamp(field: str, ts: Timestamp) -> datetime:
@@ -53,7 +54,9 @@ def _enum(field: str, names: dict[int, str], value: int) -> str:
 
 
 def _vendor_data(message: Trade | Quote) -> dict[str, str] | None:
-    return dict(message.vendor_data) or None
+    # Ordered by key, so that the same trade is written the same way (upb's map order is its hash table's, which
+    # differs from one process to the next).
+    return dict(sorted(message.vendor_data.items())) or None
 
 
 def trade_from_proto(message: Trade, received: datetime | None = None,
