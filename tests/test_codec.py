@@ -1,17 +1,22 @@
 """Round trips of the shared codec, property-tested at the edges of the contract: extreme decimals, Unicode,
 empty and absent optional fields. And the errors: every refusal names the field and the reason."""
 
+import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import positive_decimals, quotes, sample_quote, sample_trade, trades
+from strategies import int64, names, positive_decimals, quotes, sample_quote, sample_trade, trades
 
 from k2.core import arrow, avro, proto_avro, protos
 from k2.core.records import FieldError, Record, parse_decimal, validate_quote, validate_trade
+from k2.ingest.v1.ingest_pb2 import PublishTradesRequest
 from k2.marketdata.v1.marketdata_pb2 import Quote, Side, Trade
+from services.ingest.ids import batch_message_ids
 
 PROPERTY = settings(max_examples=300, deadline=None)
 
@@ -141,56 +146,105 @@ def test_only_ascii_decimal_strings_are_read(text: str) -> None:
         parse_decimal("price", text)
 
 
-# Decimal strings a publisher may send: plain ones the one-pass encoder reads itself, and every form it leaves
-# to the exact path (exponents, signs, zero, too many digits, trailing zeros beyond the scale, non-ASCII, junk).
+# Decimal strings a publisher may send: plain ones the native encoder reads itself, and every form it leaves to
+# the exact path (exponents, signs, zero, too many digits, trailing zeros beyond the scale, non-ASCII, junk).
 decimal_texts = st.one_of(
     positive_decimals().map(protos.decimal_text),
     st.sampled_from(["1.50", "0.10000000", "007", "1e3", "1E-18", "-1", "+1", "0", "0.000", "1.", ".5", " 1",
                      "1.0000000000000000000", "123456789012345678901", "0.0000000000000000001", "NaN", "Infinity",
-                     "١٢", "", "12,5", "00000000000000000000001", "99999999999999999999.999999999999999999"]))
+                     "١٢", "", "12,5", "00000000000000000000001", "99999999999999999999.999999999999999999",
+                     "0.000000000000000001", "99999999999999999999", "1_000", "1.5\n"]))
 message_ids = st.one_of(st.just(""), st.uuids().map(str), st.uuids().map(lambda u: str(u).upper()),
-                        st.uuids().map(lambda u: "{" + str(u) + "}"), st.just("not-a-uuid"))
-seconds = st.one_of(st.integers(0, 4_102_444_800), st.sampled_from([-1, -62_135_596_800, 253_402_300_799,
-                                                                     253_402_300_800, 10**12]))
+                        st.uuids().map(lambda u: "{" + str(u) + "}"), st.uuids().map(lambda u: u.hex),
+                        st.just("not-a-uuid"))
+# Texts at the limits: 256 characters of several bytes each are within them, 257 are not.
+published_texts = st.one_of(names, st.sampled_from(["", "X" * 256, "X" * 257, "é" * 256, "é" * 257, "😀" * 64,
+                                                    "😀" * 256, "😀" * 257, "BTC/ÜSDT", "x" * 63, "x" * 64]))
+seconds = st.one_of(st.integers(-62_135_596_800, 253_402_300_799),
+                    st.sampled_from([-62_135_596_801, -62_135_596_800, -1, 0, 253_402_300_799, 253_402_300_800,
+                                     10**12, -(10**12), 2**63 - 1, -(2**63)]))
+nanos = st.one_of(st.integers(0, 999_999).map(lambda micros: micros * 1000),
+                  st.sampled_from([0, 999_999_000, 1, 999, -1000, 1_000_000_000, 2**31 - 1, -(2**31)]))
+enum_values = st.one_of(st.integers(0, 5), st.sampled_from([-1, 2**31 - 1, -(2**31)]))
+optional_longs = st.one_of(st.none(), st.just(0), int64)
+long_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=80)  # sizes of 64 bytes and more too
+# Fields this Trade does not know, on the wire: a varint (99), bytes (100), a fixed32 (101), a group (102), and
+# a known field with a wire type it does not have (symbol as a varint).
+unknown_fields = st.lists(st.sampled_from([b"\x98\x06\x96\x01", b"\xa2\x06\x03abc", b"\xad\x06\x01\x02\x03\x04",
+                                           b"\xb3\x06\x08\x01\xb4\x06", b"\x18\x07"]), max_size=3)
 
 
 @st.composite
 def published_trades(draw: st.DrawFn) -> Trade:
-    message = protos.trade_to_proto(draw(trades()) | {"ingestion_timestamp": None})
-    message.message_id = draw(message_ids)
-    message.price, message.quantity = draw(decimal_texts), draw(decimal_texts)
-    message.asset_class, message.side = draw(st.integers(0, 5)), draw(st.integers(0, 5))  # type: ignore[assignment]
-    for name in ("trade_id", "symbol", "exchange", "currency"):
-        if draw(st.integers(0, 9)) == 0:
-            setattr(message, name, draw(st.sampled_from(["", "X" * 256, "X" * 257])))
+    """Mostly trades the native encoder writes itself; each field is at its edges one time in eight."""
+    def field(valid: st.SearchStrategy[Any], edges: st.SearchStrategy[Any]) -> Any:
+        return draw(edges) if draw(st.integers(0, 7)) == 0 else draw(valid)
+
+    valid_texts = st.one_of(names, st.sampled_from(["X" * 256, "é" * 256, "😀" * 64, "BTC/ÜSDT"]))
+    valid_decimals = positive_decimals().map(protos.decimal_text)
+    message = Trade(message_id=field(st.one_of(st.just(""), st.uuids().map(str)), message_ids),
+                    trade_id=field(valid_texts, published_texts), symbol=field(valid_texts, published_texts),
+                    exchange=field(valid_texts, published_texts), asset_class=field(st.integers(1, 4), enum_values),
+                    price=field(valid_decimals, decimal_texts), quantity=field(valid_decimals, decimal_texts),
+                    currency=field(valid_texts, published_texts), side=field(st.integers(1, 4), enum_values),
+                    trade_conditions=draw(st.lists(long_text, max_size=4)),
+                    vendor_data=draw(st.dictionaries(long_text, long_text, max_size=12)))
+    for name in ("source_sequence", "platform_sequence"):
+        if (value := draw(optional_longs)) is not None:
+            setattr(message, name, value)  # present, zero too
+    timestamp = field(st.just("set"), st.sampled_from(["absent", "present as zero", "set at its edges"]))
+    if timestamp == "present as zero":
+        message.timestamp.SetInParent()
+    elif timestamp == "set":
+        message.timestamp.seconds = draw(st.integers(-62_135_596_800, 253_402_300_799))
+        message.timestamp.nanos = draw(st.integers(0, 999_999)) * 1000
+    elif timestamp == "set at its edges":
+        message.timestamp.seconds, message.timestamp.nanos = draw(seconds), draw(nanos)
     if draw(st.booleans()):
-        message.timestamp.seconds = draw(seconds)
-        message.timestamp.nanos = draw(st.sampled_from([0, 1000, 999_999_000, 1, 999]))
-    if draw(st.integers(0, 9)) == 0:
-        message.ClearField("timestamp")
-    if draw(st.integers(0, 4)) == 0:
-        message.source_sequence = 0  # present, and zero
+        message.ingestion_timestamp.seconds = draw(int64)  # set by ingest: ignored
+    extra = draw(unknown_fields)
+    if extra or draw(st.booleans()):  # as parsed from a request: maps in the parser's order, unknown fields kept
+        message = Trade.FromString(message.SerializeToString() + b"".join(extra))
     return message
 
 
 @PROPERTY
-@given(st.lists(published_trades(), max_size=8), st.datetimes(timezones=st.just(UTC)))
-def test_trades_encoded_in_one_pass_are_what_the_exact_path_writes_or_rejects(
-        messages: list[Trade], received: datetime) -> None:
-    def message_id(index: int) -> str:
-        return f"00000000-0000-5000-8000-{index:012d}"
-
-    messages = messages + messages  # the second time round, from what the batch has already written
-    batch = proto_avro.encode_trades(messages, received, message_id)
+@given(st.lists(published_trades(), max_size=8), st.datetimes(timezones=st.just(UTC)),
+       st.one_of(st.none(), st.text(max_size=8)))
+def test_trades_encoded_natively_are_what_the_exact_path_writes_or_rejects(
+        messages: list[Trade], received: datetime, batch_id: str | None) -> None:
+    message_ids = proto_avro.MessageIds.random() if batch_id is None else batch_message_ids("trade", batch_id)
+    request = PublishTradesRequest(batch_id=batch_id or "", trades=messages + messages)
+    batch = proto_avro.encode_trades(request, received, message_ids)
     keys, values, indexes, rejected = [], [], [], []
-    for index, message in enumerate(messages):
+    for index, message in enumerate(request.trades):
         try:
-            record = protos.trade_from_proto(message, received, message_id(index))
+            record = protos.trade_from_proto(message, received, message_ids(index))
         except FieldError as error:
             rejected.append((index, error.field, error.reason))
         else:
             keys.append(record["symbol"].encode())
             values.append(avro.encode("trade", record))
             indexes.append(index)
-    assert (batch.keys, batch.values, batch.indexes) == (keys, values, indexes)
+    assert (list(batch.keys), list(batch.values), list(batch.indexes)) == (keys, values, indexes)
     assert [(index, error.field, error.reason) for index, error in batch.rejected] == rejected
+    assert batch.symbols == Counter(message.symbol for message in request.trades)
+
+
+def test_plain_trades_are_encoded_natively() -> None:
+    trades = [valid_trade_message() for _ in range(3)]
+    trades[1].vendor_data.update({"b": "2", "a": "1"})
+    trades[2].price = "1e3"  # for the exact path
+    ids = proto_avro.MessageIds.random()
+    keys, values, unjudged, symbols = proto_avro._TRADES.encode(
+        PublishTradesRequest(trades=trades).SerializeToString(), 0, ids.prefix, ids.node)
+    assert unjudged == [2] and keys[2] is None and values[2] is None and symbols == {"BTCUSDT": 3}
+    record = protos.trade_from_proto(trades[1], datetime(1970, 1, 1, tzinfo=UTC), ids(1))
+    assert values[1] == avro.encode("trade", record) and list(record["vendor_data"]) == ["a", "b"]
+
+
+def test_messages_ids_of_a_batch_are_its_base_with_the_index_in_the_node() -> None:
+    ids = proto_avro.MessageIds.based_on(uuid.UUID("0d8f1f3a-3b8e-4b5f-9a1e-ffffffffffff"))
+    assert [ids(0), ids(1)] == ["0d8f1f3a-3b8e-4b5f-9a1e-ffffffffffff", "0d8f1f3a-3b8e-4b5f-9a1e-000000000000"]
+    random_ids = [proto_avro.MessageIds.random() for _ in range(2)]
+    assert random_ids[0](0) != random_ids[1](0) and uuid.UUID(random_ids[0](7)).version == 4

@@ -6,7 +6,9 @@
 //! anything unusual back to that path, which judges it.
 use pyo3::prelude::*;
 
+mod avro_write;
 mod fanout;
+mod proto_wire;
 mod publish;
 
 #[pymodule]

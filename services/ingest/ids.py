@@ -2,12 +2,11 @@
 batch, a reloaded file), so consumers can recognise the copy."""
 
 import uuid
-from collections.abc import Callable
 from hashlib import sha1
 
+from k2.core.proto_avro import MessageIds
 from k2.core.records import QUOTE, TRADE, RecordKind
 
-NODE_MASK = (1 << 48) - 1
 # One namespace per kind, so a trade and a quote with the same id (or batch id) never share a message_id.
 RECORD_NAMESPACES: dict[RecordKind, uuid.UUID] = {
     TRADE: uuid.UUID("3e2b8f5c-1a4d-4c7e-9b06-5d8a2f1c7e93"),
@@ -29,9 +28,6 @@ def record_message_id(kind: RecordKind, record_id: str) -> str:
             f"{digest[20:32]}")
 
 
-def batch_message_ids(kind: RecordKind, batch_id: str) -> Callable[[int], str]:
-    """The message_id of item `index` of a published batch: the batch's UUIDv5 with the index added to its
-    node field (the last 48 bits; version and variant unchanged)."""
-    base = uuid.uuid5(BATCH_NAMESPACES[kind], batch_id)
-    prefix, node = str(base)[:24], base.node
-    return lambda index: f"{prefix}{(node + index) & NODE_MASK:012x}"
+def batch_message_ids(kind: RecordKind, batch_id: str) -> MessageIds:
+    """The message ids of a published batch's items: based on the batch's UUIDv5."""
+    return MessageIds.based_on(uuid.uuid5(BATCH_NAMESPACES[kind], batch_id))

@@ -2,7 +2,7 @@
 process, however many servers a process starts (tests start several)."""
 
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -52,8 +52,11 @@ class SymbolLabels:
         self._known: dict[str, set[str]] = {}
 
     def count_received(self, source: str, kind: str, symbols: Iterable[str]) -> None:
+        self.count_received_per_symbol(source, kind, Tally(symbols))
+
+    def count_received_per_symbol(self, source: str, kind: str, counts: Mapping[str, int]) -> None:
         known = self._known.setdefault(source, set())
-        for symbol, count in Tally(symbols).items():
+        for symbol, count in counts.items():
             if symbol not in known:
                 if len(known) >= self.limit:
                     symbol = OTHER_SYMBOL

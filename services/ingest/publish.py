@@ -13,7 +13,8 @@ Idempotency, for a batch re-sent after a lost acknowledgement:
   opts out.
 - message_id: an item without one gets an id derived from (kind, batch_id, index), not a random one, so a
   batch re-sent beyond the window, after an ingest restart or to another ingest replica is written with the
-  SAME message ids, and consumers (the writer) can drop the copy by message_id. A publisher that sets
+  SAME message ids, and consumers (the writer) can drop the copy by message_id. (Without a batch_id, from a
+  random UUID per batch instead: the index in its last 48 bits.) A publisher that sets
   message_id keeps it (its own idempotency key, which also survives re-batching). Ingest keeps no
   per-message_id set: it would cost memory per message, and be incomplete anyway across replicas and restarts.
 A delivery failure is part of the batch's outcome: re-sending the same batch id returns it again, so failed
@@ -55,7 +56,7 @@ tracer = trace.get_tracer("k2.ingest")
 class Kind:
     kind: RecordKind
     items_field: str
-    encode: Callable[[Sequence[Any], datetime, MessageIds], EncodedBatch]
+    encode: Callable[[Any, datetime, MessageIds], EncodedBatch]  # (request, ingestion time, message ids)
     response: Callable[..., Any]
     method: str
 
@@ -175,8 +176,9 @@ class Publisher:
                 metrics.PUBLISH_BATCHES.labels(metrics.SERVICE, kind.kind, "duplicate").inc()
                 return _as_duplicate(earlier)
 
-        self.symbols.count_received(SOURCE, kind.kind, [item.symbol for item in items])
-        encoded = kind.encode(items, utc_now(), batch_message_ids(kind.kind, batch_id) if batch_id else None)
+        encoded = kind.encode(request, utc_now(),
+                              batch_message_ids(kind.kind, batch_id) if batch_id else MessageIds.random())
+        self.symbols.count_received_per_symbol(SOURCE, kind.kind, encoded.symbols)
         indexes = encoded.indexes
         rejections = [ingest_pb2.Rejection(index=index, field=error.field, reason=error.reason)
                       for index, error in encoded.rejected]
@@ -198,7 +200,7 @@ class Publisher:
         return answer
 
 
-def _answer(kind: Kind, batch_id: str, indexes: list[int], rejections: list[Any],
+def _answer(kind: Kind, batch_id: str, indexes: Sequence[int], rejections: list[Any],
             report: DeliveryReport) -> Any:
     """The batch's answer once Kafka has answered for each accepted item."""
     failed = [ingest_pb2.Rejection(index=indexes[position], field="", reason=f"not written to Kafka: {error}")
