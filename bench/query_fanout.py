@@ -4,7 +4,9 @@
 The query service runs as its own process (`python -m services.query`). Subscribers run in a client process
 (every response fully parsed into Trade messages); a producer process writes pre-encoded trade messages to
 Kafka as fast as it can while they listen. Delivered rate = trades received by all subscribers / time from the
-first to the last trade received. Prints one JSON object."""
+first to the last trade received. Server CPU per trade = the query process's CPU time over the phase / trades
+consumed from Kafka; client CPU = the subscribers' process (it parses every response), which shares the machine.
+Prints one JSON object."""
 
 import asyncio
 import json
@@ -116,6 +118,7 @@ async def _subscribe(port: int, subscribers: int, expected: int, ready: "multipr
         query_pb2.SubscribeTradesRequest()) for i in range(subscribers)]
     await asyncio.gather(*(call.read() for call in calls))  # each has its first heartbeat: registered
     ready.set()
+    started = time.process_time()
     if not expected:
         results.put(None)
         await asyncio.sleep(3600)
@@ -129,7 +132,8 @@ async def _subscribe(port: int, subscribers: int, expected: int, ready: "multipr
                 received += len(response.trades)
         return first, time.perf_counter(), received
 
-    results.put(await asyncio.gather(*(count(call) for call in calls)))
+    counts = await asyncio.gather(*(count(call) for call in calls))
+    results.put((counts, time.process_time() - started))
 
 
 def subscribe(port: int, subscribers: int, expected: int, ready: "multiprocessing.synchronize.Event",
@@ -137,24 +141,29 @@ def subscribe(port: int, subscribers: int, expected: int, ready: "multiprocessin
     asyncio.run(_subscribe(port, subscribers, expected, ready, results))
 
 
-def delivered_rate(bootstrap: str, port: int, values: list[bytes], subscribers: int,
+def delivered_rate(bootstrap: str, port: int, pid: int, values: list[bytes], subscribers: int,
                    prefix: str) -> dict[str, float]:
+    server = psutil.Process(pid)
     context = multiprocessing.get_context("spawn")
     ready, results = context.Event(), context.Queue()
     client = context.Process(target=subscribe, args=(port, subscribers, MESSAGES, ready, results))
     client.start()
     if not ready.wait(60):
         raise RuntimeError("subscribers did not start")
+    cpu_before = sum(server.cpu_times()[:2])
     producer = context.Process(target=produce, args=(bootstrap, prefix, values, MESSAGES))
     producer.start()
-    counts = results.get(timeout=600)
+    counts, client_cpu = results.get(timeout=600)
+    server_cpu = sum(server.cpu_times()[:2]) - cpu_before
     producer.join()
     client.join()
     first = min(c[0] for c in counts)
     last = max(c[1] for c in counts)
     total = sum(c[2] for c in counts)
     return {"subscribers": subscribers, "trades_per_subscriber": MESSAGES, "seconds": round(last - first, 3),
-            "delivered_trades_per_s": round(total / (last - first))}
+            "delivered_trades_per_s": round(total / (last - first)),
+            "server_cpu_us_per_trade": round(server_cpu / MESSAGES * 1e6, 2),
+            "client_cpu_s": round(client_cpu, 2)}
 
 
 def idle_rss(port: int, pid: int) -> dict[str, float]:
@@ -188,7 +197,8 @@ def main() -> None:
                            K2_QUERY_MAX_STREAMS_PER_CLIENT="0", K2_QUERY_MAX_REQUESTS_PER_SECOND_PER_CLIENT="0") as (port, pid):
             for subscribers in (1, 10):
                 log(f"fan-out to {subscribers} subscriber(s) ...")
-                result[f"subscribers_{subscribers}"] = delivered_rate(bootstrap, port, values, subscribers, prefix)
+                result[f"subscribers_{subscribers}"] = delivered_rate(bootstrap, port, pid, values, subscribers,
+                                                                          prefix)
             log(f"RSS with {IDLE_SUBSCRIBERS} idle subscribers ...")
             result["idle"] = idle_rss(port, pid)
     print(json.dumps(result))
