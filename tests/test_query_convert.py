@@ -1,90 +1,266 @@
-"""The query service's conversions and tokens, without Kafka or Iceberg: the fan-out's fast decoder gives exactly
-the core mapping's messages (Arrow rows: tests/test_query_wire.py); bars round VWAP half-even; tokens refuse
-anything they did not issue."""
+"""The query service's conversions and tokens, without Kafka or Iceberg: the fan-out's native decoding gives exactly
+the exact path's bytes (Arrow rows: tests/test_query_wire.py); bars round VWAP half-even; tokens refuse anything
+they did not issue."""
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from io import BytesIO
+from typing import Any
 
+import fastavro
 import pyarrow as pa
 import pytest
-from confluent_kafka import Message
+from confluent_kafka import KafkaError, Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import quotes, sample_quote, sample_trade, trades
+from k2_native import LiveBatch, read_messages
+from strategies import avro_data, quotes, sample_quote, sample_trade, trades
 
 from k2.core import avro
 from k2.core.arrow import records_to_arrow
-from k2.core.protos import quote_to_proto, trade_to_proto
-from k2.core.records import QUOTE, TRADE, FieldError, Record
+from k2.core.records import DECIMAL_PRECISION, MAX_TEXT_LENGTH, QUOTE, TRADE, FieldError, Record, RecordKind
 from k2.query.v1 import query_pb2
 from services.query.bars import BarBuilder, divide_half_even
-from services.query.convert import BATCH_DECODE_MIN, DECODERS, LiveItem, live_items
+from services.query.convert import TRANSCODERS, decode_batch, decode_exactly, frame
 from services.query.selection import Selection, micros, rows_after, sort_rows
 from services.query.tokens import PageToken, StreamPosition, query_digest
 
-TO_PROTO = {TRADE: trade_to_proto, QUOTE: quote_to_proto}
+KINDS = (TRADE, QUOTE)
+RECORDS = {TRADE: trades, QUOTE: quotes}
+LIMIT = 10**DECIMAL_PRECISION  # unscaled decimal(38,18) values are below this in magnitude
 
 
-def core_message(kind: str, record: Record) -> bytes:
-    _, decoded = avro.decode(avro.encode(kind, record))  # type: ignore[arg-type]
-    return TO_PROTO[kind](decoded).SerializeToString()  # type: ignore[index]
+def exact_framed(kind: RecordKind, value: bytes) -> tuple[bytes, str, str, int] | None:
+    """The exact path's result for one value: (framed message, symbol, exchange, timestamp µs), or None."""
+    decoded = decode_exactly(kind, value)
+    return None if decoded is None else (frame(decoded[0]), *decoded[1:])
 
 
-@settings(max_examples=300, deadline=None)
-@given(trades())
-def test_live_decoder_matches_the_core_path_for_trades(record: Record) -> None:
-    decoded = DECODERS[TRADE].decode(avro.encode(TRADE, record))
-    assert decoded is not None
-    message, symbol, exchange, timestamp = decoded
-    assert message.SerializeToString() == core_message(TRADE, record)
-    assert (symbol, exchange, timestamp) == (record["symbol"], record["exchange"], micros(record["timestamp"]))
+def messages_of(values: list[bytes], partitions: int = 1) -> list[Message]:
+    return [Message(topic="live", partition=i % partitions, offset=i, value=value, key=b"K")
+            for i, value in enumerate(values)]
 
 
-@settings(max_examples=300, deadline=None)
-@given(quotes())
-def test_live_decoder_matches_the_core_path_for_quotes(record: Record) -> None:
-    decoded = DECODERS[QUOTE].decode(avro.encode(QUOTE, record))
-    assert decoded is not None
-    assert decoded[0].SerializeToString() == core_message(QUOTE, record)
+def batch_of(kind: RecordKind, values: list[bytes]) -> tuple[LiveBatch, int]:
+    [batch], errors = read_messages(messages_of(values), ["live"])
+    assert errors == []
+    return batch, decode_batch(kind, batch)
 
 
-def test_live_decoder_refuses_what_the_validators_refuse_and_reads_older_versions() -> None:
-    trade = DECODERS[TRADE]
-    assert trade.decode(avro.encode(TRADE, sample_trade(symbol=""))) is None
-    assert trade.decode(avro.encode(TRADE, sample_trade(price=Decimal(0)))) is None  # crypto needs a price
-    futures = sample_trade(asset_class="FUTURES", price=Decimal("-1.25"))
-    assert trade.decode(avro.encode(TRADE, futures))[0].price == "-1.25"  # type: ignore[index]
-    assert trade.decode(avro.encode(QUOTE, sample_quote())) is None  # a quote on the trades topic
-    assert trade.decode(b"\xc3\x01garbage") is None
-    half = sample_quote(ask_price=None)  # an ask quantity without a price
-    assert DECODERS[QUOTE].decode(avro.encode(QUOTE, half)) is None
-    v1 = avro.VERSIONS[TRADE][0]
-    old = avro.encode_with(v1, {
+# Raw Avro values of the current schema versions, beyond what a valid record holds: any text (empty, longer than
+# MAX_TEXT_LENGTH characters), decimals of any sign and size (and byte strings that are no minimal two's
+# complement), any long for a timestamp, maps with keys that begin one another. Written with the logical types
+# stripped, so that fastavro writes what the strategy drew.
+any_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)
+texts = st.one_of(any_text.filter(bool), any_text.filter(bool), any_text.filter(bool), any_text,
+                  st.text("aé€😀", min_size=MAX_TEXT_LENGTH - 1, max_size=MAX_TEXT_LENGTH + 1))
+map_keys = st.text("aé", max_size=3)  # few letters: keys that equal, or begin, one another
+decimal_units = st.one_of(st.integers(1, 10**24), st.integers(-LIMIT + 1, LIMIT - 1),
+                          st.sampled_from([0, -1, LIMIT - 1, -LIMIT + 1, LIMIT, -LIMIT, 2**127 - 1, -(2**127)]))
+minimal_bytes = decimal_units.map(lambda n: n.to_bytes(n.bit_length() // 8 + 1, "big", signed=True))
+decimal_bytes = st.one_of(
+    minimal_bytes, minimal_bytes, minimal_bytes,
+    decimal_units.map(lambda n: n.to_bytes(17, "big", signed=True)),  # sign-extended: one byte too many
+    st.binary(max_size=18))
+FIRST_MICROS, LAST_MICROS = micros(datetime.min.replace(tzinfo=UTC)), micros(datetime.max.replace(tzinfo=UTC))
+micros_values = st.one_of(st.integers(FIRST_MICROS - 2, LAST_MICROS + 2), st.integers(FIRST_MICROS - 2, LAST_MICROS + 2),
+                          st.sampled_from([FIRST_MICROS - 1, FIRST_MICROS, LAST_MICROS, LAST_MICROS + 1, 0, -1]),
+                          st.integers(-(2**63), 2**63 - 1))
+
+
+def raw_data(schema: Any) -> st.SearchStrategy[Any]:
+    if isinstance(schema, list):
+        return st.one_of(*(raw_data(branch) for branch in schema))
+    if isinstance(schema, str):
+        return {"null": st.none(), "string": texts, "long": st.integers(-(2**63), 2**63 - 1)}[schema]
+    logical = schema.get("logicalType")
+    if logical == "decimal":
+        return decimal_bytes
+    if logical == "timestamp-micros":
+        return micros_values
+    if logical == "uuid":
+        return st.one_of(st.uuids().map(str), texts)
+    return {"enum": lambda: st.sampled_from(schema["symbols"]), "array": lambda: st.lists(texts, max_size=3),
+            "map": lambda: st.dictionaries(map_keys, texts, max_size=5)}[schema["type"]]()
+
+
+RAW_SCHEMAS = {kind: fastavro.parse_schema(avro.without_logical_types(avro.CURRENT[kind].schema)) for kind in KINDS}
+
+
+def raw_written(kind: RecordKind, record: Record) -> bytes:
+    out = BytesIO()
+    fastavro.schemaless_writer(out, RAW_SCHEMAS[kind], record)
+    return avro.CURRENT_HEADERS[kind] + out.getvalue()
+
+
+def raw_value(kind: RecordKind) -> st.SearchStrategy[bytes]:
+    fields = avro.CURRENT[kind].schema["fields"]
+    return st.fixed_dictionaries({f["name"]: raw_data(f["type"]) for f in fields}).map(
+        lambda record: raw_written(kind, record))
+
+
+@st.composite
+def corrupted(draw: st.DrawFn, value: bytes) -> bytes:
+    """A value cut short, with bytes after its end, or one byte changed."""
+    how = draw(st.sampled_from(["cut", "trailing", "changed"]))
+    if how == "cut":
+        return value[:draw(st.integers(0, len(value) - 1))]
+    if how == "trailing":
+        return value + draw(st.binary(min_size=1, max_size=3))
+    at = draw(st.integers(0, len(value) - 1))
+    return value[:at] + bytes([value[at] ^ draw(st.integers(1, 255))]) + value[at + 1:]
+
+
+def live_values(kind: RecordKind) -> st.SearchStrategy[bytes]:
+    """Kafka values on a kind's topic: valid records, raw ones, corrupt ones, older versions, the other kind."""
+    valid = RECORDS[kind]().map(lambda record: avro.encode(kind, record))
+    older = st.sampled_from(avro.VERSIONS[kind][:-1]).flatmap(
+        lambda version: avro_data(version.schema).map(lambda record: avro.encode_with(version, record)))
+    other = RECORDS[QUOTE if kind == TRADE else TRADE]().map(
+        lambda record: avro.encode(QUOTE if kind == TRADE else TRADE, record))
+    return st.one_of(valid, raw_value(kind), valid.flatmap(corrupted), raw_value(kind).flatmap(corrupted), older,
+                     other)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_a_decoded_batch_holds_exactly_the_exact_paths_records(kind: RecordKind, data: st.DataObject) -> None:
+    """Natively transcoded or handed back to the exact path: per message the bytes, symbol, exchange and
+    timestamp the exact path gives (frame(trade_to_proto(...))), in Kafka order; refused what it refuses."""
+    values = data.draw(st.lists(live_values(kind), min_size=1, max_size=6))
+    batch, refused = batch_of(kind, values)
+    expected = [exact_framed(kind, value) for value in values]
+    valid = [found for found in expected if found is not None]
+    assert refused == len(values) - len(valid)
+    assert batch.select() == (b"".join(f[0] for f in valid), len(valid), max((f[3] for f in valid), default=0))
+    for index, found in enumerate(expected):
+        single, _ = batch_of(kind, [values[index]])
+        assert single.select() == ((found[0], 1, found[3]) if found else (b"", 0, 0))
+        assert single.symbols() == ([found[1]] if found else [])
+        if found:
+            assert single.select(exchanges=frozenset([found[2]]))[1] == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_valid_records_of_the_current_version_never_need_the_exact_path(kind: RecordKind,
+                                                                        data: st.DataObject) -> None:
+    records = data.draw(st.lists(RECORDS[kind](), min_size=1, max_size=5))
+    [batch], _ = read_messages(messages_of([avro.encode(kind, r) for r in records]), ["live"])
+    assert batch.decode(TRANSCODERS[kind]) == []
+    assert batch.records == len(records)
+
+
+def raw_trade(**changes: Any) -> bytes:
+    record = sample_trade(price=Decimal(1), quantity=Decimal(2))
+    units = {name: int(record[name].scaleb(18)).to_bytes(16, "big", signed=True) for name in ("price", "quantity")}
+    times = {name: micros(record[name]) for name in ("timestamp", "ingestion_timestamp")}
+    return raw_written(TRADE, record | units | times | changes)
+
+
+def units(n: int) -> bytes:
+    return n.to_bytes(16, "big", signed=True)
+
+
+@pytest.mark.parametrize("changes", [
+    {"symbol": "é" * MAX_TEXT_LENGTH}, {"symbol": "é" * (MAX_TEXT_LENGTH + 1)}, {"currency": ""},
+    {"trade_id": "😀" * (MAX_TEXT_LENGTH + 1)}, {"message_id": ""}, {"message_id": "not a uuid"},
+    {"timestamp": FIRST_MICROS}, {"timestamp": FIRST_MICROS - 1}, {"ingestion_timestamp": LAST_MICROS},
+    {"ingestion_timestamp": LAST_MICROS + 1}, {"timestamp": -1}, {"timestamp": 0},
+    {"price": units(LIMIT - 1)}, {"price": units(LIMIT)}, {"quantity": units(-LIMIT + 1)}, {"price": units(0)},
+    {"quantity": units(0)}, {"price": units(-1)}, {"asset_class": "OPTIONS", "price": units(-1)},
+    {"price": b"\x00" * 17 + b"\x01"}, {"price": b""}, {"price": b"\x00\x00\x05"},
+    {"vendor_data": {"": "", "a": "1", "ab": "2", "b": "3", "é": "4"}}, {"vendor_data": {}},
+    {"source_sequence": -(2**63), "platform_sequence": 2**63 - 1}, {"source_sequence": 0, "platform_sequence": 0},
+    {"trade_conditions": ["", "x", "é" * 300]}])
+def test_limits_are_the_exact_paths(changes: dict[str, Any]) -> None:
+    value = raw_trade(**changes)
+    found = exact_framed(TRADE, value)
+    assert batch_of(TRADE, [value])[0].select() == ((found[0], 1, found[3]) if found else (b"", 0, 0))
+
+
+def test_records_the_transcoder_hands_back_are_judged_by_the_exact_path() -> None:
+    futures = avro.encode(TRADE, sample_trade(asset_class="FUTURES", price=Decimal("-1.25"), symbol="ES"))
+    one_sided = avro.encode(QUOTE, sample_quote(ask_price=None, ask_quantity=None))
+    repeated_key = avro.encode(TRADE, sample_trade(vendor_data={"a": "1", "b": "2"})).replace(b"\x02b", b"\x02a")
+    v1 = avro.encode_with(avro.VERSIONS[TRADE][0], {
         "symbol": "BHP", "exchange_timestamp": datetime(2014, 3, 10, tzinfo=UTC), "price": Decimal("37.51"),
         "volume": 40000, "qualifiers": 3, "venue": "X", "buyer_id": None, "company_id": 7078, "exchange": "ASX",
         "ingestion_timestamp": datetime(2014, 3, 10, tzinfo=UTC), "sequence_number": 1})
-    message, symbol, _, _ = trade.decode(old)  # type: ignore[misc]
-    assert (symbol, message.quantity, message.vendor_data["venue"]) == ("BHP", "40000", "X")
+    values = [avro.encode(TRADE, sample_trade()), futures, avro.encode(TRADE, sample_trade(symbol="")),
+              b"\xc3\x01garbage", avro.encode(QUOTE, sample_quote()), repeated_key, v1]
+    [batch], _ = read_messages(messages_of(values), ["live"])
+    assert [index for index, _ in batch.decode(TRANSCODERS[TRADE])] == [1, 2, 3, 4, 5, 6]
+    batch, refused = batch_of(TRADE, values)
+    assert refused == 3  # an empty symbol, garbage, a quote
+    assert batch.select()[0] == b"".join(exact_framed(TRADE, v)[0] for v in (values[0], futures, repeated_key, v1))
+    response = query_pb2.SubscribeTradesResponse.FromString(batch.select()[0])
+    assert [t.price for t in response.trades] == ["97123.45", "-1.25", "97123.45", "37.51"]
+    assert dict(response.trades[2].vendor_data) == {"a": "2"}  # Avro's last value of a repeated key
+    assert response.trades[3].vendor_data["venue"] == "X"
+    [quotes], _ = read_messages(messages_of([one_sided]), ["live"])
+    assert [index for index, _ in quotes.decode(TRANSCODERS[QUOTE])] == []
+    half = avro.encode(QUOTE, sample_quote(ask_price=None))  # an ask quantity without a price
+    assert batch_of(QUOTE, [one_sided, half])[1] == 1
 
 
-@settings(max_examples=10, deadline=None)
-@given(st.lists(trades(), min_size=1, max_size=20))
-def test_a_batch_decodes_like_single_messages(records: list[Record]) -> None:
-    """Large polls are decoded as a whole (Arrow kernels), small ones message by message: the same items."""
-    values = [avro.encode(TRADE, record) for record in records]
-    values += [avro.encode(TRADE, sample_trade(symbol="")), b"\xc3\x01garbage", avro.encode(QUOTE, sample_quote())]
-    messages = [Message(topic="trades", partition=i % 3, offset=i, value=values[i % len(values)])
-                for i in range(BATCH_DECODE_MIN + 7)]
-    batched, refused = live_items(TRADE, messages)
-    single = [live_items(TRADE, [message]) for message in messages]
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from(["A", "B", "C"]), st.sampled_from(["X", "Y"]), st.integers(0, 4)),
+                     min_size=1, max_size=12),
+       symbols=st.one_of(st.none(), st.frozensets(st.sampled_from(["A", "B", "C", "D"]))),
+       exchanges=st.one_of(st.none(), st.frozensets(st.sampled_from(["X", "Y"]))),
+       start=st.one_of(st.none(), st.integers(0, 4)), end=st.one_of(st.none(), st.integers(0, 5)),
+       skip_below=st.dictionaries(st.integers(0, 2), st.integers(0, 12), max_size=2),
+       older=st.integers(0, 12))
+def test_select_takes_the_records_a_selection_matches(rows: list[tuple[str, str, int]],
+                                                      symbols: frozenset[str] | None,
+                                                      exchanges: frozenset[str] | None, start: int | None,
+                                                      end: int | None, skip_below: dict[int, int],
+                                                      older: int) -> None:
+    at = datetime(2024, 1, 1, tzinfo=UTC)
+    values = [avro.encode(TRADE, sample_trade(symbol=symbol, exchange=exchange,
+                                              timestamp=at + timedelta(microseconds=t)))
+              for symbol, exchange, t in rows]
+    if older < len(values):  # one record of an older version: the exact path's, added in its place
+        symbol, exchange, t = rows[older]
+        values[older] = avro.encode_with(avro.VERSIONS[TRADE][0], {
+            "symbol": symbol, "exchange_timestamp": at + timedelta(microseconds=t), "price": Decimal(1),
+            "volume": 1, "qualifiers": 0, "venue": "", "buyer_id": None, "company_id": 1, "exchange": exchange,
+            "ingestion_timestamp": at, "sequence_number": None})
+    [batch], _ = read_messages(messages_of(values, partitions=3), ["live"])
+    decode_batch(TRADE, batch)
+    base = micros(at)
+    selection = Selection(symbols, exchanges, None if start is None else base + start,
+                          None if end is None else base + end)
+    chosen = [(framed, timestamp) for offset, value in enumerate(values)
+              for framed, symbol, exchange, timestamp in [exact_framed(TRADE, value)]  # type: ignore[misc]
+              if selection.matches(symbol, exchange, timestamp) and offset >= skip_below.get(offset % 3, 0)]
+    assert batch.select(selection.symbols, selection.exchanges, selection.start, selection.end, skip_below) == (
+        b"".join(f for f, _ in chosen), len(chosen), max((t for _, t in chosen), default=0))
+    assert sorted(batch.symbols()) == sorted({symbol for symbol, _, _ in rows})
 
-    def seen(items: list[LiveItem]) -> list[tuple[object, ...]]:  # a map's entries may come in any order
-        return [(i.partition, i.offset, i.symbol, i.exchange, i.timestamp,
-                 query_pb2.SubscribeTradesResponse.FromString(i.framed)) for i in items]
 
-    assert seen(batched) == seen([item for items, _ in single for item in items])
-    assert [m.offset() for m in refused] == [m.offset() for _, gone in single for m in gone]
-    assert len(refused) >= 3 * (len(messages) // len(values))  # the three invalid values, every time
+def test_read_messages_splits_a_poll_by_topic() -> None:
+    error = Message(topic="trades", partition=0, error=KafkaError(KafkaError._PARTITION_EOF))
+    trade, quote = avro.encode(TRADE, sample_trade()), avro.encode(QUOTE, sample_quote())
+    traced = [("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]
+    messages = [Message(topic="trades", partition=1, offset=7, key=b"BTCUSDT", value=trade),
+                error,
+                Message(topic="quotes", partition=0, offset=3, key=b"BHP", value=quote, headers=traced),
+                Message(topic="trades", partition=1, offset=8, key=b"ETHUSDT", value=trade),
+                Message(topic="trades", partition=0, offset=2, key=b"BTCUSDT", value=b"newest")]
+    latest: list[dict[bytes, bytes]] = [{}, {}]
+    (trades_batch, quotes_batch), errors = read_messages(messages, ["trades", "quotes"], latest)
+    assert errors == [error]
+    assert (len(trades_batch), len(quotes_batch)) == (3, 1)
+    assert trades_batch.positions == {1: 9, 0: 3} and quotes_batch.positions == {0: 4}
+    assert [trades_batch.position(i) for i in range(3)] == [(1, 7), (1, 8), (0, 2)]
+    assert latest == [{b"BTCUSDT": b"newest", b"ETHUSDT": trade}, {b"BHP": quote}]
+    assert trades_batch.headers is None and quotes_batch.headers == [traced]
+    [only], _ = read_messages(messages[:1] + messages[3:], ["trades"], keys=frozenset([b"ETHUSDT"]))
+    assert len(only) == 1 and only.position(0) == (1, 8) and only.positions == {1: 9, 0: 3}
 
 
 def test_vwap_rounds_half_even_and_bars_align_to_utc() -> None:

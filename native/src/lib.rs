@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 
 mod avro_write;
 mod fanout;
+mod fanout_transcode;
 mod proto_wire;
 mod publish;
 

@@ -2,13 +2,15 @@
 to every matching subscriber.
 
 - A consumer thread waits for a message, takes what else has arrived (up to `subscription_batch` messages, waiting
-  `flush_ms` more for them: 0 by default, so a record is never held back), decodes them once into serialized
-  messages (convert.live_items: a large batch as a whole), and hands the batch to the event loop. At most
-  a few batches wait for the loop, so a busy loop slows the consumer rather than growing memory. Messages of a
-  kind nobody subscribes to are not decoded at all (if a first subscriber arrives meanwhile, the loop decodes
-  the batch it joins at).
-- On the loop, subscribers with the same filter form a group: a group's response (matching records + resume
-  token + server time) is built once per batch and the same bytes object is queued for each of its subscribers.
+  `flush_ms` more for them: 0 by default, so a record is never held back), splits them by topic into batches
+  and decodes each once into serialized messages (k2_native: no per-message Python but for records handed to
+  the exact path, see services.query.convert), and hands the batches to the event loop. At most a few batches
+  wait for the loop, so a busy loop slows the consumer rather than growing memory. Messages of a kind nobody
+  subscribes to are not decoded at all (if a first subscriber arrives meanwhile, the loop decodes the batch it
+  joins at).
+- On the loop, subscribers with the same filter form a group: a group's response (matching records, selected and
+  joined natively + resume token + server time) is built once per batch and the same bytes object is queued for
+  each of its subscribers.
 - Each subscriber has a bounded buffer (bytes waiting to be sent). Queuing never waits: a subscriber whose buffer
   is full is removed and ended with RESOURCE_EXHAUSTED, so a slow reader never slows the others.
 - `positions` is the next offset per partition up to which every record has been delivered (queued) to the live
@@ -29,10 +31,10 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import grpc
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from k2_native import LiveBatch, read_messages
 from opentelemetry import trace
 
 from k2.core.config import KafkaSettings
@@ -41,7 +43,7 @@ from k2.core.records import QUOTE, TRADE, RecordKind
 from k2.core.telemetry import messaging_span, sampled_message_traces
 from services.query import metrics
 from services.query.config import QuerySettings
-from services.query.convert import DECODERS, LiveItem, MarketMessage, live_items, response_bytes
+from services.query.convert import MarketMessage, decode_batch, decode_exactly, response_bytes
 from services.query.history import History
 from services.query.kafka_tail import KAFKA_LOG, KafkaAdmin
 from services.query.selection import Selection
@@ -206,7 +208,7 @@ class FanOut:
     def latest(self, kind: RecordKind, symbol: str) -> MarketMessage | None:
         """The last valid message the fan-out read for the symbol, if any."""
         value = self._latest[kind].get(symbol.encode())
-        decoded = None if value is None else DECODERS[kind].decode(value)
+        decoded = None if value is None else decode_exactly(kind, value)
         return None if decoded is None else decoded[0]
 
     def position_of(self, subscriber: Subscriber) -> Offsets:
@@ -227,76 +229,69 @@ class FanOut:
 
     # ---- routing (event loop) --------------------------------------------------------------------------------
 
-    def _route(self, messages: dict[RecordKind, list[Message]], items: dict[RecordKind, list[LiveItem] | None],
-               positions: dict[RecordKind, Offsets]) -> None:
+    def _route(self, batches: dict[RecordKind, LiveBatch], positions: dict[RecordKind, Offsets]) -> None:
         try:
             for kind in KINDS:
                 position = self.positions[kind]
                 position.update(positions[kind])
-                decoded = items[kind]
-                if decoded is None and self._wanted[kind]:  # a first subscriber arrived after the poll
-                    decoded = self._decode(kind, messages[kind])
-                if decoded:
-                    self._traced_deliver(kind, messages[kind], decoded, position)
+                batch = batches[kind]
+                if not batch.decoded and self._wanted[kind]:  # a first subscriber arrived after the poll
+                    self._decode(kind, batch)
+                if batch.records:
+                    self._traced_deliver(kind, batch, position)
                 if self._ahead[kind]:
                     self._promote(kind, position)
         finally:
             self._waiting.release()
 
-    def _traced_deliver(self, kind: RecordKind, messages: list[Message], items: list[LiveItem],
-                        position: Offsets) -> None:
+    def _traced_deliver(self, kind: RecordKind, batch: LiveBatch, position: Offsets) -> None:
         """_deliver within a "deliver" span per sampled trace context of the batch, which records how many
         subscribers got part of the batch."""
-        headers: list[Any] = [message.headers() for message in messages]
-        traces = sampled_message_traces(headers)
+        headers = batch.headers
+        traces = [] if headers is None else sampled_message_traces(headers)
         if not traces:
-            self._deliver(kind, items, position)
+            self._deliver(kind, batch, position)
             return
         topic = self.topics[kind]
-        spans = [messaging_span(tracer, f"deliver {topic}", found, operation="deliver", topic=topic,
-                                partition=messages[found.first].partition(), offset=messages[found.first].offset())
-                 for found in traces]
-        subscribers = self._deliver(kind, items, position)
+        spans = []
+        for found in traces:
+            partition, offset = batch.position(found.first)
+            spans.append(messaging_span(tracer, f"deliver {topic}", found, operation="deliver", topic=topic,
+                                        partition=partition, offset=offset))
+        subscribers = self._deliver(kind, batch, position)
         for span in spans:
             span.set_attribute("k2.subscribers", subscribers)
             span.end()
 
-    def _deliver(self, kind: RecordKind, items: list[LiveItem], position: Offsets) -> int:
-        """Queues the matching items for each subscriber; returns how many subscribers got some."""
+    def _deliver(self, kind: RecordKind, batch: LiveBatch, position: Offsets) -> int:
+        """Queues the matching records for each subscriber; returns how many subscribers got some."""
         reached = 0
-        targets: dict[_Group, list[LiveItem]] = {}
+        groups = list(self._every_symbol[kind])
         by_symbol = self._by_symbol[kind]
         if by_symbol:
-            for item in items:
-                groups = by_symbol.get(item.symbol)
-                if groups:
-                    for group in groups:
-                        targets.setdefault(group, []).append(item)
-        for group in self._every_symbol[kind]:
-            targets[group] = items
-        for group, chosen in targets.items():
+            groups += {group for symbol in batch.symbols() for group in by_symbol.get(symbol, ())}
+        for group in groups:
             selection = group.selection
-            if selection.exchanges is not None or selection.start is not None:
-                chosen = [i for i in chosen if selection.matches(i.symbol, i.exchange, i.timestamp)]
-            if chosen:
-                self._send(kind, chosen, position, selection, list(group.subscribers))
+            framed, count, newest = batch.select(selection.symbols, selection.exchanges, selection.start,
+                                                 selection.end)
+            if count:
+                self._send(kind, framed, count, newest, position, selection, list(group.subscribers))
                 reached += len(group.subscribers)
         for subscriber in list(self._ahead[kind]):
-            skip_below, selection = subscriber.skip_below, subscriber.selection
-            chosen = [i for i in items if i.offset >= skip_below.get(i.partition, 0)
-                      and selection.matches(i.symbol, i.exchange, i.timestamp)]
-            if chosen:
-                self._send(kind, chosen, self.position_of(subscriber), selection, [subscriber])
+            selection = subscriber.selection
+            framed, count, newest = batch.select(selection.symbols, selection.exchanges, selection.start,
+                                                 selection.end, subscriber.skip_below)
+            if count:
+                self._send(kind, framed, count, newest, self.position_of(subscriber), selection, [subscriber])
                 reached += 1
         return reached
 
-    def _send(self, kind: RecordKind, chosen: list[LiveItem], position: Offsets, selection: Selection,
-              subscribers: list[Subscriber]) -> None:
-        newest = max(item.timestamp for item in chosen)
+    def _send(self, kind: RecordKind, framed: bytes, count: int, newest: int, position: Offsets,
+              selection: Selection, subscribers: list[Subscriber]) -> None:
         token = StreamPosition(kind, position, since=selection.start, mark=newest).encode()
-        payload = response_bytes(kind, b"".join([item.framed for item in chosen]), token, replay=False)
+        payload = response_bytes(kind, framed, token, replay=False)
         for subscriber in subscribers:
-            if not subscriber.offer(payload, len(chosen), newest):
+            if not subscriber.offer(payload, count, newest):
                 self._too_slow(subscriber)
 
     def _promote(self, kind: RecordKind, position: Offsets) -> None:
@@ -306,11 +301,10 @@ class FanOut:
                 self._ahead[kind].discard(subscriber)
                 self._join_group(subscriber)
 
-    def _decode(self, kind: RecordKind, messages: list[Message]) -> list[LiveItem]:
-        items, refused = live_items(kind, messages)
+    def _decode(self, kind: RecordKind, batch: LiveBatch) -> None:
+        refused = decode_batch(kind, batch)
         if refused:
-            metrics.INVALID_MESSAGES.labels(metrics.SERVICE, self.topics[kind]).inc(len(refused))
-        return items
+            metrics.INVALID_MESSAGES.labels(metrics.SERVICE, self.topics[kind]).inc(refused)
 
     def _set_health(self, healthy: bool) -> None:
         self.healthy = healthy
@@ -395,7 +389,8 @@ class FanOut:
     def _consume(self, consumer: Consumer, consumed: dict[RecordKind, Offsets]) -> None:
         batch_size = self._settings.subscription_batch
         gather = self._settings.flush_ms / 1000
-        kinds, latest = self._kinds, self._latest
+        topics = [self.topics[kind] for kind in KINDS]
+        latest = [self._latest[kind] for kind in KINDS]
         next_probe = 0.0
         while not self._stopping.is_set():
             now = time.monotonic()
@@ -408,23 +403,19 @@ class FanOut:
                 continue
             if batch_size > 1:  # what else has arrived (or arrives within `flush_ms`) joins this batch
                 messages += consumer.consume(batch_size - 1, gather)
-            polled: dict[RecordKind, list[Message]] = {TRADE: [], QUOTE: []}
-            for message in messages:
+            batches, errors = read_messages(messages, topics, latest)
+            for message in errors:
                 error = message.error()
-                if error is not None:
-                    if error.fatal():
-                        raise KafkaException(error)
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        log.warning("fan-out consumer: %s", error.str())
-                    continue
-                kind = kinds[message.topic()]
-                consumed[kind][message.partition()] = message.offset() + 1
-                polled[kind].append(message)
-                key = message.key()
-                if key is not None:
-                    latest[kind][key] = message.value()
-            items = {kind: self._decode(kind, polled[kind]) if self._wanted[kind] else None for kind in KINDS}
+                if error.fatal():
+                    raise KafkaException(error)
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("fan-out consumer: %s", error.str())
+            polled = dict(zip(KINDS, batches, strict=True))
+            for kind, batch in polled.items():
+                consumed[kind].update(batch.positions)
+                if self._wanted[kind] and len(batch):
+                    self._decode(kind, batch)
             while not self._waiting.acquire(timeout=0.5):
                 if self._stopping.is_set():
                     return
-            self._call(self._route, polled, items, {kind: dict(consumed[kind]) for kind in KINDS})
+            self._call(self._route, polled, {kind: dict(consumed[kind]) for kind in KINDS})

@@ -25,12 +25,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import grpc
+from k2_native import read_messages
 
 from k2.core.config import KafkaSettings
 from k2.core.records import RecordKind
 from services.query import metrics
 from services.query.config import QuerySettings
-from services.query.convert import live_items, response_bytes
+from services.query.convert import decode_batch, response_bytes
 from services.query.fanout import FanOut, Subscriber
 from services.query.history import History, SnapshotGone, ordered_rows
 from services.query.kafka_tail import KafkaAdmin, Offsets, RangeReader, symbol_keys
@@ -172,19 +173,13 @@ class Subscriptions:
     def _read(self, reader: RangeReader, kind: RecordKind, selection: Selection,
               offsets: Offsets) -> tuple[bytes, int, int]:
         """(framed records, count, newest timestamp) of the reader's next messages; advances `offsets`."""
-        framed, count, newest = [], 0, 0
-        keys = symbol_keys(selection)
-        wanted = []
-        for message in reader.read(self._settings.subscription_batch, 0.2):
-            offsets[message.partition()] = message.offset() + 1
-            if keys is None or message.key() is None or message.key() in keys:
-                wanted.append(message)
-        for item in live_items(kind, wanted)[0]:
-            if selection.matches(item.symbol, item.exchange, item.timestamp):
-                framed.append(item.framed)
-                count += 1
-                newest = max(newest, item.timestamp)
-        return b"".join(framed), count, newest
+        messages = reader.read(self._settings.subscription_batch, 0.2)
+        [batch], _ = read_messages(messages, [reader.topic], keys=symbol_keys(selection))
+        offsets.update(batch.positions)
+        decode_batch(kind, batch)
+        framed, count, newest = batch.select(selection.symbols, selection.exchanges, selection.start,
+                                             selection.end)
+        return framed, count, newest
 
     async def _replay(self, kind: RecordKind, selection: Selection, position: StreamPosition,
                       end: Offsets) -> AsyncIterator[tuple[bytes | None, StreamPosition]]:
