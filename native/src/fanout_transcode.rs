@@ -194,21 +194,35 @@ fn short_delimited(out: &mut Vec<u8>, tag: &[u8], write: impl FnOnce(&mut Vec<u8
     out[length_at] = length as u8;
 }
 
-/// The canonical text of units × 10^-scale: no exponent, no trailing fractional zeros ("97123.45", "100").
-fn decimal_text(units: i128, scale: usize, out: &mut Vec<u8>) {
-    let mut digits = [0u8; 40];
-    let mut length = 0;
-    let mut rest = units.unsigned_abs();
+/// The decimal digits of `value` into the end of `digits`; returns where they start.
+fn u64_digits(mut value: u64, digits: &mut [u8]) -> usize {
+    let mut at = digits.len();
     loop {
-        digits[length] = b'0' + (rest % 10) as u8;
-        length += 1;
-        rest /= 10;
-        if rest == 0 {
-            break;
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            return at;
         }
     }
-    digits[..length].reverse();
-    let digits = &digits[..length];
+}
+
+/// The canonical text of units × 10^-scale: no exponent, no trailing fractional zeros ("97123.45", "100").
+fn decimal_text(units: i128, scale: usize, out: &mut Vec<u8>) {
+    const TEN_19: u128 = 10_000_000_000_000_000_000;
+    let mut buffer = [0u8; 40];
+    let magnitude = units.unsigned_abs();
+    // 64-bit arithmetic: a u128 divided by 10 per digit costs several times more
+    let first = match u64::try_from(magnitude) {
+        Ok(small) => u64_digits(small, &mut buffer),
+        Err(_) => {
+            let low = u64_digits((magnitude % TEN_19) as u64, &mut buffer);
+            buffer[40 - 19..low].fill(b'0');
+            u64_digits((magnitude / TEN_19) as u64, &mut buffer[..40 - 19])
+        }
+    };
+    let digits = &buffer[first..];
+    let length = digits.len();
     if units < 0 {
         out.push(b'-');
     }
@@ -489,6 +503,8 @@ mod tests {
             "99999999999999999999.999999999999999999"
         );
         assert_eq!(text(120, 0), "120");
+        assert_eq!(text(-(10i128.pow(19) + 7), 18), "-10.000000000000000007");
+        assert_eq!(text(u64::MAX as i128 + 1, 0), "18446744073709551616");
     }
 
     #[test]
