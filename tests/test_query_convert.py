@@ -21,7 +21,7 @@ from k2.core.arrow import records_to_arrow
 from k2.core.records import DECIMAL_PRECISION, MAX_TEXT_LENGTH, QUOTE, TRADE, FieldError, Record, RecordKind
 from k2.query.v1 import query_pb2
 from services.query.bars import BarBuilder, divide_half_even
-from services.query.convert import TRANSCODERS, decode_batch, decode_exactly, frame
+from services.query.convert import TRANSCODERS, decode_batch, decode_exactly, decode_message, frame
 from services.query.selection import Selection, micros, rows_after, sort_rows
 from services.query.tokens import PageToken, StreamPosition, query_digest
 
@@ -140,6 +140,7 @@ def test_a_decoded_batch_holds_exactly_the_exact_paths_records(kind: RecordKind,
         assert single.symbols() == ([found[1]] if found else [])
         if found:
             assert single.select(exchanges=frozenset([found[2]]))[1] == 1
+        assert decode_message(kind, values[index]) == (decode_exactly(kind, values[index]) or [None])[0]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -122,6 +122,16 @@ impl LiveTranscoder {
             },
         })
     }
+
+    /// The serialized message of one value, or None where the exact path must judge it.
+    fn message<'py>(&self, py: Python<'py>, value: &[u8]) -> Option<Bound<'py, PyBytes>> {
+        let mut framed = Vec::with_capacity(value.len() * 2);
+        self.program
+            .transcode(value, &mut Scratch::default(), &mut framed)?;
+        // after field 1's tag and the length varint
+        let header = 1 + framed[1..].iter().position(|&b| b & 0x80 == 0)? + 1;
+        Some(PyBytes::new(py, &framed[header..]))
+    }
 }
 
 /// The messages of one topic from one poll, and once decoded their framed records.

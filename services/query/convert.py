@@ -121,6 +121,15 @@ def _transcoder(kind: RecordKind) -> LiveTranscoder:
 TRANSCODERS = {kind: _transcoder(kind) for kind in (TRADE, QUOTE)}
 
 
+def decode_message(kind: RecordKind, value: bytes) -> MarketMessage | None:
+    """One Kafka value as decode_exactly's message (natively when the transcoder clears it): GetLatest's."""
+    serialized = TRANSCODERS[kind].message(value)
+    if serialized is None:
+        decoded = decode_exactly(kind, value)
+        return None if decoded is None else decoded[0]
+    return MESSAGE_TYPES[kind].FromString(serialized)
+
+
 def decode_batch(kind: RecordKind, batch: LiveBatch) -> int:
     """Decodes a batch of `kind` messages (natively; what the transcoder hands back, exactly); returns how many
     messages are not valid records of the kind (the writer refuses those too)."""

@@ -43,7 +43,7 @@ from k2.core.records import QUOTE, TRADE, RecordKind
 from k2.core.telemetry import messaging_span, sampled_message_traces
 from services.query import metrics
 from services.query.config import QuerySettings
-from services.query.convert import MarketMessage, decode_batch, decode_exactly, response_bytes
+from services.query.convert import MarketMessage, decode_batch, decode_message, response_bytes
 from services.query.history import History
 from services.query.kafka_tail import KAFKA_LOG, KafkaAdmin
 from services.query.selection import Selection
@@ -208,8 +208,7 @@ class FanOut:
     def latest(self, kind: RecordKind, symbol: str) -> MarketMessage | None:
         """The last valid message the fan-out read for the symbol, if any."""
         value = self._latest[kind].get(symbol.encode())
-        decoded = None if value is None else decode_exactly(kind, value)
-        return None if decoded is None else decoded[0]
+        return None if value is None else decode_message(kind, value)
 
     def position_of(self, subscriber: Subscriber) -> Offsets:
         """The subscriber's stream position once its queue is empty."""
