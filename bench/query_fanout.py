@@ -5,7 +5,8 @@ The query service runs as its own process (`python -m services.query`). Subscrib
 (every response fully parsed into Trade messages); a producer process writes pre-encoded trade messages to
 Kafka as fast as it can while they listen. Delivered rate = trades received by all subscribers / time from the
 first to the last trade received. Server CPU per trade = the query process's CPU time over the phase / trades
-consumed from Kafka; client CPU = the subscribers' process (it parses every response), which shares the machine.
+consumed from Kafka; client CPU = the subscribers' process (it parses every response), which shares the machine;
+the producer's rate bounds what one subscriber can receive.
 Prints one JSON object."""
 
 import asyncio
@@ -94,11 +95,13 @@ def query_service(bootstrap: str, prefix: str, **settings: str) -> Iterator[tupl
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def produce(bootstrap: str, prefix: str, values: list[bytes], count: int) -> None:
+def produce(bootstrap: str, prefix: str, values: list[bytes], count: int,
+            elapsed: "multiprocessing.Queue[float]") -> None:
     settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix)
     producer = Producer(producer_config(settings, **{"linger.ms": 5}))
     topic = topic_name(settings, TRADES)
     keys = [s.encode() for s in SYMBOLS]
+    start = time.perf_counter()
     for i in range(count):
         while True:
             try:
@@ -109,6 +112,7 @@ def produce(bootstrap: str, prefix: str, values: list[bytes], count: int) -> Non
         if i % 10_000 == 0:
             producer.poll(0)
     producer.flush(120)
+    elapsed.put(time.perf_counter() - start)
 
 
 async def _subscribe(port: int, subscribers: int, expected: int, ready: "multiprocessing.synchronize.Event",
@@ -151,10 +155,12 @@ def delivered_rate(bootstrap: str, port: int, pid: int, values: list[bytes], sub
     if not ready.wait(60):
         raise RuntimeError("subscribers did not start")
     cpu_before = sum(server.cpu_times()[:2])
-    producer = context.Process(target=produce, args=(bootstrap, prefix, values, MESSAGES))
+    produced = context.Queue()
+    producer = context.Process(target=produce, args=(bootstrap, prefix, values, MESSAGES, produced))
     producer.start()
     counts, client_cpu = results.get(timeout=600)
     server_cpu = sum(server.cpu_times()[:2]) - cpu_before
+    producing = produced.get(timeout=60)
     producer.join()
     client.join()
     first = min(c[0] for c in counts)
@@ -163,7 +169,7 @@ def delivered_rate(bootstrap: str, port: int, pid: int, values: list[bytes], sub
     return {"subscribers": subscribers, "trades_per_subscriber": MESSAGES, "seconds": round(last - first, 3),
             "delivered_trades_per_s": round(total / (last - first)),
             "server_cpu_us_per_trade": round(server_cpu / MESSAGES * 1e6, 2),
-            "client_cpu_s": round(client_cpu, 2)}
+            "client_cpu_s": round(client_cpu, 2), "producer_trades_per_s": round(MESSAGES / producing)}
 
 
 def idle_rss(port: int, pid: int) -> dict[str, float]:
