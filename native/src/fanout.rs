@@ -146,10 +146,9 @@ pub struct LiveBatch {
     /// per partition, the offset after its last message
     positions: Vec<(i32, i64)>,
     decoded: bool,
-    /// per message: whether it is a valid record, its span of `framed`, symbol, exchange and timestamp
+    /// per message: whether it is a valid record, its span of `framed`, exchange and timestamp
     valid: Vec<bool>,
     framed_spans: Vec<(usize, usize)>,
-    symbol_ids: Vec<u32>,
     exchange_ids: Vec<u32>,
     timestamps: Vec<i64>,
     framed: Vec<u8>,
@@ -175,7 +174,6 @@ impl LiveBatch {
             decoded: false,
             valid: Vec::new(),
             framed_spans: Vec::new(),
-            symbol_ids: Vec::new(),
             exchange_ids: Vec::new(),
             timestamps: Vec::new(),
             framed: Vec::new(),
@@ -218,7 +216,6 @@ struct Transcoded {
     valid: Vec<bool>,
     framed_spans: Vec<(usize, usize)>,
     framed: Vec<u8>,
-    symbol_ids: Vec<u32>,
     exchange_ids: Vec<u32>,
     timestamps: Vec<i64>,
     /// spans of `raw` of each distinct symbol and exchange, by id
@@ -234,7 +231,6 @@ fn transcode_all(program: &Program, raw: &[u8], raw_spans: &[(usize, usize)]) ->
         valid: vec![false; count],
         framed_spans: vec![(0, 0); count],
         framed: Vec::with_capacity(raw.len() + raw.len() / 4),
-        symbol_ids: vec![0; count],
         exchange_ids: vec![0; count],
         timestamps: vec![0; count],
         symbols: Vec::new(),
@@ -270,7 +266,6 @@ fn transcode_all(program: &Program, raw: &[u8], raw_spans: &[(usize, usize)]) ->
         out.by_symbol[symbol_id as usize].push(index as u32);
         out.valid[index] = true;
         out.framed_spans[index] = (framed_start, out.framed.len());
-        out.symbol_ids[index] = symbol_id;
         out.exchange_ids[index] = exchange_id;
         out.timestamps[index] = routed.timestamp;
     }
@@ -385,7 +380,6 @@ impl LiveBatch {
         self.valid = out.valid;
         self.framed_spans = out.framed_spans;
         self.framed = out.framed;
-        self.symbol_ids = out.symbol_ids;
         self.exchange_ids = out.exchange_ids;
         self.timestamps = out.timestamps;
         self.by_symbol = out.by_symbol;
@@ -419,7 +413,6 @@ impl LiveBatch {
         let records = &mut self.by_symbol[symbol_id as usize];
         let at = records.partition_point(|&i| (i as usize) < index);
         records.insert(at, index as u32);
-        self.symbol_ids[index] = symbol_id;
         self.exchange_ids[index] = intern_text(&mut self.exchanges, exchange)?;
         self.timestamps[index] = timestamp;
         self.newest = if self.valid_count == 0 {
