@@ -208,13 +208,9 @@ def published_trades(draw: st.DrawFn) -> Trade:
     return message
 
 
-@PROPERTY
-@given(st.lists(published_trades(), max_size=8), st.datetimes(timezones=st.just(UTC)),
-       st.one_of(st.none(), st.text(max_size=8)))
-def test_trades_encoded_natively_are_what_the_exact_path_writes_or_rejects(
-        messages: list[Trade], received: datetime, batch_id: str | None) -> None:
-    message_ids = proto_avro.MessageIds.random() if batch_id is None else batch_message_ids("trade", batch_id)
-    request = PublishTradesRequest(batch_id=batch_id or "", trades=messages + messages)
+def assert_encoded_as_the_exact_path_encodes_them(messages: list[Trade], received: datetime,
+                                                  message_ids: proto_avro.MessageIds) -> None:
+    request = PublishTradesRequest(trades=messages)
     batch = proto_avro.encode_trades(request, received, message_ids)
     keys, values, indexes, rejected = [], [], [], []
     for index, message in enumerate(request.trades):
@@ -229,6 +225,45 @@ def test_trades_encoded_natively_are_what_the_exact_path_writes_or_rejects(
     assert (list(batch.keys), list(batch.values), list(batch.indexes)) == (keys, values, indexes)
     assert [(index, error.field, error.reason) for index, error in batch.rejected] == rejected
     assert batch.symbols == Counter(message.symbol for message in request.trades)
+
+
+@PROPERTY
+@given(st.lists(published_trades(), max_size=8), st.datetimes(timezones=st.just(UTC)),
+       st.one_of(st.none(), st.text(max_size=8)))
+def test_trades_encoded_natively_are_what_the_exact_path_writes_or_rejects(
+        messages: list[Trade], received: datetime, batch_id: str | None) -> None:
+    message_ids = proto_avro.MessageIds.random() if batch_id is None else batch_message_ids("trade", batch_id)
+    # The second time round, the trades' values are the ones the batch has already written.
+    assert_encoded_as_the_exact_path_encodes_them(messages + messages, received, message_ids)
+
+
+def test_trades_at_every_limit_are_encoded_natively_as_the_exact_path_encodes_them() -> None:
+    def changed(**fields: Any) -> Trade:
+        message = valid_trade_message()
+        for name, value in fields.items():
+            if name in ("seconds", "nanos"):
+                setattr(message.timestamp, name, value)
+            else:
+                setattr(message, name, value)
+        return message
+
+    trades = [changed(seconds=seconds, nanos=nanos)
+              for seconds in (-62_135_596_801, -62_135_596_800, -1, 0, 253_402_300_799, 253_402_300_800)
+              for nanos in (0, 1000, 999_999_000, 999_999_999, 1_000_000_000, -1000)]
+    trades += [changed(**{name: text}) for name in ("trade_id", "symbol", "exchange", "currency")
+               for text in ("", "X", "X" * 256, "X" * 257, "é" * 256, "é" * 257, "😀" * 256, "😀" * 257)]
+    trades += [changed(**{name: text}) for name in ("price", "quantity")
+               for text in ("99999999999999999999.999999999999999999", "0.000000000000000001", "99999999999999999999",
+                            "100000000000000000000", "0.0000000000000000001", "0", "0.0", "00000000000000000001",
+                            "1.000000000000000000", "1.0000000000000000000", "18446744073709551616")]
+    trades += [changed(**{name: value}) for name in ("asset_class", "side") for value in (-1, 0, 1, 4, 5, 2**31 - 1)]
+    trades += [changed(message_id=text) for text in (
+        "", "0b9f4e1c-5d2a-4f53-9b8e-2f6c1d0a7e31", "0B9F4E1C-5D2A-4F53-9B8E-2F6C1D0A7E31",
+        "0b9f4e1c5d2a4f539b8e2f6c1d0a7e31", "0b9f4e1c-5d2a-4f53-9b8e-2f6c1d0a7e3", "0b9f4e1c-5d2a-4f53-9b8e_2f6c1d0a7e31")]
+    trades += [changed(**{name: value}) for name in ("source_sequence", "platform_sequence")
+               for value in (0, -1, 2**63 - 1, -(2**63))]
+    for received in (datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)):
+        assert_encoded_as_the_exact_path_encodes_them(trades, received, proto_avro.MessageIds.random())
 
 
 def test_plain_trades_are_encoded_natively() -> None:
