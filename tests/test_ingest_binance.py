@@ -24,19 +24,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY, generate_latest
 from pydantic import ValidationError
+from strategies import positive_decimals
 from test_ingest_support import headers_of, read_topic
 
 from k2.core import avro
 from k2.core.config import KafkaSettings
 from k2.core.kafka import DEAD_LETTER, QUOTES, TRADES, Topic, topic_name
 from k2.core.producer import DeliveryReport
+from k2.core.protos import decimal_text
 from k2.core.records import Record, RecordKind
 from k2.ingest.v1.ingest_pb2 import CircuitState, ConnectionState, FeedStatus
-from services.ingest.binance import BinanceFeed, BinanceSettings
-from services.ingest.binance.parsing import MESSAGE_ID_NAMESPACE
+from services.ingest.binance import BinanceFeed, BinanceSettings, parsing
+from services.ingest.binance.parsing import MESSAGE_ID_NAMESPACE, FrameParser
+from services.ingest.binance.publishing import PublishBuffer
 from services.ingest.binance.resilience import Backoff
+from services.ingest.binance.sequencing import GapLog, SymbolState
 from services.ingest.sink import KafkaSink
 from services.replay_exchange import ReplayExchange
 
@@ -675,3 +681,125 @@ def test_json_numbers_in_frames_are_read_exactly_never_as_floats() -> None:
     assert (trade["price"], trade["quantity"]) == (Decimal("0.1"), Decimal(3))  # 0.1 exactly, not the float's
     [(_, reason, field, _)] = feed.buffer.dead_letters
     assert (field, reason) == ("source_sequence", "source_sequence: t: not an integer: Decimal('6.5')")
+
+
+# ---- native trade frames: the same outcome as the Python parser's -------------------------------------------
+
+FRAME_SYMBOLS = [("BTCUSDT", "USDT"), ("ÉTHBTC", "BTC")]  # a non-ASCII symbol: its stream and key are UTF-8
+INT64 = 2**63
+
+
+@st.composite
+def trade_frames(draw: st.DrawFn, microseconds: bool) -> tuple[bytes, bytes]:
+    """A trade frame (and its escaped copy), mostly one native code writes, each value at its edges one time in
+    sixteen."""
+    def value(valid: st.SearchStrategy[Any], edges: st.SearchStrategy[Any]) -> Any:
+        return draw(edges) if draw(st.integers(0, 15)) == 0 else draw(valid)
+
+    scale = 1 if microseconds else 1000
+    first, end = -62_135_596_800_000_000 // scale, 253_402_300_800_000_000 // scale  # the datetime range
+    symbol = draw(st.sampled_from([symbol for symbol, _ in FRAME_SYMBOLS]))
+    numbers = st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.none(),
+                        st.booleans(), st.text(max_size=3))
+    plain_decimals = positive_decimals().map(decimal_text)
+    edge_decimals = st.one_of(numbers, st.sampled_from(
+        ["0", "0.000", "1e3", "-1", "1.", ".5", " 1", "1.0000000000000000000", "123456789012345678901",
+         "0.0000000000000000001", "99999999999999999999.999999999999999999", "0.000000000000000001", "١"]))
+    event: dict[str, Any] = {
+        "e": "trade",
+        "E": value(st.integers(-(2**62) // scale, 2**62 // scale), st.one_of(numbers, st.sampled_from(
+            [INT64 - 1, -INT64, INT64, INT64 // 1000 + 1, 10**30]))),
+        "s": value(st.just(symbol), st.sampled_from(["", "btcusdt", "ETHBTC", "BTCUSDT", "ÉTHBTC"])),
+        "t": value(st.integers(0, 40), st.one_of(numbers, st.sampled_from([-1, INT64 - 1, INT64, -INT64 - 1]))),
+        "p": value(plain_decimals, edge_decimals),
+        "q": value(plain_decimals, edge_decimals),
+        "T": value(st.integers(first, end - 1), st.one_of(numbers, st.sampled_from(
+            [first - 1, first, end - 1, end, INT64 - 1, -INT64, INT64]))),
+        "m": value(st.booleans(), numbers),
+        "M": value(st.booleans(), numbers),
+    }
+    for key in draw(st.lists(st.sampled_from(sorted(event)), max_size=2)) if draw(st.integers(0, 15)) == 0 else ():
+        event.pop(key, None)
+    if draw(st.integers(0, 31)) == 0:
+        event["X"] = draw(numbers)
+    stream = symbol.lower() + draw(st.sampled_from(["@trade"] * 14 + ["@bookTicker", "@aggTrade"]))
+    return frame_pair(stream, event, draw(st.sampled_from([(",", ":"), (", ", ": ")])), draw(st.booleans()),
+                      draw(st.integers(0, 40)) if draw(st.integers(0, 31)) == 0 else None,
+                      draw(st.sampled_from(["", "", "", "", "", "", "\n", " x"])))
+
+
+def frame_pair(stream: str, event: dict[str, Any], separators: tuple[str, str] = (",", ":"),
+               ensure_ascii: bool = True, trade_id_again: int | None = None, ending: str = "") -> tuple[bytes, bytes]:
+    """The frame of an event, and the same frame with a character escaped, which only the Python parser reads."""
+    data = json.dumps(event, separators=separators, ensure_ascii=ensure_ascii)
+    if trade_id_again is not None:  # a key twice: the last one counts
+        data = data[:-1] + separators[0] + f'"t"{separators[1]}{trade_id_again}' + "}"
+    frame = json.dumps({"stream": stream}, separators=separators, ensure_ascii=ensure_ascii)[:-1] + \
+        f'{separators[0]}"data"{separators[1]}{data}' + "}" + ending
+    escaped = frame.replace('"trade"', '"tr\\u0061de"', 1)  # the event type, which the parser does not read
+    if ending == " x":  # not JSON: the reason names a position, so the plain frame is padded to the same size
+        frame = frame.replace('"trade"', '"trade"     ', 1)
+    return frame.encode(), escaped.encode()
+
+
+def parser_outcome(frames: list[bytes], microseconds: bool) -> dict[str, Any]:
+    """Everything a FrameParser makes of the frames: messages, dead letters, counters, symbol states and gaps."""
+    gap_log = GapLog(recent=100)
+    states = [SymbolState(symbol, currency, gap_log) for symbol, currency in FRAME_SYMBOLS]
+    out = PublishBuffer(capacity=10**9)
+    parser = FrameParser(states, ["trade", "bookTicker"], microseconds, out)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parsing, "time_ns", lambda: 1_764_000_000_123_456_789)
+        for index, frame in enumerate(frames):
+            if index == len(frames) // 2:
+                states[0].hold()  # a switch-over for part of the run: holes stay pending
+            parser.parse(frame)
+    states[0].release()
+    return {
+        "trades": out.trades, "quotes": out.quotes,
+        "dead_letters": [(reason, field, source) for _, reason, field, source in out.dead_letters],
+        "counters": (parser.unknown_events, parser.unknown_fields, parser.malformed),
+        "states": [[getattr(state, name) for name in SymbolState.__slots__ if name != "gap_log"]
+                   for state in states],
+        "gaps": [(gap.symbol, gap.first_missing, gap.last_missing) for gap in gap_log.recent],
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.booleans().flatmap(lambda microseconds: st.tuples(
+    st.just(microseconds), st.lists(trade_frames(microseconds), max_size=12))))
+def test_trade_frames_written_natively_are_what_the_python_parser_makes_of_them(
+        run: tuple[bool, list[tuple[bytes, bytes]]]) -> None:
+    microseconds, frames = run
+    assert parser_outcome([plain for plain, _ in frames], microseconds) == \
+        parser_outcome([escaped for _, escaped in frames], microseconds)
+
+
+@pytest.mark.parametrize("microseconds", [True, False])
+def test_trade_frames_at_every_limit_are_written_natively_as_the_python_parser_writes_them(
+        microseconds: bool) -> None:
+    scale = 1 if microseconds else 1000
+    first, end = -62_135_596_800_000_000 // scale, 253_402_300_800_000_000 // scale
+    trade = {"e": "trade", "E": 1764072000123, "s": "BTCUSDT", "t": 0, "p": "97123.45", "q": "0.5",
+             "T": 1764072000123, "m": True, "M": True}
+    changes = [{"T": value} for value in (first - 1, first, -1, 0, end - 1, end, INT64 - 1, -INT64)]
+    changes += [{"E": value} for value in (INT64 - 1, -INT64, INT64 // 1000, INT64 // 1000 + 1, -1, 0)]
+    changes += [{name: text} for name in ("p", "q")
+                for text in ("99999999999999999999.999999999999999999", "0.000000000000000001", "99999999999999999999",
+                             "100000000000000000000", "0.0000000000000000001", "0", "0.0", "00000000000000000001",
+                             "1.000000000000000000", "1.0000000000000000000", "18446744073709551616", "1e3")]
+    changes += [{"t": value} for value in (INT64 - 1, -INT64, 0)]
+    frames = [frame_pair("btcusdt@trade", trade | change | ({} if "t" in change else {"t": number}))
+              for number, change in enumerate(changes, 1)]
+    assert parser_outcome([plain for plain, _ in frames], microseconds) == \
+        parser_outcome([escaped for _, escaped in frames], microseconds)
+
+
+def test_plain_trade_frames_are_written_natively() -> None:
+    feed = BinanceFeed(BinanceSettings(symbols=["BTCUSDT"]), ListSink())
+    encode = feed.parser._encode_plain_trade
+    frame = _frame("btcusdt@trade", _trade(5))
+    position, trade_id, event_us, key, value = encode(frame, 1_764_000_000_000_000)
+    assert (position, trade_id, event_us, key) == (0, 5, 1764072000123000, b"BTCUSDT")
+    assert avro.decode(value)[1]["message_id"] == str(uuid.uuid5(MESSAGE_ID_NAMESPACE, "BINANCE-5"))
+    assert encode(frame.replace(b'"trade"', b'"tr\\u0061de"'), 0) is None

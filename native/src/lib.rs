@@ -7,14 +7,17 @@
 use pyo3::prelude::*;
 
 mod avro_write;
+mod binance;
 mod fanout;
 mod fanout_transcode;
 mod proto_wire;
 mod publish;
+mod sha1;
 
 #[pymodule]
 fn k2_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     publish::register(module)?;
+    binance::register(module)?;
     fanout::register(module)?;
     Ok(())
 }

@@ -8,20 +8,24 @@ decimals of the strings; a value that does not fit decimal(38,18) is rejected, n
 
 Frames that are not valid (bad JSON, a missing field, a non-decimal price) are dead-lettered with the raw
 bytes and the reason; unknown event types and unknown fields are counted and skipped.
+
+A plain trade frame (nearly every frame) is written by native code (k2_native.TradeFrameEncoder), into the same
+bytes as the Python path below (tests check it); any other frame it hands back, and the Python path reads it.
 """
 
 import hashlib
 import json
 import re
-import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from time import time_ns
 from typing import Any
 
 import orjson
+from k2_native import TradeFrameEncoder
 
 from k2.core import avro
 from k2.core.avro import timestamp_from_micros
@@ -61,6 +65,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _INVALID = object()
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+TRADE_ID_PREFIX = f"{EXCHANGE}-"
 _PLAIN_DECIMAL = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,18})?").fullmatch  # fits decimal(38,18) as written
 _NAMESPACE_SHA1 = hashlib.sha1(MESSAGE_ID_NAMESPACE.bytes)
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
@@ -122,6 +127,14 @@ class _SymbolWritten:
                                for side in ("BUY", "SELL"))
 
 
+def _micros(value: datetime) -> int:
+    delta = value.replace(tzinfo=UTC) - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+_TRADE_TIMES = (_micros(datetime.min), _micros(datetime.max) + 1)  # in microseconds: what a datetime holds
+
+
 def _encoded(kind: RecordKind, record: Record, received_us: int) -> tuple[bytes, bytes, int]:
     return record["symbol"].encode(), avro.encode(kind, record), received_us
 
@@ -149,6 +162,12 @@ class FrameParser:
                 self._routes[state.trade_stream] = (TRADE, state)
             if "bookTicker" in stream_types:
                 self._routes[state.quote_stream] = (QUOTE, state)
+        self._trade_states = [state for state in states if "trade" in stream_types]
+        self._encode_plain_trade = TradeFrameEncoder(
+            [(state.trade_stream, written.key, written.head, written.buy, written.sell)
+             for state in self._trade_states for written in [self._written[state.symbol]]],
+            _TRADE_HEADER_AND_ID_SIZE, MESSAGE_ID_NAMESPACE.bytes, TRADE_ID_PREFIX.encode(), _TAKER_SOLD,
+            _TAKER_BOUGHT, self._scale, _TRADE_TIMES, (DECIMAL_PRECISION, DECIMAL_SCALE)).encode
         decoder = json.JSONDecoder(parse_float=Decimal)
         self._scan = decoder.scan_once  # type: ignore[attr-defined]
         self._loads = decoder.decode
@@ -157,6 +176,11 @@ class FrameParser:
         self.malformed: Counter[str] = Counter()
 
     def parse(self, raw: bytes) -> dict[str, Any] | None:
+        received = time_ns() // 1000
+        plain_trade = self._encode_plain_trade(raw, received)
+        if plain_trade is not None:
+            self._plain_trade(plain_trade, received)
+            return None
         try:
             message = orjson.loads(raw)
             stream = message["stream"]
@@ -223,6 +247,20 @@ class FrameParser:
             self._reject(raw, MalformedFrame("invalid_json", f"invalid JSON: {error}"))
             return _INVALID
 
+    def _plain_trade(self, encoded: tuple[int, int, int, bytes, bytes], received: int) -> None:
+        """A trade written natively: sequenced as _trade sequences it."""
+        position, trade_id, event_us, key, value = encoded
+        state = self._trade_states[position]
+        state.messages += 1
+        if trade_id == state.last_trade_id + 1:
+            state.last_trade_id = trade_id
+        elif not state.accept_trade_id(trade_id):
+            state.duplicate_trades += 1
+            return
+        state.last_event_us = event_us
+        self.out.trades.append((key, value, received))
+        state.trades += 1
+
     def _trade(self, data: dict[str, Any], state: SymbolState) -> None:
         trade_id = data["t"]
         if trade_id == state.last_trade_id + 1 and type(trade_id) is int:
@@ -251,28 +289,21 @@ class FrameParser:
         maker = data["m"]
         if maker is not True and maker is not False:
             raise FieldError("side", f"m: not a boolean: {maker!r:.40}")
-        trade_time = data["T"]
-        if trade_time == state.last_trade_time:
-            timestamp_written = state.last_timestamp_written
-        else:
-            micros = _integer("T", trade_time) * self._scale
-            _EPOCH + timedelta(0, 0, micros)  # a time beyond the datetime range is refused (OverflowError)
-            timestamp_written = self._timestamps.written(micros)
-            state.last_trade_time = trade_time
-            state.last_timestamp_written = timestamp_written
-            state.last_event_us = micros
+        micros = _integer("T", data["T"]) * self._scale
+        _EPOCH + timedelta(0, 0, micros)  # a time beyond the datetime range is refused (OverflowError)
+        state.last_event_us = micros
         event_time = data["E"]
         if type(event_time) is not int:
             raise FieldError("event_time", f"E: not an integer: {event_time!r:.40}")
         if len(data) != 9 or "M" not in data:  # the 8 other known keys were all read above
             self._count_unknown_fields(data, TRADE_KEYS)
-        trade_id_text = f"BINANCE-{trade_id}"
-        received = time.time_ns() // 1000
+        trade_id_text = f"{TRADE_ID_PREFIX}{trade_id}"
+        received = time_ns() // 1000
         written = self._written[state.symbol]
         # The trade's Avro v2 message, field by field (the schema's order).
         self.out.trades.append((written.key, b"".join((
             _TRADE_HEADER_AND_ID_SIZE, message_id(trade_id_text).encode(), text_written(trade_id_text),
-            written.head, timestamp_written, price_written, quantity_written,
+            written.head, self._timestamps.written(micros), price_written, quantity_written,
             written.sell if maker else written.buy,  # currency, side, no trade_conditions
             b"\x02", self._sequences.written(trade_id), self._received.written(received),
             _TAKER_SOLD if maker else _TAKER_BOUGHT, text_written(str(event_time * self._scale)), b"\x00",
@@ -302,7 +333,7 @@ class FrameParser:
             self._count_unknown_fields(data, QUOTE_KEYS)
         state.last_update_id = update_id
         quote_id = f"BINANCE-{state.symbol}-{update_id}"
-        received_us = time.time_ns() // 1000
+        received_us = time_ns() // 1000
         received = timestamp_from_micros(received_us)
         self.out.quotes.append(_encoded(QUOTE_KIND, {
             "message_id": message_id(quote_id),

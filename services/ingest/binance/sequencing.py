@@ -65,9 +65,7 @@ class SymbolState:
         "gaps",
         "holds",
         "last_event_us",
-        "last_timestamp_written",
         "last_trade_id",
-        "last_trade_time",
         "last_update_id",
         "messages",
         "missed",
@@ -92,9 +90,6 @@ class SymbolState:
         self.messages = self.trades = self.quotes = self.duplicate_trades = self.duplicate_quotes = 0
         self.gaps = self.missed = self.backfilled = 0
         self.last_event_us = 0
-        # Fills of one taker order share their trade time: the last conversion is reused.
-        self.last_trade_time = -1
-        self.last_timestamp_written = b""
 
     def accept_trade_id(self, trade_id: int) -> bool:
         """Whether the trade is new (advancing the sequence); callers handle last + 1 themselves."""
