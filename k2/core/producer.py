@@ -39,7 +39,7 @@ class DeliveryReport:
 
     @property
     def failed(self) -> int:
-        return sum(error is not None for error in self.errors)
+        return len(self.errors) - self.errors.count(None)
 
 
 class _BatchDelivery:

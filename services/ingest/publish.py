@@ -204,7 +204,7 @@ def _answer(kind: Kind, batch_id: str, indexes: Sequence[int], rejections: list[
             report: DeliveryReport) -> Any:
     """The batch's answer once Kafka has answered for each accepted item."""
     failed = [ingest_pb2.Rejection(index=indexes[position], field="", reason=f"not written to Kafka: {error}")
-              for position, error in enumerate(report.errors) if error is not None]
+              for position, error in enumerate(report.errors) if error is not None] if report.failed else []
     metrics.MESSAGES_ACCEPTED.labels(metrics.SERVICE, SOURCE, kind.kind).inc(len(indexes) - len(failed))
     if failed:
         metrics.count_rejected(SOURCE, kind.kind, "not_delivered", ("" for _ in failed))
