@@ -12,9 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::avro_write::{plain_decimal, write_bytes, write_long, write_positive_decimal};
-use crate::sha1::sha1;
-
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+use uuid::Uuid;
 
 /// A reader of the JSON a plain frame is made of; None for anything else.
 struct Json<'a> {
@@ -195,7 +193,7 @@ struct TradeFrameEncoder {
     routes: HashMap<Vec<u8>, usize>,
     symbols: Vec<Route>,
     header: Vec<u8>, // the single-object header and the message id's size
-    namespace: Vec<u8>,
+    namespace: Uuid,
     trade_id_prefix: Vec<u8>,
     taker_sold: Vec<u8>, // platform_sequence, then vendor_data up to the event time's value
     taker_bought: Vec<u8>,
@@ -247,6 +245,8 @@ impl TradeFrameEncoder {
                 sell,
             });
         }
+        let namespace = Uuid::from_slice(&namespace)
+            .map_err(|error| PyValueError::new_err(format!("namespace: {error}")))?;
         Ok(TradeFrameEncoder {
             routes: streams,
             symbols,
@@ -345,20 +345,14 @@ impl TradeFrameEncoder {
 }
 
 /// The name-based (version 5) UUID of `name` in `namespace`, as its 36-character string.
-fn write_uuid5(out: &mut Vec<u8>, namespace: &[u8], name: &[u8]) {
-    let mut data = Vec::with_capacity(namespace.len() + name.len());
-    data.extend_from_slice(namespace);
-    data.extend_from_slice(name);
-    let mut digest = sha1(&data);
-    digest[6] = (digest[6] & 0x0F) | 0x50;
-    digest[8] = (digest[8] & 0x3F) | 0x80;
-    for (position, byte) in digest[..16].iter().enumerate() {
-        if matches!(position, 4 | 6 | 8 | 10) {
-            out.push(b'-');
-        }
-        out.push(HEX_DIGITS[usize::from(byte >> 4)]);
-        out.push(HEX_DIGITS[usize::from(byte & 0xF)]);
-    }
+fn write_uuid5(out: &mut Vec<u8>, namespace: &Uuid, name: &[u8]) {
+    let mut text = Uuid::encode_buffer();
+    out.extend_from_slice(
+        Uuid::new_v5(namespace, name)
+            .hyphenated()
+            .encode_lower(&mut text)
+            .as_bytes(),
+    );
 }
 
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {

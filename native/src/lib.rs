@@ -12,7 +12,6 @@ mod fanout;
 mod fanout_transcode;
 mod proto_wire;
 mod publish;
-mod sha1;
 
 #[pymodule]
 fn k2_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
