@@ -46,16 +46,26 @@ class Selection:
 
     def row_filter(self) -> BooleanExpression:
         terms: list[BooleanExpression] = []
+        # Keyword arguments: pyiceberg's own __init__ takes (term, literal) positionally, but the pydantic mypy
+        # plugin checks calls against the model's fields (term, value / literals), which it also accepts.
         if self.symbols is not None:
             symbols = sorted(self.symbols)
-            terms.append(EqualTo("symbol", symbols[0]) if len(symbols) == 1 else In("symbol", symbols))
+            terms.append(
+                EqualTo(term="symbol", value=symbols[0])
+                if len(symbols) == 1
+                else In(term="symbol", literals=symbols)
+            )
         if self.exchanges is not None:
             exchanges = sorted(self.exchanges)
-            terms.append(EqualTo("exchange", exchanges[0]) if len(exchanges) == 1 else In("exchange", exchanges))
+            terms.append(
+                EqualTo(term="exchange", value=exchanges[0])
+                if len(exchanges) == 1
+                else In(term="exchange", literals=exchanges)
+            )
         if self.start is not None:
-            terms.append(GreaterThanOrEqual("timestamp", self.start))
+            terms.append(GreaterThanOrEqual(term="timestamp", value=self.start))
         if self.end is not None:
-            terms.append(LessThan("timestamp", self.end))
+            terms.append(LessThan(term="timestamp", value=self.end))
         if not terms:
             return AlwaysTrue()
         return terms[0] if len(terms) == 1 else And(*terms)
