@@ -367,8 +367,7 @@ class FanOut:
 
     def _open(self, consumed: dict[RecordKind, Offsets]) -> Consumer:
         consumer = Consumer(consumer_config(self._kafka, f"k2-query-fanout-{uuid.uuid4().hex}", **{
-            "fetch.wait.max.ms": self._settings.fetch_wait_max_ms, "fetch.error.backoff.ms": 50,
-            "logger": KAFKA_LOG}))
+            "fetch.wait.max.ms": self._settings.fetch_wait_max_ms, "fetch.error.backoff.ms": 50}), logger=KAFKA_LOG)
         consumer.assign([TopicPartition(self.topics[kind], p, offset)
                          for kind in KINDS for p, offset in consumed[kind].items()])
         return consumer

@@ -14,7 +14,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from k2.core.arrow import BatchDecoder, arrow_schema
 from k2.core.config import KafkaSettings
-from k2.core.kafka import client_config, consumer_config
+from k2.core.kafka import ClientConfig, client_config, consumer_config
 from k2.core.records import RecordKind
 from services.query.selection import Selection
 
@@ -30,7 +30,7 @@ class KafkaAdmin:
     """Partitions and watermarks of a topic (thread-safe; calls block, run them off the event loop)."""
 
     def __init__(self, settings: KafkaSettings, timeout: float):
-        self._admin = AdminClient(client_config(settings) | {"logger": KAFKA_LOG})
+        self._admin = AdminClient(client_config(settings), logger=KAFKA_LOG)
         self._timeout = timeout
 
     def partitions(self, topic: str) -> list[int]:
@@ -62,11 +62,12 @@ class RangeReader:
         self._lock = threading.Lock()
         self._consumer: Consumer | None = None
         if self._remaining:
-            self._consumer = Consumer(consumer_config(
-                settings, f"k2-query-range-{uuid.uuid4().hex}", **{
-                    "enable.partition.eof": True, "fetch.wait.max.ms": fetch_wait_ms,
-                    # a start below the retained range is an error here, never a silent jump
-                    "auto.offset.reset": "error", "logger": KAFKA_LOG}))
+            overrides: ClientConfig = {
+                "enable.partition.eof": True, "fetch.wait.max.ms": fetch_wait_ms,
+                # a start below the retained range is an error here, never a silent jump
+                "auto.offset.reset": "error"}
+            self._consumer = Consumer(consumer_config(settings, f"k2-query-range-{uuid.uuid4().hex}", **overrides),
+                                      logger=KAFKA_LOG)
             self._consumer.assign([TopicPartition(topic, p, start.get(p, 0)) for p in sorted(self._remaining)])
 
     @property
@@ -91,7 +92,8 @@ class RangeReader:
                 partition = message.partition()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
-                        self._finish(partition)  # at the partition's current end, which is at or past `end`
+                        if partition is not None:
+                            self._finish(partition)  # at the partition's current end, which is at or past `end`
                         continue
                     if error.code() == KafkaError._AUTO_OFFSET_RESET:
                         raise OffsetsExpired(f"{self.topic}[{partition}]: {error.str()}")
@@ -99,6 +101,7 @@ class RangeReader:
                 if partition not in self._remaining:
                     continue
                 offset = message.offset()
+                assert offset is not None  # only error events lack an offset
                 if offset >= self.end[partition]:
                     self._finish(partition)
                     continue
