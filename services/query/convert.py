@@ -73,7 +73,7 @@ def _native_type(kind: RecordKind, avro_field: dict[str, Any], proto: FieldDescr
     found: tuple[str, Any] | None = None
     if base == "string" and not optional and string:
         found = "text", None
-    elif base == "enum" and not optional and proto.type == FieldDescriptor.TYPE_ENUM:
+    elif base == "enum" and not optional and proto.enum_type is not None:  # set exactly for enum fields
         enum = proto.enum_type
         prefix = enum.values_by_number[0].name.removesuffix("UNSPECIFIED")
         numbers = {value.name.removeprefix(prefix): value.number for value in enum.values}

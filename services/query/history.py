@@ -9,6 +9,7 @@ import functools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,6 +19,7 @@ from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.table import FileScanTask, Table
+from pyiceberg.types import PrimitiveType
 
 from k2.core.arrow import arrow_schema
 from k2.core.config import IcebergSettings
@@ -97,15 +99,18 @@ def _plan_files(table: Table, snapshot_id: int) -> list[_File]:
     """Every data file of the snapshot, with its time and symbol bounds."""
     schema = table.schema()
     timestamp, symbol = schema.find_field("timestamp"), schema.find_field("symbol")
+    timestamp_type, symbol_type = timestamp.field_type, symbol.field_type
+    assert isinstance(timestamp_type, PrimitiveType) and isinstance(symbol_type, PrimitiveType)  # for from_bytes
     files = []
     for task in table.scan(snapshot_id=snapshot_id).plan_files():
         lower, upper = task.file.lower_bounds or {}, task.file.upper_bounds or {}
         first, last = lower.get(timestamp.field_id), upper.get(timestamp.field_id)
         low_symbol, high_symbol = lower.get(symbol.field_id), upper.get(symbol.field_id)
+        # from_bytes is typed as returning a TypeVar bound by no argument, which mypy reads as str
         files.append(_File(
-            task, from_bytes(timestamp.field_type, first) if first else MIN_TIME,
-            from_bytes(timestamp.field_type, last) if last else MAX_TIME,
-            (from_bytes(symbol.field_type, low_symbol), from_bytes(symbol.field_type, high_symbol))
+            task, cast(int, from_bytes(timestamp_type, first)) if first else MIN_TIME,
+            cast(int, from_bytes(timestamp_type, last)) if last else MAX_TIME,
+            (from_bytes(symbol_type, low_symbol), from_bytes(symbol_type, high_symbol))
             if low_symbol is not None and high_symbol is not None else None))
     return files
 

@@ -265,7 +265,7 @@ class QueryServicer:
     async def _subscribe(self, kind: RecordKind, request: validation.SubscribeRequest,
                          context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         subscription = validation.subscription(kind, request, self._settings)
-        clean_ups = [metrics.ACTIVE_SUBSCRIBERS.labels(metrics.SERVICE, kind).dec]
+        clean_ups: list[Callable[[], None]] = [metrics.ACTIVE_SUBSCRIBERS.labels(metrics.SERVICE, kind).dec]
         metrics.ACTIVE_SUBSCRIBERS.labels(metrics.SERVICE, kind).inc()
 
         def ended(_: object) -> None:

@@ -98,17 +98,17 @@ class Subscriptions:
             behind = sum(max(0, offset - position.offsets.get(p, 0)) for p, offset in live.items())
             if behind <= self._settings.join_lag_messages:
                 break
-            async for payload, advanced in self._replay(kind, selection, position, dict(live)):
-                if payload is not None:
-                    yield payload
+            async for replayed, advanced in self._replay(kind, selection, position, dict(live)):
+                if replayed is not None:
+                    yield replayed
                 position = advanced
                 self._check_open()
         subscriber, handover = self._fanout.register(kind, selection, position.offsets)
         on_end(lambda: self._fanout.unregister(subscriber))
         try:
-            async for payload, advanced in self._replay(kind, selection, position, handover):
-                if payload is not None:
-                    yield payload
+            async for replayed, advanced in self._replay(kind, selection, position, handover):
+                if replayed is not None:
+                    yield replayed
                 position = advanced
                 self._check_open()
                 if subscriber.ending is not None and subscriber.ending[0] == grpc.StatusCode.RESOURCE_EXHAUSTED:
