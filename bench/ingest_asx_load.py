@@ -25,7 +25,7 @@ FILES = {"trades": ("trades/7078.csv", ingest_pb2.FILE_FORMAT_ASX_TRADES),
          "quotes": ("quotes/7078.csv", ingest_pb2.FILE_FORMAT_ASX_QUOTES)}
 
 
-async def load(port: int, path: str, file_format: int) -> tuple[float, ingest_pb2.LoadSummary]:
+async def load(port: int, path: str, file_format: ingest_pb2.FileFormat) -> tuple[float, ingest_pb2.LoadSummary]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         started = time.perf_counter()

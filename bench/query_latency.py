@@ -10,6 +10,7 @@ are warm-up and not counted: a freshly started broker's JVM takes that long to s
 p50 falls from ~28 ms in the first seconds to 3-9 ms). Prints one JSON object."""
 
 import asyncio
+import ctypes
 import json
 import multiprocessing
 import statistics
@@ -44,7 +45,7 @@ def encoded_trades() -> list[bytes]:
         for i in range(RATE * SECONDS)]
 
 
-def publish(bootstrap: str, prefix: str, sent: "multiprocessing.Array[float]",
+def publish(bootstrap: str, prefix: str, sent: "ctypes.Array[ctypes.c_double]",
             ready: "multiprocessing.synchronize.Event", go: "multiprocessing.synchronize.Event") -> None:
     """Trade i (source_sequence i) is handed to the producer at wall-clock time sent[i]."""
     values = encoded_trades()  # encoded beforehand: the publisher only publishes
@@ -66,7 +67,7 @@ def publish(bootstrap: str, prefix: str, sent: "multiprocessing.Array[float]",
     producer.flush(60)
 
 
-def consume(bootstrap: str, prefix: str, received: "multiprocessing.Array[float]",
+def consume(bootstrap: str, prefix: str, received: "ctypes.Array[ctypes.c_double]",
             ready: "multiprocessing.synchronize.Event") -> None:
     """The reference: trade i (source_sequence i) arrived at a plain Kafka consumer at wall-clock time received[i]."""
     settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix)
@@ -80,7 +81,9 @@ def consume(bootstrap: str, prefix: str, received: "multiprocessing.Array[float]
         # consume(n, timeout) waits for n messages or the timeout: take one, then whatever else has arrived
         for message in consumer.consume(1, 0.1) + consumer.consume(999, 0):
             if message.error() is None:
-                received[avro.decode(message.value())[1]["source_sequence"]] = time.time()
+                value = message.value()
+                assert value is not None  # every benchmark trade has a value
+                received[avro.decode(value)[1]["source_sequence"]] = time.time()
                 count += 1
     consumer.close()
 
