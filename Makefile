@@ -28,7 +28,7 @@ check-proto: venv
 
 lint: venv
 	.venv/bin/ruff check k2/core services clients tests bench scripts
-	.venv/bin/mypy clients k2/core
+	.venv/bin/mypy clients k2/core services bench scripts
 	cd native && cargo fmt --check && cargo clippy --release --quiet -- -D warnings
 
 up: venv
