@@ -41,6 +41,7 @@ status: venv
 	./scripts/platform.sh status
 
 test: venv check-proto lint
+	cd native && cargo test --release --quiet
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 bench: venv
