@@ -6,6 +6,8 @@
 //! descriptor), so nothing here knows the schema's layout. A record that is not plainly valid is not judged here:
 //! `transcode` returns None and the caller hands it to the exact Python path.
 
+use crate::text;
+
 /// How one Avro field is read and written.
 pub enum FieldType {
     /// string → string
@@ -255,12 +257,6 @@ fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
         .then_with(|| b.len().cmp(&a.len()))
 }
 
-fn text_length_fits(text: &[u8], max: usize) -> bool {
-    // characters = bytes that do not continue a UTF-8 sequence
-    let characters = text.iter().filter(|&&b| b & 0xc0 != 0x80).count();
-    (1..=max).contains(&characters)
-}
-
 impl Program {
     /// Appends the framed message of `value` to `out`; None (and `out` unchanged) when the record is not plainly
     /// valid, for the exact path to judge.
@@ -393,7 +389,7 @@ impl Program {
             .zip(values)
             .all(|(field, value)| match *value {
                 Value::Text(start, end) => {
-                    !field.checked_text || text_length_fits(&data[start..end], self.max_text)
+                    !field.checked_text || text::length_fits(&data[start..end], self.max_text)
                 }
                 Value::Decimal(units) => !field.positive || units > 0,
                 _ => true,

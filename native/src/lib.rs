@@ -1,5 +1,6 @@
 //! K2's compiled hot paths, each called once per batch so that no per-record Python work remains on them:
-//! - `publish`: published protobuf trades → their Avro v2 Kafka messages (ingest's PublishTrades, the feed);
+//! - `publish`: published protobuf trades → their Avro v2 Kafka messages (ingest's PublishTrades);
+//! - `binance`: plain Binance trade frames → their Avro v2 Kafka messages (ingest's feed);
 //! - `fanout`: Avro v2 Kafka messages → framed protobuf messages (query's live fan-out).
 //!
 //! Each writes exactly the bytes of the Python reference path it replaces (tests compare them), and hands
@@ -12,6 +13,7 @@ mod fanout;
 mod fanout_transcode;
 mod proto_wire;
 mod publish;
+mod text;
 
 #[pymodule]
 fn k2_native(module: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -12,6 +12,7 @@ use pyo3::types::{PyBytes, PyDict, PyString};
 
 use crate::avro_write::{plain_decimal, write_bytes, write_long, write_positive_decimal};
 use crate::proto_wire::{Reader, Value};
+use crate::text;
 
 /// The Avro v2 trade fields in the order this module writes them.
 const TRADE_FIELDS: [&str; 15] = [
@@ -166,11 +167,8 @@ fn is_canonical_uuid(text: &[u8]) -> bool {
 }
 
 impl TradeEncoder {
-    /// A required text within the limit (in characters, as Python counts them).
     fn is_plain_text(&self, text: &[u8]) -> bool {
-        !text.is_empty()
-            && (text.len() <= self.max_text_length
-                || text.iter().filter(|&&c| c & 0xC0 != 0x80).count() <= self.max_text_length)
+        text::length_fits(text, self.max_text_length)
     }
 
     /// The trade's Avro message (after the header and message id), or false when the exact path must judge it.
