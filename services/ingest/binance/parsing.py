@@ -252,21 +252,15 @@ class FrameParser:
         position, trade_id, event_us, key, value = encoded
         state = self._trade_states[position]
         state.messages += 1
-        if trade_id == state.last_trade_id + 1:
-            state.last_trade_id = trade_id
-        elif not state.accept_trade_id(trade_id):
-            state.duplicate_trades += 1
+        if not state.take_trade_id(trade_id):
             return
         state.last_event_us = event_us
         self.out.trades.append((key, value, received))
         state.trades += 1
 
     def _trade(self, data: dict[str, Any], state: SymbolState) -> None:
-        trade_id = data["t"]
-        if trade_id == state.last_trade_id + 1 and type(trade_id) is int:
-            state.last_trade_id = trade_id
-        elif not state.accept_trade_id(_integer("t", trade_id)):
-            state.duplicate_trades += 1
+        trade_id = _integer("t", data["t"])
+        if not state.take_trade_id(trade_id):
             return
         # The id is taken from here on: a trade rejected below is in the dead-letter topic, not a gap.
         if data["s"] != state.symbol:

@@ -91,9 +91,12 @@ class SymbolState:
         self.gaps = self.missed = self.backfilled = 0
         self.last_event_us = 0
 
-    def accept_trade_id(self, trade_id: int) -> bool:
-        """Whether the trade is new (advancing the sequence); callers handle last + 1 themselves."""
+    def take_trade_id(self, trade_id: int) -> bool:
+        """Whether the trade is new (advancing the sequence, or filling a held hole); a repeated one is counted."""
         last = self.last_trade_id
+        if trade_id == last + 1:
+            self.last_trade_id = trade_id
+            return True
         if trade_id > last:
             if last != NO_TRADE_YET and trade_id > last + 1:
                 if self.holds:
@@ -107,6 +110,7 @@ class SymbolState:
                 pieces = [(lo, hi) for lo, hi in ((first, trade_id - 1), (trade_id + 1, final)) if lo <= hi]
                 self.pending[index:index + 1] = pieces
                 return True
+        self.duplicate_trades += 1
         return False
 
     def hold(self) -> None:
