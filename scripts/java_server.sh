@@ -1,5 +1,5 @@
 # Sourced by the scripts that run a Java server from jars fetched through Maven (kafka.sh, s3.sh): the jar fetch,
-# process and port checks, a bounded stop. The sourcing script sets SCRIPT (its name, for messages), LOG_FILE and
+# process and port checks, a bounded stop. avro_java.sh uses its jar fetch. The sourcing script sets SCRIPT (its name, for messages), LOG_FILE and
 # STOP_TIMEOUT_SECONDS.
 
 die() {
