@@ -2,7 +2,10 @@
 then the Avro binary body). Every message names its writer schema, so one topic carries v1 and v2 messages and
 consumers need no registry service: the registry is schemas/, every published version of every record.
 
-A published schema file is never edited; a new version is a new file (trade_v3.avsc) and becomes the reader.
+A published schema file is never edited beyond its docs, aliases and added defaults (which the fingerprint ignores); a
+new version is a new file (trade_v3.avsc) and becomes the reader. Every version from v2 on is read by Avro schema
+resolution alone, so any Avro reader given schemas/ reads it as the current version (tests/test_schema_compatibility.py
+checks it with Apache Avro for Java); v1 cannot be, and K2 converts it (UPGRADES).
 """
 
 import json
@@ -123,8 +126,12 @@ def _upgrade_quote_v1(old: Record, raw: bytes) -> Record:
     }
 
 
-# Versions whose change cannot be expressed by Avro schema resolution (renamed fields, unit changes, fields folded
-# into vendor_data) are upgraded by a function; every other older version is read by Avro resolution.
+# v1 is converted, not resolved: no reader schema can carry it into v2 exactly. v1 and v2 both name fields `price`
+# (quotes: `bid_price`, `ask_price`) and `ingestion_timestamp`, with decimal scale 6 vs 18 and milliseconds vs
+# microseconds; Avro pairs fields by name and reads a value in the reader's logical type, so Java's Avro would read
+# 37.51 as 0.00000000003751 (docs/tables.md). The rest has no resolution rule: ids derived from the message, a long
+# volume into a decimal, fields into vendor_data, a zero quote side into null. Every later version must be read by
+# Avro resolution alone.
 UPGRADES: dict[tuple[RecordKind, int], Callable[[Record, bytes], Record]] = {
     (TRADE, 1): _upgrade_trade_v1,
     (QUOTE, 1): _upgrade_quote_v1,
