@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 .PHONY: venv lock proto check-proto lint up down status test bench clean
 
 venv: .venv/.synced
-.venv/.synced: pyproject.toml requirements/dev.txt scripts/bootstrap.sh native/pyproject.toml native/Cargo.toml \
+.venv/.synced: pyproject.toml requirements/dev.txt scripts/bootstrap.sh native/Cargo.toml \
               $(wildcard native/src/*.rs)
 	./scripts/bootstrap.sh
 	touch $@
@@ -27,8 +27,8 @@ check-proto: venv
 	  if git rev-parse --verify -q main >/dev/null; then $$buf breaking --against '.git#branch=main'; fi
 
 lint: venv
-	.venv/bin/ruff check k2/core services clients tests bench scripts
-	.venv/bin/mypy clients k2/core services bench scripts
+	.venv/bin/ruff check k2 tests bench scripts
+	.venv/bin/mypy k2/clients k2/core k2/services bench scripts
 	cd native && cargo fmt --check && cargo clippy --release --quiet -- -D warnings
 
 up: venv

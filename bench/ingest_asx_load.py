@@ -16,9 +16,9 @@ from ingest_publish import TOKEN, ingest_server
 from k2.core.config import KafkaSettings
 from k2.core.kafka import provision_topics
 from k2.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from services.ingest.asx import AsxTradeParser
-from services.ingest.config import DEFAULT_LOAD_ROOT
-from services.ingest.rows import numbered_lines
+from k2.services.ingest.asx import AsxTradeParser
+from k2.services.ingest.config import DEFAULT_LOAD_ROOT
+from k2.services.ingest.rows import numbered_lines
 
 ROUNDS = 2
 FILES = {"trades": ("trades/7078.csv", ingest_pb2.FILE_FORMAT_ASX_TRADES),

@@ -2,7 +2,7 @@
 
 Two configurations: trade streams only (the headline: trades/s acknowledged by Kafka) and trade + bookTicker
 streams (records/s); then the CPU per trade of each stage alone (WebSocket receive, parsing, the sink). The reference, measured in the same run just before each feed phase: the exchange's own
-send rate to a bare client that only counts events (services.replay_exchange.throughput), i.e. the most any
+send rate to a bare client that only counts events (k2.services.replay_exchange.throughput), i.e. the most any
 client could receive. Prints one JSON object.
 
 Kafka: the cluster named by KAFKA_BOOTSTRAP_SERVERS, else a broker of the benchmark's own (bench/_kafka.py).
@@ -22,11 +22,11 @@ from websockets.asyncio.client import connect
 
 from k2.core.config import KafkaSettings
 from k2.core.kafka import provision_topics
-from services.ingest.binance import BinanceFeed, BinanceSettings
-from services.ingest.binance.connection import RECEIVE_QUEUE_FRAMES
-from services.ingest.sink import KafkaSink
-from services.replay_exchange import ReplayExchangeProcess
-from services.replay_exchange.throughput import measure_send_rate
+from k2.services.ingest.binance import BinanceFeed, BinanceSettings
+from k2.services.ingest.binance.connection import RECEIVE_QUEUE_FRAMES
+from k2.services.ingest.sink import KafkaSink
+from k2.services.replay_exchange import ReplayExchangeProcess
+from k2.services.replay_exchange.throughput import measure_send_rate
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT"]
 TARGET_TRADES_PER_SECOND = 50_000

@@ -1,6 +1,6 @@
 """PublishTrades into Kafka: sustained trades/s acknowledged (after Kafka's acks=all) with batches of 500 on
 one stream, and the acknowledged latency per batch. The ingest service runs as its own process (`python -m
-services.ingest`), the client in this one; the client sends pre-serialised requests so that the figure is the
+k2.services.ingest`), the client in this one; the client sends pre-serialised requests so that the figure is the
 service's, with a window of batches outstanding as a pipelining publisher would.
 
 References measured in the same run: the Kafka producer alone (pre-encoded messages, same producer settings,
@@ -33,7 +33,7 @@ from k2.core.proto_avro import encode_trades
 from k2.core.protos import trade_from_proto
 from k2.ingest.v1 import ingest_pb2
 from k2.marketdata.v1.marketdata_pb2 import AssetClass, Side, Trade
-from services.ingest.ids import batch_message_ids
+from k2.services.ingest.ids import batch_message_ids
 
 TOKEN = "bench-ingest-token"
 BATCH_SIZE = 500
@@ -62,13 +62,13 @@ def sample_trades(count: int, offset: int = 0) -> list[Trade]:
 
 @contextmanager
 def ingest_server(bootstrap: str, topic_prefix: str, **settings: str) -> Iterator[tuple[int, psutil.Process]]:
-    """`python -m services.ingest` on a free port, until SIGTERM at the end."""
+    """`python -m k2.services.ingest` on a free port, until SIGTERM at the end."""
     port = free_port()
     env = os.environ | {"K2_INGEST_PORT": str(port), "K2_INGEST_METRICS_PORT": "0",
                         "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "K2_KAFKA_TOPIC_PREFIX": topic_prefix,
                         "K2_AUTH_WRITE_TOKENS": json.dumps([TOKEN]), "K2_LOG_LEVEL": "WARNING"}
     env |= {f"K2_INGEST_{name.upper()}": value for name, value in settings.items()}
-    process = subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=ROOT, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "k2.services.ingest"], cwd=ROOT, env=env,
                                stdout=sys.stderr)
     try:
         _wait_serving(port, process)

@@ -1,7 +1,7 @@
 """Live fan-out throughput: trades/s delivered to 1 and to 10 subscribers of one query service, and its RSS with
 1,000 idle subscribers.
 
-The query service runs as its own process (`python -m services.query`). Subscribers run in a client process
+The query service runs as its own process (`python -m k2.services.query`). Subscribers run in a client process
 (every response fully parsed into Trade messages); a producer process writes pre-encoded trade messages to
 Kafka as fast as it can while they listen. Delivered rate = trades received by all subscribers / time from the
 first to the last trade received. Server CPU per trade = the query process's CPU time over the phase / trades
@@ -60,14 +60,14 @@ def trade_values(count: int) -> list[bytes]:
 
 @contextmanager
 def query_service(bootstrap: str, prefix: str, **settings: str) -> Iterator[tuple[int, int]]:
-    """(gRPC port, pid) of `python -m services.query` on a fresh Iceberg catalog, stopped with SIGTERM after."""
+    """(gRPC port, pid) of `python -m k2.services.query` on a fresh Iceberg catalog, stopped with SIGTERM after."""
     folder = Path(tempfile.mkdtemp(prefix="k2-bench-query-"))
     port = free_port()
     env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "K2_KAFKA_TOPIC_PREFIX": prefix,
                         "K2_ICEBERG_CATALOG_URI": f"sqlite:///{folder / 'catalog.db'}",
                         "K2_ICEBERG_WAREHOUSE": f"file://{folder / 'warehouse'}", "K2_QUERY_PORT": str(port),
                         "K2_QUERY_METRICS_PORT": "0", "K2_LOG_LEVEL": "WARNING"} | settings
-    process = subprocess.Popen([sys.executable, "-m", "services.query"], env=env, cwd=ROOT,
+    process = subprocess.Popen([sys.executable, "-m", "k2.services.query"], env=env, cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=sys.stderr)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

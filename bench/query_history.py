@@ -25,7 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThan
 from query_fanout import log, query_service
 
-from k2.core.arrow import records_to_arrow
+from k2.core.arrow_records import records_to_arrow
 from k2.core.config import IcebergSettings, KafkaSettings
 from k2.core.iceberg import ensure_table, load_catalog
 from k2.core.kafka import provision_topics
@@ -41,8 +41,8 @@ RUNS = 9
 
 def asx_trades() -> tuple[list[Record], str]:
     try:
-        from services.ingest.asx import AsxTradeParser
-        from services.ingest.rows import numbered_lines
+        from k2.services.ingest.asx import AsxTradeParser
+        from k2.services.ingest.rows import numbered_lines
     except ImportError:
         return generated_trades(), "generated"
     parser = AsxTradeParser("7078", "BHP", datetime.now(UTC))

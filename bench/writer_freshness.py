@@ -1,7 +1,7 @@
 """Freshness: how long after a trade is produced it is visible in an Iceberg table scan, at 10,000 trades/s.
 
 A producer process sends trades at a steady 10,000/s, each stamped with its send time (ingestion_timestamp);
-the writer (`python -m services.writer`, its own process, default settings) commits them; this process
+the writer (`python -m k2.services.writer`, its own process, default settings) commits them; this process
 reloads the table as soon as a commit writes its metadata (checked every 10 ms) and reads the rows of each new
 snapshot (an incremental append scan), so a trade's freshness is the moment a reader first sees it minus its
 send time. Measuring starts once the writer has committed a first trade, and the first seconds of the stream
@@ -160,7 +160,7 @@ def main() -> None:
                 "K2_WRITER_PORT": str(free_port()), "K2_WRITER_METRICS_PORT": "0",
                 "K2_WRITER_GROUP_ID": f"bench-{uuid.uuid4().hex[:8]}", "K2_WRITER_PROVISION_TOPICS": "false",
                 "K2_LOG_LEVEL": "WARNING"}
-            writer = subprocess.Popen([sys.executable, "-m", "services.writer"], cwd=ROOT, env=env,
+            writer = subprocess.Popen([sys.executable, "-m", "k2.services.writer"], cwd=ROOT, env=env,
                                       stdout=sys.stderr, stderr=sys.stderr)
             try:
                 first_snapshot = wait_until_writing(kafka, iceberg, writer)

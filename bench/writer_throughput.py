@@ -1,5 +1,5 @@
 """Kafka → Iceberg: sustained rows/s the writer commits. The trades topic is filled first; the writer
-(`python -m services.writer`, its own process, default settings) then drains it into a fresh SQLite-catalog
+(`python -m k2.services.writer`, its own process, default settings) then drains it into a fresh SQLite-catalog
 table, and the rate is measured between its first and last commit (start-up excluded).
 
 References measured in the same run, on the same messages, without Kafka: the ceiling — raw fastavro decode
@@ -28,7 +28,8 @@ from _kafka import ROOT, free_port, kafka_bootstrap
 from confluent_kafka import Producer
 
 from k2.core import avro
-from k2.core.arrow import BatchDecoder, records_to_arrow
+from k2.core.arrow import BatchDecoder
+from k2.core.arrow_records import records_to_arrow
 from k2.core.config import IcebergSettings, KafkaSettings
 from k2.core.iceberg import ensure_table, load_catalog, table_identifier
 from k2.core.kafka import TRADES, producer_config, provision_topics, topic_name
@@ -97,7 +98,7 @@ def run_writer(kafka: KafkaSettings, iceberg: IcebergSettings, expected: int) ->
         "K2_WRITER_GROUP_ID": f"bench-{uuid.uuid4().hex[:8]}", "K2_WRITER_PROVISION_TOPICS": "false",
         "K2_WRITER_COMPACTION_INTERVAL_SECONDS": "0", "K2_LOG_LEVEL": "WARNING"}
     started = time.monotonic()
-    writer = subprocess.Popen([sys.executable, "-m", "services.writer"], cwd=ROOT, env=env, stdout=sys.stderr,
+    writer = subprocess.Popen([sys.executable, "-m", "k2.services.writer"], cwd=ROOT, env=env, stdout=sys.stderr,
                               stderr=sys.stderr)
     process = psutil.Process(writer.pid)
     try:

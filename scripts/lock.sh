@@ -7,5 +7,5 @@ source "$(dirname "$0")/env.sh"
 uv=$("$K2_ROOT/scripts/tools.sh" uv)
 cd "$K2_ROOT"
 compile=("$uv" pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet "$@")
-"${compile[@]}" -o requirements/runtime.txt
-"${compile[@]}" --group dev -c requirements/runtime.txt -o requirements/dev.txt
+"${compile[@]}" --extra services -o requirements/runtime.txt
+"${compile[@]}" --extra services --group dev -c requirements/runtime.txt -o requirements/dev.txt

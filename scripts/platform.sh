@@ -78,7 +78,7 @@ up() {
   fi
   export K2_INGEST_BINANCE_ENABLED=true
   if [ "$mode" = replay ]; then
-    start replay_exchange "$PY" -m services.replay_exchange --host 127.0.0.1 --port "$REPLAY_PORT" \
+    start replay_exchange "$PY" -m k2.services.replay_exchange --host 127.0.0.1 --port "$REPLAY_PORT" \
       --symbols "${K2_REPLAY_SYMBOLS:-BTCUSDT,ETHUSDT}" --rate realtime
     export K2_INGEST_BINANCE_ENDPOINTS="[\"ws://127.0.0.1:$REPLAY_PORT\"]"
     export K2_INGEST_BINANCE_REST_ENDPOINT="http://127.0.0.1:$REPLAY_PORT"  # gap backfill (historicalTrades)
@@ -87,16 +87,16 @@ up() {
     echo "Binance feed: live Binance"
   fi
 
-  OTEL_SERVICE_NAME=ingest start ingest "$PY" -m services.ingest
-  OTEL_SERVICE_NAME=writer start writer "$PY" -m services.writer
-  OTEL_SERVICE_NAME=query start query "$PY" -m services.query
+  OTEL_SERVICE_NAME=ingest start ingest "$PY" -m k2.services.ingest
+  OTEL_SERVICE_NAME=writer start writer "$PY" -m k2.services.writer
+  OTEL_SERVICE_NAME=query start query "$PY" -m k2.services.query
   wait_healthy ingest "${K2_INGEST_PORT:-50051}"
   wait_healthy writer "${K2_WRITER_PORT:-50052}"
   wait_healthy query "${K2_QUERY_PORT:-50053}"
 
   if [ ! -f "$K2_RUN_DIR/asx-sample.loaded" ]; then
     echo "Loading the ASX sample (trades and quotes of BHP, DVN, MWR)..."
-    .venv/bin/k2 load asx "$K2_ROOT/../shared/data/asx/trades" "$K2_ROOT/../shared/data/asx/quotes"
+    .venv/bin/k2 load asx "$K2_ROOT/data/asx/trades" "$K2_ROOT/data/asx/quotes"
     touch "$K2_RUN_DIR/asx-sample.loaded"
   fi
   cat <<MSG

@@ -18,8 +18,7 @@ from k2.core.config import IcebergSettings, KafkaSettings
 from k2.core.kafka import provision_topics
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-ASX_DATA = SHARED / "data" / "asx"
+ASX_DATA = ROOT / "data" / "asx"
 
 
 def free_port() -> int:

@@ -7,16 +7,15 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
+from conftest import ASX_DATA
 from test_clients_harness import Platform, running_platform, unused_address, wait_until
 from typer.testing import CliRunner, Result
 
-from clients.cli import app
-from clients.times import parse_time
+from k2.clients.cli import app
+from k2.clients.times import parse_time
 
-ASX = Path(__file__).resolve().parents[2] / "shared" / "data" / "asx"
 DAY_RANGE = ["--start", "2014-03-10T11:00+11:00", "--end", "2014-03-11"]
 runner = CliRunner()
 
@@ -82,7 +81,7 @@ def test_rejected_request_exits_5(platform: Platform) -> None:
 
 
 def test_write_without_a_token_exits_4(platform: Platform) -> None:
-    result = k2(platform, "load", "asx", str(ASX / "trades" / "3153.csv"), K2_TOKEN="")
+    result = k2(platform, "load", "asx", str(ASX_DATA / "trades" / "3153.csv"), K2_TOKEN="")
     assert result.exit_code == 4
     assert "UNAUTHENTICATED" in result.stderr and platform.ingest.load_requests == []
 
@@ -91,19 +90,19 @@ def test_usage_errors_exit_2(platform: Platform) -> None:
     assert k2(platform, "trades", "BHP", "--start", "last tuesday").exit_code == 2
     assert k2(platform, "bars", "BHP", "--interval", "2m").exit_code == 2
     assert k2(platform, "trades", "BHP", "--format", "xml").exit_code == 2
-    unknown = k2(platform, "load", "asx", str(ASX / "README.md"))
+    unknown = k2(platform, "load", "asx", str(ASX_DATA / "README.md"))
     assert unknown.exit_code == 2 and "--kind" in unknown.output
 
 
 def test_load_asx_detects_the_kind_and_reports_progress(platform: Platform) -> None:
-    result = k2(platform, "load", "asx", str(ASX / "trades" / "3153.csv"), str(ASX / "quotes" / "3153.csv"),
-                str(ASX / "quotes" / "7181.csv"))
+    result = k2(platform, "load", "asx", str(ASX_DATA / "trades" / "3153.csv"), str(ASX_DATA / "quotes" / "3153.csv"),
+                str(ASX_DATA / "quotes" / "7181.csv"))
     assert result.exit_code == 0, result.output
     trades, quotes = platform.ingest.load_requests
-    assert (trades.format, list(trades.paths)) == (1, [str((ASX / "trades" / "3153.csv").resolve())])
+    assert (trades.format, list(trades.paths)) == (1, [str((ASX_DATA / "trades" / "3153.csv").resolve())])
     assert quotes.format == 2 and len(quotes.paths) == 2
     assert "total" in result.stdout and "3153.csv" in result.stdout
-    folder = k2(platform, "load", "asx", str(ASX / "trades"))
+    folder = k2(platform, "load", "asx", str(ASX_DATA / "trades"))
     assert folder.exit_code == 0 and len(platform.ingest.load_requests[2].paths) == 3
 
 

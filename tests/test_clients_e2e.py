@@ -6,24 +6,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
+from conftest import ASX_DATA
 from pydantic import SecretStr
 from test_clients_harness import TOKEN, server_thread, trade, wait_until
 from typer.testing import CliRunner
 
-from clients import K2Client, Trade
-from clients.cli import app
+from k2.clients import K2Client, Trade
+from k2.clients.cli import app
 from k2.core.config import AuthSettings, IcebergSettings, KafkaSettings
-from services.ingest.config import IngestSettings
-from services.ingest.server import IngestApp
-from services.query.config import QuerySettings
-from services.query.server import QueryServer
-from services.writer.config import WriterSettings
-from services.writer.server import WriterApp
-
-ASX = Path(__file__).resolve().parents[2] / "shared" / "data" / "asx"
+from k2.services.ingest.config import IngestSettings
+from k2.services.ingest.server import IngestApp
+from k2.services.query.config import QuerySettings
+from k2.services.query.server import QueryServer
+from k2.services.writer.config import WriterSettings
+from k2.services.writer.server import WriterApp
 
 
 @dataclass
@@ -104,7 +102,7 @@ def test_publish_subscribe_query_through_the_platform(services: Services) -> Non
 
 def test_cli_loads_asx_files_and_queries_them(services: Services) -> None:
     runner = CliRunner()
-    loaded = runner.invoke(app, ["load", "asx", str(ASX / "trades" / "3153.csv")], env=services.env())
+    loaded = runner.invoke(app, ["load", "asx", str(ASX_DATA / "trades" / "3153.csv")], env=services.env())
     assert loaded.exit_code == 0, loaded.output
     assert "total" in loaded.stdout and "trades/3153.csv" in loaded.stdout
     with services.client() as k2:

@@ -74,7 +74,7 @@ class IngestDouble(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(self) -> None:
         self.published: list[Record] = []
         self.outcomes: dict[str, Any] = {}
-        # Every batch id received, per stream (an empty stream is a client's probe, see clients.aio._PublishRun).
+        # Every batch id received, per stream (an empty stream is a client's probe, see k2.clients.aio._PublishRun).
         self.streams: list[list[str]] = []
         # Streams to fail with UNAVAILABLE when their first batch arrives, before processing it.
         self.fail_streams = 0

@@ -2,16 +2,17 @@
 
 import dataclasses
 import doctest
+import importlib
 import uuid
 from collections.abc import Iterator
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from types import ModuleType
 
 import grpc
 import pytest
+from conftest import ASX_DATA
 from test_clients_harness import (
     DAY,
     MAX_PAGE,
@@ -24,16 +25,13 @@ from test_clients_harness import (
     wait_until,
 )
 
-import clients.client
-import clients.errors
-import clients.models
-import clients.settings
-import clients.times
-from clients import AsyncK2Client, ClientSettings, K2Client, K2Error, LoadSummary, Quote, Trade
-from k2.core.arrow import arrow_schema, arrow_to_records
+from k2.clients import AsyncK2Client, ClientSettings, K2Client, K2Error, LoadSummary, Quote, Trade
+from k2.core.arrow_records import arrow_schema, arrow_to_records
 from k2.core.protos import datetime_from_timestamp
 
-ASX_TRADES = Path(__file__).resolve().parents[2] / "shared" / "data" / "asx" / "trades" / "3153.csv"
+SDK_MODULES = ("client", "errors", "models", "settings", "times")
+
+ASX_TRADES = ASX_DATA / "trades" / "3153.csv"
 
 
 def fast_retries(**overrides: object) -> ClientSettings:
@@ -300,6 +298,6 @@ def test_token_file_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ClientSettings(tls_cert_file=token_file).channel_credentials()
 
 
-@pytest.mark.parametrize("module", [clients.client, clients.errors, clients.models, clients.settings, clients.times])
-def test_docstring_examples_run(module: ModuleType) -> None:
-    assert doctest.testmod(module).failed == 0
+@pytest.mark.parametrize("name", SDK_MODULES)
+def test_docstring_examples_run(name: str) -> None:
+    assert doctest.testmod(importlib.import_module(f"k2.clients.{name}")).failed == 0

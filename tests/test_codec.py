@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import int64, names, positive_decimals, quotes, sample_quote, sample_trade, trades
 
-from k2.core import arrow, avro, proto_avro, protos
+from k2.core import arrow_records, avro, proto_avro, protos
 from k2.core.records import FieldError, Record, parse_decimal, validate_quote, validate_trade
 from k2.ingest.v1.ingest_pb2 import PublishTradesRequest
 from k2.marketdata.v1.marketdata_pb2 import Quote, Side, Trade
-from services.ingest.ids import batch_message_ids
+from k2.services.ingest.ids import batch_message_ids
 
 PROPERTY = settings(max_examples=300, deadline=None)
 
@@ -56,13 +56,13 @@ def test_quote_proto_round_trip(record: Record) -> None:
 @settings(max_examples=50, deadline=None)
 @given(st.lists(trades(), max_size=20))
 def test_trade_arrow_round_trip(records: list[Record]) -> None:
-    assert arrow.arrow_to_records(arrow.records_to_arrow("trade", records)) == records
+    assert arrow_records.arrow_to_records(arrow_records.records_to_arrow("trade", records)) == records
 
 
 @settings(max_examples=50, deadline=None)
 @given(st.lists(quotes(), max_size=20))
 def test_quote_arrow_round_trip(records: list[Record]) -> None:
-    assert arrow.arrow_to_records(arrow.records_to_arrow("quote", records)) == records
+    assert arrow_records.arrow_to_records(arrow_records.records_to_arrow("quote", records)) == records
 
 
 def test_decoded_decimals_keep_every_digit() -> None:

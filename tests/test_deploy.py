@@ -4,7 +4,7 @@ Docker does not run here, so the compose stack is checked as files: every servic
 build, every ${VAR} is defined in .env, ports are published from .env, dependencies exist and are waited on
 correctly, the K2 services run real modules, and their settings classes parse the environment compose gives.
 Prometheus rules and Grafana panels may only name metrics the services really expose: those are read from the
-services' own Prometheus registry (every module of services/<name> imported, then the registry collected as a
+services' own Prometheus registry (every module of k2/services/<name> imported, then the registry collected as a
 scrape would). The health-check and certificate scripts run for real against a GrpcServer.
 """
 
@@ -125,10 +125,10 @@ def modules_under(package: str) -> Iterator[str]:
 
 @cache
 def exposed_metric_names() -> frozenset[str]:
-    """Every k2_ sample name the services can expose: each module of services/<name> is imported (registering
+    """Every k2_ sample name the services can expose: each module of k2/services/<name> is imported (registering
     its metrics and collectors in the process registry), then the registry is collected as a scrape would."""
     for service in SERVICES:
-        for module in modules_under(f"services.{service}"):
+        for module in modules_under(f"k2.services.{service}"):
             importlib.import_module(module)
     names: set[str] = set()
     for family in REGISTRY.collect():
@@ -139,7 +139,7 @@ def exposed_metric_names() -> frozenset[str]:
 
 def settings_classes() -> list[type[BaseSettings]]:
     found: dict[str, type[BaseSettings]] = {}
-    for package in ("k2.core", "services", "clients"):
+    for package in ("k2.core", "k2.services", "k2.clients"):
         for module_name in modules_under(package):
             module = importlib.import_module(module_name)
             for value in vars(module).values():
@@ -241,8 +241,8 @@ def test_k2_services_run_their_own_module_with_real_health_checks() -> None:
         service = services()[name]
         env = environment(service)
         prefix = f"K2_{name.upper()}_"
-        assert service["command"] == ["python", "-m", f"services.{name}"]
-        assert (ROOT / "services" / name / "__main__.py").is_file(), f"no services/{name}/__main__.py"
+        assert service["command"] == ["python", "-m", f"k2.services.{name}"]
+        assert (ROOT / "k2" / "services" / name / "__main__.py").is_file(), f"no k2/services/{name}/__main__.py"
         assert env["OTEL_SERVICE_NAME"] == name
         assert env[f"{prefix}HOST"] == "0.0.0.0"
         assert env[f"{prefix}ALLOW_PLAINTEXT"] == "true", "plaintext inside the private compose network"
@@ -271,7 +271,7 @@ def test_services_settings_parse_the_compose_environment(monkeypatch: pytest.Mon
                "K2_ICEBERG_S3_SECRET_ACCESS_KEY": "5ec7e7", "K2_AUTH_WRITE_TOKENS": '["a1b2c3"]'}
     tls, mtls = (load_yaml(path)["services"] for path in OVERRIDES)
     for name in SERVICES:
-        classes = [cls for cls in settings_classes() if cls.__module__.startswith(f"services.{name}.")]
+        classes = [cls for cls in settings_classes() if cls.__module__.startswith(f"k2.services.{name}.")]
         classes += [KafkaSettings, IcebergSettings, AuthSettings]
         for layers in ([services()[name]], [services()[name], tls[name], mtls[name]]):
             for variable in list(os.environ):

@@ -40,11 +40,11 @@ from k2.core.protos import quote_from_proto, quote_to_proto, trade_from_proto, t
 from k2.core.records import MAX_TEXT_LENGTH, QUOTE, TRADE, FieldError, Record, validate_quote, validate_trade
 from k2.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from k2.marketdata.v1.marketdata_pb2 import Quote, Trade
-from services.ingest import asx, csv_files
-from services.ingest.binance.parsing import FrameParser
-from services.ingest.binance.publishing import PublishBuffer
-from services.ingest.binance.sequencing import GapLog, SymbolState
-from services.ingest.rows import ParsedChunk
+from k2.services.ingest import asx, csv_files
+from k2.services.ingest.binance.parsing import FrameParser
+from k2.services.ingest.binance.publishing import PublishBuffer
+from k2.services.ingest.binance.sequencing import GapLog, SymbolState
+from k2.services.ingest.rows import ParsedChunk
 
 RECEIVED = datetime(2026, 1, 1, tzinfo=UTC)
 # Per input: generous for a loaded 2-core CI machine, far below anything that would look like a hang.

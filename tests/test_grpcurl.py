@@ -1,5 +1,5 @@
 """The grpcurl recipes of docs/operations.md, run as written against the three services started as processes
-(`python -m services.<name>`), with the session's real Kafka broker and an Iceberg catalog of this module's own.
+(`python -m k2.services.<name>`), with the session's real Kafka broker and an Iceberg catalog of this module's own.
 
 The command lines come from the doc's ```sh blocks marked <!-- recipe: NAME -->, so the doc cannot rot: the test
 only swaps the default addresses (127.0.0.1:50051...) for the test services' and runs each block with bash in a
@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import ROOT, free_port
+from conftest import ASX_DATA, ROOT, free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_tls import Pki, pki  # noqa: F401 - the module's throwaway CA fixture
 
@@ -105,7 +105,8 @@ def platform_env(kafka_bootstrap: str, run_dir: Path) -> dict[str, str]:
         "K2_QUERY_HEARTBEAT_SECONDS": "0.5", "K2_LOG_LEVEL": "INFO"}
 
 
-def start_service(name: str, env: dict[str, str], run_dir: Path) -> ServiceProcess:
+def start_service(name: str, env: dict[str, str], run_dir: Path, python: Path | str = sys.executable,
+                  cwd: Path = ROOT) -> ServiceProcess:
     port = free_port()
     prefix = f"K2_{name.upper()}_"
     service_env = env | {f"{prefix}PORT": str(port), f"{prefix}METRICS_PORT": "0", f"{prefix}GRACE_SECONDS": "2",
@@ -113,16 +114,17 @@ def start_service(name: str, env: dict[str, str], run_dir: Path) -> ServiceProce
     log = run_dir / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as output:
-        process = subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=service_env,
+        process = subprocess.Popen([python, "-m", f"k2.services.{name}"], cwd=cwd, env=service_env,
                                    stdout=output, stderr=subprocess.STDOUT)
     return ServiceProcess(name, port, process, log)
 
 
 @contextmanager
 def platform_processes(kafka_bootstrap: str, run_dir: Path, names: Sequence[str] = SERVICES,
-                       extra_env: dict[str, str] | None = None) -> Iterator[Platform]:
-    """The named services as processes, each SERVING before this yields (the query service after the writer,
-    whose tables it reads); on exit each gets SIGTERM and must exit 0 (graceful shutdown)."""
+                       extra_env: dict[str, str] | None = None, python: Path | str = sys.executable,
+                       cwd: Path = ROOT) -> Iterator[Platform]:
+    """The named services as processes of `python` in `cwd`, each SERVING before this yields (the query service
+    after the writer, whose tables it reads); on exit each gets SIGTERM and must exit 0 (graceful shutdown)."""
     platform = Platform(run_dir, platform_env(kafka_bootstrap, run_dir) | (extra_env or {}))
     with ExitStack() as stack:
         exit_codes: dict[str, int] = {}
@@ -133,11 +135,11 @@ def platform_processes(kafka_bootstrap: str, run_dir: Path, names: Sequence[str]
 
         stack.callback(stop_all)
         for name in [n for n in names if n != "query"]:
-            platform.services[name] = start_service(name, platform.env, run_dir)
+            platform.services[name] = start_service(name, platform.env, run_dir, python, cwd)
         for service in list(platform.services.values()):
             service.wait_serving()
         if "query" in names:
-            platform.services["query"] = start_service("query", platform.env, run_dir)
+            platform.services["query"] = start_service("query", platform.env, run_dir, python, cwd)
             platform.services["query"].wait_serving()
         yield platform
     failed = {name: code for name, code in exit_codes.items() if code != 0}
@@ -151,7 +153,6 @@ ADDRESS = re.compile(r"\b(127\.0\.0\.1|localhost):(5005[123])\b")
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
 DEADLINE_EXCEEDED_EXIT = 64 + grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 UNAUTHENTICATED_EXIT = 64 + grpc.StatusCode.UNAUTHENTICATED.value[0]
-ASX_DATA = ROOT.parent / "shared" / "data" / "asx"
 
 
 def doc_recipes() -> dict[str, str]:
@@ -313,7 +314,7 @@ def _expected_daily_bars() -> list[dict[str, Any]]:
     from decimal import ROUND_HALF_EVEN, Context, Decimal
 
     from k2.core.protos import decimal_text
-    from services.ingest.asx import AsxTradeParser
+    from k2.services.ingest.asx import AsxTradeParser
 
     lines = (ASX_DATA / "trades" / "3153.csv").read_bytes().splitlines()
     records = AsxTradeParser("3153", "MWR", datetime.now(UTC)).parse(

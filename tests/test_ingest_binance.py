@@ -38,13 +38,13 @@ from k2.core.producer import DeliveryReport
 from k2.core.protos import decimal_text
 from k2.core.records import Record, RecordKind
 from k2.ingest.v1.ingest_pb2 import CircuitState, ConnectionState, FeedStatus
-from services.ingest.binance import BinanceFeed, BinanceSettings, parsing
-from services.ingest.binance.parsing import MESSAGE_ID_NAMESPACE, FrameParser
-from services.ingest.binance.publishing import PublishBuffer
-from services.ingest.binance.resilience import Backoff
-from services.ingest.binance.sequencing import GapLog, SymbolState
-from services.ingest.sink import KafkaSink
-from services.replay_exchange import ReplayExchange
+from k2.services.ingest.binance import BinanceFeed, BinanceSettings, parsing
+from k2.services.ingest.binance.parsing import MESSAGE_ID_NAMESPACE, FrameParser
+from k2.services.ingest.binance.publishing import PublishBuffer
+from k2.services.ingest.binance.resilience import Backoff
+from k2.services.ingest.binance.sequencing import GapLog, SymbolState
+from k2.services.ingest.sink import KafkaSink
+from k2.services.replay_exchange import ReplayExchange
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 CONNECTED = ConnectionState.CONNECTION_STATE_CONNECTED

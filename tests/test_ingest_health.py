@@ -6,8 +6,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from k2.core.config import AuthSettings, KafkaSettings
-from services.ingest.config import IngestSettings
-from services.ingest.server import IngestApp
+from k2.services.ingest.config import IngestSettings
+from k2.services.ingest.server import IngestApp
 
 SERVICE = "k2.ingest.v1.IngestService"
 

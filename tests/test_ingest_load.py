@@ -14,7 +14,7 @@ from test_ingest_support import ASX_DATA, WRITE, Ingest, headers_of, running_ing
 from k2.core.config import KafkaSettings
 from k2.core.kafka import QUOTES, TRADES
 from k2.ingest.v1 import ingest_pb2
-from services.ingest.ids import record_message_id
+from k2.services.ingest.ids import record_message_id
 
 ASX_TRADES, ASX_QUOTES = ingest_pb2.FILE_FORMAT_ASX_TRADES, ingest_pb2.FILE_FORMAT_ASX_QUOTES
 CSV_TRADES, CSV_QUOTES = ingest_pb2.FILE_FORMAT_CSV_TRADES, ingest_pb2.FILE_FORMAT_CSV_QUOTES

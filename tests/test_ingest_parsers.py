@@ -13,8 +13,8 @@ from strategies import quotes, trades
 
 from k2.core import avro
 from k2.core.records import FieldError, Record
-from services.ingest import asx, csv_files
-from services.ingest.ids import RECORD_NAMESPACES, batch_message_ids, record_message_id
+from k2.services.ingest import asx, csv_files
+from k2.services.ingest.ids import RECORD_NAMESPACES, batch_message_ids, record_message_id
 
 
 @settings(max_examples=300, deadline=None)

@@ -22,7 +22,7 @@ from k2.core.config import KafkaSettings
 from k2.core.kafka import QUOTES, TRADES
 from k2.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from k2.marketdata.v1.marketdata_pb2 import AssetClass, Quote, Side, Trade
-from services.ingest.ids import batch_message_ids
+from k2.services.ingest.ids import batch_message_ids
 
 START = datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -265,7 +265,7 @@ async def test_sigterm_flushes_and_exits_zero(kafka_settings: KafkaSettings) -> 
                         "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
                         "K2_KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
                         "K2_AUTH_WRITE_TOKENS": f'["{WRITE_TOKEN}"]'}
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.ingest", env=env,
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "k2.services.ingest", env=env,
                                                    stderr=asyncio.subprocess.PIPE)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

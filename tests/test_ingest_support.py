@@ -7,21 +7,20 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from conftest import ASX_DATA
 
 from k2.core import avro
 from k2.core.config import AuthSettings, KafkaSettings
 from k2.core.kafka import DEAD_LETTER, TRADES, Topic, consumer_config, topic_name
 from k2.core.records import Record
 from k2.ingest.v1 import ingest_pb2_grpc
-from services.ingest.config import IngestSettings
-from services.ingest.server import IngestApp
+from k2.services.ingest.config import IngestSettings
+from k2.services.ingest.server import IngestApp
 
-ASX_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "asx"
 WRITE_TOKEN = "ingest-test-write-token"
 READ_TOKEN = "ingest-test-read-token"
 WRITE = (("authorization", f"Bearer {WRITE_TOKEN}"),)

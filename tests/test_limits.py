@@ -9,8 +9,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from k2.core.config import AuthSettings, IcebergSettings, KafkaSettings
 from k2.query.v1 import query_pb2, query_pb2_grpc
-from services.query.config import QuerySettings
-from services.query.server import QueryServer
+from k2.services.query.config import QuerySettings
+from k2.services.query.server import QueryServer
 
 
 async def start_query(kafka: KafkaSettings, iceberg: IcebergSettings, **limits: float) -> QueryServer:

@@ -8,17 +8,17 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 from strategies import sample_trade
 
-from k2.core.arrow import arrow_schema, records_to_arrow
+from k2.core.arrow_records import arrow_schema, records_to_arrow
 from k2.core.config import IcebergSettings
 from k2.core.iceberg import ensure_table, load_catalog
 from k2.core.protos import trade_to_proto
 from k2.core.records import TRADE, Record
 from k2.marketdata.v1.marketdata_pb2 import Trade
 from k2.query.v1 import query_pb2
-from services.query.cache import IcebergCache
-from services.query.history import History, Snapshot, ordered_rows
-from services.query.selection import Selection
-from services.query.wire import FRAMED, joined
+from k2.services.query.cache import IcebergCache
+from k2.services.query.history import History, Snapshot, ordered_rows
+from k2.services.query.selection import Selection
+from k2.services.query.wire import FRAMED, joined
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 COLUMNS = [*arrow_schema(TRADE).names, FRAMED]

@@ -13,17 +13,17 @@ import pytest
 from confluent_kafka import KafkaError, Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from k2_native import LiveBatch, read_messages
+from k2._native import LiveBatch, read_messages
 from strategies import avro_data, quotes, sample_quote, sample_trade, trades
 
 from k2.core import avro
-from k2.core.arrow import records_to_arrow
+from k2.core.arrow_records import records_to_arrow
 from k2.core.records import DECIMAL_PRECISION, MAX_TEXT_LENGTH, QUOTE, TRADE, FieldError, Record, RecordKind
 from k2.query.v1 import query_pb2
-from services.query.bars import BarBuilder, divide_half_even
-from services.query.convert import TRANSCODERS, decode_batch, decode_exactly, decode_message, frame
-from services.query.selection import Selection, micros, rows_after, sort_rows
-from services.query.tokens import PageToken, StreamPosition, query_digest
+from k2.services.query.bars import BarBuilder, divide_half_even
+from k2.services.query.convert import TRANSCODERS, decode_batch, decode_exactly, decode_message, frame
+from k2.services.query.selection import Selection, micros, rows_after, sort_rows
+from k2.services.query.tokens import PageToken, StreamPosition, query_digest
 
 KINDS = (TRADE, QUOTE)
 RECORDS = {TRADE: trades, QUOTE: quotes}

@@ -14,7 +14,7 @@ import grpc
 from confluent_kafka import Producer
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from k2.core.arrow import records_to_arrow
+from k2.core.arrow_records import records_to_arrow
 from k2.core.avro import encode
 from k2.core.config import IcebergSettings, KafkaSettings
 from k2.core.iceberg import ensure_table, load_catalog, offsets_property
@@ -22,8 +22,8 @@ from k2.core.kafka import TOPIC_FOR, producer_config, topic_name
 from k2.core.protos import set_timestamp
 from k2.core.records import QUOTE, TRADE, Record, RecordKind
 from k2.query.v1 import query_pb2_grpc
-from services.query.config import QuerySettings
-from services.query.server import QueryServer
+from k2.services.query.config import QuerySettings
+from k2.services.query.server import QueryServer
 
 T0 = datetime(2024, 3, 11, 0, 0, tzinfo=UTC)
 

@@ -12,12 +12,12 @@ from conftest import ASX_DATA
 from google.protobuf.timestamp_pb2 import Timestamp
 from test_query_harness import T0, Market, Service, quote, running_service, trade, trades, ts
 
-from k2.core.arrow import records_to_arrow
+from k2.core.arrow_records import records_to_arrow
 from k2.core.config import IcebergSettings, KafkaSettings
 from k2.core.iceberg import ensure_table, load_catalog
 from k2.core.records import QUOTE, TRADE, Record
 from k2.query.v1 import query_pb2
-from services.query.selection import micros
+from k2.services.query.selection import micros
 
 
 def order(record: Record) -> tuple:  # type: ignore[type-arg]
@@ -136,8 +136,8 @@ async def test_bars_match_an_independent_computation(market: Market, service: Se
 
 
 def asx_bhp_trades() -> list[Record]:
-    asx = pytest.importorskip("services.ingest.asx")
-    rows = pytest.importorskip("services.ingest.rows")
+    asx = pytest.importorskip("k2.services.ingest.asx")
+    rows = pytest.importorskip("k2.services.ingest.rows")
     parser = asx.AsxTradeParser("7078", "BHP", T0)
     records: list[Record] = []
     for chunk in rows.numbered_lines(ASX_DATA / "trades" / "7078.csv", 20_000):

@@ -1,5 +1,5 @@
 """The query service as a process and with its neighbours: health while Kafka is unreachable, `python -m
-services.query` (metrics endpoint, SIGTERM → exit 0), and end to end with the real writer committing."""
+k2.services.query` (metrics endpoint, SIGTERM → exit 0), and end to end with the real writer committing."""
 
 import asyncio
 import os
@@ -20,8 +20,8 @@ from test_query_subscriptions import SYMBOLS, assert_exactly_once_in_order, rece
 from k2.core.config import AuthSettings, IcebergSettings, KafkaSettings
 from k2.core.records import TRADE
 from k2.query.v1 import query_pb2, query_pb2_grpc
-from services.query.config import QuerySettings
-from services.query.server import QueryServer
+from k2.services.query.config import QuerySettings
+from k2.services.query.server import QueryServer
 
 
 async def health_status(channel: grpc.aio.Channel) -> int:
@@ -57,7 +57,7 @@ async def test_serves_as_a_process_and_stops_on_sigterm(kafka_settings: KafkaSet
         "K2_ICEBERG_CATALOG_URI": iceberg_settings.catalog_uri, "K2_ICEBERG_WAREHOUSE": iceberg_settings.warehouse,
         "K2_QUERY_PORT": str(port), "K2_QUERY_METRICS_PORT": str(metrics_port), "K2_QUERY_GRACE_SECONDS": "2",
         "K2_QUERY_HEARTBEAT_SECONDS": "0.5"}
-    process = subprocess.Popen([sys.executable, "-m", "services.query"], env=env)  # noqa: ASYNC220
+    process = subprocess.Popen([sys.executable, "-m", "k2.services.query"], env=env)  # noqa: ASYNC220
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             async with asyncio.timeout(60):
@@ -86,8 +86,8 @@ async def test_serves_as_a_process_and_stops_on_sigterm(kafka_settings: KafkaSet
 
 async def test_end_to_end_with_the_real_writer(kafka_settings: KafkaSettings,
                                                iceberg_settings: IcebergSettings) -> None:
-    writer_server = pytest.importorskip("services.writer.server")
-    writer_config = pytest.importorskip("services.writer.config")
+    writer_server = pytest.importorskip("k2.services.writer.server")
+    writer_config = pytest.importorskip("k2.services.writer.config")
     writer = await writer_server.WriterApp.open(
         writer_config.WriterSettings(port=0, metrics_port=0, group_id=f"writer-{uuid.uuid4().hex[:8]}",
                                      commit_interval_ms=200),

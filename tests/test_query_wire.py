@@ -1,4 +1,4 @@
-"""Arrow rows → protobuf wire bytes (services.query.wire), without Kafka or Iceberg: for any rows the contract
+"""Arrow rows → protobuf wire bytes (k2.services.query.wire), without Kafka or Iceberg: for any rows the contract
 can hold — extreme, zero and negative decimals, any Unicode, empty strings, absent optionals, empty and filled maps
 and lists, timestamps before 1970 — the bytes parse into exactly the messages the core mapping builds
 (k2.core.protos.trade_to_proto / quote_to_proto), for whole tables and for slices of them."""
@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import int64, positive_decimals, quotes, sample_quote, sample_trade, text, trades
 
-from k2.core.arrow import records_to_arrow
+from k2.core.arrow_records import records_to_arrow
 from k2.core.protos import decimal_text, quote_to_proto, trade_to_proto
 from k2.core.records import QUOTE, TRADE, Record, RecordKind
 from k2.query.v1 import query_pb2
-from services.query.wire import MESSAGE_TYPES, decimal_texts, framed, joined, messages, varints
+from k2.services.query.wire import MESSAGE_TYPES, decimal_texts, framed, joined, messages, varints
 
 TO_PROTO = {TRADE: trade_to_proto, QUOTE: quote_to_proto}
 RESPONSES = {TRADE: (query_pb2.QueryTradesResponse, "trades"), QUOTE: (query_pb2.QueryQuotesResponse, "quotes")}

@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 from websockets.frames import Frame, Opcode
 
-from services.replay_exchange import (
+from k2.services.replay_exchange import (
     SYMBOLS,
     MarketSimulator,
     ReplayExchange,
@@ -30,7 +30,7 @@ from services.replay_exchange import (
     http_stats,
     record_stream,
 )
-from services.replay_exchange.throughput import measure_send_rate
+from k2.services.replay_exchange.throughput import measure_send_rate
 
 DECIMAL_8 = re.compile(r"^\d+\.\d{8}$")
 TRADE_KEYS = ["e", "E", "s", "t", "p", "q", "T", "m", "M"]

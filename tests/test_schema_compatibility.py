@@ -28,10 +28,11 @@ from test_ingest_publish import batch, publish, trade
 from test_ingest_support import read_topic, running_ingest
 
 from k2.core import avro
-from k2.core.avro import CURRENT, SCHEMA_DIR, UPGRADES, VERSIONS, SchemaVersion
+from k2.core.avro import CURRENT, UPGRADES, VERSIONS, SchemaVersion
 from k2.core.config import KafkaSettings
 from k2.core.kafka import TRADES, producer_config
 from k2.core.records import VALIDATORS, RecordKind
+from k2.core.schemas import SCHEMA_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 JAVA_AVRO = ROOT / "scripts" / "avro_java.sh"

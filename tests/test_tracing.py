@@ -276,7 +276,7 @@ def replay_exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("replay") / "replay_exchange.log"
     with log.open("wb") as output:
-        process = subprocess.Popen([sys.executable, "-m", "services.replay_exchange", "--host", "127.0.0.1",
+        process = subprocess.Popen([sys.executable, "-m", "k2.services.replay_exchange", "--host", "127.0.0.1",
                                     "--port", str(port), "--symbols", FEED_SYMBOL, "--rate", "100"],
                                    cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
     try:

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from strategies import RECORDS, sample_quote, sample_trade
 
 from k2.core import avro
-from k2.core.arrow import INVALID, UNDECODABLE, WRONG_KIND, BatchDecoder, records_to_arrow
+from k2.core.arrow import INVALID, UNDECODABLE, WRONG_KIND, BatchDecoder
+from k2.core.arrow_records import records_to_arrow
 from k2.core.records import VALIDATORS, RecordKind
 
 

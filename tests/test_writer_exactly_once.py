@@ -1,4 +1,4 @@
-"""Exactly once, with writers as real processes (`python -m services.writer`) while a producer keeps sending:
+"""Exactly once, with writers as real processes (`python -m k2.services.writer`) while a producer keeps sending:
 kill -9 at random points over several rounds; two writers in one group through rebalances; the same kill test
 against a real PostgreSQL catalog. Afterwards the table holds exactly the acknowledged trades: same count, no
 duplicate message_id, every decimal equal. And a message re-sent with the same message_id (as ingest does
@@ -47,7 +47,7 @@ class WriterProcess:
         } | {f"K2_WRITER_{name.upper()}": str(value) for name, value in settings.items()}
         self.log_path = log_path
         self.log = log_path.open("ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "services.writer"], cwd=ROOT, env=env,
+        self.process = subprocess.Popen([sys.executable, "-m", "k2.services.writer"], cwd=ROOT, env=env,
                                         stdout=self.log, stderr=subprocess.STDOUT)
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = writer_pb2_grpc.WriterServiceStub(self.channel)

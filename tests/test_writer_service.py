@@ -38,10 +38,10 @@ from k2.core.kafka import (
     topic_name,
 )
 from k2.core.telemetry import setup_tracing
+from k2.services.writer.config import WriterSettings
+from k2.services.writer.server import WriterApp
 from k2.writer.v1 import writer_pb2 as pb
 from k2.writer.v1 import writer_pb2_grpc
-from services.writer.config import WriterSettings
-from services.writer.server import WriterApp
 
 TOKEN = "writer-test-token"
 WRITE = [("authorization", f"Bearer {TOKEN}")]

@@ -1,5 +1,5 @@
-"""Record batches ⇄ Arrow, and the Iceberg table schemas — all derived from the current Avro schemas, so the
-tables follow the contract: a field added to the Avro schema becomes a column without hand-written mapping."""
+"""Kafka values ⇄ Arrow for the writer and the Iceberg table schemas, both derived from the current Avro schemas,
+so the tables follow the contract: a field added to the Avro schema becomes a column without hand-written mapping."""
 
 import re
 from collections.abc import Sequence
@@ -23,6 +23,7 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
+from k2.core.arrow_records import arrow_schema, avro_field_type, records_to_arrow
 from k2.core.avro import CURRENT, MAGIC, DecodeError, decode
 from k2.core.records import (
     DECIMAL_PRECISION,
@@ -35,41 +36,6 @@ from k2.core.records import (
     Record,
     RecordKind,
 )
-
-
-def _avro_field_type(avro_type: Any) -> tuple[Any, bool]:
-    """(non-null Avro type, nullable)"""
-    if isinstance(avro_type, list):
-        branches = [t for t in avro_type if t != "null"]
-        if len(branches) != 1 or len(avro_type) != 2:
-            raise TypeError(f"only [null, T] unions are supported: {avro_type}")
-        return branches[0], True
-    return avro_type, False
-
-
-def _arrow_type(avro_type: Any) -> pa.DataType:
-    if isinstance(avro_type, str):
-        return {"string": pa.string(), "long": pa.int64(), "int": pa.int32(), "boolean": pa.bool_()}[avro_type]
-    logical = avro_type.get("logicalType")
-    if logical == "decimal":
-        return pa.decimal128(avro_type["precision"], avro_type["scale"])
-    if logical == "timestamp-micros":
-        return pa.timestamp("us", tz="UTC")
-    if logical == "uuid" or avro_type["type"] == "enum":
-        return pa.string()
-    if avro_type["type"] == "array":
-        return pa.list_(pa.field("element", _arrow_type(avro_type["items"]), nullable=False))
-    if avro_type["type"] == "map":
-        return pa.map_(pa.string(), pa.field("value", _arrow_type(avro_type["values"]), nullable=False))
-    raise TypeError(f"no Arrow type for {avro_type}")
-
-
-def arrow_schema(kind: RecordKind) -> pa.Schema:
-    fields = []
-    for field in CURRENT[kind].schema["fields"]:
-        avro_type, nullable = _avro_field_type(field["type"])
-        fields.append(pa.field(field["name"], _arrow_type(avro_type), nullable=nullable))
-    return pa.schema(fields)
 
 
 class _FieldIds:
@@ -107,31 +73,10 @@ def iceberg_schema(kind: RecordKind) -> Schema:
     ids.next_id = len(fields)
     columns = []
     for number, field in enumerate(fields, start=1):
-        avro_type, nullable = _avro_field_type(field["type"])
+        avro_type, nullable = avro_field_type(field["type"])
         columns.append(NestedField(field_id=number, name=field["name"], field_type=_iceberg_type(avro_type, ids),
                                    required=not nullable, doc=field.get("doc")))
     return Schema(*columns)
-
-
-def records_to_arrow(kind: RecordKind, records: list[Record]) -> pa.Table:
-    schema = arrow_schema(kind)
-    columns = []
-    for field in schema:
-        values = [r[field.name] for r in records]
-        if pa.types.is_map(field.type):
-            values = [None if v is None else list(v.items()) for v in values]
-        columns.append(pa.array(values, type=field.type))
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
-def arrow_to_records(table: pa.Table) -> list[Record]:
-    records = table.to_pylist()
-    for field in table.schema:
-        if pa.types.is_map(field.type):
-            for record in records:
-                value = record[field.name]
-                record[field.name] = dict(value) if value else None
-    return records
 
 
 # Kafka values straight to Arrow: the writer's hot path. A message in the current schema version whose strings,
@@ -180,7 +125,7 @@ _SHORT_BYTES = b"(?:" + b"|".join(_byte(2 * n) + rb"[\s\S]{%d}" % n for n in ran
 
 def _is_block(avro_type: Any) -> bool:
     """An array or a map, possibly nullable: decoded per distinct value rather than by kernels."""
-    avro_type, _ = _avro_field_type(avro_type)
+    avro_type, _ = avro_field_type(avro_type)
     return isinstance(avro_type, dict) and avro_type["type"] in ("array", "map")
 
 

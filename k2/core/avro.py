@@ -1,6 +1,6 @@
 """Kafka wire format: Avro single-object encoding (0xC3 0x01, the writer schema's 8-byte CRC-64-AVRO fingerprint,
 then the Avro binary body). Every message names its writer schema, so one topic carries v1 and v2 messages and
-consumers need no registry service: the registry is schemas/, every published version of every record.
+consumers need no registry service: the registry is k2/schemas/, every published version of every record.
 
 A published schema file is never edited beyond its docs, aliases and added defaults (which the fingerprint ignores); a
 new version is a new file (trade_v3.avsc) and becomes the reader. Every version from v2 on is read by Avro schema
@@ -8,7 +8,6 @@ resolution alone, so any Avro reader given schemas/ reads it as the current vers
 checks it with Apache Avro for Java); v1 cannot be, and K2 converts it (UPGRADES).
 """
 
-import json
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -23,8 +22,8 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from k2.core.avro_writer import UnsupportedSchema, compile_writer
 from k2.core.records import QUOTE, TRADE, Record, RecordKind
+from k2.core.schemas import PUBLISHED
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = 10
 # message_id of upgraded v1 messages (which had none): uuid5 of the message bytes, stable on every read.
@@ -46,11 +45,6 @@ class SchemaVersion:
     fingerprint: bytes
 
 
-def load_schema(path: Path) -> dict[str, Any]:
-    schema: dict[str, Any] = json.loads(path.read_text())
-    return schema
-
-
 def without_logical_types(node: Any, types: Collection[str] | None = None) -> Any:
     """The schema without the given logical types (all when None): fastavro then reads the underlying values
     (a uuid as its string; a decimal's bytes and a timestamp's long, which hot paths convert column-wise)."""
@@ -67,18 +61,10 @@ def schema_fingerprint(schema: dict[str, Any]) -> bytes:
 
 
 def _load_versions() -> dict[RecordKind, list[SchemaVersion]]:
-    versions: dict[RecordKind, list[SchemaVersion]] = {TRADE: [], QUOTE: []}
-    for path in sorted(SCHEMA_DIR.glob("*_v*.avsc")):
-        kind, _, number = path.stem.rpartition("_v")
-        if kind not in versions:
-            raise RuntimeError(f"{path.name}: unknown record kind {kind!r}")
-        schema = load_schema(path)
-        versions[kind].append(SchemaVersion(
-            kind, int(number), path, schema, fastavro.parse_schema(schema),
-            fastavro.parse_schema(without_logical_types(schema, ["uuid"])), schema_fingerprint(schema)))
-    for kind_versions in versions.values():
-        kind_versions.sort(key=lambda v: v.version)
-    return versions
+    return {kind: [SchemaVersion(kind, file.version, file.path, file.schema, fastavro.parse_schema(file.schema),
+                                 fastavro.parse_schema(without_logical_types(file.schema, ["uuid"])),
+                                 schema_fingerprint(file.schema)) for file in files]
+            for kind, files in PUBLISHED.items()}
 
 
 VERSIONS = _load_versions()

@@ -5,13 +5,17 @@ Telemetry uses the standard OTEL_* variables, and KAFKA_BOOTSTRAP_SERVERS names 
 """
 
 import ipaddress
+import os
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ROOT = Path(__file__).resolve().parents[2]
-RUN_DIR = ROOT / ".run"
+_PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+# The K2 checkout this code runs from (make up, the tests), or the working directory where K2 runs installed.
+ROOT = _PACKAGE_PARENT if (_PACKAGE_PARENT / "pyproject.toml").is_file() else Path.cwd()
+# Run state: the embedded catalog and warehouse, logs, the token `make up` writes for the CLI.
+RUN_DIR = Path(os.environ.get("K2_RUN_DIR") or ROOT / ".run")
 
 
 def is_loopback_host(host: str) -> bool:

@@ -1,7 +1,7 @@
 """Published protobuf messages → their Kafka message values (Avro v2, single-object encoded) and keys, a batch at
 a time: the per-item hot path of PublishTrades/PublishQuotes.
 
-A batch of trades goes to the compiled encoder (k2_native.TradeEncoder) in one call, as its serialized request. It
+A batch of trades goes to the compiled encoder (k2._native.TradeEncoder) in one call, as its serialized request. It
 writes each trade it can judge at a glance (plain decimals that fit, canonical message ids, whole-microsecond
 timestamps of years 1 to 9999, texts within their limits, known enum values) and hands back any other, which
 trade_from_proto and avro.encode then accept or reject with its field and reason: the exact path. Both write the
@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from k2_native import TradeEncoder
-
+from k2._native import TradeEncoder
 from k2.core import avro
 from k2.core.protos import ASSET_CLASS_NAMES, EPOCH, SIDE_NAMES, quote_from_proto, trade_from_proto
 from k2.core.records import (

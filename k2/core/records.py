@@ -1,4 +1,4 @@
-"""The v2 record model: one dict per trade or quote, keyed by the Avro v2 field names (schemas/*_v2.avsc).
+"""The v2 record model: one dict per trade or quote, keyed by the Avro v2 field names (k2/schemas/*_v2.avsc).
 
 Values are exact: decimal.Decimal for prices and quantities, timezone-aware UTC datetime for timestamps, None for
 an absent optional field (an empty vendor_data map is None too, so proto and Avro forms round-trip).

@@ -1,5 +1,5 @@
 //! Binance `<symbol>@trade` frames → their Avro v2 Kafka messages, one frame per call (the feed's per-frame hot
-//! path, services/ingest/binance/parsing.py). Only a frame that is plainly a valid trade is written here: the
+//! path, k2/services/ingest/binance/parsing.py). Only a frame that is plainly a valid trade is written here: the
 //! combined-stream wrapper and the nine known keys, each once, strings without escapes, integers within 64 bits,
 //! plain positive decimal strings, a trade time within years 1 to 9999. For any other frame the encoder answers
 //! None and the Python parser reads it, as it reads every frame it is given (and says what is wrong with it).
@@ -188,7 +188,7 @@ struct Route {
 }
 
 /// Writes plain Binance trade frames as Avro v2 trade messages. Built by the feed's FrameParser.
-#[pyclass(frozen, module = "k2_native")]
+#[pyclass(frozen, module = "k2._native")]
 struct TradeFrameEncoder {
     routes: HashMap<Vec<u8>, usize>,
     symbols: Vec<Route>,

@@ -1,4 +1,4 @@
-//! The live fan-out's per-message work (services/query/fanout.py), once per poll:
+//! The live fan-out's per-message work (k2/services/query/fanout.py), once per poll:
 //! - `read_messages`: a poll's Kafka messages → one `LiveBatch` per topic (positions, values, tracing headers),
 //!   the latest value per message key, the error messages;
 //! - `LiveBatch.decode`: every value → its framed message (fanout_transcode, without holding the GIL); what it
@@ -13,8 +13,8 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use crate::fanout_transcode::{DecimalType, Field, FieldType, Program, Scratch};
 
-/// The program that transcodes one record kind (see services/query/convert.py, which builds it).
-#[pyclass(frozen, module = "k2_native")]
+/// The program that transcodes one record kind (see k2/services/query/convert.py, which builds it).
+#[pyclass(frozen, module = "k2._native")]
 pub struct LiveTranscoder {
     program: Program,
 }
@@ -135,7 +135,7 @@ impl LiveTranscoder {
 }
 
 /// The messages of one topic from one poll, and once decoded their framed records.
-#[pyclass(module = "k2_native")]
+#[pyclass(module = "k2._native")]
 pub struct LiveBatch {
     partitions: Vec<i32>,
     offsets: Vec<i64>,

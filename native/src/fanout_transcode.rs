@@ -2,7 +2,7 @@
 //! Subscribe*Response (tag, length, the serialized Trade or Quote), byte for byte what protobuf's deterministic
 //! serialization of trade_to_proto / quote_to_proto writes.
 //!
-//! The field program comes from Python (services/query/convert.py builds it from the Avro schema and the message
+//! The field program comes from Python (k2/services/query/convert.py builds it from the Avro schema and the message
 //! descriptor), so nothing here knows the schema's layout. A record that is not plainly valid is not judged here:
 //! `transcode` returns None and the caller hands it to the exact Python path.
 

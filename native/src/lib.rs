@@ -16,7 +16,7 @@ mod publish;
 mod text;
 
 #[pymodule]
-fn k2_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     publish::register(module)?;
     binance::register(module)?;
     fanout::register(module)?;

@@ -127,7 +127,7 @@ impl<'a> Trade<'a> {
 }
 
 /// Writes published trades as Avro v2 Kafka messages. Built once (k2.core.proto_avro) from the current schema.
-#[pyclass(frozen, module = "k2_native")]
+#[pyclass(frozen, module = "k2._native")]
 struct TradeEncoder {
     header: Vec<u8>,
     asset_classes: Vec<Vec<u8>>, // by proto enum value: the Avro enum index as written, empty when unknown

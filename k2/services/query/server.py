@@ -1,0 +1,349 @@
+"""The query service: QueryServicer (grpc.aio) and QueryServer, a GrpcServer that also runs the live fan-out.
+
+Tests start it in-process: `server = QueryServer(settings, kafka, iceberg); port = await server.start();
+await server.wait_ready(); ...; await server.stop()`.
+"""
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import pyarrow as pa
+from confluent_kafka import KafkaException
+
+from k2.core.arrow_records import arrow_schema
+from k2.core.config import AuthSettings, IcebergSettings, KafkaSettings
+from k2.core.grpcserver import GrpcServer
+from k2.core.records import QUOTE, TRADE, FieldError, RecordKind
+from k2.query.v1 import query_pb2
+from k2.services.query import bars as bars_module
+from k2.services.query import metrics, validation
+from k2.services.query.cache import IcebergCache
+from k2.services.query.config import QuerySettings
+from k2.services.query.fanout import FanOut
+from k2.services.query.history import History, Snapshot, SnapshotGone, latest_row, ordered_rows
+from k2.services.query.kafka_tail import KafkaAdmin, Offsets, OffsetsExpired, read_tail_table
+from k2.services.query.selection import ORDER_COLUMNS, Selection, row_key
+from k2.services.query.subscriptions import StreamEnded, Subscriptions
+from k2.services.query.tokens import PageToken
+from k2.services.query.wire import FRAMED, MESSAGE_TYPES, joined, messages
+from k2.services.query.workers import Workers
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "k2.query.v1.QueryService"
+T = TypeVar("T")
+QUERY_RESPONSES: dict[RecordKind, type] = {TRADE: query_pb2.QueryTradesResponse, QUOTE: query_pb2.QueryQuotesResponse}
+
+
+class DeadlineExceeded(Exception):
+    pass
+
+
+class Budget:
+    """The time a request may take, readable from worker threads: its deadline, or cancellation."""
+
+    def __init__(self, context: grpc.aio.ServicerContext):
+        remaining = context.time_remaining()
+        self._deadline = None if remaining is None else time.monotonic() + remaining
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def expired(self) -> bool:
+        return self._cancelled.is_set() or (self._deadline is not None and time.monotonic() > self._deadline)
+
+    def check(self) -> None:
+        if self.expired():
+            raise DeadlineExceeded
+
+
+KNOWN_FAILURES = (FieldError, SnapshotGone, OffsetsExpired, DeadlineExceeded, KafkaException, StreamEnded)
+
+
+def _status(error: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status a known failure ends the call with."""
+    if isinstance(error, FieldError):
+        return grpc.StatusCode.INVALID_ARGUMENT, f"{error.field}: {error.reason}"
+    if isinstance(error, (SnapshotGone, OffsetsExpired)):
+        return grpc.StatusCode.FAILED_PRECONDITION, f"{error}: the token's position expired; start without it"
+    if isinstance(error, DeadlineExceeded):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the answer was complete"
+    if isinstance(error, KafkaException):
+        return grpc.StatusCode.UNAVAILABLE, f"Kafka: {error.args[0].str() if error.args else error}"
+    assert isinstance(error, StreamEnded)
+    return error.code, error.reason
+
+
+class QueryServicer:
+    def __init__(self, settings: QuerySettings, kafka: KafkaSettings, history: History, admin: KafkaAdmin,
+                 fanout: FanOut, subscriptions: Subscriptions, workers: Workers):
+        self._settings = settings
+        self._workers = workers
+        self._kafka = kafka
+        self._history = history
+        self._admin = admin
+        self._fanout = fanout
+        self._subscriptions = subscriptions
+
+    # ---- error handling and metrics --------------------------------------------------------------------------
+
+    async def _stream(self, rpc: str, context: grpc.aio.ServicerContext,
+                      responses: Callable[[Budget], AsyncIterator[T]], *, timed: bool = True) -> AsyncIterator[T]:
+        started = time.perf_counter()
+        budget = Budget(context)
+        context.add_done_callback(lambda _: budget.cancel())  # stops worker threads as soon as the call ends
+        code = grpc.StatusCode.OK
+        try:
+            async for response in responses(budget):
+                yield response
+        except KNOWN_FAILURES as error:
+            code, reason = _status(error)
+            await context.abort(code, reason)
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away (mid-await or mid-yield)
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s failed", rpc)
+            raise
+        finally:
+            budget.cancel()
+            metrics.REQUESTS.labels(metrics.SERVICE, rpc, code.name).inc()
+            if timed and code == grpc.StatusCode.OK:
+                metrics.REQUEST_SECONDS.labels(metrics.SERVICE, rpc).observe(time.perf_counter() - started)
+
+    async def _unary(self, rpc: str, context: grpc.aio.ServicerContext,
+                     answer: Callable[[Budget], Awaitable[T]]) -> T:
+        async def once(budget: Budget) -> AsyncIterator[T]:
+            yield await answer(budget)
+
+        answered: list[T] = []
+        async for response in self._stream(rpc, context, once):  # to its end, so its bookkeeping runs now
+            answered.append(response)
+        return answered[0]
+
+    # ---- QueryTrades / QueryQuotes ---------------------------------------------------------------------------
+
+    async def QueryTrades(self, request: query_pb2.QueryTradesRequest,
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        async for response in self._stream("QueryTrades", context, lambda b: self._range(TRADE, request, b)):
+            yield response
+
+    async def QueryQuotes(self, request: query_pb2.QueryQuotesRequest,
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        async for response in self._stream("QueryQuotes", context, lambda b: self._range(QUOTE, request, b)):
+            yield response
+
+    async def _fresh_tail(self, kind: RecordKind) -> tuple[Snapshot, Offsets, Offsets]:
+        """The current snapshot and the Kafka range it does not hold: [its recorded offsets, high watermarks).
+        Both are read at once: a snapshot newer than the watermarks only makes that range empty."""
+        topic = self._fanout.topics[kind]
+        snapshot, (low, high) = await asyncio.gather(self._workers.run(self._history.current, kind, topic),
+                                                     self._workers.run(self._admin.watermarks, topic))
+        start = {p: max(snapshot.offsets.get(p, first), first) for p, first in low.items()}
+        return snapshot, start, high
+
+    async def _tail(self, kind: RecordKind, start: Offsets, end: Offsets, selection: Selection, columns: list[str],
+                    budget: Budget) -> Any:
+        return await self._workers.run(read_tail_table, self._kafka, kind, self._fanout.topics[kind], start, end,
+                                       selection, columns, self._settings.fetch_wait_max_ms, budget.check)
+
+    async def _range(self, kind: RecordKind, request: validation.QueryRequest,
+                     budget: Budget) -> AsyncIterator[bytes]:
+        query = validation.range_query(kind, request, self._settings)
+        columns = arrow_schema(kind).names
+        if query.page is None:
+            snapshot, tail_start, tail_end = await self._fresh_tail(kind)
+            after = None
+        else:
+            page = query.page
+            topic = self._fanout.topics[kind]
+            snapshot = await self._workers.run(self._history.at, kind, topic, page.snapshot_id)
+            tail_start, tail_end, after = page.tail_start, page.tail_end, page.after
+        tail = await self._tail(kind, tail_start, tail_end, query.selection, columns, budget)
+        rows = ordered_rows(kind, snapshot, query.selection, [*ORDER_COLUMNS, FRAMED], tail, after)
+        batch = self._settings.response_rows
+        remaining, more, last_key = query.limit, False, None
+        pending = pa.array([], pa.binary())  # framed rows not sent yet
+        returned = metrics.ROWS_RETURNED.labels(metrics.SERVICE, f"Query{kind.title()}s")
+        while not more:
+            budget.check()
+            window = await self._workers.run(next, rows, None)
+            if window is None:
+                break
+            if remaining == 0:
+                more = True
+                break
+            taken = window.slice(0, remaining)
+            more = taken.num_rows < window.num_rows
+            remaining -= taken.num_rows
+            last_key = row_key(taken, taken.num_rows - 1)
+            pending = pa.concat_arrays([pending, *taken[FRAMED].chunks])
+            sent = 0
+            while len(pending) - sent > batch:  # the last rows wait for the response that carries the token
+                returned.inc(batch)
+                yield joined(pending, sent, sent + batch)
+                sent += batch
+            pending = pending.slice(sent)
+        token = ""
+        if more and last_key is not None:
+            token = PageToken(query.digest, snapshot.snapshot_id, tail_start, tail_end, last_key).encode()
+        if len(pending) or token:
+            returned.inc(len(pending))
+            yield joined(pending) + QUERY_RESPONSES[kind](next_page_token=token).SerializeToString()
+
+    # ---- GetBars ---------------------------------------------------------------------------------------------
+
+    async def GetBars(self, request: query_pb2.GetBarsRequest,
+                      context: grpc.aio.ServicerContext) -> query_pb2.GetBarsResponse:
+        return await self._unary("GetBars", context, lambda budget: self._bars(request, budget))
+
+    async def _bars(self, request: query_pb2.GetBarsRequest, budget: Budget) -> query_pb2.GetBarsResponse:
+        query = validation.bars_query(request, self._settings)
+        snapshot, tail_start, tail_end = await self._fresh_tail(TRADE)
+        tail = await self._tail(TRADE, tail_start, tail_end, query.selection, bars_module.COLUMNS, budget)
+
+        def compute() -> list[query_pb2.Bar]:
+            builder = bars_module.BarBuilder(query.interval)
+            for rows in ordered_rows(TRADE, snapshot, query.selection, bars_module.COLUMNS, tail):
+                budget.check()
+                builder.add(rows)
+            return builder.protos()
+
+        bars = await self._workers.run(compute)
+        metrics.ROWS_RETURNED.labels(metrics.SERVICE, "GetBars").inc(len(bars))
+        return query_pb2.GetBarsResponse(bars=bars)
+
+    # ---- GetLatest -------------------------------------------------------------------------------------------
+
+    async def GetLatest(self, request: query_pb2.GetLatestRequest,
+                        context: grpc.aio.ServicerContext) -> query_pb2.GetLatestResponse:
+        return await self._unary("GetLatest", context, lambda budget: self._latest(request, budget))
+
+    async def _latest(self, request: query_pb2.GetLatestRequest, budget: Budget) -> query_pb2.GetLatestResponse:
+        symbols = validation.latest_symbols(request, self._settings)
+        snapshots: dict[RecordKind, Snapshot] = {}
+        entries = []
+        for symbol in symbols:
+            entry = query_pb2.Latest(symbol=symbol)
+            for kind, field in ((TRADE, "trade"), (QUOTE, "quote")):
+                live = self._fanout.latest(kind, symbol)
+                if live is not None:
+                    getattr(entry, field).CopyFrom(live)
+                    continue
+                budget.check()
+                if kind not in snapshots:
+                    topic = self._fanout.topics[kind]
+                    snapshots[kind] = await self._workers.run(self._history.current, kind, topic)
+                row = await self._workers.run(latest_row, kind, snapshots[kind], symbol)
+                if row is not None:
+                    getattr(entry, field).CopyFrom(MESSAGE_TYPES[kind].FromString(messages(kind, row)[0].as_py()))
+            entries.append(entry)
+        metrics.ROWS_RETURNED.labels(metrics.SERVICE, "GetLatest").inc(
+            sum(e.HasField("trade") + e.HasField("quote") for e in entries))
+        return query_pb2.GetLatestResponse(latest=entries)
+
+    # ---- subscriptions ---------------------------------------------------------------------------------------
+
+    async def SubscribeTrades(self, request: query_pb2.SubscribeTradesRequest,
+                              context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        async for payload in self._stream("SubscribeTrades", context,
+                                          lambda _: self._subscribe(TRADE, request, context), timed=False):
+            yield payload
+
+    async def SubscribeQuotes(self, request: query_pb2.SubscribeQuotesRequest,
+                              context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        async for payload in self._stream("SubscribeQuotes", context,
+                                          lambda _: self._subscribe(QUOTE, request, context), timed=False):
+            yield payload
+
+    async def _subscribe(self, kind: RecordKind, request: validation.SubscribeRequest,
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        subscription = validation.subscription(kind, request, self._settings)
+        clean_ups: list[Callable[[], None]] = [metrics.ACTIVE_SUBSCRIBERS.labels(metrics.SERVICE, kind).dec]
+        metrics.ACTIVE_SUBSCRIBERS.labels(metrics.SERVICE, kind).inc()
+
+        def ended(_: object) -> None:
+            while clean_ups:
+                clean_ups.pop()()
+
+        context.add_done_callback(ended)
+        async for payload in self._subscriptions.stream(subscription, clean_ups.append):
+            yield payload
+
+
+def _pass_through(payload: bytes) -> bytes:
+    return payload
+
+
+def add_query_service(servicer: QueryServicer, server: grpc.aio.Server) -> None:
+    """As the generated add_QueryServiceServicer_to_server, except that the streaming handlers yield their
+    responses already serialized, so they pass through: QueryTrades/QueryQuotes encode rows column-wise
+    (k2.services.query.wire), subscriptions share one response's bytes among every subscriber with the same filter."""
+    handlers = {
+        "QueryTrades": grpc.unary_stream_rpc_method_handler(
+            servicer.QueryTrades, request_deserializer=query_pb2.QueryTradesRequest.FromString,
+            response_serializer=_pass_through),
+        "QueryQuotes": grpc.unary_stream_rpc_method_handler(
+            servicer.QueryQuotes, request_deserializer=query_pb2.QueryQuotesRequest.FromString,
+            response_serializer=_pass_through),
+        "GetBars": grpc.unary_unary_rpc_method_handler(
+            servicer.GetBars, request_deserializer=query_pb2.GetBarsRequest.FromString,
+            response_serializer=query_pb2.GetBarsResponse.SerializeToString),
+        "GetLatest": grpc.unary_unary_rpc_method_handler(
+            servicer.GetLatest, request_deserializer=query_pb2.GetLatestRequest.FromString,
+            response_serializer=query_pb2.GetLatestResponse.SerializeToString),
+        "SubscribeTrades": grpc.unary_stream_rpc_method_handler(
+            servicer.SubscribeTrades, request_deserializer=query_pb2.SubscribeTradesRequest.FromString,
+            response_serializer=_pass_through),
+        "SubscribeQuotes": grpc.unary_stream_rpc_method_handler(
+            servicer.SubscribeQuotes, request_deserializer=query_pb2.SubscribeQuotesRequest.FromString,
+            response_serializer=_pass_through),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+class QueryServer(GrpcServer):
+    def __init__(self, settings: QuerySettings | None = None, kafka: KafkaSettings | None = None,
+                 iceberg: IcebergSettings | None = None, auth: AuthSettings | None = None):
+        settings = settings or QuerySettings()
+        kafka = kafka or KafkaSettings()
+        super().__init__("query", settings, auth or AuthSettings(), untraced_methods=[
+            f"/{SERVICE_NAME}/SubscribeTrades", f"/{SERVICE_NAME}/SubscribeQuotes"])
+        history = History(iceberg or IcebergSettings(), IcebergCache(settings.file_cache_bytes))
+        admin = KafkaAdmin(kafka, settings.kafka_timeout_seconds)
+        self.workers = Workers(settings.worker_threads)
+        self.fanout = FanOut(kafka, settings, history, self.set_serving)
+        self.subscriptions = Subscriptions(kafka, settings, admin, history, self.fanout, self.workers)
+        self.add(add_query_service,  # type: ignore[arg-type]
+                 QueryServicer(settings, kafka, history, admin, self.fanout, self.subscriptions, self.workers),
+                 SERVICE_NAME)
+
+    async def start(self) -> int:
+        port = await super().start()
+        await self.set_serving(False)  # until the fan-out reaches Kafka
+        self.fanout.start()
+        return port
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the fan-out consumer has its partitions and reaches Kafka."""
+        async with asyncio.timeout(timeout):
+            await self.fanout.ready.wait()
+            while not self.fanout.healthy:
+                await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        """Ends every subscription cleanly (what it has queued, a last heartbeat with its resume_token, then
+        UNAVAILABLE) before the grace period, then stops serving and the fan-out."""
+        reason = "query service shutting down: resubscribe with the last resume_token"
+        self.subscriptions.close(reason)
+        self.fanout.end_all(grpc.StatusCode.UNAVAILABLE, reason)
+        await super().stop()
+        await self.fanout.stop()
+        self.workers.close()

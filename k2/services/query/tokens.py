@@ -1,0 +1,145 @@
+"""Opaque tokens: base64url of a small JSON object. They carry positions, not secrets; the server checks their
+shape and that they belong to the request they are used with, and refuses anything else (INVALID_ARGUMENT).
+
+Page token (QueryTrades/QueryQuotes): the Iceberg snapshot the first page scanned, the Kafka tail range it added
+([the snapshot's recorded offsets, the high watermarks at the first request)), and the key of the last row
+returned, so every page reads the same data and continues exactly after the previous one.
+
+Resume token (subscriptions): the stream's position. Live and Kafka-replay positions are the next offset of every
+partition of the topic; while a stream still replays Iceberg history, the snapshot and the last row's key too.
+"""
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from k2.core.records import FieldError, RecordKind
+from k2.services.query.selection import Key, Selection
+
+VERSION = 1
+KIND_CODES: dict[RecordKind, str] = {"trade": "t", "quote": "q"}
+KINDS = {code: kind for kind, code in KIND_CODES.items()}
+Offsets = dict[int, int]
+
+
+def _encode(payload: dict[str, Any]) -> str:
+    text = json.dumps(payload, separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _decode(field_name: str, token: str) -> dict[str, Any]:
+    if len(token) > 8192:
+        raise FieldError(field_name, "too long")
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (binascii.Error, ValueError):
+        raise FieldError(field_name, "not a token issued by this service") from None
+    if not isinstance(payload, dict) or payload.get("v") != VERSION:
+        raise FieldError(field_name, "not a token issued by this service (or from an incompatible version)")
+    return payload
+
+
+def _int(field_name: str, value: Any, *, optional: bool = False) -> Any:
+    if value is None and optional:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise FieldError(field_name, "malformed token")
+    return value
+
+
+def _offsets_out(offsets: Offsets) -> list[list[int]]:
+    return [[p, o] for p, o in sorted(offsets.items())]
+
+
+def _offsets_in(field_name: str, value: Any) -> Offsets:
+    if not isinstance(value, list):
+        raise FieldError(field_name, "malformed token")
+    offsets: Offsets = {}
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2:
+            raise FieldError(field_name, "malformed token")
+        partition, offset = _int(field_name, item[0]), _int(field_name, item[1])
+        if partition < 0 or offset < 0:
+            raise FieldError(field_name, "malformed token")
+        offsets[partition] = offset
+    return offsets
+
+
+def _key_out(key: Key | None) -> list[Any] | None:
+    return None if key is None else list(key)
+
+
+def _key_in(field_name: str, value: Any) -> Key | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 5 or not all(isinstance(v, str) for v in value[1:3])
+            or not isinstance(value[4], str)):
+        raise FieldError(field_name, "malformed token")
+    return (_int(field_name, value[0]), value[1], value[2], _int(field_name, value[3], optional=True), value[4])
+
+
+def query_digest(kind: RecordKind, selection: Selection) -> str:
+    """Names a query (kind and selection) so a page token is only accepted by the query that issued it."""
+    text = json.dumps([kind, sorted(selection.symbols or ()), sorted(selection.exchanges or ()),
+                       selection.start, selection.end])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PageToken:
+    query: str
+    snapshot_id: int | None
+    tail_start: Offsets
+    tail_end: Offsets
+    after: Key
+
+    def encode(self) -> str:
+        return _encode({"v": VERSION, "q": self.query, "s": self.snapshot_id, "ts": _offsets_out(self.tail_start),
+                        "te": _offsets_out(self.tail_end), "a": _key_out(self.after)})
+
+    @classmethod
+    def decode(cls, token: str, query: str) -> "PageToken":
+        name = "page_token"
+        payload = _decode(name, token)
+        if payload.get("q") != query:
+            raise FieldError(name, "belongs to a different query (symbols, exchange, start and end must stay)")
+        after = _key_in(name, payload.get("a"))
+        if after is None:
+            raise FieldError(name, "malformed token")
+        return cls(query, _int(name, payload.get("s"), optional=True), _offsets_in(name, payload.get("ts")),
+                   _offsets_in(name, payload.get("te")), after)
+
+
+@dataclass(frozen=True)
+class StreamPosition:
+    kind: RecordKind
+    offsets: Offsets  # next Kafka offset per partition of the kind's topic
+    since: int | None = None  # only records with timestamp >= since (a subscription from a past time), µs
+    snapshot_id: int | None = None  # set while the stream replays this Iceberg snapshot...
+    after: Key | None = None  # ...after this row (None: from its start)
+    # Newest timestamp (µs) the stream had delivered, or when it started: where it restarts from history if its
+    # offsets have left Kafka (retention).
+    mark: int = 0
+
+    def encode(self) -> str:
+        payload: dict[str, Any] = {"v": VERSION, "k": KIND_CODES[self.kind], "o": _offsets_out(self.offsets),
+                                   "m": self.mark}
+        if self.since is not None:
+            payload["s"] = self.since
+        if self.snapshot_id is not None:
+            payload["sn"] = self.snapshot_id
+            payload["a"] = _key_out(self.after)
+        return _encode(payload)
+
+    @classmethod
+    def decode(cls, token: str, kind: RecordKind) -> "StreamPosition":
+        name = "resume_token"
+        payload = _decode(name, token)
+        if payload.get("k") != KIND_CODES[kind]:
+            raise FieldError(name, f"not a {kind} stream's token")
+        return cls(kind, _offsets_in(name, payload.get("o")), _int(name, payload.get("s"), optional=True),
+                   _int(name, payload.get("sn"), optional=True), _key_in(name, payload.get("a")),
+                   _int(name, payload.get("m")))
