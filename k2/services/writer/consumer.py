@@ -33,7 +33,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from opentelemetry import trace
-from opentelemetry.trace import Span
+from opentelemetry.trace import Link, Span
 from pyiceberg.table import Table
 
 from k2.core.arrow import DecodedBatch, Rejection
@@ -59,7 +59,7 @@ from .tables import OFFSET_COLUMN, PARTITION_COLUMN, CommitResult, PartitionProg
 log = logging.getLogger(__name__)
 DEAD_LETTER_SOURCE = "writer"
 MAX_ERROR_BACKOFF_SECONDS = 30.0
-MAX_COMMIT_LINKS = 100  # producer traces a commit span links to, at most
+MAX_COMMIT_LINKS = 100  # producer traces a commit covers in its spans (links, and a hop per trace), at most
 tracer = trace.get_tracer(__name__)
 
 
@@ -460,15 +460,7 @@ class WriterLoop:
             return CommitResult(buffer.appender.name, 0, 0, 0, 0)
         self.dead_letters.confirm(timeout=30.0)  # dead letters are acknowledged before their offsets commit
         if buffer.traces:
-            # Sampled traffic: the commit is a child of the first covered message's process span (its trace
-            # continues: publish → send → process → commit) and links to every covered producer trace.
-            first, first_process = buffer.traces[0]
-            with tracer.start_as_current_span(
-                    f"{buffer.appender.name} commit", context=trace.set_span_in_context(first_process, first.context),
-                    links=links_to(found for found, _ in buffer.traces),
-                    attributes={"db.system": "iceberg", "db.collection.name": buffer.appender.name}) as span:
-                result = buffer.appender.commit(buffer.buffered(), buffer.progress)
-                span.set_attributes({"k2.rows": result.rows, "k2.snapshot_id": result.snapshot_id})
+            result = self._traced_commit(buffer)
         else:
             result = buffer.appender.commit(buffer.buffered(), buffer.progress)
         buffer.committed(result)
@@ -484,4 +476,31 @@ class WriterLoop:
                 self.consumer.commit(offsets=owned, asynchronous=True)
             except KafkaException as error:
                 log.debug("group offset commit: %s", error)
+        return result
+
+    def _traced_commit(self, buffer: TableBuffer) -> CommitResult:
+        """A commit covering sampled traffic. Its span is a child of the first covered message's process span and
+        links to every covered producer trace. Each other covered trace gets a span of its own for the same
+        commit (same name, times and attributes, a child of that trace's process span, linking to the commit's
+        span), so every trade's trace reads publish → send → process → commit, not only the first's: a link is
+        shown only from the span that holds it."""
+        name = f"{buffer.appender.name} commit"
+        attributes: dict[str, str | int] = {"db.system": "iceberg", "db.collection.name": buffer.appender.name}
+        first, first_process = buffer.traces[0]
+        started = time.time_ns()
+        with tracer.start_as_current_span(
+                name, context=trace.set_span_in_context(first_process, first.context), start_time=started,
+                links=links_to(found for found, _ in buffer.traces), attributes=attributes) as span:
+            result = buffer.appender.commit(buffer.buffered(), buffer.progress)
+            attributes |= {"k2.rows": result.rows, "k2.snapshot_id": result.snapshot_id}
+            span.set_attributes(attributes)
+        ended = time.time_ns()
+        commit_link = [Link(span.get_span_context())]
+        hops = {first.span_context.trace_id}
+        for found, process in buffer.traces[1:]:
+            trace_id = found.span_context.trace_id
+            if trace_id not in hops:  # one hop per trace, however many of its contexts the commit covers
+                hops.add(trace_id)
+                tracer.start_span(name, context=trace.set_span_in_context(process, found.context),
+                                  start_time=started, links=commit_link, attributes=attributes).end(ended)
         return result
