@@ -15,6 +15,7 @@ from typer.testing import CliRunner, Result
 
 from k2.clients.cli import app
 from k2.clients.times import parse_time
+from k2.core.telemetry import tracing_setup
 
 DAY_RANGE = ["--start", "2014-03-10T11:00+11:00", "--end", "2014-03-11"]
 runner = CliRunner()
@@ -124,9 +125,14 @@ def test_status_reports_each_service(platform: Platform) -> None:
     assert result.exit_code == 0, result.output
     for text in ("SERVING", "binance", "CONNECTED", "market_data.trades", "total 12"):
         assert text in result.stdout
+    tracing = tracing_setup()  # the services run in this process
+    assert "Tracing (OpenTelemetry)" in result.stdout
+    assert len([line for line in result.stdout.splitlines()
+                if f"{tracing.sampler}: " in line and (tracing.otlp_endpoint or "nowhere") in line]) == 3
     absent = k2(platform, "status", K2_WRITER_ADDRESS=unused_address())
     assert absent.exit_code == 3
     assert "UNAVAILABLE" in absent.stdout and "binance" in absent.stdout and "Kafka lag" not in absent.stdout
+    assert len([line for line in absent.stdout.splitlines() if f"{tracing.sampler}: " in line]) == 2
 
 
 def test_feed_and_writer_commands(platform: Platform) -> None:

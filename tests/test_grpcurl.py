@@ -241,7 +241,16 @@ def test_list_names_every_service(operator: Operator) -> None:
     assert output.returncode == 0, output.stderr
     listed = set(output.stdout.split())
     assert {"k2.ingest.v1.IngestService", "k2.writer.v1.WriterService", "k2.query.v1.QueryService",
-            "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= listed
+            "k2.telemetry.v1.TelemetryService", "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection"} <= listed
+
+
+def test_each_service_says_where_its_traces_go(operator: Operator) -> None:
+    # The test services export no traces (no OTLP endpoint, so grpcurl leaves the empty field out) and sample
+    # by the default.
+    assert operator.ok("tracing-setup") == [
+        {"service_name": name, "sampler": "parentbased_traceidratio", "sample_ratio": 0.01}
+        for name in ("ingest", "writer", "query")]
 
 
 def test_describe_shows_the_contracts(operator: Operator) -> None:

@@ -17,6 +17,7 @@ from k2.clients.models import (
     Quote,
     Rejection,
     ServiceHealth,
+    ServiceTracing,
     SubscriptionBatch,
     TableCommit,
     TableStatus,
@@ -29,5 +30,6 @@ from k2.clients.times import parse_time
 __all__ = [
     "AsyncK2Client", "Bar", "ClientSettings", "CompactProgress", "CompactResult", "FeedStatus", "Gap", "K2Client",
     "K2Error", "Latest", "LoadProgress", "LoadSummary", "PartitionStatus", "PublishResult", "Quote", "Rejection",
-    "ServiceHealth", "SubscriptionBatch", "TableCommit", "TableStatus", "Trade", "WriterStatus", "parse_time",
+    "ServiceHealth", "ServiceTracing", "SubscriptionBatch", "TableCommit", "TableStatus", "Trade", "WriterStatus",
+    "parse_time",
 ]

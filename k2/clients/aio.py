@@ -42,6 +42,7 @@ from k2.clients.models import (
     RecordT,
     Rejection,
     ServiceHealth,
+    ServiceTracing,
     SubscriptionBatch,
     TableCommit,
     Trade,
@@ -58,6 +59,7 @@ from k2.core.records import QUOTE, TRADE, Record, RecordKind, new_message_id
 from k2.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from k2.marketdata.v1 import marketdata_pb2
 from k2.query.v1 import query_pb2, query_pb2_grpc
+from k2.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from k2.writer.v1 import writer_pb2, writer_pb2_grpc
 
 TimeArg = datetime | str
@@ -509,5 +511,20 @@ class AsyncK2Client:
             return ServiceHealth(service, address, health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
         return list(await asyncio.gather(*(check(service) for service in services)))
+
+    async def tracing(self, services: Sequence[str] = SERVICES) -> list[ServiceTracing]:
+        """Where each service's traces go; a service that does not answer is reported (error), never raised."""
+        async def ask(service: str) -> ServiceTracing:
+            address = self.settings.address(service)
+            try:
+                response = await self._unary(
+                    service, telemetry_pb2_grpc.TelemetryServiceStub(self._channel(service)).GetTracing,
+                    telemetry_pb2.GetTracingRequest())
+            except K2Error as error:
+                return ServiceTracing(service, address, error=f"{error.code.name}: {error.details}")
+            return ServiceTracing(service, address, response.service_name, response.otlp_endpoint, response.sampler,
+                                  response.sample_ratio)
+
+        return list(await asyncio.gather(*(ask(service) for service in services)))
 
 

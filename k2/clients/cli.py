@@ -35,7 +35,15 @@ from k2.clients.aio import AsyncK2Client, FileFormat
 from k2.clients.client import K2Client
 from k2.clients.demo import run_demo
 from k2.clients.errors import K2Error
-from k2.clients.models import BAR_INTERVALS, CompactResult, LoadProgress, LoadSummary, Quote, Trade
+from k2.clients.models import (
+    BAR_INTERVALS,
+    CompactResult,
+    LoadProgress,
+    LoadSummary,
+    Quote,
+    ServiceTracing,
+    Trade,
+)
 from k2.clients.output import OutputFormat, emit, iso, table_of, text
 from k2.clients.settings import ClientSettings
 from k2.clients.times import parse_time
@@ -160,8 +168,8 @@ def down() -> None:
 @app.command()
 @handles_errors
 def status(ctx: typer.Context) -> None:
-    """Every service's health, the exchange feeds, writer lag and table freshness. Exit 3 if a service is not
-    serving."""
+    """Every service's health and where its traces go, the exchange feeds, writer lag and table freshness. Exit 3
+    if a service is not serving."""
     with _client(ctx) as k2:
         health = k2.health()
         table = table_of("Services", ("service", "address", "status", "detail"))
@@ -169,6 +177,7 @@ def status(ctx: typer.Context) -> None:
             table.add_row(h.service, h.address, Text(h.status, style="green" if h.serving else "red"), h.detail)
         out.print(table)
         serving = {h.service for h in health if h.serving}
+        _print_tracing(k2.tracing([h.service for h in health if h.serving]))
         for service, show in (("ingest", _print_feeds), ("writer", _print_writer)):
             if service in serving:
                 try:
@@ -178,6 +187,27 @@ def status(ctx: typer.Context) -> None:
                     serving.remove(service)
     if len(serving) < len(health):
         raise typer.Exit(EXIT_UNAVAILABLE)
+
+
+def _sampled(ratio: float) -> str:
+    if ratio >= 1:
+        return "every new trace"
+    if ratio <= 0:
+        return "no new trace"
+    return f"{ratio * 100:g} % of new traces"
+
+
+def _print_tracing(tracing: list[ServiceTracing]) -> None:
+    table = table_of("Tracing (OpenTelemetry)", ("service", "service.name", "traces exported to", "sampler"),
+                     unbroken=frozenset({"service", "service.name"}))
+    for t in tracing:
+        if t.error:
+            table.add_row(t.service, "", Text(t.error, style="red"), "")
+        else:
+            table.add_row(t.service, t.service_name, t.otlp_endpoint or Text("nowhere (no OTLP endpoint)",
+                                                                               style="yellow"),
+                          f"{t.sampler}: {_sampled(t.sample_ratio)}")
+    out.print(table)
 
 
 def _print_feeds(k2: K2Client) -> None:

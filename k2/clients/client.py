@@ -31,6 +31,7 @@ from k2.clients.models import (
     PublishResult,
     Quote,
     ServiceHealth,
+    ServiceTracing,
     SubscriptionBatch,
     TableCommit,
     Trade,
@@ -161,3 +162,6 @@ class K2Client:
 
     def health(self, services: Sequence[str] = SERVICES) -> list[ServiceHealth]:
         return self._run(self._aio.health(services))
+
+    def tracing(self, services: Sequence[str] = SERVICES) -> list[ServiceTracing]:
+        return self._run(self._aio.tracing(services))

@@ -408,6 +408,21 @@ class ServiceHealth:
         return self.status == "SERVING"
 
 
+@dataclass(frozen=True)
+class ServiceTracing:
+    """Where a service's traces go: the OTLP endpoint it exports to ("" when it exports none) and its sampler
+    (OTEL_TRACES_SAMPLER's name, and the share of new traces it samples). `error` says why a service did not
+    answer (then the other fields are empty)."""
+
+    service: str
+    address: str
+    service_name: str = ""
+    otlp_endpoint: str = ""
+    sampler: str = ""
+    sample_ratio: float = 0.0
+    error: str = ""
+
+
 def set_time(timestamp: Timestamp, value: datetime | None) -> None:
     """Sets a request's optional Timestamp field from an aware datetime (None leaves it unset)."""
     if value is not None:

@@ -1,5 +1,5 @@
 """Serving a K2 gRPC service: interceptors (tracing, token auth, limits, malformed requests), the library health servicer with per-service
-status, server reflection, TLS/mTLS, the metrics endpoint, and graceful shutdown on SIGTERM/SIGINT
+status, where the service's traces go (k2.telemetry.v1.TelemetryService), server reflection, TLS/mTLS, the metrics endpoint, and graceful shutdown on SIGTERM/SIGINT
 (health NOT_SERVING → stop accepting → drain for the grace period → the service's own cleanup → exit 0)."""
 
 import asyncio
@@ -18,11 +18,13 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from k2.core.auth import OPEN_PREFIXES, TokenAuthInterceptor
 from k2.core.config import AuthSettings, ServerSettings, is_loopback_host
 from k2.core.limits import LimitsInterceptor
-from k2.core.telemetry import setup_tracing, start_metrics_server
+from k2.core.telemetry import setup_tracing, start_metrics_server, tracing_setup
+from k2.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 log = logging.getLogger(__name__)
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
+TELEMETRY_SERVICE = telemetry_pb2.DESCRIPTOR.services_by_name["TelemetryService"].full_name
 
 
 def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
@@ -43,10 +45,21 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
 
 
 def _traced(untraced_methods: Collection[str]) -> Callable[[object], bool]:
-    # Health probes and reflection are never traced: they are noise, and the aio interceptor cannot wrap
-    # Health/Watch (its handler writes through context.write instead of yielding), failing every Watch call.
+    # Health probes, the tracing set-up and reflection are never traced: they are noise, and the aio interceptor
+    # cannot wrap Health/Watch (its handler writes through context.write instead of yielding), failing every Watch.
     return filters.negate(filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection."),
+                                         filters.service_prefix(TELEMETRY_SERVICE),
                                          *(filters.full_method_name(m) for m in untraced_methods)))
+
+
+class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
+    """Where this process's traces go: what setup_tracing installed."""
+
+    async def GetTracing(self, request: telemetry_pb2.GetTracingRequest,
+                         context: grpc.aio.ServicerContext) -> telemetry_pb2.GetTracingResponse:
+        setup = tracing_setup()
+        return telemetry_pb2.GetTracingResponse(service_name=setup.service_name, otlp_endpoint=setup.otlp_endpoint,
+                                                sampler=setup.sampler, sample_ratio=setup.sample_ratio)
 
 
 class MalformedRequest(Exception):
@@ -146,8 +159,9 @@ class GrpcServer:
 
     async def start(self) -> int:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(TelemetryServicer(), self.server)
         reflection.enable_server_reflection(
-            [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            [*self.service_names, TELEMETRY_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], self.server)
         address = f"{self.settings.host}:{self.settings.port}"
         credentials = server_credentials(self.settings)

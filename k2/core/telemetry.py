@@ -3,7 +3,8 @@ and the Prometheus metrics endpoint.
 
 Tracing exports over OTLP only when OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) is set; otherwise spans
 are still created (so trace context still flows through Kafka) but nothing is exported. Without OTEL_TRACES_SAMPLER
-the sampler is parent-based 1% ratio sampling, so full-rate streams stay fast.
+the sampler is parent-based 1% ratio sampling, so full-rate streams stay fast. What a process set up is kept in
+`tracing_setup()`, which every service reports over k2.telemetry.v1.TelemetryService/GetTracing.
 
 Consumers of Kafka messages (writer, query) make one span per distinct SAMPLED trace context in a consumed batch,
 not one per message: `sampled_message_traces` finds them, costing one header scan per message, and skips
@@ -12,7 +13,7 @@ unsampled contexts without parsing them (their spans would not be recorded anywa
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from opentelemetry import propagate, trace
@@ -20,35 +21,97 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    DEFAULT_OFF,
+    DEFAULT_ON,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import Link, Span, SpanKind, Tracer
 from prometheus_client import start_http_server
 
+DEFAULT_SAMPLER = "parentbased_traceidratio"
 DEFAULT_SAMPLE_RATIO = 0.01
+# OTEL_TRACES_SAMPLER's standard names: those without an argument (with the share of new traces they sample), and
+# the ratio samplers (OTEL_TRACES_SAMPLER_ARG, default DEFAULT_SAMPLE_RATIO).
+FIXED_SAMPLERS: dict[str, tuple[Sampler, float]] = {
+    "always_on": (ALWAYS_ON, 1.0), "always_off": (ALWAYS_OFF, 0.0),
+    "parentbased_always_on": (DEFAULT_ON, 1.0), "parentbased_always_off": (DEFAULT_OFF, 0.0)}
+RATIO_SAMPLERS: dict[str, Callable[[float], Sampler]] = {
+    "traceidratio": TraceIdRatioBased, "parentbased_traceidratio": ParentBasedTraceIdRatio}
 TRACEPARENT = "traceparent"
 # W3C traceparent "00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>": the sampled flag is bit 0 of the flags,
 # i.e. the last hex digit is odd.
 _TRACEPARENT_LENGTH = 55
 _ODD_HEX_DIGITS = frozenset(b"13579bdf")
 _provider: TracerProvider | None = None
+_setup: "TracingSetup | None" = None
+
+
+@dataclass(frozen=True)
+class TracingSetup:
+    """Where a process's traces go and which of them it samples."""
+
+    service_name: str
+    otlp_endpoint: str  # "" when spans are not exported
+    sampler: str  # in OTEL_TRACES_SAMPLER's terms
+    sample_ratio: float  # share of new traces (no caller's decision) sampled
+
+
+def configured_sampler() -> tuple[str, float, Sampler]:
+    """(name, share of new traces sampled, sampler) from OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG. A name or
+    ratio that is not valid is an error: a service must not start with a sampling other than the one asked for."""
+    name = os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower() or DEFAULT_SAMPLER
+    if name in FIXED_SAMPLERS:
+        sampler, ratio = FIXED_SAMPLERS[name]
+        return name, ratio, sampler
+    if name not in RATIO_SAMPLERS:
+        raise ValueError(f"OTEL_TRACES_SAMPLER: unknown sampler {name!r}; one of "
+                         f"{', '.join([*FIXED_SAMPLERS, *RATIO_SAMPLERS])}")
+    argument = os.environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    try:
+        ratio = float(argument) if argument else DEFAULT_SAMPLE_RATIO
+    except ValueError:
+        raise ValueError(f"OTEL_TRACES_SAMPLER_ARG: not a ratio: {argument!r}") from None
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"OTEL_TRACES_SAMPLER_ARG: {argument} is not a ratio between 0 and 1")
+    return name, ratio, RATIO_SAMPLERS[name](ratio)
+
+
+def otlp_endpoint() -> str:
+    """The endpoint the OTLP/gRPC span exporter uses, by the standard variables' precedence; "" when unset."""
+    return (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            or "").strip()
 
 
 def setup_tracing(service: str) -> TracerProvider:
     """Installs the global tracer provider once per process; OTEL_SERVICE_NAME overrides `service`."""
-    global _provider
+    global _provider, _setup
     if _provider is not None:
         return _provider
-    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service),
-                                "service.namespace": "k2"})
-    sampler = None if os.environ.get("OTEL_TRACES_SAMPLER") else ParentBasedTraceIdRatio(DEFAULT_SAMPLE_RATIO)
+    service_name = os.environ.get("OTEL_SERVICE_NAME") or service
+    resource = Resource.create({"service.name": service_name, "service.namespace": "k2"})
+    sampler_name, ratio, sampler = configured_sampler()
     provider = TracerProvider(resource=resource, sampler=sampler)
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+    endpoint = otlp_endpoint()
+    if endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     trace.set_tracer_provider(provider)
     _provider = provider
+    _setup = TracingSetup(service_name, endpoint, sampler_name, ratio)
     return provider
+
+
+def tracing_setup() -> TracingSetup:
+    """What setup_tracing installed in this process."""
+    if _setup is None:
+        raise RuntimeError("setup_tracing() has not run in this process")
+    return _setup
 
 
 def shutdown_tracing() -> None:
