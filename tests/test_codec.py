@@ -34,6 +34,17 @@ def test_quote_bytes_round_trip(record: Record) -> None:
 
 
 @PROPERTY
+@given(trades(), quotes())
+def test_leading_ids_are_the_ids_decode_reads(trade: Record, quote: Record) -> None:
+    assert avro.leading_ids(avro.encode("trade", trade)) == (trade["message_id"], trade["trade_id"])
+    assert avro.leading_ids(avro.encode("quote", quote)) == (quote["message_id"], quote["quote_id"])
+    with pytest.raises(avro.DecodeError, match="ends inside its leading ids"):
+        avro.leading_ids(avro.encode("trade", trade)[:avro.HEADER_SIZE + 5])
+    with pytest.raises(avro.DecodeError, match="not a current-version"):
+        avro.leading_ids(b"\xc3\x01" + b"\0" * 8)
+
+
+@PROPERTY
 @given(trades())
 def test_trade_proto_round_trip(record: Record) -> None:
     message = protos.trade_to_proto(record)

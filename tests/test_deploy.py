@@ -46,7 +46,7 @@ SAMPLE_SUFFIXES = {
     "gaugehistogram": ("_bucket", "_gsum", "_gcount")}
 DEPENDENCY_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 OTEL_VARIABLES = {"OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER",
-                  "OTEL_TRACES_SAMPLER_ARG"}
+                  "OTEL_TRACES_SAMPLER_ARG", "OTEL_SPAN_EVENT_COUNT_LIMIT"}
 # Read by the health-check script and by k2.core.telemetry.setup_logging, not by a settings class.
 OTHER_K2_VARIABLES = {"K2_LOG_LEVEL", "K2_HEALTHCHECK_CA_FILE", "K2_HEALTHCHECK_CERT_FILE",
                       "K2_HEALTHCHECK_KEY_FILE", "K2_HEALTHCHECK_SERVER_NAME"}

@@ -3,10 +3,12 @@ services run as processes (each its own TracerProvider and service.name) exporti
 sampled, and the trace of one published batch is read back through Jaeger's HTTP API.
 
 Asserted, by walking the spans' CHILD_OF references: client context → ingest publish (SERVER) → Kafka send
-(PRODUCER) → writer process (CONSUMER) → Iceberg commit, and send → query deliver (CONSUMER), with the messaging
-semantic-convention attributes; the commit's links (FOLLOWS_FROM) lead to the producer; the records' headers carry
-the W3C traceparent and baggage; a LoadFiles call's sends are its children; the Binance feed (against the replay
-exchange) starts a trace per batch that the writer continues."""
+(PRODUCER, naming each message in an event) → writer process (CONSUMER) → Iceberg commit, and send → query deliver
+(CONSUMER), with the messaging semantic-convention attributes; the commit's links (FOLLOWS_FROM) lead to the
+producer; two trades committed together each have the commit in their own trace; the records' headers carry the W3C
+traceparent and baggage; a LoadFiles call's sends are its children; the Binance feed (against the replay exchange)
+starts a trace per batch that the writer continues. `k2 trace` finds a trade's trace by its ids and draws it,
+and `k2 status` shows where each service's traces go."""
 
 import json
 import os
@@ -19,7 +21,9 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -28,12 +32,16 @@ import pytest
 from conftest import ROOT, free_port
 from test_grpcurl import TOKEN, Platform, platform_processes
 from test_ingest_support import read_topic_now
+from typer.testing import CliRunner, Result
 
+from k2.clients.cli import app
 from k2.core.config import KafkaSettings
 from k2.core.kafka import TRADES, topic_name
+from k2.core.telemetry import configured_sampler
 from k2.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from k2.marketdata.v1.marketdata_pb2 import AssetClass, Side, Trade
 from k2.query.v1 import query_pb2, query_pb2_grpc
+from k2.services.ingest.ids import batch_message_ids
 from k2.writer.v1 import writer_pb2, writer_pb2_grpc
 
 JAEGER_SCRIPT = ROOT / "scripts" / "jaeger.sh"
@@ -56,19 +64,25 @@ class Jaeger:
             return json.load(response)
 
 
-@pytest.fixture(scope="module")
-def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
-    run_dir = tmp_path_factory.mktemp("jaeger-run")
+@contextmanager
+def running_jaeger(run_dir: Path, **env: str) -> Iterator[Jaeger]:
+    """scripts/jaeger.sh up, on free ports and its own run folder, then down."""
     otlp, otlp_http, query, query_grpc = free_port(), free_port(), free_port(), free_port()
-    env = os.environ | {"K2_RUN_DIR": str(run_dir), "K2_JAEGER_OTLP_PORT": str(otlp),
-                        "K2_JAEGER_OTLP_HTTP_PORT": str(otlp_http), "K2_JAEGER_QUERY_PORT": str(query),
-                        "K2_JAEGER_QUERY_GRPC_PORT": str(query_grpc)}
-    subprocess.run([JAEGER_SCRIPT, "up"], env=env, check=True, stdout=subprocess.DEVNULL,
+    environment = os.environ | env | {
+        "K2_RUN_DIR": str(run_dir), "K2_JAEGER_OTLP_PORT": str(otlp), "K2_JAEGER_OTLP_HTTP_PORT": str(otlp_http),
+        "K2_JAEGER_QUERY_PORT": str(query), "K2_JAEGER_QUERY_GRPC_PORT": str(query_grpc)}
+    subprocess.run([JAEGER_SCRIPT, "up"], env=environment, check=True, stdout=subprocess.DEVNULL,
                    timeout=JAEGER_UP_TIMEOUT_SECONDS)
     try:
         yield Jaeger(f"http://127.0.0.1:{otlp}", f"http://127.0.0.1:{query}")
     finally:
-        subprocess.run([JAEGER_SCRIPT, "down"], env=env, check=False, stdout=subprocess.DEVNULL, timeout=60)
+        subprocess.run([JAEGER_SCRIPT, "down"], env=environment, check=False, stdout=subprocess.DEVNULL, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
+    with running_jaeger(tmp_path_factory.mktemp("jaeger-run")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +104,7 @@ class Span:
     tags: dict[str, Any]
     parents: list[str]  # CHILD_OF span ids
     links: list[tuple[str, str]]  # FOLLOWS_FROM (trace id, span id)
+    events: list[dict[str, Any]]  # each event's (Jaeger: log's) fields
 
     @property
     def kind(self) -> str:
@@ -102,7 +117,8 @@ def spans_of(trace: dict[str, Any]) -> list[Span]:
                  {tag["key"]: tag["value"] for tag in span.get("tags", [])},
                  [ref["spanID"] for ref in span.get("references", []) if ref["refType"] == "CHILD_OF"],
                  [(ref["traceID"], ref["spanID"]) for ref in span.get("references", [])
-                  if ref["refType"] == "FOLLOWS_FROM"])
+                  if ref["refType"] == "FOLLOWS_FROM"],
+                 [{field["key"]: field["value"] for field in log["fields"]} for log in span.get("logs", [])])
             for span in trace["spans"]]
 
 
@@ -130,6 +146,24 @@ def named(spans: list[Span], service: str, prefix: str) -> list[Span]:
 def only(spans: list[Span]) -> Span:
     assert len(spans) == 1, spans
     return spans[0]
+
+
+runner = CliRunner()
+
+
+def k2(*args: str, **env: str) -> Result:
+    """Runs `k2 ARGS` in a wide terminal."""
+    return runner.invoke(app, list(args), env={"COLUMNS": "250", **env})
+
+
+def k2_trace(jaeger: Jaeger, identifier: str) -> Result:
+    return k2("trace", identifier, "--jaeger", jaeger.query_url)
+
+
+def assert_hops_in_order(output: str, *operations: str) -> None:
+    """The waterfall shows each operation, in this order (a parent before its children, siblings by start)."""
+    positions = [output.find(operation) for operation in operations]
+    assert -1 not in positions and positions == sorted(positions), (operations, output)
 
 
 # ---- the platform's side -------------------------------------------------------------------------------------
@@ -218,6 +252,11 @@ def test_a_published_batch_is_one_trace_from_publish_to_commit_and_delivery(
     assert send.kind == "producer" and send.parents == [publish.span_id]
     assert send.tags["messaging.system"] == "kafka" and send.tags["messaging.destination.name"] == topic
     assert send.tags["messaging.operation.type"] == "send" and send.tags["messaging.batch.message_count"] == 3
+    # each message named in an event, by the ids the records carry (message ids from the batch id here)
+    message_ids = batch_message_ids("trade", f"trace-{trace_id}")
+    assert [(event["event"], event["messaging.message.id"], event["k2.trade_id"]) for event in send.events] == [
+        ("message", message_ids(index), trade.trade_id) for index, trade in enumerate(sent)]
+    assert send.tags["k2.message_events"] == 3
 
     processes = named(spans, "writer", f"process {topic}")
     assert processes and all(span.kind == "consumer" and span.parents == [send.span_id] for span in processes)
@@ -250,6 +289,98 @@ def test_a_published_batch_is_one_trace_from_publish_to_commit_and_delivery(
     headers = [dict(message.headers() or []) for message in messages]
     ours = [h for h in headers if h.get("traceparent", b"").decode().split("-")[1:3] == [trace_id, send.span_id]]
     assert len(ours) == 3 and all(h["baggage"] == b"k2.test=tracing" for h in ours)
+
+    # `k2 trace` finds it by a trade id or a message id, and draws every hop under its parent
+    for identifier in (sent[1].trade_id, message_ids(1), trace_id):
+        shown = k2_trace(jaeger, identifier)
+        assert shown.exit_code == 0, shown.output
+        assert f"Trace {trace_id}: " in shown.stdout
+        assert_hops_in_order(shown.stdout, "/k2.ingest.v1.IngestService/PublishTrades", f"send {topic}",
+                             f"process {topic}", "market_data.trades commit")
+        assert_hops_in_order(shown.stdout, f"send {topic}", f"deliver {topic}")
+        assert ("◀ this message" in shown.stdout) is (identifier != trace_id)
+
+
+@pytest.mark.timeout(JAEGER_UP_TIMEOUT_SECONDS + 300)
+def test_trades_committed_together_each_have_the_commit_in_their_own_trace(
+        jaeger: Jaeger, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    tracing = {"OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint, "OTEL_TRACES_SAMPLER": "always_on",
+               "OTEL_BSP_SCHEDULE_DELAY": "200", "K2_WRITER_COMMIT_INTERVAL_MS": "600000"}  # only Flush commits
+    with platform_processes(kafka_bootstrap, tmp_path_factory.mktemp("commit"), ("ingest", "writer"),
+                            extra_env=tracing) as platform:
+        published: list[tuple[str, Trade]] = []  # two publishes, each its own trace
+        with grpc.insecure_channel(platform.address("ingest")) as channel:
+            for trade in trades(2):
+                header, trace_id, _ = traceparent()
+                [answer] = ingest_pb2_grpc.IngestServiceStub(channel).PublishTrades(
+                    iter([ingest_pb2.PublishTradesRequest(batch_id=f"commit-{trace_id}", trades=[trade])]),
+                    metadata=(WRITE, ("traceparent", header)), timeout=30)
+                assert answer.accepted == 1
+                published.append((trace_id, trade))
+        for trace_id, _ in published:  # both buffered by the writer before the one commit
+            wait_for_trace(jaeger, trace_id, lambda spans: bool(named(spans, "writer", "process ")))
+        with grpc.insecure_channel(platform.address("writer")) as channel:
+            flushed = writer_pb2_grpc.WriterServiceStub(channel).Flush(writer_pb2.FlushRequest(), metadata=(WRITE,),
+                                                                       timeout=60)
+    [committed] = [commit for commit in flushed.commits if commit.table == "market_data.trades"]
+    assert committed.rows == 2
+
+    commits = []
+    for trace_id, trade in published:
+        spans = wait_for_trace(jaeger, trace_id, lambda spans: bool(named(spans, "writer", "market_data.trades commit")))
+        commit = only(named(spans, "writer", "market_data.trades commit"))
+        assert commit.parents == [only(named(spans, "writer", "process ")).span_id]
+        # (Jaeger writes a 64-bit integer beyond what JSON numbers hold exactly as a string)
+        assert int(commit.tags["k2.snapshot_id"]) == committed.snapshot_id and commit.tags["k2.rows"] == 2
+        commits.append(commit)
+        shown = k2_trace(jaeger, trade.trade_id)
+        assert shown.exit_code == 0, shown.output
+        assert_hops_in_order(shown.stdout, "/k2.ingest.v1.IngestService/PublishTrades", "send ", "process ",
+                             "market_data.trades commit")
+    # The commit's own span is in the first trace and links to both producers; the second trace's commit span
+    # links to it.
+    first, second = commits
+    assert {linked_trace for linked_trace, _ in first.links} == {trace_id for trace_id, _ in published}
+    assert second.links == [(published[0][0], first.span_id)]
+
+
+def test_k2_trace_says_what_is_missing(jaeger: Jaeger) -> None:
+    unknown = k2_trace(jaeger, "NO-SUCH-TRADE")
+    assert unknown.exit_code == 1
+    assert "no trace in Jaeger" in unknown.stderr and "k2.trade_id 'NO-SUCH-TRADE'" in unknown.stderr
+    down = k2("trace", "NO-SUCH-TRADE", "--jaeger", f"http://127.0.0.1:{free_port()}")
+    assert down.exit_code == 3 and "is not reachable" in down.stderr
+
+
+@pytest.mark.timeout(JAEGER_UP_TIMEOUT_SECONDS + 300)
+def test_status_shows_where_each_service_sends_its_traces(traced_platform: Platform, jaeger: Jaeger) -> None:
+    addresses = {f"K2_{name.upper()}_ADDRESS": traced_platform.address(name) for name in ("ingest", "writer", "query")}
+    result = k2("status", K2_TOKEN=TOKEN, **addresses)
+    assert result.exit_code == 0, result.output
+    for name in ("ingest", "writer", "query"):
+        [row] = [line for line in result.stdout.splitlines() if line.split()[:2] == [name, name]]
+        assert jaeger.otlp_endpoint in row and "always_on: every new trace" in row, result.stdout
+
+
+def test_samplers_are_configured_by_the_standard_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variables, expected in [
+            ({}, ("parentbased_traceidratio", 0.01)),
+            ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}, ("parentbased_traceidratio", 0.01)),
+            ({"OTEL_TRACES_SAMPLER": "TraceIdRatio", "OTEL_TRACES_SAMPLER_ARG": "0.25"}, ("traceidratio", 0.25)),
+            ({"OTEL_TRACES_SAMPLER": "parentbased_always_on"}, ("parentbased_always_on", 1.0)),
+            ({"OTEL_TRACES_SAMPLER": "always_off"}, ("always_off", 0.0))]:
+        monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+        monkeypatch.delenv("OTEL_TRACES_SAMPLER_ARG", raising=False)
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        assert configured_sampler()[:2] == expected
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "1.5")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    with pytest.raises(ValueError, match="not a ratio between 0 and 1"):
+        configured_sampler()
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "jaeger_remote")
+    with pytest.raises(ValueError, match="unknown sampler 'jaeger_remote'"):
+        configured_sampler()
 
 
 @pytest.mark.timeout(JAEGER_UP_TIMEOUT_SECONDS + 300)

@@ -1,8 +1,10 @@
-"""The `k2` command line: run the platform, load files, query, tail live data, watch it all (`k2 demo`).
+"""The `k2` command line: run the platform, load files, query, tail live data, watch it all (`k2 demo`), follow a
+trade through its trace (`k2 trace`).
 
-Exit codes: 0 success, 2 usage error, 3 a service is unavailable (or `k2 status` found one not serving),
-4 authentication or permission refused, 5 invalid argument or request rejected by a service, 1 anything else.
-Errors print one line to stderr: the service, its address, the gRPC status and its details.
+Exit codes: 0 success, 2 usage error, 3 a service (or Jaeger) is unavailable (or `k2 status` found one not
+serving), 4 authentication or permission refused, 5 invalid argument or request rejected by a service, 1 anything
+else (`k2 trace`: no trace found). Errors print one line to stderr: the service, its address, the gRPC status and
+its details.
 """
 
 import asyncio
@@ -47,6 +49,7 @@ from k2.clients.models import (
 from k2.clients.output import OutputFormat, emit, iso, table_of, text
 from k2.clients.settings import ClientSettings
 from k2.clients.times import parse_time
+from k2.clients.traces import MAX_TRACES, Jaeger, JaegerUnavailable, find_traces, waterfall
 from k2.core.config import ROOT
 
 EXIT_ERROR = 1
@@ -516,6 +519,40 @@ def writer_compact(ctx: typer.Context,
                                 description=f"compacting {table} {event.partition}")
     if result is not None:
         out.print(f"{table}: {result.files_before} files → {result.files_after}, snapshot {result.snapshot_id}")
+
+
+# -- traces ----------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def trace(ctx: typer.Context,
+          identifier: Annotated[str, typer.Argument(metavar="ID", help="A trade_id, a message_id or a trace id")],
+          jaeger: Annotated[str | None, typer.Option(
+              metavar="URL", help="Jaeger's query API (env K2_JAEGER_URL; default http://127.0.0.1:16686)")] = None,
+          service: Annotated[str, typer.Option(help="service.name of the ingest service's spans")] = "ingest",
+          start: Annotated[str, typer.Option(metavar="TIME", help=f"Search traces since then; {TIME_HELP}")] = "-2d",
+          ) -> None:
+    """A trade's trace from Jaeger as a waterfall in the terminal: publish → send → process → commit → deliver,
+    each span under its parent with its service, start, duration and a bar. Exit 1 when Jaeger has no trace of
+    it (only sampled trades are traced), 3 when Jaeger does not answer."""
+    settings: ClientSettings = ctx.obj
+    query = Jaeger(jaeger or settings.jaeger_url, settings.timeout_seconds)
+    since = _time(start, "--start")
+    try:
+        taken_as, traces = find_traces(query, identifier, service, since, parse_time("now"))
+    except JaegerUnavailable as error:
+        fail(f"{error} (--jaeger or K2_JAEGER_URL names where it is)", EXIT_UNAVAILABLE)
+    if not traces:
+        fail(f"no trace in Jaeger at {query.url} names {taken_as} {identifier!r} since {iso(since)}: only sampled "
+             "trades are traced (`k2 status` shows each service's sampler), Jaeger keeps traces for a while only, "
+             "and a send span names its first 1000 messages", EXIT_ERROR)
+    newest = traces[0]
+    marked = None if taken_as == "trace id" else (taken_as, identifier.lower() if "message" in taken_as else identifier)
+    out.print(waterfall(newest, marked, out.width))
+    if len(traces) > 1:
+        more = "at least " if len(traces) == MAX_TRACES else ""
+        out.print(f"{more}{len(traces) - 1} older traces also name {taken_as} {identifier} (sent again): "
+                  + " ".join(found.trace_id for found in traces[1:]))
 
 
 # -- the live view ----------------------------------------------------------------------------------------------------

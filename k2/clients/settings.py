@@ -44,8 +44,10 @@ class ClientSettings(BaseSettings):
     tls_key_file: Path | None = None
     # The name the server certificate is checked against, when it differs from the address's host.
     tls_server_name: str = ""
-    # Deadline of unary calls (status, bars, latest, flush, health).
+    # Deadline of unary calls (status, bars, latest, flush, health) and of each request to Jaeger.
     timeout_seconds: float = 10.0
+    # Jaeger's query API (`k2 trace`).
+    jaeger_url: str = "http://127.0.0.1:16686"
     max_message_bytes: int = 16 * 1024 * 1024
     publish_batch_size: int = 500
     # Batches sent but not yet acknowledged on a publish stream; bounds memory and the work a retry repeats.

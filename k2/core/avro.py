@@ -72,6 +72,10 @@ CURRENT: dict[RecordKind, SchemaVersion] = {kind: vs[-1] for kind, vs in VERSION
 CURRENT_HEADERS: dict[RecordKind, bytes] = {kind: MAGIC + v.fingerprint for kind, v in CURRENT.items()}
 CURRENT_FIELDS: dict[RecordKind, list[str]] = {
     kind: [f["name"] for f in v.schema["fields"]] for kind, v in CURRENT.items()}
+# The ids a current-version message starts with, which leading_ids reads without decoding the rest.
+LEADING_IDS: dict[RecordKind, tuple[str, str]] = {TRADE: ("message_id", "trade_id"), QUOTE: ("message_id", "quote_id")}
+if any(tuple(CURRENT_FIELDS[kind][:2]) != fields for kind, fields in LEADING_IDS.items()):
+    raise RuntimeError(f"the current schemas no longer start with {LEADING_IDS}: update leading_ids")
 
 
 def _upgrade_trade_v1(old: Record, raw: bytes) -> Record:
@@ -206,6 +210,35 @@ def decode(value: bytes) -> tuple[RecordKind, Record]:
     if reader.upgrade is not None:
         record = reader.upgrade(record, value)
     return reader.kind, record
+
+
+def leading_ids(value: bytes) -> tuple[str, str]:
+    """(message_id, trade_id or quote_id) of a current-version message, without decoding the rest: the first two
+    fields, each an Avro string (zig-zag varint length, then UTF-8)."""
+    if value[:HEADER_SIZE] not in _CURRENT_HEADER_SET:
+        raise DecodeError("not a current-version K2 message")
+    position = HEADER_SIZE
+    ids = []
+    for _ in LEADING_IDS[TRADE]:
+        encoded, shift = 0, 0
+        while True:
+            if position >= len(value):
+                raise DecodeError("message ends inside its leading ids")
+            byte = value[position]
+            position += 1
+            encoded |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        length = (encoded >> 1) ^ -(encoded & 1)
+        if length < 0 or position + length > len(value):
+            raise DecodeError("message ends inside its leading ids")
+        ids.append(value[position:position + length].decode())
+        position += length
+    return ids[0], ids[1]
+
+
+_CURRENT_HEADER_SET = frozenset(CURRENT_HEADERS.values())
 
 
 def timestamp_from_micros(micros: int) -> datetime:

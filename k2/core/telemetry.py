@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
@@ -42,6 +42,9 @@ FIXED_SAMPLERS: dict[str, tuple[Sampler, float]] = {
     "parentbased_always_on": (DEFAULT_ON, 1.0), "parentbased_always_off": (DEFAULT_OFF, 0.0)}
 RATIO_SAMPLERS: dict[str, Callable[[float], Sampler]] = {
     "traceidratio": TraceIdRatioBased, "parentbased_traceidratio": ParentBasedTraceIdRatio}
+# Messages of one send whose ids become events of its span (searchable in Jaeger); bounds a sampled span's size.
+MAX_MESSAGE_EVENTS = 1000
+MESSAGE_ID = "messaging.message.id"
 TRACEPARENT = "traceparent"
 # W3C traceparent "00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>": the sampled flag is bit 0 of the flags,
 # i.e. the last hex digit is odd.
@@ -95,7 +98,9 @@ def setup_tracing(service: str) -> TracerProvider:
     service_name = os.environ.get("OTEL_SERVICE_NAME") or service
     resource = Resource.create({"service.name": service_name, "service.namespace": "k2"})
     sampler_name, ratio, sampler = configured_sampler()
-    provider = TracerProvider(resource=resource, sampler=sampler)
+    # Room for the message events of a send (and an exception's), unless set by the standard variable.
+    limits = SpanLimits(max_events=None if os.environ.get("OTEL_SPAN_EVENT_COUNT_LIMIT") else MAX_MESSAGE_EVENTS + 8)
+    provider = TracerProvider(resource=resource, sampler=sampler, span_limits=limits)
     endpoint = otlp_endpoint()
     if endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -210,6 +215,18 @@ def messaging_span(tracer: Tracer, name: str, parent: MessageTrace, *, operation
     if group is not None:
         attributes["messaging.consumer.group.name"] = group
     return tracer.start_span(name, context=parent.context, kind=SpanKind.CONSUMER, attributes=attributes)
+
+
+def add_message_events(span: Span, ids: Iterable[tuple[str, str]], record_id_attribute: str) -> None:
+    """Up to MAX_MESSAGE_EVENTS events "message" on a recording span, each naming one message (its message_id and
+    record id), so a search by either id finds the trace; `k2.message_events` says how many it names."""
+    events = 0
+    for message_id, record_id in ids:
+        if events == MAX_MESSAGE_EVENTS:
+            break
+        span.add_event("message", {MESSAGE_ID: message_id, record_id_attribute: record_id})
+        events += 1
+    span.set_attribute("k2.message_events", events)
 
 
 def links_to(traces: Iterable[MessageTrace]) -> list[Link]:

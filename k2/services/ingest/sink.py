@@ -1,7 +1,8 @@
 """The one way ingest writes to Kafka: v2 records → Avro messages keyed by symbol on the trades/quotes topic,
 rejected input → the dead-letter topic. Every batch is one PRODUCER span; when that span is sampled (or the
 caller sent baggage), each of its messages carries the span's trace context in its headers, so the writer's spans
-join the publisher's trace. Unsampled batches carry no headers (consumers skip unsampled contexts anyway), which
+join the publisher's trace. A sampled span names its messages in events (message_id and trade_id or quote_id), so
+a trade's trace can be found by either id (`k2 trace`). Unsampled batches carry no headers (consumers skip unsampled contexts anyway), which
 lets the producer hand the whole batch over in one call."""
 
 import asyncio
@@ -17,11 +18,12 @@ from k2.core import avro
 from k2.core.config import KafkaSettings
 from k2.core.kafka import DEAD_LETTER, TOPIC_FOR, dead_letter_headers, topic_name
 from k2.core.producer import AsyncProducer, DeliveryReport, Headers
-from k2.core.records import Record, RecordKind
-from k2.core.telemetry import trace_headers
+from k2.core.records import QUOTE, TRADE, Record, RecordKind
+from k2.core.telemetry import add_message_events, trace_headers
 from k2.services.ingest import metrics
 
 tracer = trace.get_tracer("k2.ingest")
+RECORD_ID_ATTRIBUTES: dict[RecordKind, str] = {TRADE: "k2.trade_id", QUOTE: "k2.quote_id"}
 
 
 class DeliveryError(RuntimeError):
@@ -63,6 +65,8 @@ class KafkaSink:
         topic = self.topics[kind]
         span = _send_span(topic, len(values))
         with _ended_on_error(span):
+            if span.is_recording():
+                add_message_events(span, (avro.leading_ids(value) for value in values), RECORD_ID_ATTRIBUTES[kind])
             headers = _propagated_headers(span)
             return await self._produce(span, topic, keys, values,
                                        None if headers is None else [headers] * len(values))
