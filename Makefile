@@ -1,5 +1,6 @@
-# K2: `make up` runs the platform on the embedded defaults; `make test` runs the whole suite. Both install what
-# they need (a project-local .venv from requirements/dev.txt; Kafka, buf, grpcurl, Jaeger into ~/.cache/k2).
+# K2: `make up` runs the platform on the embedded defaults (`make up TRACING=1` with a local Jaeger); `make test`
+# runs the whole suite. Both install what they need (a project-local .venv from requirements/dev.txt; Kafka, buf,
+# grpcurl, Jaeger into ~/.cache/k2).
 SHELL := /bin/bash
 PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
@@ -31,8 +32,9 @@ lint: venv
 	.venv/bin/mypy k2/clients k2/core k2/services bench scripts
 	cd native && cargo fmt --check && cargo clippy --release --quiet -- -D warnings
 
+# `make up TRACING=1` (or K2_TRACING=1) also runs a local Jaeger that the services export their traces to.
 up: venv
-	./scripts/platform.sh up
+	K2_TRACING="$(or $(TRACING),$(K2_TRACING))" ./scripts/platform.sh up
 
 down:
 	./scripts/platform.sh down

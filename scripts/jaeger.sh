@@ -3,6 +3,8 @@
 # Runs the Jaeger v2 all-in-one (built by scripts/tools.sh) in the background with in-memory storage, every port bound
 # to 127.0.0.1. Ports come from K2_JAEGER_OTLP_PORT, K2_JAEGER_OTLP_HTTP_PORT, K2_JAEGER_QUERY_PORT and
 # K2_JAEGER_QUERY_GRPC_PORT; run state lives in $K2_RUN_DIR, so a second instance needs its own K2_RUN_DIR and ports.
+# The binary built from Jaeger's Go module serves the query API and a placeholder page, not the UI (no package
+# registry carries the UI's assets); K2_JAEGER_UI_ASSETS names a folder with a jaeger-ui build to serve instead.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 
@@ -13,6 +15,9 @@ QUERY_GRPC_PORT="${K2_JAEGER_QUERY_GRPC_PORT:-16685}"
 START_TIMEOUT_SECONDS="${K2_JAEGER_START_TIMEOUT:-60}"
 STOP_TIMEOUT_SECONDS=15
 MAX_TRACES_IN_MEMORY=100000
+# A sampled send span names up to 1000 messages in events (~125 kB); room for an export batch of many of them.
+MAX_OTLP_MESSAGE_MIB=64
+UI_ASSETS="${K2_JAEGER_UI_ASSETS:-}"
 
 STATE_DIR="$K2_RUN_DIR/jaeger"
 CONFIG_FILE="$STATE_DIR/config.yaml"
@@ -77,12 +82,14 @@ extensions:
       endpoint: 127.0.0.1:$QUERY_HTTP_PORT
     grpc:
       endpoint: 127.0.0.1:$QUERY_GRPC_PORT
+$( [ -z "$UI_ASSETS" ] || printf '    ui:\n      assets_path: "%s"\n' "$UI_ASSETS" )
 
 receivers:
   otlp:
     protocols:
       grpc:
         endpoint: 127.0.0.1:$OTLP_GRPC_PORT
+        max_recv_msg_size_mib: $MAX_OTLP_MESSAGE_MIB
       http:
         endpoint: 127.0.0.1:$OTLP_HTTP_PORT
 
@@ -111,7 +118,15 @@ wait_until_ready() {
   done
 }
 
+# What the query port serves, by the configuration the running Jaeger was started with.
+served_page() {
+  if grep -q '^ *assets_path:' "$CONFIG_FILE" 2>/dev/null; then echo "Jaeger UI"; else echo "Jaeger API (no UI)"; fi
+}
+
 up() {
+  if [ -n "$UI_ASSETS" ] && [ ! -f "$UI_ASSETS/index.html" ]; then
+    die "K2_JAEGER_UI_ASSETS=$UI_ASSETS has no index.html (expected a jaeger-ui build folder)"
+  fi
   local pid
   if pid=$(running_pid); then
     log "already running (pid $pid)"
@@ -138,7 +153,7 @@ up() {
     log "started (pid $pid), logging to $LOG_FILE"
   fi
   wait_until_ready "$pid"
-  echo "Jaeger UI/API on $QUERY_URL, OTLP gRPC on 127.0.0.1:$OTLP_GRPC_PORT"
+  echo "$(served_page) on $QUERY_URL, OTLP gRPC on 127.0.0.1:$OTLP_GRPC_PORT"
 }
 
 down() {
@@ -166,7 +181,7 @@ status() {
   local pid
   if pid=$(running_pid); then
     if query_api_answers; then
-      echo "running (pid $pid): Jaeger UI/API on $QUERY_URL, OTLP gRPC on 127.0.0.1:$OTLP_GRPC_PORT"
+      echo "running (pid $pid): $(served_page) on $QUERY_URL, OTLP gRPC on 127.0.0.1:$OTLP_GRPC_PORT"
     else
       echo "running (pid $pid) but the query API on $QUERY_URL does not answer"
     fi

@@ -4,6 +4,7 @@
 #
 # Usage: scripts/platform.sh up|down|status
 #   K2_BINANCE_MODE=auto|live|replay  auto (default): live Binance when reachable, the local replay exchange otherwise
+#   K2_TRACING=1                      also a local Jaeger (scripts/jaeger.sh), the services exporting their traces to it
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$K2_ROOT"
@@ -55,6 +56,23 @@ sys.exit(1)
 PYEOF
 }
 
+tracing_enabled() {
+  case "${K2_TRACING:-}" in
+    1 | true | yes | on) return 0 ;;
+    "" | 0 | false | no | off) return 1 ;;
+    *) echo "K2_TRACING (make up TRACING=...): '$K2_TRACING' is neither 1 nor 0" >&2; exit 2 ;;
+  esac
+}
+
+# Starts the local Jaeger (built from source once, then cached) and points the services' OTLP export at it.
+start_tracing() {
+  ./scripts/jaeger.sh up
+  export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:${K2_JAEGER_OTLP_PORT:-4317}"
+  unset OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+  # Locally every new trace is sampled, unless OTEL_TRACES_SAMPLER says otherwise (the services' default is 1 %).
+  export OTEL_TRACES_SAMPLER="${OTEL_TRACES_SAMPLER:-parentbased_always_on}"
+}
+
 binance_reachable() {
   "$PY" -c 'import socket, ssl, sys
 try:
@@ -71,6 +89,7 @@ up() {
     (umask 077; "$PY" -c 'import secrets; print(secrets.token_urlsafe(32))' >"$K2_RUN_DIR/token")
   fi
   export K2_AUTH_TOKEN_FILE="$K2_RUN_DIR/token"
+  if tracing_enabled; then start_tracing; fi
 
   local mode="${K2_BINANCE_MODE:-auto}"
   if [ "$mode" = auto ]; then
@@ -99,6 +118,10 @@ up() {
     .venv/bin/k2 load asx "$K2_ROOT/data/asx/trades" "$K2_ROOT/data/asx/quotes"
     touch "$K2_RUN_DIR/asx-sample.loaded"
   fi
+  local tracing="  Tracing:       make up TRACING=1 (a local Jaeger, every trace sampled)"
+  if tracing_enabled; then
+    tracing="  Traces:        .venv/bin/k2 trace <trade_id or message_id>   (Jaeger API: http://127.0.0.1:${K2_JAEGER_QUERY_PORT:-16686})"
+  fi
   cat <<MSG
 
 K2 is up. Logs: $LOGS
@@ -106,13 +129,18 @@ K2 is up. Logs: $LOGS
   History:       .venv/bin/k2 trades BHP --start 2014-03-10 --end 2014-03-11
   Bars:          .venv/bin/k2 bars BHP --interval 1m --start 2014-03-10 --end 2014-03-11
   Dashboard:     .venv/bin/k2 demo
+$tracing
   Status:        .venv/bin/k2 status      (write token for grpcurl: $K2_RUN_DIR/token)
   Stop:          make down
 MSG
 }
 
+jaeger_running() { ./scripts/jaeger.sh status >/dev/null 2>&1; }
+
 down() {
   for name in query writer ingest replay_exchange; do stop "$name"; done
+  # After the services, whose last spans are exported as they stop.
+  if jaeger_running; then ./scripts/jaeger.sh down; fi
   ./scripts/kafka.sh down
 }
 
@@ -121,6 +149,7 @@ status() {
     if running "$name"; then echo "$name: running (pid $(cat "$PIDS/$name.pid"))"; else echo "$name: stopped"; fi
   done
   ./scripts/kafka.sh status || true
+  if jaeger_running; then echo "jaeger: $(./scripts/jaeger.sh status)"; fi
 }
 
 case "${1:-}" in

@@ -8,7 +8,7 @@ Asserted, by walking the spans' CHILD_OF references: client context → ingest p
 producer; two trades committed together each have the commit in their own trace; the records' headers carry the W3C
 traceparent and baggage; a LoadFiles call's sends are its children; the Binance feed (against the replay exchange)
 starts a trace per batch that the writer continues. `k2 trace` finds a trade's trace by its ids and draws it,
-and `k2 status` shows where each service's traces go."""
+`k2 status` shows where each service's traces go, and scripts/jaeger.sh serves a UI build it is given."""
 
 import json
 import os
@@ -381,6 +381,17 @@ def test_samplers_are_configured_by_the_standard_variables(monkeypatch: pytest.M
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "jaeger_remote")
     with pytest.raises(ValueError, match="unknown sampler 'jaeger_remote'"):
         configured_sampler()
+
+
+def test_jaeger_serves_a_ui_build_it_is_given(jaeger: Jaeger, tmp_path_factory: pytest.TempPathFactory) -> None:
+    with urllib.request.urlopen(jaeger.query_url, timeout=10) as page:  # Jaeger's module builds no UI
+        assert "This is not the Jaeger UI you are looking for" in page.read().decode()
+    assets = tmp_path_factory.mktemp("jaeger-ui")
+    (assets / "index.html").write_text('<html><base href="/"><title>a jaeger-ui build</title></html>')
+    with running_jaeger(tmp_path_factory.mktemp("jaeger-ui-run"), K2_JAEGER_UI_ASSETS=str(assets)) as with_ui:
+        with urllib.request.urlopen(with_ui.query_url, timeout=10) as page:
+            assert "a jaeger-ui build" in page.read().decode()
+        assert "data" in with_ui.get("/api/services")  # the query API beside it
 
 
 @pytest.mark.timeout(JAEGER_UP_TIMEOUT_SECONDS + 300)

@@ -150,16 +150,17 @@ def _client(ctx: typer.Context) -> K2Client:
 # -- running the platform ----------------------------------------------------------------------------------------
 
 
-def _make(target: str) -> None:
+def _make(target: str, *variables: str) -> None:
     if not (ROOT / "Makefile").is_file():
         fail(f"no Makefile in {ROOT}: `k2 {target}` runs `make {target}` in a K2 checkout", EXIT_ERROR)
-    raise typer.Exit(subprocess.run(["make", target], cwd=ROOT, check=False).returncode)
+    raise typer.Exit(subprocess.run(["make", target, *variables], cwd=ROOT, check=False).returncode)
 
 
 @app.command()
-def up() -> None:
+def up(tracing: Annotated[bool, typer.Option(
+        "--tracing", help="Also a local Jaeger, every trace sampled (`make up TRACING=1`)")] = False) -> None:
     """Start Kafka and the three services (`make up`)."""
-    _make("up")
+    _make("up", *(["TRACING=1"] if tracing else []))
 
 
 @app.command()
@@ -541,7 +542,7 @@ def trace(ctx: typer.Context,
     try:
         taken_as, traces = find_traces(query, identifier, service, since, parse_time("now"))
     except JaegerUnavailable as error:
-        fail(f"{error} (--jaeger or K2_JAEGER_URL names where it is)", EXIT_UNAVAILABLE)
+        fail(f"{error} (`make up TRACING=1` runs one; --jaeger or K2_JAEGER_URL names another)", EXIT_UNAVAILABLE)
     if not traces:
         fail(f"no trace in Jaeger at {query.url} names {taken_as} {identifier!r} since {iso(since)}: only sampled "
              "trades are traced (`k2 status` shows each service's sampler), Jaeger keeps traces for a while only, "

@@ -46,7 +46,7 @@ class ClientSettings(BaseSettings):
     tls_server_name: str = ""
     # Deadline of unary calls (status, bars, latest, flush, health) and of each request to Jaeger.
     timeout_seconds: float = 10.0
-    # Jaeger's query API (`k2 trace`).
+    # Jaeger's query API (`k2 trace`), as `make up TRACING=1` runs it.
     jaeger_url: str = "http://127.0.0.1:16686"
     max_message_bytes: int = 16 * 1024 * 1024
     publish_batch_size: int = 500
