@@ -15,7 +15,7 @@ QUERY_GRPC_PORT="${K2_JAEGER_QUERY_GRPC_PORT:-16685}"
 START_TIMEOUT_SECONDS="${K2_JAEGER_START_TIMEOUT:-60}"
 STOP_TIMEOUT_SECONDS=15
 MAX_TRACES_IN_MEMORY=100000
-# A sampled send span names up to 1000 messages in events (~125 kB); room for an export batch of many of them.
+# A sampled send span names up to 5000 messages in events (~625 kB); room for an export batch of many of them.
 MAX_OTLP_MESSAGE_MIB=64
 UI_ASSETS="${K2_JAEGER_UI_ASSETS:-}"
 

@@ -546,7 +546,7 @@ def trace(ctx: typer.Context,
     if not traces:
         fail(f"no trace in Jaeger at {query.url} names {taken_as} {identifier!r} since {iso(since)}: only sampled "
              "trades are traced (`k2 status` shows each service's sampler), Jaeger keeps traces for a while only, "
-             "and a send span names its first 1000 messages", EXIT_ERROR)
+             "and a send span names its first 5000 messages", EXIT_ERROR)
     newest = traces[0]
     marked = None if taken_as == "trace id" else (taken_as, identifier.lower() if "message" in taken_as else identifier)
     out.print(waterfall(newest, marked, out.width))
