@@ -13,7 +13,7 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO = ROOT / "proto"
-GENERATED_PACKAGES = ["k2/marketdata", "k2/ingest", "k2/writer", "k2/query", "k2/telemetry"]
+GENERATED_PACKAGES = ["k2/auth", "k2/marketdata", "k2/ingest", "k2/writer", "k2/query", "k2/telemetry"]
 
 
 def generate(out: Path) -> None:

@@ -1,6 +1,6 @@
 """k2.core.auth.TokenAuthInterceptor on a real GrpcServer. The servicer is a small stand-in for the writer's
-(Flush: write scope, GetStatus: read scope, Compact: write scope, server streaming) because the interceptor,
-not the writer, is under test."""
+(Flush: write scope, GetStatus: read scope, Compact: write scope, server streaming — as writer.proto declares
+them) because the interceptor, not the writer, is under test."""
 
 import logging
 import secrets
@@ -15,9 +15,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from k2.core.auth import WRITE_METHODS
+from k2.auth.v1 import auth_pb2
+from k2.core.auth import method_scope
 from k2.core.config import AuthSettings, ServerSettings
 from k2.core.grpcserver import GrpcServer
+from k2.ingest.v1 import ingest_pb2
+from k2.query.v1 import query_pb2
+from k2.telemetry.v1 import telemetry_pb2
 from k2.writer.v1 import writer_pb2, writer_pb2_grpc
 
 WRITER = "k2.writer.v1.WriterService"
@@ -99,10 +103,44 @@ async def _refusal(call: object) -> grpc.aio.AioRpcError:
     return refused.value
 
 
-def test_the_stand_in_methods_have_the_scopes_under_test() -> None:
-    assert f"/{WRITER}/Flush" in WRITE_METHODS
-    assert f"/{WRITER}/Compact" in WRITE_METHODS
-    assert f"/{WRITER}/GetStatus" not in WRITE_METHODS
+def test_every_rpc_declares_its_scope_in_its_proto() -> None:
+    declared = {f"/{service.full_name}/{method.name}": method_scope(f"/{service.full_name}/{method.name}")
+                for module in (ingest_pb2, query_pb2, writer_pb2, telemetry_pb2)
+                for service in module.DESCRIPTOR.services_by_name.values() for method in service.methods}
+    assert auth_pb2.SCOPE_UNSPECIFIED not in declared.values(), declared
+    assert {method for method, scope in declared.items() if scope == auth_pb2.SCOPE_WRITE} == {
+        "/k2.ingest.v1.IngestService/PublishTrades", "/k2.ingest.v1.IngestService/PublishQuotes",
+        "/k2.ingest.v1.IngestService/LoadFiles", f"/{WRITER}/Flush", f"/{WRITER}/Compact"}
+
+
+async def test_a_method_without_a_declared_scope_is_refused_even_where_reads_are_open() -> None:
+    async def answer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return b"served"
+
+    served = _Served(_auth())
+    served.server.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "k2.test.v1.UndeclaredService", {"Call": grpc.unary_unary_rpc_method_handler(answer)}),))
+    async with served:
+        call = served.channel.unary_unary("/k2.test.v1.UndeclaredService/Call")
+        without_token = await _refusal(call(b"", timeout=CALL_TIMEOUT))
+        with_write_token = await _refusal(call(b"", metadata=_bearer(WRITE_TOKEN), timeout=CALL_TIMEOUT))
+    for error in (without_token, with_write_token):
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "declares no scope" in error.details()
+
+
+@pytest.mark.parametrize("tokens", [{"write": ("",)}, {"write": ("   ",)}, {"read": ("",)}])
+def test_an_empty_configured_token_is_refused_at_start(tokens: dict[str, tuple[str, ...]]) -> None:
+    with pytest.raises(ValueError, match="empty token"):
+        _Served(_auth(**tokens))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("header", ["Bearer ", "Bearer  ", "bearer"])
+async def test_a_bearer_header_without_a_token_is_unauthenticated(header: str) -> None:
+    async with _Served(_auth()) as served:
+        error = await _refusal(served.writer.Flush(writer_pb2.FlushRequest(), timeout=CALL_TIMEOUT,
+                                                   metadata=(("authorization", header),)))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_write_method_without_a_token_is_unauthenticated() -> None:

@@ -257,7 +257,8 @@ def test_describe_shows_the_contracts(operator: Operator) -> None:
     output = operator.run("describe")
     assert output.returncode == 0, output.stderr
     assert ("rpc PublishTrades ( stream .k2.ingest.v1.PublishTradesRequest ) returns "
-            "( stream .k2.ingest.v1.PublishTradesResponse );") in output.stdout
+            "( stream .k2.ingest.v1.PublishTradesResponse ) {\n    option (.k2.auth.v1.scope) = SCOPE_WRITE;\n  }"
+            ) in output.stdout  # the scope a token needs, as the proto declares it
     assert "message Trade {" in output.stdout and "string price = 7;" in output.stdout
     assert "message SubscribeTradesRequest {" in output.stdout and "string resume_token = 4;" in output.stdout
 

@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from k2.auth.v1 import auth_pb2 as k2_dot_auth_dot_v1_dot_auth__pb2
 from k2.marketdata.v1 import marketdata_pb2 as k2_dot_marketdata_dot_v1_dot_marketdata__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19k2/ingest/v1/ingest.proto\x12\x0ck2.ingest.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!k2/marketdata/v1/marketdata.proto\"Q\n\x14PublishTradesRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\'\n\x06trades\x18\x02 \x03(\x0b\x32\x17.k2.marketdata.v1.Trade\"{\n\x15PublishTradesResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12+\n\nrejections\x18\x03 \x03(\x0b\x32\x17.k2.ingest.v1.Rejection\x12\x11\n\tduplicate\x18\x04 \x01(\x08\"Q\n\x14PublishQuotesRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\'\n\x06quotes\x18\x02 \x03(\x0b\x32\x17.k2.marketdata.v1.Quote\"{\n\x15PublishQuotesResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12+\n\nrejections\x18\x03 \x03(\x0b\x32\x17.k2.ingest.v1.Rejection\x12\x11\n\tduplicate\x18\x04 \x01(\x08\"9\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"h\n\x10LoadFilesRequest\x12\r\n\x05paths\x18\x01 \x03(\t\x12(\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x18.k2.ingest.v1.FileFormat\x12\x1b\n\x13reference_data_path\x18\x03 \x01(\t\"z\n\x11LoadFilesResponse\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.k2.ingest.v1.LoadProgressH\x00\x12,\n\x07summary\x18\x02 \x01(\x0b\x32\x19.k2.ingest.v1.LoadSummaryH\x00\x42\x07\n\x05\x65vent\"v\n\x0cLoadProgress\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\trows_read\x18\x02 \x01(\x04\x12\x15\n\rrows_accepted\x18\x03 \x01(\x04\x12\x15\n\rrows_rejected\x18\x04 \x01(\x04\x12\x17\n\x0frows_per_second\x18\x05 \x01(\x01\"\x8a\x01\n\x0bLoadSummary\x12)\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x1a.k2.ingest.v1.LoadProgress\x12\x11\n\trows_read\x18\x02 \x01(\x04\x12\x15\n\rrows_accepted\x18\x03 \x01(\x04\x12\x15\n\rrows_rejected\x18\x04 \x01(\x04\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\"\x16\n\x14GetFeedStatusRequest\"@\n\x15GetFeedStatusResponse\x12\'\n\x05\x66\x65\x65\x64s\x18\x01 \x03(\x0b\x32\x18.k2.ingest.v1.FeedStatus\"\xad\x04\n\nFeedStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.k2.ingest.v1.ConnectionState\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x0f\n\x07streams\x18\x04 \x03(\t\x12\x0f\n\x07symbols\x18\x05 \x03(\t\x12\x1b\n\x13messages_per_second\x18\x06 \x01(\x01\x12\x19\n\x11trades_per_second\x18\x07 \x01(\x01\x12\x33\n\x0flast_event_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12N\n\x14reconnects_by_reason\x18\t \x03(\x0b\x32\x30.k2.ingest.v1.FeedStatus.ReconnectsByReasonEntry\x12\x15\n\rgaps_detected\x18\n \x01(\x04\x12\x15\n\rtrades_missed\x18\x0b \x01(\x04\x12\x31\n\rcircuit_state\x18\x0c \x01(\x0e\x32\x1a.k2.ingest.v1.CircuitState\x12\x13\n\x0b\x63onnections\x18\r \x01(\r\x12&\n\x0brecent_gaps\x18\x0e \x03(\x0b\x32\x11.k2.ingest.v1.Gap\x12\x19\n\x11trades_backfilled\x18\x0f \x01(\x04\x1a\x39\n\x17ReconnectsByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"s\n\x03Gap\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x15\n\rfirst_missing\x18\x02 \x01(\x03\x12\x14\n\x0clast_missing\x18\x03 \x01(\x03\x12/\n\x0b\x64\x65tected_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x99\x01\n\nFileFormat\x12\x1b\n\x17\x46ILE_FORMAT_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46ILE_FORMAT_ASX_TRADES\x10\x01\x12\x1a\n\x16\x46ILE_FORMAT_ASX_QUOTES\x10\x02\x12\x1a\n\x16\x46ILE_FORMAT_CSV_TRADES\x10\x03\x12\x1a\n\x16\x46ILE_FORMAT_CSV_QUOTES\x10\x04*\xb5\x01\n\x0f\x43onnectionState\x12 \n\x1c\x43ONNECTION_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43ONNECTION_STATE_CONNECTING\x10\x01\x12\x1e\n\x1a\x43ONNECTION_STATE_CONNECTED\x10\x02\x12!\n\x1d\x43ONNECTION_STATE_RECONNECTING\x10\x03\x12\x1c\n\x18\x43ONNECTION_STATE_STOPPED\x10\x04*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x32\xf5\x02\n\rIngestService\x12\\\n\rPublishTrades\x12\".k2.ingest.v1.PublishTradesRequest\x1a#.k2.ingest.v1.PublishTradesResponse(\x01\x30\x01\x12\\\n\rPublishQuotes\x12\".k2.ingest.v1.PublishQuotesRequest\x1a#.k2.ingest.v1.PublishQuotesResponse(\x01\x30\x01\x12N\n\tLoadFiles\x12\x1e.k2.ingest.v1.LoadFilesRequest\x1a\x1f.k2.ingest.v1.LoadFilesResponse0\x01\x12X\n\rGetFeedStatus\x12\".k2.ingest.v1.GetFeedStatusRequest\x1a#.k2.ingest.v1.GetFeedStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19k2/ingest/v1/ingest.proto\x12\x0ck2.ingest.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15k2/auth/v1/auth.proto\x1a!k2/marketdata/v1/marketdata.proto\"Q\n\x14PublishTradesRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\'\n\x06trades\x18\x02 \x03(\x0b\x32\x17.k2.marketdata.v1.Trade\"{\n\x15PublishTradesResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12+\n\nrejections\x18\x03 \x03(\x0b\x32\x17.k2.ingest.v1.Rejection\x12\x11\n\tduplicate\x18\x04 \x01(\x08\"Q\n\x14PublishQuotesRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\'\n\x06quotes\x18\x02 \x03(\x0b\x32\x17.k2.marketdata.v1.Quote\"{\n\x15PublishQuotesResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12+\n\nrejections\x18\x03 \x03(\x0b\x32\x17.k2.ingest.v1.Rejection\x12\x11\n\tduplicate\x18\x04 \x01(\x08\"9\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"h\n\x10LoadFilesRequest\x12\r\n\x05paths\x18\x01 \x03(\t\x12(\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x18.k2.ingest.v1.FileFormat\x12\x1b\n\x13reference_data_path\x18\x03 \x01(\t\"z\n\x11LoadFilesResponse\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.k2.ingest.v1.LoadProgressH\x00\x12,\n\x07summary\x18\x02 \x01(\x0b\x32\x19.k2.ingest.v1.LoadSummaryH\x00\x42\x07\n\x05\x65vent\"v\n\x0cLoadProgress\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\trows_read\x18\x02 \x01(\x04\x12\x15\n\rrows_accepted\x18\x03 \x01(\x04\x12\x15\n\rrows_rejected\x18\x04 \x01(\x04\x12\x17\n\x0frows_per_second\x18\x05 \x01(\x01\"\x8a\x01\n\x0bLoadSummary\x12)\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x1a.k2.ingest.v1.LoadProgress\x12\x11\n\trows_read\x18\x02 \x01(\x04\x12\x15\n\rrows_accepted\x18\x03 \x01(\x04\x12\x15\n\rrows_rejected\x18\x04 \x01(\x04\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\"\x16\n\x14GetFeedStatusRequest\"@\n\x15GetFeedStatusResponse\x12\'\n\x05\x66\x65\x65\x64s\x18\x01 \x03(\x0b\x32\x18.k2.ingest.v1.FeedStatus\"\xad\x04\n\nFeedStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.k2.ingest.v1.ConnectionState\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x0f\n\x07streams\x18\x04 \x03(\t\x12\x0f\n\x07symbols\x18\x05 \x03(\t\x12\x1b\n\x13messages_per_second\x18\x06 \x01(\x01\x12\x19\n\x11trades_per_second\x18\x07 \x01(\x01\x12\x33\n\x0flast_event_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12N\n\x14reconnects_by_reason\x18\t \x03(\x0b\x32\x30.k2.ingest.v1.FeedStatus.ReconnectsByReasonEntry\x12\x15\n\rgaps_detected\x18\n \x01(\x04\x12\x15\n\rtrades_missed\x18\x0b \x01(\x04\x12\x31\n\rcircuit_state\x18\x0c \x01(\x0e\x32\x1a.k2.ingest.v1.CircuitState\x12\x13\n\x0b\x63onnections\x18\r \x01(\r\x12&\n\x0brecent_gaps\x18\x0e \x03(\x0b\x32\x11.k2.ingest.v1.Gap\x12\x19\n\x11trades_backfilled\x18\x0f \x01(\x04\x1a\x39\n\x17ReconnectsByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"s\n\x03Gap\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x15\n\rfirst_missing\x18\x02 \x01(\x03\x12\x14\n\x0clast_missing\x18\x03 \x01(\x03\x12/\n\x0b\x64\x65tected_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x99\x01\n\nFileFormat\x12\x1b\n\x17\x46ILE_FORMAT_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46ILE_FORMAT_ASX_TRADES\x10\x01\x12\x1a\n\x16\x46ILE_FORMAT_ASX_QUOTES\x10\x02\x12\x1a\n\x16\x46ILE_FORMAT_CSV_TRADES\x10\x03\x12\x1a\n\x16\x46ILE_FORMAT_CSV_QUOTES\x10\x04*\xb5\x01\n\x0f\x43onnectionState\x12 \n\x1c\x43ONNECTION_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43ONNECTION_STATE_CONNECTING\x10\x01\x12\x1e\n\x1a\x43ONNECTION_STATE_CONNECTED\x10\x02\x12!\n\x1d\x43ONNECTION_STATE_RECONNECTING\x10\x03\x12\x1c\n\x18\x43ONNECTION_STATE_STOPPED\x10\x04*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x32\x8d\x03\n\rIngestService\x12\x62\n\rPublishTrades\x12\".k2.ingest.v1.PublishTradesRequest\x1a#.k2.ingest.v1.PublishTradesResponse\"\x04\x88\xb5\x18\x02(\x01\x30\x01\x12\x62\n\rPublishQuotes\x12\".k2.ingest.v1.PublishQuotesRequest\x1a#.k2.ingest.v1.PublishQuotesResponse\"\x04\x88\xb5\x18\x02(\x01\x30\x01\x12T\n\tLoadFiles\x12\x1e.k2.ingest.v1.LoadFilesRequest\x1a\x1f.k2.ingest.v1.LoadFilesResponse\"\x04\x88\xb5\x18\x02\x30\x01\x12^\n\rGetFeedStatus\x12\".k2.ingest.v1.GetFeedStatusRequest\x1a#.k2.ingest.v1.GetFeedStatusResponse\"\x04\x88\xb5\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,40 +36,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FEEDSTATUS_RECONNECTSBYREASONENTRY']._loaded_options = None
   _globals['_FEEDSTATUS_RECONNECTSBYREASONENTRY']._serialized_options = b'8\001'
-  _globals['_FILEFORMAT']._serialized_start=1845
-  _globals['_FILEFORMAT']._serialized_end=1998
-  _globals['_CONNECTIONSTATE']._serialized_start=2001
-  _globals['_CONNECTIONSTATE']._serialized_end=2182
-  _globals['_CIRCUITSTATE']._serialized_start=2184
-  _globals['_CIRCUITSTATE']._serialized_end=2308
-  _globals['_PUBLISHTRADESREQUEST']._serialized_start=111
-  _globals['_PUBLISHTRADESREQUEST']._serialized_end=192
-  _globals['_PUBLISHTRADESRESPONSE']._serialized_start=194
-  _globals['_PUBLISHTRADESRESPONSE']._serialized_end=317
-  _globals['_PUBLISHQUOTESREQUEST']._serialized_start=319
-  _globals['_PUBLISHQUOTESREQUEST']._serialized_end=400
-  _globals['_PUBLISHQUOTESRESPONSE']._serialized_start=402
-  _globals['_PUBLISHQUOTESRESPONSE']._serialized_end=525
-  _globals['_REJECTION']._serialized_start=527
-  _globals['_REJECTION']._serialized_end=584
-  _globals['_LOADFILESREQUEST']._serialized_start=586
-  _globals['_LOADFILESREQUEST']._serialized_end=690
-  _globals['_LOADFILESRESPONSE']._serialized_start=692
-  _globals['_LOADFILESRESPONSE']._serialized_end=814
-  _globals['_LOADPROGRESS']._serialized_start=816
-  _globals['_LOADPROGRESS']._serialized_end=934
-  _globals['_LOADSUMMARY']._serialized_start=937
-  _globals['_LOADSUMMARY']._serialized_end=1075
-  _globals['_GETFEEDSTATUSREQUEST']._serialized_start=1077
-  _globals['_GETFEEDSTATUSREQUEST']._serialized_end=1099
-  _globals['_GETFEEDSTATUSRESPONSE']._serialized_start=1101
-  _globals['_GETFEEDSTATUSRESPONSE']._serialized_end=1165
-  _globals['_FEEDSTATUS']._serialized_start=1168
-  _globals['_FEEDSTATUS']._serialized_end=1725
-  _globals['_FEEDSTATUS_RECONNECTSBYREASONENTRY']._serialized_start=1668
-  _globals['_FEEDSTATUS_RECONNECTSBYREASONENTRY']._serialized_end=1725
-  _globals['_GAP']._serialized_start=1727
-  _globals['_GAP']._serialized_end=1842
-  _globals['_INGESTSERVICE']._serialized_start=2311
-  _globals['_INGESTSERVICE']._serialized_end=2684
+  _globals['_INGESTSERVICE'].methods_by_name['PublishTrades']._loaded_options = None
+  _globals['_INGESTSERVICE'].methods_by_name['PublishTrades']._serialized_options = b'\210\265\030\002'
+  _globals['_INGESTSERVICE'].methods_by_name['PublishQuotes']._loaded_options = None
+  _globals['_INGESTSERVICE'].methods_by_name['PublishQuotes']._serialized_options = b'\210\265\030\002'
+  _globals['_INGESTSERVICE'].methods_by_name['LoadFiles']._loaded_options = None
+  _globals['_INGESTSERVICE'].methods_by_name['LoadFiles']._serialized_options = b'\210\265\030\002'
+  _globals['_INGESTSERVICE'].methods_by_name['GetFeedStatus']._loaded_options = None
+  _globals['_INGESTSERVICE'].methods_by_name['GetFeedStatus']._serialized_options = b'\210\265\030\001'
+  _globals['_FILEFORMAT']._serialized_start=1868
+  _globals['_FILEFORMAT']._serialized_end=2021
+  _globals['_CONNECTIONSTATE']._serialized_start=2024
+  _globals['_CONNECTIONSTATE']._serialized_end=2205
+  _globals['_CIRCUITSTATE']._serialized_start=2207
+  _globals['_CIRCUITSTATE']._serialized_end=2331
+  _globals['_PUBLISHTRADESREQUEST']._serialized_start=134
+  _globals['_PUBLISHTRADESREQUEST']._serialized_end=215
+  _globals['_PUBLISHTRADESRESPONSE']._serialized_start=217
+  _globals['_PUBLISHTRADESRESPONSE']._serialized_end=340
+  _globals['_PUBLISHQUOTESREQUEST']._serialized_start=342
+  _globals['_PUBLISHQUOTESREQUEST']._serialized_end=423
+  _globals['_PUBLISHQUOTESRESPONSE']._serialized_start=425
+  _globals['_PUBLISHQUOTESRESPONSE']._serialized_end=548
+  _globals['_REJECTION']._serialized_start=550
+  _globals['_REJECTION']._serialized_end=607
+  _globals['_LOADFILESREQUEST']._serialized_start=609
+  _globals['_LOADFILESREQUEST']._serialized_end=713
+  _globals['_LOADFILESRESPONSE']._serialized_start=715
+  _globals['_LOADFILESRESPONSE']._serialized_end=837
+  _globals['_LOADPROGRESS']._serialized_start=839
+  _globals['_LOADPROGRESS']._serialized_end=957
+  _globals['_LOADSUMMARY']._serialized_start=960
+  _globals['_LOADSUMMARY']._serialized_end=1098
+  _globals['_GETFEEDSTATUSREQUEST']._serialized_start=1100
+  _globals['_GETFEEDSTATUSREQUEST']._serialized_end=1122
+  _globals['_GETFEEDSTATUSRESPONSE']._serialized_start=1124
+  _globals['_GETFEEDSTATUSRESPONSE']._serialized_end=1188
+  _globals['_FEEDSTATUS']._serialized_start=1191
+  _globals['_FEEDSTATUS']._serialized_end=1748
+  _globals['_FEEDSTATUS_RECONNECTSBYREASONENTRY']._serialized_start=1691
+  _globals['_FEEDSTATUS_RECONNECTSBYREASONENTRY']._serialized_end=1748
+  _globals['_GAP']._serialized_start=1750
+  _globals['_GAP']._serialized_end=1865
+  _globals['_INGESTSERVICE']._serialized_start=2334
+  _globals['_INGESTSERVICE']._serialized_end=2731
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from k2.auth.v1 import auth_pb2 as _auth_pb2
 from k2.marketdata.v1 import marketdata_pb2 as _marketdata_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper

@@ -22,19 +22,22 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from k2.auth.v1 import auth_pb2 as k2_dot_auth_dot_v1_dot_auth__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fk2/telemetry/v1/telemetry.proto\x12\x0fk2.telemetry.v1\"\x13\n\x11GetTracingRequest\"h\n\x12GetTracingResponse\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x15\n\rotlp_endpoint\x18\x02 \x01(\t\x12\x0f\n\x07sampler\x18\x03 \x01(\t\x12\x14\n\x0csample_ratio\x18\x04 \x01(\x01\x32i\n\x10TelemetryService\x12U\n\nGetTracing\x12\".k2.telemetry.v1.GetTracingRequest\x1a#.k2.telemetry.v1.GetTracingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fk2/telemetry/v1/telemetry.proto\x12\x0fk2.telemetry.v1\x1a\x15k2/auth/v1/auth.proto\"\x13\n\x11GetTracingRequest\"h\n\x12GetTracingResponse\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x15\n\rotlp_endpoint\x18\x02 \x01(\t\x12\x0f\n\x07sampler\x18\x03 \x01(\t\x12\x14\n\x0csample_ratio\x18\x04 \x01(\x01\x32o\n\x10TelemetryService\x12[\n\nGetTracing\x12\".k2.telemetry.v1.GetTracingRequest\x1a#.k2.telemetry.v1.GetTracingResponse\"\x04\x88\xb5\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'k2.telemetry.v1.telemetry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETTRACINGREQUEST']._serialized_start=52
-  _globals['_GETTRACINGREQUEST']._serialized_end=71
-  _globals['_GETTRACINGRESPONSE']._serialized_start=73
-  _globals['_GETTRACINGRESPONSE']._serialized_end=177
-  _globals['_TELEMETRYSERVICE']._serialized_start=179
-  _globals['_TELEMETRYSERVICE']._serialized_end=284
+  _globals['_TELEMETRYSERVICE'].methods_by_name['GetTracing']._loaded_options = None
+  _globals['_TELEMETRYSERVICE'].methods_by_name['GetTracing']._serialized_options = b'\210\265\030\001'
+  _globals['_GETTRACINGREQUEST']._serialized_start=75
+  _globals['_GETTRACINGREQUEST']._serialized_end=94
+  _globals['_GETTRACINGRESPONSE']._serialized_start=96
+  _globals['_GETTRACINGRESPONSE']._serialized_end=200
+  _globals['_TELEMETRYSERVICE']._serialized_start=202
+  _globals['_TELEMETRYSERVICE']._serialized_end=313
 # @@protoc_insertion_point(module_scope)

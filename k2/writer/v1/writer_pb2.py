@@ -23,37 +23,44 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from k2.auth.v1 import auth_pb2 as k2_dot_auth_dot_v1_dot_auth__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19k2/writer/v1/writer.proto\x12\x0ck2.writer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10GetStatusRequest\"\xf3\x01\n\x11GetStatusResponse\x12\x31\n\npartitions\x18\x01 \x03(\x0b\x32\x1d.k2.writer.v1.PartitionStatus\x12)\n\x06tables\x18\x02 \x03(\x0b\x32\x19.k2.writer.v1.TableStatus\x12\x34\n\x10last_commit_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10last_commit_rows\x18\x04 \x01(\x04\x12\x19\n\x11last_commit_bytes\x18\x05 \x01(\x04\x12\x15\n\rdead_lettered\x18\x06 \x01(\x04\"r\n\x0fPartitionStatus\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x18\n\x10\x63ommitted_offset\x18\x03 \x01(\x03\x12\x16\n\x0ehigh_watermark\x18\x04 \x01(\x03\x12\x0b\n\x03lag\x18\x05 \x01(\x03\"\xa0\x01\n\x0bTableStatus\x12\r\n\x05table\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\x03\x12\x0c\n\x04rows\x18\x03 \x01(\x04\x12\r\n\x05\x66iles\x18\x04 \x01(\x04\x12\x35\n\x11newest_event_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x66reshness_seconds\x18\x06 \x01(\x01\"\x0e\n\x0c\x46lushRequest\";\n\rFlushResponse\x12*\n\x07\x63ommits\x18\x01 \x03(\x0b\x32\x19.k2.writer.v1.TableCommit\"?\n\x0bTableCommit\x12\r\n\x05table\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\x03\x12\x0c\n\x04rows\x18\x03 \x01(\x04\"\x93\x01\n\x0e\x43ompactRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16target_file_size_bytes\x18\x04 \x01(\x04\"|\n\x0f\x43ompactResponse\x12\x31\n\x08progress\x18\x01 \x01(\x0b\x32\x1d.k2.writer.v1.CompactProgressH\x00\x12-\n\x06result\x18\x02 \x01(\x0b\x32\x1b.k2.writer.v1.CompactResultH\x00\x42\x07\n\x05\x65vent\"W\n\x0f\x43ompactProgress\x12\x11\n\tpartition\x18\x01 \x01(\t\x12\x17\n\x0fpartitions_done\x18\x02 \x01(\r\x12\x18\n\x10partitions_total\x18\x03 \x01(\r\"O\n\rCompactResult\x12\x14\n\x0c\x66iles_before\x18\x01 \x01(\x04\x12\x13\n\x0b\x66iles_after\x18\x02 \x01(\x04\x12\x13\n\x0bsnapshot_id\x18\x03 \x01(\x03\x32\xe9\x01\n\rWriterService\x12L\n\tGetStatus\x12\x1e.k2.writer.v1.GetStatusRequest\x1a\x1f.k2.writer.v1.GetStatusResponse\x12@\n\x05\x46lush\x12\x1a.k2.writer.v1.FlushRequest\x1a\x1b.k2.writer.v1.FlushResponse\x12H\n\x07\x43ompact\x12\x1c.k2.writer.v1.CompactRequest\x1a\x1d.k2.writer.v1.CompactResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19k2/writer/v1/writer.proto\x12\x0ck2.writer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15k2/auth/v1/auth.proto\"\x12\n\x10GetStatusRequest\"\xf3\x01\n\x11GetStatusResponse\x12\x31\n\npartitions\x18\x01 \x03(\x0b\x32\x1d.k2.writer.v1.PartitionStatus\x12)\n\x06tables\x18\x02 \x03(\x0b\x32\x19.k2.writer.v1.TableStatus\x12\x34\n\x10last_commit_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10last_commit_rows\x18\x04 \x01(\x04\x12\x19\n\x11last_commit_bytes\x18\x05 \x01(\x04\x12\x15\n\rdead_lettered\x18\x06 \x01(\x04\"r\n\x0fPartitionStatus\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x18\n\x10\x63ommitted_offset\x18\x03 \x01(\x03\x12\x16\n\x0ehigh_watermark\x18\x04 \x01(\x03\x12\x0b\n\x03lag\x18\x05 \x01(\x03\"\xa0\x01\n\x0bTableStatus\x12\r\n\x05table\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\x03\x12\x0c\n\x04rows\x18\x03 \x01(\x04\x12\r\n\x05\x66iles\x18\x04 \x01(\x04\x12\x35\n\x11newest_event_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x66reshness_seconds\x18\x06 \x01(\x01\"\x0e\n\x0c\x46lushRequest\";\n\rFlushResponse\x12*\n\x07\x63ommits\x18\x01 \x03(\x0b\x32\x19.k2.writer.v1.TableCommit\"?\n\x0bTableCommit\x12\r\n\x05table\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\x03\x12\x0c\n\x04rows\x18\x03 \x01(\x04\"\x93\x01\n\x0e\x43ompactRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16target_file_size_bytes\x18\x04 \x01(\x04\"|\n\x0f\x43ompactResponse\x12\x31\n\x08progress\x18\x01 \x01(\x0b\x32\x1d.k2.writer.v1.CompactProgressH\x00\x12-\n\x06result\x18\x02 \x01(\x0b\x32\x1b.k2.writer.v1.CompactResultH\x00\x42\x07\n\x05\x65vent\"W\n\x0f\x43ompactProgress\x12\x11\n\tpartition\x18\x01 \x01(\t\x12\x17\n\x0fpartitions_done\x18\x02 \x01(\r\x12\x18\n\x10partitions_total\x18\x03 \x01(\r\"O\n\rCompactResult\x12\x14\n\x0c\x66iles_before\x18\x01 \x01(\x04\x12\x13\n\x0b\x66iles_after\x18\x02 \x01(\x04\x12\x13\n\x0bsnapshot_id\x18\x03 \x01(\x03\x32\xfb\x01\n\rWriterService\x12R\n\tGetStatus\x12\x1e.k2.writer.v1.GetStatusRequest\x1a\x1f.k2.writer.v1.GetStatusResponse\"\x04\x88\xb5\x18\x01\x12\x46\n\x05\x46lush\x12\x1a.k2.writer.v1.FlushRequest\x1a\x1b.k2.writer.v1.FlushResponse\"\x04\x88\xb5\x18\x02\x12N\n\x07\x43ompact\x12\x1c.k2.writer.v1.CompactRequest\x1a\x1d.k2.writer.v1.CompactResponse\"\x04\x88\xb5\x18\x02\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'k2.writer.v1.writer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETSTATUSREQUEST']._serialized_start=76
-  _globals['_GETSTATUSREQUEST']._serialized_end=94
-  _globals['_GETSTATUSRESPONSE']._serialized_start=97
-  _globals['_GETSTATUSRESPONSE']._serialized_end=340
-  _globals['_PARTITIONSTATUS']._serialized_start=342
-  _globals['_PARTITIONSTATUS']._serialized_end=456
-  _globals['_TABLESTATUS']._serialized_start=459
-  _globals['_TABLESTATUS']._serialized_end=619
-  _globals['_FLUSHREQUEST']._serialized_start=621
-  _globals['_FLUSHREQUEST']._serialized_end=635
-  _globals['_FLUSHRESPONSE']._serialized_start=637
-  _globals['_FLUSHRESPONSE']._serialized_end=696
-  _globals['_TABLECOMMIT']._serialized_start=698
-  _globals['_TABLECOMMIT']._serialized_end=761
-  _globals['_COMPACTREQUEST']._serialized_start=764
-  _globals['_COMPACTREQUEST']._serialized_end=911
-  _globals['_COMPACTRESPONSE']._serialized_start=913
-  _globals['_COMPACTRESPONSE']._serialized_end=1037
-  _globals['_COMPACTPROGRESS']._serialized_start=1039
-  _globals['_COMPACTPROGRESS']._serialized_end=1126
-  _globals['_COMPACTRESULT']._serialized_start=1128
-  _globals['_COMPACTRESULT']._serialized_end=1207
-  _globals['_WRITERSERVICE']._serialized_start=1210
-  _globals['_WRITERSERVICE']._serialized_end=1443
+  _globals['_WRITERSERVICE'].methods_by_name['GetStatus']._loaded_options = None
+  _globals['_WRITERSERVICE'].methods_by_name['GetStatus']._serialized_options = b'\210\265\030\001'
+  _globals['_WRITERSERVICE'].methods_by_name['Flush']._loaded_options = None
+  _globals['_WRITERSERVICE'].methods_by_name['Flush']._serialized_options = b'\210\265\030\002'
+  _globals['_WRITERSERVICE'].methods_by_name['Compact']._loaded_options = None
+  _globals['_WRITERSERVICE'].methods_by_name['Compact']._serialized_options = b'\210\265\030\002'
+  _globals['_GETSTATUSREQUEST']._serialized_start=99
+  _globals['_GETSTATUSREQUEST']._serialized_end=117
+  _globals['_GETSTATUSRESPONSE']._serialized_start=120
+  _globals['_GETSTATUSRESPONSE']._serialized_end=363
+  _globals['_PARTITIONSTATUS']._serialized_start=365
+  _globals['_PARTITIONSTATUS']._serialized_end=479
+  _globals['_TABLESTATUS']._serialized_start=482
+  _globals['_TABLESTATUS']._serialized_end=642
+  _globals['_FLUSHREQUEST']._serialized_start=644
+  _globals['_FLUSHREQUEST']._serialized_end=658
+  _globals['_FLUSHRESPONSE']._serialized_start=660
+  _globals['_FLUSHRESPONSE']._serialized_end=719
+  _globals['_TABLECOMMIT']._serialized_start=721
+  _globals['_TABLECOMMIT']._serialized_end=784
+  _globals['_COMPACTREQUEST']._serialized_start=787
+  _globals['_COMPACTREQUEST']._serialized_end=934
+  _globals['_COMPACTRESPONSE']._serialized_start=936
+  _globals['_COMPACTRESPONSE']._serialized_end=1060
+  _globals['_COMPACTPROGRESS']._serialized_start=1062
+  _globals['_COMPACTPROGRESS']._serialized_end=1149
+  _globals['_COMPACTRESULT']._serialized_start=1151
+  _globals['_COMPACTRESULT']._serialized_end=1230
+  _globals['_WRITERSERVICE']._serialized_start=1233
+  _globals['_WRITERSERVICE']._serialized_end=1484
 # @@protoc_insertion_point(module_scope)
