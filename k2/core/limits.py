@@ -1,21 +1,25 @@
 """Per-client and per-process limits on every K2 service, answered with RESOURCE_EXHAUSTED and the reason:
 requests per second per client (a token bucket; a stream counts once, when it opens) and concurrent server
-streams (subscriptions, query and load progress streams) per client and per process.
+streams (subscriptions, query and load progress streams, health watches, reflection) per client and per process.
 
-A client is its peer address (IP, without the port). Health and reflection are never limited."""
+A client is its peer address (IP, without the port). Health and reflection need no token but are limited like
+every other call, so unauthenticated probes cannot use up what the service's own clients need."""
 
+import inspect
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from cachetools import LRUCache
 
-from k2.core.auth import OPEN_PREFIXES
 from k2.core.config import ServerSettings
 
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
-MAX_TRACKED_CLIENTS = 100_000  # bounds the rate limiter's memory: idle buckets are dropped past this
+# Bounds the rate limiter's memory: past it the least recently seen client is forgotten, which costs at most a
+# fresh burst for that client.
+MAX_TRACKED_CLIENTS = 100_000
 
 
 def client_of(context: grpc.aio.ServicerContext) -> str:
@@ -23,29 +27,27 @@ def client_of(context: grpc.aio.ServicerContext) -> str:
     return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
 
 
-class _TokenBuckets:
+class TokenBuckets:
+    """A token bucket per client: `rate` requests per second, bursts of `burst`."""
+
     def __init__(self, rate: float, burst: float):
         self.rate, self.burst = rate, burst
-        self.buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, last refill)
+        self.buckets: LRUCache[str, tuple[float, float]] = LRUCache(MAX_TRACKED_CLIENTS)  # (tokens, last refill)
 
     def take(self, client: str) -> bool:
         now = time.monotonic()
         tokens, last = self.buckets.get(client, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if len(self.buckets) >= MAX_TRACKED_CLIENTS and client not in self.buckets:
-            self.buckets = {c: b for c, b in self.buckets.items() if b[0] < self.burst}
-        if tokens < 1:
-            self.buckets[client] = (tokens, now)
-            return False
-        self.buckets[client] = (tokens - 1, now)
-        return True
+        allowed = tokens >= 1
+        self.buckets[client] = (tokens - 1 if allowed else tokens, now)
+        return allowed
 
 
 class LimitsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, settings: ServerSettings):
         self._settings = settings
         rate = settings.max_requests_per_second_per_client
-        self._buckets = _TokenBuckets(rate, max(1.0, rate * settings.rate_burst_seconds)) if rate > 0 else None
+        self._buckets = TokenBuckets(rate, max(1.0, rate * settings.rate_burst_seconds)) if rate > 0 else None
         self._streams_by_client: dict[str, int] = defaultdict(int)
         self._streams = 0
 
@@ -78,27 +80,41 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(OPEN_PREFIXES):  # type: ignore[attr-defined]
+        if handler is None:
             return handler
         options: dict[str, Any] = {"request_deserializer": handler.request_deserializer,
                                    "response_serializer": handler.response_serializer}
         if handler.response_streaming:
             behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
+            make = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
+                    else grpc.unary_stream_rpc_method_handler)
 
-            async def limited_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def admit(context: grpc.aio.ServicerContext) -> str:
                 client = client_of(context)
                 refusal = self._refusal(client, streaming=True)
                 if refusal is not None:
                     await context.abort(EXHAUSTED, refusal)
                 self._open(client)
+                return client
+
+            if not inspect.isasyncgenfunction(behavior):  # writes through context.write (health's Watch)
+                async def limited_writer(request: Any, context: grpc.aio.ServicerContext) -> None:
+                    client = await admit(context)
+                    try:
+                        await behavior(request, context)
+                    finally:
+                        self._close(client)
+
+                return make(limited_writer, **options)
+
+            async def limited_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                client = await admit(context)
                 try:
                     async for response in behavior(request, context):
                         yield response
                 finally:
                     self._close(client)
 
-            make = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
-                    else grpc.unary_stream_rpc_method_handler)
             return make(limited_stream, **options)
 
         behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
