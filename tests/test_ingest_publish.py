@@ -15,6 +15,7 @@ import grpc
 import pytest
 from conftest import free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 from test_ingest_support import READ_TOKEN, WRITE, WRITE_TOKEN, headers_of, read_topic, running_ingest
 
 from k2.core import avro
@@ -23,6 +24,7 @@ from k2.core.kafka import QUOTES, TRADES
 from k2.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from k2.marketdata.v1.marketdata_pb2 import AssetClass, Quote, Side, Trade
 from k2.services.ingest.ids import batch_message_ids
+from k2.services.ingest.publish import ENTRY_BYTES
 
 START = datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -133,13 +135,27 @@ async def test_a_resent_batch_is_written_once(kafka_settings: KafkaSettings) -> 
 
 
 async def test_beyond_the_dedupe_window_a_resent_batch_keeps_its_ids(kafka_settings: KafkaSettings) -> None:
-    async with running_ingest(kafka_settings, dedupe_window_batches=1) as ingest:
+    async with running_ingest(kafka_settings, dedupe_window_bytes=ENTRY_BYTES + 100) as ingest:  # one answer
         await publish(ingest.stub, batch("a", [trade(i) for i in range(5)]), batch("b", [trade(9)]))
         [late_copy] = await publish(ingest.stub, batch("a", [trade(i) for i in range(5)]))
         records = await ingest.records(TRADES)
     assert late_copy.duplicate is False  # forgotten: written again...
     ids_of_a = [r["message_id"] for r in records if r["trade_id"] != "BINANCE-1009"]
     assert len(ids_of_a) == 10 and len(set(ids_of_a)) == 5  # ...with the same message ids: dropped downstream
+
+
+async def test_the_dedupe_window_is_bounded_by_the_bytes_its_answers_hold(kafka_settings: KafkaSettings) -> None:
+    window = 2 * 1024 * 1024
+    refused = [trade(i, quantity="0") for i in range(10_000)]  # an answer of 10,000 rejections: ~0.5 MB
+    async with running_ingest(kafka_settings, dedupe_window_bytes=window) as ingest:
+        answers = await publish(ingest.stub, *(batch(f"refused-{n}", refused) for n in range(8)))
+        held = REGISTRY.get_sample_value("k2_ingest_dedupe_window_bytes", {"service": "ingest", "kind": "trade"})
+        [newest_again, oldest_again] = await publish(ingest.stub, batch("refused-7", refused),
+                                                     batch("refused-0", refused))
+    assert all(len(answer.rejections) == 10_000 for answer in answers)
+    assert answers[0].ByteSize() * 3 < window < answers[0].ByteSize() * 8
+    assert held is not None and answers[0].ByteSize() * 3 < held <= window
+    assert newest_again.duplicate and not oldest_again.duplicate  # the oldest answers made room
 
 
 async def test_publisher_message_ids_are_kept(kafka_settings: KafkaSettings) -> None:

@@ -32,8 +32,9 @@ class IngestSettings(ServerSettings):
     max_batch_items: int = 10_000
     # Batches of one publish stream produced and awaiting Kafka acks at a time (the stream's pipeline depth).
     max_batches_in_flight: int = 8
-    # Recent batch ids remembered per kind: a batch re-sent within this window is answered, not written again.
-    dedupe_window_batches: int = 100_000
+    # Memory for the answers of recent batch ids, per kind: a batch re-sent while its answer is remembered is answered
+    # again, not written again. Counted in bytes, since one answer can list up to max_batch_items rejections.
+    dedupe_window_bytes: int = 64 * 1024 * 1024
 
     # Distinct symbols per source that get their own metrics label; the rest count as "_other".
     metrics_symbols_per_source: int = 1_000

@@ -42,6 +42,10 @@ LOAD_ROWS = Counter(
     "Rows of loaded files: accepted (on the trades/quotes topic) or rejected (dead-lettered)",
     ["service", "format", "outcome"])
 LOADS_ACTIVE = Gauge("k2_ingest_loads_active", "LoadFiles calls in progress", ["service"]).labels(SERVICE)
+DEDUPE_WINDOW_BYTES = Gauge(
+    "k2_ingest_dedupe_window_bytes",
+    "Bytes held by the remembered answers of recent batch ids (bounded by K2_INGEST_DEDUPE_WINDOW_BYTES)",
+    ["service", "kind"])
 
 
 class SymbolLabels:

@@ -7,7 +7,7 @@ A stream is answered in order but pipelined: while batch N awaits its acks, batc
 max_batches_in_flight) are validated and produced, so the Python work overlaps the Kafka round trips.
 
 Idempotency, for a batch re-sent after a lost acknowledgement:
-- batch_id: the outcome of each recent batch id (the last dedupe_window_batches per kind, in memory) is
+- batch_id: the outcome of each recent batch id (per kind, in memory, within dedupe_window_bytes) is
   kept; a batch re-sent with the same id is answered with that outcome (duplicate=true) and nothing is written
   again. A copy arriving while the first is still in flight waits for the first's outcome. An empty batch_id
   opts out.
@@ -26,13 +26,13 @@ trace, sampled by the service's sampler), from receipt to the answer. The batch'
 """
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import grpc
+from cachetools import LRUCache
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -74,28 +74,48 @@ class BatchRefused(Exception):
         self.message = message
 
 
-class BatchLedger:
-    """Outcomes of the most recent batch ids of one kind, least recently used dropped first. A batch still in
-    flight is there too (as a pending future), so a copy sent meanwhile waits for the first outcome."""
+# What a remembered batch costs besides its answer: its id (at most MAX_TEXT_LENGTH characters of UTF-8), the
+# future and the cache's own entry.
+ENTRY_BYTES = 4 * MAX_TEXT_LENGTH + 256
 
-    def __init__(self, size: int):
-        self.size = size
-        self._outcomes: OrderedDict[str, asyncio.Future[Any]] = OrderedDict()
+
+def _entry_bytes(outcome: asyncio.Future[Any]) -> int:
+    if not outcome.done() or outcome.cancelled() or outcome.exception() is not None:
+        return ENTRY_BYTES
+    return ENTRY_BYTES + outcome.result().ByteSize()
+
+
+class BatchLedger:
+    """Outcomes of the most recent batch ids of one kind, held within `max_bytes` (each counted as its answer's
+    size plus ENTRY_BYTES), least recently used dropped first: an answer listing 10,000 rejections weighs what it
+    holds. A batch still in flight is there too (as a pending future), so a copy sent meanwhile waits for the
+    first outcome."""
+
+    def __init__(self, kind: RecordKind, max_bytes: int):
+        self._outcomes: LRUCache[str, asyncio.Future[Any]] = LRUCache(max_bytes, getsizeof=_entry_bytes)
+        self._held = metrics.DEDUPE_WINDOW_BYTES.labels(metrics.SERVICE, kind)
 
     def get(self, batch_id: str) -> asyncio.Future[Any] | None:
-        outcome = self._outcomes.get(batch_id)
-        if outcome is not None:
-            self._outcomes.move_to_end(batch_id)
-        return outcome
+        return self._outcomes.get(batch_id)
 
     def put(self, batch_id: str, outcome: asyncio.Future[Any]) -> None:
         self._outcomes[batch_id] = outcome
-        if len(self._outcomes) > self.size:
-            self._outcomes.popitem(last=False)
+        self._held.set(self._outcomes.currsize)
+        outcome.add_done_callback(lambda done: self._weigh(batch_id, done))
+
+    def _weigh(self, batch_id: str, outcome: asyncio.Future[Any]) -> None:
+        """Counts the answer once there is one (setting the entry again re-sizes it, evicting past the bound)."""
+        if self._outcomes.get(batch_id) is outcome:
+            try:
+                self._outcomes[batch_id] = outcome
+            except ValueError:  # an answer larger than the whole ledger is not remembered
+                del self._outcomes[batch_id]
+            self._held.set(self._outcomes.currsize)
 
     def forget(self, batch_id: str, outcome: asyncio.Future[Any]) -> None:
         if self._outcomes.get(batch_id) is outcome:
             del self._outcomes[batch_id]
+            self._held.set(self._outcomes.currsize)
 
 
 class Publisher:
@@ -103,7 +123,7 @@ class Publisher:
         self.settings = settings
         self.sink = sink
         self.symbols = symbols
-        self.ledgers = {kind: BatchLedger(settings.dedupe_window_batches) for kind in (TRADE, QUOTE)}
+        self.ledgers = {kind: BatchLedger(kind, settings.dedupe_window_bytes) for kind in (TRADE, QUOTE)}
 
     async def stream(self, kind: Kind, requests: AsyncIterator[Any],
                      trace_context: Context | None = None) -> AsyncIterator[Any]:
@@ -228,6 +248,9 @@ def _as_duplicate(earlier: asyncio.Future[Any]) -> asyncio.Future[Any]:
     answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
     def copy(outcome: asyncio.Future[Any]) -> None:
+        if outcome.cancelled() or outcome.exception() is not None:  # the copy fails as the first did
+            answer.set_exception(outcome.exception() or asyncio.CancelledError())
+            return
         duplicate = type(outcome.result())()
         duplicate.CopyFrom(outcome.result())
         duplicate.duplicate = True
