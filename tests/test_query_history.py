@@ -10,7 +10,8 @@ import grpc
 import pytest
 from conftest import ASX_DATA
 from google.protobuf.timestamp_pb2 import Timestamp
-from test_query_harness import T0, Market, Service, quote, running_service, trade, trades, ts
+from prometheus_client import REGISTRY
+from test_query_harness import T0, Market, Service, query_settings, quote, running_service, trade, trades, ts
 
 from k2.core.arrow_records import records_to_arrow
 from k2.core.config import IcebergSettings, KafkaSettings
@@ -255,3 +256,26 @@ async def test_page_token_of_another_query_is_refused(market: Market, service: S
         await query_all(service, symbols=["ETHUSDT"], start=ts(T0), end=ts(T0 + timedelta(1)), page_token=token)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "different query" in raised.value.details()
+
+
+async def test_the_latest_values_kept_are_bounded_and_the_forgotten_read_from_iceberg(
+        market: Market, kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings) -> None:
+    symbols = [f"SYM{n:03d}" for n in range(60)]  # every producer key is a symbol the fan-out would keep
+    records = trades(symbols, 3)
+    forgotten_before = REGISTRY.get_sample_value(
+        "k2_query_latest_forgotten_total", {"service": "query", "kind": "trade"}) or 0.0
+    async with running_service(kafka_settings, iceberg_settings, query_settings(latest_max_symbols=20)) as service:
+        market.produce(TRADE, records)
+        market.commit(TRADE)
+        last = {record["symbol"]: record for record in records}
+
+        async def forgotten() -> float:
+            return (REGISTRY.get_sample_value(
+                "k2_query_latest_forgotten_total", {"service": "query", "kind": "trade"}) or 0.0) - forgotten_before
+
+        async with asyncio.timeout(30):
+            while await forgotten() < 40:  # 60 keys seen, at most 20 kept
+                await asyncio.sleep(0.05)
+        response = await service.stub.GetLatest(query_pb2.GetLatestRequest(symbols=symbols))
+    assert [(entry.symbol, entry.trade.message_id) for entry in response.latest] == [
+        (symbol, last[symbol]["message_id"]) for symbol in symbols]

@@ -291,3 +291,20 @@ async def test_graceful_stop_ends_streams_with_a_resume_token(market: Market, ka
         await stopping
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE and "resume_token" in raised.value.details()
     assert not got.responses[-1].trades and got.token  # the last heartbeat names the position
+
+
+async def test_a_client_that_stops_reading_its_replay_holds_no_replay_slot(
+        market: Market, kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings) -> None:
+    records = trades(SYMBOLS, 25_000, step=timedelta(milliseconds=1))  # ~15 MB of responses to replay
+    market.produce(TRADE, records)
+    settings = query_settings(max_concurrent_replays=1, join_lag_messages=100)
+    request = query_pb2.SubscribeTradesRequest(start=ts(T0))
+    async with running_service(kafka_settings, iceberg_settings, settings) as service:
+        stalled = service.stub.SubscribeTrades(request)
+        await receive(stalled, lambda r: len(r.trades) >= 1)  # replaying; from now on it never reads
+        await asyncio.sleep(2)  # its responses fill the transport's windows: the stream waits on the client
+        other = service.stub.SubscribeTrades(request)
+        got = await receive(other, lambda r: len(r.trades) >= len(records), timeout=120)
+        assert_exactly_once_in_order(got.trades, records)
+        stalled.cancel()
+        other.cancel()

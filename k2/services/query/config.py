@@ -33,6 +33,9 @@ class QuerySettings(ServerSettings):
     # At start the fan-out re-reads the Kafka tail not yet in Iceberg (for GetLatest), at most this many
     # messages per partition.
     latest_backfill_messages: int = 100_000
+    # Symbols (message keys) whose latest trade and quote the fan-out keeps for GetLatest, per kind; past it the
+    # longest known are forgotten (GetLatest then reads them from Iceberg, and the next message brings them back).
+    latest_max_symbols: int = 100_000
     fetch_wait_max_ms: int = 5
     kafka_timeout_seconds: float = 10.0
     # threads for blocking work: Iceberg scans, Kafka range reads, row conversion

@@ -25,6 +25,7 @@ to every matching subscriber.
 """
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
@@ -372,6 +373,15 @@ class FanOut:
                          for kind in KINDS for p, offset in consumed[kind].items()])
         return consumer
 
+    def _forget_oldest(self, kind: RecordKind, values: dict[bytes, bytes]) -> None:
+        """Brings the latest-value map back under its bound, with a tenth of it to spare (so this is rare): any
+        producer can write any key, and a map keeping every key ever seen would grow without end."""
+        bound = self._settings.latest_max_symbols
+        excess = len(values) - bound + bound // 10
+        for key in list(itertools.islice(values, excess)):  # the oldest inserted first
+            del values[key]
+        metrics.LATEST_FORGOTTEN.labels(metrics.SERVICE, kind).inc(excess)
+
     def _probe(self, consumer: Consumer, consumed: dict[RecordKind, Offsets]) -> None:
         """Raises when Kafka is unreachable; publishes the tail lag; assigns partitions added to a topic."""
         for kind, topic in self.topics.items():
@@ -402,6 +412,9 @@ class FanOut:
             if batch_size > 1:  # what else has arrived (or arrives within `flush_ms`) joins this batch
                 messages += consumer.consume(batch_size - 1, gather)
             batches, errors = read_messages(messages, topics, latest)
+            for kind, values in zip(KINDS, latest, strict=True):
+                if len(values) > self._settings.latest_max_symbols:
+                    self._forget_oldest(kind, values)
             for message in errors:
                 error = message.error()
                 if error.fatal():

@@ -66,7 +66,9 @@ class RangeReader:
             overrides: ClientConfig = {
                 "enable.partition.eof": True, "fetch.wait.max.ms": fetch_wait_ms,
                 # a start below the retained range is an error here, never a silent jump
-                "auto.offset.reset": "error"}
+                "auto.offset.reset": "error",
+                # what a replay waiting on a slow client holds in prefetched messages, at most
+                "queued.max.messages.kbytes": 4 * 1024, "fetch.max.bytes": 4 * 1024 * 1024}
             self._consumer = Consumer(consumer_config(settings, f"k2-query-range-{uuid.uuid4().hex}", **overrides),
                                       logger=KAFKA_LOG)
             self._consumer.assign([TopicPartition(topic, p, start.get(p, 0)) for p in sorted(self._remaining)])

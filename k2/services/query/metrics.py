@@ -26,6 +26,10 @@ TAIL_LAG = Gauge("k2_query_tail_lag_messages",
                  "Messages in Kafka the live fan-out consumer has not yet read (high watermark - position).",
                  ["service", "topic"])
 KAFKA_UP = Gauge("k2_query_kafka_up", "1 while the fan-out consumer reaches Kafka, else 0.", ["service"])
+LATEST_FORGOTTEN = Counter(
+    "k2_query_latest_forgotten_total",
+    "Symbols whose latest trade or quote the fan-out forgot because it held K2_QUERY_LATEST_MAX_SYMBOLS.",
+    ["service", "kind"])
 INVALID_MESSAGES = Counter("k2_query_invalid_messages_total",
                            "Kafka messages the fan-out skipped: not a valid record of the topic's kind.",
                            ["service", "topic"])

@@ -186,23 +186,24 @@ class Subscriptions:
         """Kafka records from the position's offsets up to `end`; the last item is (None, position at `end`)."""
         offsets = dict(position.offsets)
         if any(offsets.get(p, 0) < offset for p, offset in end.items()):
-            async with self._replays:
-                topic = self._fanout.topics[kind]
-                reader = await self._workers.run(RangeReader, self._kafka, topic, offsets, end,
-                                                 self._settings.fetch_wait_max_ms)
-                try:
-                    last_sent = time.monotonic()
-                    while not reader.done:
+            topic = self._fanout.topics[kind]
+            reader = await self._workers.run(RangeReader, self._kafka, topic, offsets, end,
+                                             self._settings.fetch_wait_max_ms)
+            try:
+                last_sent = time.monotonic()
+                while not reader.done:
+                    # A replay slot bounds the reading, not the sending: a client that stops reading holds none.
+                    async with self._replays:
                         framed, count, newest = await self._workers.run(self._read, reader, kind, selection,
                                                                         offsets)
-                        now = time.monotonic()
-                        if count or now - last_sent >= self._settings.heartbeat_seconds:
-                            position = replace(position, offsets=dict(offsets), mark=max(position.mark, newest))
-                            metrics.DELIVERED.labels(metrics.SERVICE, kind, "replay").inc(count)
-                            last_sent = now
-                            yield response_bytes(kind, framed, position.encode(), replay=True), position
-                finally:
-                    await self._workers.run(reader.close)
+                    now = time.monotonic()
+                    if count or now - last_sent >= self._settings.heartbeat_seconds:
+                        position = replace(position, offsets=dict(offsets), mark=max(position.mark, newest))
+                        metrics.DELIVERED.labels(metrics.SERVICE, kind, "replay").inc(count)
+                        last_sent = now
+                        yield response_bytes(kind, framed, position.encode(), replay=True), position
+            finally:
+                await self._workers.run(reader.close)
         # the range is done even where its last offsets held no message (transaction markers)
         offsets |= {p: max(offsets.get(p, 0), offset) for p, offset in end.items()}
         yield None, replace(position, offsets=offsets)
