@@ -115,6 +115,8 @@ def test_subscribe_prints_a_line_per_trade(platform: Platform) -> None:
     assert len(lines) == 7
     assert lines[0] == "2014-03-10T00:16:40Z  ASX:BTCUSDT  SELL  100 @ 37.100000000000000001"
     assert [r.resume_token for r in platform.query.subscribe_requests] == ["", "2"]
+    assert result.stderr.startswith(f"k2: query at {platform.address}: UNAVAILABLE: injected: subscription dropped; "
+                                    "reconnecting in 0.0 s (attempt 1), resuming after the last record shown")
     as_json = k2(platform, "subscribe", "--count", "2", "-f", "json")
     assert [json.loads(line)["trade_id"] for line in as_json.stdout.splitlines()] == \
         ["ASX-BTCUSDT-1000", "ASX-BTCUSDT-1001"]

@@ -165,7 +165,12 @@ class QueryDouble(query_pb2_grpc.QueryServiceServicer):
         self.subscribe_requests: list[query_pb2.SubscribeTradesRequest] = []
         # Fail the first subscription with UNAVAILABLE after this many responses.
         self.drop_after: int | None = None
+        # Refuse this many subscriptions (UNAVAILABLE) after the first drop, as a restarting service would.
+        self.refuse_after_drop = 0
         self.open_subscriptions = 0
+        # Fail this many GetLatest calls with UNAVAILABLE before answering; every call is counted.
+        self.fail_latest = 0
+        self.latest_calls = 0
 
     async def _query(self, request: Any, context: grpc.aio.ServicerContext, messages: list[Any], field: str,
                      response_type: Any) -> AsyncIterator[Any]:
@@ -203,6 +208,10 @@ class QueryDouble(query_pb2_grpc.QueryServiceServicer):
         return bars
 
     async def GetLatest(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.latest_calls += 1
+        if self.fail_latest:
+            self.fail_latest -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "injected: not serving yet")
         response = query_pb2.GetLatestResponse()
         for symbol in request.symbols:
             trades = [t for t in self.trades if t.symbol == symbol]
@@ -217,6 +226,9 @@ class QueryDouble(query_pb2_grpc.QueryServiceServicer):
 
     async def SubscribeTrades(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         self.subscribe_requests.append(request)
+        if request.resume_token and self.refuse_after_drop:
+            self.refuse_after_drop -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "injected: restarting")
         self.open_subscriptions += 1
         try:
             position = int(request.resume_token or 0)

@@ -25,7 +25,7 @@ from test_clients_harness import (
     wait_until,
 )
 
-from k2.clients import AsyncK2Client, ClientSettings, K2Client, K2Error, LoadSummary, Quote, Trade
+from k2.clients import AsyncK2Client, ClientSettings, K2Client, K2Error, LoadSummary, Quote, Reconnect, Trade
 from k2.core.arrow_records import arrow_schema, arrow_to_records
 from k2.core.protos import datetime_from_timestamp
 
@@ -224,6 +224,26 @@ def test_subscription_resumes_after_the_stream_drops(platform: Platform, k2: K2C
     wait_until(lambda: platform.query.open_subscriptions == 0)
 
 
+def test_subscription_reconnects_until_stopped_and_reports_each_reconnect(platform: Platform) -> None:
+    platform.query.drop_after = 3
+    platform.query.refuse_after_drop = 6  # more refusals in a row than retry_attempts allows any other call
+    received: list[Trade] = []
+    reconnects: list[Reconnect] = []
+    with K2Client(fast_retries(retry_attempts=2), query_address=platform.address, token=TOKEN) as k2:
+        for batch in k2.subscribe_trades("BTCUSDT", on_reconnect=reconnects.append):
+            received += batch.records
+            if len(received) >= len(platform.query.live):
+                break
+    assert [t.trade_id for t in received] == [t.trade_id for t in platform.query.live]
+    assert [r.resume_token for r in platform.query.subscribe_requests] == ["", *["3"] * 7]
+    assert [r.attempt for r in reconnects] == [1, 2, 3, 4, 5, 6, 7]
+    assert reconnects[0].delay_seconds == 0  # the lost stream is reopened at once, refusals after a backoff
+    assert all(0 <= r.delay_seconds <= 0.05 for r in reconnects)
+    assert {(r.error.service, r.error.code) for r in reconnects} == {("query", grpc.StatusCode.UNAVAILABLE)}
+    assert "injected: subscription dropped" in reconnects[0].error.details
+    wait_until(lambda: platform.query.open_subscriptions == 0)
+
+
 async def test_async_subscription_from_a_time_then_from_a_token(platform: Platform) -> None:
     async with async_client(platform) as k2:
         async with aclosing(k2.subscribe_trades(["BTCUSDT"], start="2014-03-10T00:00:00Z")) as stream:
@@ -247,6 +267,22 @@ def test_heartbeats_carry_the_position(platform: Platform, k2: K2Client) -> None
             break
     assert [len(b.records) for b in batches] == [2, 0, 0]
     assert [b.resume_token for b in batches] == ["1", "1", "1"]
+
+
+def test_unary_calls_retry_unavailable_within_a_bounded_budget(platform: Platform, k2: K2Client) -> None:
+    platform.query.fail_latest = 2
+    assert set(k2.latest(["BHP"])) == {"BHP"}
+    assert platform.query.latest_calls == 3
+    platform.query.fail_latest, platform.query.latest_calls = 100, 0
+    with pytest.raises(K2Error) as failure:
+        k2.latest(["BHP"])
+    assert failure.value.code == grpc.StatusCode.UNAVAILABLE and "not serving yet" in failure.value.details
+    assert platform.query.latest_calls == 5  # gRPC's retry policy: at most 5 attempts
+    platform.query.latest_calls = 0
+    with (K2Client(fast_retries(retry_attempts=0), query_address=platform.address) as once,
+          pytest.raises(K2Error)):
+        once.latest(["BHP"])
+    assert platform.query.latest_calls == 1
 
 
 # -- files, feeds, writer, health ---------------------------------------------------------------------------------

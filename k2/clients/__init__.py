@@ -15,6 +15,7 @@ from k2.clients.models import (
     PartitionStatus,
     PublishResult,
     Quote,
+    Reconnect,
     Rejection,
     ServiceHealth,
     ServiceTracing,
@@ -29,7 +30,7 @@ from k2.clients.times import parse_time
 
 __all__ = [
     "AsyncK2Client", "Bar", "ClientSettings", "CompactProgress", "CompactResult", "FeedStatus", "Gap", "K2Client",
-    "K2Error", "Latest", "LoadProgress", "LoadSummary", "PartitionStatus", "PublishResult", "Quote", "Rejection",
-    "ServiceHealth", "ServiceTracing", "SubscriptionBatch", "TableCommit", "TableStatus", "Trade", "WriterStatus",
-    "parse_time",
+    "K2Error", "Latest", "LoadProgress", "LoadSummary", "PartitionStatus", "PublishResult", "Quote",
+    "Reconnect", "Rejection", "ServiceHealth", "ServiceTracing", "SubscriptionBatch", "TableCommit", "TableStatus",
+    "Trade", "WriterStatus", "parse_time",
 ]

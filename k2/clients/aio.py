@@ -39,6 +39,7 @@ from k2.clients.models import (
     LoadSummary,
     PublishResult,
     Quote,
+    Reconnect,
     RecordT,
     Rejection,
     ServiceHealth,
@@ -52,6 +53,7 @@ from k2.clients.models import (
     set_time,
     trade_record,
 )
+from k2.clients.retrying import OnReconnect, service_config, stream_retrying
 from k2.clients.settings import SERVICES, ClientSettings
 from k2.clients.times import parse_time
 from k2.core.arrow_records import arrow_schema, records_to_arrow
@@ -101,6 +103,14 @@ class _Batch:
     @property
     def batch_id(self) -> str:
         return str(self.request.batch_id)
+
+
+@dataclass
+class _Position:
+    """Where a subscription resumes from, and how many batches it has received."""
+
+    token: str
+    batches: int = 0
 
 
 class _PublishRun:
@@ -223,6 +233,9 @@ class AsyncK2Client:
         # Made on first use, inside the running loop that will drive it.
         if service not in self._channels:
             address, options = self.settings.address(service), self.settings.channel_options()
+            config = service_config(service, self.settings)
+            if config is not None:
+                options += [("grpc.enable_retries", 1), ("grpc.service_config", config)]
             credentials = self.settings.channel_credentials()
             self._channels[service] = (grpc.aio.insecure_channel(address, options=options) if credentials is None
                                        else grpc.aio.secure_channel(address, credentials, options=options))
@@ -308,17 +321,17 @@ class AsyncK2Client:
                 yield _Batch(offset, request(str(uuid.uuid4()), chunk))
 
         run = _PublishRun(self, open_stream, batches())
-        failures = 0
-        while True:
+        while True:  # one run of failures in a row per pass: an acknowledgement starts a new one
             acknowledged = run.acknowledged
             try:
-                await run.attempt()
+                retrying = stream_retrying(self.settings, bounded=True, progress=lambda: run.acknowledged)
+                async for attempt in retrying:
+                    with attempt:
+                        await run.attempt()
                 return run.result()
             except K2Error as error:
-                failures = 1 if run.acknowledged > acknowledged else failures + 1
-                if not error.retryable or failures > self.settings.retry_attempts:
+                if not (error.retryable and run.acknowledged > acknowledged):
                     raise
-                await asyncio.sleep(self.settings.backoff_seconds(failures))
 
     async def load_files(self, paths: Sequence[str], file_format: FileFormat, *,
                          reference_data_path: str = "") -> AsyncGenerator[LoadProgress | LoadSummary, None]:
@@ -447,11 +460,13 @@ class AsyncK2Client:
         return {latest.symbol: Latest.from_proto(latest) for latest in response.latest}
 
     def subscribe_trades(self, symbols: str | Sequence[str] = (), *, exchanges: Sequence[str] = (),
-                         start: TimeArg | None = None,
-                         resume_token: str = "") -> AsyncGenerator[SubscriptionBatch[Trade], None]:
+                         start: TimeArg | None = None, resume_token: str = "", on_reconnect: OnReconnect | None = None
+                         ) -> AsyncGenerator[SubscriptionBatch[Trade], None]:
         """Live trades (every symbol when none given), from now, from `start` (history first), or exactly after a
-        previous batch's resume_token. Reconnects on UNAVAILABLE and resumes after the last batch received, so
-        nothing is missed or repeated; empty batches are heartbeats."""
+        previous batch's resume_token; empty batches are heartbeats. A stream lost to UNAVAILABLE (a restart
+        of the query service, a network failure) is reopened after a capped, jittered backoff for as long as
+        the caller iterates, resuming after the last batch received, so nothing is missed or repeated;
+        `on_reconnect(Reconnect)` is told before each reconnect. Other errors raise K2Error."""
         def request(token: str) -> query_pb2.SubscribeTradesRequest:
             message = query_pb2.SubscribeTradesRequest(symbols=_symbols(symbols), exchanges=list(exchanges),
                                                        resume_token=token)
@@ -462,11 +477,11 @@ class AsyncK2Client:
             return SubscriptionBatch([Trade.from_proto(t) for t in response.trades], response.resume_token,
                                      response.replay, optional_time(response, "server_time"))
 
-        return self._subscribe("SubscribeTrades", request, batch, resume_token)
+        return self._subscribe("SubscribeTrades", request, batch, resume_token, on_reconnect)
 
     def subscribe_quotes(self, symbols: str | Sequence[str] = (), *, exchanges: Sequence[str] = (),
-                         start: TimeArg | None = None,
-                         resume_token: str = "") -> AsyncGenerator[SubscriptionBatch[Quote], None]:
+                         start: TimeArg | None = None, resume_token: str = "", on_reconnect: OnReconnect | None = None
+                         ) -> AsyncGenerator[SubscriptionBatch[Quote], None]:
         """As subscribe_trades, for quotes."""
         def request(token: str) -> query_pb2.SubscribeQuotesRequest:
             message = query_pb2.SubscribeQuotesRequest(symbols=_symbols(symbols), exchanges=list(exchanges),
@@ -478,24 +493,33 @@ class AsyncK2Client:
             return SubscriptionBatch([Quote.from_proto(q) for q in response.quotes], response.resume_token,
                                      response.replay, optional_time(response, "server_time"))
 
-        return self._subscribe("SubscribeQuotes", request, batch, resume_token)
+        return self._subscribe("SubscribeQuotes", request, batch, resume_token, on_reconnect)
 
-    async def _subscribe(self, rpc: str, request: Callable[[str], Any], batch: Callable[[Any], SubscriptionBatch[RecordT]],
-                         token: str) -> AsyncGenerator[SubscriptionBatch[RecordT], None]:
-        failures = 0
-        while True:
+    async def _subscribe(self, rpc: str, request: Callable[[str], Any],
+                         batch: Callable[[Any], SubscriptionBatch[RecordT]], token: str,
+                         on_reconnect: OnReconnect | None) -> AsyncGenerator[SubscriptionBatch[RecordT], None]:
+        position = _Position(token)
+        lost = 0
+        while True:  # one run of failures in a row per pass: a batch received starts a new one
+            received = position.batches
             try:
-                async with aclosing(self._stream("query", getattr(self._query, rpc), request(token))) as responses:
-                    async for response in responses:
-                        failures = 0
-                        token = response.resume_token or token
-                        yield batch(response)
-                return
+                retrying = stream_retrying(self.settings, bounded=False, progress=lambda: position.batches,
+                                           on_retry=on_reconnect, failures_before=lost)
+                async for attempt in retrying:
+                    with attempt:
+                        stream = self._stream("query", getattr(self._query, rpc), request(position.token))
+                        async with aclosing(stream) as responses:
+                            async for response in responses:
+                                position.batches += 1
+                                position.token = response.resume_token or position.token
+                                yield batch(response)
+                        return
             except K2Error as error:
-                failures += 1
-                if not error.retryable or failures > self.settings.retry_attempts:
+                if not (error.retryable and position.batches > received):
                     raise
-            await asyncio.sleep(self.settings.backoff_seconds(failures))
+                lost = 1  # the stream's loss is the new run's first failure: it reconnects at once
+                if on_reconnect is not None:
+                    on_reconnect(Reconnect(error, 1, 0.0))
 
     # -- every service ---------------------------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from k2.clients.models import (
     LoadProgress,
     LoadSummary,
     Quote,
+    Reconnect,
     ServiceTracing,
     Trade,
 )
@@ -440,15 +441,20 @@ def subscribe(ctx: typer.Context, symbols: Annotated[list[str] | None, typer.Arg
               quotes: Annotated[bool, typer.Option("--quotes", help="Quotes instead of trades")] = False,
               count: Annotated[int, typer.Option(min=0, help="Stop after this many records (0: never)")] = 0,
               fmt: Annotated[str, typer.Option("--format", "-f", help="line or json")] = "line") -> None:
-    """Tail live trades (or quotes) in the terminal, one line each. Ctrl-C stops (exit 0)."""
+    """Tail live trades (or quotes) in the terminal, one line each; a lost stream is reconnected (a notice on
+    stderr) until Ctrl-C stops it (exit 0)."""
     if fmt not in ("line", "json"):
         raise typer.BadParameter("--format must be line or json")
     start = _optional_time(from_time, "--from")
     seen = 0
+
+    def notice(reconnect: Reconnect) -> None:
+        print(f"k2: {reconnect.error}; reconnecting in {reconnect.delay_seconds:.1f} s (attempt "
+              f"{reconnect.attempt}), resuming after the last record shown", file=sys.stderr, flush=True)
+
     with _client(ctx) as k2:
-        stream: Iterator[Any] = (
-            k2.subscribe_quotes(symbols or [], exchanges=exchange or [], start=start) if quotes
-            else k2.subscribe_trades(symbols or [], exchanges=exchange or [], start=start))
+        subscribe = k2.subscribe_quotes if quotes else k2.subscribe_trades
+        stream: Iterator[Any] = subscribe(symbols or [], exchanges=exchange or [], start=start, on_reconnect=notice)
         try:
             for batch in stream:
                 for record in batch.records:

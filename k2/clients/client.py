@@ -37,6 +37,7 @@ from k2.clients.models import (
     Trade,
     WriterStatus,
 )
+from k2.clients.retrying import OnReconnect
 from k2.clients.settings import SERVICES, ClientSettings
 
 T = TypeVar("T")
@@ -150,15 +151,18 @@ class K2Client:
         return self._run(self._aio.latest(symbols))
 
     def subscribe_trades(self, symbols: str | Sequence[str] = (), *, exchanges: Sequence[str] = (),
-                         start: TimeArg | None = None, resume_token: str = "") -> Iterator[SubscriptionBatch[Trade]]:
-        """See AsyncK2Client.subscribe_trades. Closing the iterator (or leaving a for loop) ends the stream."""
+                         start: TimeArg | None = None, resume_token: str = "",
+                         on_reconnect: OnReconnect | None = None) -> Iterator[SubscriptionBatch[Trade]]:
+        """See AsyncK2Client.subscribe_trades. Closing the iterator (or leaving a for loop) ends the stream;
+        `on_reconnect` is called on the client's event-loop thread."""
         return self._iterate(self._aio.subscribe_trades(symbols, exchanges=exchanges, start=start,
-                                                       resume_token=resume_token))
+                                                       resume_token=resume_token, on_reconnect=on_reconnect))
 
     def subscribe_quotes(self, symbols: str | Sequence[str] = (), *, exchanges: Sequence[str] = (),
-                         start: TimeArg | None = None, resume_token: str = "") -> Iterator[SubscriptionBatch[Quote]]:
+                         start: TimeArg | None = None, resume_token: str = "",
+                         on_reconnect: OnReconnect | None = None) -> Iterator[SubscriptionBatch[Quote]]:
         return self._iterate(self._aio.subscribe_quotes(symbols, exchanges=exchanges, start=start,
-                                                       resume_token=resume_token))
+                                                       resume_token=resume_token, on_reconnect=on_reconnect))
 
     def health(self, services: Sequence[str] = SERVICES) -> list[ServiceHealth]:
         return self._run(self._aio.health(services))

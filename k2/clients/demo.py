@@ -16,7 +16,7 @@ from rich.text import Text
 
 from k2.clients.aio import AsyncK2Client
 from k2.clients.errors import K2Error
-from k2.clients.models import FeedStatus, ServiceHealth, Trade, WriterStatus
+from k2.clients.models import FeedStatus, Reconnect, ServiceHealth, Trade, WriterStatus
 from k2.clients.output import iso, text
 
 RATE_WINDOW_SECONDS = 10.0
@@ -127,15 +127,20 @@ class Dashboard:
 async def _watch_trades(client: AsyncK2Client, dashboard: Dashboard, symbols: list[str],
                         start: datetime | None) -> None:
     token = ""
+
+    def reconnecting(reconnect: Reconnect) -> None:
+        dashboard.stream = f"reconnecting ({reconnect.error.code.name}: {reconnect.error.details[:60]})"
+
     while True:
         try:
-            async for batch in client.subscribe_trades(symbols, start=start, resume_token=token):
+            async for batch in client.subscribe_trades(symbols, start=start, resume_token=token,
+                                                       on_reconnect=reconnecting):
                 token = batch.resume_token or token
                 dashboard.stream = "replay" if batch.replay else "live"
                 for trade in batch.records:
                     dashboard.add(trade)
-        except K2Error as error:
-            dashboard.stream = f"reconnecting ({error.code.name}: {error.details[:60]})"
+        except K2Error as error:  # refused (the subscription itself reconnects after UNAVAILABLE)
+            dashboard.stream = f"stopped ({error.code.name}: {error.details[:60]})"
         await asyncio.sleep(RESUBSCRIBE_DELAY_SECONDS)
 
 

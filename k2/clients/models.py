@@ -10,6 +10,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from k2.clients.errors import K2Error
 from k2.core.protos import (
     datetime_from_timestamp,
     quote_from_proto,
@@ -202,6 +203,17 @@ class SubscriptionBatch(Generic[RecordT]):
     resume_token: str
     replay: bool
     server_time: datetime | None
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """A live subscription lost its stream (or could not reopen it) and reconnects after `delay_seconds`,
+    resuming exactly after the last batch it delivered. `attempt` counts the failures in a row (1 for the
+    first; a batch received starts the count afresh)."""
+
+    error: K2Error
+    attempt: int
+    delay_seconds: float
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ constructor arguments override it. Without K2_TOKEN the token is read from the t
 """
 
 import os
-import random
 from pathlib import Path
 
 import grpc
@@ -54,8 +53,10 @@ class ClientSettings(BaseSettings):
     publish_window: int = 8
     # A batch not acknowledged within this time is treated as a lost stream and retried.
     ack_timeout_seconds: float = 30.0
-    # Consecutive failures (UNAVAILABLE, DEADLINE_EXCEEDED) tolerated before an error is raised; progress resets it.
+    # Retries after UNAVAILABLE (streams: also DEADLINE_EXCEEDED) in a row before an error is raised; progress
+    # resets the count. Unary calls retry at most 4 times (gRPC's limit); subscriptions retry until stopped.
     retry_attempts: int = 5
+    # The backoff before retry n is random in [0, min(initial * 2^(n-1), max)].
     retry_initial_backoff_seconds: float = 0.1
     retry_max_backoff_seconds: float = 5.0
 
@@ -81,13 +82,13 @@ class ClientSettings(BaseSettings):
             certificate_chain=self.tls_cert_file.read_bytes() if self.tls_cert_file else None)
 
     def channel_options(self) -> list[tuple[str, int | str]]:
-        options: list[tuple[str, int | str]] = [("grpc.max_receive_message_length", self.max_message_bytes),
-                                                ("grpc.max_send_message_length", self.max_message_bytes)]
+        # The channel's own reconnect backoff under the same cap (gRPC's default grows to 120 s, and while it
+        # waits every call fails at once, however often it is retried).
+        options: list[tuple[str, int | str]] = [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.initial_reconnect_backoff_ms", max(1, round(self.retry_initial_backoff_seconds * 1000))),
+            ("grpc.max_reconnect_backoff_ms", max(1, round(self.retry_max_backoff_seconds * 1000)))]
         if self.tls_server_name:
             options.append(("grpc.ssl_target_name_override", self.tls_server_name))
         return options
-
-    def backoff_seconds(self, failures: int) -> float:
-        """Exponential backoff with jitter before retry number `failures` (1, 2, ...), capped."""
-        ceiling = min(self.retry_max_backoff_seconds, self.retry_initial_backoff_seconds * 2 ** (failures - 1))
-        return random.uniform(ceiling / 2, ceiling)
