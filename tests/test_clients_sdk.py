@@ -114,6 +114,16 @@ async def test_lost_acknowledgement_is_retried_with_the_same_batch_and_not_writt
     assert len(message_ids) == len(set(message_ids)) == 1000
 
 
+def test_publishing_the_same_trades_again_is_answered_as_duplicates(platform: Platform, k2: K2Client) -> None:
+    records = [trade(n) for n in range(250)]  # message ids set by the publisher
+    first = k2.publish_trades(records, batch_size=100)
+    again = k2.publish_trades([Trade.from_record(r) for r in records], batch_size=100)
+    assert (first.accepted, first.duplicates) == (250, 0)
+    assert (again.accepted, again.batches, again.duplicates) == (250, 3, 3)
+    assert platform.ingest.attempts[0] == platform.ingest.attempts[1]
+    assert len(platform.ingest.published) == 250
+
+
 def test_unavailable_stream_is_retried(platform: Platform, k2: K2Client) -> None:
     platform.ingest.fail_streams = 2
     result = k2.publish_quotes([quote(n) for n in range(10)], batch_size=4)

@@ -95,6 +95,14 @@ def _with_message_id(message: MessageT) -> MessageT:
     return message
 
 
+# Names batches by their items' message ids (uuid5): the same items batched alike are the same batch.
+BATCH_ID_NAMESPACE = uuid.UUID("6f3c1d0e-2b7a-5c84-9e51-4a0d8b7c2f19")
+
+
+def _batch_id(messages: Sequence[marketdata_pb2.Trade] | Sequence[marketdata_pb2.Quote]) -> str:
+    return str(uuid.uuid5(BATCH_ID_NAMESPACE, "\n".join(message.message_id for message in messages)))
+
+
 @dataclass
 class _Batch:
     offset: int
@@ -282,28 +290,29 @@ class AsyncK2Client:
                              batch_size: int | None = None) -> PublishResult:
         """Publishes trades (Trade objects or v2 record dicts) in batches; returns once Kafka holds every accepted one.
 
-        Each batch gets a batch_id and each trade without one a message_id (uuid4) before it is first sent, so the
-        retries after UNAVAILABLE or a lost acknowledgement never write a trade twice. Trades the service finds
-        invalid are returned as rejections, with their index in `trades`. `trades` is read lazily: an item that is
+        Each trade without one gets a message_id (uuid4) before it is first sent, and each batch a batch_id made
+        from its message ids, so the retries after UNAVAILABLE or a lost acknowledgement never write a trade
+        twice (nor does calling again with the same trades, their message_ids set, batched alike). Trades the
+        service finds invalid are returned as rejections, with their index in `trades`. `trades` is read lazily: an item that is
         no trade at all (a float price, a naive datetime) raises TypeError/ValueError after the batches before it
         were published.
         """
-        def request(batch_id: str, items: list[Trade | Mapping[str, Any]]) -> ingest_pb2.PublishTradesRequest:
-            return ingest_pb2.PublishTradesRequest(
-                batch_id=batch_id, trades=[_with_message_id(_trade(item).to_proto()) for item in items])
+        def request(items: list[Trade | Mapping[str, Any]]) -> ingest_pb2.PublishTradesRequest:
+            messages = [_with_message_id(_trade(item).to_proto()) for item in items]
+            return ingest_pb2.PublishTradesRequest(batch_id=_batch_id(messages), trades=messages)
 
         return await self._publish(self._ingest.PublishTrades, request, trades, batch_size)
 
     async def publish_quotes(self, quotes: Iterable[Quote | Mapping[str, Any]], *,
                              batch_size: int | None = None) -> PublishResult:
         """As publish_trades, for quotes."""
-        def request(batch_id: str, items: list[Quote | Mapping[str, Any]]) -> ingest_pb2.PublishQuotesRequest:
-            return ingest_pb2.PublishQuotesRequest(
-                batch_id=batch_id, quotes=[_with_message_id(_quote(item).to_proto()) for item in items])
+        def request(items: list[Quote | Mapping[str, Any]]) -> ingest_pb2.PublishQuotesRequest:
+            messages = [_with_message_id(_quote(item).to_proto()) for item in items]
+            return ingest_pb2.PublishQuotesRequest(batch_id=_batch_id(messages), quotes=messages)
 
         return await self._publish(self._ingest.PublishQuotes, request, quotes, batch_size)
 
-    async def _publish(self, open_stream: Callable[..., Any], request: Callable[[str, list[Any]], Any],
+    async def _publish(self, open_stream: Callable[..., Any], request: Callable[[list[Any]], Any],
                        items: Iterable[Any], batch_size: int | None) -> PublishResult:
         size = batch_size or self.settings.publish_batch_size
         if size < 1:
@@ -315,10 +324,10 @@ class AsyncK2Client:
             for item in items:
                 chunk.append(item)
                 if len(chunk) == size:
-                    yield _Batch(offset, request(str(uuid.uuid4()), chunk))
+                    yield _Batch(offset, request(chunk))
                     offset, chunk = offset + size, []
             if chunk:
-                yield _Batch(offset, request(str(uuid.uuid4()), chunk))
+                yield _Batch(offset, request(chunk))
 
         run = _PublishRun(self, open_stream, batches())
         while True:  # one run of failures in a row per pass: an acknowledgement starts a new one
