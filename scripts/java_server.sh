@@ -70,10 +70,12 @@ show_log_tail() {
   echo "----" >&2
 }
 
-# stop_pid PID LABEL: SIGTERM, then SIGKILL after STOP_TIMEOUT_SECONDS; fails when it had to kill.
+# stop_pid PID LABEL: SIGTERM (and SIGCONT, should it be stopped), then SIGKILL after STOP_TIMEOUT_SECONDS; fails
+# when it had to kill.
 stop_pid() {
   local pid=$1 label=$2
   kill -TERM "$pid" 2>/dev/null || true
+  kill -CONT "$pid" 2>/dev/null || true
   local waited=0
   while process_running "$pid" && ((waited < STOP_TIMEOUT_SECONDS * 10)); do
     sleep 0.1

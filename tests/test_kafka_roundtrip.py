@@ -1,5 +1,6 @@
 """v1 and v2 messages on one topic of the real broker: a consumer reads both as v2 records, exactly."""
 
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -8,7 +9,16 @@ from strategies import sample_quote, sample_trade
 
 from k2.core import avro
 from k2.core.config import KafkaSettings
-from k2.core.kafka import QUOTES, TOPICS, TRADES, client_config, consumer_config, producer_config, topic_name
+from k2.core.kafka import (
+    QUOTES,
+    TOPICS,
+    TRADES,
+    client_config,
+    consumer_config,
+    producer_config,
+    provision_topics,
+    topic_name,
+)
 from k2.core.records import Record
 
 
@@ -71,3 +81,24 @@ def test_topics_are_provisioned_as_declared(kafka_settings: KafkaSettings) -> No
     metadata = AdminClient(client_config(kafka_settings)).list_topics(timeout=10)
     for topic in TOPICS:
         assert len(metadata.topics[topic_name(kafka_settings, topic)].partitions) == topic.partitions
+
+
+def test_provisioning_sets_replication_and_min_insync_replicas(kafka_settings: KafkaSettings) -> None:
+    from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource
+
+    settings = kafka_settings.model_copy(update={"topic_prefix": kafka_settings.topic_prefix + "durable.",
+                                                 "replication_factor": 1, "min_insync_replicas": 1})
+    assert len(provision_topics(settings)) == len(TOPICS)
+    admin = AdminClient(client_config(settings))
+    names = [topic_name(settings, topic) for topic in TOPICS]
+    metadata = admin.list_topics(timeout=10)
+    deadline = time.monotonic() + 30
+    while not set(names) <= set(metadata.topics):  # created topics reach every broker's metadata shortly after
+        assert time.monotonic() < deadline, "created topics never listed"
+        time.sleep(0.2)
+        metadata = admin.list_topics(timeout=10)
+    assert {len(p.replicas) for name in names for p in metadata.topics[name].partitions.values()} == {1}
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in names]
+    for future in admin.describe_configs(resources).values():
+        entry = future.result(timeout=10)["min.insync.replicas"]
+        assert (entry.value, entry.source) == ("1", ConfigSource.DYNAMIC_TOPIC_CONFIG.value)

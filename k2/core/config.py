@@ -40,6 +40,10 @@ class KafkaSettings(BaseSettings):
     sasl_password: SecretStr = SecretStr("")
     ssl_ca_location: str = ""
     topic_prefix: str = ""
+    # Topics created by provisioning: replicas per partition (-1: the brokers' default.replication.factor) and
+    # the replicas an acks=all write needs in sync (0: the brokers' min.insync.replicas).
+    replication_factor: int = -1
+    min_insync_replicas: int = 0
     # Bytes of produced-but-unacknowledged messages per producer before producers apply backpressure.
     producer_buffer_bytes: int = 64 * 1024 * 1024
     compression: str = "zstd"

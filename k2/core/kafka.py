@@ -88,10 +88,13 @@ def consumer_config(settings: KafkaSettings, group_id: str, **overrides: str | f
 
 
 def provision_topics(settings: KafkaSettings, topics: Sequence[Topic] = TOPICS, timeout: float = 30.0) -> list[str]:
-    """Creates missing topics; existing ones are left as they are. Returns the names created."""
+    """Creates missing topics, with the settings' replication factor and min.insync.replicas; existing ones are
+    left as they are. Returns the names created."""
     admin = AdminClient(client_config(settings))
     existing = set(admin.list_topics(timeout=timeout).topics)
-    wanted = [NewTopic(topic_name(settings, t), num_partitions=t.partitions, replication_factor=-1, config=t.config)
+    durability = {"min.insync.replicas": str(settings.min_insync_replicas)} if settings.min_insync_replicas else {}
+    wanted = [NewTopic(topic_name(settings, t), num_partitions=t.partitions,
+                       replication_factor=settings.replication_factor, config=t.config | durability)
               for t in topics if topic_name(settings, t) not in existing]
     created = []
     for name, future in admin.create_topics(wanted, request_timeout=timeout).items() if wanted else []:

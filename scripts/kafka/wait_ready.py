@@ -1,6 +1,6 @@
 """Wait until the local Kafka broker answers a metadata request listing itself, or fail.
 
-Usage: wait_ready.py HOST:PORT BROKER_PID TIMEOUT_SECONDS
+Usage: wait_ready.py HOST:PORT BROKER_PID TIMEOUT_SECONDS [NODE_ID]
 Exit 0 when ready, 1 on timeout, 2 when the broker process exited.
 """
 
@@ -31,6 +31,7 @@ def port_open(host: str, port: int) -> bool:
 
 def main() -> int:
     bootstrap, pid, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    node_id = int(sys.argv[4]) if len(sys.argv) > 4 else None
     host, port = bootstrap.rsplit(":", 1)
     deadline = time.monotonic() + timeout
     admin = None
@@ -42,8 +43,9 @@ def main() -> int:
             admin = AdminClient({"bootstrap.servers": bootstrap})
         if admin is not None:
             try:
-                # A KRaft broker only lists itself once it has caught up with the metadata log and is unfenced.
-                if admin.list_topics(timeout=2).brokers:
+                # A KRaft broker is only listed once it has caught up with the metadata log and is unfenced.
+                brokers = admin.list_topics(timeout=2).brokers
+                if brokers and (node_id is None or node_id in brokers):
                     return 0
             except KafkaException:
                 pass
