@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,7 +17,16 @@ import pytest
 from conftest import free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
-from test_ingest_support import READ_TOKEN, WRITE, WRITE_TOKEN, headers_of, read_topic, running_ingest
+from service_processes import ServiceProcess
+from test_ingest_support import (
+    READ_TOKEN,
+    WRITE,
+    WRITE_TOKEN,
+    headers_of,
+    read_topic,
+    read_topic_now,
+    running_ingest,
+)
 
 from k2.core import avro
 from k2.core.config import KafkaSettings
@@ -309,3 +319,41 @@ async def _until_serving(health: health_pb2_grpc.HealthStub) -> None:
         except grpc.aio.AioRpcError:
             pass
         await asyncio.sleep(0.1)
+
+
+def test_batches_resent_after_a_kill_9_are_not_written_again(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    """The batch ledger dies with the process: the next one reads back what was written before it started."""
+    ingest = ServiceProcess("ingest", {"KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+                                       "K2_KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
+                                       "K2_AUTH_WRITE_TOKENS": f'["{WRITE_TOKEN}"]',
+                                       "K2_INGEST_PROVISION_TOPICS": "false"}, tmp_path / "ingest.log")
+    own_ids = [trade(i, message_id=str(uuid.uuid4())) for i in range(40)]
+    derived_ids = [trade(100 + i) for i in range(30)]  # ids derived from the batch id
+    first = [batch("own-ids", own_ids), batch("derived-ids", derived_ids)]
+    # A batch that is half re-sent, half new: only the new half is to be written.
+    mixed = batch("mixed", own_ids[:20] + [trade(200 + i, message_id=str(uuid.uuid4())) for i in range(10)])
+
+    def publish_now(*batches: ingest_pb2.PublishTradesRequest) -> list[ingest_pb2.PublishTradesResponse]:
+        with grpc.insecure_channel(ingest.address) as channel:
+            return list(ingest_pb2_grpc.IngestServiceStub(channel).PublishTrades(iter(batches), metadata=WRITE))
+
+    try:
+        ingest.start()
+        ingest.wait_serving()
+        assert [answer.accepted for answer in publish_now(*first)] == [40, 30]
+        ingest.kill()  # as if before the answers went out
+        ingest.start()
+        ingest.wait_serving()
+        again = publish_now(*first, mixed)
+        written_before = ingest.metric("k2_ingest_publish_items_written_before_total", kind="trade")
+    finally:
+        ingest.stop()
+    assert [(a.batch_id, a.accepted, a.duplicate, list(a.rejections)) for a in again] == [
+        ("own-ids", 40, True, []), ("derived-ids", 30, True, []), ("mixed", 30, False, [])]
+    assert written_before == 90
+    records = [avro.decode(m.value())[1] for m in read_topic_now(kafka_settings, kafka_settings.topic_prefix
+                                                                 + TRADES.name)]
+    ids = [record["message_id"] for record in records]
+    assert len(ids) == len(set(ids)) == 80
+    assert sorted(r["trade_id"] for r in records) == sorted(t.trade_id for t in [*own_ids, *derived_ids,
+                                                                                 *mixed.trades[20:]])

@@ -35,6 +35,11 @@ class IngestSettings(ServerSettings):
     # Memory for the answers of recent batch ids, per kind: a batch re-sent while its answer is remembered is answered
     # again, not written again. Counted in bytes, since one answer can list up to max_batch_items rejections.
     dedupe_window_bytes: int = 64 * 1024 * 1024
+    # At start, the message ids written in the last this many seconds (at most `publish_recovery_messages` per
+    # kind, the newest) are read back from Kafka, and for as long again a published item with one of them is
+    # answered, not written again: a batch re-sent after an ingest restart lost its answer (recovery.py). 0: off.
+    publish_recovery_seconds: float = 120.0
+    publish_recovery_messages: int = 200_000
 
     # Distinct symbols per source that get their own metrics label; the rest count as "_other".
     metrics_symbols_per_source: int = 1_000

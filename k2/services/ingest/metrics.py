@@ -22,6 +22,10 @@ MESSAGES_REJECTED = Counter(
 PUBLISH_BATCHES = Counter(
     "k2_ingest_publish_batches", "PublishTrades/PublishQuotes request batches by outcome",
     ["service", "kind", "outcome"])
+PUBLISH_ITEMS_WRITTEN_BEFORE = Counter(
+    "k2_ingest_publish_items_written_before",
+    "Published items not written again: a previous ingest process had written them (read back at start)",
+    ["service", "kind"])
 PUBLISH_STREAMS = Gauge(
     "k2_ingest_publish_streams", "Open PublishTrades/PublishQuotes streams", ["service", "kind"])
 PRODUCE_BATCHES_IN_FLIGHT = Gauge(

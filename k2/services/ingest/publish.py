@@ -11,6 +11,9 @@ Idempotency, for a batch re-sent after a lost acknowledgement:
   kept; a batch re-sent with the same id is answered with that outcome (duplicate=true) and nothing is written
   again. A copy arriving while the first is still in flight waits for the first's outcome. An empty batch_id
   opts out.
+- after a restart: the message ids written just before start are read back from Kafka (recovery.py); an item
+  with one of them is answered as accepted, not written again (a batch all of whose items were: duplicate=true).
+  So a batch re-sent because its answer was lost with a killed ingest process lands once.
 - message_id: an item without one gets an id derived from (kind, batch_id, index), not a random one, so a
   batch re-sent beyond the window, after an ingest restart or to another ingest replica is written with the
   SAME message ids, and consumers (the writer) can drop the copy by message_id. (Without a batch_id, from a
@@ -45,6 +48,7 @@ from k2.ingest.v1 import ingest_pb2
 from k2.services.ingest import metrics
 from k2.services.ingest.config import IngestSettings
 from k2.services.ingest.ids import batch_message_ids
+from k2.services.ingest.recovery import Recovery
 from k2.services.ingest.sink import KafkaSink
 
 SOURCE = "grpc"
@@ -124,6 +128,8 @@ class Publisher:
         self.sink = sink
         self.symbols = symbols
         self.ledgers = {kind: BatchLedger(kind, settings.dedupe_window_bytes) for kind in (TRADE, QUOTE)}
+        self.recovery = Recovery(sink.settings, sink.topics, settings.publish_recovery_seconds,
+                                 settings.publish_recovery_messages)
 
     async def stream(self, kind: Kind, requests: AsyncIterator[Any],
                      trace_context: Context | None = None) -> AsyncIterator[Any]:
@@ -199,18 +205,27 @@ class Publisher:
         encoded = kind.encode(request, utc_now(),
                               batch_message_ids(kind.kind, batch_id) if batch_id else MessageIds.random())
         self.symbols.count_received_per_symbol(SOURCE, kind.kind, encoded.symbols)
-        indexes = encoded.indexes
+        keys, values, indexes = encoded.keys, encoded.values, encoded.indexes
         rejections = [ingest_pb2.Rejection(index=index, field=error.field, reason=error.reason)
                       for index, error in encoded.rejected]
         metrics.count_rejected(SOURCE, kind.kind, "invalid", (r.field for r in rejections))
-        delivery = await self.sink.produce_encoded(kind.kind, encoded.keys, encoded.values)
+        await self.recovery.wait()
+        written = self.recovery.written[kind.kind].written(values)
+        written_before = 0
+        if written is not None:  # a re-sent batch whose first copy a previous ingest process wrote
+            written_before = sum(written)
+            metrics.PUBLISH_ITEMS_WRITTEN_BEFORE.labels(metrics.SERVICE, kind.kind).inc(written_before)
+            fresh = [position for position, done in enumerate(written) if not done]
+            keys, values, indexes = ([keys[p] for p in fresh], [values[p] for p in fresh],
+                                     [indexes[p] for p in fresh])
+        delivery = await self.sink.produce_encoded(kind.kind, keys, values)
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if batch_id:
             ledger.put(batch_id, answer)
 
         def delivered(report: asyncio.Future[DeliveryReport]) -> None:
             try:
-                answer.set_result(_answer(kind, batch_id, indexes, rejections, report.result()))
+                answer.set_result(_answer(kind, batch_id, indexes, rejections, report.result(), written_before))
             except Exception as error:  # noqa: BLE001 - the stream waits on this answer: never leave it pending
                 ledger.forget(batch_id, answer)
                 answer.set_exception(error)
@@ -221,15 +236,17 @@ class Publisher:
 
 
 def _answer(kind: Kind, batch_id: str, indexes: Sequence[int], rejections: list[Any],
-            report: DeliveryReport) -> Any:
-    """The batch's answer once Kafka has answered for each accepted item."""
+            report: DeliveryReport, written_before: int) -> Any:
+    """The batch's answer once Kafka has answered for each item written (`indexes`); `written_before` more
+    were accepted without writing them, Kafka had them already."""
     failed = [ingest_pb2.Rejection(index=indexes[position], field="", reason=f"not written to Kafka: {error}")
               for position, error in enumerate(report.errors) if error is not None] if report.failed else []
     metrics.MESSAGES_ACCEPTED.labels(metrics.SERVICE, SOURCE, kind.kind).inc(len(indexes) - len(failed))
     if failed:
         metrics.count_rejected(SOURCE, kind.kind, "not_delivered", ("" for _ in failed))
         rejections = sorted(rejections + failed, key=lambda rejection: rejection.index)
-    return kind.response(batch_id=batch_id, accepted=len(indexes) - len(failed), rejections=rejections)
+    return kind.response(batch_id=batch_id, accepted=len(indexes) - len(failed) + written_before,
+                         rejections=rejections, duplicate=bool(written_before) and not indexes)
 
 
 def _end_batch_span(span: Span, answer: asyncio.Future[Any]) -> None:

@@ -93,6 +93,7 @@ class IngestApp:
             created = await asyncio.to_thread(provision_topics, self.kafka)
             if created:
                 log.info("created Kafka topics %s", ", ".join(created))
+        self.servicer.publisher.recovery.start()
 
     async def start(self) -> int:
         """Serves until stop(); returns the bound port."""
@@ -114,6 +115,7 @@ class IngestApp:
         """After the server stopped accepting: stop the feeds, then flush everything produced to Kafka."""
         if self._kafka_watch is not None:
             self._kafka_watch.cancel()
+        await self.servicer.publisher.recovery.stop()
         await self.feeds.stop(self.settings.feed_stop_seconds)
         unflushed = await self.sink.close(timeout=max(self.settings.grace_seconds, 30.0))
         if unflushed:
