@@ -78,6 +78,7 @@ class IngestDouble(ingest_pb2_grpc.IngestServiceServicer):
         self.streams: list[list[str]] = []
         # Streams to fail with UNAVAILABLE when their first batch arrives, before processing it.
         self.fail_streams = 0
+
         # Process the n-th batch received (0-based, counted across streams), then fail the stream before its
         # acknowledgement is sent: the publisher cannot tell whether it was written.
         self.lose_ack_at: int | None = None
@@ -313,6 +314,7 @@ class Platform:
     ingest: IngestDouble = field(default_factory=IngestDouble)
     query: QueryDouble = field(default_factory=QueryDouble)
     writer: WriterDouble = field(default_factory=WriterDouble)
+    stop: Callable[[], None] = lambda: None  # stops serving (a service going away), at most once
 
     def env(self, **overrides: str) -> dict[str, str]:
         """Environment for the CLI: every address at this server, the test token."""
@@ -336,10 +338,18 @@ def running_platform() -> Iterator[Platform]:
 
     server = thread.run(start())
     platform.address = f"127.0.0.1:{server.port}"
+    stopped = threading.Event()
+
+    def stop() -> None:
+        if not stopped.is_set():
+            stopped.set()
+            thread.run(server.stop())
+
+    platform.stop = stop
     try:
         yield platform
     finally:
-        thread.run(server.stop())
+        stop()
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -3,6 +3,7 @@
 import dataclasses
 import doctest
 import importlib
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import aclosing
@@ -130,6 +131,30 @@ def test_unavailable_stream_is_retried(platform: Platform, k2: K2Client) -> None
     assert result.accepted == 10 and result.batches == 3
     assert len(platform.ingest.attempts) == 3
     assert [r["quote_id"] for r in platform.ingest.published] == [f"ASX-BHP-q{n}" for n in range(10)]
+
+
+def publish_until_failure(address: str, failures: list[BaseException]) -> None:
+    with K2Client(fast_retries(retry_attempts=2), ingest_address=address, token=TOKEN) as k2:
+        try:
+            k2.publish_trades((trade(n) for n in range(200_000)), batch_size=100)
+        except BaseException as error:  # noqa: BLE001 - what the test looks at
+            failures.append(error)
+
+
+def test_a_service_going_away_mid_publish_is_a_k2_error() -> None:
+    """The service stops while batches are being written: the SDK's retries find nothing listening, and the
+    publish ends with K2Error UNAVAILABLE (not grpc.aio's internal error from the empty stream it opens to learn
+    why the stream ended, which escaped and was not retried: the chaos suite's kill -9 of ingest)."""
+    for _ in range(3):
+        failures: list[BaseException] = []
+        with running_platform() as platform:
+            publisher = threading.Thread(target=publish_until_failure, args=(platform.address, failures))
+            publisher.start()
+            wait_until(lambda: len(platform.ingest.published) >= 2000, timeout=60)
+            platform.stop()
+            publisher.join(60)
+        assert len(failures) == 1 and isinstance(failures[0], K2Error), failures
+        assert failures[0].code == grpc.StatusCode.UNAVAILABLE
 
 
 def test_retries_are_bounded(platform: Platform) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Literal, Self, TypeVar
 
 import grpc
 import pyarrow as pa
+from grpc._cython.cygrpc import ExecuteBatchError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from k2.clients.errors import K2Error
@@ -187,10 +188,14 @@ class _PublishRun:
             if error.code() != grpc.StatusCode.INTERNAL or "execute_batch" not in (error.debug_error_string() or ""):
                 raise
         # The service ended the stream while we were sending, and grpc.aio replaced its status with INTERNAL
-        # (grpc/grpc#36066). An empty stream shows what the service says now (e.g. an authentication refusal);
-        # if it accepts it, the stream was lost and a retry re-sends the unacknowledged batches.
+        # (grpc/grpc#36066). An empty stream shows what the service says now (e.g. an authentication refusal,
+        # or UNAVAILABLE: it went away); if it accepts it, the stream was lost and a retry re-sends the
+        # unacknowledged batches.
         probe = self.method(metadata=self.client._metadata, timeout=self.client.settings.timeout_seconds)
-        await probe.done_writing()
+        try:
+            await probe.done_writing()
+        except ExecuteBatchError:  # the probe failed before it could half-close: read() raises its status
+            pass
         await probe.read()
         raise self._error(grpc.StatusCode.UNAVAILABLE, f"publish stream ended while sending batch {batch.batch_id}")
 
