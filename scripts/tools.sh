@@ -7,9 +7,10 @@ source "$(dirname "$0")/env.sh"
 
 UV_VERSION=0.13.8  # the image uses the same one (UV_VERSION in .env)
 GRPCURL_VERSION=v1.9.4
-# Jaeger's Go module keeps v1 tags; module tag v1.76.0 is the Jaeger v2.13.0 release (see its CHANGELOG).
-JAEGER_MODULE_VERSION=v1.76.0
-JAEGER_RELEASE=v2.13.0
+# Jaeger's Go module keeps v1 tags; module tag v1.75.0 is the Jaeger v2.12.0 release (v1.74.0 was v2.11.0, see its
+# CHANGELOG): the newest release the Go module proxy here serves as approved.
+JAEGER_MODULE_VERSION=v1.75.0
+JAEGER_RELEASE=v2.12.0
 # buf's version is pinned in scripts/tools/package.json and package-lock.json.
 NPM_TOOLS_DIR="$K2_ROOT/scripts/tools"
 
