@@ -1,6 +1,6 @@
-# Sourced by the scripts that run a Java server from jars fetched through Maven (kafka.sh, s3.sh): the jar fetch,
-# process and port checks, a bounded stop. avro_java.sh uses its jar fetch. The sourcing script sets SCRIPT (its name, for messages), LOG_FILE and
-# STOP_TIMEOUT_SECONDS.
+# Sourced by the scripts that run a Java server from what they fetch through Maven (kafka.sh, s3.sh, registry.sh):
+# the fetch, process and port checks, a bounded stop. avro_java.sh uses its jar fetch. The sourcing script sets
+# SCRIPT (its name, for messages), LOG_FILE and STOP_TIMEOUT_SECONDS.
 
 die() {
   echo "$SCRIPT: $*" >&2

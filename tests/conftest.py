@@ -1,6 +1,7 @@
 """Shared fixtures. Kafka tests use the real broker that scripts/kafka.sh starts (once per test session, on its own
 ports and run folder so it never meets `make up`'s); each test gets its own topics through a unique prefix.
-S3 warehouse tests likewise share the S3-compatible server scripts/s3.sh starts, the first time one asks for it."""
+S3 warehouse tests likewise share the S3-compatible server scripts/s3.sh starts, and registry-framing tests the schema
+registry scripts/registry.sh starts, the first time one asks for it."""
 
 import os
 import socket
@@ -78,6 +79,20 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
                 patch.setenv(name, value)
             server.filesystem().create_dir(server.bucket)
         yield server
+    finally:
+        subprocess.run([script, "down"], check=False, env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real schema registry (Apicurio Registry) for the test session: the URL of its Confluent-compatible API."""
+    env = os.environ | {"K2_RUN_DIR": str(tmp_path_factory.mktemp("registry-run")),
+                        "K2_REGISTRY_PORT": str(free_port())}
+    script = ROOT / "scripts" / "registry.sh"
+    up = subprocess.run([script, "up"], check=False, env=env, capture_output=True, text=True, timeout=900)
+    try:
+        assert up.returncode == 0, f"scripts/registry.sh up failed:\n{up.stdout}\n{up.stderr}"
+        yield up.stdout.strip().splitlines()[-1]
     finally:
         subprocess.run([script, "down"], check=False, env=env, capture_output=True, timeout=120)
 

@@ -6,7 +6,18 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from k2.core.records import ASSET_CLASSES, DECIMAL_SCALE, MAX_INTEGER_DIGITS, SIDES, Record
+from k2.core.avro import CURRENT_HEADERS
+from k2.core.framing import Framing
+from k2.core.records import (
+    ASSET_CLASSES,
+    DECIMAL_SCALE,
+    MAX_INTEGER_DIGITS,
+    QUOTE,
+    SIDES,
+    TRADE,
+    Record,
+    RecordKind,
+)
 
 # Any Unicode text Avro can carry (UTF-8: no lone surrogates), including empty strings where the contract allows.
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=24)
@@ -109,3 +120,14 @@ def sample_quote(**changes: Any) -> Record:
         "vendor_data": None,
     }
     return record | changes
+
+
+# A registry framing whose current schemas' ids are known, so no registry is asked (nor configured).
+KNOWN_IDS = Framing("", {TRADE: 7, QUOTE: 8})
+
+
+def in_either_framing(data: st.DataObject, kind: RecordKind, values: list[bytes]) -> list[bytes]:
+    """The values, each current-version message of `kind` single-object or registry-framed (KNOWN_IDS) as drawn."""
+    header = CURRENT_HEADERS[kind]
+    return [KNOWN_IDS.framed(kind, [value])[0] if value.startswith(header) and data.draw(st.booleans()) else value
+            for value in values]

@@ -14,14 +14,15 @@ from confluent_kafka import KafkaError, Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from k2._native import LiveBatch, read_messages
-from strategies import avro_data, quotes, sample_quote, sample_trade, trades
+from strategies import KNOWN_IDS, avro_data, in_either_framing, quotes, sample_quote, sample_trade, trades
 
 from k2.core import avro
 from k2.core.arrow_records import records_to_arrow
+from k2.core.framing import SINGLE_OBJECT, Framing
 from k2.core.records import DECIMAL_PRECISION, MAX_TEXT_LENGTH, QUOTE, TRADE, FieldError, Record, RecordKind
 from k2.query.v1 import query_pb2
 from k2.services.query.bars import BarBuilder, divide_half_even
-from k2.services.query.convert import TRANSCODERS, decode_batch, decode_exactly, decode_message, frame
+from k2.services.query.convert import decode_batch, decode_exactly, decode_message, frame, transcoder
 from k2.services.query.selection import Selection, micros, rows_after, sort_rows
 from k2.services.query.tokens import PageToken, StreamPosition, query_digest
 
@@ -41,10 +42,10 @@ def messages_of(values: list[bytes], partitions: int = 1) -> list[Message]:
             for i, value in enumerate(values)]
 
 
-def batch_of(kind: RecordKind, values: list[bytes]) -> tuple[LiveBatch, int]:
+def batch_of(kind: RecordKind, values: list[bytes], framing: Framing = SINGLE_OBJECT) -> tuple[LiveBatch, int]:
     [batch], errors = read_messages(messages_of(values), ["live"])
     assert errors == []
-    return batch, decode_batch(kind, batch)
+    return batch, decode_batch(kind, batch, framing)
 
 
 # Raw Avro values of the current schema versions, beyond what a valid record holds: any text (empty, longer than
@@ -127,20 +128,23 @@ def live_values(kind: RecordKind) -> st.SearchStrategy[bytes]:
 @given(data=st.data())
 def test_a_decoded_batch_holds_exactly_the_exact_paths_records(kind: RecordKind, data: st.DataObject) -> None:
     """Natively transcoded or handed back to the exact path: per message the bytes, symbol, exchange and
-    timestamp the exact path gives (frame(trade_to_proto(...))), in Kafka order; refused what it refuses."""
+    timestamp the exact path gives (frame(trade_to_proto(...))) to its single-object form, in Kafka order; refused
+    what it refuses. In either Kafka framing."""
     values = data.draw(st.lists(live_values(kind), min_size=1, max_size=6))
-    batch, refused = batch_of(kind, values)
+    framing = data.draw(st.sampled_from([SINGLE_OBJECT, KNOWN_IDS]))
+    sent = in_either_framing(data, kind, values) if framing is KNOWN_IDS else values
+    batch, refused = batch_of(kind, sent, framing)
     expected = [exact_framed(kind, value) for value in values]
     valid = [found for found in expected if found is not None]
     assert refused == len(values) - len(valid)
     assert batch.select() == (b"".join(f[0] for f in valid), len(valid), max((f[3] for f in valid), default=0))
     for index, found in enumerate(expected):
-        single, _ = batch_of(kind, [values[index]])
+        single, _ = batch_of(kind, [sent[index]], framing)
         assert single.select() == ((found[0], 1, found[3]) if found else (b"", 0, 0))
         assert single.symbols() == ([found[1]] if found else [])
         if found:
             assert single.select(exchanges=frozenset([found[2]]))[1] == 1
-        assert decode_message(kind, values[index]) == (decode_exactly(kind, values[index]) or [None])[0]
+        assert decode_message(kind, sent[index], framing) == (decode_exactly(kind, values[index]) or [None])[0]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -149,8 +153,9 @@ def test_a_decoded_batch_holds_exactly_the_exact_paths_records(kind: RecordKind,
 def test_valid_records_of_the_current_version_never_need_the_exact_path(kind: RecordKind,
                                                                         data: st.DataObject) -> None:
     records = data.draw(st.lists(RECORDS[kind](), min_size=1, max_size=5))
-    [batch], _ = read_messages(messages_of([avro.encode(kind, r) for r in records]), ["live"])
-    assert batch.decode(TRANSCODERS[kind]) == []
+    values = in_either_framing(data, kind, [avro.encode(kind, r) for r in records])
+    [batch], _ = read_messages(messages_of(values), ["live"])
+    assert batch.decode(transcoder(kind, KNOWN_IDS)) == []
     assert batch.records == len(records)
 
 
@@ -193,7 +198,7 @@ def test_records_the_transcoder_hands_back_are_judged_by_the_exact_path() -> Non
     values = [avro.encode(TRADE, sample_trade()), futures, avro.encode(TRADE, sample_trade(symbol="")),
               b"\xc3\x01garbage", avro.encode(QUOTE, sample_quote()), repeated_key, v1]
     [batch], _ = read_messages(messages_of(values), ["live"])
-    assert [index for index, _ in batch.decode(TRANSCODERS[TRADE])] == [1, 2, 3, 4, 5, 6]
+    assert [index for index, _ in batch.decode(transcoder(TRADE))] == [1, 2, 3, 4, 5, 6]
     batch, refused = batch_of(TRADE, values)
     assert refused == 3  # an empty symbol, garbage, a quote
     assert batch.select()[0] == b"".join(exact_framed(TRADE, v)[0] for v in (values[0], futures, repeated_key, v1))
@@ -202,7 +207,7 @@ def test_records_the_transcoder_hands_back_are_judged_by_the_exact_path() -> Non
     assert dict(response.trades[2].vendor_data) == {"a": "2"}  # Avro's last value of a repeated key
     assert response.trades[3].vendor_data["venue"] == "X"
     [quotes], _ = read_messages(messages_of([one_sided]), ["live"])
-    assert [index for index, _ in quotes.decode(TRANSCODERS[QUOTE])] == []
+    assert [index for index, _ in quotes.decode(transcoder(QUOTE))] == []
     half = avro.encode(QUOTE, sample_quote(ask_price=None))  # an ask quantity without a price
     assert batch_of(QUOTE, [one_sided, half])[1] == 1
 

@@ -11,7 +11,7 @@ import fastavro
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import RECORDS, sample_quote, sample_trade
+from strategies import KNOWN_IDS, RECORDS, in_either_framing, sample_quote, sample_trade
 
 from k2.core import avro
 from k2.core.arrow import INVALID, UNDECODABLE, WRONG_KIND, BatchDecoder
@@ -31,9 +31,10 @@ def unchecked_encode(kind: RecordKind, record: dict[str, object]) -> bytes:
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_batch_equals_the_reference_decode(kind: RecordKind, data: st.DataObject) -> None:
+    """In either Kafka framing."""
     records = data.draw(st.lists(RECORDS[kind](), min_size=1, max_size=30))
     values = [avro.encode(kind, r) for r in records]
-    batch = BatchDecoder(kind).decode(values)
+    batch = BatchDecoder(kind, KNOWN_IDS).decode(in_either_framing(data, kind, values))
     accepted = []
     for record in records:
         try:

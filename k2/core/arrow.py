@@ -24,7 +24,8 @@ from pyiceberg.types import (
 )
 
 from k2.core.arrow_records import arrow_schema, avro_field_type, records_to_arrow
-from k2.core.avro import CURRENT, MAGIC, DecodeError, decode
+from k2.core.avro import CURRENT, DecodeError
+from k2.core.framing import SINGLE_OBJECT, Framing
 from k2.core.records import (
     DECIMAL_PRECISION,
     DECIMAL_SCALE,
@@ -291,11 +292,10 @@ class _FastPath:
     """The pattern splitting a current-version message into its fields' raw bytes, and the columns built from
     them."""
 
-    def __init__(self, kind: RecordKind):
-        current = CURRENT[kind]
-        fields = current.schema["fields"]
-        self.pattern = re.compile(re.escape(MAGIC + current.fingerprint)
-                                  + b"".join(b"(" + _pattern(field["type"]) + b")" for field in fields))
+    def __init__(self, kind: RecordKind, framing: Framing):
+        fields = CURRENT[kind].schema["fields"]
+        headers = b"|".join(re.escape(header) for header in framing.current_headers(kind))
+        self.pattern = re.compile(b"(?:" + headers + b")" + b"".join(b"(" + _pattern(field["type"]) + b")" for field in fields))
         self.schema = arrow_schema(kind)
         self._fields = [(field["type"], arrow_field.type,
                          _BlockColumn(field["type"], arrow_field.type) if _is_block(field["type"]) else None)
@@ -338,18 +338,20 @@ def _suspect_rows(kind: RecordKind, table: pa.Table) -> pa.Array:
 
 
 class BatchDecoder:
-    """Decodes Kafka message values that should all be records of `kind` (one topic's) into one Arrow table.
-    Undecodable values, records of another kind and records the validators refuse are rejected, with why."""
+    """Decodes Kafka message values that should all be records of `kind` (one topic's), in either framing, into
+    one Arrow table. Undecodable values, records of another kind and records the validators refuse are rejected,
+    with why."""
 
-    def __init__(self, kind: RecordKind):
+    def __init__(self, kind: RecordKind, framing: Framing = SINGLE_OBJECT):
         self.kind = kind
-        self._fast = _FastPath(kind)
+        self._framing = framing
+        self._fast = _FastPath(kind, framing)
         self._validate = VALIDATORS[kind]
 
     def _judge(self, index: int, value: bytes) -> Record | Rejection:
         """The fully decoded, validated record, or why it is rejected."""
         try:
-            kind, record = decode(value)
+            kind, record = self._framing.decode(value)
         except DecodeError as error:
             return Rejection(index, UNDECODABLE, str(error))
         if kind != self.kind:

@@ -1,6 +1,7 @@
 """Kafka wire format: Avro single-object encoding (0xC3 0x01, the writer schema's 8-byte CRC-64-AVRO fingerprint,
 then the Avro binary body). Every message names its writer schema, so one topic carries v1 and v2 messages and
-consumers need no registry service: the registry is k2/schemas/, every published version of every record.
+consumers need no registry service: the registry is k2/schemas/, every published version of every record. (With
+a schema registry configured, k2.core.framing gives them Confluent's wire format on Kafka instead.)
 
 A published schema file is never edited beyond its docs, aliases and added defaults (which the fingerprint ignores); a
 new version is a new file (trade_v3.avsc) and becomes the reader. Every version from v2 on is read by Avro schema

@@ -47,6 +47,8 @@ class KafkaSettings(BaseSettings):
     # Bytes of produced-but-unacknowledged messages per producer before producers apply backpressure.
     producer_buffer_bytes: int = 64 * 1024 * 1024
     compression: str = "zstd"
+    # Confluent-compatible API of a schema registry: set, messages are written in its framing (k2.core.framing).
+    schema_registry_url: str = ""
 
 
 class IcebergSettings(BaseSettings):

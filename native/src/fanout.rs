@@ -68,12 +68,13 @@ fn tag(number: u32, kind: &FieldType) -> Vec<u8> {
 
 #[pymethods]
 impl LiveTranscoder {
-    /// `fields`, in Avro order: (type, proto field number, keep an empty string, check the text's length,
+    /// `headers`: what a current-version message starts with (k2.core.framing: single-object, and the schema
+    /// registry's when there is one). `fields`, in Avro order: (type, proto field number, keep an empty string, check the text's length,
     /// must be positive, argument: the proto numbers of an enum's symbols, a decimal's (precision, scale)).
     /// `pairs`: fields that are both null or both set. `routing`: the symbol, exchange and timestamp fields.
     #[new]
     fn new(
-        header: Vec<u8>,
+        headers: Vec<Vec<u8>>,
         fields: Vec<FieldSpec<'_>>,
         pairs: Vec<(usize, usize)>,
         max_text: usize,
@@ -111,7 +112,7 @@ impl LiveTranscoder {
         }
         Ok(Self {
             program: Program {
-                header,
+                headers,
                 fields: program_fields,
                 emit_order,
                 pairs,

@@ -48,8 +48,8 @@ pub struct Field {
 }
 
 pub struct Program {
-    /// the single-object encoding header of the current schema version (C3 01 + fingerprint)
-    pub header: Vec<u8>,
+    /// the headers of a message in the current schema version, one per Kafka framing (k2.core.framing)
+    pub headers: Vec<Vec<u8>>,
     /// in Avro order
     pub fields: Vec<Field>,
     /// field indexes in proto field number order (the order protobuf writes them)
@@ -266,12 +266,13 @@ impl Program {
         scratch: &mut Scratch,
         out: &mut Vec<u8>,
     ) -> Option<Routed> {
-        if !value.starts_with(&self.header) {
-            return None;
-        }
+        let header = self
+            .headers
+            .iter()
+            .find(|header| value.starts_with(header))?;
         let mut reader = Reader {
             data: value,
-            pos: self.header.len(),
+            pos: header.len(),
         };
         self.read(&mut reader, scratch)?;
         if reader.pos != value.len() || !self.plainly_valid(value, &scratch.values) {

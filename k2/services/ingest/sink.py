@@ -16,6 +16,7 @@ from opentelemetry.trace import Span, SpanKind
 
 from k2.core import avro
 from k2.core.config import KafkaSettings
+from k2.core.framing import Framing
 from k2.core.kafka import DEAD_LETTER, TOPIC_FOR, dead_letter_headers, topic_name
 from k2.core.producer import AsyncProducer, DeliveryReport, Headers
 from k2.core.records import QUOTE, TRADE, Record, RecordKind
@@ -44,6 +45,7 @@ class KafkaSink:
     def __init__(self, settings: KafkaSettings, producer: AsyncProducer | None = None):
         self.settings = settings
         self.producer = producer or AsyncProducer(settings)
+        self.framing = Framing.connect(settings)
         self.topics = {kind: topic_name(settings, topic) for kind, topic in TOPIC_FOR.items()}
         self.dead_letter_topic = topic_name(settings, DEAD_LETTER)
 
@@ -68,7 +70,7 @@ class KafkaSink:
             if span.is_recording():
                 add_message_events(span, (avro.leading_ids(value) for value in values), RECORD_ID_ATTRIBUTES[kind])
             headers = _propagated_headers(span)
-            return await self._produce(span, topic, keys, values,
+            return await self._produce(span, topic, keys, self.framing.framed(kind, values),
                                        None if headers is None else [headers] * len(values))
 
     async def dead_letter(self, raw: bytes, reason: str, field: str, source: str) -> None:

@@ -7,11 +7,12 @@ framed records and the serialized remaining fields, so each record is serialized
 receive it, and subscribers with the same filter share the very same response bytes.
 
 Live and replayed Kafka messages are decoded a batch at a time by the native transcoder (k2._native.LiveBatch,
-native/src/fanout_transcode.rs): a record in the current schema version that is plainly valid goes straight from
-Avro to its framed bytes; any other (an older version, or a record its checks cannot clear) is handed back to
-decode_exactly, the core path, which refuses it or converts it. Both give the same bytes
+native/src/fanout_transcode.rs): a record in the current schema version (in either Kafka framing) that is plainly
+valid goes straight from Avro to its framed bytes; any other (an older version, or a record its checks cannot
+clear) is handed back to decode_exactly, the core path, which refuses it or converts it. Both give the same bytes
 (tests/test_query_convert.py)."""
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -20,7 +21,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from k2._native import LiveBatch, LiveTranscoder
-from k2.core.avro import CURRENT, CURRENT_HEADERS, DecodeError, decode
+from k2.core.avro import CURRENT, DecodeError
+from k2.core.framing import SINGLE_OBJECT, Framing
 from k2.core.protos import quote_to_proto, trade_to_proto
 from k2.core.records import MAX_TEXT_LENGTH, QUOTE, TRADE, VALIDATORS, FieldError, RecordKind
 from k2.marketdata.v1.marketdata_pb2 import Quote, Trade
@@ -41,11 +43,12 @@ def frame(message: MarketMessage) -> bytes:
     return FIELD_ONE_TAG + varint(len(payload)) + payload
 
 
-def decode_exactly(kind: RecordKind, value: bytes) -> tuple[MarketMessage, str, str, int] | None:
+def decode_exactly(kind: RecordKind, value: bytes,
+                   framing: Framing = SINGLE_OBJECT) -> tuple[MarketMessage, str, str, int] | None:
     """Kafka value → (message, symbol, exchange, timestamp µs) by the core path (any schema version, the
     validators), or None for a value that is not a valid record of the kind (the writer refuses those too)."""
     try:
-        found, record = decode(value)
+        found, record = framing.decode(value)
         if found != kind:
             return None
         VALIDATORS[kind](record)
@@ -97,9 +100,11 @@ def _native_type(kind: RecordKind, avro_field: dict[str, Any], proto: FieldDescr
     return found
 
 
-def _transcoder(kind: RecordKind) -> LiveTranscoder:
-    """The native transcoder of the current schema version's records: the Avro fields in order, each mapped to
-    the message field of the same name (as wire.py and trade_to_proto / quote_to_proto map them)."""
+@functools.lru_cache(maxsize=8)
+def _transcoder(kind: RecordKind, headers: tuple[bytes, ...]) -> LiveTranscoder:
+    """The native transcoder of the current schema version's records (messages starting with one of `headers`):
+    the Avro fields in order, each mapped to the message field of the same name (as wire.py and trade_to_proto /
+    quote_to_proto map them)."""
     current = CURRENT[kind]
     descriptor = cast(Descriptor, MESSAGE_TYPES[kind].DESCRIPTOR)
     avro_fields = current.schema["fields"]
@@ -115,27 +120,28 @@ def _transcoder(kind: RecordKind) -> LiveTranscoder:
                        name in _POSITIVE[kind], argument))
     pairs = [(names.index(a), names.index(b)) for a, b in _BOTH_OR_NEITHER[kind]]
     routing = (names.index("symbol"), names.index("exchange"), names.index("timestamp"))
-    return LiveTranscoder(CURRENT_HEADERS[kind], fields, pairs, MAX_TEXT_LENGTH, routing)
+    return LiveTranscoder(list(headers), fields, pairs, MAX_TEXT_LENGTH, routing)
 
 
-TRANSCODERS = {kind: _transcoder(kind) for kind in (TRADE, QUOTE)}
+def transcoder(kind: RecordKind, framing: Framing = SINGLE_OBJECT) -> LiveTranscoder:
+    return _transcoder(kind, framing.current_headers(kind))
 
 
-def decode_message(kind: RecordKind, value: bytes) -> MarketMessage | None:
+def decode_message(kind: RecordKind, value: bytes, framing: Framing = SINGLE_OBJECT) -> MarketMessage | None:
     """One Kafka value as decode_exactly's message (natively when the transcoder clears it): GetLatest's."""
-    serialized = TRANSCODERS[kind].message(value)
+    serialized = transcoder(kind, framing).message(value)
     if serialized is None:
-        decoded = decode_exactly(kind, value)
+        decoded = decode_exactly(kind, value, framing)
         return None if decoded is None else decoded[0]
     return MESSAGE_TYPES[kind].FromString(serialized)
 
 
-def decode_batch(kind: RecordKind, batch: LiveBatch) -> int:
+def decode_batch(kind: RecordKind, batch: LiveBatch, framing: Framing = SINGLE_OBJECT) -> int:
     """Decodes a batch of `kind` messages (natively; what the transcoder hands back, exactly); returns how many
     messages are not valid records of the kind (the writer refuses those too)."""
     refused = 0
-    for index, value in batch.decode(TRANSCODERS[kind]):
-        decoded = decode_exactly(kind, value)
+    for index, value in batch.decode(transcoder(kind, framing)):
+        decoded = decode_exactly(kind, value, framing)
         if decoded is None:
             refused += 1
         else:

@@ -39,6 +39,7 @@ from opentelemetry import trace
 
 from k2._native import LiveBatch, read_messages
 from k2.core.config import KafkaSettings
+from k2.core.framing import Framing
 from k2.core.kafka import QUOTES, TRADES, consumer_config, topic_name
 from k2.core.records import QUOTE, TRADE, RecordKind
 from k2.core.telemetry import messaging_span, sampled_message_traces
@@ -111,6 +112,7 @@ class _Group:
 class FanOut:
     def __init__(self, kafka: KafkaSettings, settings: QuerySettings, history: History,
                  on_health: Callable[[bool], Awaitable[None]]):
+        self.framing = Framing.connect(kafka)
         self._kafka = kafka
         self._settings = settings
         self._history = history
@@ -209,7 +211,7 @@ class FanOut:
     def latest(self, kind: RecordKind, symbol: str) -> MarketMessage | None:
         """The last valid message the fan-out read for the symbol, if any."""
         value = self._latest[kind].get(symbol.encode())
-        return None if value is None else decode_message(kind, value)
+        return None if value is None else decode_message(kind, value, self.framing)
 
     def position_of(self, subscriber: Subscriber) -> Offsets:
         """The subscriber's stream position once its queue is empty."""
@@ -302,7 +304,7 @@ class FanOut:
                 self._join_group(subscriber)
 
     def _decode(self, kind: RecordKind, batch: LiveBatch) -> None:
-        refused = decode_batch(kind, batch)
+        refused = decode_batch(kind, batch, self.framing)
         if refused:
             metrics.INVALID_MESSAGES.labels(metrics.SERVICE, self.topics[kind]).inc(refused)
 

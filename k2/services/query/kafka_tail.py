@@ -15,6 +15,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from k2.core.arrow import BatchDecoder
 from k2.core.arrow_records import arrow_schema
 from k2.core.config import KafkaSettings
+from k2.core.framing import Framing
 from k2.core.kafka import ClientConfig, client_config, consumer_config
 from k2.core.records import RecordKind
 from k2.services.query.selection import Selection
@@ -133,15 +134,15 @@ def symbol_keys(selection: Selection) -> frozenset[bytes] | None:
     return None if selection.symbols is None else frozenset(s.encode() for s in selection.symbols)
 
 
-def read_tail_table(settings: KafkaSettings, kind: RecordKind, topic: str, start: Offsets, end: Offsets,
-                    selection: Selection, columns: list[str], fetch_wait_ms: int,
+def read_tail_table(settings: KafkaSettings, framing: Framing, kind: RecordKind, topic: str, start: Offsets,
+                    end: Offsets, selection: Selection, columns: list[str], fetch_wait_ms: int,
                     check: Callable[[], None]) -> pa.Table:
     """The selected rows of the range as one Arrow table (unsorted). Messages are decoded and judged exactly as
     the writer does (core BatchDecoder), so a record the writer refused is absent here as it is from Iceberg."""
     schema = arrow_schema(kind)
     tables = [schema.empty_table().select(columns)]
     reader = RangeReader(settings, topic, start, end, fetch_wait_ms)
-    decoder = BatchDecoder(kind)
+    decoder = BatchDecoder(kind, framing)
     keys = symbol_keys(selection)
     try:
         while not reader.done:

@@ -150,8 +150,9 @@ class QueryServicer:
 
     async def _tail(self, kind: RecordKind, start: Offsets, end: Offsets, selection: Selection, columns: list[str],
                     budget: Budget) -> Any:
-        return await self._workers.run(read_tail_table, self._kafka, kind, self._fanout.topics[kind], start, end,
-                                       selection, columns, self._settings.fetch_wait_max_ms, budget.check)
+        return await self._workers.run(read_tail_table, self._kafka, self._fanout.framing, kind,
+                                       self._fanout.topics[kind], start, end, selection, columns,
+                                       self._settings.fetch_wait_max_ms, budget.check)
 
     async def _range(self, kind: RecordKind, request: validation.QueryRequest,
                      budget: Budget) -> AsyncIterator[bytes]:

@@ -176,7 +176,7 @@ class Subscriptions:
         messages = reader.read(self._settings.subscription_batch, 0.2)
         [batch], _ = read_messages(messages, [reader.topic], keys=symbol_keys(selection))
         offsets.update(batch.positions)
-        decode_batch(kind, batch)
+        decode_batch(kind, batch, self._fanout.framing)
         framed, count, newest = batch.select(selection.symbols, selection.exchanges, selection.start,
                                              selection.end)
         return framed, count, newest

@@ -38,6 +38,7 @@ from pyiceberg.table import Table
 
 from k2.core.arrow import DecodedBatch, Rejection
 from k2.core.config import KafkaSettings
+from k2.core.framing import Framing
 from k2.core.iceberg import committed_offsets
 from k2.core.kafka import (
     DEAD_LETTER,
@@ -215,6 +216,7 @@ class WriterLoop:
 
     def __init__(self, settings: WriterSettings, kafka: KafkaSettings, tables: dict[RecordKind, Table]):
         self.settings = settings
+        framing = Framing.connect(kafka)
         self.buffers = {}
         for kind, table in tables.items():
             topic = topic_name(kafka, TOPIC_FOR[kind])
@@ -227,7 +229,7 @@ class WriterLoop:
         self.consumer = Consumer(consumer_config(kafka, settings.group_id, **overrides))
         self._cooperative = settings.assignment_strategy == "cooperative-sticky"
         self.dead_letters = DeadLetters(kafka)
-        self.decoders = Decoders(settings.decode_processes)
+        self.decoders = Decoders(settings.decode_processes, framing)
         self._decoding: deque[_Decoding] = deque()
         self._max_decoding = max(2, 2 * settings.decode_processes)
         self.last_commit: LastCommit | None = None

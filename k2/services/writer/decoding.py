@@ -10,6 +10,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 
 from k2.core.arrow import BatchDecoder, DecodedBatch
+from k2.core.framing import Framing
 from k2.core.records import QUOTE, TRADE, RecordKind
 
 _decoders: dict[RecordKind, BatchDecoder] = {}
@@ -21,9 +22,9 @@ def _exit_with(parent: int) -> None:
     os._exit(1)  # the writer died (kill -9): a worker must not outlive it
 
 
-def _start_worker(parent: int) -> None:
+def _start_worker(parent: int, framing: Framing) -> None:
     gc.set_threshold(50_000, 20, 20)  # a dict per message: collect the young generation less often
-    _decoders.update({TRADE: BatchDecoder(TRADE), QUOTE: BatchDecoder(QUOTE)})
+    _decoders.update({TRADE: BatchDecoder(TRADE, framing), QUOTE: BatchDecoder(QUOTE, framing)})
     threading.Thread(target=_exit_with, args=(parent,), name="exit-with-writer", daemon=True).start()
 
 
@@ -36,9 +37,10 @@ def _decode(kind: RecordKind, values: list[bytes]) -> DecodedBatch:
 
 
 class Decoders:
-    def __init__(self, processes: int):
+    def __init__(self, processes: int, framing: Framing):
         self.processes = processes
-        self._inline = {TRADE: BatchDecoder(TRADE), QUOTE: BatchDecoder(QUOTE)}
+        self._framing = framing
+        self._inline = {TRADE: BatchDecoder(TRADE, framing), QUOTE: BatchDecoder(QUOTE, framing)}
         self._pool: ProcessPoolExecutor | None = None
         self.restart()
 
@@ -48,7 +50,7 @@ class Decoders:
         if self.processes:
             # spawn: the workers inherit none of the parent's threads (librdkafka, gRPC) or locks.
             self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_start_worker, initargs=(os.getpid(),))
+                                             initializer=_start_worker, initargs=(os.getpid(), self._framing))
             for future in [self._pool.submit(_ready) for _ in range(self.processes)]:
                 future.result()
 
