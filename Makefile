@@ -32,9 +32,11 @@ lint: venv
 	.venv/bin/mypy k2/clients k2/core k2/services bench scripts
 	cd native && cargo fmt --check && cargo clippy --release --quiet -- -D warnings
 
-# `make up TRACING=1` (or K2_TRACING=1) also runs a local Jaeger that the services export their traces to.
+# `make up TRACING=1` (or K2_TRACING=1) also runs a local Jaeger that the services export their traces to;
+# `make up REGISTRY=1` (or K2_REGISTRY=1) the local schema registry, whose framing the services then write.
 up: venv
-	K2_TRACING="$(or $(TRACING),$(K2_TRACING))" ./scripts/platform.sh up
+	K2_TRACING="$(or $(TRACING),$(K2_TRACING))" K2_REGISTRY="$(or $(REGISTRY),$(K2_REGISTRY))" \
+	  ./scripts/platform.sh up
 
 down:
 	./scripts/platform.sh down

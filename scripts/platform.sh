@@ -5,6 +5,8 @@
 # Usage: scripts/platform.sh up|down|status
 #   K2_BINANCE_MODE=auto|live|replay  auto (default): live Binance when reachable, the local replay exchange otherwise
 #   K2_TRACING=1                      also a local Jaeger (scripts/jaeger.sh), the services exporting their traces to it
+#   K2_REGISTRY=1                     also the local schema registry (scripts/registry.sh), the services writing Kafka
+#                                     messages in its framing (K2_KAFKA_SCHEMA_REGISTRY_URL: set it for another one)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$K2_ROOT"
@@ -56,13 +58,16 @@ sys.exit(1)
 PYEOF
 }
 
-tracing_enabled() {
-  case "${K2_TRACING:-}" in
+# switched_on VARIABLE: whether a `make up` switch (K2_TRACING, K2_REGISTRY) is on.
+switched_on() {
+  case "${!1:-}" in
     1 | true | yes | on) return 0 ;;
     "" | 0 | false | no | off) return 1 ;;
-    *) echo "K2_TRACING (make up TRACING=...): '$K2_TRACING' is neither 1 nor 0" >&2; exit 2 ;;
+    *) echo "$1 (make up ${1#K2_}=...): '${!1}' is neither 1 nor 0" >&2; exit 2 ;;
   esac
 }
+
+tracing_enabled() { switched_on K2_TRACING; }
 
 # Starts the local Jaeger (built from source once, then cached) and points the services' OTLP export at it.
 start_tracing() {
@@ -90,6 +95,11 @@ up() {
   fi
   export K2_AUTH_TOKEN_FILE="$K2_RUN_DIR/token"
   if tracing_enabled; then start_tracing; fi
+  if switched_on K2_REGISTRY && [ -z "${K2_KAFKA_SCHEMA_REGISTRY_URL:-}" ]; then
+    ./scripts/registry.sh up
+    K2_KAFKA_SCHEMA_REGISTRY_URL=$(cat "$K2_RUN_DIR/registry/url")
+    export K2_KAFKA_SCHEMA_REGISTRY_URL
+  fi
 
   local mode="${K2_BINANCE_MODE:-auto}"
   if [ "$mode" = auto ]; then
@@ -133,14 +143,19 @@ $tracing
   Status:        .venv/bin/k2 status      (write token for grpcurl: $K2_RUN_DIR/token)
   Stop:          make down
 MSG
+  if [ -n "${K2_KAFKA_SCHEMA_REGISTRY_URL:-}" ]; then
+    echo "  Kafka messages are registry-framed; schemas in $K2_KAFKA_SCHEMA_REGISTRY_URL"
+  fi
 }
 
 jaeger_running() { ./scripts/jaeger.sh status >/dev/null 2>&1; }
+registry_running() { ./scripts/registry.sh status >/dev/null 2>&1; }
 
 down() {
   for name in query writer ingest replay_exchange; do stop "$name"; done
   # After the services, whose last spans are exported as they stop.
   if jaeger_running; then ./scripts/jaeger.sh down; fi
+  if registry_running; then ./scripts/registry.sh down; fi
   ./scripts/kafka.sh down
 }
 
@@ -150,6 +165,7 @@ status() {
   done
   ./scripts/kafka.sh status || true
   if jaeger_running; then echo "jaeger: $(./scripts/jaeger.sh status)"; fi
+  if registry_running; then ./scripts/registry.sh status; fi
 }
 
 case "${1:-}" in

@@ -159,9 +159,12 @@ def _make(target: str, *variables: str) -> None:
 
 @app.command()
 def up(tracing: Annotated[bool, typer.Option(
-        "--tracing", help="Also a local Jaeger, every trace sampled (`make up TRACING=1`)")] = False) -> None:
+        "--tracing", help="Also a local Jaeger, every trace sampled (`make up TRACING=1`)")] = False,
+       registry: Annotated[bool, typer.Option(
+           "--registry", help="Also the local schema registry, Kafka messages in its framing (`make up REGISTRY=1`)")
+       ] = False) -> None:
     """Start Kafka and the three services (`make up`)."""
-    _make("up", *(["TRACING=1"] if tracing else []))
+    _make("up", *(["TRACING=1"] if tracing else []), *(["REGISTRY=1"] if registry else []))
 
 
 @app.command()
