@@ -17,6 +17,7 @@ from confluent_kafka import Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from conftest import free_port
 from strategies import KNOWN_IDS
 from test_ingest_publish import START, batch, expected_trade, requests, trade
 from test_ingest_support import WRITE, headers_of, read_topic, running_ingest
@@ -27,7 +28,7 @@ from test_writer_service import trades_table, wait_caught_up
 from k2.core import avro
 from k2.core.arrow import UNDECODABLE, BatchDecoder
 from k2.core.config import AuthSettings, IcebergSettings, KafkaSettings
-from k2.core.framing import SINGLE_OBJECT, Framing, registry_header
+from k2.core.framing import SINGLE_OBJECT, Framing, SchemaRegistryUnavailable, registry_header
 from k2.core.kafka import DEAD_LETTER, DLQ_REASON, TOPIC_FOR, TRADES, producer_config, topic_name
 from k2.core.records import QUOTE, TRADE, Record
 from k2.ingest.v1 import ingest_pb2
@@ -61,6 +62,17 @@ def test_registry_framing_needs_a_registry_to_be_read() -> None:
     [rejection] = BatchDecoder(TRADE).decode([value]).rejected
     assert (rejection.category, rejection.reason) == (UNDECODABLE, (
         "registry-framed (schema id 7) but no schema registry is configured (K2_KAFKA_SCHEMA_REGISTRY_URL)"))
+
+
+def test_a_registry_that_does_not_answer_refuses_nothing() -> None:
+    """Not knowing a registry id is no reason to dead-letter the message: the error propagates, so the writer and
+    the fan-out read the message again later."""
+    unreachable = Framing(f"http://127.0.0.1:{free_port()}/apis/ccompat/v7", {})
+    value = registry_header(12345) + b"\x02"
+    with pytest.raises(SchemaRegistryUnavailable, match="schema registry unavailable"):
+        BatchDecoder(TRADE, unreachable).decode([value])
+    with pytest.raises(SchemaRegistryUnavailable):
+        decode_exactly(TRADE, value, unreachable)
 
 
 async def test_confluent_avro_deserializer_reads_what_ingest_publishes(registry_kafka: KafkaSettings,

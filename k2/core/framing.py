@@ -47,8 +47,9 @@ _KNOWN_FINGERPRINTS = {version.fingerprint for versions in VERSIONS.values() for
 
 
 class SchemaRegistryUnavailable(RuntimeError):
-    """The registry did not answer (or answered with a server error) within the retries: nothing is known about
-    the message, so it is not refused either; the caller retries it later."""
+    """The registry did not answer (or answered with an error) within the retries: nothing is known about the
+    message, so it is not refused either. It propagates: the writer re-reads from its tables' offsets, the live
+    fan-out re-reads the poll, a replay or query call fails and may be retried."""
 
 
 def registry_header(schema_id: int) -> bytes:

@@ -424,10 +424,11 @@ class FanOut:
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("fan-out consumer: %s", error.str())
             polled = dict(zip(KINDS, batches, strict=True))
-            for kind, batch in polled.items():
-                consumed[kind].update(batch.positions)
+            for kind, batch in polled.items():  # may raise (a schema registry not answering): the poll is re-read
                 if self._wanted[kind] and len(batch):
                     self._decode(kind, batch)
+            for kind, batch in polled.items():
+                consumed[kind].update(batch.positions)
             while not self._waiting.acquire(timeout=0.5):
                 if self._stopping.is_set():
                     return
