@@ -2,7 +2,9 @@
 here. Each process has its own ports and log file; its environment names the test's Kafka, topics and catalog."""
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -10,13 +12,33 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-from conftest import ROOT, free_port
+from conftest import ROOT
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from k2.core.config import IcebergSettings, KafkaSettings
 
 # Where each service's `python -m` entry point lives.
 SERVICE_MODULES = {"ingest": "k2.services.ingest", "writer": "k2.services.writer", "query": "k2.services.query"}
+
+
+_handed_out: set[int] = set()
+
+
+def restartable_port() -> int:
+    """A free port for a server that is stopped and started again on it, outside the kernel's ephemeral range:
+    an ephemeral port (conftest.free_port) can go to another process's socket while the server is down."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        port = random.randrange(20_000, ephemeral_low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
 
 
 def platform_env(kafka: KafkaSettings, iceberg: IcebergSettings) -> dict[str, str]:
@@ -31,7 +53,7 @@ class ServiceProcess:
 
     def __init__(self, name: str, env: dict[str, str], log_path: Path):
         self.name = name
-        self.port, self.metrics_port = free_port(), free_port()
+        self.port, self.metrics_port = restartable_port(), restartable_port()
         prefix = f"K2_{name.upper()}_"
         self.env = os.environ | env | {f"{prefix}PORT": str(self.port), f"{prefix}METRICS_PORT": str(self.metrics_port)}
         self.log_path = log_path
