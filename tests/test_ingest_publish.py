@@ -30,6 +30,7 @@ from test_ingest_support import (
 
 from k2.core import avro
 from k2.core.config import KafkaSettings
+from k2.core.framing import Framing
 from k2.core.kafka import QUOTES, TRADES
 from k2.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from k2.marketdata.v1.marketdata_pb2 import AssetClass, Quote, Side, Trade
@@ -321,10 +322,16 @@ async def _until_serving(health: health_pb2_grpc.HealthStub) -> None:
         await asyncio.sleep(0.1)
 
 
-def test_batches_resent_after_a_kill_9_are_not_written_again(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+@pytest.mark.parametrize("framing", ["single-object", "registry"])
+def test_batches_resent_after_a_kill_9_are_not_written_again(kafka_settings: KafkaSettings, tmp_path: Path,
+                                                             framing: str, request: pytest.FixtureRequest) -> None:
     """The batch ledger dies with the process: the next one reads back what was written before it started."""
+    if framing == "registry":
+        kafka_settings = kafka_settings.model_copy(
+            update={"schema_registry_url": request.getfixturevalue("schema_registry")})
     ingest = ServiceProcess("ingest", {"KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
                                        "K2_KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
+                                       "K2_KAFKA_SCHEMA_REGISTRY_URL": kafka_settings.schema_registry_url,
                                        "K2_AUTH_WRITE_TOKENS": f'["{WRITE_TOKEN}"]',
                                        "K2_INGEST_PROVISION_TOPICS": "false"}, tmp_path / "ingest.log")
     own_ids = [trade(i, message_id=str(uuid.uuid4())) for i in range(40)]
@@ -351,8 +358,9 @@ def test_batches_resent_after_a_kill_9_are_not_written_again(kafka_settings: Kaf
     assert [(a.batch_id, a.accepted, a.duplicate, list(a.rejections)) for a in again] == [
         ("own-ids", 40, True, []), ("derived-ids", 30, True, []), ("mixed", 30, False, [])]
     assert written_before == 90
-    records = [avro.decode(m.value())[1] for m in read_topic_now(kafka_settings, kafka_settings.topic_prefix
-                                                                 + TRADES.name)]
+    messages = read_topic_now(kafka_settings, kafka_settings.topic_prefix + TRADES.name)
+    assert {m.value()[:1] for m in messages} == {b"\x00" if framing == "registry" else b"\xc3"}
+    records = [Framing.connect(kafka_settings).decode(m.value())[1] for m in messages]
     ids = [record["message_id"] for record in records]
     assert len(ids) == len(set(ids)) == 80
     assert sorted(r["trade_id"] for r in records) == sorted(t.trade_id for t in [*own_ids, *derived_ids,

@@ -128,7 +128,7 @@ class Publisher:
         self.sink = sink
         self.symbols = symbols
         self.ledgers = {kind: BatchLedger(kind, settings.dedupe_window_bytes) for kind in (TRADE, QUOTE)}
-        self.recovery = Recovery(sink.settings, sink.topics, settings.publish_recovery_seconds,
+        self.recovery = Recovery(sink.settings, sink.framing, sink.topics, settings.publish_recovery_seconds,
                                  settings.publish_recovery_messages)
 
     async def stream(self, kind: Kind, requests: AsyncIterator[Any],

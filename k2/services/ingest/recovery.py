@@ -21,6 +21,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_ran
 
 from k2.core import avro
 from k2.core.config import KafkaSettings
+from k2.core.framing import Framing, SchemaRegistryUnavailable
 from k2.core.kafka import consumer_config
 from k2.core.records import RecordKind
 
@@ -60,8 +61,10 @@ class Recovery:
     count for `seconds` after start. Publishing waits for it (wait()). While Kafka is unreachable it retries,
     for at most those `seconds`: what was written before start matters no longer than that."""
 
-    def __init__(self, kafka: KafkaSettings, topics: Mapping[RecordKind, str], seconds: float, max_messages: int):
+    def __init__(self, kafka: KafkaSettings, framing: Framing, topics: Mapping[RecordKind, str], seconds: float,
+                 max_messages: int):
         self._kafka = kafka
+        self._framing = framing
         self._topics = topics
         self._seconds = seconds
         self._max_messages = max_messages
@@ -79,8 +82,8 @@ class Recovery:
         started = time.monotonic()
         try:
             for kind, topic in self._topics.items():
-                ids = await asyncio.to_thread(read_recent_message_ids, self._kafka, topic, self._seconds,
-                                              self._max_messages, self._until, self._stop)
+                ids = await asyncio.to_thread(read_recent_message_ids, self._kafka, self._framing, topic,
+                                              self._seconds, self._max_messages, self._until, self._stop)
                 self.written[kind] = RecentlyWritten(ids, self._until)
         except Exception as error:  # noqa: BLE001 - publishing goes on without it
             if not self._stop.is_set():
@@ -101,13 +104,14 @@ class Recovery:
             await self._task
 
 
-def _message_id(value: bytes | None) -> str | None:
-    """The message_id of a message as ingest writes them; None for anything else on the topic."""
+def _message_id(framing: Framing, value: bytes | None) -> str | None:
+    """The message_id of a message as ingest writes them (current version, either framing); None for anything
+    else on the topic."""
     if value is None:
         return None
     try:
-        return avro.leading_ids(value)[0]
-    except avro.DecodeError:
+        return avro.leading_ids(framing.single_object(value))[0]
+    except (avro.DecodeError, SchemaRegistryUnavailable):
         return None
 
 
@@ -115,8 +119,8 @@ class Stopped(Exception):
     """The recovery was told to stop, or ran out of time."""
 
 
-def read_recent_message_ids(kafka: KafkaSettings, topic: str, seconds: float, max_messages: int,
-                            deadline: float, stop: threading.Event) -> set[str]:
+def read_recent_message_ids(kafka: KafkaSettings, framing: Framing, topic: str, seconds: float,
+                            max_messages: int, deadline: float, stop: threading.Event) -> set[str]:
     """The message ids on the topic written within the last `seconds`, at most `max_messages` (the newest,
     spread evenly over the partitions). Retried after a Kafka error until `deadline` (monotonic) or `stop`."""
     def give_up(state: RetryCallState) -> bool:
@@ -127,11 +131,11 @@ def read_recent_message_ids(kafka: KafkaSettings, topic: str, seconds: float, ma
 
     retrying = Retrying(stop=give_up, wait=wait_random_exponential(multiplier=0.1, max=2), sleep=pause,
                         retry=retry_if_exception_type(KafkaException), reraise=True)
-    return retrying(_read_recent_message_ids, kafka, topic, seconds, max_messages, deadline, stop)
+    return retrying(_read_recent_message_ids, kafka, framing, topic, seconds, max_messages, deadline, stop)
 
 
-def _read_recent_message_ids(kafka: KafkaSettings, topic: str, seconds: float, max_messages: int,
-                             deadline: float, stop: threading.Event) -> set[str]:
+def _read_recent_message_ids(kafka: KafkaSettings, framing: Framing, topic: str, seconds: float,
+                             max_messages: int, deadline: float, stop: threading.Event) -> set[str]:
     consumer = Consumer(consumer_config(kafka, "k2-ingest-recovery", **{"enable.partition.eof": True}))
     try:
         partitions = sorted(consumer.list_topics(topic, timeout=CALL_TIMEOUT_SECONDS).topics[topic].partitions)
@@ -160,7 +164,7 @@ def _read_recent_message_ids(kafka: KafkaSettings, topic: str, seconds: float, m
                         raise KafkaException(error)
                     reading.discard(message.partition())
                     continue
-                message_id = _message_id(message.value())
+                message_id = _message_id(framing, message.value())
                 if message_id is not None:
                     ids.add(message_id)
         return ids
