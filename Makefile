@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv lock proto check-proto lint up down status test bench clean
+.PHONY: venv lock proto check-proto lint up down status test chaos bench clean
 
 venv: .venv/.synced
 .venv/.synced: pyproject.toml requirements/dev.txt scripts/bootstrap.sh native/Cargo.toml \
@@ -47,6 +47,17 @@ status: venv
 test: venv check-proto lint
 	cd native && cargo test --release --quiet
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# The chaos suite, several rounds of every fault (make test runs one); its results replace the results section
+# of docs/reliability.md, failed or not. K2_CHAOS_SEED repeats a run's random choices.
+CHAOS_ROUNDS ?= 3
+CHAOS_SUMMARY := .run/chaos/summary.json
+chaos: venv
+	rm -f $(CHAOS_SUMMARY)
+	K2_CHAOS_ROUNDS=$(CHAOS_ROUNDS) K2_CHAOS_SUMMARY=$(CHAOS_SUMMARY) $(PYTHON) -m pytest tests/test_chaos.py -m chaos \
+	  -s $(PYTEST_ARGS); status=$$?; \
+	  if [ -f $(CHAOS_SUMMARY) ]; then $(PYTHON) scripts/chaos_report.py $(CHAOS_SUMMARY) docs/reliability.md; fi; \
+	  exit $$status
 
 bench: venv
 	./scripts/bench.sh
