@@ -12,6 +12,8 @@ from k2.core.records import (
     ASSET_CLASSES,
     DECIMAL_SCALE,
     MAX_INTEGER_DIGITS,
+    MAX_NAME_LENGTH,
+    NAME_CHARACTERS,
     QUOTE,
     SIDES,
     TRADE,
@@ -22,6 +24,8 @@ from k2.core.records import (
 # Any Unicode text Avro can carry (UTF-8: no lone surrogates), including empty strings where the contract allows.
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=24)
 names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=24)
+# Symbols and exchanges: what a query can ask for (the validators refuse any other).
+market_names = st.text(NAME_CHARACTERS, min_size=1, max_size=MAX_NAME_LENGTH)
 timestamps = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC))
 int64 = st.integers(-(2**63), 2**63 - 1)
 
@@ -41,8 +45,8 @@ optional_int64 = st.one_of(st.none(), int64)
 @st.composite
 def trades(draw: st.DrawFn) -> Record:
     return {
-        "message_id": str(draw(st.uuids())), "trade_id": draw(names), "symbol": draw(names),
-        "exchange": draw(names), "asset_class": draw(st.sampled_from(ASSET_CLASSES)),
+        "message_id": str(draw(st.uuids())), "trade_id": draw(names), "symbol": draw(market_names),
+        "exchange": draw(market_names), "asset_class": draw(st.sampled_from(ASSET_CLASSES)),
         "timestamp": draw(timestamps), "price": draw(positive_decimals()), "quantity": draw(positive_decimals()),
         "currency": draw(names), "side": draw(st.sampled_from(SIDES)),
         "trade_conditions": draw(st.lists(text, max_size=3)), "source_sequence": draw(optional_int64),
@@ -56,8 +60,8 @@ def quotes(draw: st.DrawFn) -> Record:
     bid = draw(st.one_of(st.none(), st.tuples(positive_decimals(), positive_decimals())))
     ask = draw(st.one_of(st.none(), st.tuples(positive_decimals(), positive_decimals())))
     return {
-        "message_id": str(draw(st.uuids())), "quote_id": draw(names), "symbol": draw(names),
-        "exchange": draw(names), "asset_class": draw(st.sampled_from(ASSET_CLASSES)),
+        "message_id": str(draw(st.uuids())), "quote_id": draw(names), "symbol": draw(market_names),
+        "exchange": draw(market_names), "asset_class": draw(st.sampled_from(ASSET_CLASSES)),
         "timestamp": draw(timestamps),
         "bid_price": bid and bid[0], "bid_quantity": bid and bid[1],
         "ask_price": ask and ask[0], "ask_quantity": ask and ask[1],

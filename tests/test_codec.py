@@ -10,10 +10,30 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import int64, names, positive_decimals, quotes, sample_quote, sample_trade, trades
+from strategies import (
+    int64,
+    market_names,
+    names,
+    positive_decimals,
+    quotes,
+    sample_quote,
+    sample_trade,
+    trades,
+)
 
 from k2.core import arrow_records, avro, proto_avro, protos
-from k2.core.records import FieldError, Record, parse_decimal, validate_quote, validate_trade
+from k2.core.records import (
+    MAX_CONDITION_LENGTH,
+    MAX_TRADE_CONDITIONS,
+    MAX_VENDOR_DATA_ENTRIES,
+    MAX_VENDOR_DATA_KEY_LENGTH,
+    MAX_VENDOR_DATA_VALUE_LENGTH,
+    FieldError,
+    Record,
+    parse_decimal,
+    validate_quote,
+    validate_trade,
+)
 from k2.ingest.v1.ingest_pb2 import PublishTradesRequest
 from k2.marketdata.v1.marketdata_pb2 import Quote, Side, Trade
 from k2.services.ingest.ids import batch_message_ids
@@ -88,15 +108,29 @@ def test_decoded_decimals_keep_every_digit() -> None:
 @pytest.mark.parametrize("text, reason", [
     ("123456789012345678901", "more than 20 integer digits"),
     ("0.0000000000000000001", "more than 18 decimal places"),
-    ("NaN", "not a finite number"),
+    ("NaN", "not a decimal number"),
     ("1e400", "more than 20 integer digits"),
     ("12,5", "not a decimal number"),
     ("", "not a decimal number"),
+    (" 1", "not a decimal number"),
+    ("1 ", "not a decimal number"),
+    ("1_000", "not a decimal number"),
+    ("+1", "not a decimal number"),
+    ("1.", "not a decimal number"),
+    (".5", "not a decimal number"),
+    ("1e", "not a decimal number"),
+    ("Infinity", "not a decimal number"),
 ])
 def test_decimals_that_do_not_fit_are_rejected_not_rounded(text: str, reason: str) -> None:
     with pytest.raises(FieldError) as error:
         parse_decimal("price", text)
     assert error.value.field == "price" and reason in error.value.reason
+
+
+@pytest.mark.parametrize("text, value", [("97123.45", "97123.45"), ("-0.5", "-0.5"), ("007.50", "7.5"),
+                                         ("1E-8", "0.00000001"), ("1.5e3", "1500"), ("2E+2", "200")])
+def test_decimals_as_exchanges_and_programs_write_them(text: str, value: str) -> None:
+    assert parse_decimal("price", text) == Decimal(value)
 
 
 def test_trailing_zeros_beyond_the_scale_are_exact_and_accepted() -> None:
@@ -113,13 +147,23 @@ def valid_trade_message() -> Trade:
 @pytest.mark.parametrize("change, field, reason", [
     (lambda m: m.ClearField("timestamp"), "timestamp", "required"),
     (lambda m: setattr(m.timestamp, "nanos", 1), "timestamp", "finer than a microsecond"),
+    (lambda m: setattr(m.timestamp, "nanos", -1000), "timestamp", "nanos must be 0 to 999,999,999"),
+    (lambda m: setattr(m.timestamp, "nanos", 1_000_000_000), "timestamp", "nanos must be 0 to 999,999,999"),
     (lambda m: setattr(m, "price", "abc"), "price", "not a decimal number"),
     (lambda m: setattr(m, "quantity", "-1"), "quantity", "must be positive"),
     (lambda m: setattr(m, "side", 0), "side", "required"),
     (lambda m: setattr(m, "side", 99), "side", "unknown enum value"),
     (lambda m: setattr(m, "asset_class", 0), "asset_class", "required"),
     (lambda m: setattr(m, "symbol", ""), "symbol", "required"),
-    (lambda m: setattr(m, "symbol", "X" * 300), "symbol", "longer than 256"),
+    (lambda m: setattr(m, "symbol", "X" * 33), "symbol", "is not 1-32 characters of A-Z 0-9 . _ -"),
+    (lambda m: setattr(m, "symbol", "btcusdt"), "symbol", "is not 1-32 characters"),
+    (lambda m: setattr(m, "exchange", "BIN/ANCE"), "exchange", "is not 1-32 characters"),
+    (lambda m: setattr(m, "currency", "X" * 300), "currency", "longer than 256"),
+    (lambda m: m.trade_conditions.extend(["X"] * 9), "trade_conditions", "9 given, at most 8"),
+    (lambda m: m.trade_conditions.append("X" * 33), "trade_conditions", "[0] is longer than 32 characters"),
+    (lambda m: m.vendor_data.update({str(n): "" for n in range(9)}), "vendor_data", "9 entries, at most 8"),
+    (lambda m: m.vendor_data.update({"K" * 33: ""}), "vendor_data", "is longer than 32 characters"),
+    (lambda m: m.vendor_data.update({"k": "V" * 65}), "vendor_data", "the value of 'k' is longer than 64"),
     (lambda m: setattr(m, "message_id", "not-a-uuid"), "message_id", "not a UUID"),
 ])
 def test_invalid_published_trade_names_field_and_reason(change, field: str, reason: str) -> None:  # type: ignore[no-untyped-def]
@@ -141,6 +185,20 @@ def test_one_sided_crossed_and_locked_quotes_are_valid() -> None:
     half = base | {"bid_price": Decimal(1), "bid_quantity": None}
     with pytest.raises(FieldError, match="bid_quantity"):
         validate_quote(half)
+
+
+@pytest.mark.parametrize("asset_class, accepted", [("EQUITIES", False), ("CRYPTO", False), ("FUTURES", True),
+                                                   ("OPTIONS", True)])
+@pytest.mark.parametrize("side", ["bid", "ask"])
+def test_equity_and_crypto_quote_prices_are_positive(asset_class: str, accepted: bool, side: str) -> None:
+    for price in (Decimal(0), Decimal("-0.01")):
+        record = sample_quote(asset_class=asset_class, **{f"{side}_price": price})
+        if accepted:
+            assert validate_quote(dict(record)) == record
+        else:
+            with pytest.raises(FieldError) as error:
+                validate_quote(record)
+            assert (error.value.field, error.value.reason) == (f"{side}_price", f"must be positive: {price}")
 
 
 def test_decode_errors_say_why() -> None:
@@ -179,6 +237,19 @@ nanos = st.one_of(st.integers(0, 999_999).map(lambda micros: micros * 1000),
 enum_values = st.one_of(st.integers(0, 5), st.sampled_from([-1, 2**31 - 1, -(2**31)]))
 optional_longs = st.one_of(st.none(), st.just(0), int64)
 long_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=80)  # sizes of 64 bytes and more too
+# Symbols and exchanges: names a query can ask for, and at their edges any text, a 33rd character, lower case.
+name_edges = st.one_of(published_texts, st.sampled_from(["X" * 32, "X" * 33, "btcusdt", "BTC/USDT", "BTC USDT"]))
+
+
+def texts(max_size: int) -> st.SearchStrategy[str]:
+    return st.text(st.characters(blacklist_categories=("Cs",)), max_size=max_size)
+
+
+conditions = st.lists(texts(MAX_CONDITION_LENGTH), max_size=MAX_TRADE_CONDITIONS)
+conditions_at_edges = st.lists(long_text, max_size=MAX_TRADE_CONDITIONS + 2)
+vendor_data = st.dictionaries(texts(MAX_VENDOR_DATA_KEY_LENGTH), texts(MAX_VENDOR_DATA_VALUE_LENGTH),
+                              max_size=MAX_VENDOR_DATA_ENTRIES)
+vendor_data_at_edges = st.dictionaries(long_text, long_text, max_size=MAX_VENDOR_DATA_ENTRIES + 4)
 # Fields this Trade does not know, on the wire: a varint (99), bytes (100), a fixed32 (101), a group (102), and
 # a known field with a wire type it does not have (symbol as a varint).
 unknown_fields = st.lists(st.sampled_from([b"\x98\x06\x96\x01", b"\xa2\x06\x03abc", b"\xad\x06\x01\x02\x03\x04",
@@ -194,12 +265,12 @@ def published_trades(draw: st.DrawFn) -> Trade:
     valid_texts = st.one_of(names, st.sampled_from(["X" * 256, "é" * 256, "😀" * 64, "BTC/ÜSDT"]))
     valid_decimals = positive_decimals().map(protos.decimal_text)
     message = Trade(message_id=field(st.one_of(st.just(""), st.uuids().map(str)), message_ids),
-                    trade_id=field(valid_texts, published_texts), symbol=field(valid_texts, published_texts),
-                    exchange=field(valid_texts, published_texts), asset_class=field(st.integers(1, 4), enum_values),
+                    trade_id=field(valid_texts, published_texts), symbol=field(market_names, name_edges),
+                    exchange=field(market_names, name_edges), asset_class=field(st.integers(1, 4), enum_values),
                     price=field(valid_decimals, decimal_texts), quantity=field(valid_decimals, decimal_texts),
                     currency=field(valid_texts, published_texts), side=field(st.integers(1, 4), enum_values),
-                    trade_conditions=draw(st.lists(long_text, max_size=4)),
-                    vendor_data=draw(st.dictionaries(long_text, long_text, max_size=12)))
+                    trade_conditions=field(conditions, conditions_at_edges),
+                    vendor_data=field(vendor_data, vendor_data_at_edges))
     for name in ("source_sequence", "platform_sequence"):
         if (value := draw(optional_longs)) is not None:
             setattr(message, name, value)  # present, zero too
@@ -262,7 +333,20 @@ def test_trades_at_every_limit_are_encoded_natively_as_the_exact_path_encodes_th
               for seconds in (-62_135_596_801, -62_135_596_800, -1, 0, 253_402_300_799, 253_402_300_800)
               for nanos in (0, 1000, 999_999_000, 999_999_999, 1_000_000_000, -1000)]
     trades += [changed(**{name: text}) for name in ("trade_id", "symbol", "exchange", "currency")
-               for text in ("", "X", "X" * 256, "X" * 257, "é" * 256, "é" * 257, "😀" * 256, "😀" * 257)]
+               for text in ("", "X", "X" * 32, "X" * 33, "x", "X/Y", "X Y", "X" * 256, "X" * 257, "é" * 256,
+                            "é" * 257, "😀" * 256, "😀" * 257)]
+    for count, length in ((MAX_TRADE_CONDITIONS, MAX_CONDITION_LENGTH), (MAX_TRADE_CONDITIONS + 1, 1),
+                          (1, MAX_CONDITION_LENGTH + 1)):
+        for character in ("X", "é", "😀"):
+            trades.append(changed())
+            trades[-1].trade_conditions.extend([character * length] * count)
+    for count, key, value in ((MAX_VENDOR_DATA_ENTRIES, MAX_VENDOR_DATA_KEY_LENGTH, MAX_VENDOR_DATA_VALUE_LENGTH),
+                              (MAX_VENDOR_DATA_ENTRIES + 1, 1, 1), (1, MAX_VENDOR_DATA_KEY_LENGTH + 1, 1),
+                              (1, 1, MAX_VENDOR_DATA_VALUE_LENGTH + 1)):
+        for character in ("X", "é", "😀"):
+            trades.append(changed())
+            trades[-1].vendor_data.update({(str(n) + character * key)[:key]: character * value
+                                           for n in range(count)})
     trades += [changed(**{name: text}) for name in ("price", "quantity")
                for text in ("99999999999999999999.999999999999999999", "0.000000000000000001", "99999999999999999999",
                             "100000000000000000000", "0.0000000000000000001", "0", "0.0", "00000000000000000001",

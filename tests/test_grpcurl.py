@@ -275,7 +275,8 @@ def test_publish_answers_each_batch_and_a_resend_is_a_duplicate(operator: Operat
     assert published["publish"] == [
         {"batch_id": "ops-example-1", "accepted": 2},
         {"batch_id": "ops-example-2",
-         "rejections": [{"field": "price", "reason": "not a decimal number: 'not a price'"}]}]
+         "rejections": [{"field": "price", "reason": "not a decimal number: 'not a price' (digits with an "
+                                                     "optional '-', '.' and exponent, e.g. 97123.45 or 1E-8)"}]}]
     again = operator.ok("publish-trades")
     assert [answer.get("duplicate") for answer in again] == [True, True]
     assert [answer.get("accepted", 0) for answer in again] == [2, 0]

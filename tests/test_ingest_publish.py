@@ -3,7 +3,9 @@ idempotent re-sends, pipelined in-order answers, delivery failures reported, aut
 
 import asyncio
 import os
+import random
 import signal
+import string
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -14,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 from conftest import free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
@@ -31,7 +34,14 @@ from test_ingest_support import (
 from k2.core import avro
 from k2.core.config import KafkaSettings
 from k2.core.framing import Framing
-from k2.core.kafka import QUOTES, TRADES
+from k2.core.kafka import QUOTES, TRADES, client_config
+from k2.core.records import (
+    MAX_CONDITION_LENGTH,
+    MAX_TRADE_CONDITIONS,
+    MAX_VENDOR_DATA_ENTRIES,
+    MAX_VENDOR_DATA_KEY_LENGTH,
+    MAX_VENDOR_DATA_VALUE_LENGTH,
+)
 from k2.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from k2.marketdata.v1.marketdata_pb2 import AssetClass, Quote, Side, Trade
 from k2.services.ingest.ids import batch_message_ids
@@ -203,15 +213,27 @@ async def test_too_large_a_batch_ends_the_stream_after_those_before(kafka_settin
 
 
 async def test_a_message_kafka_refuses_is_a_rejection(kafka_settings: KafkaSettings) -> None:
-    oversized = trade(1)
-    oversized.vendor_data["blob"] = "x" * 2_000_000  # above the producer's message.max.bytes
+    # Every field at its bound with text that does not compress: above the topic's max.message.bytes set here.
+    largest = trade(1, trade_conditions=[random_text(MAX_CONDITION_LENGTH) for _ in range(MAX_TRADE_CONDITIONS)])
+    largest.vendor_data.update({random_text(MAX_VENDOR_DATA_KEY_LENGTH): random_text(MAX_VENDOR_DATA_VALUE_LENGTH)
+                                for _ in range(MAX_VENDOR_DATA_ENTRIES - 1)})
     async with running_ingest(kafka_settings) as ingest:
-        [answer] = await publish(ingest.stub, batch("one-too-big", [trade(0), oversized, trade(2)]))
+        admin = AdminClient(client_config(kafka_settings))
+        limit = ConfigEntry("max.message.bytes", "600", incremental_operation=AlterConfigOpType.SET)
+        for future in admin.incremental_alter_configs(
+                [ConfigResource(ResourceType.TOPIC, ingest.topic(TRADES), incremental_configs=[limit])]).values():
+            future.result(30)
+        answers = [answer for sent in (trade(0), largest, trade(2))  # one at a time: one Kafka batch each
+                   for answer in await publish(ingest.stub, batch(f"one-too-big-{sent.trade_id}", [sent]))]
         assert await ingest.count(TRADES) == 2
-    assert answer.accepted == 2
-    [rejection] = answer.rejections
-    assert (rejection.index, rejection.field) == (1, "")
+    assert [answer.accepted for answer in answers] == [1, 0, 1]
+    [rejection] = answers[1].rejections
+    assert (rejection.index, rejection.field) == (0, "")
     assert "not written to Kafka" in rejection.reason and "too large" in rejection.reason.lower()
+
+
+def random_text(length: int) -> str:
+    return "".join(random.choices(string.ascii_letters + string.digits, k=length))
 
 
 async def test_quotes_one_sided_and_crossed_are_published_exactly(kafka_settings: KafkaSettings) -> None:

@@ -180,7 +180,11 @@ def units(n: int) -> bytes:
     {"price": b"\x00" * 17 + b"\x01"}, {"price": b""}, {"price": b"\x00\x00\x05"},
     {"vendor_data": {"": "", "a": "1", "ab": "2", "b": "3", "é": "4"}}, {"vendor_data": {}},
     {"source_sequence": -(2**63), "platform_sequence": 2**63 - 1}, {"source_sequence": 0, "platform_sequence": 0},
-    {"trade_conditions": ["", "x", "é" * 300]}])
+    {"trade_conditions": ["", "x", "é" * 300]}, {"trade_conditions": ["😀" * 32] * 8},
+    {"trade_conditions": ["x"] * 9}, {"trade_conditions": ["é" * 33]}, {"symbol": "X" * 32}, {"symbol": "X" * 33},
+    {"symbol": "btcusdt"}, {"exchange": "BIN/ANCE"}, {"exchange": "A.B_C-D9"},
+    {"vendor_data": {str(n) + "😀" * 31: "😀" * 64 for n in range(8)}}, {"vendor_data": {str(n): "" for n in range(9)}},
+    {"vendor_data": {"K" * 33: ""}}, {"vendor_data": {"k": "é" * 65}}])
 def test_limits_are_the_exact_paths(changes: dict[str, Any]) -> None:
     value = raw_trade(**changes)
     found = exact_framed(TRADE, value)
@@ -210,6 +214,11 @@ def test_records_the_transcoder_hands_back_are_judged_by_the_exact_path() -> Non
     assert [index for index, _ in quotes.decode(transcoder(QUOTE))] == []
     half = avro.encode(QUOTE, sample_quote(ask_price=None))  # an ask quantity without a price
     assert batch_of(QUOTE, [one_sided, half])[1] == 1
+    zero_equity = avro.encode(QUOTE, sample_quote(bid_price=Decimal(0)))
+    zero_future = avro.encode(QUOTE, sample_quote(bid_price=Decimal(0), asset_class="FUTURES"))
+    [quotes], _ = read_messages(messages_of([zero_equity, zero_future]), ["live"])
+    assert [index for index, _ in quotes.decode(transcoder(QUOTE))] == [0, 1]
+    assert batch_of(QUOTE, [zero_equity, zero_future])[1] == 1  # only the future's book may have a price of 0
 
 
 @settings(max_examples=150, deadline=None)

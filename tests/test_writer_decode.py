@@ -82,10 +82,11 @@ def test_one_sided_and_half_empty_quotes() -> None:
 
 def test_values_beyond_the_fast_layout_decode_like_the_reference() -> None:
     """Lengths of 64 bytes and more, varints longer than 8 bytes, negative and 16-byte decimals, non-ASCII text,
-    many map entries, timestamps before 1970: each row as the reference decode gives it."""
+    lists and maps at their bounds, timestamps before 1970: each row as the reference decode gives it."""
     trades = [
         sample_trade(),
-        sample_trade(trade_id="T" * 64, symbol="Ünïcödé-€", vendor_data={f"k{i}": "v" * 70 for i in range(20)}),
+        sample_trade(trade_id="T" * 64, currency="Ünïcödé-€", trade_conditions=["é" * 32] * 8,
+                     vendor_data={f"k{i}": "é" * 64 for i in range(8)}),
         sample_trade(asset_class="FUTURES", price=Decimal("-12345678901234567890.123456789012345678"),
                      source_sequence=-(2**63), platform_sequence=2**63 - 1),
         sample_trade(price=Decimal("99999999999999999999.999999999999999999"), source_sequence=2**55,
@@ -110,3 +111,31 @@ def test_invalid_utf8_is_undecodable() -> None:
     batch = BatchDecoder("trade").decode([in_a_column, avro.encode("trade", sample_trade()), in_a_map])
     assert batch.rows.to_pylist() == [1]
     assert [(r.index, r.category) for r in batch.rejected] == [(0, UNDECODABLE), (2, UNDECODABLE)]
+
+
+@pytest.mark.parametrize("kind, change, field, reason", [
+    ("trade", {"symbol": "btcusdt"}, "symbol", "'btcusdt' is not 1-32 characters of A-Z 0-9 . _ -"),
+    ("trade", {"symbol": "BTC/USDT"}, "symbol", "'BTC/USDT' is not 1-32 characters of A-Z 0-9 . _ -"),
+    ("trade", {"exchange": "X" * 33}, "exchange", f"'{'X' * 33}' is not 1-32 characters of A-Z 0-9 . _ -"),
+    ("trade", {"trade_conditions": ["X"] * 9}, "trade_conditions", "9 given, at most 8"),
+    ("trade", {"trade_conditions": ["é" * 33]}, "trade_conditions", "[0] is longer than 32 characters"),
+    ("trade", {"vendor_data": {f"{n}": "" for n in range(9)}}, "vendor_data", "9 entries, at most 8"),
+    ("trade", {"vendor_data": {"K" * 33: ""}}, "vendor_data", f"key '{'K' * 33}' is longer than 32 characters"),
+    ("trade", {"vendor_data": {"k": "é" * 65}}, "vendor_data", "the value of 'k' is longer than 64 characters"),
+    ("quote", {"symbol": "bhp"}, "symbol", "'bhp' is not 1-32 characters of A-Z 0-9 . _ -"),
+    ("quote", {"bid_price": Decimal(0)}, "bid_price", "must be positive: 0"),  # as read: 0E-18
+    ("quote", {"ask_price": Decimal(-1)}, "ask_price", "must be positive: -1"),
+    ("quote", {"vendor_data": {"k": "V" * 65}}, "vendor_data", "the value of 'k' is longer than 64 characters"),
+])
+def test_records_beyond_the_rules_are_rejected_with_the_field(kind: RecordKind, change: dict[str, object],
+                                                              field: str, reason: str) -> None:
+    """The writer applies the ingest rules (records.VALIDATORS) to what it reads, fast path included: a record
+    written before a rule existed, or by another producer, is dead-lettered rather than kept where no query can
+    ask for it."""
+    sample = sample_trade() if kind == "trade" else sample_quote()
+    values = [avro.encode(kind, sample), unchecked_encode(kind, sample | change)]
+    batch = BatchDecoder(kind).decode(values)
+    assert batch.rows.to_pylist() == [0]
+    [rejection] = batch.rejected
+    assert (rejection.index, rejection.category, rejection.field) == (1, INVALID, field)
+    assert rejection.reason.startswith(reason)

@@ -29,7 +29,13 @@ from k2.core.framing import SINGLE_OBJECT, Framing
 from k2.core.records import (
     DECIMAL_PRECISION,
     DECIMAL_SCALE,
+    MAX_CONDITION_LENGTH,
     MAX_TEXT_LENGTH,
+    MAX_TRADE_CONDITIONS,
+    MAX_VENDOR_DATA_ENTRIES,
+    MAX_VENDOR_DATA_KEY_LENGTH,
+    MAX_VENDOR_DATA_VALUE_LENGTH,
+    NAME_PATTERN,
     QUOTE,
     TRADE,
     VALIDATORS,
@@ -316,8 +322,38 @@ class _FastPath:
         return pa.Table.from_arrays(arrays, schema=self.schema), slow
 
 
-_TEXT_FIELDS: dict[RecordKind, tuple[str, ...]] = {TRADE: ("trade_id", "symbol", "exchange", "currency"),
-                                                   QUOTE: ("quote_id", "symbol", "exchange", "currency")}
+_TEXT_FIELDS: dict[RecordKind, tuple[str, ...]] = {TRADE: ("trade_id", "currency"),
+                                                   QUOTE: ("quote_id", "currency")}
+_NAME = f"^{NAME_PATTERN.pattern}$"
+
+
+def _rows_with(lists: pa.Array, items: pa.Array) -> pa.Array | None:
+    """Per row of a list array, whether one of its items is marked in `items` (one flag per flattened item);
+    None when none is."""
+    if not pc.any(items).as_py():
+        return None
+    rows = set(pc.list_parent_indices(lists).filter(items).to_pylist())
+    return pa.array([row in rows for row in range(len(lists))], pa.bool_())
+
+
+def _repeated_suspects(kind: RecordKind, table: pa.Table) -> list[pa.Array | None]:
+    """Rows whose trade conditions or vendor_data may be beyond their bounds."""
+    vendor_data = table["vendor_data"].combine_chunks()
+    entry = vendor_data.type  # a map is read as the list of its entries
+    entries = vendor_data.cast(pa.list_(pa.field("entries", pa.struct([entry.key_field, entry.item_field]),
+                                                 nullable=False)))
+    flat = pc.list_flatten(entries)
+    suspects = [pc.fill_null(pc.greater(pc.list_value_length(entries), MAX_VENDOR_DATA_ENTRIES), False),
+                _rows_with(entries, pc.greater(pc.utf8_length(pc.struct_field(flat, "key")),
+                                               MAX_VENDOR_DATA_KEY_LENGTH)),
+                _rows_with(entries, pc.greater(pc.utf8_length(pc.struct_field(flat, "value")),
+                                               MAX_VENDOR_DATA_VALUE_LENGTH))]
+    if kind == TRADE:
+        conditions = table["trade_conditions"].combine_chunks()
+        suspects += [pc.greater(pc.list_value_length(conditions), MAX_TRADE_CONDITIONS),
+                     _rows_with(conditions, pc.greater(pc.utf8_length(pc.list_flatten(conditions)),
+                                                       MAX_CONDITION_LENGTH))]
+    return suspects
 
 
 def _suspect_rows(kind: RecordKind, table: pa.Table) -> pa.Array:
@@ -326,6 +362,8 @@ def _suspect_rows(kind: RecordKind, table: pa.Table) -> pa.Array:
     for name in _TEXT_FIELDS[kind]:
         length = pc.utf8_length(table[name])
         suspect = pc.or_(suspect, pc.or_(pc.equal(length, 0), pc.greater(length, MAX_TEXT_LENGTH)))
+    for name in ("symbol", "exchange"):
+        suspect = pc.or_(suspect, pc.invert(pc.match_substring_regex(table[name], _NAME)))
     if kind == TRADE:
         suspect = pc.or_(suspect, pc.less_equal(table["quantity"], _ZERO))
         suspect = pc.or_(suspect, pc.less_equal(table["price"], _ZERO))
@@ -334,6 +372,10 @@ def _suspect_rows(kind: RecordKind, table: pa.Table) -> pa.Array:
             price, quantity = table[f"{side}_price"], table[f"{side}_quantity"]
             suspect = pc.or_(suspect, pc.not_equal(pc.is_null(price), pc.is_null(quantity)))
             suspect = pc.or_(suspect, pc.fill_null(pc.less_equal(quantity, _ZERO), False))
+            suspect = pc.or_(suspect, pc.fill_null(pc.less_equal(price, _ZERO), False))
+    for repeated in _repeated_suspects(kind, table):
+        if repeated is not None:
+            suspect = pc.or_(suspect, repeated)
     return suspect.combine_chunks() if isinstance(suspect, pa.ChunkedArray) else suspect
 
 

@@ -3,9 +3,10 @@ a time: the per-item hot path of PublishTrades/PublishQuotes.
 
 A batch of trades goes to the compiled encoder (k2._native.TradeEncoder) in one call, as its serialized request. It
 writes each trade it can judge at a glance (plain decimals that fit, canonical message ids, whole-microsecond
-timestamps of years 1 to 9999, texts within their limits, known enum values) and hands back any other, which
-trade_from_proto and avro.encode then accept or reject with its field and reason: the exact path. Both write the
-same bytes (tests check it), so which path a trade took never shows. Quotes all take the exact path."""
+timestamps of years 1 to 9999, texts, names and repeated fields within their limits, known enum values) and hands
+back any other, which trade_from_proto and avro.encode then accept or reject with its field and reason: the exact
+path. Both write the same bytes (tests check it), so which path a trade took never shows. Quotes all take the
+exact path."""
 
 import uuid
 from collections import Counter
@@ -21,6 +22,7 @@ from k2.core.records import (
     DECIMAL_PRECISION,
     DECIMAL_SCALE,
     MAX_TEXT_LENGTH,
+    NATIVE_LIMITS,
     QUOTE,
     TRADE,
     FieldError,
@@ -78,7 +80,7 @@ def _seconds(value: datetime) -> int:
 
 _TRADES = TradeEncoder(
     avro.CURRENT_HEADERS[TRADE], avro.CURRENT_FIELDS[TRADE], _enum_tags("asset_class", ASSET_CLASS_NAMES),
-    _enum_tags("side", SIDE_NAMES), MAX_TEXT_LENGTH, (DECIMAL_PRECISION, DECIMAL_SCALE),
+    _enum_tags("side", SIDE_NAMES), MAX_TEXT_LENGTH, NATIVE_LIMITS, (DECIMAL_PRECISION, DECIMAL_SCALE),
     (_seconds(datetime.min), _seconds(datetime.max) + 1))
 
 

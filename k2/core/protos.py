@@ -19,6 +19,7 @@ from k2.core.records import (
 from k2.marketdata.v1.marketdata_pb2 import AssetClass, Quote, Side, Trade
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+NANOS_PER_SECOND = 1_000_000_000
 ASSET_CLASS_NAMES = {value: name.removeprefix("ASSET_CLASS_") for name, value in AssetClass.items() if value}
 ASSET_CLASS_VALUES = cast(dict[str, AssetClass], {name: value for value, name in ASSET_CLASS_NAMES.items()})
 SIDE_NAMES = {value: name.removeprefix("SIDE_") for name, value in Side.items() if value}
@@ -26,6 +27,8 @@ SIDE_VALUES = cast(dict[str, Side], {name: value for value, name in SIDE_NAMES.i
 
 
 def datetime_from_timestamp(field: str, ts: Timestamp) -> datetime:
+    if not 0 <= ts.nanos < NANOS_PER_SECOND:  # protobuf's Timestamp: the seconds carry the sign
+        raise FieldError(field, f"nanos must be 0 to 999,999,999: {ts.nanos}")
     if ts.nanos % 1000:
         raise FieldError(field, "finer than a microsecond; K2 timestamps are whole microseconds")
     try:

@@ -4,6 +4,7 @@ Values are exact: decimal.Decimal for prices and quantities, timezone-aware UTC 
 an absent optional field (an empty vendor_data map is None too, so proto and Avro forms round-trip).
 """
 
+import re
 import uuid
 from datetime import UTC, datetime
 from decimal import Context, Decimal, InvalidOperation
@@ -22,7 +23,29 @@ MAX_INTEGER_DIGITS = DECIMAL_PRECISION - DECIMAL_SCALE
 
 ASSET_CLASSES = ("EQUITIES", "CRYPTO", "FUTURES", "OPTIONS")
 SIDES = ("BUY", "SELL", "SELL_SHORT", "UNKNOWN")
+# Asset classes whose prices are above zero (a future's or an option's price can be zero or negative).
+POSITIVE_PRICES = ("EQUITIES", "CRYPTO")
 MAX_TEXT_LENGTH = 256
+# Symbols and exchanges: the names QueryTrades, GetBars and subscriptions select by, so a record is only accepted
+# with names a query can ask for.
+NAME_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
+MAX_NAME_LENGTH = 32
+NAME_PATTERN = re.compile(f"[{re.escape(NAME_CHARACTERS)}]{{1,{MAX_NAME_LENGTH}}}")
+NAME_RULE = f"1-{MAX_NAME_LENGTH} characters of A-Z 0-9 . _ -"
+# Repeated and map fields are bounded, so that every record is small (a few kB at most, in any script): 2,000 rows
+# fit one QueryTrades response and a live response of a full batch stays far below a subscriber's buffer.
+MAX_TRADE_CONDITIONS = 8
+MAX_CONDITION_LENGTH = 32
+MAX_VENDOR_DATA_ENTRIES = 8
+MAX_VENDOR_DATA_KEY_LENGTH = 32
+MAX_VENDOR_DATA_VALUE_LENGTH = 64
+# The same bounds as the native paths take them (native/src/limits.rs): they hand back what is outside.
+NATIVE_LIMITS = (NAME_CHARACTERS, MAX_NAME_LENGTH, MAX_TRADE_CONDITIONS, MAX_CONDITION_LENGTH,
+                 MAX_VENDOR_DATA_ENTRIES, MAX_VENDOR_DATA_KEY_LENGTH, MAX_VENDOR_DATA_VALUE_LENGTH)
+# Decimal strings as exchanges and programs write them: an optional '-', digits, optionally '.' and digits, and an
+# optional exponent (Java's BigDecimal.toString and Python's str(Decimal) write 1E-8). No '+', spaces, '_', 'NaN'.
+DECIMAL_PATTERN = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+DECIMAL_RULE = "digits with an optional '-', '.' and exponent, e.g. 97123.45 or 1E-8"
 # Decimal operations round to the context's precision (28 digits by default): ours holds any decimal(38,18) exactly.
 EXACT = Context(prec=DECIMAL_PRECISION + 2)
 
@@ -44,12 +67,13 @@ def parse_decimal(field: str, text: str) -> Decimal:
 def read_decimal(field: str, text: str) -> Decimal:
     """The decimal a string spells, not yet checked against decimal(38,18): for records that validate_trade or
     validate_quote check next (which is where the range is checked, once)."""
-    try:
-        if text.isascii():  # Decimal() would also read other scripts' digits and surrounding whitespace
+    # Decimal() alone would also read " 1", "+1", "1_000", "NaN" and other scripts' digits.
+    if isinstance(text, str) and DECIMAL_PATTERN.fullmatch(text):
+        try:
             return Decimal(text)
-    except (InvalidOperation, TypeError, AttributeError):
-        pass
-    raise FieldError(field, f"not a decimal number: {text!r:.40}")
+        except InvalidOperation:  # an exponent beyond what Decimal holds
+            pass
+    raise FieldError(field, f"not a decimal number: {text!r:.40} ({DECIMAL_RULE})")
 
 
 def check_decimal(field: str, value: Decimal) -> Decimal:
@@ -79,6 +103,35 @@ def check_text(field: str, value: str, *, required: bool = True) -> str:
     return value
 
 
+def check_name(field: str, value: str) -> str:
+    """A symbol or an exchange: the same rule at ingest and in every query."""
+    if not NAME_PATTERN.fullmatch(value):
+        raise FieldError(field, f"{value!r:.40} is not {NAME_RULE}" if value else "required")
+    return value
+
+
+def check_trade_conditions(values: list[str]) -> None:
+    if len(values) > MAX_TRADE_CONDITIONS:
+        raise FieldError("trade_conditions", f"{len(values)} given, at most {MAX_TRADE_CONDITIONS}")
+    for index, value in enumerate(values):
+        if len(value) > MAX_CONDITION_LENGTH:
+            raise FieldError("trade_conditions", f"[{index}] is longer than {MAX_CONDITION_LENGTH} characters")
+
+
+def check_vendor_data(values: dict[str, str] | None) -> None:
+    if not values:
+        return
+    if len(values) > MAX_VENDOR_DATA_ENTRIES:
+        raise FieldError("vendor_data", f"{len(values)} entries, at most {MAX_VENDOR_DATA_ENTRIES}")
+    for key, value in values.items():
+        if len(key) > MAX_VENDOR_DATA_KEY_LENGTH:
+            raise FieldError("vendor_data", f"key {key[:40]!r} is longer than {MAX_VENDOR_DATA_KEY_LENGTH} "
+                                            "characters")
+        if len(value) > MAX_VENDOR_DATA_VALUE_LENGTH:
+            raise FieldError("vendor_data", f"the value of {key[:40]!r} is longer than "
+                                            f"{MAX_VENDOR_DATA_VALUE_LENGTH} characters")
+
+
 def check_timestamp(field: str, value: datetime) -> datetime:
     if value.tzinfo is None:
         raise FieldError(field, "timezone-naive datetime; K2 timestamps are UTC")
@@ -102,8 +155,10 @@ def utc_now() -> datetime:
 
 def validate_trade(record: Record) -> Record:
     """Checks a trade built by a parser or from a request; returns it (decimals normalised) or raises FieldError."""
-    for field in ("trade_id", "symbol", "exchange", "currency"):
+    for field in ("trade_id", "currency"):
         check_text(field, record[field])
+    check_name("symbol", record["symbol"])
+    check_name("exchange", record["exchange"])
     if record["asset_class"] not in ASSET_CLASSES:
         raise FieldError("asset_class", f"must be one of {', '.join(ASSET_CLASSES)}")
     if record["side"] not in SIDES:
@@ -112,8 +167,10 @@ def validate_trade(record: Record) -> Record:
     record["quantity"] = quantity = check_decimal("quantity", record["quantity"])
     if quantity <= 0:
         raise FieldError("quantity", f"must be positive: {quantity}")
-    if record["price"] <= 0 and record["asset_class"] in ("EQUITIES", "CRYPTO"):
+    if record["price"] <= 0 and record["asset_class"] in POSITIVE_PRICES:
         raise FieldError("price", f"must be positive: {record['price']}")
+    check_trade_conditions(record["trade_conditions"])
+    check_vendor_data(record["vendor_data"])
     check_timestamp("timestamp", record["timestamp"])
     check_timestamp("ingestion_timestamp", record["ingestion_timestamp"])
     return record
@@ -121,8 +178,10 @@ def validate_trade(record: Record) -> Record:
 
 def validate_quote(record: Record) -> Record:
     """Checks a quote; a side with no order has price and quantity None. Crossed and locked books are valid."""
-    for field in ("quote_id", "symbol", "exchange", "currency"):
+    for field in ("quote_id", "currency"):
         check_text(field, record[field])
+    check_name("symbol", record["symbol"])
+    check_name("exchange", record["exchange"])
     if record["asset_class"] not in ASSET_CLASSES:
         raise FieldError("asset_class", f"must be one of {', '.join(ASSET_CLASSES)}")
     for side in ("bid", "ask"):
@@ -135,6 +194,9 @@ def validate_quote(record: Record) -> Record:
             record[f"{side}_quantity"] = check_decimal(f"{side}_quantity", quantity)
             if quantity <= 0:
                 raise FieldError(f"{side}_quantity", f"must be positive: {quantity}")
+            if price <= 0 and record["asset_class"] in POSITIVE_PRICES:
+                raise FieldError(f"{side}_price", f"must be positive: {price}")
+    check_vendor_data(record["vendor_data"])
     check_timestamp("timestamp", record["timestamp"])
     check_timestamp("ingestion_timestamp", record["ingestion_timestamp"])
     return record

@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use crate::fanout_transcode::{DecimalType, Field, FieldType, Program, Scratch};
+use crate::limits::RecordLimits;
 
 /// The program that transcodes one record kind (see k2/services/query/convert.py, which builds it).
 #[pyclass(frozen, module = "k2._native")]
@@ -71,13 +72,15 @@ impl LiveTranscoder {
     /// `headers`: what a current-version message starts with (k2.core.framing: single-object, and the schema
     /// registry's when there is one). `fields`, in Avro order: (type, proto field number, keep an empty string, check the text's length,
     /// must be positive, argument: the proto numbers of an enum's symbols, a decimal's (precision, scale)).
-    /// `pairs`: fields that are both null or both set. `routing`: the symbol, exchange and timestamp fields.
+    /// `pairs`: fields that are both null or both set. `limits`: the record's other bounds (crate::limits), on
+    /// the symbol and exchange fields and every list and map. `routing`: the symbol, exchange and timestamp fields.
     #[new]
     fn new(
         headers: Vec<Vec<u8>>,
         fields: Vec<FieldSpec<'_>>,
         pairs: Vec<(usize, usize)>,
         max_text: usize,
+        limits: RecordLimits,
         routing: (usize, usize, usize),
     ) -> PyResult<Self> {
         let mut numbers = Vec::new();
@@ -117,6 +120,7 @@ impl LiveTranscoder {
                 emit_order,
                 pairs,
                 max_text,
+                limits,
                 symbol,
                 exchange,
                 timestamp,

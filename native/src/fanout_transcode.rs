@@ -6,6 +6,7 @@
 //! descriptor), so nothing here knows the schema's layout. A record that is not plainly valid is not judged here:
 //! `transcode` returns None and the caller hands it to the exact Python path.
 
+use crate::limits::RecordLimits;
 use crate::text;
 
 /// How one Avro field is read and written.
@@ -57,6 +58,8 @@ pub struct Program {
     /// fields that are both null or both present
     pub pairs: Vec<(usize, usize)>,
     pub max_text: usize,
+    /// names (the symbol and exchange fields) and repeated fields (every list and map) within these
+    pub limits: RecordLimits,
     pub symbol: usize,
     pub exchange: usize,
     pub timestamp: usize,
@@ -275,7 +278,7 @@ impl Program {
             pos: header.len(),
         };
         self.read(&mut reader, scratch)?;
-        if reader.pos != value.len() || !self.plainly_valid(value, &scratch.values) {
+        if reader.pos != value.len() || !self.plainly_valid(value, scratch) {
             return None;
         }
         self.write(value, scratch);
@@ -383,18 +386,30 @@ impl Program {
         Some(())
     }
 
-    fn plainly_valid(&self, data: &[u8], values: &[Value]) -> bool {
-        let fields_valid = self
-            .fields
-            .iter()
-            .zip(values)
-            .all(|(field, value)| match *value {
+    fn plainly_valid(&self, data: &[u8], scratch: &Scratch) -> bool {
+        let values = &scratch.values;
+        let bytes = |&(start, end): &(usize, usize)| &data[start..end];
+        let limits = &self.limits;
+        let fields_valid = self.fields.iter().zip(values).enumerate().all(
+            |(index, (field, value))| match *value {
+                Value::Text(start, end) if index == self.symbol || index == self.exchange => {
+                    limits.is_name(&data[start..end])
+                }
                 Value::Text(start, end) => {
                     !field.checked_text || text::length_fits(&data[start..end], self.max_text)
                 }
                 Value::Decimal(units) => !field.positive || units > 0,
+                Value::List(first, last) => limits
+                    .conditions_fit(last - first, scratch.texts[first..last].iter().map(bytes)),
+                Value::Map(first, last) => limits.vendor_data_fits(
+                    last - first,
+                    scratch.entries[first..last]
+                        .iter()
+                        .map(|(key, value)| (bytes(key), bytes(value))),
+                ),
                 _ => true,
-            });
+            },
+        );
         fields_valid
             && self
                 .pairs

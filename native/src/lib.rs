@@ -11,6 +11,7 @@ mod avro_write;
 mod binance;
 mod fanout;
 mod fanout_transcode;
+mod limits;
 mod proto_wire;
 mod publish;
 mod text;

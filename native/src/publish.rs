@@ -1,7 +1,8 @@
 //! Published trades (a serialized k2.ingest.v1.PublishTradesRequest) → their Avro v2 Kafka messages, in one
 //! call per batch. A trade is written here only when it can be judged at a glance (texts within their limits,
 //! known enum values, plain decimals that fit, a canonical lowercase message id or none, a timestamp that is
-//! whole microseconds within years 1 to 9999); any other is handed back by index to the Python exact path
+//! whole microseconds within years 1 to 9999, names and repeated fields within crate::limits); any other is
+//! handed back by index to the Python exact path
 //! (k2.core.proto_avro), which accepts or rejects it. What the schema defines (header, field order, enum
 //! symbols, decimal precision) comes from Python.
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
 use crate::avro_write::{plain_decimal, write_bytes, write_long, write_positive_decimal};
+use crate::limits::RecordLimits;
 use crate::proto_wire::{Reader, Value};
 use crate::text;
 
@@ -133,6 +135,7 @@ struct TradeEncoder {
     asset_classes: Vec<Vec<u8>>, // by proto enum value: the Avro enum index as written, empty when unknown
     sides: Vec<Vec<u8>>,
     max_text_length: usize,
+    limits: RecordLimits,
     integer_digits: usize,
     scale: usize,
     powers: Vec<u128>,
@@ -184,12 +187,18 @@ impl TradeEncoder {
         let (Some(price), Some(quantity)) = (decimal(trade.price), decimal(trade.quantity)) else {
             return false;
         };
+        let limits = &self.limits;
         if asset_class.is_empty()
             || side.is_empty()
             || !(self.is_plain_text(trade.trade_id)
-                && self.is_plain_text(trade.symbol)
-                && self.is_plain_text(trade.exchange)
+                && limits.is_name(trade.symbol)
+                && limits.is_name(trade.exchange)
                 && self.is_plain_text(trade.currency))
+            || !limits.conditions_fit(
+                trade.trade_conditions.len(),
+                trade.trade_conditions.iter().copied(),
+            )
+            || !limits.vendor_data_fits(trade.vendor_data.len(), trade.vendor_data.iter().copied())
             || !(self.seconds.0..self.seconds.1).contains(&seconds)
             || !(0..1_000_000_000).contains(&nanos)
             || nanos % 1000 != 0
@@ -283,15 +292,18 @@ type Encoded<'py> = (
 #[pymethods]
 impl TradeEncoder {
     /// header: the schema's single-object header; fields: its field names in order (checked against the order
-    /// written here); asset_classes, sides: proto enum value → the Avro enum index as written; decimals:
-    /// (precision, scale); seconds: the timestamps accepted here, [first, end) in seconds since 1970.
+    /// written here); asset_classes, sides: proto enum value → the Avro enum index as written; limits: the
+    /// record's other bounds (crate::limits); decimals: (precision, scale); seconds: the timestamps accepted
+    /// here, [first, end) in seconds since 1970.
     #[new]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         header: Vec<u8>,
         fields: Vec<String>,
         asset_classes: HashMap<u32, Vec<u8>>,
         sides: HashMap<u32, Vec<u8>>,
         max_text_length: usize,
+        limits: RecordLimits,
         decimals: (usize, usize),
         seconds: (i64, i64),
     ) -> PyResult<Self> {
@@ -311,6 +323,7 @@ impl TradeEncoder {
             asset_classes: enum_table(asset_classes),
             sides: enum_table(sides),
             max_text_length,
+            limits,
             integer_digits: precision - scale,
             scale,
             powers: (0..=scale as u32).map(|power| 10u128.pow(power)).collect(),

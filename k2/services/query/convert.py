@@ -24,7 +24,7 @@ from k2._native import LiveBatch, LiveTranscoder
 from k2.core.avro import CURRENT, DecodeError
 from k2.core.framing import SINGLE_OBJECT, Framing
 from k2.core.protos import quote_to_proto, trade_to_proto
-from k2.core.records import MAX_TEXT_LENGTH, QUOTE, TRADE, VALIDATORS, FieldError, RecordKind
+from k2.core.records import MAX_TEXT_LENGTH, NATIVE_LIMITS, QUOTE, TRADE, VALIDATORS, FieldError, RecordKind
 from k2.marketdata.v1.marketdata_pb2 import Quote, Trade
 from k2.query.v1 import query_pb2
 from k2.services.query.selection import micros
@@ -60,8 +60,9 @@ def decode_exactly(kind: RecordKind, value: bytes,
 # What the native transcoder clears on its own; a record outside it is handed to decode_exactly, which judges it.
 _CHECKED_TEXTS = {TRADE: ("trade_id", "symbol", "exchange", "currency"),
                   QUOTE: ("quote_id", "symbol", "exchange", "currency")}
-# (a zero or negative trade price is valid for futures and options: the validator decides)
-_POSITIVE = {TRADE: ("price", "quantity"), QUOTE: ("bid_quantity", "ask_quantity")}
+# Handed back unless above zero: a zero or negative price is valid for futures and options only, which the
+# validator decides.
+_POSITIVE = {TRADE: ("price", "quantity"), QUOTE: ("bid_price", "bid_quantity", "ask_price", "ask_quantity")}
 _BOTH_OR_NEITHER = {TRADE: (), QUOTE: (("bid_price", "bid_quantity"), ("ask_price", "ask_quantity"))}
 
 
@@ -120,7 +121,7 @@ def _transcoder(kind: RecordKind, headers: tuple[bytes, ...]) -> LiveTranscoder:
                        name in _POSITIVE[kind], argument))
     pairs = [(names.index(a), names.index(b)) for a, b in _BOTH_OR_NEITHER[kind]]
     routing = (names.index("symbol"), names.index("exchange"), names.index("timestamp"))
-    return LiveTranscoder(list(headers), fields, pairs, MAX_TEXT_LENGTH, routing)
+    return LiveTranscoder(list(headers), fields, pairs, MAX_TEXT_LENGTH, NATIVE_LIMITS, routing)
 
 
 def transcoder(kind: RecordKind, framing: Framing = SINGLE_OBJECT) -> LiveTranscoder:

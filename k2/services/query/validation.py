@@ -1,18 +1,16 @@
 """Request checks: every bad field is refused with INVALID_ARGUMENT naming the field and the reason (FieldError),
 before any work is done."""
 
-import re
 from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from k2.core.records import FieldError, RecordKind
+from k2.core.records import FieldError, RecordKind, check_name
 from k2.query.v1 import query_pb2
 from k2.services.query.config import QuerySettings
 from k2.services.query.selection import Selection
 from k2.services.query.tokens import PageToken, StreamPosition, query_digest
 
-NAME_PATTERN = re.compile(r"[A-Z0-9._-]{1,32}")
 DAY_MICROS = 86_400_000_000
 # Timestamp.seconds of 0001-01-01 and 10000-01-01: the range a datetime holds
 MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_800
@@ -26,12 +24,6 @@ BAR_INTERVALS: dict[int, int] = {  # BarInterval → µs
 }
 QueryRequest = query_pb2.QueryTradesRequest | query_pb2.QueryQuotesRequest
 SubscribeRequest = query_pb2.SubscribeTradesRequest | query_pb2.SubscribeQuotesRequest
-
-
-def check_name(field: str, value: str) -> str:
-    if not NAME_PATTERN.fullmatch(value):
-        raise FieldError(field, f"{value[:40]!r} is not 1-32 characters of A-Z 0-9 . _ -")
-    return value
 
 
 def check_names(field: str, values: list[str], maximum: int, *, required: bool) -> frozenset[str] | None:

@@ -38,6 +38,7 @@ from k2.core.records import (
     RecordKind,
     check_decimal,
     parse_decimal,
+    validate_quote,
 )
 from k2.core.records import QUOTE as QUOTE_KIND
 from k2.core.records import TRADE as TRADE_KIND
@@ -329,7 +330,7 @@ class FrameParser:
         quote_id = f"BINANCE-{state.symbol}-{update_id}"
         received_us = time_ns() // 1000
         received = timestamp_from_micros(received_us)
-        self.out.quotes.append(_encoded(QUOTE_KIND, {
+        self.out.quotes.append(_encoded(QUOTE_KIND, validate_quote({
             "message_id": message_id(quote_id),
             "quote_id": quote_id,
             "symbol": state.symbol,
@@ -345,7 +346,7 @@ class FrameParser:
             "ingestion_timestamp": received,
             "platform_sequence": None,
             "vendor_data": {"timestamp_source": "receive_time"},
-        }, received_us))
+        }), received_us))
         state.quotes += 1
 
     def _unwrapped(self, raw: bytes, message: Any) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from k2.core.config import is_loopback_host
+from k2.core.records import FieldError, check_name
 
 LIVE_ENDPOINTS = [
     "wss://stream.binance.com:9443",
@@ -109,6 +110,10 @@ class BinanceSettings(BaseSettings):
         for symbol in normalised:
             if not _SYMBOL.match(symbol):
                 raise ValueError(f"{symbol!r} is not a Binance symbol (letters and digits, e.g. BTCUSDT)")
+            try:
+                check_name("symbol", symbol)  # K2's rule for every symbol, which Binance's narrows
+            except FieldError as error:
+                raise ValueError(str(error)) from None
             quote_asset(symbol)
         return normalised
 
