@@ -3,6 +3,7 @@
 //!   the latest value per message key, the error messages;
 //! - `LiveBatch.decode`: every value → its framed message (fanout_transcode, without holding the GIL); what it
 //!   hands back goes through the exact Python path, whose results `accept` adds;
+//! - `LiveBatch.split`: a batch whose records would make too large a response, in parts that do not;
 //! - `LiveBatch.select`: a subscriber group's records, joined into one bytes object.
 use std::collections::HashMap;
 
@@ -205,6 +206,51 @@ impl LiveBatch {
             Some(position) => position.1 = offset + 1,
             None => self.positions.push((partition, offset + 1)),
         }
+    }
+
+    /// Messages `first..last` of a decoded batch as a batch of their own: their positions, records and headers.
+    fn part(&self, py: Python<'_>, first: usize, last: usize) -> Self {
+        let mut part = LiveBatch::new();
+        for index in first..last {
+            part.partitions.push(self.partitions[index]);
+            part.offsets.push(self.offsets[index]);
+            part.raw_spans.push((0, 0)); // decoded: the values are no longer needed
+            part.advance(self.partitions[index], self.offsets[index]);
+            let (from, to) = self.framed_spans[index];
+            let start = part.framed.len();
+            part.framed.extend_from_slice(&self.framed[from..to]);
+            part.framed_spans.push((start, part.framed.len()));
+            if self.valid[index] {
+                part.newest = if part.valid_count == 0 {
+                    self.timestamps[index]
+                } else {
+                    part.newest.max(self.timestamps[index])
+                };
+                part.valid_count += 1;
+            }
+        }
+        part.headers = self
+            .headers
+            .as_ref()
+            .map(|headers| headers.bind(py).get_slice(first, last).unbind());
+        part.decoded = true;
+        part.valid = self.valid[first..last].to_vec();
+        part.exchange_ids = self.exchange_ids[first..last].to_vec();
+        part.timestamps = self.timestamps[first..last].to_vec();
+        part.symbols = self.symbols.iter().map(|s| s.clone_ref(py)).collect();
+        part.exchanges = self.exchanges.iter().map(|e| e.clone_ref(py)).collect();
+        part.by_symbol = self
+            .by_symbol
+            .iter()
+            .map(|records| {
+                records
+                    .iter()
+                    .filter(|&&i| (first..last).contains(&(i as usize)))
+                    .map(|&i| i - first as u32)
+                    .collect()
+            })
+            .collect();
+        part
     }
 
     fn check_index(&self, index: usize) -> PyResult<()> {
@@ -428,6 +474,30 @@ impl LiveBatch {
         self.valid[index] = true;
         self.valid_count += 1;
         Ok(())
+    }
+
+    /// The batch as consecutive parts whose records take at most `max_bytes` each (a record larger than that is a
+    /// part of its own), each with its own positions: so that no response made of a part is larger. The batch
+    /// itself when it is that small (or not decoded).
+    fn split(slf: &Bound<'_, Self>, max_bytes: usize) -> PyResult<Vec<Py<LiveBatch>>> {
+        let py = slf.py();
+        let batch = slf.borrow();
+        if !batch.decoded || batch.framed.len() <= max_bytes {
+            return Ok(vec![slf.clone().unbind()]);
+        }
+        let mut parts = Vec::new();
+        let (mut first, mut size) = (0, 0);
+        for index in 0..batch.partitions.len() {
+            let (from, to) = batch.framed_spans[index];
+            let record = if batch.valid[index] { to - from } else { 0 };
+            if size + record > max_bytes && size > 0 {
+                parts.push(Py::new(py, batch.part(py, first, index))?);
+                (first, size) = (index, 0);
+            }
+            size += record;
+        }
+        parts.push(Py::new(py, batch.part(py, first, batch.partitions.len()))?);
+        Ok(parts)
     }
 
     /// The distinct symbols of the valid records.

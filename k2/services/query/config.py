@@ -22,6 +22,8 @@ class QuerySettings(ServerSettings):
 
     # Subscriptions
     subscription_batch: int = 1_000  # most trades per response; also the fan-out consumer's poll size
+    # Bytes of records per subscription response at most (a larger batch is sent in several responses)
+    subscription_response_bytes: int = 1024 * 1024
     # After a first message, how long the fan-out waits for more to send together (0: what has arrived, at once)
     flush_ms: float = 0.0
     heartbeat_seconds: float = 5.0

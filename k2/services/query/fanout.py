@@ -13,6 +13,11 @@ to every matching subscriber.
   each of its subscribers.
 - Each subscriber has a bounded buffer (bytes waiting to be sent). Queuing never waits: a subscriber whose buffer
   is full is removed and ended with RESOURCE_EXHAUSTED, so a slow reader never slows the others.
+- A batch whose records would make a response larger than `subscription_response_bytes` is delivered in parts
+  (LiveBatch.split), each with the position after it, so no response outgrows that bound.
+- Subscribers are isolated from one another: an error while serving one subscriber (or one group: its selection)
+  ends that subscriber (or group) with INTERNAL, is logged and counted, and the others are served as if it had
+  not happened.
 - `positions` is the next offset per partition up to which every record has been delivered (queued) to the live
   subscribers: the hand-over point for a subscriber that joins (its own replay must cover what lies before).
 - The fan-out also keeps the latest trade and quote per symbol for GetLatest: the last message read for the
@@ -221,6 +226,17 @@ class FanOut:
         return {p: max(offset, subscriber.skip_below.get(p, 0)) for p, offset in live.items()} | {
             p: offset for p, offset in subscriber.skip_below.items() if p not in live}
 
+    def _failed(self, subscribers: list[Subscriber]) -> None:
+        """Ends subscribers that could not be served (the exception being handled): only them."""
+        log.exception("fan-out: delivering to %d %s subscriber(s) failed; ending them", len(subscribers),
+                      subscribers[0].kind)
+        for subscriber in subscribers:
+            self.unregister(subscriber)
+            subscriber.end(grpc.StatusCode.INTERNAL,
+                           "the server failed delivering to this subscription and ended it (the error is "
+                           "logged); resubscribe with the last resume_token received to continue", discard=True)
+            metrics.FAILED_SUBSCRIBERS.labels(metrics.SERVICE, subscriber.kind).inc()
+
     def _too_slow(self, subscriber: Subscriber) -> None:
         self.unregister(subscriber)
         subscriber.end(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -235,12 +251,14 @@ class FanOut:
         try:
             for kind in KINDS:
                 position = self.positions[kind]
-                position.update(positions[kind])
                 batch = batches[kind]
                 if not batch.decoded and self._wanted[kind]:  # a first subscriber arrived after the poll
                     self._decode(kind, batch)
-                if batch.records:
-                    self._traced_deliver(kind, batch, position)
+                for part in batch.split(self._settings.subscription_response_bytes):
+                    position.update(part.positions)
+                    if part.records:
+                        self._traced_deliver(kind, part, position)
+                position.update(positions[kind])
                 if self._ahead[kind]:
                     self._promote(kind, position)
         finally:
@@ -273,19 +291,26 @@ class FanOut:
         if by_symbol:
             groups += {group for symbol in batch.symbols() for group in by_symbol.get(symbol, ())}
         for group in groups:
-            selection = group.selection
-            framed, count, newest = batch.select(selection.symbols, selection.exchanges, selection.start,
-                                                 selection.end)
-            if count:
-                self._send(kind, framed, count, newest, position, selection, list(group.subscribers))
-                reached += len(group.subscribers)
+            selection, subscribers = group.selection, list(group.subscribers)
+            try:
+                framed, count, newest = batch.select(selection.symbols, selection.exchanges, selection.start,
+                                                     selection.end)
+                if count:
+                    self._send(kind, framed, count, newest, position, selection, subscribers)
+                    reached += len(subscribers)
+            except Exception:  # noqa: BLE001 - this group's alone: the others are served
+                self._failed(subscribers)
         for subscriber in list(self._ahead[kind]):
             selection = subscriber.selection
-            framed, count, newest = batch.select(selection.symbols, selection.exchanges, selection.start,
-                                                 selection.end, subscriber.skip_below)
-            if count:
-                self._send(kind, framed, count, newest, self.position_of(subscriber), selection, [subscriber])
-                reached += 1
+            try:
+                framed, count, newest = batch.select(selection.symbols, selection.exchanges, selection.start,
+                                                     selection.end, subscriber.skip_below)
+                if count:
+                    self._send(kind, framed, count, newest, self.position_of(subscriber), selection,
+                               [subscriber])
+                    reached += 1
+            except Exception:  # noqa: BLE001 - this subscriber's alone
+                self._failed([subscriber])
         return reached
 
     def _send(self, kind: RecordKind, framed: bytes, count: int, newest: int, position: Offsets,
@@ -293,7 +318,12 @@ class FanOut:
         token = StreamPosition(kind, position, since=selection.start, mark=newest).encode()
         payload = response_bytes(kind, framed, token, replay=False)
         for subscriber in subscribers:
-            if not subscriber.offer(payload, count, newest):
+            try:
+                queued = subscriber.offer(payload, count, newest)
+            except Exception:  # noqa: BLE001 - this subscriber's alone
+                self._failed([subscriber])
+                continue
+            if not queued:
                 self._too_slow(subscriber)
 
     def _promote(self, kind: RecordKind, position: Offsets) -> None:

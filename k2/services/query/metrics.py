@@ -18,6 +18,10 @@ DELIVERED = Counter("k2_query_delivered_total", "Trades or quotes sent to subscr
 SLOW_SUBSCRIBER_DROPS = Counter(
     "k2_query_slow_subscriber_drops_total",
     "Subscriptions ended with RESOURCE_EXHAUSTED because their send buffer was full.", ["service", "kind"])
+FAILED_SUBSCRIBERS = Counter(
+    "k2_query_failed_subscribers_total",
+    "Subscriptions ended with INTERNAL because delivering to them failed (the error is logged); the fan-out "
+    "goes on serving the others.", ["service", "kind"])
 RESUME_FALLBACKS = Counter(
     "k2_query_resume_fallbacks_total",
     "Resumed subscriptions whose position had left Kafka (retention) or Iceberg (expired snapshot) and restarted "

@@ -33,6 +33,10 @@ def micros(value: datetime) -> int:
     return (value - EPOCH) // timedelta(microseconds=1)
 
 
+# The times a datetime holds (years 1 to 9999), in µs since 1970: every timestamp K2 stores is within them.
+MICROS_RANGE = (micros(datetime.min.replace(tzinfo=UTC)), micros(datetime.max.replace(tzinfo=UTC)))
+
+
 def from_micros(value: int) -> datetime:
     return EPOCH + timedelta(microseconds=value)
 

@@ -164,6 +164,8 @@ class QueryServicer:
         else:
             page = query.page
             topic = self._fanout.topics[kind]
+            validation.check_partitions("page_token", {*page.tail_start, *page.tail_end},
+                                        await self._workers.run(self._admin.partitions, topic))
             snapshot = await self._workers.run(self._history.at, kind, topic, page.snapshot_id)
             tail_start, tail_end, after = page.tail_start, page.tail_end, page.after
         tail = await self._tail(kind, tail_start, tail_end, query.selection, columns, budget)

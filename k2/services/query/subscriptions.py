@@ -21,10 +21,12 @@ an earlier timestamp that arrived later are not replayed.
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 
 import grpc
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from k2._native import read_messages
 from k2.core.config import KafkaSettings
@@ -111,8 +113,8 @@ class Subscriptions:
                     yield replayed
                 position = advanced
                 self._check_open()
-                if subscriber.ending is not None and subscriber.ending[0] == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    raise StreamEnded(*subscriber.ending)  # its live queue overflowed while it replayed
+                if subscriber.ending is not None and subscriber.final_position is None:
+                    raise StreamEnded(*subscriber.ending)  # its live queue overflowed (or failed) while it replayed
             async for payload in self._live(subscriber, position.mark):
                 yield payload
         finally:
@@ -155,31 +157,54 @@ class Subscriptions:
         topic = self._fanout.topics[kind]
         snapshot = await self._workers.run(self._history.at, kind, topic, position.snapshot_id)
         rows = ordered_rows(kind, snapshot, selection, [*ORDER_COLUMNS, FRAMED], after=position.after)
-        batch = self._settings.subscription_batch
         while True:
             window = await self._workers.run(next, rows, None)
             if window is None:
                 return
-            for start in range(0, window.num_rows, batch):
-                chunk = window.slice(start, batch)
+            for start, length in self._response_slices(window[FRAMED]):
+                chunk = window.slice(start, length)
                 framed = joined(chunk[FRAMED].combine_chunks())
                 after = row_key(chunk, chunk.num_rows - 1)
                 position = replace(position, after=after, mark=max(position.mark, after[0]))
                 metrics.DELIVERED.labels(metrics.SERVICE, kind, "history").inc(chunk.num_rows)
                 yield response_bytes(kind, framed, position.encode(), replay=True), position
 
+    def _response_slices(self, framed: pa.ChunkedArray) -> Iterator[tuple[int, int]]:
+        """(start, length) of consecutive rows, for responses of at most subscription_batch rows and
+        subscription_response_bytes (a larger row alone)."""
+        most_rows, most_bytes = self._settings.subscription_batch, self._settings.subscription_response_bytes
+        sizes = pc.binary_length(framed)
+        if (pc.sum(sizes).as_py() or 0) <= most_bytes:  # nearly always
+            yield from ((start, most_rows) for start in range(0, len(framed), most_rows))
+            return
+        start, taken, size = 0, 0, 0
+        for row_size in sizes.to_pylist():
+            if taken == most_rows or (taken and size + row_size > most_bytes):
+                yield start, taken
+                start, taken, size = start + taken, 0, 0
+            taken += 1
+            size += row_size
+        if taken:
+            yield start, taken
+
     # ---- Kafka replay ----------------------------------------------------------------------------------------
 
     def _read(self, reader: RangeReader, kind: RecordKind, selection: Selection,
-              offsets: Offsets) -> tuple[bytes, int, int]:
-        """(framed records, count, newest timestamp) of the reader's next messages; advances `offsets`."""
+              offsets: Offsets) -> list[tuple[bytes, int, int, Offsets]]:
+        """(framed records, count, newest timestamp, offsets after them) of the reader's next messages, in parts
+        of at most subscription_response_bytes; advances `offsets`."""
         messages = reader.read(self._settings.subscription_batch, 0.2)
         [batch], _ = read_messages(messages, [reader.topic], keys=symbol_keys(selection))
-        offsets.update(batch.positions)
         decode_batch(kind, batch, self._fanout.framing)
-        framed, count, newest = batch.select(selection.symbols, selection.exchanges, selection.start,
-                                             selection.end)
-        return framed, count, newest
+        parts = []
+        for part in batch.split(self._settings.subscription_response_bytes):
+            offsets.update(part.positions)
+            framed, count, newest = part.select(selection.symbols, selection.exchanges, selection.start,
+                                                selection.end)
+            parts.append((framed, count, newest, dict(offsets)))
+        offsets.update(batch.positions)  # and the messages of other symbols, which it skipped undecoded
+        parts[-1] = (*parts[-1][:3], dict(offsets))
+        return parts
 
     async def _replay(self, kind: RecordKind, selection: Selection, position: StreamPosition,
                       end: Offsets) -> AsyncIterator[tuple[bytes | None, StreamPosition]]:
@@ -194,14 +219,14 @@ class Subscriptions:
                 while not reader.done:
                     # A replay slot bounds the reading, not the sending: a client that stops reading holds none.
                     async with self._replays:
-                        framed, count, newest = await self._workers.run(self._read, reader, kind, selection,
-                                                                        offsets)
-                    now = time.monotonic()
-                    if count or now - last_sent >= self._settings.heartbeat_seconds:
-                        position = replace(position, offsets=dict(offsets), mark=max(position.mark, newest))
-                        metrics.DELIVERED.labels(metrics.SERVICE, kind, "replay").inc(count)
-                        last_sent = now
-                        yield response_bytes(kind, framed, position.encode(), replay=True), position
+                        parts = await self._workers.run(self._read, reader, kind, selection, offsets)
+                    for framed, count, newest, after in parts:
+                        now = time.monotonic()
+                        if count or now - last_sent >= self._settings.heartbeat_seconds:
+                            position = replace(position, offsets=after, mark=max(position.mark, newest))
+                            metrics.DELIVERED.labels(metrics.SERVICE, kind, "replay").inc(count)
+                            last_sent = now
+                            yield response_bytes(kind, framed, position.encode(), replay=True), position
             finally:
                 await self._workers.run(reader.close)
         # the range is done even where its last offsets held no message (transaction markers)
@@ -222,7 +247,7 @@ class Subscriptions:
                 yield payload
                 continue
             if subscriber.ending is not None:
-                if subscriber.ending[0] != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                if subscriber.final_position is not None:  # ended with its queue kept: its position is exact
                     yield self._heartbeat(subscriber, mark)
                 raise StreamEnded(*subscriber.ending)
             subscriber.wakeup.clear()

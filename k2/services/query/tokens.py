@@ -7,6 +7,9 @@ returned, so every page reads the same data and continues exactly after the prev
 
 Resume token (subscriptions): the stream's position. Live and Kafka-replay positions are the next offset of every
 partition of the topic; while a stream still replays Iceberg history, the snapshot and the last row's key too.
+
+Every field is checked on decoding, its type and its range (a partition is a 32-bit number, offsets and ids
+64-bit, times within years 1 to 9999), so a token that decodes holds only values every later step can take.
 """
 
 import base64
@@ -17,12 +20,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from k2.core.records import FieldError, RecordKind
-from k2.services.query.selection import Key, Selection
+from k2.services.query.selection import MICROS_RANGE, Key, Selection
 
 VERSION = 1
 KIND_CODES: dict[RecordKind, str] = {"trade": "t", "quote": "q"}
 KINDS = {code: kind for kind, code in KIND_CODES.items()}
 Offsets = dict[int, int]
+INT64 = (-(2**63), 2**63 - 1)
+PARTITIONS = (0, 2**31 - 1)
+OFFSETS = (0, 2**63 - 1)
 
 
 def _encode(payload: dict[str, Any]) -> str:
@@ -35,18 +41,21 @@ def _decode(field_name: str, token: str) -> dict[str, Any]:
         raise FieldError(field_name, "too long")
     try:
         payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # RecursionError: JSON nested too deeply
         raise FieldError(field_name, "not a token issued by this service") from None
     if not isinstance(payload, dict) or payload.get("v") != VERSION:
         raise FieldError(field_name, "not a token issued by this service (or from an incompatible version)")
     return payload
 
 
-def _int(field_name: str, value: Any, *, optional: bool = False) -> Any:
+def _int(field_name: str, value: Any, what: str, bounds: tuple[int, int], *, optional: bool = False) -> Any:
     if value is None and optional:
         return None
     if not isinstance(value, int) or isinstance(value, bool):
-        raise FieldError(field_name, "malformed token")
+        raise FieldError(field_name, f"malformed token: {what} is not an integer")
+    low, high = bounds
+    if not low <= value <= high:
+        raise FieldError(field_name, f"malformed token: {what} is outside {low} to {high}")
     return value
 
 
@@ -56,15 +65,13 @@ def _offsets_out(offsets: Offsets) -> list[list[int]]:
 
 def _offsets_in(field_name: str, value: Any) -> Offsets:
     if not isinstance(value, list):
-        raise FieldError(field_name, "malformed token")
+        raise FieldError(field_name, "malformed token: no offsets")
     offsets: Offsets = {}
     for item in value:
         if not isinstance(item, list) or len(item) != 2:
-            raise FieldError(field_name, "malformed token")
-        partition, offset = _int(field_name, item[0]), _int(field_name, item[1])
-        if partition < 0 or offset < 0:
-            raise FieldError(field_name, "malformed token")
-        offsets[partition] = offset
+            raise FieldError(field_name, "malformed token: an offset is not a [partition, offset] pair")
+        partition = _int(field_name, item[0], "a partition", PARTITIONS)
+        offsets[partition] = _int(field_name, item[1], "an offset", OFFSETS)
     return offsets
 
 
@@ -77,8 +84,9 @@ def _key_in(field_name: str, value: Any) -> Key | None:
         return None
     if (not isinstance(value, list) or len(value) != 5 or not all(isinstance(v, str) for v in value[1:3])
             or not isinstance(value[4], str)):
-        raise FieldError(field_name, "malformed token")
-    return (_int(field_name, value[0]), value[1], value[2], _int(field_name, value[3], optional=True), value[4])
+        raise FieldError(field_name, "malformed token: not a row's key")
+    return (_int(field_name, value[0], "a row's time", MICROS_RANGE), value[1], value[2],
+            _int(field_name, value[3], "a row's sequence", INT64, optional=True), value[4])
 
 
 def query_digest(kind: RecordKind, selection: Selection) -> str:
@@ -108,9 +116,9 @@ class PageToken:
             raise FieldError(name, "belongs to a different query (symbols, exchange, start and end must stay)")
         after = _key_in(name, payload.get("a"))
         if after is None:
-            raise FieldError(name, "malformed token")
-        return cls(query, _int(name, payload.get("s"), optional=True), _offsets_in(name, payload.get("ts")),
-                   _offsets_in(name, payload.get("te")), after)
+            raise FieldError(name, "malformed token: no row's key")
+        return cls(query, _int(name, payload.get("s"), "the snapshot", INT64, optional=True),
+                   _offsets_in(name, payload.get("ts")), _offsets_in(name, payload.get("te")), after)
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,7 @@ class StreamPosition:
         payload = _decode(name, token)
         if payload.get("k") != KIND_CODES[kind]:
             raise FieldError(name, f"not a {kind} stream's token")
-        return cls(kind, _offsets_in(name, payload.get("o")), _int(name, payload.get("s"), optional=True),
-                   _int(name, payload.get("sn"), optional=True), _key_in(name, payload.get("a")),
-                   _int(name, payload.get("m")))
+        return cls(kind, _offsets_in(name, payload.get("o")),
+                   _int(name, payload.get("s"), "the start time", MICROS_RANGE, optional=True),
+                   _int(name, payload.get("sn"), "the snapshot", INT64, optional=True),
+                   _key_in(name, payload.get("a")), _int(name, payload.get("m"), "the time mark", MICROS_RANGE))

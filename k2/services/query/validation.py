@@ -82,6 +82,13 @@ def range_query(kind: RecordKind, request: QueryRequest, settings: QuerySettings
     return RangeQuery(kind, selection, request.limit or settings.default_limit, digest, page)
 
 
+def check_partitions(field: str, named: set[int], partitions: list[int]) -> None:
+    """A token's partitions must be the topic's: a range on one it does not have would wait for the deadline."""
+    unknown = named.difference(partitions)
+    if unknown:
+        raise FieldError(field, f"names partition {min(unknown)}, which the topic does not have")
+
+
 @dataclass(frozen=True)
 class BarsQuery:
     selection: Selection
