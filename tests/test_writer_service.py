@@ -309,3 +309,16 @@ async def test_sampled_traces_continue_through_the_writer(
     assert {a["messaging.destination.name"] for a in consumed} == {topic}
     assert sum(a["messaging.batch.message_count"] for a in consumed) == 20
     assert sum(a["k2.rows"] for a in committed) == 20
+
+
+@pytest.mark.parametrize("field", ["start", "end"])
+async def test_compacting_days_no_date_holds_is_invalid_argument(
+        start_writer: Callable[..., Awaitable[Started]], field: str) -> None:
+    _, stub, _ = await start_writer()
+    request = pb.CompactRequest(table="market_data.trades")
+    getattr(request, field).seconds = 2**62
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in stub.Compact(request, metadata=WRITE, timeout=30):
+            pass
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # was UNKNOWN (OverflowError)
+    assert (refused.value.details() or "").startswith(f"{field}: outside years 1-9999")

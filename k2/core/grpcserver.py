@@ -1,6 +1,8 @@
-"""Serving a K2 gRPC service: interceptors (tracing, token auth, limits, malformed requests), the library health servicer with per-service
-status, where the service's traces go (k2.telemetry.v1.TelemetryService), server reflection, TLS/mTLS, the metrics endpoint, and graceful shutdown on SIGTERM/SIGINT
-(health NOT_SERVING → stop accepting → drain for the grace period → the service's own cleanup → exit 0)."""
+"""Serving a K2 gRPC service: interceptors (tracing, token auth, limits, unexpected errors, malformed requests),
+the library health servicer with per-service status, where the service's traces go
+(k2.telemetry.v1.TelemetryService), server reflection, TLS/mTLS, the metrics endpoint, and graceful shutdown on
+SIGTERM/SIGINT (health NOT_SERVING → stop accepting → drain for the grace period → the service's own cleanup →
+exit 0)."""
 
 import asyncio
 import logging
@@ -128,6 +130,61 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=serialize)
 
 
+INTERNAL_ERROR = "internal error; the server logged its details"
+
+
+class UnexpectedErrorInterceptor(grpc.aio.ServerInterceptor):
+    """An exception a handler did not expect ends its call with INTERNAL and a generic message; the details (the
+    exception and its stack) are logged here, for the operator. Left to the library, the call would end UNKNOWN
+    with the exception's text, which can name the server's files and reads like the client's own fault."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method  # type: ignore[attr-defined]
+        if handler is None or method.startswith(OPEN_PREFIXES):
+            return handler
+        options: dict[str, Any] = {"request_deserializer": handler.request_deserializer,
+                                   "response_serializer": handler.response_serializer}
+
+        async def internal(context: grpc.aio.ServicerContext) -> None:
+            log.exception("%s failed", method)
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR)
+
+        if handler.response_streaming:
+            behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
+
+            async def guarded_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                except grpc.aio.BaseError:  # the library's own: an abort, or a call that has already ended
+                    raise
+                except Exception:  # noqa: BLE001 - any: the client gets INTERNAL, the log the details
+                    await internal(context)
+
+            make = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
+                    else grpc.unary_stream_rpc_method_handler)
+            return make(guarded_stream, **options)
+
+        unary = handler.stream_unary if handler.request_streaming else handler.unary_unary
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await unary(request, context)
+            except grpc.aio.BaseError:  # the library's own: an abort, or a call that has already ended
+                raise
+            except Exception:  # noqa: BLE001 - any: the client gets INTERNAL, the log the details
+                await internal(context)
+
+        make_unary = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
+                      else grpc.unary_unary_rpc_method_handler)
+        return make_unary(guarded, **options)
+
+
 class GrpcServer:
     def __init__(self, service: str, settings: ServerSettings, auth: AuthSettings,
                  untraced_methods: Collection[str] = ()):
@@ -140,7 +197,8 @@ class GrpcServer:
         self.health = health_aio.HealthServicer()
         self.server = grpc.aio.server(
             interceptors=[aio_server_interceptor(filter_=_traced(untraced_methods)), TokenAuthInterceptor(auth),
-                          LimitsInterceptor(settings), MalformedRequestInterceptor()],
+                          LimitsInterceptor(settings), UnexpectedErrorInterceptor(),
+                          MalformedRequestInterceptor()],
             options=[("grpc.max_receive_message_length", settings.max_message_bytes),
                      ("grpc.max_send_message_length", settings.max_message_bytes)])
         self.service_names: list[str] = []

@@ -5,7 +5,6 @@ await server.wait_ready(); ...; await server.stop()`.
 """
 
 import asyncio
-import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,7 +32,6 @@ from k2.services.query.tokens import PageToken
 from k2.services.query.wire import FRAMED, MESSAGE_TYPES, joined, messages
 from k2.services.query.workers import Workers
 
-log = logging.getLogger(__name__)
 SERVICE_NAME = "k2.query.v1.QueryService"
 T = TypeVar("T")
 QUERY_RESPONSES: dict[RecordKind, type] = {TRADE: query_pb2.QueryTradesResponse, QUOTE: query_pb2.QueryQuotesResponse}
@@ -108,8 +106,7 @@ class QueryServicer:
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("%s failed", rpc)
+            code = grpc.StatusCode.INTERNAL  # answered and logged by grpcserver's UnexpectedErrorInterceptor
             raise
         finally:
             budget.cancel()

@@ -4,17 +4,18 @@ maintenance scheduler and the monitor. Each of those threads uses a catalog of i
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import grpc
 from confluent_kafka import KafkaException
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from k2.core.config import AuthSettings, IcebergSettings, KafkaSettings
 from k2.core.grpcserver import GrpcServer, run_until_signalled
 from k2.core.iceberg import load_catalog, table_identifier
 from k2.core.kafka import TOPIC_FOR, provision_topics, topic_name
-from k2.core.protos import set_timestamp
-from k2.core.records import QUOTE, TRADE, RecordKind
+from k2.core.protos import EPOCH, set_timestamp
+from k2.core.records import QUOTE, TRADE, FieldError, RecordKind
 from k2.writer.v1 import writer_pb2 as pb
 from k2.writer.v1 import writer_pb2_grpc
 
@@ -99,8 +100,11 @@ class WriterApp:
         return next((kind for kind in KINDS if table_identifier(self.iceberg, kind) == table), None)
 
 
-def _day(timestamp: object) -> date:
-    return datetime.fromtimestamp(timestamp.seconds, UTC).date()  # type: ignore[attr-defined]
+def _day(field: str, timestamp: Timestamp) -> date:
+    try:
+        return (EPOCH + timedelta(seconds=timestamp.seconds)).date()
+    except OverflowError:
+        raise FieldError(field, f"outside years 1-9999: {timestamp.seconds} s since 1970") from None
 
 
 class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
@@ -137,8 +141,10 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the writer is shutting down")
         try:
             results = await asyncio.wrap_future(self.app.loop.flush())
-        except Exception as error:  # noqa: BLE001 - any commit failure is the caller's UNAVAILABLE, with its reason
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"flush failed: {error}")
+        except Exception as error:  # any commit failure is the caller's UNAVAILABLE
+            log.exception("flush failed")  # the details (which may name the warehouse's paths) stay in the log
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"flush failed ({type(error).__name__}); the writer logged why; retry")
         return pb.FlushResponse(commits=[pb.TableCommit(table=r.table, snapshot_id=r.snapshot_id, rows=r.rows)
                                          for r in results])  # type: ignore[attr-defined]
 
@@ -150,8 +156,11 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"unknown table {request.table!r}; one of {known}")
             return
-        start = _day(request.start) if request.HasField("start") else None
-        end = _day(request.end) if request.HasField("end") else None
+        try:
+            start = _day("start", request.start) if request.HasField("start") else None
+            end = _day("end", request.end) if request.HasField("end") else None
+        except FieldError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         if start is not None and end is not None and start >= end:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "start must be before end")
         event_loop = asyncio.get_running_loop()
@@ -184,7 +193,8 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
                 break
             else:
                 await running
-                await context.abort(grpc.StatusCode.INTERNAL, f"compaction failed: {event}")
+                await context.abort(grpc.StatusCode.INTERNAL,
+                                    f"compaction failed ({type(event).__name__}); the writer logged why")
         await running
 
 
