@@ -186,6 +186,48 @@ async def test_requests_that_cannot_load_are_refused_before_writing(
     assert message in (error.value.details() or "")
 
 
+async def test_hostile_paths_are_refused_with_a_reason_that_keeps_the_root_private(kafka_settings: KafkaSettings,
+                                                                                     tmp_path: Path) -> None:
+    """A NUL, an over-long name or path and a loop of links ended in UNKNOWN; refusals named the absolute root."""
+    root = asx_root(tmp_path, trades={"3153.csv": "03/10/2014,10:00:06.717,36.78,358,0,,\r\n"})
+    (root / "trades" / "loop-a.csv").symlink_to(root / "trades" / "loop-b.csv")
+    (root / "trades" / "loop-b.csv").symlink_to(root / "trades" / "loop-a.csv")
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    cases = [
+        (["trades/3153\0.csv"], invalid, "with a NUL"), (["trades/" + "d/" * 2100], invalid, "longer than 4096"),
+        (["trades/" + "n" * 300 + ".csv"], invalid, "File name too long"),
+        (["trades/loop-a.csv"], invalid, "trades/loop-a.csv: a loop of symbolic links"),
+        (["trades/9999.csv"], grpc.StatusCode.NOT_FOUND, "trades/9999.csv: no such file below the load root"),
+        (["../elsewhere.csv"], grpc.StatusCode.PERMISSION_DENIED, "../elsewhere.csv: outside the load root"),
+        (["trades/3153.csv", "./trades/3153.csv"], invalid, "listed more than once: trades/3153.csv"),
+        (["trades/3153.csv"] * 11, invalid, "11 paths; at most 10 per request"),
+    ]
+    async with running_ingest(kafka_settings, load_root=root, max_load_paths=10) as ingest:
+        for paths, code, reason in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await load(ingest, paths, ASX_TRADES)
+            details = refused.value.details() or ""
+            assert (refused.value.code(), reason in details) == (code, True), details
+            assert str(tmp_path) not in details
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await load(ingest, ["trades/3153.csv"], ASX_TRADES, reference_data_path="reference-data/none.csv")
+        assert refused.value.details() == "reference-data/none.csv: no such file below the load root"
+        assert await ingest.count(TRADES) == 0
+
+
+async def test_many_paths_are_checked_in_linear_time(kafka_settings: KafkaSettings) -> None:
+    """The duplicate check compared every path with every other: 20,000 paths took ~64 s of ingest's CPU."""
+    paths = [f"./{'./' * (n % 50)}trades/3153.csv" for n in range(20_000)]
+    async with running_ingest(kafka_settings, max_load_paths=len(paths)) as ingest:
+        call = ingest.stub.LoadFiles(ingest_pb2.LoadFilesRequest(paths=paths, format=ASX_TRADES), metadata=WRITE,
+                                     timeout=60)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async for _ in call:
+                pass
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == "listed more than once: trades/3153.csv"
+
+
 async def test_unknown_company_and_escaping_symlinks_are_refused(kafka_settings: KafkaSettings,
                                                                  tmp_path: Path) -> None:
     root = asx_root(tmp_path, trades={"1234.csv": "03/10/2014,10:00:06.717,36.78,358,0,,\r\n"})

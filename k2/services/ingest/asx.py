@@ -47,17 +47,17 @@ def load_symbols(path: Path) -> dict[str, str]:
         reader = csv.DictReader(file)
         try:
             if not reader.fieldnames or not {"company_id", "symbol"} <= set(reader.fieldnames):
-                raise ValueError(f"{path}: expected a header with company_id and symbol, found "
+                raise ValueError(f"{path.name}: expected a header with company_id and symbol, found "
                                  f"{reader.fieldnames}")
             symbols = {}
             for row in reader:
                 if not row["company_id"]:
                     continue
                 if row["symbol"] is None:
-                    raise ValueError(f"{path}: line {reader.line_num} has no symbol column")
+                    raise ValueError(f"{path.name}: line {reader.line_num} has no symbol column")
                 symbols[row["company_id"].strip()] = row["symbol"].strip()
         except csv.Error as error:  # e.g. a field beyond the csv module's size limit
-            raise ValueError(f"{path}: line {reader.line_num} is not CSV: {error}") from None
+            raise ValueError(f"{path.name}: line {reader.line_num} is not CSV: {error}") from None
         return symbols
 
 

@@ -18,6 +18,8 @@ class IngestSettings(ServerSettings):
 
     # LoadFiles reads only files below this folder; any other path is refused.
     load_root: Path = DEFAULT_LOAD_ROOT
+    # Paths per LoadFiles request; more are refused (INVALID_ARGUMENT).
+    max_load_paths: int = 1_000
     # ASX company_id → symbol mapping; default <load_root>/reference-data/company_info.csv.
     reference_data_path: Path | None = None
     # Rows parsed and produced to Kafka as one batch while loading files.

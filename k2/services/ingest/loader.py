@@ -10,8 +10,9 @@ rather than lose it. Parsing runs in a worker thread while the chunks before awa
 """
 
 import asyncio
+import errno
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ SOURCE = "file"
 # Dead-letter headers of a rejected file row, besides the core's k2.dlq.reason/field/source.
 DLQ_FILE = "k2.dlq.file"
 DLQ_LINE = "k2.dlq.line"
+MAX_PATH_LENGTH = 4096  # Linux's PATH_MAX
+# A path the file system cannot take (a name over 255 bytes, a loop of links) is the request's fault.
+PATH_ERRORS = (errno.ENAMETOOLONG, errno.ELOOP)
 
 
 class Parser(Protocol):
@@ -111,12 +115,16 @@ class Loader:
                               f"format is required: one of {', '.join(ingest_pb2.FileFormat.keys()[1:])}")
         if not request.paths:
             raise LoadRefused(grpc.StatusCode.INVALID_ARGUMENT, "no paths to load")
+        if len(request.paths) > self.settings.max_load_paths:
+            raise LoadRefused(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"{len(request.paths)} paths; at most {self.settings.max_load_paths} per request")
         root = self.settings.load_root.resolve()
         paths = [self._below_root(root, text) for text in request.paths]
-        repeated = {str(p) for p in paths if paths.count(p) > 1}
+        repeated = sorted(str(path.relative_to(root)) for path, count in Counter(paths).items() if count > 1)
         if repeated:
             raise LoadRefused(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"listed more than once: {', '.join(sorted(repeated))}")
+                              f"listed more than once: {', '.join(repeated[:10])}"
+                              + (f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""))
         received = utc_now()
         if spec.vendor == "asx":
             symbols = self._asx_symbols(root, request.reference_data_path)
@@ -215,24 +223,41 @@ class Loader:
 
     @staticmethod
     def _below_root(root: Path, text: str) -> Path:
+        """The file a requested path names, below the root. Refusals name the path as the client sent it, never
+        where the root is."""
         if not text:
             raise LoadRefused(grpc.StatusCode.INVALID_ARGUMENT, "an empty path")
+        if len(text) > MAX_PATH_LENGTH or "\0" in text:
+            raise LoadRefused(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"{text[:60]!r}: not a path (longer than {MAX_PATH_LENGTH} characters "
+                              "or with a NUL)")
         path = Path(text)
-        resolved = (path if path.is_absolute() else root / path).resolve()
+        try:
+            resolved = (path if path.is_absolute() else root / path).resolve()
+            is_file = resolved.is_file()
+        except RuntimeError:  # Path.resolve's "Symlink loop"
+            raise LoadRefused(grpc.StatusCode.INVALID_ARGUMENT, f"{text}: a loop of symbolic links") from None
+        except OSError as error:
+            code = (grpc.StatusCode.INVALID_ARGUMENT if error.errno in PATH_ERRORS
+                    else grpc.StatusCode.FAILED_PRECONDITION)
+            raise LoadRefused(code, f"{text}: {error.strerror}") from None
         if not resolved.is_relative_to(root):
             raise LoadRefused(grpc.StatusCode.PERMISSION_DENIED,
-                              f"{text}: outside the load root; LoadFiles reads only files below {root}")
-        if not resolved.is_file():
-            raise LoadRefused(grpc.StatusCode.NOT_FOUND, f"{text}: no such file below the load root {root}")
+                              f"{text}: outside the load root; LoadFiles reads only files below it")
+        if not is_file:
+            raise LoadRefused(grpc.StatusCode.NOT_FOUND, f"{text}: no such file below the load root")
         return resolved
 
     def _asx_symbols(self, root: Path, requested: str) -> dict[str, str]:
         path = self._below_root(root, requested) if requested else self.settings.reference_data()
         try:
             return asx.load_symbols(path)
-        except (OSError, ValueError, KeyError) as error:
-            raise LoadRefused(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"ASX reference data {path} unreadable: {error}") from None
+        except OSError as error:
+            reason = error.strerror
+        except (ValueError, KeyError) as error:
+            reason = str(error)
+        raise LoadRefused(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"ASX reference data {requested or '(the configured file)'} unreadable: {reason}")
 
     @staticmethod
     def _asx_parser(format: Format, path: Path, symbols: dict[str, str], received: datetime) -> Parser:
@@ -253,3 +278,5 @@ class Loader:
             return csv_files.read_header(format.kind, path)
         except (ValueError, UnicodeDecodeError) as error:
             raise LoadRefused(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+        except OSError as error:
+            raise LoadRefused(grpc.StatusCode.FAILED_PRECONDITION, f"{path.name}: {error.strerror}") from None
