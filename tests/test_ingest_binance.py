@@ -656,6 +656,18 @@ def test_parser_maps_fields_exactly_and_counts_unknowns() -> None:
     assert source == "binance:btcusdt@trade"
 
 
+def test_book_tickers_follow_the_ingest_rules() -> None:
+    """A side priced at zero with a quantity was accepted; quotes are validated as every ingest path does."""
+    feed = BinanceFeed(BinanceSettings(symbols=["ETHBTC"]), ListSink())
+    feed.parser.parse(_frame("ethbtc@bookTicker", {"u": 1, "s": "ETHBTC", "b": "0", "B": "1", "a": "0.032", "A": "1"}))
+    feed.parser.parse(_frame("ethbtc@bookTicker", {"u": 2, "s": "ETHBTC", "b": "0.031", "B": "1", "a": "0.032",
+                                                   "A": "1"}))
+    (quote,) = parsed(feed.buffer.quotes)
+    assert quote["source_sequence"] == 2
+    ((raw, reason, field, _),) = feed.buffer.dead_letters
+    assert (json.loads(raw)["data"]["u"], field, reason) == (1, "bid_price", "bid_price: must be positive: 0")
+
+
 def test_parser_sequencing_drops_copies_and_fills_holes_while_held() -> None:
     feed = BinanceFeed(BinanceSettings(symbols=["BTCUSDT"]), ListSink())
     (state,) = feed.states

@@ -253,10 +253,14 @@ async def test_k2_csv_trades_and_quotes(kafka_settings: KafkaSettings, tmp_path:
         "NYSE-3,IBM,NYSE,EQUITIES,2026-01-02T14:30:00,187.25,1,USD,BUY,,,\n"               # no offset
         "NYSE-4,IBM,NYSE,EQUITIES,2026-01-02T14:30:00.0000001Z,187.25,1,USD,BUY,,,\n"      # sub-microsecond
         "NYSE-5,IBM,NYSE,EQUITIES,2026-01-02T14:30:00Z,187.25,1,USD,LONG,,,\n"             # unknown side
-        'NYSE-6,IBM,NYSE,EQUITIES,2026-01-02T14:30:00Z,187.25,1,USD,BUY,,,"[1]"\n')  # vendor_data not {...}
+        'NYSE-6,IBM,NYSE,EQUITIES,2026-01-02T14:30:00Z,187.25,1,USD,BUY,,,"[1]"\n'  # vendor_data not {...}
+        "NYSE-7,ibm,NYSE,EQUITIES,2026-01-02T14:30:00Z,187.25,1,USD,BUY,,,\n"             # a symbol no query asks
+        "NYSE-8,IBM,NYSE,EQUITIES,2026-01-02T14:30:00Z,+187.25,1,USD,BUY,,,\n"            # '+'
+        "NYSE-9,IBM,NYSE,EQUITIES,2026-01-02T14:30:00Z,187.25,1,USD,BUY,A|B|C|D|E|F|G|H|I,,\n")  # 9 conditions
     quotes = tmp_path / "quotes.csv"
     quotes.write_text("quote_id,symbol,exchange,asset_class,timestamp,bid_price,bid_quantity,ask_price,ask_quantity,"
-                      "currency\nQ-1,IBM,NYSE,EQUITIES,2026-01-02T14:30:00Z,187.2,300,,,USD\n")
+                      "currency\nQ-1,IBM,NYSE,EQUITIES,2026-01-02T14:30:00Z,187.2,300,,,USD\n"
+                      "Q-2,IBM,NYSE,EQUITIES,2026-01-02T14:30:00Z,0,300,,,USD\n")  # an equity bid at 0
     async with running_ingest(kafka_settings, load_root=tmp_path) as ingest:
         _, summary = await load(ingest, ["trades.csv"], CSV_TRADES)
         _, quote_summary = await load(ingest, ["quotes.csv"], CSV_QUOTES)
@@ -264,9 +268,10 @@ async def test_k2_csv_trades_and_quotes(kafka_settings: KafkaSettings, tmp_path:
         [quote] = await ingest.records(QUOTES)
         dead = {int(headers_of(m)["k2.dlq.line"]): headers_of(m)["k2.dlq.field"].decode()
                 for m in await ingest.dead_letters()}
-    assert (summary.rows_read, summary.rows_accepted, summary.rows_rejected) == (6, 2, 4)
-    assert quote_summary.rows_accepted == 1
-    assert dead == {4: "timestamp", 5: "timestamp", 6: "side", 7: "vendor_data"}
+    assert (summary.rows_read, summary.rows_accepted, summary.rows_rejected) == (9, 2, 7)
+    assert (quote_summary.rows_accepted, quote_summary.rows_rejected) == (1, 1)
+    assert dead == {4: "timestamp", 5: "timestamp", 6: "side", 7: "vendor_data", 8: "symbol", 9: "price",
+                    10: "trade_conditions", 3: "bid_price"}  # (line 3 is the quotes file's)
     first, second = records
     assert first["timestamp"] == datetime(2026, 1, 2, 14, 30, 0, 1, UTC)
     assert (first["price"], first["trade_conditions"], first["source_sequence"], first["vendor_data"]) == (

@@ -30,13 +30,16 @@ from test_ingest_support import (
     read_topic_now,
     running_ingest,
 )
+from test_query_harness import query_settings, running_service, ts
 
 from k2.core import avro
-from k2.core.config import KafkaSettings
+from k2.core.config import IcebergSettings, KafkaSettings
 from k2.core.framing import Framing
 from k2.core.kafka import QUOTES, TRADES, client_config
 from k2.core.records import (
     MAX_CONDITION_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_TEXT_LENGTH,
     MAX_TRADE_CONDITIONS,
     MAX_VENDOR_DATA_ENTRIES,
     MAX_VENDOR_DATA_KEY_LENGTH,
@@ -44,6 +47,7 @@ from k2.core.records import (
 )
 from k2.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from k2.marketdata.v1.marketdata_pb2 import AssetClass, Quote, Side, Trade
+from k2.query.v1 import query_pb2
 from k2.services.ingest.ids import batch_message_ids
 from k2.services.ingest.publish import ENTRY_BYTES
 
@@ -144,6 +148,93 @@ async def test_invalid_items_are_rejected_one_by_one(kafka_settings: KafkaSettin
     assert sorted(r["trade_id"] for r in records) == [f"BINANCE-{1000 + i}" for i in (0, 8, 9)]
 
 
+async def test_items_outside_the_rules_are_rejected_by_field(kafka_settings: KafkaSettings) -> None:
+    """What was accepted: decimals with spaces, '_' or '+', nanos outside 0-999,999,999, symbols no query can ask
+    for, unbounded trade conditions and vendor_data, equity and crypto quotes priced at zero or below."""
+    changes: list[tuple[str, Any]] = [
+        ("price", " 1"), ("price", "1_000"), ("quantity", "+1"), ("price", ".5"), ("symbol", "btcusdt"),
+        ("symbol", "BTC/USDT"), ("symbol", "X" * 33), ("exchange", "binance"),
+        ("trade_conditions", ["X"] * 9), ("trade_conditions", ["X" * 33]),
+        ("vendor_data", {str(n): "" for n in range(9)}), ("vendor_data", {"k" * 33: ""}),
+        ("vendor_data", {"k": "v" * 65})]
+    sent = []
+    for i, (name, value) in enumerate(changes):
+        sent.append(trade(i))
+        if isinstance(value, str):
+            setattr(sent[-1], name, value)
+        elif isinstance(value, list):
+            getattr(sent[-1], name).extend(value)
+        else:
+            getattr(sent[-1], name).update(value)
+    for nanos in (-1000, 1_000_000_000):
+        sent.append(trade(len(sent)))
+        sent[-1].timestamp.nanos = nanos
+    sent.append(trade(len(sent), symbol="A.B_C-9" + "X" * 25))  # at the bounds
+    sent[-1].trade_conditions.extend(["X" * 32] * 8)
+    sent[-1].vendor_data.update({str(n) + "k" * 31: "v" * 64 for n in range(7)})
+
+    def quote(i: int, asset_class: AssetClass, bid: str, ask: str) -> Quote:
+        message = Quote(quote_id=f"Q-{i}", symbol="BHP", exchange="ASX", asset_class=asset_class, currency="AUD",
+                        bid_price=bid, bid_quantity="100", ask_price=ask, ask_quantity="100")
+        message.timestamp.FromDatetime(START)
+        return message
+
+    quotes = [quote(0, AssetClass.ASSET_CLASS_EQUITIES, "0", "1"), quote(1, AssetClass.ASSET_CLASS_CRYPTO, "1", "-1"),
+              quote(2, AssetClass.ASSET_CLASS_FUTURES, "0", "-1")]
+
+    async def quote_batch() -> AsyncIterator[ingest_pb2.PublishQuotesRequest]:
+        yield ingest_pb2.PublishQuotesRequest(batch_id="quotes-at-zero", quotes=quotes)
+
+    async with running_ingest(kafka_settings) as ingest:
+        [answer] = await publish(ingest.stub, batch("outside-the-rules", sent))
+        [quote_answer] = [a async for a in ingest.stub.PublishQuotes(quote_batch(), metadata=WRITE)]
+        records = await ingest.records(TRADES)
+    fields = [name for name, _ in changes] + ["timestamp", "timestamp"]
+    assert [(r.index, r.field) for r in answer.rejections] == list(enumerate(fields))
+    assert all(r.reason for r in answer.rejections)
+    assert answer.accepted == 1 and [r["symbol"] for r in records] == [sent[-1].symbol]
+    assert [(r.index, r.field, r.reason) for r in quote_answer.rejections] == [
+        (0, "bid_price", "must be positive: 0"), (1, "ask_price", "must be positive: -1")]
+    assert quote_answer.accepted == 1  # a future's book may be priced at zero or below
+
+
+async def test_records_at_every_bound_fill_a_query_response_and_a_live_stream(
+        kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings) -> None:
+    """Rows of ~9 kB broke 2,000-row QueryTrades responses (16 MiB) and ended live subscribers as too slow: at
+    the bounds, in 4-byte characters, a trade is ~6.5 kB, and 2,000 of them are one query response and reach a
+    subscriber on the default settings."""
+    wide = "\U0001F600"  # 4 bytes in UTF-8
+    symbol = "X" * MAX_NAME_LENGTH
+    largest = [trade(i, trade_id=f"{i:05d}" + wide * (MAX_TEXT_LENGTH - 5), symbol=symbol, exchange=symbol,
+                     currency=wide * MAX_TEXT_LENGTH, price="-99999999999999999999.999999999999999999",
+                     quantity="99999999999999999999.999999999999999999",
+                     asset_class=AssetClass.ASSET_CLASS_FUTURES, source_sequence=-(2**63), platform_sequence=-1)
+               for i in range(2000)]
+    for message in largest:
+        message.trade_conditions.extend([wide * MAX_CONDITION_LENGTH] * MAX_TRADE_CONDITIONS)
+        message.vendor_data.clear()
+        message.vendor_data.update({str(n) + wide * (MAX_VENDOR_DATA_KEY_LENGTH - 1): wide * MAX_VENDOR_DATA_VALUE_LENGTH
+                                    for n in range(MAX_VENDOR_DATA_ENTRIES)})
+    assert min(m.ByteSize() for m in largest) > 6000
+    async with running_ingest(kafka_settings) as ingest, \
+            running_service(kafka_settings, iceberg_settings, query_settings()) as query:
+        live = query.stub.SubscribeTrades(query_pb2.SubscribeTradesRequest(symbols=[symbol]))
+        assert (await live.read()).resume_token  # live, before anything is published
+        answers = await publish(ingest.stub, *(batch(f"largest-{n}", largest[n:n + 250]) for n in range(0, 2000, 250)))
+        assert sum(a.accepted for a in answers) == 2000
+        streamed: list[query_pb2.SubscribeTradesResponse] = []
+        async with asyncio.timeout(120):
+            while sum(len(r.trades) for r in streamed) < 2000:
+                streamed.append(await live.read())
+        live.cancel()
+        request = query_pb2.QueryTradesRequest(symbols=[symbol], start=ts(START), end=ts(START + timedelta(hours=1)),
+                                               limit=2000)
+        responses = [r async for r in query.stub.QueryTrades(request, timeout=120)]
+    assert [t.trade_id for r in responses for t in r.trades] == [m.trade_id for m in largest]
+    assert max(r.ByteSize() for r in responses) > 12_000_000  # one response of 2,000 rows, within 16 MiB
+    assert sorted(t.trade_id for r in streamed for t in r.trades) == [m.trade_id for m in largest]
+
+
 async def test_a_resent_batch_is_written_once(kafka_settings: KafkaSettings) -> None:
     first = batch("resend-me", [trade(i) for i in range(25)])
     async with running_ingest(kafka_settings) as ingest:
@@ -214,7 +305,8 @@ async def test_too_large_a_batch_ends_the_stream_after_those_before(kafka_settin
 
 async def test_a_message_kafka_refuses_is_a_rejection(kafka_settings: KafkaSettings) -> None:
     # Every field at its bound with text that does not compress: above the topic's max.message.bytes set here.
-    largest = trade(1, trade_conditions=[random_text(MAX_CONDITION_LENGTH) for _ in range(MAX_TRADE_CONDITIONS)])
+    largest = trade(1)
+    largest.trade_conditions.extend(random_text(MAX_CONDITION_LENGTH) for _ in range(MAX_TRADE_CONDITIONS))
     largest.vendor_data.update({random_text(MAX_VENDOR_DATA_KEY_LENGTH): random_text(MAX_VENDOR_DATA_VALUE_LENGTH)
                                 for _ in range(MAX_VENDOR_DATA_ENTRIES - 1)})
     async with running_ingest(kafka_settings) as ingest:
