@@ -233,16 +233,22 @@ async def test_compaction_under_concurrent_appends_keeps_every_row_once(
         start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings,
         iceberg_settings: IcebergSettings) -> None:
     _, stub, _ = await start_writer(commit_interval_ms=100, compaction_interval_seconds=0,
-                                    snapshot_expiry_interval_seconds=1, snapshot_max_age_seconds=3,
+                                    snapshot_expiry_interval_seconds=1, snapshot_max_age_seconds=20,
                                     snapshot_min_keep=1)
     topic = topic_name(kafka_settings, TRADES)
     stream = TradeStream(kafka_settings, rate=1500)
     stream.start()
-    await asyncio.sleep(4)  # many small commits, each adding a file to both day partitions
+    deadline = time.monotonic() + 120
+    while True:  # several small commits, each adding a file to every partition (day, symbol bucket) it touches
+        snapshot = trades_table(iceberg_settings).current_snapshot() if stream.acknowledged else None
+        if snapshot is not None and snapshot.sequence_number >= 4:
+            break
+        assert time.monotonic() < deadline, "the writer made no commits"
+        await asyncio.sleep(0.2)
 
     progress, result = await compact(stub)  # while appends to the same partitions continue
     assert result.files_after < result.files_before and result.snapshot_id
-    assert progress[-1].partitions_done == progress[-1].partitions_total == 2
+    assert progress[-1].partitions_done == progress[-1].partitions_total == 4  # 2 days × 2 symbols' buckets
     await asyncio.sleep(1)
     stream.stop()
     await wait_caught_up(stub, topic)
@@ -265,7 +271,7 @@ async def test_compaction_under_concurrent_appends_keeps_every_row_once(
     table.refresh()
     replaced = live_before - set(table.inspect.files()["file_path"].to_pylist())
     assert replaced
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while any(Path(p.removeprefix("file://")).exists() for p in replaced):  # expiry deletes them
         assert time.monotonic() < deadline, "files replaced by compaction were not deleted after expiry"
         await asyncio.sleep(0.5)

@@ -1,9 +1,10 @@
 """Iceberg plumbing: the catalog from configuration, the market_data tables, and the Kafka offsets that each
 commit records in its snapshot summary (the table, not the consumer group, is the source of truth for progress).
 
-Layout, chosen for the queries users run (one symbol over a time range; one day across symbols):
-partitioned by day(timestamp) and exchange, files sorted by (symbol, timestamp) so min/max statistics prune
-files to the symbols a scan asks for.
+Layout, chosen by measurement at exchange scale (docs/tables.md, bench/table_layout.py): partitioned by
+day(timestamp), exchange and bucket(symbol), files sorted by (symbol, timestamp) in row groups small enough
+that their min/max statistics prune a scan to the symbols it asks for. A table of an older layout is moved to
+this one by partition-spec evolution: its files stay where they are, readable, until compaction rewrites them.
 """
 
 import json
@@ -12,7 +13,7 @@ from typing import Any
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 from pyiceberg.io import (
     S3_ACCESS_KEY_ID,
     S3_ENDPOINT,
@@ -21,9 +22,10 @@ from pyiceberg.io import (
     S3_SECRET_ACCESS_KEY,
 )
 from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.table.sorting import SortField, SortOrder
-from pyiceberg.transforms import DayTransform, IdentityTransform
+from pyiceberg.transforms import BucketTransform, DayTransform, IdentityTransform, Transform
 
 from k2.core.arrow import iceberg_schema
 from k2.core.config import IcebergSettings
@@ -64,47 +66,106 @@ def table_identifier(settings: IcebergSettings, kind: RecordKind) -> str:
     return f"{settings.namespace}.{TABLE_NAMES[kind]}"
 
 
-def _layout(kind: RecordKind) -> tuple[PartitionSpec, SortOrder]:
+# Symbol buckets per exchange-day and rows per Parquet row group (see docs/tables.md for the measurements).
+SYMBOL_BUCKETS = 16
+ROW_GROUP_ROWS = 65_536
+# Names the layout (benchmark caches of written tables are keyed by it).
+LAYOUT_VERSION = f"day,exchange,bucket{SYMBOL_BUCKETS};rowgroup{ROW_GROUP_ROWS}"
+LAYOUT_PROPERTIES = {"write.parquet.row-group-limit": str(ROW_GROUP_ROWS)}
+# (source column, transform, partition field name)
+PartitionFields = list[tuple[str, Transform[Any, Any], str]]
+
+
+def partition_fields(buckets: int | None = SYMBOL_BUCKETS) -> PartitionFields:
+    """The layout's partition fields: day and exchange, then the symbol's bucket (None: no bucket field)."""
+    fields: PartitionFields = [("timestamp", DayTransform(), "timestamp_day"),
+                               ("exchange", IdentityTransform(), "exchange")]
+    if buckets:
+        fields.append(("symbol", BucketTransform(buckets), "symbol_bucket"))
+    return fields
+
+
+def layout(kind: RecordKind, fields: PartitionFields | None = None) -> tuple[PartitionSpec, SortOrder]:
     schema = iceberg_schema(kind)
-    timestamp = schema.find_field("timestamp").field_id
-    exchange = schema.find_field("exchange").field_id
+    spec = PartitionSpec(*(
+        PartitionField(source_id=schema.find_field(column).field_id, field_id=1000 + i, transform=transform,
+                       name=name)
+        for i, (column, transform, name) in enumerate(partition_fields() if fields is None else fields)))
     symbol = schema.find_field("symbol").field_id
-    spec = PartitionSpec(
-        PartitionField(source_id=timestamp, field_id=1000, transform=DayTransform(), name="timestamp_day"),
-        PartitionField(source_id=exchange, field_id=1001, transform=IdentityTransform(), name="exchange"))
+    timestamp = schema.find_field("timestamp").field_id
     order = SortOrder(SortField(source_id=symbol, transform=IdentityTransform()),
                       SortField(source_id=timestamp, transform=IdentityTransform()))
     return spec, order
 
 
-def ensure_table(catalog: Catalog, settings: IcebergSettings, kind: RecordKind) -> Table:
-    """Creates the table if missing; an existing table gains columns the current Avro schema added (no rewrite).
+def ensure_table(catalog: Catalog, settings: IcebergSettings, kind: RecordKind,
+                 fields: PartitionFields | None = None) -> Table:
+    """Creates the table if missing, with the layout's partition spec (`fields`, default `partition_fields()`);
+    an existing table gains columns the current Avro schema added and moves to the layout's partition spec, both
+    by metadata evolution (no rewrite: files keep the spec they were written with until compaction rewrites them).
     The first access to the warehouse's storage: its failure (wrong credentials, no bucket) names the warehouse."""
     try:
-        return _ensure_table(catalog, settings, kind)
+        return _ensure_table(catalog, settings, kind, partition_fields() if fields is None else fields)
     except OSError as error:
         # pyarrow's message names only the object and the S3 operation (often a HEAD, whose 403 has no body).
         raise OSError(f"the warehouse {settings.warehouse} refused or failed a request (check K2_ICEBERG_WAREHOUSE "
                       f"and K2_ICEBERG_S3_*): {error}") from error
 
 
-def _ensure_table(catalog: Catalog, settings: IcebergSettings, kind: RecordKind) -> Table:
+def _ensure_table(catalog: Catalog, settings: IcebergSettings, kind: RecordKind, fields: PartitionFields) -> Table:
     catalog.create_namespace_if_not_exists(settings.namespace)
     identifier = table_identifier(settings, kind)
     schema = iceberg_schema(kind)
     try:
         table = catalog.load_table(identifier)
     except NoSuchTableError:
-        spec, order = _layout(kind)
+        spec, order = layout(kind, fields)
         return catalog.create_table_if_not_exists(identifier, schema, partition_spec=spec, sort_order=order,
                                                   properties={"format-version": "2",
-                                                              "write.parquet.compression-codec": "zstd"})
+                                                              "write.parquet.compression-codec": "zstd",
+                                                              **LAYOUT_PROPERTIES})
+    for attempt in range(EVOLVE_ATTEMPTS):  # two processes may evolve at once: the loser finds it done
+        try:
+            _evolve(table, schema, fields)
+            break
+        except CommitFailedException:
+            if attempt == EVOLVE_ATTEMPTS - 1:
+                raise
+            table = catalog.load_table(identifier)
+    return catalog.load_table(identifier)
+
+
+EVOLVE_ATTEMPTS = 5
+
+
+def spec_matches(spec: PartitionSpec, table_schema: Schema, fields: PartitionFields) -> bool:
+    return [(table_schema.find_column_name(f.source_id), f.transform, f.name) for f in spec.fields] == fields
+
+
+def _evolve(table: Table, schema: Schema, fields: PartitionFields) -> None:
+    """Adds missing columns, moves the table to the layout's partition spec and sets the layout's properties, in
+    one commit (nothing when all are current)."""
     missing = {f.name for f in schema.fields} - {f.name for f in table.schema().fields}
-    if missing:
-        with table.update_schema() as update:
-            update.union_by_name(schema)
-        table = catalog.load_table(identifier)
-    return table
+    properties = {k: v for k, v in LAYOUT_PROPERTIES.items() if table.properties.get(k) != v}
+    respec = not spec_matches(table.spec(), table.schema(), fields)
+    if not (missing or properties or respec):
+        return
+    with table.transaction() as transaction:
+        if missing:
+            with transaction.update_schema() as update:
+                update.union_by_name(schema)
+        if respec:
+            wanted = {(column, transform) for column, transform, _ in fields}
+            with transaction.update_spec() as update:
+                for field in table.spec().fields:
+                    if (table.schema().find_column_name(field.source_id), field.transform) not in wanted:
+                        update.remove_field(field.name)
+                current = {(table.schema().find_column_name(f.source_id), f.transform) for f in table.spec().fields}
+                for column, transform, name in fields:
+                    if (column, transform) not in current:
+                        update.add_field(column, transform, name)
+        if properties:
+            transaction.set_properties(properties)
 
 
 def committed_offsets(table: Table, snapshot_id: int | None = None) -> Offsets:

@@ -38,10 +38,12 @@ class WriterSettings(ServerSettings):
     dedupe_window_seconds: float = 600.0
     dedupe_max_ids: int = 1_000_000
 
-    # Compaction of partitions that stopped receiving data: every interval (0 = only on request), partitions
-    # without a new file for `compaction_quiet_seconds` whose files below 3/4 of the target size number at
-    # least `compaction_min_files` are rewritten into sorted files of about the target size.
-    compaction_interval_seconds: float = 600.0
+    # Compaction every interval (0 = only on request): a partition without a new file for
+    # `compaction_quiet_seconds` whose files below 3/4 of the target size number at least `compaction_min_files`
+    # is rewritten into sorted files of about the target size; a partition still being written (today's) has
+    # the small files of each size class merged once that class has `compaction_min_files` of them; files of
+    # an older partition spec are rewritten into the current layout.
+    compaction_interval_seconds: float = 60.0
     compaction_quiet_seconds: float = 900.0
     compaction_target_file_bytes: int = 64 * 1024 * 1024
     compaction_min_files: int = 4

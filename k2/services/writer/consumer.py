@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -62,6 +62,7 @@ DEAD_LETTER_SOURCE = "writer"
 MAX_ERROR_BACKOFF_SECONDS = 30.0
 MAX_COMMIT_LINKS = 100  # producer traces a commit covers in its spans (links, and a hop per trace), at most
 tracer = trace.get_tracer(__name__)
+T = TypeVar("T")
 
 
 class DeadLetterError(RuntimeError):
@@ -249,6 +250,13 @@ class WriterLoop:
         future: Future[object] = Future()
         self._commands.put((command, future))
         return future
+
+    def serialized(self, command: Callable[[], T], timeout: float = 300.0) -> T:
+        """Runs `command` on the loop's thread, between two of its commits, and returns its result; here when the
+        loop is not running (a table commit made this way never races the loop's own commits)."""
+        if not self._thread.is_alive() or threading.current_thread() is self._thread:
+            return command()
+        return cast(T, self.submit(command).result(timeout))
 
     def flush(self) -> Future[object]:
         """Commits everything consumed so far."""

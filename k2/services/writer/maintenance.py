@@ -2,10 +2,12 @@
 
 Compaction rewrites the small files of a partition into sorted files of about the target size, one bin of
 files at a time, each bin committed as one overwrite snapshot that deletes exactly those files and adds the
-rewritten ones: rows appended meanwhile (new files) are untouched, so it runs safely beside the appends. Its
-commits carry the current snapshot's offsets (and the other K2 properties) forward unchanged; a commit that
-loses a race to an append is rebuilt on the reloaded table (the new files are reused), so the offsets it
-records are always the latest.
+rewritten ones: rows appended meanwhile (new files) are untouched, so it runs safely beside the appends. Quiet
+partitions are compacted whole, partitions still being written by size class, and files of an older partition
+spec are rewritten into the current one (how a table moves to a new layout). Its commits carry the current
+snapshot's offsets (and the other K2 properties) forward unchanged; they are made between the appends of this
+process, and one that loses a race to another writer's append is rebuilt on the reloaded table (the new files
+are reused), so the offsets it records are always the latest.
 
 Expiry removes snapshots older than the maximum age, always keeping the newest `snapshot_min_keep` and every
 branch or tag head, then deletes the files only expired snapshots referenced (manifest lists, manifests, data
@@ -13,16 +15,17 @@ files replaced by compaction). A reader must finish a scan within the maximum ag
 """
 
 import logging
+import math
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import AlwaysTrue
-from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
+from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import DataFile, ManifestEntryStatus, ManifestFile
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.refs import SnapshotRefType
@@ -34,13 +37,20 @@ from k2.core.records import RecordKind
 
 from . import metrics
 from .config import WriterSettings
-from .tables import SORT_KEYS, CachedTransaction, carried_properties, commit_landed, with_retries
+from .tables import CachedTransaction, carried_properties, commit_landed, with_retries, write_data_files
 
 log = logging.getLogger(__name__)
 EPOCH = date(1970, 1, 1)
 SMALL_FILE_RATIO = 0.75
-# Keeps pyiceberg from splitting a compacted bin into several files by its in-memory size estimate.
-ONE_FILE_PER_BIN = {"write.target-file-size-bytes": str(2**62)}
+# Partitions still being written are compacted by size class: files of one class (sizes within a factor of
+# TIER_FACTOR) are merged once there are `compaction_min_files` of them, so a row is rewritten about once per
+# class it climbs (log_8(target / commit file size) times, ~4) rather than on every round.
+TIER_FACTOR = 8
+
+
+# Runs a commit without racing this process's appends. An append lands every commit interval (500 ms, less
+# under load): a compaction commit racing them, whose every attempt rewrites manifests, could lose every time.
+Serializer = Callable[[Callable[[], Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -60,17 +70,27 @@ class CompactionResult:
 @dataclass
 class _Partition:
     key: tuple[object, ...]
+    spec_id: int
     path: str
+    day: int | None  # days since the epoch (None: the spec has no day field)
     files: list[DataFile]
     newest_ms: int  # when its newest file was committed (0: by a snapshot since expired)
+
+
+def size_tier(size: int, small_limit: float) -> int:
+    """A small file's size class: 0 just below `small_limit`, each next one TIER_FACTOR times smaller."""
+    return int(math.log(small_limit / max(size, 1), TIER_FACTOR))
 
 
 class TableMaintenance:
     """Compaction and expiry of one table; at most one of them runs at a time per table in this process."""
 
-    def __init__(self, table: Table, settings: WriterSettings):
+    def __init__(self, table: Table, settings: WriterSettings, serialized: Serializer | None = None):
+        """`serialized` runs a commit so that it does not race this process's appends (the consume loop's
+        thread); without it, commits race them and retry."""
         self.table = table
         self.settings = settings
+        self._serialized: Serializer = serialized or (lambda commit: commit())
         self.name = ".".join(table.name())
         self.lock = threading.Lock()
         # Manifest lists and manifests never change: what each references is read once.
@@ -80,49 +100,68 @@ class TableMaintenance:
     # -- compaction
 
     def _partitions(self) -> list[_Partition]:
+        """The current snapshot's live data files by partition, files of older partition specs included (each
+        partition of such a spec is its own entry)."""
         snapshot = self.table.current_snapshot()
         if snapshot is None:
             return []
-        spec = self.table.spec()
+        specs = self.table.specs()
         schema = self.table.schema()
-        partitions: dict[tuple[object, ...], _Partition] = {}
+        partitions: dict[tuple[int, tuple[object, ...]], _Partition] = {}
         for manifest in snapshot.manifests(self.table.io):
-            if manifest.partition_spec_id != spec.spec_id:
-                continue
+            spec = specs[manifest.partition_spec_id]
+            day_index = next((i for i, field in enumerate(spec.fields) if isinstance(field.transform, DayTransform)),
+                             None)
             for entry in manifest.fetch_manifest_entry(self.table.io, discard_deleted=True):
                 data_file = entry.data_file
                 key = tuple(data_file.partition[i] for i in range(len(spec.fields)))
-                partition = partitions.get(key)
+                partition = partitions.get((spec.spec_id, key))
                 if partition is None:
-                    path = spec.partition_to_path(data_file.partition, schema)
-                    partition = partitions[key] = _Partition(key, path, [], 0)
+                    day = key[day_index] if day_index is not None else None
+                    partition = partitions[(spec.spec_id, key)] = _Partition(
+                        key, spec.spec_id, spec.partition_to_path(data_file.partition, schema),
+                        day if isinstance(day, int) else None, [], 0)
                 partition.files.append(data_file)
                 added_by = self.table.snapshot_by_id(entry.snapshot_id) if entry.snapshot_id else None
                 partition.newest_ms = max(partition.newest_ms, added_by.timestamp_ms if added_by else 0)
-        return sorted(partitions.values(), key=lambda p: p.path)
+        return sorted(partitions.values(), key=lambda p: (p.spec_id, p.path))
 
-    def _bins(self, files: list[DataFile], target: int) -> list[list[DataFile]]:
-        small = sorted((f for f in files if f.file_size_in_bytes < SMALL_FILE_RATIO * target),
-                       key=lambda f: f.file_size_in_bytes)
+    @staticmethod
+    def _pack(files: list[DataFile], target: int, singles: bool = False) -> list[list[DataFile]]:
+        """Files packed smallest first into bins of about `target` bytes; bins of one file are left out unless
+        `singles` (a file of an older spec moves even alone)."""
         bins: list[list[DataFile]] = []
         current: list[DataFile] = []
         size = 0
-        for data_file in small:
+        for data_file in sorted(files, key=lambda f: f.file_size_in_bytes):
             if current and size + data_file.file_size_in_bytes > target:
                 bins.append(current)
                 current, size = [], 0
             current.append(data_file)
             size += data_file.file_size_in_bytes
         bins.append(current)
-        return [b for b in bins if len(b) > 1]
+        return [b for b in bins if len(b) > 1 or (singles and b)]
+
+    def _bins(self, partition: _Partition, target: int, active: bool, min_files: int) -> list[list[DataFile]]:
+        """What to rewrite in the partition: every file of an older spec (into the current layout); else its
+        small files, all of them once it is quiet, by size class while it is being written."""
+        if partition.spec_id != self.table.spec().spec_id:
+            return self._pack(partition.files, target, singles=True)
+        small_limit = SMALL_FILE_RATIO * target
+        small = [f for f in partition.files if f.file_size_in_bytes < small_limit]
+        if not active:
+            return self._pack(small, target) if len(small) >= max(2, min_files) else []
+        tiers: dict[int, list[DataFile]] = {}
+        for data_file in small:
+            tiers.setdefault(size_tier(data_file.file_size_in_bytes, small_limit), []).append(data_file)
+        return [b for files in tiers.values() if len(files) >= max(2, min_files)
+                for b in self._pack(files, target)]
 
     def _rewrite(self, files: list[DataFile]) -> list[DataFile]:
         table = self.table
         rows = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table(
-            [FileScanTask(f) for f in files]).sort_by(SORT_KEYS)
-        metadata = table.metadata.model_copy(update={"properties": table.properties | ONE_FILE_PER_BIN})
-        return list(_dataframe_to_data_files(table_metadata=metadata, df=rows, io=table.io,
-                                             write_uuid=uuid.uuid4()))
+            [FileScanTask(f) for f in files])
+        return write_data_files(table.metadata, table.io, rows)
 
     def _replace(self, old: list[DataFile], new: list[DataFile]) -> int:
         """Commits the swap of `old` for `new`; its snapshot id, or 0 if `old` is no longer in the table."""
@@ -150,7 +189,7 @@ class TableMaintenance:
             return swap.snapshot_id
 
         try:
-            return with_retries(self.settings, self.table, "compaction", attempt)
+            return self._serialized(lambda: with_retries(self.settings, self.table, "compaction", attempt))
         except ValidationException as error:  # another compaction replaced some of these files first
             log.info("%s: compaction skipped a bin: %s", self.name, error)
             self._delete(f.file_path for f in new)
@@ -163,33 +202,31 @@ class TableMaintenance:
     def compact(self, start: date | None = None, end: date | None = None, target_file_bytes: int = 0,
                 quiet_seconds: float = 0.0, min_files: int = 2,
                 on_progress: Callable[[CompactionProgress], None] | None = None) -> CompactionResult:
-        """Rewrites the small files of the partitions whose day is in [start, end) and that received no file
-        for `quiet_seconds` (0: any), when they have at least `min_files` small files."""
+        """Rewrites the partitions whose day is in [start, end): files of an older partition spec always (into
+        the current spec's partitions); small files of a partition that received no file for `quiet_seconds`
+        (0: any partition) when it has at least `min_files` of them; and, in a partition that did receive files
+        within `quiet_seconds`, the small files of each size class that has at least `min_files`."""
         target = target_file_bytes or self.settings.compaction_target_file_bytes
         with self.lock:
             self.table.refresh()
             quiet_before_ms = (time.time() - quiet_seconds) * 1000
             first = (start - EPOCH).days if start else None
             last = (end - EPOCH).days if end else None
-            selected = []
-            day_index = next(i for i, field in enumerate(self.table.spec().fields)
-                             if isinstance(field.transform, DayTransform))
+            selected: list[tuple[_Partition, list[list[DataFile]]]] = []
             for partition in self._partitions():
-                day = partition.key[day_index]
-                if first is not None and not (isinstance(day, int) and day >= first):
+                if first is not None and not (partition.day is not None and partition.day >= first):
                     continue
-                if last is not None and not (isinstance(day, int) and day < last):
+                if last is not None and not (partition.day is not None and partition.day < last):
                     continue
-                if quiet_seconds and partition.newest_ms > quiet_before_ms:
-                    continue
-                small = [f for f in partition.files if f.file_size_in_bytes < SMALL_FILE_RATIO * target]
-                if len(small) >= max(2, min_files):
-                    selected.append(partition)
-            files_before = sum(len(p.files) for p in selected)
+                active = bool(quiet_seconds) and partition.newest_ms > quiet_before_ms
+                bins = self._bins(partition, target, active, min_files)
+                if bins:
+                    selected.append((partition, bins))
+            files_before = sum(len(p.files) for p, _ in selected)
             files_after = files_before
             snapshot_id = 0
-            for done, partition in enumerate(selected, start=1):
-                for old in self._bins(partition.files, target):
+            for done, (partition, bins) in enumerate(selected, start=1):
+                for old in bins:
                     new = self._rewrite(old)
                     committed = self._replace(old, new)
                     if committed:
@@ -248,7 +285,7 @@ class TableMaintenance:
                     expiry = ExpireSnapshots(CachedTransaction(table, autocommit=True))
                     expiry.by_ids([s.snapshot_id for s in expired]).commit()
 
-            with_retries(self.settings, self.table, "expiry", attempt)
+            self._serialized(lambda: with_retries(self.settings, self.table, "expiry", attempt))
             if not expired:
                 return 0
             retained = self.table.metadata.snapshots

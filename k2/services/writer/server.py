@@ -47,7 +47,8 @@ class WriterApp:
         self.loop = WriterLoop(settings, kafka, tables)
         maintenance_catalog = load_catalog(iceberg)
         self.maintenance = {
-            kind: TableMaintenance(maintenance_catalog.load_table(table_identifier(iceberg, kind)), settings)
+            kind: TableMaintenance(maintenance_catalog.load_table(table_identifier(iceberg, kind)), settings,
+                                   self.loop.serialized)
             for kind in KINDS}
         self.scheduler = MaintenanceScheduler(self.maintenance, settings)
         status_catalog = load_catalog(iceberg)
