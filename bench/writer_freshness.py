@@ -1,15 +1,18 @@
-"""Freshness: how long after a trade is produced it is visible in an Iceberg table scan, at 10,000 trades/s.
+"""Freshness: how long after a trade is produced it is visible in an Iceberg table scan, at 10,000 trades/s
+spread over the scale dataset's 2,000 symbols (bench/scale_dataset.py: Zipf-weighted activity, one symbol ~19 %
+of the trades), so each commit touches every symbol bucket of the exchange-day.
 
 A producer process sends trades at a steady 10,000/s, each stamped with its send time (ingestion_timestamp);
 the writer (`python -m k2.services.writer`, its own process, default settings) commits them; this process
 reloads the table as soon as a commit writes its metadata (checked every 10 ms) and reads the rows of each new
 snapshot (an incremental append scan), so a trade's freshness is the moment a reader first sees it minus its
 send time. Measuring starts once the writer has committed a first trade, and the first seconds of the stream
-are excluded. Prints one JSON object with p50/p99/max."""
+are excluded. Prints one JSON object with p50/p99/max and the data files per commit."""
 
 import json
 import multiprocessing
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -24,6 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 from _kafka import ROOT, free_port, kafka_bootstrap
+from scale_dataset import ScaleSpec, zipf_symbols
 
 from k2.core.config import IcebergSettings, KafkaSettings
 from k2.core.iceberg import load_catalog, table_identifier
@@ -33,7 +37,7 @@ RATE = 10_000  # trades/s
 SECONDS = 25.0
 WARMUP_SECONDS = 2.0
 POLL_SECONDS = 0.01
-SYMBOLS = [f"SYM{i:03d}USDT" for i in range(50)]
+SYMBOLS, CUMULATIVE_WEIGHTS = zipf_symbols(ScaleSpec())
 
 
 def log(text: str) -> None:
@@ -51,12 +55,12 @@ def produce(bootstrap: str, prefix: str, rate: int, seconds: float, sent: Any) -
     producer = Producer(producer_config(kafka))
     topic = topic_name(kafka, TRADES)
     step = rate // 100
+    rng = random.Random(7)
     started = time.monotonic()
     count = 0
     while time.monotonic() - started < seconds:
         now = datetime.now(UTC)
-        for _ in range(step):
-            symbol = SYMBOLS[count % len(SYMBOLS)]
+        for symbol in rng.choices(SYMBOLS, cum_weights=CUMULATIVE_WEIGHTS, k=step):
             producer.produce(topic, avro.encode("trade", {
                 "message_id": str(uuid.uuid4()), "trade_id": f"BINANCE-{count}", "symbol": symbol,
                 "exchange": "BINANCE", "asset_class": "CRYPTO", "timestamp": now,
@@ -73,7 +77,7 @@ def produce(bootstrap: str, prefix: str, rate: int, seconds: float, sent: Any) -
     sent.value = count
 
 
-def watch(iceberg: IcebergSettings, until: float, seen: int) -> tuple[list[float], int]:
+def watch(iceberg: IcebergSettings, until: float, seen: int) -> tuple[list[float], list[int]]:
     """Freshness (seconds) of every row committed after snapshot `seen`, but for the first WARMUP_SECONDS of
     them, as a reader polling the table sees it.
     The table is reloaded only when its metadata folder gained a file (a commit is under way), so that the
@@ -81,8 +85,9 @@ def watch(iceberg: IcebergSettings, until: float, seen: int) -> tuple[list[float
     table = None
     measure_from_us: int | None = None
     freshness: list[float] = []
-    snapshots = 0
+    files_per_commit: list[int] = []  # data files each snapshot seen added
     metadata_files = 0
+    known: set[int] = {seen}
     while time.monotonic() < until:
         time.sleep(POLL_SECONDS)
         if table is None:
@@ -103,13 +108,15 @@ def watch(iceberg: IcebergSettings, until: float, seen: int) -> tuple[list[float
         added = table.incremental_append_scan(
             from_snapshot_id_exclusive=seen, to_snapshot_id_inclusive=current.snapshot_id,
             selected_fields=("ingestion_timestamp",)).to_arrow()
+        files_per_commit += [int(s.summary.additional_properties.get("added-data-files", 0))
+                             for s in table.snapshots() if s.summary and s.snapshot_id not in known]
+        known = {s.snapshot_id for s in table.snapshots()}
         seen = current.snapshot_id
-        snapshots += 1
         stamps = added["ingestion_timestamp"].cast(pa.int64()).to_pylist()
         if measure_from_us is None and stamps:
             measure_from_us = min(stamps) + int(WARMUP_SECONDS * 1e6)
         freshness += [visible_at - us / 1e6 for us in stamps if measure_from_us and us >= measure_from_us]
-    return freshness, snapshots
+    return freshness, files_per_commit
 
 
 def wait_until_writing(kafka: KafkaSettings, iceberg: IcebergSettings,
@@ -170,18 +177,22 @@ def main() -> None:
                                            args=(bootstrap, kafka.topic_prefix, RATE, SECONDS, sent))
                 log(f"producing {RATE} trades/s for {SECONDS:.0f} s ...")
                 producer.start()
-                freshness, snapshots = watch(iceberg, time.monotonic() + SECONDS + 10, first_snapshot)
+                freshness, files_per_commit = watch(iceberg, time.monotonic() + SECONDS + 10, first_snapshot)
                 producer.join(60)
             finally:
                 writer.send_signal(signal.SIGTERM)
                 writer.wait(60)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    assert freshness, "no committed trade was seen within the run"
     print(json.dumps({
         "rate_trades_per_s": RATE,
         "trades_sent": sent.value,
         "trades_measured": len(freshness),
-        "snapshots_seen": snapshots,
+        "symbols": len(SYMBOLS),
+        "snapshots_seen": len(files_per_commit),
+        "data_files_per_commit": {"mean": round(statistics.mean(files_per_commit), 1),
+                                  "max": max(files_per_commit)},
         "freshness_p50_s": round(statistics.median(freshness), 3),
         "freshness_p99_s": round(percentile(freshness, 0.99), 3),
         "freshness_max_s": round(max(freshness), 3),
