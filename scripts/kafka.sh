@@ -122,7 +122,8 @@ write_config() {
     "$KAFKA_SOURCES/server.properties.template" >"$CONFIG_FILE"
 }
 
-# Every node of a cluster is formatted with the same cluster id, made once.
+# Every node of a cluster is formatted with the same cluster id, made once. It is passed as --cluster-id=ID: a
+# random id may begin with "-", which the tool would take for an option.
 cluster_id() {
   if [[ ! -s $CLUSTER_ID_FILE ]]; then
     "$PYTHON" -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))' \
@@ -138,7 +139,7 @@ format_storage_once() {
   echo "Formatting Kafka storage in $DATA_DIR (cluster id $id)"
   local cds_flags=()
   [[ -f $CDS_ARCHIVE ]] && cds_flags=("-XX:SharedArchiveFile=$CDS_ARCHIVE")
-  "${KAFKA_JAVA[@]}" "${cds_flags[@]}" kafka.tools.StorageTool format --cluster-id "$id" --config "$CONFIG_FILE" \
+  "${KAFKA_JAVA[@]}" "${cds_flags[@]}" kafka.tools.StorageTool format --cluster-id="$id" --config "$CONFIG_FILE" \
     >>"$LOG_FILE" 2>&1 || { show_log_tail; die "formatting the Kafka storage in $DATA_DIR failed"; }
 }
 
