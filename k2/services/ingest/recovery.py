@@ -17,13 +17,13 @@ import time
 from collections.abc import Mapping, Sequence
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
 
 from k2.core import avro
 from k2.core.config import KafkaSettings
 from k2.core.framing import Framing, SchemaRegistryUnavailable
 from k2.core.kafka import consumer_config
 from k2.core.records import RecordKind
+from k2.core.retry import until_stopped
 
 log = logging.getLogger(__name__)
 POLL_MESSAGES = 10_000
@@ -123,15 +123,12 @@ def read_recent_message_ids(kafka: KafkaSettings, framing: Framing, topic: str, 
                             max_messages: int, deadline: float, stop: threading.Event) -> set[str]:
     """The message ids on the topic written within the last `seconds`, at most `max_messages` (the newest,
     spread evenly over the partitions). Retried after a Kafka error until `deadline` (monotonic) or `stop`."""
-    def give_up(state: RetryCallState) -> bool:
-        return stop.is_set() or time.monotonic() >= deadline
-
-    def pause(seconds: float) -> None:
-        stop.wait(seconds)
-
-    retrying = Retrying(stop=give_up, wait=wait_random_exponential(multiplier=0.1, max=2), sleep=pause,
-                        retry=retry_if_exception_type(KafkaException), reraise=True)
-    return retrying(_read_recent_message_ids, kafka, framing, topic, seconds, max_messages, deadline, stop)
+    retrying = until_stopped(stop, f"reading back {topic}'s recent message ids", initial=0.1, cap=2,
+                             retry_on=KafkaException, deadline=deadline)
+    ids = retrying(_read_recent_message_ids, kafka, framing, topic, seconds, max_messages, deadline, stop)
+    if ids is None:
+        raise Stopped(f"stopped reading back {topic}")
+    return ids
 
 
 def _read_recent_message_ids(kafka: KafkaSettings, framing: Framing, topic: str, seconds: float,

@@ -47,6 +47,7 @@ from k2.core.config import KafkaSettings
 from k2.core.framing import Framing
 from k2.core.kafka import QUOTES, TRADES, consumer_config, topic_name
 from k2.core.records import QUOTE, TRADE, RecordKind
+from k2.core.retry import until_stopped
 from k2.core.telemetry import messaging_span, sampled_message_traces
 from k2.services.query import metrics
 from k2.services.query.config import QuerySettings
@@ -138,6 +139,7 @@ class FanOut:
         self._ahead: dict[RecordKind, set[Subscriber]] = {kind: set() for kind in KINDS}
         self._waiting = threading.Semaphore(MAX_WAITING_BATCHES)
         self._stopping = threading.Event()
+        self._consumed: dict[RecordKind, Offsets] | None = None  # the next offset of each partition, once known
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._health_tasks: set[asyncio.Task[None]] = set()
@@ -365,25 +367,22 @@ class FanOut:
             self._call(self._set_health, healthy)
 
     def _run(self) -> None:
-        consumed: dict[RecordKind, Offsets] | None = None
-        backoff = 0.5
-        while not self._stopping.is_set():
-            consumer = None
-            try:
-                if consumed is None:
-                    consumed = self._starting_offsets()
-                    self._call(self._started, {kind: dict(consumed[kind]) for kind in KINDS})
-                consumer = self._open(consumed)
-                self._consume(consumer, consumed)
-                backoff = 0.5
-            except Exception as error:  # noqa: BLE001 - Kafka/Iceberg unreachable or a fatal consumer error: retry
-                log.warning("fan-out consumer: %s; retrying in %.1fs", error, backoff)
-                self._report_health(False)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-            finally:
-                if consumer is not None:
-                    consumer.close()
+        until_stopped(self._stopping, "fan-out consumer", cap=10.0,
+                      on_failure=lambda _error: self._report_health(False))(self._consume_until_stopped)
+
+    def _consume_until_stopped(self) -> None:
+        """Consumes from where the last run got to (from the tables' offsets the first time) until the stop;
+        a failure (Kafka or Iceberg unreachable, a fatal consumer error) ends the run, to be retried."""
+        consumer = None
+        try:
+            if self._consumed is None:
+                self._consumed = self._starting_offsets()
+                self._call(self._started, {kind: dict(self._consumed[kind]) for kind in KINDS})
+            consumer = self._open(self._consumed)
+            self._consume(consumer, self._consumed)
+        finally:
+            if consumer is not None:
+                consumer.close()
 
     def _starting_offsets(self) -> dict[RecordKind, Offsets]:
         offsets: dict[RecordKind, Offsets] = {}
