@@ -13,9 +13,9 @@ import pytest
 from confluent_kafka import KafkaError, Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from k2._native import LiveBatch, read_messages
 from strategies import KNOWN_IDS, avro_data, in_either_framing, quotes, sample_quote, sample_trade, trades
 
+from k2._native import LiveBatch, read_messages
 from k2.core import avro
 from k2.core.arrow_records import records_to_arrow
 from k2.core.framing import SINGLE_OBJECT, Framing

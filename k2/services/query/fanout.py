@@ -448,6 +448,7 @@ class FanOut:
                     self._forget_oldest(kind, values)
             for message in errors:
                 error = message.error()
+                assert error is not None  # read_messages returns the messages that have one
                 if error.fatal():
                     raise KafkaException(error)
                 if error.code() != KafkaError._PARTITION_EOF:
