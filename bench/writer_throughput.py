@@ -33,6 +33,7 @@ from k2.core.arrow_records import records_to_arrow
 from k2.core.config import IcebergSettings, KafkaSettings
 from k2.core.iceberg import ensure_table, load_catalog, table_identifier
 from k2.core.kafka import TRADES, producer_config, provision_topics, topic_name
+from k2.services.writer.decoding import GC_THRESHOLDS
 
 MESSAGES = 600_000
 CHUNK = 100_000  # rows per append in the reference runs
@@ -131,7 +132,7 @@ def reference(iceberg: IcebergSettings, values: list[bytes]) -> dict[str, dict[s
     the writer's garbage-collection thresholds)."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    gc.set_threshold(*GC_THRESHOLDS)
     catalog = load_catalog(iceberg)
     reader = avro.CURRENT["trade"].parsed_for_reading
     decoder = BatchDecoder("trade")

@@ -48,8 +48,8 @@ def services(kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings) -
 
     async def start() -> tuple[IngestApp, WriterApp, QueryServer, Services]:
         ingest = IngestApp(IngestSettings(**local), kafka_settings, auth)  # type: ignore[arg-type]
-        writer = await WriterApp.open(WriterSettings(**local, commit_interval_ms=200),  # type: ignore[arg-type]
-                                      kafka_settings, iceberg_settings, auth)
+        writer = WriterApp(WriterSettings(**local, commit_interval_ms=200),  # type: ignore[arg-type]
+                           kafka_settings, iceberg_settings, auth)
         query = QueryServer(QuerySettings(**local, heartbeat_seconds=0.5),  # type: ignore[arg-type]
                             kafka_settings, iceberg_settings, auth)
         ports = [await ingest.start(), await writer.start(), await query.start()]

@@ -42,7 +42,7 @@ async def test_ingest_bidirectional_stream(kafka_settings: KafkaSettings) -> Non
         price="45.10", quantity="100", currency="AUD", side=marketdata_pb2.SIDE_BUY,
         timestamp={"seconds": 1_700_000_000})]).SerializeToString()
     async with running_ingest(kafka_settings) as ingest, \
-            grpc.aio.insecure_channel(f"127.0.0.1:{ingest.app.server.port}") as channel:
+            grpc.aio.insecure_channel(f"127.0.0.1:{ingest.app.port}") as channel:
         call = channel.stream_stream("/k2.ingest.v1.IngestService/PublishTrades")(
             iter([valid, GARBAGE]), metadata=WRITE, timeout=30)
         with pytest.raises(grpc.aio.AioRpcError) as refused:

@@ -88,7 +88,7 @@ async def test_end_to_end_with_the_real_writer(kafka_settings: KafkaSettings,
                                                iceberg_settings: IcebergSettings) -> None:
     writer_server = pytest.importorskip("k2.services.writer.server")
     writer_config = pytest.importorskip("k2.services.writer.config")
-    writer = await writer_server.WriterApp.open(
+    writer = writer_server.WriterApp(
         writer_config.WriterSettings(port=0, metrics_port=0, group_id=f"writer-{uuid.uuid4().hex[:8]}",
                                      commit_interval_ms=200),
         kafka_settings, iceberg_settings, AuthSettings(write_tokens=["query-test-token"]))

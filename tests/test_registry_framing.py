@@ -195,8 +195,8 @@ async def test_writer_reads_both_framings_and_dead_letters_unknown_ids(
     topic.produce(trades(SYMBOLS, 10), v1_sequence=1, foreign=True)
     settings = WriterSettings(port=0, metrics_port=0, group_id=f"writer-{uuid.uuid4().hex[:8]}",
                               commit_interval_ms=200)
-    writer = await WriterApp.open(settings, registry_kafka, iceberg_settings,
-                                  AuthSettings.model_validate({"write_tokens": ["registry-test-token"]}))
+    writer = WriterApp(settings, registry_kafka, iceberg_settings,
+                       AuthSettings.model_validate({"write_tokens": ["registry-test-token"]}))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{await writer.start()}")
     try:
         status = await wait_caught_up(writer_pb2_grpc.WriterServiceStub(channel), topic.topic)

@@ -98,7 +98,7 @@ async def start_writer(kafka: KafkaSettings, iceberg: IcebergSettings,
                        **overrides: object) -> tuple[WriterApp, writer_pb2_grpc.WriterServiceStub, grpc.aio.Channel]:
     settings = WriterSettings.model_validate({"port": 0, "metrics_port": 0, "commit_interval_ms": 200,
                                               "group_id": f"writer-{uuid.uuid4().hex[:8]}"} | overrides)
-    app = await WriterApp.open(settings, kafka, iceberg, AuthSettings.model_validate({"write_tokens": [TOKEN]}))
+    app = WriterApp(settings, kafka, iceberg, AuthSettings.model_validate({"write_tokens": [TOKEN]}))
     port = await app.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     return app, writer_pb2_grpc.WriterServiceStub(channel), channel

@@ -57,8 +57,8 @@ async def start_writer(kafka_settings: KafkaSettings,
         defaults = {"port": 0, "metrics_port": 0, "group_id": f"writer-{uuid.uuid4().hex[:8]}",
                     "commit_interval_ms": 200}
         settings = WriterSettings.model_validate(defaults | overrides)
-        app = await WriterApp.open(settings, kafka, iceberg_settings,
-                                   AuthSettings.model_validate({"write_tokens": [TOKEN]}))
+        app = WriterApp(settings, kafka, iceberg_settings,
+                        AuthSettings.model_validate({"write_tokens": [TOKEN]}))
         port = await app.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         started.append((app, writer_pb2_grpc.WriterServiceStub(channel), channel))

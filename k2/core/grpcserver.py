@@ -1,10 +1,12 @@
 """Serving a K2 gRPC service: interceptors (tracing, token auth, limits, unexpected errors, malformed requests),
 the library health servicer with per-service status, where the service's traces go
-(k2.telemetry.v1.TelemetryService), server reflection, TLS/mTLS, the metrics endpoint, and graceful shutdown on
-SIGTERM/SIGINT (health NOT_SERVING → stop accepting → drain for the grace period → the service's own cleanup →
-exit 0)."""
+(k2.telemetry.v1.TelemetryService), server reflection, TLS/mTLS, the metrics endpoint; and the one lifecycle of
+the three services (Service: start, ready, drain, stop), run as a process by `run` until SIGTERM/SIGINT (health
+NOT_SERVING → stop accepting → in-flight calls drain for the grace period → the service's own cleanup → traces
+flushed → exit 0)."""
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
@@ -20,7 +22,13 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from k2.core.auth import OPEN_PREFIXES, TokenAuthInterceptor
 from k2.core.config import AuthSettings, ServerSettings, is_loopback_host
 from k2.core.limits import LimitsInterceptor
-from k2.core.telemetry import setup_tracing, start_metrics_server, tracing_setup
+from k2.core.telemetry import (
+    setup_logging,
+    setup_tracing,
+    shutdown_tracing,
+    start_metrics_server,
+    tracing_setup,
+)
 from k2.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -203,6 +211,7 @@ class GrpcServer:
                      ("grpc.max_send_message_length", settings.max_message_bytes)])
         self.service_names: list[str] = []
         self.port = 0
+        self.serving = False
 
     def add(self, add_to_server: Callable[[object, grpc.aio.Server], None], servicer: object, full_name: str) -> None:
         """Registers a servicer, e.g. add(add_IngestServiceServicer_to_server, servicer, "k2.ingest.v1.IngestService")."""
@@ -211,6 +220,7 @@ class GrpcServer:
 
     async def set_serving(self, serving: bool) -> None:
         """Per-service health, e.g. NOT_SERVING while a dependency such as Kafka is unreachable."""
+        self.serving = serving
         status = SERVING if serving else NOT_SERVING
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
@@ -235,23 +245,84 @@ class GrpcServer:
         return self.port
 
     async def stop(self) -> None:
+        self.serving = False
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds)
 
 
-async def run_until_signalled(server: GrpcServer, on_stop: Callable[[], Awaitable[None]] | None = None,
-                              on_started: Callable[[], None] | None = None) -> None:
-    """Starts the server (then on_started, e.g. background tasks), waits for SIGTERM/SIGINT, then stops gracefully
-    and runs the service's cleanup."""
+class Service:
+    """The lifecycle every K2 service has (ingest, writer, query), each filling in its hooks:
+
+    - start(): prepare (set-up before serving: topics, tables) → serve gRPC (health SERVING) → start_work (feeds,
+      consume loops, the fan-out); returns the bound port.
+    - wait_ready(): until health says SERVING (its Kafka dependency reached, where a service follows one).
+    - stop(): drain (ends what would otherwise outlive the grace period: live subscriptions) → health NOT_SERVING,
+      no new calls, in-flight calls get the grace period → close (the service's own cleanup: flush, commit).
+
+    Tests start a service in-process on port 0; `run` serves one as a process."""
+
+    # The process's young-generation collection thresholds (gc.set_threshold) under `run`; None: Python's.
+    gc_thresholds: tuple[int, int, int] | None = None
+
+    def __init__(self, name: str, settings: ServerSettings, auth: AuthSettings,
+                 untraced_methods: Collection[str] = ()):
+        """name: the service's name in traces, metrics and logs ("ingest"); untraced_methods as GrpcServer's."""
+        self.grpc = GrpcServer(name, settings, auth, untraced_methods)
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    async def prepare(self) -> None:
+        """Set-up before serving."""
+
+    async def start_work(self) -> None:
+        """The service's own work, started once gRPC serves."""
+
+    async def drain(self) -> None:
+        """Before gRPC stops accepting calls."""
+
+    async def close(self) -> None:
+        """After the last call ended."""
+
+    async def start(self) -> int:
+        await self.prepare()
+        port = await self.grpc.start()
+        await self.start_work()
+        return port
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not self.grpc.serving:
+                await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        await self.drain()
+        await self.grpc.stop()
+        await self.close()
+
+
+def run(make_service: Callable[[], Service]) -> None:
+    """`python -m k2.services.<name>`: serves the service that make_service builds until SIGTERM/SIGINT, then stops
+    it gracefully and flushes its traces (exit 0)."""
+    setup_logging()
+    asyncio.run(_serve_until_signalled(make_service))
+
+
+async def _serve_until_signalled(make_service: Callable[[], Service]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await server.start()
-    if on_started is not None:
-        on_started()
+    service = make_service()  # in the event loop: the gRPC server belongs to the loop it is created in
+    if service.gc_thresholds is not None:
+        gc.set_threshold(*service.gc_thresholds)
+    await service.start()
+    # What start-up created (modules, schemas, catalogs, clients) lives as long as the process: frozen, the
+    # collector skips it, so collections on the live path stay short.
+    gc.collect()
+    gc.freeze()
     await stop.wait()
-    log.info("%s: shutting down (grace %.0f s)", server.service, server.settings.grace_seconds)
-    await server.stop()
-    if on_stop is not None:
-        await on_stop()
+    log.info("%s: shutting down (grace %.0f s)", service.grpc.service, service.grpc.settings.grace_seconds)
+    await service.stop()
+    shutdown_tracing()  # the spans still batched for export

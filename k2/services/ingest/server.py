@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from k2.core.config import AuthSettings, KafkaSettings
-from k2.core.grpcserver import GrpcServer, run_until_signalled
+from k2.core.grpcserver import Service
 from k2.core.kafka import provision_topics, watch_reachability
 from k2.core.telemetry import context_from_metadata
 from k2.ingest.v1 import ingest_pb2, ingest_pb2_grpc
@@ -66,11 +66,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return ingest_pb2.GetFeedStatusResponse(feeds=self.feeds.statuses())
 
 
-class IngestApp:
-    """The service in one object: tests start it in-process on port 0; `python -m k2.services.ingest` serves it
-    until SIGTERM."""
+class IngestApp(Service):
+    """The ingest service: tests start it in-process on port 0; `python -m k2.services.ingest` serves it until
+    SIGTERM."""
+
+    # Publishing allocates ~30 short-lived objects per trade: collecting the young generation less often (fewer,
+    # larger collections) takes ~10% less CPU per trade.
+    gc_thresholds = (50_000, 20, 100)
 
     def __init__(self, settings: IngestSettings, kafka: KafkaSettings, auth: AuthSettings):
+        super().__init__(metrics.SERVICE, settings, auth, untraced_methods=PUBLISH_METHODS)
         self.settings = settings
         self.kafka = kafka
         self.sink = KafkaSink(kafka)
@@ -79,8 +84,7 @@ class IngestApp:
         symbols = metrics.SymbolLabels(settings.metrics_symbols_per_source)
         self.servicer = IngestServicer(Publisher(settings, self.sink, symbols),
                                        Loader(settings, self.sink, symbols), self.feeds)
-        self.server = GrpcServer(metrics.SERVICE, settings, auth, untraced_methods=PUBLISH_METHODS)
-        self.server.add(ingest_pb2_grpc.add_IngestServiceServicer_to_server, self.servicer, SERVICE_NAME)
+        self.grpc.add(ingest_pb2_grpc.add_IngestServiceServicer_to_server, self.servicer, SERVICE_NAME)
         metrics.PRODUCER_BUFFERED_MESSAGES.set_function(self.sink.buffered)
 
     def add_feed(self, feed: Feed) -> None:
@@ -95,24 +99,13 @@ class IngestApp:
                 log.info("created Kafka topics %s", ", ".join(created))
         self.servicer.publisher.recovery.start()
 
-    async def start(self) -> int:
-        """Serves until stop(); returns the bound port."""
-        await self.prepare()
-        port = await self.server.start()
-        self.start_background()
-        return port
-
-    def start_background(self) -> None:
+    async def start_work(self) -> None:
         """The feeds, and health that follows Kafka (NOT_SERVING while it is unreachable)."""
         self.feeds.start()
-        self._kafka_watch = asyncio.create_task(watch_reachability(self.kafka, self.server.set_serving))
+        self._kafka_watch = asyncio.create_task(watch_reachability(self.kafka, self.grpc.set_serving))
 
-    async def stop(self) -> None:
-        await self.server.stop()
-        await self.shutdown()
-
-    async def shutdown(self) -> None:
-        """After the server stopped accepting: stop the feeds, then flush everything produced to Kafka."""
+    async def close(self) -> None:
+        """Stops the feeds, then flushes everything produced to Kafka."""
         if self._kafka_watch is not None:
             self._kafka_watch.cancel()
         await self.servicer.publisher.recovery.stop()
@@ -132,11 +125,9 @@ def exchange_feeds(settings: IngestSettings, sink: KafkaSink) -> list[Feed]:
     return feeds
 
 
-async def serve(settings: IngestSettings, kafka: KafkaSettings, auth: AuthSettings) -> None:
-    """Serves until SIGTERM/SIGINT: then stops accepting, drains, stops the feeds and flushes the producer."""
+def ingest_service(settings: IngestSettings, kafka: KafkaSettings, auth: AuthSettings) -> IngestApp:
+    """The service with the exchange feeds its settings enable."""
     app = IngestApp(settings, kafka, auth)
     for feed in exchange_feeds(settings, app.sink):
         app.add_feed(feed)
-    await app.prepare()
-    await run_until_signalled(app.server, on_started=app.start_background, on_stop=app.shutdown)
-
+    return app

@@ -1,4 +1,5 @@
-"""The query service: QueryServicer (grpc.aio) and QueryServer, a GrpcServer that also runs the live fan-out.
+"""The query service: QueryServicer (grpc.aio) and QueryServer, the service (k2.core.grpcserver.Service) that also
+runs the live fan-out.
 
 Tests start it in-process: `server = QueryServer(settings, kafka, iceberg); port = await server.start();
 await server.wait_ready(); ...; await server.stop()`.
@@ -16,7 +17,7 @@ from confluent_kafka import KafkaException
 
 from k2.core.arrow_records import arrow_schema
 from k2.core.config import AuthSettings, IcebergSettings, KafkaSettings
-from k2.core.grpcserver import GrpcServer
+from k2.core.grpcserver import Service
 from k2.core.records import QUOTE, TRADE, FieldError, RecordKind
 from k2.query.v1 import query_pb2
 from k2.services.query import bars as bars_module
@@ -32,7 +33,7 @@ from k2.services.query.tokens import PageToken
 from k2.services.query.wire import FRAMED, MESSAGE_TYPES, joined, messages
 from k2.services.query.workers import Workers
 
-SERVICE_NAME = "k2.query.v1.QueryService"
+SERVICE_NAME = query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
 T = TypeVar("T")
 QUERY_RESPONSES: dict[RecordKind, type] = {TRADE: query_pb2.QueryTradesResponse, QUOTE: query_pb2.QueryQuotesResponse}
 
@@ -309,27 +310,25 @@ def add_query_service(servicer: QueryServicer, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
-class QueryServer(GrpcServer):
+class QueryServer(Service):
     def __init__(self, settings: QuerySettings | None = None, kafka: KafkaSettings | None = None,
                  iceberg: IcebergSettings | None = None, auth: AuthSettings | None = None):
         settings = settings or QuerySettings()
         kafka = kafka or KafkaSettings()
-        super().__init__("query", settings, auth or AuthSettings(), untraced_methods=[
+        super().__init__(metrics.SERVICE, settings, auth or AuthSettings(), untraced_methods=[
             f"/{SERVICE_NAME}/SubscribeTrades", f"/{SERVICE_NAME}/SubscribeQuotes"])
         history = History(iceberg or IcebergSettings(), IcebergCache(settings.file_cache_bytes))
         admin = KafkaAdmin(kafka, settings.kafka_timeout_seconds)
         self.workers = Workers(settings.worker_threads)
-        self.fanout = FanOut(kafka, settings, history, self.set_serving)
+        self.fanout = FanOut(kafka, settings, history, self.grpc.set_serving)
         self.subscriptions = Subscriptions(kafka, settings, admin, history, self.fanout, self.workers)
-        self.add(add_query_service,  # type: ignore[arg-type]
-                 QueryServicer(settings, kafka, history, admin, self.fanout, self.subscriptions, self.workers),
-                 SERVICE_NAME)
+        self.grpc.add(add_query_service,  # type: ignore[arg-type]
+                      QueryServicer(settings, kafka, history, admin, self.fanout, self.subscriptions, self.workers),
+                      SERVICE_NAME)
 
-    async def start(self) -> int:
-        port = await super().start()
-        await self.set_serving(False)  # until the fan-out reaches Kafka
+    async def start_work(self) -> None:
+        await self.grpc.set_serving(False)  # until the fan-out reaches Kafka
         self.fanout.start()
-        return port
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Until the fan-out consumer has its partitions and reaches Kafka."""
@@ -338,12 +337,13 @@ class QueryServer(GrpcServer):
             while not self.fanout.healthy:
                 await asyncio.sleep(0.02)
 
-    async def stop(self) -> None:
+    async def drain(self) -> None:
         """Ends every subscription cleanly (what it has queued, a last heartbeat with its resume_token, then
-        UNAVAILABLE) before the grace period, then stops serving and the fan-out."""
+        UNAVAILABLE) before the grace period."""
         reason = "query service shutting down: resubscribe with the last resume_token"
         self.subscriptions.close(reason)
         self.fanout.end_all(grpc.StatusCode.UNAVAILABLE, reason)
-        await super().stop()
+
+    async def close(self) -> None:
         await self.fanout.stop()
         self.workers.close()

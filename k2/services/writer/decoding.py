@@ -13,6 +13,9 @@ from k2.core.arrow import BatchDecoder, DecodedBatch
 from k2.core.framing import Framing
 from k2.core.records import QUOTE, TRADE, RecordKind
 
+# Decoding allocates a dict per message: collecting the young generation less often saves ~15% of its CPU. The
+# writer's process (WriterApp) and its decoding workers both run with these thresholds.
+GC_THRESHOLDS = (50_000, 20, 20)
 _decoders: dict[RecordKind, BatchDecoder] = {}
 
 
@@ -23,7 +26,7 @@ def _exit_with(parent: int) -> None:
 
 
 def _start_worker(parent: int, framing: Framing) -> None:
-    gc.set_threshold(50_000, 20, 20)  # a dict per message: collect the young generation less often
+    gc.set_threshold(*GC_THRESHOLDS)
     _decoders.update({TRADE: BatchDecoder(TRADE, framing), QUOTE: BatchDecoder(QUOTE, framing)})
     threading.Thread(target=_exit_with, args=(parent,), name="exit-with-writer", daemon=True).start()
 

@@ -11,7 +11,7 @@ from confluent_kafka import KafkaException
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from k2.core.config import AuthSettings, IcebergSettings, KafkaSettings
-from k2.core.grpcserver import GrpcServer, run_until_signalled
+from k2.core.grpcserver import Service
 from k2.core.iceberg import load_catalog, table_identifier
 from k2.core.kafka import TOPIC_FOR, provision_topics, topic_name
 from k2.core.protos import EPOCH, set_timestamp
@@ -19,24 +19,51 @@ from k2.core.records import QUOTE, TRADE, FieldError, RecordKind
 from k2.writer.v1 import writer_pb2 as pb
 from k2.writer.v1 import writer_pb2_grpc
 
+from . import metrics
 from .config import WriterSettings
 from .consumer import WriterLoop
+from .decoding import GC_THRESHOLDS
 from .maintenance import CompactionProgress, CompactionResult, MaintenanceScheduler, TableMaintenance
 from .status import Monitor, StatusReader
 from .tables import open_table
 
 log = logging.getLogger(__name__)
-SERVICE = "writer"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["WriterService"].full_name
 KINDS: tuple[RecordKind, ...] = (TRADE, QUOTE)
 
 
-class WriterApp:
+class WriterApp(Service):
+    """The writer service: tests start it in-process on port 0; `python -m k2.services.writer` serves it until
+    SIGTERM."""
+
+    gc_thresholds = GC_THRESHOLDS
+
     def __init__(self, settings: WriterSettings, kafka: KafkaSettings, iceberg: IcebergSettings,
                  auth: AuthSettings):
-        """Blocking set-up (topics, tables); construct it off the event loop, e.g. with `WriterApp.open`."""
+        super().__init__(metrics.SERVICE, settings, auth)
         self.settings = settings
+        self.kafka = kafka
         self.iceberg = iceberg
-        self.auth = auth
+        self.grpc.add(writer_pb2_grpc.add_WriterServiceServicer_to_server, WriterServicer(self), SERVICE_NAME)
+        self.loop: WriterLoop
+        self.maintenance: dict[RecordKind, TableMaintenance]
+        self.scheduler: MaintenanceScheduler
+        self.status: StatusReader
+        self.monitor: Monitor
+        self.stopping = False
+
+    async def prepare(self) -> None:
+        await asyncio.to_thread(self._open_tables)
+        event_loop = asyncio.get_running_loop()
+
+        def on_kafka(up: bool) -> None:
+            asyncio.run_coroutine_threadsafe(self.grpc.set_serving(up), event_loop)
+
+        self.monitor = Monitor(self.status, self.settings, on_kafka)
+
+    def _open_tables(self) -> None:
+        """Topics, tables and the catalogs of the consume loop, maintenance and status (one each): blocking."""
+        settings, kafka, iceberg = self.settings, self.kafka, self.iceberg
         if settings.provision_topics:
             try:
                 provision_topics(kafka, timeout=10.0)
@@ -55,47 +82,20 @@ class WriterApp:
         self.status = StatusReader(kafka, settings, {
             topic_name(kafka, TOPIC_FOR[kind]): status_catalog.load_table(table_identifier(iceberg, kind))
             for kind in KINDS})
-        self.grpc: GrpcServer
-        self.monitor: Monitor
-        self.stopping = False
 
-    @classmethod
-    async def open(cls, settings: WriterSettings, kafka: KafkaSettings, iceberg: IcebergSettings,
-                   auth: AuthSettings) -> "WriterApp":
-        app = await asyncio.to_thread(cls, settings, kafka, iceberg, auth)
-        app.grpc = GrpcServer(SERVICE, settings, auth)
-        app.grpc.add(writer_pb2_grpc.add_WriterServiceServicer_to_server, WriterServicer(app),
-                     "k2.writer.v1.WriterService")
-        event_loop = asyncio.get_running_loop()
-
-        def on_kafka(up: bool) -> None:
-            asyncio.run_coroutine_threadsafe(app.grpc.set_serving(up), event_loop)
-
-        app.monitor = Monitor(app.status, settings, on_kafka)
-        return app
-
-    def start_background(self) -> None:
+    async def start_work(self) -> None:
+        """Consuming, maintenance, and health that follows Kafka (the monitor)."""
         self.loop.start()
         self.scheduler.start()
         self.monitor.start()
 
-    async def start(self) -> int:
-        """Serves gRPC and starts consuming; returns the gRPC port."""
-        port = await self.grpc.start()
-        self.start_background()
-        return port
-
     async def close(self) -> None:
-        """Final commit of what is buffered, then every thread stops (after gRPC stopped serving)."""
+        """Final commit of what is buffered, then every thread stops."""
         self.stopping = True
         await asyncio.to_thread(self.monitor.stop)
         await asyncio.to_thread(self.scheduler.stop)
         await asyncio.to_thread(self.loop.stop)
         await asyncio.to_thread(self.status.close)
-
-    async def stop(self) -> None:
-        await self.grpc.stop()
-        await self.close()
 
     def kind_of(self, table: str) -> RecordKind | None:
         return next((kind for kind in KINDS if table_identifier(self.iceberg, kind) == table), None)
@@ -197,11 +197,3 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
                 await context.abort(grpc.StatusCode.INTERNAL,
                                     f"compaction failed ({type(event).__name__}); the writer logged why")
         await running
-
-
-async def serve(settings: WriterSettings, kafka: KafkaSettings, iceberg: IcebergSettings,
-                auth: AuthSettings) -> None:
-    """Serves until SIGTERM/SIGINT, then commits what is buffered and returns."""
-    app = await WriterApp.open(settings, kafka, iceberg, auth)
-    app.start_background()
-    await run_until_signalled(app.grpc, on_stop=app.close)
