@@ -38,7 +38,7 @@ from k2.core.producer import DeliveryReport
 from k2.core.protos import decimal_text
 from k2.core.records import Record, RecordKind
 from k2.ingest.v1.ingest_pb2 import CircuitState, ConnectionState, FeedStatus
-from k2.services.ingest.binance import BinanceFeed, BinanceSettings, parsing
+from k2.services.ingest.binance import BinanceFeed, BinanceSettings, create_feed, parsing
 from k2.services.ingest.binance.parsing import MESSAGE_ID_NAMESPACE, FrameParser
 from k2.services.ingest.binance.publishing import PublishBuffer
 from k2.services.ingest.binance.resilience import Backoff
@@ -111,8 +111,8 @@ class Run:
 async def feed_running(kafka: KafkaSettings, endpoints: list[str], sink: Any = None,
                        **settings: Any) -> AsyncIterator[Run]:
     kafka_sink = KafkaSink(kafka)
-    feed = BinanceFeed(BinanceSettings(**({"endpoints": endpoints, "symbols": SYMBOLS} | FAST | settings)),
-                       sink or kafka_sink)
+    feed = create_feed(sink or kafka_sink,
+                       BinanceSettings(**({"endpoints": endpoints, "symbols": SYMBOLS} | FAST | settings)))
     run = Run(feed, kafka, asyncio.create_task(feed.run()))
     try:
         yield run

@@ -8,6 +8,7 @@ normalised to v2 records and published to Kafka through the service's sink.
 """
 
 from .feed import BinanceFeed
+from .metrics import register_feed
 from .publishing import RecordSink
 from .settings import BinanceSettings
 
@@ -15,5 +16,8 @@ __all__ = ["BinanceFeed", "BinanceSettings", "RecordSink", "create_feed"]
 
 
 def create_feed(sink: RecordSink, settings: BinanceSettings | None = None) -> BinanceFeed:
-    """The feed as the ingest service runs it: settings from the environment (K2_INGEST_BINANCE_*)."""
-    return BinanceFeed(settings or BinanceSettings(), sink)
+    """The feed as the ingest service runs it: settings from the environment (K2_INGEST_BINANCE_*), its counters
+    exported as the k2_binance_* metrics."""
+    feed = BinanceFeed(settings or BinanceSettings(), sink)
+    register_feed(feed)
+    return feed

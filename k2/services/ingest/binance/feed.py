@@ -29,7 +29,6 @@ from k2.ingest.v1.ingest_pb2 import ConnectionState, FeedStatus
 
 from .backfill import GapBackfill
 from .connection import FeedConnection, SubscribeError
-from .metrics import register_feed
 from .parsing import FrameParser
 from .publishing import PublishBuffer, Publisher, RecordSink
 from .resilience import Backoff, CircuitBreaker, SlidingWindowLimiter
@@ -269,7 +268,6 @@ class BinanceFeed:
         self._stop_requested = asyncio.Event()
         self._stopped = asyncio.Event()
         self._samples: deque[tuple[float, int, int]] = deque(maxlen=RATE_WINDOW_SAMPLES)
-        register_feed(self)
 
     def count_reconnect(self, reason: str) -> None:
         self.reconnects[reason] += 1
