@@ -24,20 +24,18 @@ from datetime import date
 from typing import Any
 
 from pyiceberg.exceptions import CommitFailedException, ValidationException
-from pyiceberg.expressions import AlwaysTrue
-from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import DataFile, ManifestEntryStatus, ManifestFile
-from pyiceberg.table import FileScanTask, Table
+from pyiceberg.table import Table
 from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.snapshots import Snapshot
-from pyiceberg.table.update.snapshot import ExpireSnapshots
 from pyiceberg.transforms import DayTransform
 
+from k2.core.iceberg_internals import CachedTransaction, expire_snapshots, read_data_files
 from k2.core.records import RecordKind
 
 from . import metrics
 from .config import WriterSettings
-from .tables import CachedTransaction, carried_properties, commit_landed, with_retries, write_data_files
+from .tables import carried_properties, commit_landed, with_retries, write_data_files
 
 log = logging.getLogger(__name__)
 EPOCH = date(1970, 1, 1)
@@ -159,9 +157,7 @@ class TableMaintenance:
 
     def _rewrite(self, files: list[DataFile]) -> list[DataFile]:
         table = self.table
-        rows = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table(
-            [FileScanTask(f) for f in files])
-        return write_data_files(table.metadata, table.io, rows)
+        return write_data_files(table.metadata, table.io, read_data_files(table, files))
 
     def _replace(self, old: list[DataFile], new: list[DataFile]) -> int:
         """Commits the swap of `old` for `new`; its snapshot id, or 0 if `old` is no longer in the table."""
@@ -282,8 +278,7 @@ class TableMaintenance:
             def attempt(table: Table) -> None:
                 expired[:] = self._expirable(time.time() * 1000)
                 if expired:
-                    expiry = ExpireSnapshots(CachedTransaction(table, autocommit=True))
-                    expiry.by_ids([s.snapshot_id for s in expired]).commit()
+                    expire_snapshots(table, [s.snapshot_id for s in expired])
 
             self._serialized(lambda: with_retries(self.settings, self.table, "expiry", attempt))
             if not expired:

@@ -5,7 +5,6 @@ so the table alone says where reading resumes. Commits are optimistic: one that 
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -15,16 +14,14 @@ import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.io import FileIO
-from pyiceberg.io.pyarrow import pyarrow_to_schema, write_file
 from pyiceberg.manifest import DataFile
-from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
-from pyiceberg.table import Table, Transaction, WriteTask
+from pyiceberg.table import Table
 from pyiceberg.table.metadata import TableMetadata
-from pyiceberg.table.update import TableUpdate, update_table_metadata
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from k2.core.config import IcebergSettings
 from k2.core.iceberg import OFFSETS_PROPERTY, Offsets, committed_offsets, ensure_table, offsets_property
+from k2.core.iceberg_internals import CachedTransaction, partition_values, write_partition_files
 from k2.core.records import RecordKind
 
 from . import metrics
@@ -54,24 +51,6 @@ OFFSET_COLUMN = "__k2_offset"
 SORT_KEYS = [("symbol", "ascending"), ("timestamp", "ascending")]
 
 
-class CachedTransaction(Transaction):
-    """pyiceberg's Transaction, with `table_metadata` computed once per staged state. pyiceberg 0.12 rebuilds
-    it (a deep copy of the whole metadata, every snapshot included) on each of the ~15 reads a commit makes,
-    so a commit's cost grew with the table's history (apache/iceberg-python#3302, not in a release yet). The
-    cached value is keyed on the identity of its two immutable inputs: a staged update or a refresh
-    invalidates it."""
-
-    _cached: tuple[TableMetadata, tuple[TableUpdate, ...], TableMetadata] | None = None
-
-    @property
-    def table_metadata(self) -> TableMetadata:
-        cached = self._cached
-        if cached is None or cached[0] is not self._table.metadata or cached[1] is not self._updates:
-            metadata = update_table_metadata(self._table.metadata, self._updates)
-            cached = self._cached = (self._table.metadata, self._updates, metadata)
-        return cached[2]
-
-
 def write_data_files(metadata: TableMetadata, io: FileIO, rows: pa.Table) -> list[DataFile]:
     """Writes `rows` as one Parquet file per partition of the table's current spec, each sorted by
     (symbol, timestamp). Does what pyiceberg's _dataframe_to_data_files does for a partitioned table, but splits
@@ -80,30 +59,15 @@ def write_data_files(metadata: TableMetadata, io: FileIO, rows: pa.Table) -> lis
     into several files (a commit's or a compaction bin's rows are bounded by the writer's settings)."""
     if rows.num_rows == 0:
         return []
-    spec, schema = metadata.spec(), metadata.schema()
-    keys = [f"__k2_key{i}" for i in range(len(spec.fields))]
     keyed = rows
-    for name, partition_field in zip(keys, spec.fields, strict=True):
-        source = schema.find_field(partition_field.source_id)
-        keyed = keyed.append_column(name, partition_field.transform.pyarrow_transform(source.field_type)(
-            rows[schema.find_column_name(partition_field.source_id)]))
+    keys = []
+    for i, values in enumerate(partition_values(metadata, rows)):
+        keys.append(f"__k2_key{i}")
+        keyed = keyed.append_column(keys[-1], values)
     keyed = keyed.take(pc.sort_indices(keyed, [(k, "ascending") for k in keys] + SORT_KEYS))
     runs = keyed.select(keys).group_by(keys, use_threads=False).aggregate([([], "count_all")]).to_pylist()
-    sorted_rows = keyed.drop_columns(keys)
-    task_schema = pyarrow_to_schema(rows.schema, name_mapping=schema.name_mapping,
-                                    format_version=metadata.format_version)
-    write_uuid = uuid.uuid4()
-    tasks = []
-    offset = 0
-    for task_id, run in enumerate(runs):
-        count = run["count_all"]
-        values = [PartitionFieldValue(f, run[name]) for name, f in zip(keys, spec.fields, strict=True)]
-        key = PartitionKey(values, spec, schema)
-        tasks.append(WriteTask(write_uuid=write_uuid, task_id=task_id, schema=task_schema,
-                               record_batches=sorted_rows.slice(offset, count).combine_chunks().to_batches(),
-                               partition_key=key if spec.fields else None))
-        offset += count
-    return list(write_file(io, metadata, iter(tasks)))
+    return write_partition_files(metadata, io, keyed.drop_columns(keys),
+                                 [([run[k] for k in keys], run["count_all"]) for run in runs])
 
 
 class OffsetsRegressed(RuntimeError):
