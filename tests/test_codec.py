@@ -216,7 +216,7 @@ def test_only_ascii_decimal_strings_are_read(text: str) -> None:
 
 
 # Decimal strings a publisher may send: plain ones the native encoder reads itself, and every form it leaves to
-# the exact path (exponents, signs, zero, too many digits, trailing zeros beyond the scale, non-ASCII, junk).
+# the plain path (exponents, signs, zero, too many digits, trailing zeros beyond the scale, non-ASCII, junk).
 decimal_texts = st.one_of(
     positive_decimals().map(protos.decimal_text),
     st.sampled_from(["1.50", "0.10000000", "007", "1e3", "1E-18", "-1", "+1", "0", "0.000", "1.", ".5", " 1",
@@ -364,7 +364,7 @@ def test_trades_at_every_limit_are_encoded_natively_as_the_exact_path_encodes_th
 def test_plain_trades_are_encoded_natively() -> None:
     trades = [valid_trade_message() for _ in range(3)]
     trades[1].vendor_data.update({"b": "2", "a": "1"})
-    trades[2].price = "1e3"  # for the exact path
+    trades[2].price = "1e3"  # for the plain path
     ids = proto_avro.MessageIds.random()
     keys, values, unjudged, symbols = proto_avro._TRADES.encode(
         PublishTradesRequest(trades=trades).SerializeToString(), 0, ids.prefix, ids.node)

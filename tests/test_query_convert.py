@@ -1,5 +1,5 @@
 """The query service's conversions and tokens, without Kafka or Iceberg: the fan-out's native decoding gives exactly
-the exact path's bytes (Arrow rows: tests/test_query_wire.py); bars round VWAP half-even; tokens refuse anything
+the plain path's bytes (Arrow rows: tests/test_query_wire.py); bars round VWAP half-even; tokens refuse anything
 they did not issue."""
 
 from datetime import UTC, datetime, timedelta
@@ -22,7 +22,7 @@ from k2.core.framing import SINGLE_OBJECT, Framing
 from k2.core.records import DECIMAL_PRECISION, MAX_TEXT_LENGTH, QUOTE, TRADE, FieldError, Record, RecordKind
 from k2.query.v1 import query_pb2
 from k2.services.query.bars import BarBuilder, divide_half_even
-from k2.services.query.convert import decode_batch, decode_exactly, decode_message, frame, transcoder
+from k2.services.query.convert import decode_batch, decode_message, decode_plain, frame, transcoder
 from k2.services.query.selection import Selection, micros, rows_after, sort_rows
 from k2.services.query.tokens import PageToken, StreamPosition, query_digest
 
@@ -32,8 +32,8 @@ LIMIT = 10**DECIMAL_PRECISION  # unscaled decimal(38,18) values are below this i
 
 
 def exact_framed(kind: RecordKind, value: bytes) -> tuple[bytes, str, str, int] | None:
-    """The exact path's result for one value: (framed message, symbol, exchange, timestamp µs), or None."""
-    decoded = decode_exactly(kind, value)
+    """The plain path's result for one value: (framed message, symbol, exchange, timestamp µs), or None."""
+    decoded = decode_plain(kind, value)
     return None if decoded is None else (frame(decoded[0]), *decoded[1:])
 
 
@@ -127,8 +127,8 @@ def live_values(kind: RecordKind) -> st.SearchStrategy[bytes]:
 @settings(max_examples=400, deadline=None)
 @given(data=st.data())
 def test_a_decoded_batch_holds_exactly_the_exact_paths_records(kind: RecordKind, data: st.DataObject) -> None:
-    """Natively transcoded or handed back to the exact path: per message the bytes, symbol, exchange and
-    timestamp the exact path gives (frame(trade_to_proto(...))) to its single-object form, in Kafka order; refused
+    """Natively transcoded or handed back to the plain path: per message the bytes, symbol, exchange and
+    timestamp the plain path gives (frame(trade_to_proto(...))) to its single-object form, in Kafka order; refused
     what it refuses. In either Kafka framing."""
     values = data.draw(st.lists(live_values(kind), min_size=1, max_size=6))
     framing = data.draw(st.sampled_from([SINGLE_OBJECT, KNOWN_IDS]))
@@ -144,7 +144,7 @@ def test_a_decoded_batch_holds_exactly_the_exact_paths_records(kind: RecordKind,
         assert single.symbols() == ([found[1]] if found else [])
         if found:
             assert single.select(exchanges=frozenset([found[2]]))[1] == 1
-        assert decode_message(kind, sent[index], framing) == (decode_exactly(kind, values[index]) or [None])[0]
+        assert decode_message(kind, sent[index], framing) == (decode_plain(kind, values[index]) or [None])[0]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -238,7 +238,7 @@ def test_select_takes_the_records_a_selection_matches(rows: list[tuple[str, str,
     values = [avro.encode(TRADE, sample_trade(symbol=symbol, exchange=exchange,
                                               timestamp=at + timedelta(microseconds=t)))
               for symbol, exchange, t in rows]
-    if older < len(values):  # one record of an older version: the exact path's, added in its place
+    if older < len(values):  # one record of an older version: the plain path's, added in its place
         symbol, exchange, t = rows[older]
         values[older] = avro.encode_with(avro.VERSIONS[TRADE][0], {
             "symbol": symbol, "exchange_timestamp": at + timedelta(microseconds=t), "price": Decimal(1),

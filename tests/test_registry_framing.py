@@ -34,7 +34,7 @@ from k2.core.records import QUOTE, TRADE, Record
 from k2.ingest.v1 import ingest_pb2
 from k2.marketdata.v1.marketdata_pb2 import AssetClass, Quote
 from k2.query.v1 import query_pb2
-from k2.services.query.convert import decode_exactly
+from k2.services.query.convert import decode_plain
 from k2.services.writer.config import WriterSettings
 from k2.services.writer.server import WriterApp
 from k2.writer.v1 import writer_pb2_grpc
@@ -58,7 +58,7 @@ def test_registry_framing_needs_a_registry_to_be_read() -> None:
         SINGLE_OBJECT.decode(value)
     with pytest.raises(avro.DecodeError, match="shorter than the 5-byte header"):
         KNOWN_IDS.decode(b"\x00\x00\x07")
-    assert decode_exactly(TRADE, value) is None
+    assert decode_plain(TRADE, value) is None
     [rejection] = BatchDecoder(TRADE).decode([value]).rejected
     assert (rejection.category, rejection.reason) == (UNDECODABLE, (
         "registry-framed (schema id 7) but no schema registry is configured (K2_KAFKA_SCHEMA_REGISTRY_URL)"))
@@ -72,7 +72,7 @@ def test_a_registry_that_does_not_answer_refuses_nothing() -> None:
     with pytest.raises(SchemaRegistryUnavailable, match="schema registry unavailable"):
         BatchDecoder(TRADE, unreachable).decode([value])
     with pytest.raises(SchemaRegistryUnavailable):
-        decode_exactly(TRADE, value, unreachable)
+        decode_plain(TRADE, value, unreachable)
 
 
 async def test_confluent_avro_deserializer_reads_what_ingest_publishes(registry_kafka: KafkaSettings,
@@ -80,7 +80,7 @@ async def test_confluent_avro_deserializer_reads_what_ingest_publishes(registry_
     sent = [trade(i) for i in range(30)]
     sent[3].price = "99999999999999999999.999999999999999999"  # the extremes of decimal(38,18)
     sent[4].quantity = "0.000000000000000001"
-    sent[5].price = "97123.05e0"  # judged by the exact path, not the native encoder
+    sent[5].price = "97123.05e0"  # judged by the plain path, not the native encoder
     quote = Quote(quote_id="Q-1", symbol="BHP", exchange="ASX", asset_class=AssetClass.ASSET_CLASS_EQUITIES,
                   currency="AUD", bid_price="37.7", bid_quantity="300", ask_price="37.71", ask_quantity="0.5")
     quote.timestamp.FromDatetime(START)

@@ -1,5 +1,5 @@
 """The writer's decode path (k2.core.arrow.BatchDecoder): Kafka values straight to Arrow must equal the
-reference path (avro.decode + records_to_arrow) for every record, and reject exactly what the validators
+plain path (avro.decode + records_to_arrow) for every record, and reject exactly what the validators
 reject."""
 
 import os
@@ -82,7 +82,7 @@ def test_one_sided_and_half_empty_quotes() -> None:
 
 def test_values_beyond_the_fast_layout_decode_like_the_reference() -> None:
     """Lengths of 64 bytes and more, varints longer than 8 bytes, negative and 16-byte decimals, non-ASCII text,
-    lists and maps at their bounds, timestamps before 1970: each row as the reference decode gives it."""
+    lists and maps at their bounds, timestamps before 1970: each row as the plain path gives it."""
     trades = [
         sample_trade(),
         sample_trade(trade_id="T" * 64, currency="Ünïcödé-€", trade_conditions=["é" * 32] * 8,

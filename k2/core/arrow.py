@@ -119,8 +119,8 @@ class DecodedBatch:
 _SHORT = 64  # strings, bytes and blocks the pattern matches: those whose length is one varint byte
 _BLOCK_ITEMS = 15  # items per array/map block the pattern matches
 _VARINT = rb"[\x80-\xff]{0,9}[\x00-\x7f]"
-_VARINT_BYTES = 8  # longer varints (|value| ≥ 2^55) take the full decode
-_DECIMAL_BYTES = 16  # two's complement of a decimal(38,18); a 16-byte value may exceed 38 digits: full decode
+_VARINT_BYTES = 8  # longer varints (|value| ≥ 2^55) take the plain path
+_DECIMAL_BYTES = 16  # two's complement of a decimal(38,18); a 16-byte value may exceed 38 digits: plain path
 
 
 def _byte(value: int) -> bytes:
@@ -223,7 +223,7 @@ def _strings(raw: pa.Array) -> tuple[pa.Array, pa.Array | None]:
     text = _after_first_byte(raw)
     try:
         return text.cast(pa.string()), None
-    except pa.ArrowInvalid:  # rare: those rows take the full decode, which says why
+    except pa.ArrowInvalid:  # rare: those rows take the plain path, which says why
         invalid = pa.array([not _is_utf8(value) for value in text.to_pylist()], pa.bool_())
         return pc.if_else(invalid, b"", text).cast(pa.string()), invalid
 
@@ -281,7 +281,7 @@ class _BlockColumn:
         value: Any
         try:
             value = fastavro.schemaless_reader(BytesIO(raw), self._schema, None)
-        except ValueError:  # invalid UTF-8 (the pattern matched the layout): the full decode says why
+        except ValueError:  # invalid UTF-8 (the pattern matched the layout): the plain path says why
             return _UNREADABLE
         return list(value.items()) if self._map and value is not None else value
 
@@ -308,7 +308,7 @@ class _FastPath:
                         for field, arrow_field in zip(fields, self.schema, strict=True)]
 
     def table(self, rows: list[tuple[bytes, ...]]) -> tuple[pa.Table, pa.Array | None]:
-        """(the table of the matched rows, the rows to take out for the full decode, or None)."""
+        """(the table of the matched rows, the rows to take out for the plain path, or None)."""
         columns = list(zip(*rows, strict=True)) if rows else [()] * len(self._fields)
         arrays, slow = [], None
         for (avro_type, arrow_type, block), raw in zip(self._fields, columns, strict=True):

@@ -87,7 +87,7 @@ def plain_decimal_writer(precision: int, scale: int) -> Callable[[str], bytes]:
     """A function giving the Avro bytes of decimal(precision, scale) for a positive decimal string without sign
     or exponent and with at most precision - scale integer and scale fractional digits, read straight into its
     unscaled integer (no Decimal); it gives b"" for any other string (zero included), which the caller must
-    read the exact way."""
+    read by the plain path."""
     plain = re.compile(rf"([0-9]{{1,{precision - scale}}})(?:\.([0-9]{{1,{scale}}}))?").fullmatch
     factors = [10 ** (scale - digits) for digits in range(scale + 1)]
 

@@ -4,9 +4,9 @@ a time: the per-item hot path of PublishTrades/PublishQuotes.
 A batch of trades goes to the compiled encoder (k2._native.TradeEncoder) in one call, as its serialized request. It
 writes each trade it can judge at a glance (plain decimals that fit, canonical message ids, whole-microsecond
 timestamps of years 1 to 9999, texts, names and repeated fields within their limits, known enum values) and hands
-back any other, which trade_from_proto and avro.encode then accept or reject with its field and reason: the exact
+back any other, which trade_from_proto and avro.encode then accept or reject with its field and reason: the plain
 path. Both write the same bytes (tests check it), so which path a trade took never shows. Quotes all take the
-exact path."""
+plain path."""
 
 import uuid
 from collections import Counter
@@ -94,21 +94,21 @@ def encode_trades(request: PublishTradesRequest, received: datetime, message_ids
     is their ingestion timestamp."""
     keys, values, unjudged, symbols = _TRADES.encode(
         request.SerializeToString(), _micros(received), message_ids.prefix, message_ids.node)
-    return _encoded_exactly(TRADE, trade_from_proto, request.trades, unjudged, received, message_ids,
+    return _encode_plain(TRADE, trade_from_proto, request.trades, unjudged, received, message_ids,
                             keys, values, symbols)
 
 
 def encode_quotes(request: PublishQuotesRequest, received: datetime, message_ids: MessageIds) -> EncodedBatch:
     """Validates and encodes a request's quotes (quote_from_proto + avro.encode)."""
     quotes = request.quotes
-    return _encoded_exactly(QUOTE, quote_from_proto, quotes, range(len(quotes)), received, message_ids,
+    return _encode_plain(QUOTE, quote_from_proto, quotes, range(len(quotes)), received, message_ids,
                             [None] * len(quotes), [None] * len(quotes), Counter(quote.symbol for quote in quotes))
 
 
-def _encoded_exactly(kind: RecordKind, convert: Callable[..., Record], messages: Sequence[Any],
+def _encode_plain(kind: RecordKind, convert: Callable[..., Record], messages: Sequence[Any],
                      unjudged: Iterable[int], received: datetime, message_ids: MessageIds,
                      keys: list[bytes | None], values: list[bytes | None], symbols: Mapping[str, int]) -> EncodedBatch:
-    """The batch once the exact path has filled in (keys[i], values[i]) of each unjudged item i, or rejected it."""
+    """The batch once the plain path has filled in (keys[i], values[i]) of each unjudged item i, or rejected it."""
     rejected = []
     for index in unjudged:
         try:

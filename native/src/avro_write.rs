@@ -26,7 +26,7 @@ pub fn write_positive_decimal(out: &mut Vec<u8>, unscaled: u128) {
 
 /// The unscaled integer of a positive decimal string without sign or exponent, with 1 to `integer_digits`
 /// integer digits and, after a dot, 1 to `scale` fractional digits (`powers[k]` = 10^k); None for any other
-/// string and for zero, which the caller's exact path must read.
+/// string and for zero, which the caller's plain path must read.
 pub fn plain_decimal(
     text: &[u8],
     integer_digits: usize,

@@ -2,7 +2,7 @@
 //! - `read_messages`: a poll's Kafka messages → one `LiveBatch` per topic (positions, values, tracing headers),
 //!   the latest value per message key, the error messages;
 //! - `LiveBatch.decode`: every value → its framed message (fanout_transcode, without holding the GIL); what it
-//!   hands back goes through the exact Python path, whose results `accept` adds;
+//!   hands back goes through the Python plain path, whose results `accept` adds;
 //! - `LiveBatch.split`: a batch whose records would make too large a response, in parts that do not;
 //! - `LiveBatch.select`: a subscriber group's records, joined into one bytes object.
 use std::collections::HashMap;
@@ -129,7 +129,7 @@ impl LiveTranscoder {
         })
     }
 
-    /// The serialized message of one value, or None where the exact path must judge it.
+    /// The serialized message of one value, or None where the plain path must judge it.
     fn message<'py>(&self, py: Python<'py>, value: &[u8]) -> Option<Bound<'py, PyBytes>> {
         let mut framed = Vec::with_capacity(value.len() * 2);
         self.program
@@ -389,7 +389,7 @@ impl LiveBatch {
         self.valid_count
     }
 
-    /// Transcodes every message; returns [(index, value)] of those handed back to the exact path.
+    /// Transcodes every message; returns [(index, value)] of those handed back to the plain path.
     fn decode<'py>(
         &mut self,
         py: Python<'py>,
@@ -438,7 +438,7 @@ impl LiveBatch {
         Ok(handed_back)
     }
 
-    /// Adds a record the exact path made of a handed-back message.
+    /// Adds a record the plain path made of a handed-back message.
     fn accept(
         &mut self,
         index: usize,

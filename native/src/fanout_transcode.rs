@@ -4,7 +4,7 @@
 //!
 //! The field program comes from Python (k2/services/query/convert.py builds it from the Avro schema and the message
 //! descriptor), so nothing here knows the schema's layout. A record that is not plainly valid is not judged here:
-//! `transcode` returns None and the caller hands it to the exact Python path.
+//! `transcode` returns None and the caller hands it to the Python plain path.
 
 use crate::limits::RecordLimits;
 use crate::text;
@@ -65,7 +65,7 @@ pub struct Program {
     pub timestamp: usize,
 }
 
-/// Microseconds since 1970 that Python's datetime holds (years 1 to 9999): the exact path refuses others.
+/// Microseconds since 1970 that Python's datetime holds (years 1 to 9999): the plain path refuses others.
 const MIN_MICROS: i64 = -62_135_596_800_000_000;
 const MAX_MICROS: i64 = 253_402_300_799_999_999;
 const FIELD_ONE: u8 = 0x0a;
@@ -262,7 +262,7 @@ fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
 
 impl Program {
     /// Appends the framed message of `value` to `out`; None (and `out` unchanged) when the record is not plainly
-    /// valid, for the exact path to judge.
+    /// valid, for the plain path to judge.
     pub fn transcode(
         &self,
         value: &[u8],

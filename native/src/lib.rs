@@ -3,7 +3,7 @@
 //! - `binance`: plain Binance trade frames → their Avro v2 Kafka messages (ingest's feed);
 //! - `fanout`: Avro v2 Kafka messages → framed protobuf messages (query's live fan-out).
 //!
-//! Each writes exactly the bytes of the Python reference path it replaces (tests compare them), and hands
+//! Each writes exactly the bytes of the Python plain path it replaces (tests compare them), and hands
 //! anything unusual back to that path, which judges it.
 use pyo3::prelude::*;
 

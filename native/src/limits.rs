@@ -1,6 +1,6 @@
 //! The bounds k2.core.records sets on a record beyond its texts' lengths, as Python passes them
 //! (records.NATIVE_LIMITS): what a symbol or an exchange may be, and how many trade conditions and vendor_data
-//! entries, of what lengths, a record may have. A record outside them is handed back to the exact path, which
+//! entries, of what lengths, a record may have. A record outside them is handed back to the plain path, which
 //! refuses it with the field and the reason.
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -68,7 +68,7 @@ impl RecordLimits {
             && conditions.all(|condition| text::length_at_most(condition, self.max_condition))
     }
 
-    /// `count` entries as they come (a key may repeat; the exact path judges the map it makes of them).
+    /// `count` entries as they come (a key may repeat; the plain path judges the map it makes of them).
     pub fn vendor_data_fits<'t>(
         &self,
         count: usize,

@@ -2,7 +2,7 @@
 //! call per batch. A trade is written here only when it can be judged at a glance (texts within their limits,
 //! known enum values, plain decimals that fit, a canonical lowercase message id or none, a timestamp that is
 //! whole microseconds within years 1 to 9999, names and repeated fields within crate::limits); any other is
-//! handed back by index to the Python exact path
+//! handed back by index to the Python plain path
 //! (k2.core.proto_avro), which accepts or rejects it. What the schema defines (header, field order, enum
 //! symbols, decimal precision) comes from Python.
 use std::collections::HashMap;
@@ -174,7 +174,7 @@ impl TradeEncoder {
         text::length_fits(text, self.max_text_length)
     }
 
-    /// The trade's Avro message (after the header and message id), or false when the exact path must judge it.
+    /// The trade's Avro message (after the header and message id), or false when the plain path must judge it.
     fn write_body(&self, out: &mut Vec<u8>, trade: &mut Trade, ingestion_timestamp: i64) -> bool {
         let (asset_class, side) = (
             tag(&self.asset_classes, trade.asset_class),
@@ -224,7 +224,7 @@ impl TradeEncoder {
         write_optional_long(out, trade.source_sequence);
         write_long(out, ingestion_timestamp);
         write_optional_long(out, trade.platform_sequence);
-        // The map ordered by key (as the exact path orders it); of equal keys the last on the wire wins.
+        // The map ordered by key (as the plain path orders it); of equal keys the last on the wire wins.
         let entries = &mut trade.vendor_data;
         if entries.is_empty() {
             out.push(0);
@@ -332,7 +332,7 @@ impl TradeEncoder {
     }
 
     /// The trades of a serialized PublishTradesRequest as Kafka messages: keys[i] and values[i] for trade i,
-    /// None for each trade of `unjudged` (left to the exact path); `symbols`: trades per symbol, all of them.
+    /// None for each trade of `unjudged` (left to the plain path); `symbols`: trades per symbol, all of them.
     /// A trade without a message_id gets id_prefix followed by (id_node + i) mod 2^48 as 12 hex digits.
     fn encode<'py>(
         &self,

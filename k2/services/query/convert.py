@@ -9,7 +9,7 @@ receive it, and subscribers with the same filter share the very same response by
 Live and replayed Kafka messages are decoded a batch at a time by the native transcoder (k2._native.LiveBatch,
 native/src/fanout_transcode.rs): a record in the current schema version (in either Kafka framing) that is plainly
 valid goes straight from Avro to its framed bytes; any other (an older version, or a record its checks cannot
-clear) is handed back to decode_exactly, the core path, which refuses it or converts it. Both give the same bytes
+clear) is handed back to decode_plain, the plain path, which refuses it or converts it. Both give the same bytes
 (tests/test_query_convert.py)."""
 
 import functools
@@ -43,9 +43,9 @@ def frame(message: MarketMessage) -> bytes:
     return FIELD_ONE_TAG + varint(len(payload)) + payload
 
 
-def decode_exactly(kind: RecordKind, value: bytes,
+def decode_plain(kind: RecordKind, value: bytes,
                    framing: Framing = SINGLE_OBJECT) -> tuple[MarketMessage, str, str, int] | None:
-    """Kafka value → (message, symbol, exchange, timestamp µs) by the core path (any schema version, the
+    """Kafka value → (message, symbol, exchange, timestamp µs) by the plain path (any schema version, the
     validators), or None for a value that is not a valid record of the kind (the writer refuses those too)."""
     try:
         found, record = framing.decode(value)
@@ -57,7 +57,7 @@ def decode_exactly(kind: RecordKind, value: bytes,
     return TO_PROTO[kind](record), record["symbol"], record["exchange"], micros(record["timestamp"])
 
 
-# What the native transcoder clears on its own; a record outside it is handed to decode_exactly, which judges it.
+# What the native transcoder clears on its own; a record outside it is handed to decode_plain, which judges it.
 _CHECKED_TEXTS = {TRADE: ("trade_id", "symbol", "exchange", "currency"),
                   QUOTE: ("quote_id", "symbol", "exchange", "currency")}
 # Handed back unless above zero: a zero or negative price is valid for futures and options only, which the
@@ -129,20 +129,20 @@ def transcoder(kind: RecordKind, framing: Framing = SINGLE_OBJECT) -> LiveTransc
 
 
 def decode_message(kind: RecordKind, value: bytes, framing: Framing = SINGLE_OBJECT) -> MarketMessage | None:
-    """One Kafka value as decode_exactly's message (natively when the transcoder clears it): GetLatest's."""
+    """One Kafka value as decode_plain's message (natively when the transcoder clears it): GetLatest's."""
     serialized = transcoder(kind, framing).message(value)
     if serialized is None:
-        decoded = decode_exactly(kind, value, framing)
+        decoded = decode_plain(kind, value, framing)
         return None if decoded is None else decoded[0]
     return MESSAGE_TYPES[kind].FromString(serialized)
 
 
 def decode_batch(kind: RecordKind, batch: LiveBatch, framing: Framing = SINGLE_OBJECT) -> int:
-    """Decodes a batch of `kind` messages (natively; what the transcoder hands back, exactly); returns how many
+    """Decodes a batch of `kind` messages (natively; what the transcoder hands back, by the plain path); returns how many
     messages are not valid records of the kind (the writer refuses those too)."""
     refused = 0
     for index, value in batch.decode(transcoder(kind, framing)):
-        decoded = decode_exactly(kind, value, framing)
+        decoded = decode_plain(kind, value, framing)
         if decoded is None:
             refused += 1
         else:

@@ -4,7 +4,7 @@ to every matching subscriber.
 - A consumer thread waits for a message, takes what else has arrived (up to `subscription_batch` messages, waiting
   `flush_ms` more for them: 0 by default, so a record is never held back), splits them by topic into batches
   and decodes each once into serialized messages (k2._native: no per-message Python but for records handed to
-  the exact path, see k2.services.query.convert), and hands the batches to the event loop. At most a few batches
+  the plain path, see k2.services.query.convert), and hands the batches to the event loop. At most a few batches
   wait for the loop, so a busy loop slows the consumer rather than growing memory. Messages of a kind nobody
   subscribes to are not decoded at all (if a first subscriber arrives meanwhile, the loop decodes the batch it
   joins at).

@@ -10,7 +10,7 @@ Frames that are not valid (bad JSON, a missing field, a non-decimal price) are d
 bytes and the reason; unknown event types and unknown fields are counted and skipped.
 
 A plain trade frame (nearly every frame) is written by native code (k2._native.TradeFrameEncoder), into the same
-bytes as the Python path below (tests check it); any other frame it hands back, and the Python path reads it.
+bytes as the plain path below (tests check it); any other frame it hands back, and the plain path reads it.
 """
 
 import hashlib
@@ -190,13 +190,13 @@ class FrameParser:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             route = None
         # orjson reads a number with a fraction or exponent as a float: such frames, and all but the routed
-        # events, are decoded again the exact way (decimals as Decimal, the same errors as always).
+        # events, are decoded again by the plain path (decimals as Decimal, the same errors as always).
         if route is None or type(data) is not dict or float in map(type, data.values()):
-            return self._parse_exactly(raw)
+            return self._parse_plain(raw)
         self._routed(raw, stream, data, route)
         return None
 
-    def _parse_exactly(self, raw: bytes) -> dict[str, Any] | None:
+    def _parse_plain(self, raw: bytes) -> dict[str, Any] | None:
         try:
             text = raw.decode()
             message, end = self._scan(text, 0)  # the C scanner alone: no whitespace handling, no copies
@@ -268,7 +268,7 @@ class FrameParser:
             raise FieldError("symbol", f"s: {data['s']!r:.40} on the {state.trade_stream} stream")
         price = data["p"]
         quantity = data["q"]
-        # Plain positive decimal strings (Binance's) straight to their Avro bytes; anything else the exact way.
+        # Plain positive decimal strings (Binance's) straight to their Avro bytes; anything else by the plain path.
         price_written = _plain_decimal(price) if type(price) is str else b""
         price_value = None if price_written else exact_decimal("price", price)
         quantity_written = _plain_decimal(quantity) if type(quantity) is str else b""
