@@ -156,7 +156,7 @@ class GetFeedStatusResponse(_message.Message):
     def __init__(self, feeds: _Optional[_Iterable[_Union[FeedStatus, _Mapping]]] = ...) -> None: ...
 
 class FeedStatus(_message.Message):
-    __slots__ = ("name", "state", "endpoint", "streams", "symbols", "messages_per_second", "trades_per_second", "last_event_time", "reconnects_by_reason", "gaps_detected", "trades_missed", "circuit_state", "connections", "recent_gaps", "trades_backfilled")
+    __slots__ = ("name", "state", "endpoint", "streams", "symbols", "messages_per_second", "trades_per_second", "last_event_time", "reconnects_by_reason", "gaps_detected", "trades_missed", "circuit_state", "connections", "recent_gaps", "trades_backfilled", "connection_statuses")
     class ReconnectsByReasonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +179,7 @@ class FeedStatus(_message.Message):
     CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
     RECENT_GAPS_FIELD_NUMBER: _ClassVar[int]
     TRADES_BACKFILLED_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_STATUSES_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: ConnectionState
     endpoint: str
@@ -194,7 +195,28 @@ class FeedStatus(_message.Message):
     connections: int
     recent_gaps: _containers.RepeatedCompositeFieldContainer[Gap]
     trades_backfilled: int
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ConnectionState, str]] = ..., endpoint: _Optional[str] = ..., streams: _Optional[_Iterable[str]] = ..., symbols: _Optional[_Iterable[str]] = ..., messages_per_second: _Optional[float] = ..., trades_per_second: _Optional[float] = ..., last_event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reconnects_by_reason: _Optional[_Mapping[str, int]] = ..., gaps_detected: _Optional[int] = ..., trades_missed: _Optional[int] = ..., circuit_state: _Optional[_Union[CircuitState, str]] = ..., connections: _Optional[int] = ..., recent_gaps: _Optional[_Iterable[_Union[Gap, _Mapping]]] = ..., trades_backfilled: _Optional[int] = ...) -> None: ...
+    connection_statuses: _containers.RepeatedCompositeFieldContainer[ConnectionStatus]
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ConnectionState, str]] = ..., endpoint: _Optional[str] = ..., streams: _Optional[_Iterable[str]] = ..., symbols: _Optional[_Iterable[str]] = ..., messages_per_second: _Optional[float] = ..., trades_per_second: _Optional[float] = ..., last_event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reconnects_by_reason: _Optional[_Mapping[str, int]] = ..., gaps_detected: _Optional[int] = ..., trades_missed: _Optional[int] = ..., circuit_state: _Optional[_Union[CircuitState, str]] = ..., connections: _Optional[int] = ..., recent_gaps: _Optional[_Iterable[_Union[Gap, _Mapping]]] = ..., trades_backfilled: _Optional[int] = ..., connection_statuses: _Optional[_Iterable[_Union[ConnectionStatus, _Mapping]]] = ...) -> None: ...
+
+class ConnectionStatus(_message.Message):
+    __slots__ = ("number", "state", "endpoint", "streams", "symbols", "frames", "reconnects", "connected_since")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    RECONNECTS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_SINCE_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    state: ConnectionState
+    endpoint: str
+    streams: int
+    symbols: int
+    frames: int
+    reconnects: int
+    connected_since: _timestamp_pb2.Timestamp
+    def __init__(self, number: _Optional[int] = ..., state: _Optional[_Union[ConnectionState, str]] = ..., endpoint: _Optional[str] = ..., streams: _Optional[int] = ..., symbols: _Optional[int] = ..., frames: _Optional[int] = ..., reconnects: _Optional[int] = ..., connected_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Gap(_message.Message):
     __slots__ = ("symbol", "first_missing", "last_missing", "detected_at")

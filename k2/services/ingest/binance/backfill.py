@@ -56,7 +56,7 @@ class GapBackfill:
         self.queue: asyncio.Queue[Gap] = asyncio.Queue(maxsize=settings.backfill_max_pending_gaps)
         self.scale = 1 if settings.time_unit == "MICROSECOND" else 1000  # REST times → µs
         self.filled = 0  # trades recovered and queued for Kafka
-        self.outcomes: Counter[str] = Counter()  # per gap: filled, partly_filled, unavailable, not_queued
+        self.outcomes: Counter[str] = Counter()  # per gap: filled, partly_filled, unavailable, not_queued, delisted
         self._tls = ssl.create_default_context()  # certificate and host name verification, always
 
     def request(self, gap: Gap) -> None:
@@ -82,7 +82,9 @@ class GapBackfill:
             self.outcomes[outcome] += 1
 
     async def fill(self, gap: Gap) -> str:
-        state = self.states[gap.symbol]
+        state = self.states.get(gap.symbol)
+        if state is None:  # delisted since the gap was detected
+            return "delisted"
         last = min(gap.last_missing, gap.first_missing + self.settings.backfill_max_trades_per_gap - 1)
         next_id, recovered = gap.first_missing, 0
         while next_id <= last:

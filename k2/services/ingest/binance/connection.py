@@ -34,7 +34,7 @@ USER_AGENT = "k2-ingest"
 
 
 class SubscribeError(Exception):
-    """The exchange refused or did not acknowledge a SUBSCRIBE request."""
+    """The exchange refused or did not acknowledge a SUBSCRIBE (or UNSUBSCRIBE) request."""
 
 
 def close_reason(connection: ClientConnection) -> str:
@@ -98,34 +98,49 @@ class FeedConnection:
         )
         self._reader = asyncio.create_task(self._read(self._ws), name=f"binance-reader-{self.id}")
         try:
-            rest = self.streams[settings.streams_in_url:]
-            for start in range(0, len(rest), settings.streams_per_subscribe):
-                await self._subscribe(rest[start:start + settings.streams_per_subscribe])
+            await self._control("SUBSCRIBE", self.streams[settings.streams_in_url:])
         except BaseException:
             await self.close("subscribe_failed")
             raise
 
-    async def _subscribe(self, streams: list[str]) -> None:
+    async def subscribe(self, streams: list[str]) -> None:
+        """Adds streams to the open connection (a listing); raises SubscribeError when refused or closed."""
+        await self._control("SUBSCRIBE", streams)
+        self.streams = self.streams + streams
+
+    async def unsubscribe(self, streams: list[str]) -> None:
+        """Removes streams (a delisting); once this returns, no more frames of them arrive on this connection."""
+        await self._control("UNSUBSCRIBE", streams)
+        gone = set(streams)
+        self.streams = [stream for stream in self.streams if stream not in gone]
+
+    async def _control(self, method: str, streams: list[str]) -> None:
+        """One request per streams_per_subscribe streams, each within the control-message budget."""
+        step = self.settings.streams_per_subscribe
+        for start in range(0, len(streams), step):
+            await self._request(method, streams[start:start + step])
+
+    async def _request(self, method: str, streams: list[str]) -> None:
         assert self._ws is not None
         await self._control_limiter.acquire()
         if self.closed.is_set():
-            raise SubscribeError("connection closed while subscribing")
+            raise SubscribeError(f"connection closed before {method}")
         request_id = next(self._request_ids)
         reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._replies[request_id] = reply
         try:
-            await self._ws.send(json.dumps({"method": "SUBSCRIBE", "params": streams, "id": request_id}))
+            await self._ws.send(json.dumps({"method": method, "params": streams, "id": request_id}))
             async with asyncio.timeout(self.settings.control_reply_timeout_seconds):
                 answer = await reply
         except TimeoutError:
             raise SubscribeError(
-                f"no answer to SUBSCRIBE within {self.settings.control_reply_timeout_seconds}s") from None
+                f"no answer to {method} within {self.settings.control_reply_timeout_seconds}s") from None
         except ConnectionClosed as error:
-            raise SubscribeError(f"connection closed while subscribing: {error}") from None
+            raise SubscribeError(f"connection closed during {method}: {error}") from None
         finally:
             self._replies.pop(request_id, None)
         if answer.get("error") is not None:
-            raise SubscribeError(f"SUBSCRIBE refused: {answer['error']}")
+            raise SubscribeError(f"{method} refused: {answer['error']}")
 
     async def _read(self, ws: ClientConnection) -> None:
         parse = self.parser.parse

@@ -1,7 +1,11 @@
 """BinanceFeed: Binance Spot trades and best bid/ask, live into Kafka through the ingest service's sink.
 
+The symbols are a fixed list, or (symbols=ALL) every symbol the exchange trades, read from its REST exchangeInfo at
+start and every symbols_refresh_seconds after: a listing is subscribed on a connection with room (a new one when
+all are full), a delisting unsubscribed, each within the connection's control-message budget.
 Symbols are split into connection groups of at most max_streams_per_connection streams (two per symbol:
-<s>@trade and <s>@bookTicker). Each group keeps one connection open:
+<s>@trade and <s>@bookTicker). Each group keeps one connection open, independently of the others (its own
+task, reconnects, rotation and subscriptions; the connection-attempt limit and circuit breaker are shared):
 - a connection that drops (1006, a close frame, no pong) is replaced at once, or after a jittered exponential
   backoff when connecting keeps failing; endpoints are tried in failover order and a circuit breaker stops
   attempts for a cooldown after too many consecutive failures;
@@ -16,10 +20,12 @@ filled by trade id from the REST API where it is reachable (backfill.py).
 """
 
 import asyncio
+import itertools
 import logging
 import random
 import time
 from collections import Counter, deque
+from typing import Any
 
 from websockets.exceptions import WebSocketException
 
@@ -29,6 +35,7 @@ from k2.ingest.v1.ingest_pb2 import ConnectionState, FeedStatus
 
 from .backfill import GapBackfill
 from .connection import FeedConnection, SubscribeError
+from .listing import ExchangeListing, ListingUnavailable
 from .parsing import FrameParser
 from .publishing import PublishBuffer, Publisher, RecordSink
 from .resilience import Backoff, CircuitBreaker, SlidingWindowLimiter
@@ -51,25 +58,70 @@ class ConnectionGroup:
         self.feed = feed
         self.number = number
         self.states = states
-        self.streams = [f"{s.symbol.lower()}@{kind}" for s in states for kind in feed.settings.stream_types]
+        self.leaving: list[SymbolState] = []  # delisted, still subscribed on the open connection
         self.state = ConnectionState.CONNECTION_STATE_CONNECTING
         self.active: FeedConnection | None = None
         self.connections: set[FeedConnection] = set()
         self.endpoint_index = 0
         self.failures = 0  # consecutive failed attempts and connections that closed before delivering
+        self.reconnects = 0
+        self.frames_closed = 0  # frames of this group's connections that are closed
+        self.connected_at = 0.0  # wall-clock time the serving connection opened
         self._shutdown_announced: FeedConnection | None = None
+        self._symbols_changed = False
         self._wake = asyncio.Event()
 
     @property
     def endpoint(self) -> str:
         return self.feed.settings.endpoints[self.endpoint_index]
 
+    @property
+    def streams(self) -> list[str]:
+        kinds = self.feed.settings.stream_types
+        return [f"{state.symbol.lower()}@{kind}" for state in self.states for kind in kinds]
+
+    @property
+    def frames(self) -> int:
+        return self.frames_closed + sum(connection.frames for connection in self.connections)
+
+    def add(self, states: list[SymbolState]) -> None:
+        """Listed symbols: subscribed on the open connection by the group's own task."""
+        self.states.extend(states)
+        self._symbols_changed = True
+        self._wake.set()
+
+    def remove(self, symbols: set[str]) -> list[SymbolState]:
+        """Delisted symbols: unsubscribed by the group's own task; returns those this group had."""
+        removed = [state for state in self.states if state.symbol in symbols]
+        if removed:
+            self.states = [state for state in self.states if state.symbol not in symbols]
+            self.leaving.extend(removed)
+            self._symbols_changed = True
+            self._wake.set()
+        return removed
+
+    def _count_reconnect(self, reason: str) -> None:
+        self.reconnects += 1
+        self.feed.count_reconnect(reason)
+
+    def _forget(self, connection: FeedConnection) -> None:
+        if connection in self.connections:
+            self.connections.remove(connection)
+            self.frames_closed += connection.frames
+
+    def _retire_leaving(self) -> None:
+        """The delisted symbols are on no open connection any more: the feed stops parsing them."""
+        if self.leaving:
+            self.feed.retire(self.leaving)
+            self.leaving = []
+
     async def run(self) -> None:
         try:
             connection = await self._connect()
             while True:
                 reason = await self._supervise(connection)
-                self.feed.count_reconnect(reason)
+                self._retire_leaving()
+                self._count_reconnect(reason)
                 self.state = ConnectionState.CONNECTION_STATE_RECONNECTING
                 self.active = None
                 connection = await self._connect()
@@ -91,6 +143,7 @@ class ConnectionGroup:
     async def _attempt(self) -> FeedConnection | None:
         feed = self.feed
         await feed.breaker.admit()
+        self._symbols_changed = False  # the new connection subscribes the streams as they are now
         connection = FeedConnection(feed.settings, self.endpoint, self.streams, feed.parser, feed.buffer,
                                     self._on_server_shutdown)
         self.connections.add(connection)
@@ -101,7 +154,8 @@ class ConnectionGroup:
             feed.breaker.abandoned()
             raise
         except (OSError, TimeoutError, WebSocketException, SubscribeError) as error:  # refused, TLS, HTTP 429, ...
-            self.connections.discard(connection)
+            self._symbols_changed = True  # whatever changed meanwhile: the next attempt subscribes it
+            self._forget(connection)
             feed.breaker.failed()
             feed.connect_failures += 1
             self.failures += 1
@@ -112,14 +166,21 @@ class ConnectionGroup:
             return None
         feed.breaker.succeeded()
         log.info("binance group %d: connection %d open on %s (%d streams)", self.number, connection.id,
-                 connection.endpoint, len(self.streams))
+                 connection.endpoint, len(connection.streams))
         return connection
 
     def _start_serving(self, connection: FeedConnection) -> None:
         self.active = connection
         self.state = ConnectionState.CONNECTION_STATE_CONNECTED
+        self.connected_at = time.time()
         self._shutdown_announced = None
         self._wake.clear()
+        self._retire_leaving_unless_carried(connection)
+
+    def _retire_leaving_unless_carried(self, connection: FeedConnection) -> None:
+        carried = set(connection.streams)
+        if not any(state.trade_stream in carried or state.quote_stream in carried for state in self.leaving):
+            self._retire_leaving()
 
     def _on_server_shutdown(self, connection: FeedConnection) -> None:
         if connection is self.active:
@@ -137,15 +198,26 @@ class ConnectionGroup:
         failed_switches = 0
         while True:
             await _wait_any((connection.closed, self._wake), check_interval)
+            self._wake.clear()  # a serverShutdown is remembered in _shutdown_announced, a listing in _symbols_changed
             now = time.monotonic()
             if connection.closed.is_set():
-                self.connections.discard(connection)
+                self._forget(connection)
                 self.failures = 0 if connection.frames else self.failures + 1
                 log.warning("binance group %d: connection %d closed (%s)", self.number, connection.id,
                             connection.reason)
                 return connection.reason or "closed"
             if connection.frames:
                 self.failures = 0
+            if self._symbols_changed:
+                self._symbols_changed = False
+                try:
+                    await self._follow_symbols(connection)
+                except SubscribeError as error:
+                    log.warning("binance group %d: changing the subscriptions of connection %d failed (%s); "
+                                "reconnecting", self.number, connection.id, error)
+                    await connection.close("subscribe_failed")
+                    self._forget(connection)
+                    return "subscribe_failed"
             reason = None
             if self._shutdown_announced is connection:
                 reason = "server_shutdown"
@@ -171,8 +243,26 @@ class ConnectionGroup:
                 log.warning("binance group %d: no data on connection %d for %.1fs; reconnecting", self.number,
                             connection.id, now - active_since)
                 await connection.close("watchdog")
-                self.connections.discard(connection)
+                self._forget(connection)
                 return "watchdog"
+
+    async def _follow_symbols(self, connection: FeedConnection) -> None:
+        """Subscribes listed symbols' streams, then unsubscribes delisted ones (so the connection never carries
+        more than the room the feed counted for it)."""
+        wanted = self.streams
+        carried = set(connection.streams)
+        added = [stream for stream in wanted if stream not in carried]
+        if added:
+            await connection.subscribe(added)
+            log.info("binance group %d: subscribed %d stream(s) on connection %d", self.number, len(added),
+                     connection.id)
+        wanted_set = set(wanted)
+        removed = [stream for stream in connection.streams if stream not in wanted_set]
+        if removed:
+            await connection.unsubscribe(removed)
+            log.info("binance group %d: unsubscribed %d stream(s) on connection %d", self.number, len(removed),
+                     connection.id)
+        self._retire_leaving()
 
     def _rotation_deadline(self) -> float:
         settings = self.feed.settings
@@ -183,7 +273,7 @@ class ConnectionGroup:
         """Make-before-break: open and subscribe a new connection, let both deliver until the new one has
         started and the old one has caught up, then close the old one."""
         feed = self.feed
-        feed.count_reconnect(reason)
+        self._count_reconnect(reason)
         log.info("binance group %d: switching connection %d over (%s)", self.number, old.id, reason)
         self.state = ConnectionState.CONNECTION_STATE_RECONNECTING
         new = await self._attempt()
@@ -207,11 +297,11 @@ class ConnectionGroup:
             if new.closed.is_set():
                 log.warning("binance group %d: new connection %d closed during the switch-over (%s)", self.number,
                             new.id, new.reason)
-                self.connections.discard(new)
+                self._forget(new)
                 self.state = ConnectionState.CONNECTION_STATE_CONNECTED
                 return None
             await old.close(reason)
-            self.connections.discard(old)
+            self._forget(old)
         finally:
             for state in self.states:
                 state.release()
@@ -225,7 +315,7 @@ class ConnectionGroup:
     async def close(self) -> None:
         for connection in list(self.connections):
             await connection.close("stopped")
-        self.connections.clear()
+            self._forget(connection)
         self.state = ConnectionState.CONNECTION_STATE_STOPPED
 
 
@@ -246,28 +336,137 @@ class BinanceFeed:
     def __init__(self, settings: BinanceSettings, sink: RecordSink):
         self.settings = settings
         self.gap_log = GapLog(settings.recent_gaps)
-        self.states = [SymbolState(symbol, quote_asset(symbol), self.gap_log) for symbol in settings.symbols]
+        self.states: list[SymbolState] = []  # the symbols followed, in the order they were listed
+        self.retiring: dict[str, SymbolState] = {}  # delisted, still parsed until no connection carries them
         self.buffer = PublishBuffer(settings.max_buffered_records)
-        self.parser = FrameParser(self.states, settings.stream_types, settings.time_unit == "MICROSECOND",
-                                  self.buffer)
+        self.parser = FrameParser([], settings.stream_types, settings.time_unit == "MICROSECOND", self.buffer)
         self.backoff = Backoff(settings.backoff_base_seconds, settings.backoff_cap_seconds)
         self.publisher = Publisher(sink, self.buffer, settings.batch_size, settings.batch_linger_seconds,
                                    self.backoff, settings.publish_attempts)
-        self.backfill = GapBackfill(settings, self.states, self.buffer)
+        self.backfill = GapBackfill(settings, [], self.buffer)
         self.gap_log.on_gap = self.backfill.request
         self.breaker = CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_cooldown_seconds)
         self.connection_attempts = SlidingWindowLimiter(settings.max_connection_attempts,
                                                         settings.connection_attempt_window_seconds)
-        per_connection = settings.max_streams_per_connection // len(settings.stream_types)
-        self.groups = [ConnectionGroup(self, number, self.states[start:start + per_connection])
-                       for number, start in enumerate(range(0, len(self.states), per_connection))]
+        self.symbols_per_connection = settings.max_streams_per_connection // len(settings.stream_types)
+        self.listing = ExchangeListing(settings) if settings.all_symbols else None
+        self.groups: list[ConnectionGroup] = []
+        self.listed = self.delisted = self.over_limit = 0  # symbol changes followed; listings past max_symbols
         self.reconnects: Counter[str] = Counter()
         self.connect_failures = 0
         self.unpublished_at_stop = 0
+        self._retired_messages = self._retired_trades = 0  # of symbols no longer followed (for the rates)
+        self._group_tasks: dict[ConnectionGroup, asyncio.Task[None]] = {}
+        self._crashed: asyncio.Future[None] | None = None
         self._running = False
         self._stop_requested = asyncio.Event()
         self._stopped = asyncio.Event()
         self._samples: deque[tuple[float, int, int]] = deque(maxlen=RATE_WINDOW_SAMPLES)
+        if not settings.all_symbols:
+            self._follow({symbol: quote_asset(symbol) for symbol in settings.symbols})
+
+    # ---- the symbol list -------------------------------------------------------------------------
+
+    def _follow(self, listed: dict[str, str]) -> list[ConnectionGroup]:
+        """Makes the followed symbols those of `listed` ({symbol: quote asset}); returns the groups left without
+        a symbol, for the caller to stop. No await: the parser's routes and the groups change together."""
+        current = {state.symbol for state in self.states}
+        gone = current - listed.keys()
+        # A symbol relisted while its old streams are still being unsubscribed waits for the next refresh.
+        new = [symbol for symbol in listed if symbol not in current and symbol not in self.retiring]
+        room = max(self.settings.max_symbols - (len(current) - len(gone)), 0)
+        if len(new) > room:
+            self.over_limit = len(new) - room
+            log.warning("binance: %d listed symbol(s) past max_symbols=%d not followed, e.g. %s", len(new) - room,
+                        self.settings.max_symbols, ", ".join(new[room:room + 5]))
+            new = new[:room]
+        if gone:
+            for group in self.groups:
+                for state in group.remove(gone):
+                    self.retiring[state.symbol] = state
+            self.states = [state for state in self.states if state.symbol not in gone]
+            self.delisted += len(gone)
+            log.info("binance: %d symbol(s) delisted: %s", len(gone), ", ".join(sorted(gone)[:20]))
+        added = [SymbolState(symbol, listed[symbol], self.gap_log) for symbol in new]
+        if added:
+            self.states.extend(added)
+            self.backfill.states.update((state.symbol, state) for state in added)
+            if self._running:
+                self.listed += len(added)
+                log.info("binance: %d symbol(s) listed: %s", len(added), ", ".join(new[:20]))
+        self.parser.route(self.states + list(self.retiring.values()))
+        self._place(added)
+        return [group for group in self.groups if not group.states]
+
+    def _place(self, states: list[SymbolState]) -> None:
+        """New symbols go to connections with room (a delisted symbol's streams count until unsubscribed), the
+        rest to new connections."""
+        per_connection = self.symbols_per_connection
+        for group in self.groups:
+            room = per_connection - len(group.states) - len(group.leaving)
+            if room > 0 and states:
+                group.add(states[:room])
+                states = states[room:]
+        while states:
+            numbers = {group.number for group in self.groups}
+            group = ConnectionGroup(self, next(n for n in itertools.count() if n not in numbers),
+                                    states[:per_connection])
+            states = states[per_connection:]
+            self.groups.append(group)
+            if self._running:
+                self._start_group(group)
+
+    def retire(self, states: list[SymbolState]) -> None:
+        """Delisted symbols no connection carries any more: no longer parsed, backfilled or reported."""
+        for state in states:
+            if self.retiring.get(state.symbol) is state:
+                del self.retiring[state.symbol]
+                self.backfill.states.pop(state.symbol, None)
+                self._retired_messages += state.messages
+                self._retired_trades += state.trades
+        self.parser.route(self.states + list(self.retiring.values()))
+
+    async def _follow_listings(self) -> None:
+        """symbols=ALL: reads exchangeInfo now and every symbols_refresh_seconds (after a failure, sooner)."""
+        assert self.listing is not None
+        while True:
+            try:
+                listed = await self.listing.read()
+                if not listed:
+                    raise ListingUnavailable("exchangeInfo lists no TRADING symbol", False)
+            except ListingUnavailable as error:
+                log.warning("binance: reading the symbol list failed (%s); %s", error,
+                            "keeping the current list" if self.states else "no symbol to follow yet")
+                if not self.listing.reads:
+                    await asyncio.sleep(self.backoff.delay(self.listing.failures - 1))
+                    continue
+            else:
+                for group in self._follow(listed):
+                    await self._stop_group(group)
+            await asyncio.sleep(self.settings.symbols_refresh_seconds)
+
+    def _start_group(self, group: ConnectionGroup) -> None:
+        task = asyncio.create_task(group.run(), name=f"binance-group-{group.number}")
+        self._group_tasks[group] = task
+        task.add_done_callback(self._group_ended)
+
+    def _group_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        if self._crashed is not None and not self._crashed.done():
+            self._crashed.set_exception(task.exception())  # type: ignore[arg-type]
+
+    async def _stop_group(self, group: ConnectionGroup) -> None:
+        """A group whose symbols were all delisted: its task ends and its connection closes."""
+        self.groups.remove(group)
+        task = self._group_tasks.pop(group, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await group.close()
+        self.retire(group.leaving)
+        group.leaving = []
+        log.info("binance group %d: no symbol left; connection closed", group.number)
 
     def count_reconnect(self, reason: str) -> None:
         self.reconnects[reason] += 1
@@ -281,28 +480,37 @@ class BinanceFeed:
         if self._stop_requested.is_set():
             return
         self._running = True
-        log.info("binance feed: %d symbol(s) on %d connection(s), endpoints %s", len(self.states), len(self.groups),
-                 ", ".join(self.settings.endpoints))
+        if self.listing is not None:
+            log.info("binance feed: every TRADING symbol of %s, endpoints %s", self.settings.rest_endpoint,
+                     ", ".join(self.settings.endpoints))
+        else:
+            log.info("binance feed: %d symbol(s) on %d connection(s), endpoints %s", len(self.states),
+                     len(self.groups), ", ".join(self.settings.endpoints))
         draining = asyncio.Event()
-        groups = [asyncio.create_task(group.run(), name=f"binance-group-{group.number}") for group in self.groups]
+        self._crashed = asyncio.get_running_loop().create_future()
+        for group in self.groups:
+            self._start_group(group)
         publisher = asyncio.create_task(self.publisher.run(draining), name="binance-publisher")
         sampler = asyncio.create_task(self._sample_rates(), name="binance-rates")
         backfill = asyncio.create_task(self.backfill.run(), name="binance-backfill")
+        helpers = [sampler, backfill]
+        if self.listing is not None:
+            helpers.append(asyncio.create_task(self._follow_listings(), name="binance-listing"))
         stop = asyncio.create_task(self._stop_requested.wait())
-        failed: list[asyncio.Task[None]] = []
+        failure: BaseException | None = None
         try:
-            done, _ = await asyncio.wait([stop, publisher, *groups], return_when=asyncio.FIRST_COMPLETED)
-            failed = [task for task in done if task is not stop]  # type: ignore[misc]
-            for task in failed:
-                if not task.cancelled() and task.exception() is not None:
-                    log.error("binance feed: %s failed", task.get_name(), exc_info=task.exception())
+            waited: list[asyncio.Future[Any]] = [stop, publisher, self._crashed, *helpers[2:]]
+            done, _ = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stop and not task.cancelled() and task.exception() is not None:
+                    failure = task.exception()
+                    log.error("binance feed: a task failed", exc_info=failure)
         finally:
             stop.cancel()
-            sampler.cancel()
-            backfill.cancel()
-            for task in groups:
+            for task in [*helpers, *self._group_tasks.values()]:
                 task.cancel()
-            await asyncio.gather(*groups, sampler, backfill, return_exceptions=True)
+            await asyncio.gather(*helpers, *self._group_tasks.values(), return_exceptions=True)
+            self._group_tasks.clear()
             for group in self.groups:
                 await group.stop_reading()
             draining.set()
@@ -318,9 +526,8 @@ class BinanceFeed:
             self._running = False
             self._stopped.set()
             log.info("binance feed stopped")
-        for task in failed:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        if failure is not None:
+            raise failure
 
     async def stop(self) -> None:
         """Graceful: stop reading, publish what was parsed, close the connections. Returns when done."""
@@ -336,10 +543,10 @@ class BinanceFeed:
     # ---- state -----------------------------------------------------------------------------------
 
     def messages_received(self) -> int:
-        return sum(state.messages for state in self.states)
+        return self._retired_messages + sum(state.messages for state in [*self.states, *self.retiring.values()])
 
     def trades_received(self) -> int:
-        return sum(state.trades for state in self.states)
+        return self._retired_trades + sum(state.trades for state in [*self.states, *self.retiring.values()])
 
     def open_connections(self) -> list[FeedConnection]:
         return [c for group in self.groups for c in group.connections if c.is_open]
@@ -385,7 +592,15 @@ class BinanceFeed:
             circuit_state=self.breaker.state,  # type: ignore[arg-type]
             connections=len(self.open_connections()),
         )
-        last_event_us = max(state.last_event_us for state in self.states)
+        for group in sorted(self.groups, key=lambda g: g.number):
+            connection = status.connection_statuses.add(
+                number=group.number, state=self.group_state(group),  # type: ignore[arg-type]
+                endpoint=group.active.endpoint if group.active is not None else group.endpoint,
+                streams=len(group.active.streams) if group.active is not None else 0,
+                symbols=len(group.states), frames=group.frames, reconnects=group.reconnects)
+            if group.active is not None:
+                set_timestamp(connection.connected_since, timestamp_from_micros(int(group.connected_at * 1e6)))
+        last_event_us = max((state.last_event_us for state in self.states), default=0)
         if last_event_us:
             set_timestamp(status.last_event_time, timestamp_from_micros(last_event_us))
         for gap in self.gap_log.recent:

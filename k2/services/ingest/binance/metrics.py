@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from k2.services.ingest.metrics import OTHER_SYMBOL
+
 if TYPE_CHECKING:
     from .feed import BinanceFeed
 
@@ -46,23 +48,35 @@ _METRICS = [
     ("k2_binance_connection_state",
      "ConnectionState of each connection group (1 connecting, 2 connected, 3 reconnecting, 4 stopped)",
      "connection", False),
+    ("k2_binance_connection_streams", "Streams subscribed on each connection group's serving connection",
+     "connection", False),
+    ("k2_binance_connection_frames", "Frames received by each connection group, over its reconnects", "connection",
+     True),
+    ("k2_binance_connection_reconnects", "Reconnects and switch-overs of each connection group", "connection", True),
     ("k2_binance_connections", "Open WebSocket connections", None, False),
+    ("k2_binance_symbols", "Symbols followed", None, False),
+    ("k2_binance_symbol_changes",
+     "Symbols listed or delisted while running (symbols=ALL), and listings past max_symbols not followed", "change",
+     True),
+    ("k2_binance_listing_reads", "Reads of the exchange's symbol list (exchangeInfo), by outcome", "outcome", True),
     ("k2_binance_circuit_state", "Circuit breaker state (1 closed, 2 open, 3 half-open)", None, False),
     ("k2_binance_queue_depth", "Records parsed but not yet acknowledged by Kafka", None, False),
 ]
 
 
 def _samples(feed: "BinanceFeed") -> Iterator[tuple[str, str, float]]:
-    """(metric, label value or "", value) of one feed."""
-    for s in feed.states:
-        yield "k2_binance_messages_received", s.symbol, s.messages
-        yield "k2_binance_trades", s.symbol, s.trades
-        yield "k2_binance_quotes", s.symbol, s.quotes
-        yield "k2_binance_gaps", s.symbol, s.gaps
-        yield "k2_binance_trades_missed", s.symbol, s.missed
-        yield "k2_binance_trades_backfilled", s.symbol, s.backfilled
-        if s.last_event_us:
-            yield "k2_binance_last_event_timestamp_seconds", s.symbol, s.last_event_us / 1e6
+    """(metric, label value or "", value) of one feed. Past metrics_symbols symbols, counts go to "_other"."""
+    labelled = feed.settings.metrics_symbols
+    for index, s in enumerate(feed.states):
+        symbol = s.symbol if index < labelled else OTHER_SYMBOL
+        yield "k2_binance_messages_received", symbol, s.messages
+        yield "k2_binance_trades", symbol, s.trades
+        yield "k2_binance_quotes", symbol, s.quotes
+        yield "k2_binance_gaps", symbol, s.gaps
+        yield "k2_binance_trades_missed", symbol, s.missed
+        yield "k2_binance_trades_backfilled", symbol, s.backfilled
+        if s.last_event_us and index < labelled:
+            yield "k2_binance_last_event_timestamp_seconds", symbol, s.last_event_us / 1e6
     for outcome, count in feed.backfill.outcomes.items():
         yield "k2_binance_backfills", outcome, count
     yield "k2_binance_duplicates", "trade", sum(s.duplicate_trades for s in feed.states)
@@ -82,8 +96,19 @@ def _samples(feed: "BinanceFeed") -> Iterator[tuple[str, str, float]]:
         yield "k2_binance_reconnects", reason, count
     yield "k2_binance_connect_failures", "", feed.connect_failures
     for group in feed.groups:
-        yield "k2_binance_connection_state", str(group.number), feed.group_state(group)
+        number = str(group.number)
+        yield "k2_binance_connection_state", number, feed.group_state(group)
+        yield "k2_binance_connection_streams", number, len(group.active.streams) if group.active is not None else 0
+        yield "k2_binance_connection_frames", number, group.frames
+        yield "k2_binance_connection_reconnects", number, group.reconnects
     yield "k2_binance_connections", "", len(feed.open_connections())
+    yield "k2_binance_symbols", "", len(feed.states)
+    yield "k2_binance_symbol_changes", "listed", feed.listed
+    yield "k2_binance_symbol_changes", "delisted", feed.delisted
+    yield "k2_binance_symbol_changes", "over_limit", feed.over_limit
+    if feed.listing is not None:
+        yield "k2_binance_listing_reads", "ok", feed.listing.reads
+        yield "k2_binance_listing_reads", "failed", feed.listing.failures
     yield "k2_binance_circuit_state", "", feed.breaker.state
     yield "k2_binance_queue_depth", "", feed.publisher.unpublished()
 

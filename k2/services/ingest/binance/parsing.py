@@ -155,26 +155,34 @@ class FrameParser:
     def __init__(self, states: list[SymbolState], stream_types: Sequence[str], microseconds: bool, out: Any):
         self.out = out
         self._scale = 1 if microseconds else 1000
-        self._routes: dict[str, tuple[int, SymbolState]] = {}
-        self._written = {state.symbol: _SymbolWritten(state) for state in states}
+        self._stream_types = stream_types
         self._timestamps, self._sequences, self._received = LongWriter(), LongWriter(), LongWriter()
-        for state in states:
-            if "trade" in stream_types:
-                self._routes[state.trade_stream] = (TRADE, state)
-            if "bookTicker" in stream_types:
-                self._routes[state.quote_stream] = (QUOTE, state)
-        self._trade_states = [state for state in states if "trade" in stream_types]
-        self._encode_plain_trade = TradeFrameEncoder(
-            [(state.trade_stream, written.key, written.head, written.buy, written.sell)
-             for state in self._trade_states for written in [self._written[state.symbol]]],
-            _TRADE_HEADER_AND_ID_SIZE, MESSAGE_ID_NAMESPACE.bytes, TRADE_ID_PREFIX.encode(), _TAKER_SOLD,
-            _TAKER_BOUGHT, self._scale, _TRADE_TIMES, (DECIMAL_PRECISION, DECIMAL_SCALE)).encode
+        self.route(states)
         decoder = json.JSONDecoder(parse_float=Decimal)
         self._scan = decoder.scan_once  # type: ignore[attr-defined]
         self._loads = decoder.decode
         self.unknown_events: Counter[str] = Counter()
         self.unknown_fields: Counter[str] = Counter()
         self.malformed: Counter[str] = Counter()
+
+    def route(self, states: list[SymbolState]) -> None:
+        """Parses the streams of exactly these symbols from now on (the feed's symbols changed)."""
+        stream_types = self._stream_types
+        routes: dict[str, tuple[int, SymbolState]] = {}
+        written = {state.symbol: _SymbolWritten(state) for state in states}
+        for state in states:
+            if "trade" in stream_types:
+                routes[state.trade_stream] = (TRADE, state)
+            if "bookTicker" in stream_types:
+                routes[state.quote_stream] = (QUOTE, state)
+        trade_states = [state for state in states if "trade" in stream_types]
+        encode_plain_trade = TradeFrameEncoder(
+            [(state.trade_stream, w.key, w.head, w.buy, w.sell) for state in trade_states for w in [written[state.symbol]]],
+            _TRADE_HEADER_AND_ID_SIZE, MESSAGE_ID_NAMESPACE.bytes, TRADE_ID_PREFIX.encode(), _TAKER_SOLD,
+            _TAKER_BOUGHT, self._scale, _TRADE_TIMES, (DECIMAL_PRECISION, DECIMAL_SCALE)).encode
+        # Swapped together (no await in between): the encoder's positions index _trade_states.
+        self._routes, self._written, self._trade_states = routes, written, trade_states
+        self._encode_plain_trade = encode_plain_trade
 
     def parse(self, raw: bytes) -> dict[str, Any] | None:
         received = time_ns() // 1000

@@ -23,7 +23,20 @@ QUOTE_ASSETS = (
     "MXN", "COP", "IDR", "CZK", "USD1",
 )
 MAX_CONNECTION_LIFETIME = 24 * 3600.0
+# K2_INGEST_BINANCE_SYMBOLS=ALL: every symbol the exchange lists as TRADING (REST exchangeInfo), followed while running.
+ALL_SYMBOLS = "ALL"
 _SYMBOL = re.compile(r"^[A-Z0-9]{2,30}$")
+
+
+def check_symbol(symbol: str) -> str:
+    """A Binance symbol as K2 accepts it (letters and digits, and K2's own rule for every symbol)."""
+    if not _SYMBOL.match(symbol):
+        raise ValueError(f"{symbol!r} is not a Binance symbol (letters and digits, e.g. BTCUSDT)")
+    try:
+        check_name("symbol", symbol)  # K2's rule for every symbol, which Binance's narrows
+    except FieldError as error:
+        raise ValueError(str(error)) from None
+    return symbol
 
 
 def quote_asset(symbol: str) -> str:
@@ -39,7 +52,13 @@ class BinanceSettings(BaseSettings):
 
     enabled: bool = False
     # Lists are comma-separated in the environment (K2_INGEST_BINANCE_SYMBOLS=BTCUSDT,ETHUSDT) or JSON.
+    # ALL: every symbol the exchange trades (exchangeInfo from rest_endpoint), re-read every symbols_refresh_seconds.
     symbols: Annotated[list[str], NoDecode] = ["BTCUSDT", "ETHUSDT"]
+    symbols_refresh_seconds: float = 300.0
+    # With ALL: the most symbols followed (a listing past it is skipped and logged).
+    max_symbols: int = 5000
+    # Symbols with their own label in the per-symbol metrics; the rest are summed under "_other".
+    metrics_symbols: int = 1000
     # Failover order: the first endpoint is used until it fails, then the next, round-robin.
     endpoints: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(LIVE_ENDPOINTS))
     time_unit: Literal["MICROSECOND", "MILLISECOND"] = "MICROSECOND"
@@ -107,15 +126,18 @@ class BinanceSettings(BaseSettings):
         normalised = list(dict.fromkeys(s.strip().upper() for s in symbols if s.strip()))
         if not normalised:
             raise ValueError("at least one symbol is required")
+        if ALL_SYMBOLS in normalised:
+            if len(normalised) > 1:
+                raise ValueError(f"{ALL_SYMBOLS} stands alone: every symbol the exchange trades")
+            return normalised
         for symbol in normalised:
-            if not _SYMBOL.match(symbol):
-                raise ValueError(f"{symbol!r} is not a Binance symbol (letters and digits, e.g. BTCUSDT)")
-            try:
-                check_name("symbol", symbol)  # K2's rule for every symbol, which Binance's narrows
-            except FieldError as error:
-                raise ValueError(str(error)) from None
-            quote_asset(symbol)
+            quote_asset(check_symbol(symbol))
         return normalised
+
+    @property
+    def all_symbols(self) -> bool:
+        """Whether the symbols follow the exchange's list (exchangeInfo) instead of being fixed."""
+        return self.symbols == [ALL_SYMBOLS]
 
     @field_validator("stream_types")
     @classmethod
@@ -150,7 +172,7 @@ class BinanceSettings(BaseSettings):
         if url.scheme != "https" and not (url.scheme == "http" and is_loopback_host(url.hostname or "")):
             raise ValueError(f"{endpoint}: the REST endpoint is an https:// URL (http:// for a local replay exchange)")
         if url.path or url.query:
-            raise ValueError(f"{endpoint}: give the base URL only (the feed appends /api/v3/historicalTrades)")
+            raise ValueError(f"{endpoint}: give the base URL only (the feed appends /api/v3/...)")
         return endpoint.strip().rstrip("/")
 
     @model_validator(mode="after")
@@ -164,16 +186,18 @@ class BinanceSettings(BaseSettings):
         for name in ("rotation_interval_seconds", "switch_overlap_seconds", "watchdog_silence_seconds",
                      "open_timeout_seconds", "backoff_base_seconds", "backoff_cap_seconds",
                      "circuit_cooldown_seconds", "batch_linger_seconds", "connection_attempt_window_seconds",
-                     "control_reply_timeout_seconds"):
+                     "control_reply_timeout_seconds", "symbols_refresh_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.backoff_cap_seconds < self.backoff_base_seconds:
             raise ValueError("backoff_cap_seconds must be at least backoff_base_seconds")
         for name in ("circuit_failure_threshold", "batch_size", "max_buffered_records", "max_connection_attempts",
                      "streams_in_url", "streams_per_subscribe", "backfill_max_trades_per_gap",
-                     "backfill_max_pending_gaps", "backfill_attempts", "publish_attempts"):
+                     "backfill_max_pending_gaps", "backfill_attempts", "publish_attempts", "max_symbols"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.metrics_symbols < 0:
+            raise ValueError("metrics_symbols must not be negative")
         if self.max_buffered_records < self.batch_size:
             raise ValueError("max_buffered_records must be at least batch_size")
         return self
