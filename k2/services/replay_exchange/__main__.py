@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds before a connection is closed (Binance: 24 h)")
     parser.add_argument("--max-connection-attempts", type=int, default=defaults.max_connection_attempts,
                         help="per client IP per 5 minutes; 0 disables")
+    parser.add_argument("--market-symbols", type=int, default=defaults.market_symbols,
+                        help="a generated full market of N symbols with Zipf activity (instead of --symbols)")
+    parser.add_argument("--quotes-per-trade", type=float, default=defaults.quotes_per_trade,
+                        help="bookTicker updates per trade (0: about 0.75)")
+    parser.add_argument("--rest-history-trades", type=int, default=defaults.rest_history_trades,
+                        help="trades per symbol historicalTrades can return")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -73,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             host=args.host, port=args.port, symbols=tuple(s for s in args.symbols.split(",") if s),
             rate=args.rate, speed=args.speed, seed=args.seed, replay_path=args.replay,
             ping_interval=args.ping_interval, pong_timeout=args.pong_timeout, max_lifetime=args.max_lifetime,
-            max_connection_attempts=args.max_connection_attempts,
+            max_connection_attempts=args.max_connection_attempts, market_symbols=args.market_symbols,
+            quotes_per_trade=args.quotes_per_trade, rest_history_trades=args.rest_history_trades,
         )
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

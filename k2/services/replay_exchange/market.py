@@ -5,10 +5,15 @@ initial price so a long run does not drift away) and a number of fills; fills wa
 at a time, share the order's trade time, and are followed by an aggTrade per price level and a
 bookTicker consistent with the last fill (bid < ask, one tick spread most of the time). Arrival
 times (for real-time pacing) follow a two-state process: calm, and bursts at 12x the calm rate.
+A large market (more than PICK_BY_BISECT symbols: the full-market profile) picks symbols from 32-bit weights by
+bisection, gives each order `quotes_per_trade` bookTicker updates per fill (Binance's book changes several times
+per trade), and has bursts of its own: now and then one symbol, any of them, takes a quarter of all orders for a
+second or two, as a listed coin does when it suddenly moves.
 Prices and quantities are integers in units of 10^-decimals and are printed from small caches, so the
 per-trade Python work stays a handful of operations.
 """
 
+import bisect
 import math
 import random
 from collections.abc import Iterable
@@ -23,6 +28,9 @@ _BURST_MULTIPLIER = 12.0
 _MEAN_CALM_SECONDS = 25.0
 _MEAN_BURST_SECONDS = 1.5
 _PRICE_CACHE_LIMIT = 200_000
+PICK_BY_BISECT = 16
+_MEAN_SYMBOL_BURST_US = 1_500_000
+_MEAN_SYMBOL_CALM_US = 8_000_000
 
 
 def _decimal_formatter(decimals: int):
@@ -135,28 +143,65 @@ class MarketSimulator:
 
     exhausted = False  # a simulated market never runs out (a RecordedStream does)
 
-    def __init__(self, specs: Iterable[SymbolSpec], seed: int) -> None:
+    def __init__(self, specs: Iterable[SymbolSpec], seed: int, quotes_per_trade: float = 0.0) -> None:
         self._rng = random.Random(seed)
         self._books = [_Book(spec, self._rng) for spec in specs]
         if not self._books:
             raise ValueError("the market needs at least one symbol")
         self._by_symbol = {book.symbol: book for book in self._books}
+        self.quotes_per_trade = quotes_per_trade
+        self._burst_book: _Book | None = None
+        self._burst_change_us = 0
+        self._weigh()
+        self._bursting = False
+        self._regime_ends_at = self._rng.expovariate(1.0 / _MEAN_CALM_SECONDS)
+        self.sim_time = 0.0  # seconds of simulated market time at the next order
+
+    def _weigh(self) -> None:
+        """The weighted pick over the books: 16-bit thresholds scanned (a few symbols), or 32-bit ones bisected."""
         total = sum(book.spec.taker_orders_per_second for book in self._books)
         self._calm_orders_per_second = total
-        # 16-bit thresholds for a weighted symbol pick from one random draw
         self._pick: list[tuple[int, _Book]] = []
         cumulative = 0.0
         for book in self._books:
             cumulative += book.spec.taker_orders_per_second / total
             self._pick.append((min(65536, round(cumulative * 65536)), book))
         self._pick[-1] = (65536, self._pick[-1][1])
-        self._bursting = False
-        self._regime_ends_at = self._rng.expovariate(1.0 / _MEAN_CALM_SECONDS)
-        self.sim_time = 0.0  # seconds of simulated market time at the next order
+        self._large = len(self._books) > PICK_BY_BISECT
+        self._thresholds: list[int] = []
+        cumulative = 0.0
+        for book in self._books:
+            cumulative += book.spec.taker_orders_per_second / total
+            self._thresholds.append(min(1 << 32, round(cumulative * (1 << 32))))
+        self._thresholds[-1] = 1 << 32
+
+    def list_symbol(self, spec: SymbolSpec) -> None:
+        """A listing: the symbol trades from now on."""
+        if spec.symbol in self._by_symbol:
+            raise ValueError(f"{spec.symbol} is listed already")
+        book = _Book(spec, self._rng)
+        book.emit_trades = book.emit_aggs = book.emit_books = False  # until somebody subscribes
+        self._books.append(book)
+        self._by_symbol[spec.symbol] = book
+        self._weigh()
+
+    def delist_symbol(self, symbol: str) -> None:
+        """A delisting: the symbol trades no more."""
+        book = self._book(symbol)
+        if len(self._books) == 1:
+            raise ValueError("the market needs at least one symbol")
+        self._books.remove(book)
+        del self._by_symbol[book.symbol]
+        if self._burst_book is book:
+            self._burst_book = None
+        self._weigh()
 
     @property
     def symbols(self) -> list[str]:
         return [book.symbol for book in self._books]
+
+    def specs(self) -> list[SymbolSpec]:
+        return [book.spec for book in self._books]
 
     def streams(self) -> list[str]:
         return [s for book in self._books for s in (book.trade_stream, book.agg_stream, book.book_stream)]
@@ -184,9 +229,20 @@ class MarketSimulator:
         only_book = self._books[0] if len(self._books) == 1 else None
         pool_bits = _QTY_POOL_BITS
         produced = 0
+        large = self._large
+        if large and trade_time_us >= self._burst_change_us:
+            self._toggle_burst(trade_time_us)
+        burst_book = self._burst_book
+        thresholds, books, bisect_right = self._thresholds, self._books, bisect.bisect_right
+        quotes_per_trade = self.quotes_per_trade
         while produced < min_trades:
             bits = getbits(64)
-            if only_book is None:
+            if large:
+                if burst_book is not None and bits & 3 == 0:
+                    book = burst_book
+                else:
+                    book = books[bisect_right(thresholds, getbits(32))]
+            elif only_book is None:
                 pick = bits & 0xFFFF
                 for threshold, book in pick_table:
                     if pick < threshold:
@@ -262,7 +318,10 @@ class MarketSimulator:
                 book.bid = price
                 book.ask = price + tick + wide
                 book.bid_qty = book_qty[getbits(pool_bits)][1]
-            quote_updates = 1 + ((bits >> 60) & 1)  # sometimes a quote-only update before the next order
+            if quotes_per_trade:
+                quote_updates = max(1, int(fills * quotes_per_trade + rng.random()))
+            else:
+                quote_updates = 1 + ((bits >> 60) & 1)  # sometimes a quote-only update before the next order
             book.books_generated += quote_updates
             for update in range(quote_updates):
                 if update:
@@ -276,6 +335,15 @@ class MarketSimulator:
                             texts.get(book.bid) or book.price(book.bid), book.bid_qty,
                             texts.get(book.ask) or book.price(book.ask), book.ask_qty))
         return produced
+
+    def _toggle_burst(self, now_us: int) -> None:
+        rng = self._rng
+        if self._burst_book is None:
+            self._burst_book = rng.choice(self._books)
+            self._burst_change_us = now_us + int(rng.expovariate(1.0 / _MEAN_SYMBOL_BURST_US))
+        else:
+            self._burst_book = None
+            self._burst_change_us = now_us + int(rng.expovariate(1.0 / _MEAN_SYMBOL_CALM_US))
 
     def set_wanted_streams(self, streams: set[str] | frozenset[str]) -> None:
         """Build event tuples only for these streams (the market itself evolves identically)."""

@@ -10,9 +10,15 @@ close the connection (1008 "Too many messages"); at most `max_streams_per_connec
 connection is closed after `max_lifetime` seconds (1001 "Connection lifetime exceeded"); more than
 `max_connection_attempts` handshakes per `connection_attempt_window` seconds are refused with HTTP 429.
 
-Plain HTTP on the same port: `GET /stats`, `GET|POST /control/<fault>?...` (see `_HTTP_FAULTS`), and Binance's
+Plain HTTP on the same port: `GET /stats`, `GET|POST /control/<fault>?...` (see `_HTTP_FAULTS`), Binance's
 REST `GET /api/v3/historicalTrades?symbol=&fromId=&limit=` over the most recent trades of each symbol, including
-those a fault kept off the streams (skipped ids), so a feed handler can fill its gaps by trade id.
+those a fault kept off the streams (skipped ids), so a feed handler can fill its gaps by trade id, and
+`GET /api/v3/exchangeInfo[?symbolStatus=TRADING]`: every symbol, status TRADING, or BREAK once delisted.
+
+The full market: `market_symbols=N` (--market-symbols) generates N symbols with Zipf-distributed activity (see
+symbols.full_market) instead of the named ones; `quotes_per_trade` sets the bookTicker updates per trade.
+`/control/list?symbol=X` lists a symbol while running and `/control/delist?symbol=X` delists one (its streams stay
+subscribed and go quiet, as on Binance).
 """
 
 import asyncio
@@ -40,7 +46,7 @@ from websockets.server import ServerProtocol
 from .encoding import RECORDED, TRADE, ascii_json, encode_batch, frame, server_shutdown_payload, wrap_combined
 from .market import MarketSimulator
 from .replay import RecordedStream
-from .symbols import symbol_spec
+from .symbols import SymbolSpec, full_market, listed_spec, symbol_spec
 
 log = logging.getLogger("k2.services.replay_exchange")
 
@@ -90,6 +96,8 @@ class ExchangeConfig:
     max_write_buffer: int = 64 * 2**20  # bytes queued for one client before it is dropped as too slow
     slow_consumer_timeout: float = 10.0  # max rate: how long the market waits for one client to drain
     rest_history_trades: int = 100_000  # per symbol: the trades historicalTrades can return
+    market_symbols: int = 0  # > 0: a generated full market of this many symbols instead of `symbols`
+    quotes_per_trade: float = 0.0  # > 0: bookTicker updates per trade (0: the simulator's own, ~0.75)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rate", parse_rate(self.rate))
@@ -99,9 +107,16 @@ class ExchangeConfig:
         for name in ("ping_interval", "pong_timeout", "max_lifetime", "close_timeout", "slow_consumer_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        if self.replay_path is None:
+        if self.market_symbols < 0 or self.quotes_per_trade < 0:
+            raise ValueError("market_symbols and quotes_per_trade must not be negative")
+        if self.replay_path is None and not self.market_symbols:
             for symbol in self.symbols:
                 symbol_spec(symbol)
+
+    def specs(self) -> list[SymbolSpec]:
+        if self.market_symbols:
+            return full_market(self.market_symbols, self.seed)
+        return [symbol_spec(symbol) for symbol in self.symbols]
 
 
 class _ExchangeProtocol(ServerProtocol):
@@ -145,6 +160,8 @@ class _Session:
         self.stalled_until = 0.0
         self.pings_suppressed_until = 0.0
         self.sent_events = 0
+        self.control_messages = 0
+        self.peak_incoming_per_second = 0  # most incoming frames seen within one second
         self.close_reason: str | None = None
         self._incoming: collections.deque[float] = collections.deque(
             maxlen=exchange.config.max_incoming_messages_per_second + 1)
@@ -160,6 +177,8 @@ class _Session:
             stats["pongs_received"] += 1
         now = time.monotonic()
         self._incoming.append(now)
+        within_second = sum(1 for at in self._incoming if now - at < 1.0)
+        self.peak_incoming_per_second = max(self.peak_incoming_per_second, within_second)
         if (len(self._incoming) == self._incoming.maxlen and now - self._incoming[0] < 1.0
                 and frame.opcode is not Opcode.CLOSE):
             self.close("rate_limit", CLOSE_POLICY_VIOLATION, "Too many messages")
@@ -210,6 +229,8 @@ class _Session:
             "time_unit": "MICROSECOND" if self.micro else "MILLISECOND",
             "age_seconds": round(now - self.opened_at, 3),
             "sent_events": self.sent_events,
+            "control_messages": self.control_messages,
+            "peak_incoming_per_second": self.peak_incoming_per_second,
             "stalled": now < self.stalled_until,
             "pings_suppressed": now < self.pings_suppressed_until,
             "pongs_suppressed": now < self.protocol.pongs_suppressed_until,
@@ -236,8 +257,9 @@ class ReplayExchange:
         if self.config.replay_path is not None:
             self._source: MarketSimulator | RecordedStream = RecordedStream(self.config.replay_path)
         else:
-            self._source = MarketSimulator([symbol_spec(s) for s in self.config.symbols], self.config.seed)
+            self._source = MarketSimulator(self.config.specs(), self.config.seed, self.config.quotes_per_trade)
         self._known_streams = frozenset(self._source.streams())
+        self._delisted: dict[str, SymbolSpec] = {}  # shown as BREAK in exchangeInfo
         self._sessions: dict[int, _Session] = {}
         self._next_session_id = 1
         # (combined, micro) -> (union of streams, [(streams, sessions)])
@@ -486,6 +508,9 @@ class ReplayExchange:
                     raise _HttpError(http.HTTPStatus.METHOD_NOT_ALLOWED, "use GET or POST")
                 result = self._http_fault(url.path.removeprefix("/control/"), query)
                 return self._json_response(connection, http.HTTPStatus.OK, result)
+            if url.path == "/api/v3/exchangeInfo":
+                return self._json_response(connection, http.HTTPStatus.OK, self.exchange_info(
+                    query.get("symbolStatus", [""])[-1]))
             if url.path == "/api/v3/historicalTrades":
                 return self._historical_trades_response(connection, request, query)
             if url.path in ("/ws", "/stream") or url.path.startswith(("/ws/", "/stream/")):
@@ -540,6 +565,7 @@ class ReplayExchange:
             async for message in connection:
                 if session.close_reason is not None:
                     continue  # closing: drain the client's frames, answer nothing
+                session.control_messages += 1
                 reply = self._control_reply(session, message)
                 if reply is not None:
                     await connection.send(reply)
@@ -801,6 +827,59 @@ class ReplayExchange:
         await asyncio.sleep(delay)
         session.close("server_shutdown", CLOSE_GOING_AWAY, "Server shutdown")
 
+    def list_symbol(self, symbol: str, orders_per_second: float | None = None) -> dict[str, Any]:
+        """A listing while running: the symbol trades from now on (at `orders_per_second` calm taker orders, by
+        default a tail symbol's) and exchangeInfo shows it TRADING."""
+        if not isinstance(self._source, MarketSimulator):
+            raise TypeError("a recording cannot list symbols")
+        spec = self._delisted.pop(symbol.upper(), None) or listed_spec(symbol, self.config.seed)
+        if orders_per_second is not None:
+            if orders_per_second <= 0:
+                raise ValueError("orders_per_second must be positive")
+            spec = dataclasses.replace(spec, taker_orders_per_second=orders_per_second)
+        self._source.list_symbol(spec)
+        self._known_streams = frozenset(self._source.streams())
+        self._listeners_updated()
+        self._faults["list"] += 1
+        return {"fault": "list", "symbol": spec.symbol}
+
+    def delist_symbol(self, symbol: str) -> dict[str, Any]:
+        """A delisting: the symbol trades no more; exchangeInfo shows it as BREAK."""
+        if not isinstance(self._source, MarketSimulator):
+            raise TypeError("a recording cannot delist symbols")
+        spec = next((s for s in self._source.specs() if s.symbol == symbol.upper()), None)
+        self._source.delist_symbol(symbol)
+        if spec is not None:
+            self._delisted[spec.symbol] = spec
+        self._faults["delist"] += 1
+        return {"fault": "delist", "symbol": symbol.upper()}
+
+    def exchange_info(self, status: str = "") -> dict[str, Any]:
+        """Binance's GET /api/v3/exchangeInfo, with the fields a market-data client reads."""
+        if isinstance(self._source, MarketSimulator):
+            trading = self._source.specs()
+        else:  # a recording: its symbols, with the quote asset their names end with
+            trading = []
+            for symbol in self._source.symbols:
+                with contextlib.suppress(ValueError):
+                    trading.append(listed_spec(symbol, self.config.seed))
+        entries = [(spec, "TRADING") for spec in trading] + [(spec, "BREAK") for spec in self._delisted.values()]
+        return {
+            "timezone": "UTC",
+            "serverTime": time.time_ns() // 1_000_000,
+            "rateLimits": [{"rateLimitType": "CONNECTIONS", "interval": "MINUTE", "intervalNum": 5,
+                            "limit": self.config.max_connection_attempts}],
+            "exchangeFilters": [],
+            "symbols": [{
+                "symbol": spec.symbol, "status": state,
+                "baseAsset": spec.base_asset or spec.symbol.removesuffix(spec.quote_asset),
+                "baseAssetPrecision": 8, "quoteAsset": spec.quote_asset, "quotePrecision": 8,
+                "quoteAssetPrecision": 8, "isSpotTradingAllowed": True,
+                "filters": [{"filterType": "PRICE_FILTER", "tickSize": str(spec.tick_size)},
+                            {"filterType": "LOT_SIZE", "stepSize": str(spec.qty_step)}],
+            } for spec, state in entries if not status or state == status],
+        }
+
     def _default_symbol(self) -> str:
         symbols = self._source.symbols
         if not symbols:
@@ -850,6 +929,11 @@ class ReplayExchange:
             target: dict[str, Any] = {"which": params.pop("which", "all")}
             if "connection" in params:
                 target["connection"] = int(params.pop("connection"))
+            if name in ("list", "delist"):
+                symbol = params.pop("symbol", "")
+                rate = float(params.pop("orders_per_second")) if "orders_per_second" in params else None
+                self._reject_leftovers(params)
+                return self.list_symbol(symbol, rate) if name == "list" else self.delist_symbol(symbol)
             if name == "skip_ids":
                 next_id = self.skip_trade_ids(params.pop("symbol", self._default_symbol()),
                                               int(params.pop("count", "1")))
@@ -908,4 +992,6 @@ _HTTP_FAULTS: dict[str, tuple[str, dict[str, Any]]] = {
     "malformed": ("send_malformed", {"kind": str, "symbol": str, "field": str, "value": str}),
     "server_shutdown": ("server_shutdown", {"delay": float}),
     "skip_ids": ("skip_trade_ids", {}),
+    "list": ("list_symbol", {}),
+    "delist": ("delist_symbol", {}),
 }
