@@ -16,6 +16,7 @@ from typer.testing import CliRunner, Result
 from k2.clients.cli import app
 from k2.clients.times import parse_time
 from k2.core.telemetry import tracing_setup
+from k2.ingest.v1 import ingest_pb2
 
 DAY_RANGE = ["--start", "2014-03-10T11:00+11:00", "--end", "2014-03-11"]
 runner = CliRunner()
@@ -146,6 +147,50 @@ def test_feed_and_writer_commands(platform: Platform) -> None:
     assert flush.exit_code == 0 and platform.writer.flushes == 1 and "43" in flush.stdout
     compact = k2(platform, "writer", "compact", "market_data.trades", "--start", "2014-03-10")
     assert compact.exit_code == 0 and "30 files → 3" in compact.stdout
+
+
+def full_market_feed() -> ingest_pb2.FeedStatus:
+    """A feed following 3,000 symbols over 6 connections."""
+    symbols = ["BTCUSDT", "ETHUSDT"] + [f"X{n:04d}USDT" for n in range(2_997)] + ["BTCFDUSD"]
+    feed = ingest_pb2.FeedStatus(name="binance", state=ingest_pb2.CONNECTION_STATE_CONNECTED, symbols=symbols,
+                                 streams=[f"{s.lower()}@{kind}" for s in symbols for kind in ("trade", "bookTicker")],
+                                 connections=6)
+    for number in range(6):
+        feed.connection_statuses.add(number=number, state=ingest_pb2.CONNECTION_STATE_CONNECTED,
+                                     endpoint="wss://stream.example:9443", streams=1_000, symbols=500,
+                                     frames=10_000 + number, reconnects=number)
+    for rank, symbol in enumerate(symbols[:20]):
+        feed.most_active.add(symbol=symbol, trades=100_000 // (rank + 1), quotes=500_000 // (rank + 1))
+    return feed
+
+
+def test_feed_status_of_thousands_of_symbols_shows_connections_the_most_active_and_matches(
+        platform: Platform) -> None:
+    platform.ingest.feeds = [full_market_feed()]
+    result = k2(platform, "feed", "status", "--top", "3", "--match", "btc*")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert any(line.split()[:2] == ["symbols", "3000"] for line in lines)
+    assert "binance connections" in result.stdout
+    assert len([line for line in lines if "wss://stream.example:9443" in line]) == 6
+    assert "the 3 most active of 3000 symbols" in result.stdout
+    assert any(line.split() == ["ETHUSDT", "50000", "250000"] for line in lines)
+    assert not any(line.startswith("X0017USDT") for line in lines)  # 3 rows only, not the 20 reported
+    assert "binance: 2 of 3000 symbols match 'btc*': BTCUSDT, BTCFDUSD" in result.stdout
+    assert "X0001USDT" not in result.stdout  # never the whole list
+    overview = k2(platform, "status", "--top", "2")
+    assert overview.exit_code == 0 and "the 2 most active of 3000 symbols" in overview.stdout
+
+
+def test_demo_shows_the_busiest_symbols_matching_a_pattern(platform: Platform) -> None:
+    matching = k2(platform, "demo", "--duration", "2.5", "--top", "5", "--match", "btc*")
+    assert matching.exit_code == 0, matching.output
+    assert "the 1 busiest of 1 symbols matching 'btc*'" in matching.stdout  # the live trades are BTCUSDT's
+    wait_until(lambda: platform.query.open_subscriptions == 0)
+    other = k2(platform, "demo", "--duration", "2.5", "--top", "5", "--match", "ETH*")
+    assert other.exit_code == 0, other.output
+    assert "the 0 busiest of 0 symbols matching 'ETH*'" in other.stdout and "no symbol matches 'ETH*' yet" in other.stdout
+    wait_until(lambda: platform.query.open_subscriptions == 0)
 
 
 def test_demo_shows_live_prices_feeds_and_writer(platform: Platform) -> None:

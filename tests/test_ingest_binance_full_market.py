@@ -41,6 +41,8 @@ async def test_the_full_market_is_sharded_within_binance_limits_and_subscribed_w
     assert sorted(c.number for c in live.connection_statuses) == [0, 1, 2, 3, 4]
     assert all(c.streams <= 1_024 for c in live.connection_statuses)
     assert len(live.symbols) == 2_500 and len(live.streams) == 5_000
+    assert len(live.most_active) == 20 and {a.symbol for a in live.most_active} <= set(live.symbols)
+    assert [a.trades for a in live.most_active] == sorted((a.trades for a in live.most_active), reverse=True)
     open_sessions = stats["connections"]["list"]
     assert len(open_sessions) == 5
     assert all(len(s["streams"]) <= 1_024 for s in open_sessions)

@@ -7,6 +7,7 @@ from k2.clients.models import (
     Bar,
     CompactProgress,
     CompactResult,
+    FeedConnectionStatus,
     FeedStatus,
     Gap,
     Latest,
@@ -20,6 +21,7 @@ from k2.clients.models import (
     ServiceHealth,
     ServiceTracing,
     SubscriptionBatch,
+    SymbolActivity,
     TableCommit,
     TableStatus,
     Trade,
@@ -29,8 +31,8 @@ from k2.clients.settings import ClientSettings
 from k2.clients.times import parse_time
 
 __all__ = [
-    "AsyncK2Client", "Bar", "ClientSettings", "CompactProgress", "CompactResult", "FeedStatus", "Gap", "K2Client",
-    "K2Error", "Latest", "LoadProgress", "LoadSummary", "PartitionStatus", "PublishResult", "Quote",
-    "Reconnect", "Rejection", "ServiceHealth", "ServiceTracing", "SubscriptionBatch", "TableCommit", "TableStatus",
-    "Trade", "WriterStatus", "parse_time",
+    "AsyncK2Client", "Bar", "ClientSettings", "CompactProgress", "CompactResult", "FeedConnectionStatus", "FeedStatus",
+    "Gap", "K2Client", "K2Error", "Latest", "LoadProgress", "LoadSummary", "PartitionStatus", "PublishResult", "Quote",
+    "Reconnect", "Rejection", "ServiceHealth", "ServiceTracing", "SubscriptionBatch", "SymbolActivity", "TableCommit",
+    "TableStatus", "Trade", "WriterStatus", "parse_time",
 ]

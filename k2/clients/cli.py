@@ -8,6 +8,7 @@ its details.
 """
 
 import asyncio
+import fnmatch
 import functools
 import subprocess
 import sys
@@ -35,11 +36,12 @@ from rich.text import Text
 
 from k2.clients.aio import AsyncK2Client, FileFormat
 from k2.clients.client import K2Client
-from k2.clients.demo import run_demo
+from k2.clients.demo import MAX_ROWS, run_demo
 from k2.clients.errors import K2Error
 from k2.clients.models import (
     BAR_INTERVALS,
     CompactResult,
+    FeedStatus,
     LoadProgress,
     LoadSummary,
     Quote,
@@ -124,6 +126,9 @@ Time = Annotated[str, typer.Option(metavar="TIME", help=TIME_HELP)]
 OptionalTime = Annotated[str | None, typer.Option(metavar="TIME", help=TIME_HELP)]
 Format = Annotated[OutputFormat, typer.Option("--format", "-f", help="table, csv, or json (one object a line)")]
 Exchange = Annotated[str, typer.Option(help="Only this exchange, e.g. ASX or BINANCE")]
+Top = Annotated[int, typer.Option(min=0, help="Show the N most active symbols (0: none)")]
+Match = Annotated[str, typer.Option(metavar="GLOB", help="Only symbols matching this pattern, e.g. 'BTC*' or '*FDUSD'")]
+MAX_MATCHES = 200  # symbols a --match lists by name
 
 
 class Kind(StrEnum):
@@ -175,9 +180,9 @@ def down() -> None:
 
 @app.command()
 @handles_errors
-def status(ctx: typer.Context) -> None:
-    """Every service's health and where its traces go, the exchange feeds, writer lag and table freshness. Exit 3
-    if a service is not serving."""
+def status(ctx: typer.Context, top: Top = 10, match: Match = "") -> None:
+    """Every service's health and where its traces go, the exchange feeds (their connections, most active
+    symbols, the symbols matching --match), writer lag and table freshness. Exit 3 if a service is not serving."""
     with _client(ctx) as k2:
         health = k2.health()
         table = table_of("Services", ("service", "address", "status", "detail"))
@@ -186,7 +191,9 @@ def status(ctx: typer.Context) -> None:
         out.print(table)
         serving = {h.service for h in health if h.serving}
         _print_tracing(k2.tracing([h.service for h in health if h.serving]))
-        for service, show in (("ingest", _print_feeds), ("writer", _print_writer)):
+        shows: tuple[tuple[str, Callable[[K2Client], None]], ...] = (
+            ("ingest", functools.partial(_print_feeds, top=top, match=match)), ("writer", _print_writer))
+        for service, show in shows:
             if service in serving:
                 try:
                     show(k2)
@@ -218,24 +225,48 @@ def _print_tracing(tracing: list[ServiceTracing]) -> None:
     out.print(table)
 
 
-def _print_feeds(k2: K2Client) -> None:
-    """One column per feed, one row per figure: fits a terminal however many figures a feed reports."""
+def _print_feeds(k2: K2Client, top: int = 10, match: str = "") -> None:
+    """One column per feed, one row per figure: fits a terminal however many figures a feed reports. Then each
+    feed's connections, its `top` most active symbols, and the followed symbols matching `match` (a glob)."""
     feeds = k2.feed_status()
     table = table_of("Feeds", ("", *(feed.name for feed in feeds)), right_aligned=frozenset())
     rows: dict[str, list[str]] = {name: [] for name in (
-        "state", "circuit breaker", "connections", "messages/s", "trades/s", "last event", "gaps", "trades missed",
-        "trades backfilled", "reconnects")}
+        "state", "circuit breaker", "symbols", "connections", "messages/s", "trades/s", "last event", "gaps",
+        "trades missed", "trades backfilled", "reconnects")}
     for feed in feeds:
         for name, value in zip(rows, (
-                feed.state, feed.circuit_state, str(feed.connections), f"{feed.messages_per_second:.1f}",
-                f"{feed.trades_per_second:.1f}", text(feed.last_event_time), str(feed.gaps_detected),
-                str(feed.trades_missed), str(feed.trades_backfilled),
+                feed.state, feed.circuit_state, str(len(feed.symbols)), str(feed.connections),
+                f"{feed.messages_per_second:.1f}", f"{feed.trades_per_second:.1f}", text(feed.last_event_time),
+                str(feed.gaps_detected), str(feed.trades_missed), str(feed.trades_backfilled),
                 ", ".join(f"{reason} {count}" for reason, count in sorted(feed.reconnects_by_reason.items()))),
                 strict=True):
             rows[name].append(value)
     for name, values in rows.items():
         table.add_row(name, *values)
     out.print(table)
+    for feed in feeds:
+        _print_feed_details(feed, top, match)
+
+
+def _print_feed_details(feed: FeedStatus, top: int, match: str) -> None:
+    if len(feed.connection_statuses) > 1:
+        connections = table_of(f"{feed.name} connections", (
+            "connection", "state", "endpoint", "streams", "symbols", "frames", "reconnects", "connected since"))
+        for c in feed.connection_statuses:
+            connections.add_row(str(c.number), c.state, c.endpoint, str(c.streams), str(c.symbols), str(c.frames),
+                                str(c.reconnects), text(c.connected_since))
+        out.print(connections)
+    if top and len(feed.symbols) > top:
+        active = table_of(f"{feed.name}: the {min(top, len(feed.most_active))} most active of {len(feed.symbols)} "
+                          "symbols (trades since the feed started)", ("symbol", "trades", "quotes"))
+        for a in feed.most_active[:top]:
+            active.add_row(a.symbol, str(a.trades), str(a.quotes))
+        out.print(active)
+    if match:
+        found = [symbol for symbol in feed.symbols if fnmatch.fnmatchcase(symbol, match.upper())]
+        shown = ", ".join(found[:MAX_MATCHES]) + (f" … and {len(found) - MAX_MATCHES} more"
+                                                  if len(found) > MAX_MATCHES else "")
+        out.print(Text(f"{feed.name}: {len(found)} of {len(feed.symbols)} symbols match {match!r}: {shown}"))
 
 
 def _print_writer(k2: K2Client) -> None:
@@ -478,11 +509,11 @@ def subscribe(ctx: typer.Context, symbols: Annotated[list[str] | None, typer.Arg
 
 @feed_app.command("status")
 @handles_errors
-def feed_status(ctx: typer.Context, fmt: Format = OutputFormat.table) -> None:
-    """The state, rates, gaps and reconnects of every exchange feed."""
+def feed_status(ctx: typer.Context, fmt: Format = OutputFormat.table, top: Top = 10, match: Match = "") -> None:
+    """The state, rates, gaps and reconnects of every exchange feed, its connections and most active symbols."""
     with _client(ctx) as k2:
         if fmt is OutputFormat.table:
-            _print_feeds(k2)
+            _print_feeds(k2, top, match)
         else:
             emit(out, [asdict(f) for f in k2.feed_status()], fmt=fmt, columns=())
 
@@ -572,14 +603,17 @@ def trace(ctx: typer.Context,
 def demo(ctx: typer.Context, symbols: Annotated[list[str] | None, typer.Argument(help="Symbols (none: all)")] = None,
          from_time: Annotated[str | None, typer.Option("--from", metavar="TIME",
                                                        help="Replay trades from this time first")] = None,
-         duration: Annotated[float, typer.Option(min=0, help="Seconds to run (0: until Ctrl-C)")] = 0) -> None:
-    """A live view of the running platform: prices and trade rates, feed health and gaps, Kafka lag and Iceberg
-    freshness, refreshed in place. Ctrl-C exits."""
+         duration: Annotated[float, typer.Option(min=0, help="Seconds to run (0: until Ctrl-C)")] = 0,
+         top: Annotated[int, typer.Option(min=1, help="Rows: the N symbols with the most trades/s")] = MAX_ROWS,
+         match: Match = "") -> None:
+    """A live view of the running platform: prices and trade rates (the --top busiest symbols, of those matching
+    --match), feed health and gaps, Kafka lag and Iceberg freshness, refreshed in place. Ctrl-C exits."""
     start = _optional_time(from_time, "--from")
 
     async def show() -> None:
         async with AsyncK2Client(ctx.obj) as k2:
-            await run_demo(k2, out, symbols=symbols or [], start=start, duration=duration or None)
+            await run_demo(k2, out, symbols=symbols or [], start=start, duration=duration or None, top=top,
+                           match=match)
 
     try:
         asyncio.run(show())

@@ -3,6 +3,7 @@ latest price and trade rate per symbol (SubscribeTrades), feed health and gaps (
 Iceberg freshness (the writer's GetStatus) and each service's health."""
 
 import asyncio
+import fnmatch
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ class SymbolActivity:
 
 @dataclass
 class Dashboard:
+    top: int = MAX_ROWS  # rows of the trades table: the busiest symbols
+    match: str = ""  # a glob: only the symbols it matches are shown
     symbols: dict[tuple[str, str], SymbolActivity] = field(default_factory=dict)
     stream: str = "connecting"
     health: list[ServiceHealth] = field(default_factory=list)
@@ -79,36 +82,43 @@ class Dashboard:
         return marks
 
     def _trades_table(self, now: float) -> Table:
-        table = Table(title="Trades (SubscribeTrades)", expand=True)
+        pattern = self.match.upper()
+        shown = [s for s in self.symbols.values() if not pattern or fnmatch.fnmatchcase(s.symbol, pattern)]
+        busiest = sorted(shown, key=lambda s: (-s.rate(now), -s.trades))[:self.top]
+        matching = f" matching {self.match!r}" if self.match else ""
+        title = "Trades (SubscribeTrades)"
+        if len(shown) > len(busiest) or self.match:
+            title += f": the {len(busiest)} busiest of {len(shown)} symbols{matching}, by trades/s"
+        table = Table(title=title, expand=True)
         for name in ("exchange", "symbol", "last price", "change", "trades/s", "trades", "last trade (UTC)"):
             table.add_column(name, justify="left" if name in ("exchange", "symbol") else "right")
-        busiest = sorted(self.symbols.values(), key=lambda s: (-s.rate(now), -s.trades))[:MAX_ROWS]
         for activity in busiest:
             change = activity.last_price - activity.first_price
             style = "green" if change > 0 else "red" if change < 0 else ""
             table.add_row(activity.exchange, activity.symbol, text(activity.last_price),
                           Text(f"{'+' if change > 0 else ''}{text(change)}", style=style),
                           f"{activity.rate(now):.1f}", str(activity.trades), iso(activity.last_time))
-        if not self.symbols:
-            table.add_row("", "waiting for trades…", "", "", "", "", "")
+        if not busiest:
+            table.add_row("", f"no symbol matches {self.match!r} yet" if self.symbols else "waiting for trades…",
+                          "", "", "", "", "")
         return table
 
     def _feeds_table(self) -> RenderableType:
         if self.feeds is None:
             return Text(f"feeds: {self.feeds_error or 'waiting for GetFeedStatus…'}", style="yellow")
         table = Table(title="Feeds (GetFeedStatus)", expand=True)
-        for name in ("feed", "state", "circuit", "conns", "msg/s", "trades/s", "last event", "gaps", "missed",
-                     "reconnects", "recent gaps"):
+        for name in ("feed", "state", "circuit", "symbols", "conns", "msg/s", "trades/s", "last event", "gaps",
+                     "missed", "reconnects", "recent gaps"):
             table.add_column(name)
         for feed in self.feeds:
             gaps = ", ".join(f"{g.symbol} {g.first_missing}–{g.last_missing}" for g in feed.recent_gaps[-3:])
-            table.add_row(feed.name, feed.state, feed.circuit_state, str(feed.connections),
+            table.add_row(feed.name, feed.state, feed.circuit_state, str(len(feed.symbols)), str(feed.connections),
                           f"{feed.messages_per_second:.1f}", f"{feed.trades_per_second:.1f}",
                           iso(feed.last_event_time) if feed.last_event_time else "",
                           str(feed.gaps_detected), str(feed.trades_missed),
                           str(sum(feed.reconnects_by_reason.values())), gaps)
         if not self.feeds:
-            table.add_row("(no feeds running)", *[""] * 10)
+            table.add_row("(no feeds running)", *[""] * 11)
         return table
 
     def _writer_table(self) -> RenderableType:
@@ -159,9 +169,10 @@ async def _poll_status(client: AsyncK2Client, dashboard: Dashboard) -> None:
 
 
 async def run_demo(client: AsyncK2Client, console: Console, *, symbols: list[str], start: datetime | None,
-                   duration: float | None, refresh_per_second: float = 4.0) -> Dashboard:
+                   duration: float | None, refresh_per_second: float = 4.0, top: int = MAX_ROWS,
+                   match: str = "") -> Dashboard:
     """Shows the live view until `duration` seconds pass (forever when None); returns the final state."""
-    dashboard = Dashboard()
+    dashboard = Dashboard(top=top, match=match)
     tasks = [asyncio.create_task(_watch_trades(client, dashboard, symbols, start)),
              asyncio.create_task(_poll_status(client, dashboard))]
     deadline = None if duration is None else time.monotonic() + duration

@@ -3,7 +3,7 @@ prices and aware UTC datetimes. Market data converts through k2.core.protos, so 
 one mapping between v2 records and the wire."""
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Generic, Literal, TypeVar
@@ -278,6 +278,27 @@ class Gap:
 
 
 @dataclass(frozen=True)
+class FeedConnectionStatus:
+    """One connection of a feed (a shard of its streams)."""
+
+    number: int
+    state: str
+    endpoint: str
+    streams: int
+    symbols: int
+    frames: int
+    reconnects: int
+    connected_since: datetime | None
+
+
+@dataclass(frozen=True)
+class SymbolActivity:
+    symbol: str
+    trades: int
+    quotes: int
+
+
+@dataclass(frozen=True)
 class FeedStatus:
     name: str
     state: str
@@ -294,6 +315,8 @@ class FeedStatus:
     circuit_state: str
     connections: int
     recent_gaps: list[Gap]
+    connection_statuses: list[FeedConnectionStatus] = field(default_factory=list)
+    most_active: list[SymbolActivity] = field(default_factory=list)  # most trades first, at most 20
 
     @classmethod
     def from_proto(cls, message: ingest_pb2.FeedStatus) -> "FeedStatus":
@@ -308,7 +331,13 @@ class FeedStatus:
             circuit_state=ingest_pb2.CircuitState.Name(message.circuit_state).removeprefix("CIRCUIT_STATE_"),
             connections=message.connections,
             recent_gaps=[Gap(symbol=gap.symbol, first_missing=gap.first_missing, last_missing=gap.last_missing,
-                             detected_at=optional_time(gap, "detected_at")) for gap in message.recent_gaps])
+                             detected_at=optional_time(gap, "detected_at")) for gap in message.recent_gaps],
+            connection_statuses=[FeedConnectionStatus(
+                number=c.number, state=ingest_pb2.ConnectionState.Name(c.state).removeprefix("CONNECTION_STATE_"),
+                endpoint=c.endpoint, streams=c.streams, symbols=c.symbols, frames=c.frames, reconnects=c.reconnects,
+                connected_since=optional_time(c, "connected_since")) for c in message.connection_statuses],
+            most_active=[SymbolActivity(symbol=a.symbol, trades=a.trades, quotes=a.quotes)
+                         for a in message.most_active])
 
 
 @dataclass(frozen=True)

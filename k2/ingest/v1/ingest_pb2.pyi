@@ -156,7 +156,7 @@ class GetFeedStatusResponse(_message.Message):
     def __init__(self, feeds: _Optional[_Iterable[_Union[FeedStatus, _Mapping]]] = ...) -> None: ...
 
 class FeedStatus(_message.Message):
-    __slots__ = ("name", "state", "endpoint", "streams", "symbols", "messages_per_second", "trades_per_second", "last_event_time", "reconnects_by_reason", "gaps_detected", "trades_missed", "circuit_state", "connections", "recent_gaps", "trades_backfilled", "connection_statuses")
+    __slots__ = ("name", "state", "endpoint", "streams", "symbols", "messages_per_second", "trades_per_second", "last_event_time", "reconnects_by_reason", "gaps_detected", "trades_missed", "circuit_state", "connections", "recent_gaps", "trades_backfilled", "connection_statuses", "most_active")
     class ReconnectsByReasonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +180,7 @@ class FeedStatus(_message.Message):
     RECENT_GAPS_FIELD_NUMBER: _ClassVar[int]
     TRADES_BACKFILLED_FIELD_NUMBER: _ClassVar[int]
     CONNECTION_STATUSES_FIELD_NUMBER: _ClassVar[int]
+    MOST_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: ConnectionState
     endpoint: str
@@ -196,7 +197,18 @@ class FeedStatus(_message.Message):
     recent_gaps: _containers.RepeatedCompositeFieldContainer[Gap]
     trades_backfilled: int
     connection_statuses: _containers.RepeatedCompositeFieldContainer[ConnectionStatus]
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ConnectionState, str]] = ..., endpoint: _Optional[str] = ..., streams: _Optional[_Iterable[str]] = ..., symbols: _Optional[_Iterable[str]] = ..., messages_per_second: _Optional[float] = ..., trades_per_second: _Optional[float] = ..., last_event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reconnects_by_reason: _Optional[_Mapping[str, int]] = ..., gaps_detected: _Optional[int] = ..., trades_missed: _Optional[int] = ..., circuit_state: _Optional[_Union[CircuitState, str]] = ..., connections: _Optional[int] = ..., recent_gaps: _Optional[_Iterable[_Union[Gap, _Mapping]]] = ..., trades_backfilled: _Optional[int] = ..., connection_statuses: _Optional[_Iterable[_Union[ConnectionStatus, _Mapping]]] = ...) -> None: ...
+    most_active: _containers.RepeatedCompositeFieldContainer[SymbolActivity]
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ConnectionState, str]] = ..., endpoint: _Optional[str] = ..., streams: _Optional[_Iterable[str]] = ..., symbols: _Optional[_Iterable[str]] = ..., messages_per_second: _Optional[float] = ..., trades_per_second: _Optional[float] = ..., last_event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reconnects_by_reason: _Optional[_Mapping[str, int]] = ..., gaps_detected: _Optional[int] = ..., trades_missed: _Optional[int] = ..., circuit_state: _Optional[_Union[CircuitState, str]] = ..., connections: _Optional[int] = ..., recent_gaps: _Optional[_Iterable[_Union[Gap, _Mapping]]] = ..., trades_backfilled: _Optional[int] = ..., connection_statuses: _Optional[_Iterable[_Union[ConnectionStatus, _Mapping]]] = ..., most_active: _Optional[_Iterable[_Union[SymbolActivity, _Mapping]]] = ...) -> None: ...
+
+class SymbolActivity(_message.Message):
+    __slots__ = ("symbol", "trades", "quotes")
+    SYMBOL_FIELD_NUMBER: _ClassVar[int]
+    TRADES_FIELD_NUMBER: _ClassVar[int]
+    QUOTES_FIELD_NUMBER: _ClassVar[int]
+    symbol: str
+    trades: int
+    quotes: int
+    def __init__(self, symbol: _Optional[str] = ..., trades: _Optional[int] = ..., quotes: _Optional[int] = ...) -> None: ...
 
 class ConnectionStatus(_message.Message):
     __slots__ = ("number", "state", "endpoint", "streams", "symbols", "frames", "reconnects", "connected_since")

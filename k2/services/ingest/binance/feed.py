@@ -20,6 +20,7 @@ filled by trade id from the REST API where it is reachable (backfill.py).
 """
 
 import asyncio
+import heapq
 import itertools
 import logging
 import random
@@ -49,6 +50,7 @@ FEED_NAME = "binance"
 SWITCH_SETTLE_SECONDS = 1.0
 SWITCH_POLL_SECONDS = 0.02
 RATE_WINDOW_SAMPLES = 11  # one per second: rates over the last 10 s
+MOST_ACTIVE_SYMBOLS = 20  # FeedStatus.most_active
 
 
 class ConnectionGroup:
@@ -600,6 +602,8 @@ class BinanceFeed:
                 symbols=len(group.states), frames=group.frames, reconnects=group.reconnects)
             if group.active is not None:
                 set_timestamp(connection.connected_since, timestamp_from_micros(int(group.connected_at * 1e6)))
+        for state in heapq.nlargest(MOST_ACTIVE_SYMBOLS, self.states, key=lambda s: (s.trades, s.quotes)):
+            status.most_active.add(symbol=state.symbol, trades=state.trades, quotes=state.quotes)
         last_event_us = max((state.last_event_us for state in self.states), default=0)
         if last_event_us:
             set_timestamp(status.last_event_time, timestamp_from_micros(last_event_us))
