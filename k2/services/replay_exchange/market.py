@@ -45,8 +45,22 @@ def _decimal_formatter(decimals: int):
     return fmt
 
 
+# Pools by everything they are drawn from: symbols alike (a generated market's price tiers) share theirs, so
+# thousands of symbols start in a moment.
+_PoolCache = dict[tuple[object, ...], list[tuple[int, str]]]
+
+
 def _quantity_pool(spec: SymbolSpec, rng: random.Random, median_notional: float, sigma: float,
-                   whale_share: float) -> list[tuple[int, str]]:
+                   whale_share: float, cache: _PoolCache) -> list[tuple[int, str]]:
+    key = (spec.initial_price, spec.qty_step, spec.qty_decimals, median_notional, sigma, whale_share)
+    pool = cache.get(key)
+    if pool is None:
+        pool = cache[key] = _draw_quantity_pool(spec, rng, median_notional, sigma, whale_share)
+    return pool
+
+
+def _draw_quantity_pool(spec: SymbolSpec, rng: random.Random, median_notional: float, sigma: float,
+                        whale_share: float) -> list[tuple[int, str]]:
     """Pre-drawn (units, text) quantities: log-normal notional, rounded to the lot step, many round lots."""
     fmt = _decimal_formatter(spec.qty_decimals)
     step_units = spec.units(spec.qty_step, spec.qty_decimals)
@@ -99,7 +113,7 @@ class _Book:
         "update_id",
     )
 
-    def __init__(self, spec: SymbolSpec, rng: random.Random) -> None:
+    def __init__(self, spec: SymbolSpec, rng: random.Random, pools: _PoolCache) -> None:
         self.spec = spec
         self.symbol = spec.symbol
         prefix = spec.stream_prefix
@@ -113,8 +127,8 @@ class _Book:
         # Coarse ticks (> 1 bp of the price, e.g. SHIB) sit on deep levels that rarely get swept.
         self.sweep_mask = 31 if self.anchor < 10_000 * self.tick else 3
         self.jump_ticks = self.anchor * 1e-5 / self.tick
-        self.trade_qty = _quantity_pool(spec, rng, spec.median_trade_notional, 1.9, spec.whale_share)
-        self.book_qty = _quantity_pool(spec, rng, spec.median_trade_notional * 15, 1.4, 0.0)
+        self.trade_qty = _quantity_pool(spec, rng, spec.median_trade_notional, 1.9, spec.whale_share, pools)
+        self.book_qty = _quantity_pool(spec, rng, spec.median_trade_notional * 15, 1.4, 0.0, pools)
         self.bid_qty = self.book_qty[0][1]
         self.ask_qty = self.book_qty[1][1]
         self.next_trade_id = spec.first_trade_id
@@ -145,7 +159,8 @@ class MarketSimulator:
 
     def __init__(self, specs: Iterable[SymbolSpec], seed: int, quotes_per_trade: float = 0.0) -> None:
         self._rng = random.Random(seed)
-        self._books = [_Book(spec, self._rng) for spec in specs]
+        self._pools: _PoolCache = {}
+        self._books = [_Book(spec, self._rng, self._pools) for spec in specs]
         if not self._books:
             raise ValueError("the market needs at least one symbol")
         self._by_symbol = {book.symbol: book for book in self._books}
@@ -179,7 +194,7 @@ class MarketSimulator:
         """A listing: the symbol trades from now on."""
         if spec.symbol in self._by_symbol:
             raise ValueError(f"{spec.symbol} is listed already")
-        book = _Book(spec, self._rng)
+        book = _Book(spec, self._rng, self._pools)
         book.emit_trades = book.emit_aggs = book.emit_books = False  # until somebody subscribes
         self._books.append(book)
         self._by_symbol[spec.symbol] = book
