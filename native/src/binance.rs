@@ -1,9 +1,10 @@
-//! Binance `<symbol>@trade` frames → their Avro v2 Kafka messages, one frame per call (the feed's per-frame hot
-//! path, k2/services/ingest/binance/parsing.py). Only a frame that is plainly a valid trade is written here: the
-//! combined-stream wrapper and the nine known keys, each once, strings without escapes, integers within 64 bits,
-//! plain positive decimal strings, a trade time within years 1 to 9999. For any other frame the encoder answers
-//! None and the Python parser reads it, as it reads every frame it is given (and says what is wrong with it).
-//! What the record looks like (the schema's pieces, the symbols' routes) comes from Python.
+//! Binance `<symbol>@trade` and `<symbol>@bookTicker` frames → their Avro v2 Kafka messages, one frame per call
+//! (the feed's per-frame hot path, k2/services/ingest/binance/parsing.py). Only a frame that is plainly valid is
+//! written here: the combined-stream wrapper and the event's known keys (nine for a trade, six for a bookTicker),
+//! each once, strings without escapes, integers within 64 bits, plain positive decimal strings, a trade time within
+//! years 1 to 9999. For any other frame an encoder answers None and the Python parser reads it, as it reads every
+//! frame it is given (and says what is wrong with it). What the record looks like (the schema's pieces, the
+//! symbols' routes) comes from Python.
 use std::collections::HashMap;
 use std::io::Write;
 
@@ -178,6 +179,80 @@ impl<'a> TradeEvent<'a> {
     }
 }
 
+/// A bookTicker event's six keys, each read once.
+#[derive(Default)]
+struct BookTickerEvent<'a> {
+    update_id: Option<i64>,
+    symbol: Option<&'a [u8]>,
+    bid_price: Option<&'a [u8]>,
+    bid_quantity: Option<&'a [u8]>,
+    ask_price: Option<&'a [u8]>,
+    ask_quantity: Option<&'a [u8]>,
+}
+
+impl<'a> BookTickerEvent<'a> {
+    /// The event object; its opening brace already read.
+    fn read(json: &mut Json<'a>) -> Option<Self> {
+        let mut event = BookTickerEvent::default();
+        loop {
+            let key = json.string()?;
+            json.expect(b':')?;
+            let value = json.value()?;
+            match key {
+                b"u" => once(&mut event.update_id, value.integer())?,
+                b"s" => once(&mut event.symbol, value.string())?,
+                b"b" => once(&mut event.bid_price, value.string())?,
+                b"B" => once(&mut event.bid_quantity, value.string())?,
+                b"a" => once(&mut event.ask_price, value.string())?,
+                b"A" => once(&mut event.ask_quantity, value.string())?,
+                _ => return None,
+            }
+            match json.next()? {
+                b',' => continue,
+                b'}' => return Some(event),
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// A combined-stream frame `{"stream": ..., "data": {...}}` (keys in either order, each once, nothing after it):
+/// its stream name and its event as `read` reads it.
+fn combined<'a, T>(
+    raw: &'a [u8],
+    read: impl Fn(&mut Json<'a>) -> Option<T>,
+) -> Option<(&'a [u8], T)> {
+    let mut json = Json {
+        data: raw,
+        position: 0,
+    };
+    let (mut stream, mut event) = (None, None);
+    json.expect(b'{')?;
+    loop {
+        match json.string()? {
+            b"stream" if stream.is_none() => {
+                json.expect(b':')?;
+                stream = Some(json.string()?);
+            }
+            b"data" if event.is_none() => {
+                json.expect(b':')?;
+                json.expect(b'{')?;
+                event = Some(read(&mut json)?);
+            }
+            _ => return None,
+        }
+        match json.next()? {
+            b',' => continue,
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    if json.next().is_some() {
+        return None;
+    }
+    Some((stream?, event?))
+}
+
 /// A trade stream's symbol and what every trade of it shares, as written.
 struct Route {
     symbol: Vec<u8>,
@@ -266,37 +341,9 @@ impl TradeFrameEncoder {
     /// A plain trade frame as (route position, trade id, trade time in microseconds, key, Avro message), with
     /// `received` (microseconds since 1970) as its ingestion time; None for any other frame.
     fn encode<'py>(&self, py: Python<'py>, raw: &[u8], received: i64) -> Option<Encoded<'py>> {
-        let mut json = Json {
-            data: raw,
-            position: 0,
-        };
-        let (mut stream, mut event) = (None, None);
-        json.expect(b'{')?;
-        loop {
-            match json.string()? {
-                b"stream" if stream.is_none() => {
-                    json.expect(b':')?;
-                    stream = Some(json.string()?);
-                }
-                b"data" if event.is_none() => {
-                    json.expect(b':')?;
-                    json.expect(b'{')?;
-                    event = Some(TradeEvent::read(&mut json)?);
-                }
-                _ => return None,
-            }
-            match json.next()? {
-                b',' => continue,
-                b'}' => break,
-                _ => return None,
-            }
-        }
-        if json.next().is_some() {
-            return None;
-        }
-        let position = *self.routes.get(stream?)?;
+        let (stream, event) = combined(raw, TradeEvent::read)?;
+        let position = *self.routes.get(stream)?;
         let route = &self.symbols[position];
-        let event = event?;
         event.event_type?;
         event.best_match?;
         let decimal = |text| plain_decimal(text, self.integer_digits, self.scale, &self.powers);
@@ -344,6 +391,124 @@ impl TradeFrameEncoder {
     }
 }
 
+/// A bookTicker stream's symbol and what every quote of it shares, as written.
+struct QuoteRoute {
+    symbol: Vec<u8>,
+    key: Py<PyBytes>,
+    quote_id_prefix: Vec<u8>, // BINANCE-<symbol>-
+    head: Vec<u8>,            // symbol, exchange, asset class
+    currency: Vec<u8>,
+}
+
+/// Writes plain Binance bookTicker frames (both sides of the book present) as Avro v2 quote messages, stamped
+/// with the receive time (the event has none). Built by the feed's FrameParser.
+#[pyclass(frozen, module = "k2._native")]
+struct QuoteFrameEncoder {
+    routes: HashMap<Vec<u8>, usize>,
+    symbols: Vec<QuoteRoute>,
+    header: Vec<u8>, // the single-object header and the message id's size
+    namespace: Uuid,
+    tail: Vec<u8>, // platform_sequence and vendor_data
+    integer_digits: usize,
+    scale: usize,
+    powers: Vec<u128>,
+}
+
+type EncodedQuote<'py> = (usize, i64, Py<PyBytes>, Bound<'py, PyBytes>);
+/// A bookTicker stream as Python describes it: (stream name, symbol, quote id prefix, head, currency).
+type QuoteRouteSpec = (String, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
+
+#[pymethods]
+impl QuoteFrameEncoder {
+    /// routes: one per bookTicker stream; the others as documented on the struct; decimals: (precision, scale).
+    #[new]
+    fn new(
+        py: Python<'_>,
+        routes: Vec<QuoteRouteSpec>,
+        header: Vec<u8>,
+        namespace: Vec<u8>,
+        tail: Vec<u8>,
+        decimals: (usize, usize),
+    ) -> PyResult<Self> {
+        let (precision, scale) = decimals;
+        if precision > 38 || scale > precision {
+            return Err(PyValueError::new_err(format!(
+                "decimal({precision},{scale}) is beyond 128-bit integers"
+            )));
+        }
+        let mut streams = HashMap::new();
+        let mut symbols = Vec::new();
+        for (position, (stream, symbol, quote_id_prefix, head, currency)) in
+            routes.into_iter().enumerate()
+        {
+            streams.insert(stream.into_bytes(), position);
+            let key = PyBytes::new(py, &symbol).unbind();
+            symbols.push(QuoteRoute {
+                symbol,
+                key,
+                quote_id_prefix,
+                head,
+                currency,
+            });
+        }
+        let namespace = Uuid::from_slice(&namespace)
+            .map_err(|error| PyValueError::new_err(format!("namespace: {error}")))?;
+        Ok(QuoteFrameEncoder {
+            routes: streams,
+            symbols,
+            header,
+            namespace,
+            tail,
+            integer_digits: precision - scale,
+            scale,
+            powers: (0..=scale as u32).map(|power| 10u128.pow(power)).collect(),
+        })
+    }
+
+    /// A plain bookTicker frame as (route position, book update id, key, Avro message), with `received`
+    /// (microseconds since 1970) as its timestamp and ingestion time; None for any other frame (an empty side of
+    /// the book included: the Python parser writes it).
+    fn encode<'py>(&self, py: Python<'py>, raw: &[u8], received: i64) -> Option<EncodedQuote<'py>> {
+        let (stream, event) = combined(raw, BookTickerEvent::read)?;
+        let position = *self.routes.get(stream)?;
+        let route = &self.symbols[position];
+        let update_id = event.update_id?;
+        if event.symbol? != route.symbol.as_slice() {
+            return None;
+        }
+        let decimal = |text| plain_decimal(text, self.integer_digits, self.scale, &self.powers);
+        let sides = [
+            decimal(event.bid_price?)?,
+            decimal(event.bid_quantity?)?,
+            decimal(event.ask_price?)?,
+            decimal(event.ask_quantity?)?,
+        ];
+        let mut quote_id = route.quote_id_prefix.clone();
+        write!(quote_id, "{update_id}").ok()?;
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(&self.header);
+        write_uuid5(&mut out, &self.namespace, &quote_id);
+        write_bytes(&mut out, &quote_id);
+        out.extend_from_slice(&route.head);
+        write_long(&mut out, received);
+        for unscaled in sides {
+            out.push(2); // the union's decimal branch
+            write_positive_decimal(&mut out, unscaled);
+        }
+        write_bytes(&mut out, &route.currency);
+        out.push(2);
+        write_long(&mut out, update_id);
+        write_long(&mut out, received);
+        out.extend_from_slice(&self.tail);
+        Some((
+            position,
+            update_id,
+            route.key.clone_ref(py),
+            PyBytes::new(py, &out),
+        ))
+    }
+}
+
 /// The name-based (version 5) UUID of `name` in `namespace`, as its 36-character string.
 fn write_uuid5(out: &mut Vec<u8>, namespace: &Uuid, name: &[u8]) {
     let mut text = Uuid::encode_buffer();
@@ -356,5 +521,6 @@ fn write_uuid5(out: &mut Vec<u8>, namespace: &Uuid, name: &[u8]) {
 }
 
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
-    module.add_class::<TradeFrameEncoder>()
+    module.add_class::<TradeFrameEncoder>()?;
+    module.add_class::<QuoteFrameEncoder>()
 }

@@ -9,8 +9,9 @@ decimals of the strings; a value that does not fit decimal(38,18) is rejected, n
 Frames that are not valid (bad JSON, a missing field, a non-decimal price) are dead-lettered with the raw
 bytes and the reason; unknown event types and unknown fields are counted and skipped.
 
-A plain trade frame (nearly every frame) is written by native code (k2._native.TradeFrameEncoder), into the same
-bytes as the plain path below (tests check it); any other frame it hands back, and the plain path reads it.
+A plain trade frame is written by native code (k2._native.TradeFrameEncoder), and so is a plain bookTicker frame
+(QuoteFrameEncoder; both sides of the book present), into the same bytes as the plain path below (tests check
+it); any other frame they hand back, and the plain path reads it.
 """
 
 import hashlib
@@ -26,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from k2._native import TradeFrameEncoder
+from k2._native import QuoteFrameEncoder, TradeFrameEncoder
 from k2.core import avro
 from k2.core.avro import timestamp_from_micros
 from k2.core.avro_writer import LongWriter, decimal_writer, plain_decimal_writer, text_written
@@ -37,6 +38,8 @@ from k2.core.records import (
     Record,
     RecordKind,
     check_decimal,
+    check_name,
+    check_text,
     parse_decimal,
     validate_quote,
 )
@@ -104,6 +107,9 @@ _TRADE_HEADER_AND_ID_SIZE = avro.CURRENT_HEADERS[TRADE_KIND] + b"H"  # message i
 _TAKER_SOLD, _TAKER_BOUGHT = (
     b"\x00\x02\x04" + text_written("is_buyer_maker") + text_written(maker) + text_written("event_time")
     for maker in ("true", "false"))
+_QUOTE_HEADER_AND_ID_SIZE = avro.CURRENT_HEADERS[QUOTE_KIND] + b"H"
+# platform_sequence (null), then vendor_data: the quote's time is the receive time.
+_QUOTE_TAIL = b"\x00\x02\x02" + text_written("timestamp_source") + text_written("receive_time") + b"\x00"
 _plain_decimal = plain_decimal_writer(DECIMAL_PRECISION, DECIMAL_SCALE)
 _write_decimal = decimal_writer(DECIMAL_PRECISION, DECIMAL_SCALE)
 
@@ -116,16 +122,29 @@ def _decimal_written(value: Decimal) -> bytes:
 
 class _SymbolWritten:
     """What every trade of a symbol shares, as written: its key, symbol + exchange + asset class, and currency +
-    side + (empty) trade_conditions for either side."""
+    side + (empty) trade_conditions for either side; and the quotes' symbol + exchange + asset class."""
 
-    __slots__ = ("buy", "head", "key", "sell")
+    __slots__ = ("buy", "head", "key", "quote_head", "sell")
 
     def __init__(self, state: SymbolState):
         self.key = state.symbol.encode()
         self.head = (text_written(state.symbol) + text_written(EXCHANGE)
                      + avro.enum_written(TRADE_KIND, "asset_class", ASSET_CLASS))
+        self.quote_head = (text_written(state.symbol) + text_written(EXCHANGE)
+                           + avro.enum_written(QUOTE_KIND, "asset_class", ASSET_CLASS))
         self.buy, self.sell = (text_written(state.currency) + avro.enum_written(TRADE_KIND, "side", side) + b"\x00"
                                for side in ("BUY", "SELL"))
+
+
+def _quotes_written_natively(state: SymbolState) -> bool:
+    """Whether every plain quote of the symbol is valid as written (validate_quote's checks that the native encoder
+    does not make); a symbol that is not has its quotes read, and refused, by the Python path."""
+    try:
+        check_name("symbol", state.symbol)
+        check_text("currency", state.currency)
+    except FieldError:
+        return False
+    return True
 
 
 def _micros(value: datetime) -> int:
@@ -180,15 +199,25 @@ class FrameParser:
             [(state.trade_stream, w.key, w.head, w.buy, w.sell) for state in trade_states for w in [written[state.symbol]]],
             _TRADE_HEADER_AND_ID_SIZE, MESSAGE_ID_NAMESPACE.bytes, TRADE_ID_PREFIX.encode(), _TAKER_SOLD,
             _TAKER_BOUGHT, self._scale, _TRADE_TIMES, (DECIMAL_PRECISION, DECIMAL_SCALE)).encode
-        # Swapped together (no await in between): the encoder's positions index _trade_states.
-        self._routes, self._written, self._trade_states = routes, written, trade_states
-        self._encode_plain_trade = encode_plain_trade
+        quote_states = [state for state in states if "bookTicker" in stream_types and _quotes_written_natively(state)]
+        encode_plain_quote = QuoteFrameEncoder(
+            [(state.quote_stream, w.key, f"{EXCHANGE}-{state.symbol}-".encode(), w.quote_head, state.currency.encode())
+             for state in quote_states for w in [written[state.symbol]]],
+            _QUOTE_HEADER_AND_ID_SIZE, MESSAGE_ID_NAMESPACE.bytes, _QUOTE_TAIL, (DECIMAL_PRECISION, DECIMAL_SCALE)).encode
+        # Swapped together (no await in between): the encoders' positions index _trade_states and _quote_states.
+        self._routes, self._written = routes, written
+        self._trade_states, self._quote_states = trade_states, quote_states
+        self._encode_plain_trade, self._encode_plain_quote = encode_plain_trade, encode_plain_quote
 
     def parse(self, raw: bytes) -> dict[str, Any] | None:
         received = time_ns() // 1000
         plain_trade = self._encode_plain_trade(raw, received)
         if plain_trade is not None:
             self._plain_trade(plain_trade, received)
+            return None
+        plain_quote = self._encode_plain_quote(raw, received)
+        if plain_quote is not None:
+            self._plain_quote(plain_quote, received)
             return None
         try:
             message = orjson.loads(raw)
@@ -266,6 +295,18 @@ class FrameParser:
         state.last_event_us = event_us
         self.out.trades.append((key, value, received))
         state.trades += 1
+
+    def _plain_quote(self, encoded: tuple[int, int, bytes, bytes], received: int) -> None:
+        """A quote written natively: sequenced as _quote sequences it."""
+        position, update_id, key, value = encoded
+        state = self._quote_states[position]
+        state.messages += 1
+        if update_id <= state.last_update_id:
+            state.duplicate_quotes += 1
+            return
+        state.last_update_id = update_id
+        self.out.quotes.append((key, value, received))
+        state.quotes += 1
 
     def _trade(self, data: dict[str, Any], state: SymbolState) -> None:
         trade_id = _integer("t", data["t"])
