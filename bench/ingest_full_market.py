@@ -2,7 +2,9 @@
 --market-symbols symbols, Zipf activity, bookTicker several times the trade rate, bursts, Binance's limits) →
 BinanceFeed with K2_INGEST_BINANCE_SYMBOLS=ALL (this process: exchangeInfo, sharded connections) → KafkaSink →
 Kafka. A consumer process reads the trades topic all along and measures freshness (its receipt minus the trade
-time the exchange stamped) and its lag behind the high watermarks, once a second.
+time the exchange stamped) and its lag behind the high watermarks, once a second. With --writer, the writer
+(`python -m k2.services.writer`, its own process) commits both topics to Iceberg tables in a temporary folder
+all along, and its GetStatus is sampled once a second: Kafka lag (all partitions) and the trades table's freshness.
 
 Reports achieved trade and bookTicker rates (acknowledged by Kafka) against the exchange's generated rates, gaps,
 freshness and lag p50/p99/max, the feed process's CPU (cores, all its threads), the machine's load average.
@@ -15,16 +17,24 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import multiprocessing
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import grpc
 from _kafka import kafka_bootstrap
 from confluent_kafka import Consumer, TopicPartition
+from scale_dataset import settings_for, writer_process
 
 from k2.core import avro
 from k2.core.config import KafkaSettings
@@ -32,6 +42,7 @@ from k2.core.kafka import TRADES, provision_topics, topic_name
 from k2.services.ingest.binance import BinanceFeed, BinanceSettings
 from k2.services.ingest.sink import KafkaSink
 from k2.services.replay_exchange import ReplayExchangeProcess
+from k2.writer.v1 import writer_pb2, writer_pb2_grpc
 
 DECODE_EVERY = 16  # freshness from every 16th trade (decoding all would cost the measuring process a core)
 SAMPLE_SECONDS = 1.0
@@ -87,8 +98,33 @@ def exchange_rates(before: dict[str, Any], after: dict[str, Any], elapsed: float
     return {kind: (generated(after, kind) - generated(before, kind)) / elapsed for kind in ("trade", "bookTicker")}
 
 
-async def run_feed(exchange: ReplayExchangeProcess, kafka: KafkaSettings, warmup: float,
-                   duration: float) -> dict[str, Any]:
+WriterSample = tuple[int, float]  # Kafka lag (messages), trades table freshness (s)
+
+
+@contextmanager
+def writer_sampler(bootstrap: str, kafka: KafkaSettings, enabled: bool) -> Iterator[Callable[[], WriterSample] | None]:
+    """With the writer running: a function sampling its GetStatus; None without it."""
+    if not enabled:
+        yield None
+        return
+    folder = tempfile.mkdtemp(prefix="k2-bench-market-")
+    try:
+        with writer_process(bootstrap, kafka.topic_prefix, settings_for(Path(folder))) as port, \
+                grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = writer_pb2_grpc.WriterServiceStub(channel)
+
+            def sample() -> WriterSample:
+                status = stub.GetStatus(writer_pb2.GetStatusRequest(), timeout=10)
+                freshness = max((t.freshness_seconds for t in status.tables if t.table.endswith("trades")),
+                                default=float("nan"))
+                return sum(p.lag for p in status.partitions), freshness
+            yield sample
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def run_feed(exchange: ReplayExchangeProcess, kafka: KafkaSettings, warmup: float, duration: float,
+                   sample_writer: Callable[[], WriterSample] | None) -> dict[str, Any]:
     http = exchange.url.replace("ws://", "http://")
     sink = KafkaSink(kafka)
     settings = BinanceSettings(endpoints=[exchange.url], symbols="ALL", rest_endpoint=http,  # type: ignore[arg-type]
@@ -102,6 +138,7 @@ async def run_feed(exchange: ReplayExchangeProcess, kafka: KafkaSettings, warmup
     cpu_before, started = time.process_time(), time.monotonic()
     cpu_samples: list[float] = []
     queue_depths: list[int] = []
+    writer_samples: list[WriterSample] = []
     last_cpu, last_time = cpu_before, started
     while time.monotonic() - started < duration:
         await asyncio.sleep(SAMPLE_SECONDS)
@@ -109,6 +146,11 @@ async def run_feed(exchange: ReplayExchangeProcess, kafka: KafkaSettings, warmup
         cpu_samples.append((cpu - last_cpu) / (now - last_time))
         last_cpu, last_time = cpu, now
         queue_depths.append(feed.publisher.unpublished())
+        if sample_writer is not None:
+            try:
+                writer_samples.append(await asyncio.to_thread(sample_writer))
+            except grpc.RpcError as error:  # starting, or too busy to answer within the timeout
+                log(f"writer GetStatus failed: {error.code()}")
     elapsed = time.monotonic() - started
     cpu = time.process_time() - cpu_before
     stats_after = await asyncio.to_thread(exchange.stats)
@@ -118,6 +160,14 @@ async def run_feed(exchange: ReplayExchangeProcess, kafka: KafkaSettings, warmup
     await task
     await sink.close()
     connections = stats_after["connections"]["list"]
+    writer: dict[str, Any] = {}
+    if sample_writer is not None:
+        lags = [float(lag) for lag, _ in writer_samples]
+        freshness = [fresh for _, fresh in writer_samples if not math.isnan(fresh)]  # NaN: no table yet
+        writer = {"writer_kafka_lag_messages": {"p50": percentile(lags, 0.5), "p99": percentile(lags, 0.99),
+                                                "samples": len(lags)},
+                  "writer_trades_freshness_seconds": {"p50": round(percentile(freshness, 0.5), 2),
+                                                      "p99": round(percentile(freshness, 0.99), 2)}}
     return {
         "measured_seconds": round(elapsed, 1),
         "symbols": len(status.symbols),
@@ -137,6 +187,7 @@ async def run_feed(exchange: ReplayExchangeProcess, kafka: KafkaSettings, warmup
         "feed_cpu_cores": round(cpu / elapsed, 3),
         "feed_cpu_cores_p99_per_second": round(percentile(cpu_samples, 0.99), 3),
         "feed_queue_depth_max": max(queue_depths, default=0),
+        **writer,
     }
 
 
@@ -147,6 +198,7 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=2_000)
     parser.add_argument("--trades-per-second", type=int, default=10_000)
     parser.add_argument("--quotes-per-trade", type=float, default=5.0)
+    parser.add_argument("--writer", action="store_true", help="also run the writer into Iceberg and sample it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     load_before = os.getloadavg()
@@ -163,13 +215,14 @@ def main() -> None:
                                       now + args.warmup + args.duration + 5, results))
             consumer.start()
             log(f"feeding {args.symbols} symbols for {args.warmup:.0f} s warm-up + {args.duration:.0f} s")
-            figures = asyncio.run(run_feed(exchange, kafka, args.warmup, args.duration))
+            with writer_sampler(bootstrap, kafka, args.writer) as sample_writer:
+                figures = asyncio.run(run_feed(exchange, kafka, args.warmup, args.duration, sample_writer))
             measured = results.get(timeout=args.duration + 120)
             consumer.join(30)
     freshness, lags = measured["freshness"], measured["lags"]
     print(json.dumps({
         "benchmark": "full Binance market: replay exchange (generated market, separate process) -> BinanceFeed "
-                     "(symbols=ALL) -> Kafka (acks=all)",
+                     "(symbols=ALL) -> Kafka (acks=all)" + (" -> writer -> Iceberg" if args.writer else ""),
         "target": {"symbols": args.symbols, "trades_per_second": args.trades_per_second,
                    "book_tickers_per_second": round(args.trades_per_second * args.quotes_per_trade)},
         **figures,
