@@ -4,8 +4,10 @@ streams sharded within 1,024 per connection and subscribed within the control-me
 delistings followed while running, one connection's failure leaving the others flowing."""
 
 import asyncio
+import re
 from typing import Any
 
+from prometheus_client import REGISTRY, generate_latest
 from test_ingest_binance import CONNECTED, assert_accounted, exchange_running, feed_running, until
 
 from k2.core.config import KafkaSettings
@@ -27,7 +29,7 @@ async def test_the_full_market_is_sharded_within_binance_limits_and_subscribed_w
     async with exchange_running(market_symbols=2_500, **MARKET) as exchange:
         info = exchange.exchange_info("TRADING")
         assert len(info["symbols"]) == 2_500
-        async with feed_running(kafka_settings, [exchange.url], **all_symbols(exchange)) as run:
+        async with feed_running(kafka_settings, [exchange.url], **all_symbols(exchange, metrics_symbols=100)) as run:
             await until(lambda: len(run.status().connection_statuses) == 5
                         and run.status().state == CONNECTED
                         and sum(c.streams for c in run.status().connection_statuses) == 5_000,
@@ -36,7 +38,16 @@ async def test_the_full_market_is_sharded_within_binance_limits_and_subscribed_w
                         what="trades of 200 symbols")
             live = run.status()
             stats = exchange.stats()
+            metrics = generate_latest(REGISTRY).decode()
             status = await run.stop()
+    # Metrics labels stay bounded: 100 symbols by name, the rest as _other; one connection label per connection.
+    market = {s["symbol"] for s in info["symbols"]}
+    labelled = set(re.findall(r'^k2_binance_trades_total\{service="ingest",symbol="([^"]+)"\}', metrics,
+                              re.MULTILINE))
+    assert len(labelled & market) <= 100 and "_other" in labelled
+    connection_labels = set(re.findall(r'^k2_binance_connection_streams\{[^}]*connection="(\d+)"', metrics,
+                                       re.MULTILINE))
+    assert connection_labels == {"0", "1", "2", "3", "4"}
     assert live.connections == 5
     assert sorted(c.number for c in live.connection_statuses) == [0, 1, 2, 3, 4]
     assert all(c.streams <= 1_024 for c in live.connection_statuses)
