@@ -4,7 +4,7 @@
 from collections.abc import Container, Sequence
 from typing import Any, Protocol, TypeAlias, TypeVar, final, type_check_only
 
-__all__ = ["LiveBatch", "LiveTranscoder", "TradeEncoder", "TradeFrameEncoder", "read_messages"]
+__all__ = ["LiveBatch", "LiveTranscoder", "QuoteFrameEncoder", "TradeEncoder", "TradeFrameEncoder", "read_messages"]
 
 # A field's bounds beyond its texts' lengths, as k2.core.records.NATIVE_LIMITS: (name characters, longest name,
 # most trade conditions, longest condition, most vendor_data entries, longest key, longest value).
@@ -65,6 +65,22 @@ class TradeFrameEncoder:
     def encode(self, raw: bytes, received: int) -> tuple[int, int, int, bytes, bytes] | None:
         """(route position, trade id, trade time in µs, key, Avro message) of a plain trade frame; None for any
         other frame."""
+
+@final
+class QuoteFrameEncoder:
+    """Writes plain Binance bookTicker frames as Avro v2 quote messages (k2.services.ingest.binance.parsing)."""
+
+    def __new__(
+        cls,
+        routes: Sequence[tuple[str, bytes, bytes, bytes, bytes]],
+        header: bytes,
+        namespace: bytes,
+        tail: bytes,
+        decimals: tuple[int, int],
+    ) -> QuoteFrameEncoder: ...
+    def encode(self, raw: bytes, received: int) -> tuple[int, int, bytes, bytes] | None:
+        """(route position, book update id, key, Avro message) of a plain bookTicker frame with both sides of the
+        book; None for any other frame."""
 
 @final
 class LiveTranscoder:

@@ -467,7 +467,7 @@ impl QuoteFrameEncoder {
 
     /// A plain bookTicker frame as (route position, book update id, key, Avro message), with `received`
     /// (microseconds since 1970) as its timestamp and ingestion time; None for any other frame (an empty side of
-    /// the book included: the Python parser writes it).
+    /// the book included: the plain path writes it).
     fn encode<'py>(&self, py: Python<'py>, raw: &[u8], received: i64) -> Option<EncodedQuote<'py>> {
         let (stream, event) = combined(raw, BookTickerEvent::read)?;
         let position = *self.routes.get(stream)?;

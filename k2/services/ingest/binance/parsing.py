@@ -138,7 +138,7 @@ class _SymbolWritten:
 
 def _quotes_written_natively(state: SymbolState) -> bool:
     """Whether every plain quote of the symbol is valid as written (validate_quote's checks that the native encoder
-    does not make); a symbol that is not has its quotes read, and refused, by the Python path."""
+    does not make); a symbol that is not has its quotes read, and refused, by the plain path."""
     try:
         check_name("symbol", state.symbol)
         check_text("currency", state.currency)
