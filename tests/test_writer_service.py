@@ -328,3 +328,55 @@ async def test_compacting_days_no_date_holds_is_invalid_argument(
             pass
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # was UNKNOWN (OverflowError)
     assert (refused.value.details() or "").startswith(f"{field}: outside years 1-9999")
+
+
+def read_dead_letters(kafka: KafkaSettings, count: int, timeout: float = 30.0) -> list[Message]:
+    consumer = Consumer(consumer_config(kafka, f"dlq-{uuid.uuid4().hex[:6]}"))
+    consumer.subscribe([topic_name(kafka, DEAD_LETTER)])
+    letters: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while len(letters) < count and time.monotonic() < deadline:
+        letters += [m for m in consumer.consume(10, timeout=0.5) if m.error() is None]
+    consumer.close()
+    return letters
+
+
+async def test_tombstones_and_garbage_are_dead_lettered_and_never_stop_the_writer(
+        start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings,
+        iceberg_settings: IcebergSettings) -> None:
+    """A null value (a tombstone), a truncated message, an unknown fingerprint and random bytes between good
+    messages: the good ones land once, the bad ones are dead-lettered with why and where they were, and later
+    messages keep landing."""
+    topic = topic_name(kafka_settings, TRADES)
+    day = datetime(2026, 1, 2, tzinfo=UTC)
+    good = [sample_trade(message_id=str(uuid.uuid4()), trade_id=f"T-{i}", timestamp=day + timedelta(seconds=i))
+            for i in range(30)]
+    encoded = [avro.encode("trade", record) for record in good]
+    bad: list[bytes | None] = [None, encoded[0][:len(encoded[0]) // 2], avro.MAGIC + b"\x01" * 8 + encoded[0][10:],
+                               os.urandom(40)]
+    _, stub, _ = await start_writer(consume_batch=50)
+    producer = Producer(producer_config(kafka_settings))
+    for value in [*encoded[:5], bad[0], *encoded[5:10], *bad[1:], *encoded[10:20]]:
+        producer.produce(topic, value, partition=1)
+    assert producer.flush(30) == 0
+    await wait_caught_up(stub, topic)
+
+    produce(kafka_settings, topic, encoded[20:], partition=1)  # after the bad ones, commits go on
+    status = await wait_caught_up(stub, topic)
+    assert status.dead_lettered == 4
+    partition = next(p for p in status.partitions if p.topic == topic and p.partition == 1)
+    assert partition.committed_offset == partition.high_watermark == 34
+    table = next(t for t in status.tables if t.table == "market_data.trades")
+    assert table.newest_event_time.seconds == int(good[-1]["timestamp"].timestamp())
+
+    rows = trades_table(iceberg_settings).scan().to_arrow().to_pylist()
+    assert sorted(r["trade_id"] for r in rows) == sorted(r["trade_id"] for r in good)
+
+    letters = read_dead_letters(kafka_settings, 4)
+    assert [m.value() for m in letters] == bad
+    headers = [dict(m.headers() or []) for m in letters]
+    assert [(h[DLQ_SOURCE_TOPIC], h[DLQ_SOURCE_PARTITION], h[DLQ_SOURCE_OFFSET]) for h in headers] == [
+        (topic.encode(), b"1", str(offset).encode()) for offset in (5, 11, 12, 13)]
+    reasons = [h[DLQ_REASON].decode() for h in headers]  # type: ignore[union-attr]
+    assert "tombstone" in reasons[0]
+    assert all(reasons), reasons

@@ -3,10 +3,10 @@ so the tables follow the contract: a field added to the Avro schema becomes a co
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 import pyarrow as pa
@@ -25,7 +25,7 @@ from pyiceberg.types import (
 
 from k2.core.arrow_records import arrow_schema, avro_field_type, records_to_arrow
 from k2.core.avro import CURRENT, DecodeError
-from k2.core.framing import SINGLE_OBJECT, Framing
+from k2.core.framing import SINGLE_OBJECT, Framing, SchemaRegistryUnavailable
 from k2.core.records import (
     DECIMAL_PRECISION,
     DECIMAL_SCALE,
@@ -396,6 +396,10 @@ class BatchDecoder:
             kind, record = self._framing.decode(value)
         except DecodeError as error:
             return Rejection(index, UNDECODABLE, str(error))
+        except SchemaRegistryUnavailable:
+            raise  # a fault of the setup, not of the message: the batch is read again once the registry answers
+        except Exception as error:  # noqa: BLE001 - whatever one message does to the decoder, it alone is rejected
+            return Rejection(index, UNDECODABLE, f"cannot be decoded: {type(error).__name__}: {error}")
         if kind != self.kind:
             return Rejection(index, WRONG_KIND, f"a {kind} message where {self.kind}s are expected")
         try:
@@ -403,7 +407,43 @@ class BatchDecoder:
         except FieldError as error:
             return Rejection(index, INVALID, error.reason, error.field)
 
-    def decode(self, values: Sequence[bytes]) -> DecodedBatch:
+    def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
+        """Never fails because of a message: one that cannot become a row (a null value, garbage, a record
+        the batch path trips on) is rejected with why, and the others are decoded."""
+        tombstones = [index for index, value in enumerate(values) if not isinstance(value, bytes)]
+        if tombstones:
+            present = [index for index, value in enumerate(values) if isinstance(value, bytes)]
+            decoded = self.decode([cast(bytes, values[index]) for index in present])
+            rejected = [Rejection(index, UNDECODABLE, "a null value (a tombstone), not a record")
+                        for index in tombstones]
+            rejected += [replace(r, index=present[r.index]) for r in decoded.rejected]
+            rows = pc.take(pa.array(present, pa.int64()), decoded.rows)
+            return DecodedBatch(decoded.table, rows, sorted(rejected, key=lambda r: r.index))
+        try:
+            return self._decode_batch(cast(Sequence[bytes], values))
+        except SchemaRegistryUnavailable:
+            raise
+        except Exception:  # noqa: BLE001 - a message the batch path trips on: each message alone, to find it
+            return self._decode_one_by_one(cast(Sequence[bytes], values))
+
+    def _decode_one_by_one(self, values: Sequence[bytes]) -> DecodedBatch:
+        tables, rows, rejected = [], [], []
+        for index, value in enumerate(values):
+            try:
+                alone = self._decode_batch([value])
+            except SchemaRegistryUnavailable:
+                raise
+            except Exception as error:  # noqa: BLE001 - rejected with why, the others go on
+                rejected.append(Rejection(index, UNDECODABLE, f"cannot be decoded: {type(error).__name__}: {error}"))
+                continue
+            rejected += [replace(r, index=index) for r in alone.rejected]
+            if alone.table.num_rows:
+                tables.append(alone.table)
+                rows.append(index)
+        table = pa.concat_tables(tables) if tables else self._fast.schema.empty_table()
+        return DecodedBatch(table, pa.array(rows, pa.int64()), rejected)
+
+    def _decode_batch(self, values: Sequence[bytes]) -> DecodedBatch:
         match = self._fast.pattern.fullmatch
         matched: list[tuple[bytes, ...]] = []
         matched_rows: list[int] = []

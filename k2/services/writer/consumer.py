@@ -85,7 +85,7 @@ class DeadLetters:
         else:
             self._failures.append(error.str())
 
-    def send(self, value: bytes, rejection: Rejection, topic: str, partition: int, offset: int) -> None:
+    def send(self, value: bytes | None, rejection: Rejection, topic: str, partition: int, offset: int) -> None:
         headers: list[tuple[str, str | bytes | None]] = [*dead_letter_headers(
             rejection.reason, DEAD_LETTER_SOURCE, rejection.field, topic=topic, partition=partition,
             offset=offset)]
@@ -203,7 +203,7 @@ class _Decoding:
     """A batch of one topic's messages being decoded, with the partition spans it was read in."""
 
     buffer: TableBuffer
-    values: list[bytes]
+    values: list[bytes | None]  # None: a tombstone
     partitions: list[int]
     offsets: list[int]
     spans: dict[int, PartitionProgress]  # by partition: still the buffer's span when applied, or stale

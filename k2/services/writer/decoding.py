@@ -35,7 +35,7 @@ def _ready() -> None:
     """Run once per worker at start-up, so the first batch does not wait for the workers to import."""
 
 
-def _decode(kind: RecordKind, values: list[bytes]) -> DecodedBatch:
+def _decode(kind: RecordKind, values: list[bytes | None]) -> DecodedBatch:
     return _decoders[kind].decode(values)
 
 
@@ -57,7 +57,7 @@ class Decoders:
             for future in [self._pool.submit(_ready) for _ in range(self.processes)]:
                 future.result()
 
-    def submit(self, kind: RecordKind, values: list[bytes]) -> Future[DecodedBatch]:
+    def submit(self, kind: RecordKind, values: list[bytes | None]) -> Future[DecodedBatch]:
         if self._pool is not None:
             return self._pool.submit(_decode, kind, values)
         future: Future[DecodedBatch] = Future()
