@@ -32,7 +32,8 @@ from strategies import positive_decimals
 from test_ingest_support import headers_of, read_topic
 
 from k2.core import avro
-from k2.core.config import KafkaSettings
+from k2.core.config import AuthSettings, IcebergSettings, KafkaSettings
+from k2.core.iceberg import load_catalog, table_identifier
 from k2.core.kafka import DEAD_LETTER, QUOTES, TRADES, Topic, topic_name
 from k2.core.producer import DeliveryReport
 from k2.core.protos import decimal_text
@@ -45,6 +46,8 @@ from k2.services.ingest.binance.resilience import Backoff
 from k2.services.ingest.binance.sequencing import GapLog, SymbolState
 from k2.services.ingest.sink import KafkaSink
 from k2.services.replay_exchange import ReplayExchange
+from k2.services.writer.config import WriterSettings
+from k2.services.writer.server import WriterApp
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 CONNECTED = ConnectionState.CONNECTION_STATE_CONNECTED
@@ -187,7 +190,7 @@ async def test_trades_and_quotes_reach_kafka_normalised_and_pings_are_answered(
     trade = trades[0]
     assert trade["exchange"] == "BINANCE" and trade["asset_class"] == "CRYPTO" and trade["currency"] == "USDT"
     for trade in trades:
-        assert trade["trade_id"] == f"BINANCE-{trade['source_sequence']}"
+        assert trade["trade_id"] == f"BINANCE-{trade['symbol']}-{trade['source_sequence']}"
         assert trade["message_id"] == str(uuid.uuid5(MESSAGE_ID_NAMESPACE, trade["trade_id"]))
         maker = trade["vendor_data"]["is_buyer_maker"]
         assert trade["side"] == {"true": "SELL", "false": "BUY"}[maker]
@@ -406,7 +409,7 @@ async def test_a_gap_is_filled_by_trade_id_from_the_rest_api(kafka_settings: Kaf
     filled = [t for t in btc if t["vendor_data"].get("source") == "rest_backfill"]
     assert sorted(t["source_sequence"] for t in filled) == list(range(next_id - 7, next_id))
     for trade in filled:  # the identity the stream would have given it, so copies are recognisable downstream
-        assert trade["trade_id"] == f"BINANCE-{trade['source_sequence']}"
+        assert trade["trade_id"] == f"BINANCE-{trade['symbol']}-{trade['source_sequence']}"
         assert trade["message_id"] == str(uuid.uuid5(MESSAGE_ID_NAMESPACE, trade["trade_id"]))
         assert trade["price"] > 0 and trade["quantity"] > 0 and trade["side"] in ("BUY", "SELL")
     metrics = generate_latest(REGISTRY).decode()
@@ -467,6 +470,37 @@ async def test_malformed_frames_go_to_the_dead_letter_topic_with_payload_and_rea
             dead_lettered[data["s"]].add(data["t"])
     gaps = assert_accounted(await run.trades(), status, dead_lettered)
     assert {symbol: len(ids) for symbol, ids in gaps.items() if ids} == {"BTCUSDT": 1}
+
+
+async def test_two_symbols_trades_of_one_id_both_land_in_iceberg(kafka_settings: KafkaSettings,
+                                                                   iceberg_settings: IcebergSettings) -> None:
+    """Binance numbers trades per symbol: BTCUSDT and ETHUSDT trades carrying the same ids are all kept by the
+    writer, whose dedupe goes by message_id."""
+    async with exchange_running(rate=400) as exchange:
+        for symbol in SYMBOLS:
+            exchange.renumber_trades(symbol, 1_000)
+        async with feed_running(kafka_settings, [exchange.url]) as run:
+            await until(lambda: all(s.last_trade_id >= 1_050 for s in run.feed.states), what="50 trades each")
+            status = await run.stop()
+    trades = await run.trades()
+    assert_accounted(trades, status)
+    ids = {symbol: {t["source_sequence"] for t in trades if t["symbol"] == symbol} for symbol in SYMBOLS}
+    shared = ids["BTCUSDT"] & ids["ETHUSDT"]
+    assert len(shared) >= 50
+    app = await WriterApp.open(WriterSettings(port=0, metrics_port=0, group_id=f"w-{uuid.uuid4().hex[:8]}"),
+                               kafka_settings, iceberg_settings, AuthSettings())
+    await app.start()
+    try:
+        await asyncio.to_thread(lambda: app.loop.flush().result(60))
+        table = load_catalog(iceberg_settings).load_table(table_identifier(iceberg_settings, "trade"))
+        await until(lambda: table.refresh().scan().count() >= len(trades), timeout=60, what="every trade in Iceberg")
+    finally:
+        await app.stop()
+    rows = table.refresh().scan(selected_fields=("symbol", "source_sequence", "trade_id")).to_arrow().to_pylist()
+    assert sorted((r["symbol"], r["source_sequence"]) for r in rows) == sorted(
+        (t["symbol"], t["source_sequence"]) for t in trades)
+    assert {r["trade_id"] for r in rows if r["source_sequence"] == min(shared)} == {
+        f"BINANCE-{symbol}-{min(shared)}" for symbol in SYMBOLS}
 
 
 async def test_many_symbols_use_several_connections_and_rate_limited_subscribes(
@@ -813,5 +847,21 @@ def test_plain_trade_frames_are_written_natively() -> None:
     frame = _frame("btcusdt@trade", _trade(5))
     position, trade_id, event_us, key, value = encode(frame, 1_764_000_000_000_000)
     assert (position, trade_id, event_us, key) == (0, 5, 1764072000123000, b"BTCUSDT")
-    assert avro.decode(value)[1]["message_id"] == str(uuid.uuid5(MESSAGE_ID_NAMESPACE, "BINANCE-5"))
+    record = avro.decode(value)[1]
+    assert record["trade_id"] == "BINANCE-BTCUSDT-5"
+    assert record["message_id"] == str(uuid.uuid5(MESSAGE_ID_NAMESPACE, "BINANCE-BTCUSDT-5"))
     assert encode(frame.replace(b'"trade"', b'"tr\\u0061de"'), 0) is None
+
+
+def test_two_symbols_trades_of_one_id_have_their_own_trade_and_message_ids() -> None:
+    """Binance numbers trades per symbol: the same id on two symbols is two trades, natively and in Python."""
+    trade = {"e": "trade", "E": 1764072000123, "t": 77, "p": "1.5", "q": "2", "T": 1764072000123, "m": False,
+             "M": True}
+    frames = [frame_pair(f"{symbol.lower()}@trade", trade | {"s": symbol}) for symbol, _ in FRAME_SYMBOLS]
+    native = parser_outcome([plain for plain, _ in frames], microseconds=False)
+    assert native == parser_outcome([escaped for _, escaped in frames], microseconds=False)
+    records = [avro.decode(value)[1] for _, value, _ in native["trades"]]
+    assert [r["trade_id"] for r in records] == ["BINANCE-BTCUSDT-77", "BINANCE-ÉTHBTC-77"]
+    assert [r["message_id"] for r in records] == [str(uuid.uuid5(MESSAGE_ID_NAMESPACE, r["trade_id"]))
+                                                  for r in records]
+    assert records[0]["message_id"] != records[1]["message_id"]

@@ -356,8 +356,10 @@ impl TradeFrameEncoder {
         {
             return None;
         }
+        // Binance trade ids are per symbol: the symbol is part of the trade id (and so of the message id).
         let mut trade_id_text = self.trade_id_prefix.clone();
-        write!(trade_id_text, "{trade_id}").ok()?;
+        trade_id_text.extend_from_slice(&route.symbol);
+        write!(trade_id_text, "-{trade_id}").ok()?;
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(&self.header);
         write_uuid5(&mut out, &self.namespace, &trade_id_text);

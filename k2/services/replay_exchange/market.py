@@ -382,6 +382,10 @@ class MarketSimulator:
         book.next_trade_id += 1
         return trade_id, book.price(book.last_price), book.last_qty
 
+    def renumber_trades(self, symbol: str, next_id: int) -> None:
+        """The symbol's trades continue from `next_id` (an exchange reset, or a jump of its ids)."""
+        self._book(symbol).next_trade_id = next_id
+
     def _book(self, symbol: str) -> _Book:
         try:
             return self._by_symbol[symbol.upper()]

@@ -120,6 +120,9 @@ class RecordedStream:
         self._last_trade[symbol] = (last_id + 1, price, qty)
         return last_id + 1, price, qty
 
+    def renumber_trades(self, symbol: str, next_id: int) -> None:
+        raise ValueError("a recording's trade ids are replayed as recorded; renumbering needs the simulator")
+
     def _known(self, symbol: str) -> str:
         symbol = symbol.upper()
         if symbol not in self.symbols:

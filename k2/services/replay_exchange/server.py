@@ -282,6 +282,7 @@ class ReplayExchange:
         self._trade_history: dict[str, collections.deque[tuple]] = collections.defaultdict(
             lambda: collections.deque(maxlen=self.config.rest_history_trades))
         self.failure: BaseException | None = None
+        self._bad_pages: collections.deque[Any] = collections.deque()  # answers historicalTrades gives first
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -764,6 +765,26 @@ class ReplayExchange:
         self._faults["skip_ids"] += 1
         return trade_id + 1
 
+    def renumber_trades(self, symbol: str, next_id: int) -> int:
+        """The symbol's next trades carry ids from `next_id` on, as after an exchange reset or a jump of its ids
+        (REST history restarts with them); returns `next_id`."""
+        if next_id < 0:
+            raise ValueError("next_id must not be negative")
+        symbol = symbol.upper()
+        self._source.renumber_trades(symbol, next_id)
+        self._trade_history[symbol].clear()  # historicalTrades finds trades by id: ids there stay consecutive
+        self._faults["renumber"] += 1
+        return next_id
+
+    def serve_bad_pages(self, count: int, page: Any = None) -> int:
+        """The next `count` historicalTrades answers are `page` (default: items that are not trades) instead
+        of the trades asked for; returns how many bad pages are now pending."""
+        if count <= 0:
+            raise ValueError("count must be positive")
+        self._bad_pages.extend([[{"id": "not-a-number"}, ["a", "list"], None] if page is None else page] * count)
+        self._faults["bad_pages"] += 1
+        return len(self._bad_pages)
+
     def historical_trades(self, symbol: str, from_id: int | None, limit: int, micros: bool) -> list[dict[str, Any]]:
         """Binance's GET /api/v3/historicalTrades: up to `limit` trades from `from_id` (default: the most recent),
         as Binance returns them (decimal strings; time in ms, or µs when asked with X-MBX-TIME-UNIT)."""
@@ -939,11 +960,20 @@ class ReplayExchange:
                                               int(params.pop("count", "1")))
                 self._reject_leftovers(params)
                 return {"fault": name, "next_trade_id": next_id}
+            if name == "renumber":
+                next_id = self.renumber_trades(params.pop("symbol", self._default_symbol()),
+                                               int(params.pop("next_id")))
+                self._reject_leftovers(params)
+                return {"fault": name, "next_trade_id": next_id}
+            if name == "bad_pages":
+                pending = self.serve_bad_pages(int(params.pop("count", "1")))
+                self._reject_leftovers(params)
+                return {"fault": name, "pending": pending}
             method, converters = _HTTP_FAULTS[name]
             arguments = {key: convert(params.pop(key)) for key, convert in converters.items() if key in params}
             self._reject_leftovers(params)
             ids = getattr(self, method)(**arguments, **target)
-        except (ValueError, TypeError) as exc:  # TypeError: a required parameter is missing
+        except (ValueError, TypeError, KeyError) as exc:  # TypeError, KeyError: a required parameter is missing
             raise _HttpError(http.HTTPStatus.BAD_REQUEST, str(exc)) from None
         return {"fault": name, "connections": ids}
 
@@ -964,6 +994,8 @@ class ReplayExchange:
                                        {"code": -1131, "msg": "Invalid limit: must be between 1 and 1000."})
         micros = request.headers.get("X-MBX-TIME-UNIT", "").upper() == "MICROSECOND"
         self._stats["rest_requests"] += 1
+        if self._bad_pages:
+            return self._json_response(connection, http.HTTPStatus.OK, self._bad_pages.popleft())
         return self._json_response(connection, http.HTTPStatus.OK,
                                    self.historical_trades(symbol, from_id, limit, micros))
 
@@ -981,7 +1013,8 @@ class ReplayExchange:
 
 
 # HTTP control path -> (ReplayExchange method, query parameter converters); every fault also takes
-# `which` (all|oldest|newest) and `connection` (an id from /stats). skip_ids takes symbol and count.
+# `which` (all|oldest|newest) and `connection` (an id from /stats). skip_ids takes symbol and count, renumber
+# symbol and next_id, bad_pages count.
 _HTTP_FAULTS: dict[str, tuple[str, dict[str, Any]]] = {
     "drop": ("drop_connections", {}),
     "close": ("close_connections", {"code": int, "reason": str}),
@@ -994,4 +1027,6 @@ _HTTP_FAULTS: dict[str, tuple[str, dict[str, Any]]] = {
     "skip_ids": ("skip_trade_ids", {}),
     "list": ("list_symbol", {}),
     "delist": ("delist_symbol", {}),
+    "renumber": ("renumber_trades", {}),
+    "bad_pages": ("serve_bad_pages", {}),
 }

@@ -3,7 +3,7 @@
 Binance does not replay a stream: trades sent while a connection was down are lost to it. Each detected gap is
 queued (a bounded queue: past it, a gap stays reported and unfilled) and fetched by trade id, a page of at most
 1,000 trades at a time, up to `backfill_max_trades_per_gap` per gap. A filled trade becomes the same v2 record the
-stream would have produced — same trade_id and message_id (uuid5 of the trade id), so a copy that also arrived on
+stream would have produced — same trade_id and message_id (uuid5 of the trade id, which names the symbol), so a copy that also arrived on
 a stream is recognisable downstream — with vendor_data source=rest_backfill, and goes through the feed's
 publisher like any other. Requests are retried a bounded number of times with jittered backoff; when the API
 cannot be reached (offline, or blocked) the gap stays reported, counted as not filled, and the feed carries on.
@@ -26,7 +26,7 @@ from k2.core import avro
 from k2.core.avro import timestamp_from_micros
 from k2.core.records import TRADE, FieldError, Record
 
-from .parsing import ASSET_CLASS, EXCHANGE, exact_decimal, message_id
+from .parsing import ASSET_CLASS, EXCHANGE, exact_decimal, message_id, trade_id_of
 from .publishing import PublishBuffer
 from .sequencing import Gap, SymbolState
 from .settings import BinanceSettings
@@ -149,7 +149,7 @@ class GapBackfill:
         maker = trade["isBuyerMaker"]
         if type(maker) is not bool:
             raise FieldError("side", f"isBuyerMaker: not a boolean: {maker!r:.40}")
-        trade_id_text = f"BINANCE-{trade_id}"
+        trade_id_text = trade_id_of(state.symbol, trade_id)
         received_us = time.time_ns() // 1000
         record: Record = {
             "message_id": message_id(trade_id_text),

@@ -1,8 +1,9 @@
 """Combined-stream frames → v2 trade and quote records (the per-message hot path of the feed).
 
-`<s>@trade` becomes a trade: side from `m` (buyer is maker → the taker sold: SELL), trade_id BINANCE-<t>,
-source_sequence t, the trade time T as timestamp, message_id a uuid5 of the trade id (so the copies a
-switch-over or reconnect may produce are recognisable downstream). `<s>@bookTicker` becomes a quote stamped
+`<s>@trade` becomes a trade: side from `m` (buyer is maker → the taker sold: SELL), trade_id
+BINANCE-<SYMBOL>-<t> (Binance numbers trades per symbol), source_sequence t, the trade time T as timestamp,
+message_id a uuid5 of the trade id, so of symbol and id (the copies a switch-over or reconnect may produce are
+recognisable downstream, and two symbols' trades of one id are not). `<s>@bookTicker` becomes a quote stamped
 with the receive time, since Binance sends it without an event time. Prices and quantities are the exact
 decimals of the strings; a value that does not fit decimal(38,18) is rejected, never rounded.
 
@@ -81,6 +82,11 @@ def message_id(name: str) -> str:
     digest.update(name.encode())
     h = digest.hexdigest()
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+def trade_id_of(symbol: str, trade_id: int) -> str:
+    """The v2 trade_id of a Binance trade: its id is unique only within its symbol."""
+    return f"{TRADE_ID_PREFIX}{symbol}-{trade_id}"
 
 
 def exact_decimal(field: str, value: Any) -> Decimal:
@@ -341,7 +347,7 @@ class FrameParser:
             raise FieldError("event_time", f"E: not an integer: {event_time!r:.40}")
         if len(data) != 9 or "M" not in data:  # the 8 other known keys were all read above
             self._count_unknown_fields(data, TRADE_KEYS)
-        trade_id_text = f"{TRADE_ID_PREFIX}{trade_id}"
+        trade_id_text = trade_id_of(state.symbol, trade_id)
         received = time_ns() // 1000
         written = self._written[state.symbol]
         # The trade's Avro v2 message, field by field (the schema's order).
