@@ -461,15 +461,16 @@ async def test_malformed_frames_go_to_the_dead_letter_topic_with_payload_and_rea
     assert "more than 20 integer digits" in rejected_prices["123456789012345678901.5"]
     assert "more than 18 decimal places" in rejected_prices["0.0000000000000000001"]
     assert dict(run.feed.parser.malformed) == {"invalid_json": 1, "missing_field": 1, "invalid_value": 3}
-    # A rejected trade whose id could be read is accounted for by the dead-letter topic; the id of the invalid
-    # JSON frame cannot be read: it is reported as a one-trade gap.
+    # A rejected frame never moves the sequence (its id could be anything): each rejected trade's id, and the
+    # unreadable one of the invalid JSON frame, is a one-trade gap, which the REST backfill fills where it can.
     dead_lettered: dict[str, set[int]] = defaultdict(set)
     for message in letters:
         if message is not invalid:
             data = json.loads(message.value())["data"]
             dead_lettered[data["s"]].add(data["t"])
-    gaps = assert_accounted(await run.trades(), status, dead_lettered)
-    assert {symbol: len(ids) for symbol, ids in gaps.items() if ids} == {"BTCUSDT": 1}
+    gaps = assert_accounted(await run.trades(), status)
+    assert {symbol: len(ids) for symbol, ids in gaps.items() if ids} == {"BTCUSDT": 2, "ETHUSDT": 3}
+    assert all(dead_lettered[symbol] <= gaps[symbol] for symbol in dead_lettered)
 
 
 async def test_two_symbols_trades_of_one_id_both_land_in_iceberg(kafka_settings: KafkaSettings,
@@ -501,6 +502,33 @@ async def test_two_symbols_trades_of_one_id_both_land_in_iceberg(kafka_settings:
         (t["symbol"], t["source_sequence"]) for t in trades)
     assert {r["trade_id"] for r in rows if r["source_sequence"] == min(shared)} == {
         f"BINANCE-{symbol}-{min(shared)}" for symbol in SYMBOLS}
+
+
+async def test_a_trade_id_jump_and_a_reset_back_re_baseline_the_sequence(kafka_settings: KafkaSettings) -> None:
+    """An exchange renumbering a symbol 5,000,000 ids ahead, then back: each is a reported sequence reset, not a
+    gap of millions nor a run of "duplicates"; every trade after either is published."""
+    async with exchange_running() as exchange, feed_running(kafka_settings, [exchange.url]) as run:
+        btc = next(s for s in run.feed.states if s.symbol == "BTCUSDT")
+        await connected(run)
+        jump = btc.last_trade_id + 5_000_000
+        exchange.renumber_trades("BTCUSDT", jump)
+        await until(lambda: btc.last_trade_id >= jump + 30, what="30 trades after the jump")
+        before = run.feed.gap_log.recent_resets[0].previous_trade_id  # the last id the exchange sent before
+        after_jump = btc.last_trade_id
+        exchange.renumber_trades("BTCUSDT", before + 1)
+        await until(lambda: before + 30 <= btc.last_trade_id < jump, what="30 trades after the reset back")
+        status = await run.stop()
+    btc_ids = sorted(t["source_sequence"] for t in await run.trades() if t["symbol"] == "BTCUSDT")
+    assert len(btc_ids) == len(set(btc_ids))
+    runs = _ranges(set(btc_ids))
+    assert len(runs) == 2 and runs[1][0] == jump, runs  # [first .. before, then before+1 ..] and [jump ..]
+    assert runs[0][1] >= before + 30 and runs[1][1] >= after_jump
+    assert status.sequence_resets == 2 and status.trades_missed == 0 and not status.recent_gaps
+    assert [(r.symbol, r.trade_id) for r in status.recent_resets] == [("BTCUSDT", jump), ("BTCUSDT", before + 1)]
+    assert status.recent_resets[0].previous_trade_id == before
+    assert status.recent_resets[1].previous_trade_id >= after_jump
+    metrics = generate_latest(REGISTRY).decode()
+    assert 'k2_binance_sequence_resets_total{service="ingest",symbol="BTCUSDT"}' in metrics
 
 
 async def test_many_symbols_use_several_connections_and_rate_limited_subscribes(
@@ -716,6 +744,27 @@ def test_parser_sequencing_drops_copies_and_fills_holes_while_held() -> None:
     assert [t["source_sequence"] for t in parsed(feed.buffer.trades)] == [10, 11, 12, 16, 17, 13, 14, 20]
     assert [(g.first_missing, g.last_missing) for g in feed.gap_log.recent] == [(15, 15), (18, 19)]
     assert state.duplicate_trades == 2 and feed.gap_log.missed == 3
+
+
+def test_a_rejected_frame_never_moves_the_sequence_and_far_ids_reset_it() -> None:
+    feed = BinanceFeed(BinanceSettings(symbols=["BTCUSDT"], trade_id_max_jump=1000), ListSink())
+    (state,) = feed.states
+    parse = feed.parser.parse
+    parse(_frame("btcusdt@trade", _trade(10)))
+    parse(_frame("btcusdt@trade", _trade(10**15, p="not a price")))  # corrupt: dead-lettered, sequence unmoved
+    parse(_frame("btcusdt@trade", _trade(11)))
+    parse(_frame("btcusdt@trade", _trade(13)))  # a hole within the bound: a gap, as always
+    parse(_frame("btcusdt@trade", _trade(1013 + 1)))  # beyond the bound ahead: a reset
+    parse(_frame("btcusdt@trade", _trade(1015)))
+    parse(_frame("btcusdt@trade", _trade(1015)))  # a copy
+    parse(_frame("btcusdt@trade", _trade(5)))  # beyond the bound behind: a reset
+    parse(_frame("btcusdt@trade", _trade(6)))
+    assert [t["source_sequence"] for t in parsed(feed.buffer.trades)] == [10, 11, 13, 1014, 1015, 5, 6]
+    assert len(feed.buffer.dead_letters) == 1
+    assert [(g.first_missing, g.last_missing) for g in feed.gap_log.recent] == [(12, 12)]
+    status = feed.status()
+    assert status.sequence_resets == 2 and state.duplicate_trades == 1
+    assert [(r.previous_trade_id, r.trade_id) for r in status.recent_resets] == [(13, 1014), (1015, 5)]
 
 
 def test_json_numbers_in_frames_are_read_exactly_never_as_floats() -> None:

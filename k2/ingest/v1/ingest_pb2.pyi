@@ -156,7 +156,7 @@ class GetFeedStatusResponse(_message.Message):
     def __init__(self, feeds: _Optional[_Iterable[_Union[FeedStatus, _Mapping]]] = ...) -> None: ...
 
 class FeedStatus(_message.Message):
-    __slots__ = ("name", "state", "endpoint", "streams", "symbols", "messages_per_second", "trades_per_second", "last_event_time", "reconnects_by_reason", "gaps_detected", "trades_missed", "circuit_state", "connections", "recent_gaps", "trades_backfilled", "connection_statuses", "most_active")
+    __slots__ = ("name", "state", "endpoint", "streams", "symbols", "messages_per_second", "trades_per_second", "last_event_time", "reconnects_by_reason", "gaps_detected", "trades_missed", "circuit_state", "connections", "recent_gaps", "trades_backfilled", "connection_statuses", "most_active", "sequence_resets", "recent_resets")
     class ReconnectsByReasonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +181,8 @@ class FeedStatus(_message.Message):
     TRADES_BACKFILLED_FIELD_NUMBER: _ClassVar[int]
     CONNECTION_STATUSES_FIELD_NUMBER: _ClassVar[int]
     MOST_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_RESETS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_RESETS_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: ConnectionState
     endpoint: str
@@ -198,7 +200,21 @@ class FeedStatus(_message.Message):
     trades_backfilled: int
     connection_statuses: _containers.RepeatedCompositeFieldContainer[ConnectionStatus]
     most_active: _containers.RepeatedCompositeFieldContainer[SymbolActivity]
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ConnectionState, str]] = ..., endpoint: _Optional[str] = ..., streams: _Optional[_Iterable[str]] = ..., symbols: _Optional[_Iterable[str]] = ..., messages_per_second: _Optional[float] = ..., trades_per_second: _Optional[float] = ..., last_event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reconnects_by_reason: _Optional[_Mapping[str, int]] = ..., gaps_detected: _Optional[int] = ..., trades_missed: _Optional[int] = ..., circuit_state: _Optional[_Union[CircuitState, str]] = ..., connections: _Optional[int] = ..., recent_gaps: _Optional[_Iterable[_Union[Gap, _Mapping]]] = ..., trades_backfilled: _Optional[int] = ..., connection_statuses: _Optional[_Iterable[_Union[ConnectionStatus, _Mapping]]] = ..., most_active: _Optional[_Iterable[_Union[SymbolActivity, _Mapping]]] = ...) -> None: ...
+    sequence_resets: int
+    recent_resets: _containers.RepeatedCompositeFieldContainer[SequenceReset]
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ConnectionState, str]] = ..., endpoint: _Optional[str] = ..., streams: _Optional[_Iterable[str]] = ..., symbols: _Optional[_Iterable[str]] = ..., messages_per_second: _Optional[float] = ..., trades_per_second: _Optional[float] = ..., last_event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reconnects_by_reason: _Optional[_Mapping[str, int]] = ..., gaps_detected: _Optional[int] = ..., trades_missed: _Optional[int] = ..., circuit_state: _Optional[_Union[CircuitState, str]] = ..., connections: _Optional[int] = ..., recent_gaps: _Optional[_Iterable[_Union[Gap, _Mapping]]] = ..., trades_backfilled: _Optional[int] = ..., connection_statuses: _Optional[_Iterable[_Union[ConnectionStatus, _Mapping]]] = ..., most_active: _Optional[_Iterable[_Union[SymbolActivity, _Mapping]]] = ..., sequence_resets: _Optional[int] = ..., recent_resets: _Optional[_Iterable[_Union[SequenceReset, _Mapping]]] = ...) -> None: ...
+
+class SequenceReset(_message.Message):
+    __slots__ = ("symbol", "previous_trade_id", "trade_id", "detected_at")
+    SYMBOL_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_TRADE_ID_FIELD_NUMBER: _ClassVar[int]
+    TRADE_ID_FIELD_NUMBER: _ClassVar[int]
+    DETECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    symbol: str
+    previous_trade_id: int
+    trade_id: int
+    detected_at: _timestamp_pb2.Timestamp
+    def __init__(self, symbol: _Optional[str] = ..., previous_trade_id: _Optional[int] = ..., trade_id: _Optional[int] = ..., detected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SymbolActivity(_message.Message):
     __slots__ = ("symbol", "trades", "quotes")

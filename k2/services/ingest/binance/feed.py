@@ -337,7 +337,7 @@ class BinanceFeed:
 
     def __init__(self, settings: BinanceSettings, sink: RecordSink):
         self.settings = settings
-        self.gap_log = GapLog(settings.recent_gaps)
+        self.gap_log = GapLog(settings.recent_gaps, max_jump=settings.trade_id_max_jump)
         self.states: list[SymbolState] = []  # the symbols followed, in the order they were listed
         self.retiring: dict[str, SymbolState] = {}  # delisted, still parsed until no connection carries them
         self.buffer = PublishBuffer(settings.max_buffered_records)
@@ -591,6 +591,7 @@ class BinanceFeed:
             gaps_detected=self.gap_log.detected,
             trades_missed=self.gap_log.missed,
             trades_backfilled=self.backfill.filled,
+            sequence_resets=self.gap_log.resets,
             circuit_state=self.breaker.state,  # type: ignore[arg-type]
             connections=len(self.open_connections()),
         )
@@ -611,4 +612,8 @@ class BinanceFeed:
             entry = status.recent_gaps.add(symbol=gap.symbol, first_missing=gap.first_missing,
                                            last_missing=gap.last_missing)
             set_timestamp(entry.detected_at, gap.detected_at)
+        for reset in self.gap_log.recent_resets:
+            reported = status.recent_resets.add(symbol=reset.symbol, previous_trade_id=reset.previous_trade_id,
+                                                trade_id=reset.trade_id)
+            set_timestamp(reported.detected_at, reset.detected_at)
         return status

@@ -41,6 +41,8 @@ _METRICS = [
     ("k2_binance_connect_failures", "Failed connection attempts", None, True),
     ("k2_binance_gaps", "Trade-id gaps detected, by symbol", "symbol", True),
     ("k2_binance_trades_missed", "Trades missing in detected gaps, by symbol", "symbol", True),
+    ("k2_binance_sequence_resets", "Trade-id sequences reset by an id beyond the maximum jump, by symbol", "symbol",
+     True),
     ("k2_binance_trades_backfilled", "Missing trades recovered from the REST API and queued for Kafka, by symbol",
      "symbol", True),
     ("k2_binance_backfills", "Gaps handed to the REST backfill, by outcome", "outcome", True),
@@ -74,6 +76,7 @@ def _samples(feed: "BinanceFeed") -> Iterator[tuple[str, str, float]]:
         yield "k2_binance_quotes", symbol, s.quotes
         yield "k2_binance_gaps", symbol, s.gaps
         yield "k2_binance_trades_missed", symbol, s.missed
+        yield "k2_binance_sequence_resets", symbol, s.resets
         yield "k2_binance_trades_backfilled", symbol, s.backfilled
         if s.last_event_us and index < labelled:
             yield "k2_binance_last_event_timestamp_seconds", symbol, s.last_event_us / 1e6

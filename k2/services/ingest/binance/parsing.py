@@ -316,9 +316,8 @@ class FrameParser:
 
     def _trade(self, data: dict[str, Any], state: SymbolState) -> None:
         trade_id = _integer("t", data["t"])
-        if not state.take_trade_id(trade_id):
-            return
-        # The id is taken from here on: a trade rejected below is in the dead-letter topic, not a gap.
+        # The whole frame is validated before its id moves the sequence: a rejected frame's id (a corrupt one
+        # could be anything) is dead-lettered and, once the next trade comes, reported as a gap to backfill.
         if data["s"] != state.symbol:
             raise FieldError("symbol", f"s: {data['s']!r:.40} on the {state.trade_stream} stream")
         price = data["p"]
@@ -341,10 +340,12 @@ class FrameParser:
             raise FieldError("side", f"m: not a boolean: {maker!r:.40}")
         micros = _integer("T", data["T"]) * self._scale
         _EPOCH + timedelta(0, 0, micros)  # a time beyond the datetime range is refused (OverflowError)
-        state.last_event_us = micros
         event_time = data["E"]
         if type(event_time) is not int:
             raise FieldError("event_time", f"E: not an integer: {event_time!r:.40}")
+        if not state.take_trade_id(trade_id):
+            return
+        state.last_event_us = micros
         if len(data) != 9 or "M" not in data:  # the 8 other known keys were all read above
             self._count_unknown_fields(data, TRADE_KEYS)
         trade_id_text = trade_id_of(state.symbol, trade_id)

@@ -105,6 +105,9 @@ class BinanceSettings(BaseSettings):
     # On stop: how long to keep trying to publish what was already parsed.
     stop_flush_timeout_seconds: float = 30.0
     recent_gaps: int = 20
+    # A trade id further than this from its symbol's last one, ahead or behind, resets the symbol's sequence
+    # (a corrupt frame, an exchange reset) instead of being a gap to backfill or a run of duplicates.
+    trade_id_max_jump: int = 1_000_000
     # Gaps are filled by trade id from the REST API's historicalTrades where it is reachable (offline: reported only).
     backfill_enabled: bool = True
     rest_endpoint: str = "https://api.binance.com"
@@ -193,7 +196,8 @@ class BinanceSettings(BaseSettings):
             raise ValueError("backoff_cap_seconds must be at least backoff_base_seconds")
         for name in ("circuit_failure_threshold", "batch_size", "max_buffered_records", "max_connection_attempts",
                      "streams_in_url", "streams_per_subscribe", "backfill_max_trades_per_gap",
-                     "backfill_max_pending_gaps", "backfill_attempts", "publish_attempts", "max_symbols"):
+                     "backfill_max_pending_gaps", "backfill_attempts", "publish_attempts", "max_symbols",
+                     "trade_id_max_jump"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.metrics_symbols < 0:
