@@ -416,6 +416,36 @@ async def test_a_gap_is_filled_by_trade_id_from_the_rest_api(kafka_settings: Kaf
     assert 'k2_binance_backfills_total{outcome="filled",service="ingest"}' in metrics
 
 
+async def test_bad_rest_pages_are_retried_counted_and_never_end_the_backfill(kafka_settings: KafkaSettings) -> None:
+    """A page whose items are not trades ended the backfill task for good, unlogged. Now: a gap answered only
+    with bad pages is retried (bounded), counted `bad_page` and left reported; one bad answer then a good one
+    fills its gap; later gaps are filled."""
+    async with exchange_running() as exchange, feed_running(
+            kafka_settings, [exchange.url], backfill_enabled=True, rest_endpoint=exchange.http_url,
+            backfill_attempts=2) as run:
+        await connected(run)
+        exchange.serve_bad_pages(2)  # ids that are not integers, a list, a null: on both attempts
+        first_gap_end = exchange.skip_trade_ids("BTCUSDT", 5) - 1
+        await until(lambda: run.feed.backfill.outcomes["bad_page"] == 1, what="the bad pages")
+        exchange.serve_bad_pages(1, [{"id": 1}])  # a trade without price, qty, time: once, then the real page
+        second_gap_end = exchange.skip_trade_ids("BTCUSDT", 4) - 1
+        await until(lambda: run.status().trades_backfilled >= 4, what="the second gap's backfill")
+        third_gap_end = exchange.skip_trade_ids("BTCUSDT", 3) - 1
+        await until(lambda: run.status().trades_backfilled >= 7, what="the third gap's backfill")
+        await connected(run)
+        status = await run.stop()
+    assert dict(run.feed.backfill.outcomes) == {"bad_page": 1, "filled": 2}
+    assert [(g.first_missing, g.last_missing) for g in status.recent_gaps] == [
+        (first_gap_end - 4, first_gap_end), (second_gap_end - 3, second_gap_end), (third_gap_end - 2, third_gap_end)]
+    assert status.trades_missed == 12 and status.trades_backfilled == 7
+    btc = {t["source_sequence"] for t in await run.trades() if t["symbol"] == "BTCUSDT"}
+    assert set(range(second_gap_end - 3, second_gap_end + 1)) | set(range(third_gap_end - 2, third_gap_end + 1)) <= btc
+    assert not btc & set(range(first_gap_end - 4, first_gap_end + 1))
+    assert not run.feed.task_restarts
+    metrics = generate_latest(REGISTRY).decode()
+    assert 'k2_binance_backfills_total{outcome="bad_page",service="ingest"}' in metrics
+
+
 async def test_an_unreachable_rest_api_leaves_the_gap_reported_and_the_feed_running(
         kafka_settings: KafkaSettings) -> None:
     async with exchange_running() as exchange, feed_running(

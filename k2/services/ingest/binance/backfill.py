@@ -7,9 +7,13 @@ stream would have produced — same trade_id and message_id (uuid5 of the trade 
 a stream is recognisable downstream — with vendor_data source=rest_backfill, and goes through the feed's
 publisher like any other. Requests are retried a bounded number of times with jittered backoff; when the API
 cannot be reached (offline, or blocked) the gap stays reported, counted as not filled, and the feed carries on.
+A page is checked before any of it is used: a list of trades, each an object with an integer id and the fields
+a record needs; a page that is not is retried like an unreachable API, then the gap is counted `bad_page`.
+Whatever else goes wrong with one gap is logged and counted `failed`: no gap ends the backfill.
 """
 
 import asyncio
+import http.client
 import json
 import logging
 import ssl
@@ -44,6 +48,29 @@ class RestUnavailable(Exception):
         self.retriable = retriable  # network and server-side trouble; not a 4xx (bad symbol, banned, rate limited)
 
 
+class BadPage(RestUnavailable):
+    """An answer that is not a page of trades (retried: a proxy or a server in trouble may send anything)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason, retriable=True)
+
+
+TRADE_FIELDS = ("price", "qty", "time", "isBuyerMaker")  # besides the id: what a record is made of
+
+
+def checked_page(body: Any) -> list[dict[str, Any]]:
+    """`body` if it is a list of trades, each with an integer id and the fields a record needs; else BadPage."""
+    if not isinstance(body, list):
+        raise BadPage(f"not a list: {str(body)[:80]}")
+    for position, item in enumerate(body):
+        if not isinstance(item, dict) or type(item.get("id")) is not int:
+            raise BadPage(f"item {position} is not a trade with an integer id: {str(item)[:80]}")
+        missing = [name for name in TRADE_FIELDS if name not in item]
+        if missing:
+            raise BadPage(f"item {position} (id {item['id']}) lacks {', '.join(missing)}")
+    return body
+
+
 def _retriable(error: BaseException) -> bool:
     return isinstance(error, RestUnavailable) and error.retriable
 
@@ -75,10 +102,19 @@ class GapBackfill:
             gap = await self.queue.get()
             try:
                 outcome = await self.fill(gap)
+            except BadPage as error:
+                outcome = "bad_page"
+                log.warning("binance %s: ids %d..%d not backfilled: the REST API answered a bad page "
+                            "%d time(s): %s", gap.symbol, gap.first_missing, gap.last_missing,
+                            self.settings.backfill_attempts, error)
             except RestUnavailable as error:
                 outcome = "unavailable"
                 log.warning("binance %s: ids %d..%d not backfilled: %s", gap.symbol, gap.first_missing,
                             gap.last_missing, error)
+            except Exception:
+                outcome = "failed"
+                log.exception("binance %s: backfilling ids %d..%d failed", gap.symbol, gap.first_missing,
+                              gap.last_missing)
             self.outcomes[outcome] += 1
 
     async def fill(self, gap: Gap) -> str:
@@ -89,20 +125,20 @@ class GapBackfill:
         next_id, recovered = gap.first_missing, 0
         while next_id <= last:
             page = await self._page(gap.symbol, next_id, min(PAGE_LIMIT, last - next_id + 1))
-            trades = [trade for trade in page if next_id <= trade.get("id", -1) <= last]
+            trades = [trade for trade in page if next_id <= trade["id"] <= last]
             if not trades:
                 break  # older than the API keeps, or not there at all
             for trade in trades:
                 await self.buffer.wait_for_space()
                 try:
                     self.buffer.trades.append(self._message(state, trade))
-                except (FieldError, KeyError, TypeError, ValueError, OverflowError) as error:
-                    log.warning("binance %s: backfilled trade %s refused: %s", gap.symbol, trade.get("id"), error)
+                except (FieldError, TypeError, ValueError, OverflowError) as error:
+                    log.warning("binance %s: backfilled trade %s refused: %s", gap.symbol, trade["id"], error)
                     continue
                 recovered += 1
-            next_id = trades[-1]["id"] + 1
-        self.filled += recovered
-        state.backfilled += recovered
+                self.filled += 1  # counted as they go: a later page failing takes nothing back
+                state.backfilled += 1
+            next_id = max(trade["id"] for trade in trades) + 1
         log.info("binance %s: backfilled %d of %d missing trade(s), ids %d..%d", gap.symbol, recovered, gap.size,
                  gap.first_missing, gap.last_missing)
         return "filled" if recovered == gap.size else "partly_filled"
@@ -128,18 +164,16 @@ class GapBackfill:
                 data = response.read(MAX_RESPONSE_BYTES + 1)
         except urllib.error.HTTPError as error:
             raise RestUnavailable(f"HTTP {error.code} from {self.settings.rest_endpoint}", error.code >= 500) from None
-        except (urllib.error.URLError, OSError) as error:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
             raise RestUnavailable(f"{self.settings.rest_endpoint} unreachable ({error})", True) from None
         if len(data) > MAX_RESPONSE_BYTES:
             raise RestUnavailable(f"an answer above {MAX_RESPONSE_BYTES} bytes from {self.settings.rest_endpoint}",
                                   False)
         try:
             body = json.loads(data, parse_float=str)  # numbers stay exact (Binance sends decimals as strings)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise RestUnavailable(f"an answer that is not JSON from {self.settings.rest_endpoint}", False) from None
-        if not isinstance(body, list):
-            raise RestUnavailable(f"unexpected answer from {self.settings.rest_endpoint}: {str(body)[:80]}", False)
-        return body
+        return checked_page(body)
 
     def _message(self, state: SymbolState, trade: dict[str, Any]) -> tuple[bytes, bytes, int]:
         trade_id = trade["id"]

@@ -26,6 +26,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from websockets.exceptions import WebSocketException
@@ -355,6 +356,7 @@ class BinanceFeed:
         self.groups: list[ConnectionGroup] = []
         self.listed = self.delisted = self.over_limit = 0  # symbol changes followed; listings past max_symbols
         self.reconnects: Counter[str] = Counter()
+        self.task_restarts: Counter[str] = Counter()
         self.connect_failures = 0
         self.unpublished_at_stop = 0
         self._retired_messages = self._retired_trades = 0  # of symbols no longer followed (for the rates)
@@ -494,7 +496,7 @@ class BinanceFeed:
             self._start_group(group)
         publisher = asyncio.create_task(self.publisher.run(draining), name="binance-publisher")
         sampler = asyncio.create_task(self._sample_rates(), name="binance-rates")
-        backfill = asyncio.create_task(self.backfill.run(), name="binance-backfill")
+        backfill = asyncio.create_task(self._restarting("backfill", self.backfill.run), name="binance-backfill")
         helpers = [sampler, backfill]
         if self.listing is not None:
             helpers.append(asyncio.create_task(self._follow_listings(), name="binance-listing"))
@@ -530,6 +532,21 @@ class BinanceFeed:
             log.info("binance feed stopped")
         if failure is not None:
             raise failure
+
+    async def _restarting(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Runs a task that should never end (the backfill) until cancelled: if it fails or ends all the same, it
+        is logged, counted and started again after a capped backoff, never left dead."""
+        failures = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await run()
+                log.error("binance feed: %s ended; restarting it", name)
+            except Exception:
+                log.exception("binance feed: %s failed; restarting it", name)
+            self.task_restarts[name] += 1
+            failures = 0 if time.monotonic() - started > self.settings.backoff_cap_seconds else failures + 1
+            await asyncio.sleep(self.backoff.delay(failures))
 
     async def stop(self) -> None:
         """Graceful: stop reading, publish what was parsed, close the connections. Returns when done."""

@@ -46,6 +46,7 @@ _METRICS = [
     ("k2_binance_trades_backfilled", "Missing trades recovered from the REST API and queued for Kafka, by symbol",
      "symbol", True),
     ("k2_binance_backfills", "Gaps handed to the REST backfill, by outcome", "outcome", True),
+    ("k2_binance_task_restarts", "Feed tasks restarted after failing (the backfill), by task", "task", True),
     ("k2_binance_last_event_timestamp_seconds", "Trade time of the latest trade, by symbol", "symbol", False),
     ("k2_binance_connection_state",
      "ConnectionState of each connection group (1 connecting, 2 connected, 3 reconnecting, 4 stopped)",
@@ -82,6 +83,8 @@ def _samples(feed: "BinanceFeed") -> Iterator[tuple[str, str, float]]:
             yield "k2_binance_last_event_timestamp_seconds", symbol, s.last_event_us / 1e6
     for outcome, count in feed.backfill.outcomes.items():
         yield "k2_binance_backfills", outcome, count
+    for task, count in feed.task_restarts.items():
+        yield "k2_binance_task_restarts", task, count
     yield "k2_binance_duplicates", "trade", sum(s.duplicate_trades for s in feed.states)
     yield "k2_binance_duplicates", "quote", sum(s.duplicate_quotes for s in feed.states)
     for kind, count in feed.publisher.published.items():
