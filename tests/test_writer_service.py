@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from pyiceberg.expressions import EqualTo
 from strategies import sample_quote, sample_trade
 
 from k2.core import avro
@@ -380,3 +381,41 @@ async def test_tombstones_and_garbage_are_dead_lettered_and_never_stop_the_write
     reasons = [h[DLQ_REASON].decode() for h in headers]  # type: ignore[union-attr]
     assert "tombstone" in reasons[0]
     assert all(reasons), reasons
+
+
+async def test_commits_made_outside_k2_never_send_the_writer_back_to_the_start(
+        start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings,
+        iceberg_settings: IcebergSettings) -> None:
+    """An operator's deletes are snapshots without K2's offsets: the writer, running or restarted, reads them
+    from the newest ancestor that has them; re-reading the topic from its start would bring deleted rows back."""
+    topic = topic_name(kafka_settings, TRADES)
+    day = datetime(2026, 1, 2, tzinfo=UTC)
+
+    def batch(name: str, count: int, start: int) -> list[bytes]:
+        return [avro.encode("trade", sample_trade(
+            message_id=str(uuid.uuid4()), trade_id=f"{name}-{i}", symbol=("BTCUSDT", "ETHUSDT")[i % 2],
+            timestamp=day + timedelta(seconds=start + i))) for i in range(count)]
+
+    def trade_ids() -> list[str]:
+        return sorted(trades_table(iceberg_settings).scan(selected_fields=("trade_id",)).to_arrow()["trade_id"]
+                      .to_pylist())
+
+    app, stub, _ = await start_writer()
+    produce(kafka_settings, topic, batch("A", 20, 0))
+    await wait_caught_up(stub, topic)
+    trades_table(iceberg_settings).delete(EqualTo("symbol", "ETHUSDT"))  # while the writer runs
+    produce(kafka_settings, topic, batch("B", 10, 20))
+    await wait_caught_up(stub, topic)
+    expected = sorted([f"A-{i}" for i in range(0, 20, 2)] + [f"B-{i}" for i in range(10)])
+    assert trade_ids() == expected
+
+    await app.stop()
+    trades_table(iceberg_settings).delete(EqualTo("trade_id", "B-0"))  # while no writer runs
+    _, stub, _ = await start_writer()
+    status = await stub.GetStatus(pb.GetStatusRequest())
+    assert [p.committed_offset for p in status.partitions if p.topic == topic and p.partition == 0] == [30]
+    table = next(t for t in status.tables if t.table == "market_data.trades")
+    assert table.newest_event_time.seconds == int((day + timedelta(seconds=29)).timestamp())
+    produce(kafka_settings, topic, batch("C", 4, 30))
+    await wait_caught_up(stub, topic)
+    assert trade_ids() == sorted([*expected[:10], *expected[11:], "C-0", "C-1", "C-2", "C-3"])

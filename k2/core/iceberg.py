@@ -24,6 +24,7 @@ from pyiceberg.io import (
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import ancestors_of
 from pyiceberg.table.sorting import SortField, SortOrder
 from pyiceberg.transforms import BucketTransform, DayTransform, IdentityTransform, Transform
 
@@ -168,12 +169,21 @@ def _evolve(table: Table, schema: Schema, fields: PartitionFields) -> None:
             transaction.set_properties(properties)
 
 
-def committed_offsets(table: Table, snapshot_id: int | None = None) -> Offsets:
-    """The Kafka offsets recorded by the given snapshot (default: the current one)."""
+def k2_summary(table: Table, snapshot_id: int | None = None) -> dict[str, str]:
+    """The summary properties of the newest snapshot that records K2's offsets: the given one (default: the current
+    one) or, when commits made outside K2 (an operator's delete, another engine's compaction) recorded none, its
+    nearest ancestor that does. Empty when no ancestor does (none committed by K2, or expired)."""
     snapshot = table.snapshot_by_id(snapshot_id) if snapshot_id is not None else table.current_snapshot()
-    if snapshot is None or snapshot.summary is None:
-        return {}
-    text = snapshot.summary.additional_properties.get(OFFSETS_PROPERTY)
+    for ancestor in ancestors_of(snapshot, table.metadata):
+        if ancestor.summary is not None and OFFSETS_PROPERTY in ancestor.summary.additional_properties:
+            return ancestor.summary.additional_properties
+    return {}
+
+
+def committed_offsets(table: Table, snapshot_id: int | None = None) -> Offsets:
+    """The Kafka offsets recorded by the given snapshot (default: the current one), or by its nearest ancestor
+    that records them (see k2_summary)."""
+    text = k2_summary(table, snapshot_id).get(OFFSETS_PROPERTY)
     if not text:
         return {}
     raw: dict[str, dict[str, int]] = json.loads(text)

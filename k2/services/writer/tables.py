@@ -20,7 +20,7 @@ from pyiceberg.table.metadata import TableMetadata
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from k2.core.config import IcebergSettings
-from k2.core.iceberg import OFFSETS_PROPERTY, Offsets, committed_offsets, ensure_table, offsets_property
+from k2.core.iceberg import OFFSETS_PROPERTY, Offsets, committed_offsets, ensure_table, k2_summary, offsets_property
 from k2.core.iceberg_internals import CachedTransaction, partition_values, write_partition_files
 from k2.core.records import RecordKind
 
@@ -75,11 +75,9 @@ class OffsetsRegressed(RuntimeError):
 
 
 def carried_properties(table: Table) -> dict[str, str]:
-    """The K2 properties of the current snapshot's summary, for a commit to carry forward."""
-    snapshot = table.current_snapshot()
-    if snapshot is None or snapshot.summary is None:
-        return {}
-    summary = snapshot.summary.additional_properties
+    """The K2 properties of the current snapshot's summary (or, after commits made outside K2, of its nearest
+    ancestor that has them), for a commit to carry forward."""
+    summary = k2_summary(table)
     return {name: summary[name] for name in CARRIED_PROPERTIES if name in summary}
 
 
