@@ -42,6 +42,10 @@ def trades_table(iceberg_settings: IcebergSettings) -> Table:
     return ensure_table(load_catalog(iceberg_settings), iceberg_settings, TRADE)
 
 
+def no_write_fails(paths: object) -> None:
+    raise AssertionError("a data file could not be written")
+
+
 def by_partition(table: Table, rows: pa.Table) -> tuple[pa.Table, list[tuple[list[object], int]]]:
     """`rows` ordered by partition, and their runs as write_partition_files takes them."""
     values = partition_values(table.metadata, rows)
@@ -64,7 +68,7 @@ def commit(table: Table, files: list[DataFile]) -> None:
 
 def append(table: Table, rows: pa.Table) -> None:
     ordered, runs = by_partition(table, rows)
-    commit(table, write_partition_files(table.metadata, table.io, ordered, runs))
+    commit(table, write_partition_files(table.metadata, table.io, ordered, runs, on_failure=no_write_fails))
 
 
 def message_ids(rows: pa.Table) -> list[str]:
@@ -87,7 +91,7 @@ def test_written_partition_files_hold_their_runs_and_read_back(iceberg_settings:
     rows = trade_rows(12)
     ordered, runs = by_partition(table, rows)
     assert len(runs) > 2, "the rows span several partitions"
-    files = write_partition_files(table.metadata, table.io, ordered, runs)
+    files = write_partition_files(table.metadata, table.io, ordered, runs, on_failure=no_write_fails)
     assert [([f.partition[i] for i in range(len(f.partition))], f.record_count) for f in files] == [(values, count) for values, count in runs]
     commit(table, files)
     committed = [task.file for task in table.scan().plan_files()]  # as compaction has them: from the manifests

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from prometheus_client import REGISTRY
 from pyiceberg.expressions import EqualTo
 from strategies import sample_quote, sample_trade
 
@@ -419,3 +420,40 @@ async def test_commits_made_outside_k2_never_send_the_writer_back_to_the_start(
     produce(kafka_settings, topic, batch("C", 4, 30))
     await wait_caught_up(stub, topic)
     assert trade_ids() == sorted([*expected[:10], *expected[11:], "C-0", "C-1", "C-2", "C-3"])
+
+
+def writer_rewinds() -> float:
+    return sum(sample.value for metric in REGISTRY.collect() if metric.name == "k2_writer_rewinds"
+               for sample in metric.samples if sample.name == "k2_writer_rewinds_total")
+
+
+async def test_a_commit_failing_part_way_leaves_no_data_file_behind(
+        start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings,
+        iceberg_settings: IcebergSettings) -> None:
+    """A commit whose second partition cannot be written (its folder's path is taken by a file: as a full disk
+    or a refused write, the write fails after other files were written) fails and is retried, over and over;
+    once the path is free the rows land, and the table's data folder holds only the files the table uses."""
+    topic = topic_name(kafka_settings, TRADES)
+    _, stub, _ = await start_writer()
+    data = Path(trades_table(iceberg_settings).location().removeprefix("file://")) / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    blocked = data / "timestamp_day=2026-01-03"
+    blocked.write_text("not a folder")
+    records = [sample_trade(message_id=str(uuid.uuid4()), trade_id=f"T-{i}", symbol=f"S{i % 7}USDT",
+                            timestamp=datetime(2026, 1, 2 + i % 2, 1, tzinfo=UTC) + timedelta(seconds=i))
+               for i in range(40)]
+    rewinds = writer_rewinds()
+    produce(kafka_settings, topic, [avro.encode("trade", r) for r in records])
+    deadline = time.monotonic() + 60
+    while writer_rewinds() < rewinds + 2:  # failed and retried at least twice
+        assert time.monotonic() < deadline, "the blocked commit never failed"
+        await asyncio.sleep(0.1)
+    assert not trades_table(iceberg_settings).scan().to_arrow().num_rows
+    blocked.unlink()
+    await wait_caught_up(stub, topic)
+
+    table = trades_table(iceberg_settings)
+    assert sorted(r["trade_id"] for r in table.scan().to_arrow().to_pylist()) == sorted(
+        r["trade_id"] for r in records)
+    used = {task.file.file_path.removeprefix("file://") for task in table.scan().plan_files()}
+    assert {str(path) for path in data.rglob("*") if path.is_file()} == used

@@ -5,7 +5,7 @@ it breaks this module only, and tests/test_iceberg_internals.py, which calls eve
 pyiceberg, fails first."""
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -15,6 +15,7 @@ from pyiceberg.io.pyarrow import ArrowScan, pyarrow_to_schema, write_file
 from pyiceberg.manifest import DataFile
 from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
 from pyiceberg.table import FileScanTask, Table, Transaction, WriteTask
+from pyiceberg.table.locations import load_location_provider
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.update import TableUpdate, update_table_metadata
 from pyiceberg.table.update.snapshot import ExpireSnapshots
@@ -48,9 +49,12 @@ def partition_values(metadata: TableMetadata, rows: pa.Table) -> list[pa.Array]:
 
 
 def write_partition_files(metadata: TableMetadata, io: FileIO, rows: pa.Table,
-                          runs: Iterable[tuple[Sequence[Any], int]]) -> list[DataFile]:
+                          runs: Iterable[tuple[Sequence[Any], int]],
+                          on_failure: Callable[[Iterable[str]], None]) -> list[DataFile]:
     """Writes `rows` as one Parquet data file per run of consecutive rows: `runs` are, in order, (the run's value
-    of each field of the current partition spec, its number of rows). The files are not committed."""
+    of each field of the current partition spec, its number of rows). The files are not committed. When a file
+    cannot be written (a full disk, a refused write), every other write is waited for and `on_failure` gets the
+    paths of all of them, whole, partial or never begun, before the error is raised."""
     spec, schema = metadata.spec(), metadata.schema()
     task_schema = pyarrow_to_schema(rows.schema, name_mapping=schema.name_mapping,
                                     format_version=metadata.format_version)
@@ -64,7 +68,22 @@ def write_partition_files(metadata: TableMetadata, io: FileIO, rows: pa.Table,
                                record_batches=rows.slice(offset, count).combine_chunks().to_batches(),
                                partition_key=key if spec.fields else None))
         offset += count
-    return list(write_file(io, metadata, iter(tasks)))
+    # One write_file per task: each goes to pyiceberg's pool at once (they run in parallel), so that when one
+    # fails none of the others is still writing when their files are deleted.
+    writes = [write_file(io, metadata, iter([task])) for task in tasks]
+    files: list[DataFile] = []
+    failure: BaseException | None = None
+    for written in writes:
+        try:
+            files.extend(written)
+        except Exception as error:  # noqa: BLE001 - the first failure is raised once all writes have ended
+            failure = failure or error
+    if failure is not None:
+        provider = load_location_provider(metadata.location, metadata.properties)
+        on_failure(provider.new_data_location(task.generate_data_file_filename("parquet"), task.partition_key)
+                   for task in tasks)
+        raise failure
+    return files
 
 
 def read_data_files(table: Table, files: Iterable[DataFile]) -> pa.Table:

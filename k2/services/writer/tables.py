@@ -5,7 +5,8 @@ so the table alone says where reading resumes. Commits are optimistic: one that 
 
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -20,7 +21,14 @@ from pyiceberg.table.metadata import TableMetadata
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from k2.core.config import IcebergSettings
-from k2.core.iceberg import OFFSETS_PROPERTY, Offsets, committed_offsets, ensure_table, k2_summary, offsets_property
+from k2.core.iceberg import (
+    OFFSETS_PROPERTY,
+    Offsets,
+    committed_offsets,
+    ensure_table,
+    k2_summary,
+    offsets_property,
+)
 from k2.core.iceberg_internals import CachedTransaction, partition_values, write_partition_files
 from k2.core.records import RecordKind
 
@@ -49,6 +57,7 @@ CARRIED_PROPERTIES = (OFFSETS_PROPERTY, MAX_EVENT_TIME, MAX_INGESTION_TIME)
 PARTITION_COLUMN = "__k2_partition"
 OFFSET_COLUMN = "__k2_offset"
 SORT_KEYS = [("symbol", "ascending"), ("timestamp", "ascending")]
+MAX_UNKNOWN_OUTCOMES = 100
 
 
 def write_data_files(metadata: TableMetadata, io: FileIO, rows: pa.Table) -> list[DataFile]:
@@ -67,7 +76,23 @@ def write_data_files(metadata: TableMetadata, io: FileIO, rows: pa.Table) -> lis
     keyed = keyed.take(pc.sort_indices(keyed, [(k, "ascending") for k in keys] + SORT_KEYS))
     runs = keyed.select(keys).group_by(keys, use_threads=False).aggregate([([], "count_all")]).to_pylist()
     return write_partition_files(metadata, io, keyed.drop_columns(keys),
-                                 [([run[k] for k in keys], run["count_all"]) for run in runs])
+                                 [([run[k] for k in keys], run["count_all"]) for run in runs],
+                                 on_failure=lambda paths: delete_files(io, paths, "a write that failed part-way"))
+
+
+def delete_files(io: FileIO, paths: Iterable[str], why: str) -> None:
+    """Best effort: deletes the files (those not there are skipped); a failure is logged, never raised."""
+    deleted = 0
+    for path in paths:
+        try:
+            io.delete(path)
+            deleted += 1
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            log.warning("could not delete %s, a file of %s: %s", path, why, error)
+    if deleted:
+        log.info("deleted %d file(s) of %s", deleted, why)
 
 
 class OffsetsRegressed(RuntimeError):
@@ -166,6 +191,24 @@ class TableAppender:
         self.topic = topic
         self.settings = settings
         self.name = ".".join(table.name())
+        # Commits whose outcome the catalog could not tell (it failed mid-commit and again when asked): their
+        # snapshot id and data files, kept until the catalog can say whether they landed.
+        self._outcome_unknown: deque[tuple[int, list[str]]] = deque(maxlen=MAX_UNKNOWN_OUTCOMES)
+
+    def _resolve_unknown_outcomes(self) -> None:
+        """Deletes the data files of earlier commits that turn out not to have landed (none the table references)."""
+        if not self._outcome_unknown:
+            return
+        self.table.refresh()
+        live: set[str] | None = None
+        while self._outcome_unknown:
+            snapshot_id, paths = self._outcome_unknown[0]
+            if self.table.snapshot_by_id(snapshot_id) is None:
+                if live is None:  # a landed snapshot since expired may have left its files to others
+                    live = {task.file.file_path for task in self.table.scan().plan_files()}
+                delete_files(self.table.io, [path for path in paths if path not in live],
+                             f"{self.name} commit {snapshot_id}, which did not land")
+            self._outcome_unknown.popleft()
 
     def _plan(self, table: Table, progress: dict[int, PartitionProgress]) -> tuple[Offsets, dict[int, int]]:
         """(the offsets map to record, per partition the table's offset below which buffered rows are already
@@ -210,6 +253,7 @@ class TableAppender:
         """Appends the buffered rows (with PARTITION_COLUMN/OFFSET_COLUMN), minus rows whose offsets the table
         already holds, and records the progress's offsets. Returns what landed."""
         started = time.perf_counter()
+        self._resolve_unknown_outcomes()
         prepared = _PreparedFiles(self.table, buffered)
 
         def attempt(table: Table) -> CommitResult:
@@ -228,11 +272,11 @@ class TableAppender:
             except CommitFailedException:
                 raise
             except Exception:
-                prepared.outcome_unknown = True
+                prepared.outcome_unknown = snapshot_id
                 if not commit_landed(table, snapshot_id):
-                    prepared.outcome_unknown = False
+                    prepared.outcome_unknown = None
                     raise
-                prepared.outcome_unknown = False
+                prepared.outcome_unknown = None
             oldest = None
             if prepared.files:
                 oldest = pc.min(prepared.rows["ingestion_timestamp"]).cast(pa.int64()).as_py()
@@ -243,8 +287,13 @@ class TableAppender:
         try:
             result = with_retries(self.settings, self.table, "append", attempt)
         except BaseException:
-            if not prepared.outcome_unknown:  # files a landed commit may reference are never deleted
+            if prepared.outcome_unknown is None:
                 prepared.discard()
+            else:  # files a landed commit may reference are deleted only once the catalog says it did not land
+                if len(self._outcome_unknown) == MAX_UNKNOWN_OUTCOMES:
+                    log.warning("%s: more than %d commits of unknown outcome; the files of the oldest stay",
+                                self.name, MAX_UNKNOWN_OUTCOMES)
+                self._outcome_unknown.append((prepared.outcome_unknown, [f.file_path for f in prepared.files]))
             raise
         if prepared.dropped:
             metrics.ROWS_ALREADY_COMMITTED.labels(metrics.SERVICE, self.name).inc(prepared.dropped)
@@ -271,7 +320,7 @@ class _PreparedFiles:
         self.rows = _EMPTY
         self.files: list[DataFile] = []
         self.dropped = 0
-        self.outcome_unknown = False
+        self.outcome_unknown: int | None = None  # the snapshot id of a commit the catalog could not confirm
 
     def prepare(self, table: Table, cutoffs: dict[int, int]) -> None:
         if self.buffered is None or self.buffered.num_rows == 0 or cutoffs == self.cutoffs:
@@ -284,8 +333,9 @@ class _PreparedFiles:
         self.files = write_data_files(table.metadata, table.io, self.rows)
 
     def discard(self) -> None:
-        for data_file in self.files:
-            self.table.io.delete(data_file.file_path)
+        """Deletes the files of a commit that did not land (best effort, logged)."""
+        delete_files(self.table.io, [f.file_path for f in self.files], f"{'.'.join(self.table.name())} commit "
+                     "that failed")
         self.files = []
 
 
