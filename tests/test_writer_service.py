@@ -4,6 +4,7 @@ the dead-letter topic without stalling its partition, status/flush/compaction ov
 import asyncio
 import os
 import random
+import sqlite3
 import threading
 import time
 import uuid
@@ -455,5 +456,47 @@ async def test_a_commit_failing_part_way_leaves_no_data_file_behind(
     table = trades_table(iceberg_settings)
     assert sorted(r["trade_id"] for r in table.scan().to_arrow().to_pylist()) == sorted(
         r["trade_id"] for r in records)
-    used = {task.file.file_path.removeprefix("file://") for task in table.scan().plan_files()}
-    assert {str(path) for path in data.rglob("*") if path.is_file()} == used
+    assert not unreferenced_files(table)
+
+
+def unreferenced_files(table: Any) -> set[str]:
+    """Files in the table's data folder or Avro files (manifest lists, manifests) in its metadata folder that
+    no snapshot of the table references."""
+    location = Path(table.location().removeprefix("file://"))
+    used = {task.file.file_path for task in table.scan().plan_files()}
+    for snapshot in table.metadata.snapshots:
+        used.add(snapshot.manifest_list)
+        used.update(manifest.manifest_path for manifest in snapshot.manifests(table.io))
+    present = {path for path in (location / "data").rglob("*") if path.is_file()}
+    present.update((location / "metadata").glob("*.avro"))
+    return {str(path) for path in present} - {path.removeprefix("file://") for path in used}
+
+
+async def test_a_commit_the_catalog_fails_leaves_no_file_behind(
+        start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings,
+        iceberg_settings: IcebergSettings) -> None:
+    """The catalog's database is locked by another process while the writer commits: the commit fails after
+    its data files, manifests and manifest list were written, and is retried once the lock is gone. The rows
+    land once and no file of the failed commit is left."""
+    topic = topic_name(kafka_settings, TRADES)
+    records = [sample_trade(message_id=str(uuid.uuid4()), trade_id=f"T-{i}", symbol=f"S{i % 5}USDT",
+                            timestamp=datetime(2026, 1, 2, tzinfo=UTC) + timedelta(seconds=i)) for i in range(20)]
+    _, stub, _ = await start_writer()
+    produce(kafka_settings, topic, [avro.encode("trade", r) for r in records[:10]])
+    await wait_caught_up(stub, topic)
+    rewinds = writer_rewinds()
+    lock = sqlite3.connect(iceberg_settings.catalog_uri.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")  # readers go on; the catalog's commit waits, then fails
+        produce(kafka_settings, topic, [avro.encode("trade", r) for r in records[10:]])
+        deadline = time.monotonic() + 60
+        while writer_rewinds() == rewinds:
+            assert time.monotonic() < deadline, "the commit never failed"
+            await asyncio.sleep(0.1)
+    finally:
+        lock.close()
+    await wait_caught_up(stub, topic)
+    table = trades_table(iceberg_settings)
+    assert sorted(r["trade_id"] for r in table.scan().to_arrow().to_pylist()) == sorted(
+        r["trade_id"] for r in records)
+    assert not unreferenced_files(table)

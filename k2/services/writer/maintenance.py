@@ -35,7 +35,13 @@ from k2.core.records import RecordKind
 
 from . import metrics
 from .config import WriterSettings
-from .tables import carried_properties, commit_landed, with_retries, write_data_files
+from .tables import (
+    carried_properties,
+    commit_landed,
+    delete_snapshot_metadata,
+    with_retries,
+    write_data_files,
+)
 
 log = logging.getLogger(__name__)
 EPOCH = date(1970, 1, 1)
@@ -172,14 +178,17 @@ class TableMaintenance:
                     swap.delete_data_file(data_file)
                 for data_file in new:
                     swap.append_data_file(data_file)
+            staged = transaction.table_metadata.snapshot_by_id(swap.snapshot_id)
             try:
                 transaction.commit_transaction()
             except CommitFailedException:
+                delete_snapshot_metadata(table.io, staged)
                 raise
             except Exception:
                 outcome_unknown = True
                 if not commit_landed(table, swap.snapshot_id):
                     outcome_unknown = False
+                    delete_snapshot_metadata(table.io, staged)
                     raise
                 outcome_unknown = False
             return swap.snapshot_id

@@ -18,6 +18,7 @@ from pyiceberg.io import FileIO
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.table.snapshots import Snapshot
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from k2.core.config import IcebergSettings
@@ -78,6 +79,20 @@ def write_data_files(metadata: TableMetadata, io: FileIO, rows: pa.Table) -> lis
     return write_partition_files(metadata, io, keyed.drop_columns(keys),
                                  [([run[k] for k in keys], run["count_all"]) for run in runs],
                                  on_failure=lambda paths: delete_files(io, paths, "a write that failed part-way"))
+
+
+def delete_snapshot_metadata(io: FileIO, snapshot: Snapshot | None) -> None:
+    """After a commit that did not land: deletes the manifest list and the manifests it wrote (those added by its
+    snapshot, which nothing else references), best effort. Every conflict retried would otherwise leave them."""
+    if snapshot is None:
+        return
+    why = f"snapshot {snapshot.snapshot_id}, which did not land"
+    try:
+        manifests = [m.manifest_path for m in snapshot.manifests(io) if m.added_snapshot_id == snapshot.snapshot_id]
+    except OSError as error:
+        log.warning("could not read the manifest list of %s: %s", why, error)
+        manifests = []
+    delete_files(io, [*manifests, snapshot.manifest_list], why)
 
 
 def delete_files(io: FileIO, paths: Iterable[str], why: str) -> None:
@@ -267,14 +282,17 @@ class TableAppender:
                 for data_file in prepared.files:
                     append.append_data_file(data_file)
             snapshot_id = append.snapshot_id
+            staged = transaction.table_metadata.snapshot_by_id(snapshot_id)
             try:
                 transaction.commit_transaction()
             except CommitFailedException:
+                delete_snapshot_metadata(table.io, staged)
                 raise
             except Exception:
                 prepared.outcome_unknown = snapshot_id
                 if not commit_landed(table, snapshot_id):
                     prepared.outcome_unknown = None
+                    delete_snapshot_metadata(table.io, staged)
                     raise
                 prepared.outcome_unknown = None
             oldest = None
