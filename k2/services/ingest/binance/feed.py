@@ -29,6 +29,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 from websockets.exceptions import WebSocketException
 
 from k2.core.avro import timestamp_from_micros
@@ -535,18 +536,19 @@ class BinanceFeed:
 
     async def _restarting(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         """Runs a task that should never end (the backfill) until cancelled: if it fails or ends all the same, it
-        is logged, counted and started again after a capped backoff, never left dead."""
-        failures = 0
-        while True:
-            started = time.monotonic()
-            try:
-                await run()
-                log.error("binance feed: %s ended; restarting it", name)
-            except Exception:
-                log.exception("binance feed: %s failed; restarting it", name)
+        is logged, counted and started again after a capped, jittered backoff, never left dead."""
+        def restarting(state: RetryCallState) -> None:
+            assert state.outcome is not None
             self.task_restarts[name] += 1
-            failures = 0 if time.monotonic() - started > self.settings.backoff_cap_seconds else failures + 1
-            await asyncio.sleep(self.backoff.delay(failures))
+            log.error("binance feed: %s failed; restarting it in %.1fs", name, state.upcoming_sleep,
+                      exc_info=state.outcome.exception())
+
+        async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(Exception), before_sleep=restarting,
+                wait=wait_random_exponential(self.settings.backoff_base_seconds, self.settings.backoff_cap_seconds)):
+            with attempt:
+                await run()
+                raise RuntimeError(f"{name} ended")
 
     async def stop(self) -> None:
         """Graceful: stop reading, publish what was parsed, close the connections. Returns when done."""
