@@ -207,22 +207,23 @@ class TableAppender:
         self.settings = settings
         self.name = ".".join(table.name())
         # Commits whose outcome the catalog could not tell (it failed mid-commit and again when asked): their
-        # snapshot id and data files, kept until the catalog can say whether they landed.
-        self._outcome_unknown: deque[tuple[int, list[str]]] = deque(maxlen=MAX_UNKNOWN_OUTCOMES)
+        # staged snapshot and data files, kept until the catalog can say whether they landed.
+        self._outcome_unknown: deque[tuple[Snapshot, list[str]]] = deque(maxlen=MAX_UNKNOWN_OUTCOMES)
 
     def _resolve_unknown_outcomes(self) -> None:
-        """Deletes the data files of earlier commits that turn out not to have landed (none the table references)."""
+        """Deletes the files of earlier commits that turn out not to have landed (no data file the table uses)."""
         if not self._outcome_unknown:
             return
         self.table.refresh()
         live: set[str] | None = None
         while self._outcome_unknown:
-            snapshot_id, paths = self._outcome_unknown[0]
-            if self.table.snapshot_by_id(snapshot_id) is None:
+            staged, paths = self._outcome_unknown[0]
+            if self.table.snapshot_by_id(staged.snapshot_id) is None:
                 if live is None:  # a landed snapshot since expired may have left its files to others
                     live = {task.file.file_path for task in self.table.scan().plan_files()}
                 delete_files(self.table.io, [path for path in paths if path not in live],
-                             f"{self.name} commit {snapshot_id}, which did not land")
+                             f"{self.name} commit {staged.snapshot_id}, which did not land")
+                delete_snapshot_metadata(self.table.io, staged)
             self._outcome_unknown.popleft()
 
     def _plan(self, table: Table, progress: dict[int, PartitionProgress]) -> tuple[Offsets, dict[int, int]]:
@@ -283,13 +284,14 @@ class TableAppender:
                     append.append_data_file(data_file)
             snapshot_id = append.snapshot_id
             staged = transaction.table_metadata.snapshot_by_id(snapshot_id)
+            assert staged is not None, "the transaction has just staged it"
             try:
                 transaction.commit_transaction()
             except CommitFailedException:
                 delete_snapshot_metadata(table.io, staged)
                 raise
             except Exception:
-                prepared.outcome_unknown = snapshot_id
+                prepared.outcome_unknown = staged
                 if not commit_landed(table, snapshot_id):
                     prepared.outcome_unknown = None
                     delete_snapshot_metadata(table.io, staged)
@@ -338,7 +340,7 @@ class _PreparedFiles:
         self.rows = _EMPTY
         self.files: list[DataFile] = []
         self.dropped = 0
-        self.outcome_unknown: int | None = None  # the snapshot id of a commit the catalog could not confirm
+        self.outcome_unknown: Snapshot | None = None  # the staged snapshot of a commit the catalog could not confirm
 
     def prepare(self, table: Table, cutoffs: dict[int, int]) -> None:
         if self.buffered is None or self.buffered.num_rows == 0 or cutoffs == self.cutoffs:
