@@ -518,8 +518,8 @@ async def test_two_symbols_trades_of_one_id_both_land_in_iceberg(kafka_settings:
     ids = {symbol: {t["source_sequence"] for t in trades if t["symbol"] == symbol} for symbol in SYMBOLS}
     shared = ids["BTCUSDT"] & ids["ETHUSDT"]
     assert len(shared) >= 50
-    app = await WriterApp.open(WriterSettings(port=0, metrics_port=0, group_id=f"w-{uuid.uuid4().hex[:8]}"),
-                               kafka_settings, iceberg_settings, AuthSettings())
+    app = WriterApp(WriterSettings(port=0, metrics_port=0, group_id=f"w-{uuid.uuid4().hex[:8]}"),
+                    kafka_settings, iceberg_settings, AuthSettings())
     await app.start()
     try:
         await asyncio.to_thread(lambda: app.loop.flush().result(60))
