@@ -12,7 +12,6 @@ checks it with Apache Avro for Java); v1 cannot be, and K2 converts it (UPGRADES
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from io import BytesIO
 from pathlib import Path
@@ -240,7 +239,3 @@ def leading_ids(value: bytes) -> tuple[str, str]:
 
 
 _CURRENT_HEADER_SET = frozenset(CURRENT_HEADERS.values())
-
-
-def timestamp_from_micros(micros: int) -> datetime:
-    return datetime.fromtimestamp(micros // 1_000_000, UTC).replace(microsecond=micros % 1_000_000)

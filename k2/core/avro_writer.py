@@ -5,13 +5,13 @@ then falls back to fastavro)."""
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from k2.core.timestamps import micros
+
 Write = Callable[[bytearray, Any], None]
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-EPOCH_NAIVE = datetime(1970, 1, 1)
 
 
 class UnsupportedSchema(ValueError):
@@ -53,8 +53,7 @@ def write_uuid(out: bytearray, value: Any) -> None:
 
 def write_timestamp_micros(out: bytearray, value: datetime | int) -> None:
     if isinstance(value, datetime):
-        delta = value - (EPOCH if value.tzinfo is not None else EPOCH_NAIVE)
-        value = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+        value = micros(value)
     write_long(out, value)
 
 

@@ -12,12 +12,12 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from k2._native import TradeEncoder
 from k2.core import avro
-from k2.core.protos import ASSET_CLASS_NAMES, EPOCH, SIDE_NAMES, quote_from_proto, trade_from_proto
+from k2.core.protos import ASSET_CLASS_NAMES, SIDE_NAMES, quote_from_proto, trade_from_proto
 from k2.core.records import (
     DECIMAL_PRECISION,
     DECIMAL_SCALE,
@@ -29,6 +29,7 @@ from k2.core.records import (
     Record,
     RecordKind,
 )
+from k2.core.timestamps import micros
 from k2.ingest.v1.ingest_pb2 import PublishQuotesRequest, PublishTradesRequest
 
 NODE_MASK = (1 << 48) - 1
@@ -74,8 +75,7 @@ def _enum_tags(field: str, proto_names: dict[int, str]) -> dict[int, bytes]:
 
 
 def _seconds(value: datetime) -> int:
-    delta = value.replace(tzinfo=UTC) - EPOCH
-    return delta.days * 86400 + delta.seconds
+    return micros(value) // 1_000_000
 
 
 _TRADES = TradeEncoder(
@@ -84,16 +84,11 @@ _TRADES = TradeEncoder(
     (_seconds(datetime.min), _seconds(datetime.max) + 1))
 
 
-def _micros(value: datetime) -> int:
-    delta = value - EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
 def encode_trades(request: PublishTradesRequest, received: datetime, message_ids: MessageIds) -> EncodedBatch:
     """Validates and encodes a request's trades, each exactly as trade_from_proto + avro.encode would; `received`
     is their ingestion timestamp."""
     keys, values, unjudged, symbols = _TRADES.encode(
-        request.SerializeToString(), _micros(received), message_ids.prefix, message_ids.node)
+        request.SerializeToString(), micros(received), message_ids.prefix, message_ids.node)
     return _encode_plain(TRADE, trade_from_proto, request.trades, unjudged, received, message_ids,
                             keys, values, symbols)
 

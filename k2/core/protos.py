@@ -1,6 +1,6 @@
 """The RPC boundary: k2.marketdata.v1 Trade/Quote messages ⇄ v2 records (see the mapping in marketdata.proto)."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import cast
 
@@ -16,9 +16,9 @@ from k2.core.records import (
     validate_quote,
     validate_trade,
 )
+from k2.core.timestamps import EPOCH
 from k2.marketdata.v1.marketdata_pb2 import AssetClass, Quote, Side, Trade
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 NANOS_PER_SECOND = 1_000_000_000
 ASSET_CLASS_NAMES = {value: name.removeprefix("ASSET_CLASS_") for name, value in AssetClass.items() if value}
 ASSET_CLASS_VALUES = cast(dict[str, AssetClass], {name: value for value, name in ASSET_CLASS_NAMES.items()})

@@ -14,8 +14,9 @@ from k2.core.config import AuthSettings, IcebergSettings, KafkaSettings
 from k2.core.grpcserver import Service
 from k2.core.iceberg import load_catalog, table_identifier
 from k2.core.kafka import TOPIC_FOR, provision_topics, topic_name
-from k2.core.protos import EPOCH, set_timestamp
+from k2.core.protos import set_timestamp
 from k2.core.records import QUOTE, TRADE, FieldError, RecordKind
+from k2.core.timestamps import EPOCH
 from k2.writer.v1 import writer_pb2 as pb
 from k2.writer.v1 import writer_pb2_grpc
 

@@ -27,8 +27,8 @@ from typing import Any
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from k2.core import avro
-from k2.core.avro import timestamp_from_micros
 from k2.core.records import TRADE, FieldError, Record
+from k2.core.timestamps import from_micros
 
 from .parsing import ASSET_CLASS, EXCHANGE, exact_decimal, message_id, trade_id_of
 from .publishing import PublishBuffer
@@ -191,14 +191,14 @@ class GapBackfill:
             "symbol": state.symbol,
             "exchange": EXCHANGE,
             "asset_class": ASSET_CLASS,
-            "timestamp": timestamp_from_micros(int(trade["time"]) * self.scale),
+            "timestamp": from_micros(int(trade["time"]) * self.scale),
             "price": price,
             "quantity": quantity,
             "currency": state.currency,
             "side": "SELL" if maker else "BUY",
             "trade_conditions": [],
             "source_sequence": trade_id,
-            "ingestion_timestamp": timestamp_from_micros(received_us),
+            "ingestion_timestamp": from_micros(received_us),
             "platform_sequence": None,
             "vendor_data": {"is_buyer_maker": "true" if maker else "false", "source": "rest_backfill"},
         }

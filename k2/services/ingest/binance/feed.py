@@ -32,8 +32,8 @@ from typing import Any
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 from websockets.exceptions import WebSocketException
 
-from k2.core.avro import timestamp_from_micros
 from k2.core.protos import set_timestamp
+from k2.core.timestamps import from_micros
 from k2.ingest.v1.ingest_pb2 import ConnectionState, FeedStatus
 
 from .backfill import GapBackfill
@@ -621,12 +621,12 @@ class BinanceFeed:
                 streams=len(group.active.streams) if group.active is not None else 0,
                 symbols=len(group.states), frames=group.frames, reconnects=group.reconnects)
             if group.active is not None:
-                set_timestamp(connection.connected_since, timestamp_from_micros(int(group.connected_at * 1e6)))
+                set_timestamp(connection.connected_since, from_micros(int(group.connected_at * 1e6)))
         for state in heapq.nlargest(MOST_ACTIVE_SYMBOLS, self.states, key=lambda s: (s.trades, s.quotes)):
             status.most_active.add(symbol=state.symbol, trades=state.trades, quotes=state.quotes)
         last_event_us = max((state.last_event_us for state in self.states), default=0)
         if last_event_us:
-            set_timestamp(status.last_event_time, timestamp_from_micros(last_event_us))
+            set_timestamp(status.last_event_time, from_micros(last_event_us))
         for gap in self.gap_log.recent:
             entry = status.recent_gaps.add(symbol=gap.symbol, first_missing=gap.first_missing,
                                            last_missing=gap.last_missing)

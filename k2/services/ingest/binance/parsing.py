@@ -21,7 +21,6 @@ import re
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from time import time_ns
 from typing import Any
@@ -30,7 +29,6 @@ import orjson
 
 from k2._native import QuoteFrameEncoder, TradeFrameEncoder
 from k2.core import avro
-from k2.core.avro import timestamp_from_micros
 from k2.core.avro_writer import LongWriter, decimal_writer, plain_decimal_writer, text_written
 from k2.core.records import (
     DECIMAL_PRECISION,
@@ -46,6 +44,7 @@ from k2.core.records import (
 )
 from k2.core.records import QUOTE as QUOTE_KIND
 from k2.core.records import TRADE as TRADE_KIND
+from k2.core.timestamps import MICROS_RANGE, from_micros
 
 from .sequencing import SymbolState
 
@@ -69,7 +68,6 @@ QUOTE = 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _INVALID = object()
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TRADE_ID_PREFIX = f"{EXCHANGE}-"
 _PLAIN_DECIMAL = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,18})?").fullmatch  # fits decimal(38,18) as written
 _NAMESPACE_SHA1 = hashlib.sha1(MESSAGE_ID_NAMESPACE.bytes)
@@ -153,12 +151,7 @@ def _quotes_written_natively(state: SymbolState) -> bool:
     return True
 
 
-def _micros(value: datetime) -> int:
-    delta = value.replace(tzinfo=UTC) - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-_TRADE_TIMES = (_micros(datetime.min), _micros(datetime.max) + 1)  # in microseconds: what a datetime holds
+_TRADE_TIMES = (MICROS_RANGE[0], MICROS_RANGE[1] + 1)  # in microseconds: what a datetime holds
 
 
 def _encoded(kind: RecordKind, record: Record, received_us: int) -> tuple[bytes, bytes, int]:
@@ -339,7 +332,7 @@ class FrameParser:
         if maker is not True and maker is not False:
             raise FieldError("side", f"m: not a boolean: {maker!r:.40}")
         micros = _integer("T", data["T"]) * self._scale
-        _EPOCH + timedelta(0, 0, micros)  # a time beyond the datetime range is refused (OverflowError)
+        from_micros(micros)  # a time beyond the datetime range is refused (OverflowError)
         event_time = data["E"]
         if type(event_time) is not int:
             raise FieldError("event_time", f"E: not an integer: {event_time!r:.40}")
@@ -385,7 +378,7 @@ class FrameParser:
         state.last_update_id = update_id
         quote_id = f"BINANCE-{state.symbol}-{update_id}"
         received_us = time_ns() // 1000
-        received = timestamp_from_micros(received_us)
+        received = from_micros(received_us)
         self.out.quotes.append(_encoded(QUOTE_KIND, validate_quote({
             "message_id": message_id(quote_id),
             "quote_id": quote_id,
