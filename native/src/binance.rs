@@ -153,28 +153,37 @@ fn once<T>(slot: &mut Option<T>, value: Option<T>) -> Option<()> {
 impl<'a> TradeEvent<'a> {
     /// The event object; its opening brace already read.
     fn read(json: &mut Json<'a>) -> Option<Self> {
-        let mut event = TradeEvent::default();
-        loop {
-            let key = json.string()?;
-            json.expect(b':')?;
-            let value = json.value()?;
-            match key {
-                b"e" => once(&mut event.event_type, value.string())?,
-                b"E" => once(&mut event.event_time, value.integer())?,
-                b"s" => once(&mut event.symbol, value.string())?,
-                b"t" => once(&mut event.trade_id, value.integer())?,
-                b"p" => once(&mut event.price, value.string())?,
-                b"q" => once(&mut event.quantity, value.string())?,
-                b"T" => once(&mut event.trade_time, value.integer())?,
-                b"m" => once(&mut event.buyer_is_maker, value.boolean())?,
-                b"M" => once(&mut event.best_match, value.boolean())?,
-                _ => return None,
-            }
-            match json.next()? {
-                b',' => continue,
-                b'}' => return Some(event),
-                _ => return None,
-            }
+        read_object(json, |event: &mut Self, key, value| match key {
+            b"e" => once(&mut event.event_type, value.string()),
+            b"E" => once(&mut event.event_time, value.integer()),
+            b"s" => once(&mut event.symbol, value.string()),
+            b"t" => once(&mut event.trade_id, value.integer()),
+            b"p" => once(&mut event.price, value.string()),
+            b"q" => once(&mut event.quantity, value.string()),
+            b"T" => once(&mut event.trade_time, value.integer()),
+            b"m" => once(&mut event.buyer_is_maker, value.boolean()),
+            b"M" => once(&mut event.best_match, value.boolean()),
+            _ => None,
+        })
+    }
+}
+
+/// A JSON object's members read into a new `T` by `member` (None for a key it does not take), its opening brace
+/// already read; None at anything else than a next member or the closing brace.
+fn read_object<'a, T: Default>(
+    json: &mut Json<'a>,
+    member: impl Fn(&mut T, &'a [u8], Value<'a>) -> Option<()>,
+) -> Option<T> {
+    let mut object = T::default();
+    loop {
+        let key = json.string()?;
+        json.expect(b':')?;
+        let value = json.value()?;
+        member(&mut object, key, value)?;
+        match json.next()? {
+            b',' => continue,
+            b'}' => return Some(object),
+            _ => return None,
         }
     }
 }
@@ -193,26 +202,15 @@ struct BookTickerEvent<'a> {
 impl<'a> BookTickerEvent<'a> {
     /// The event object; its opening brace already read.
     fn read(json: &mut Json<'a>) -> Option<Self> {
-        let mut event = BookTickerEvent::default();
-        loop {
-            let key = json.string()?;
-            json.expect(b':')?;
-            let value = json.value()?;
-            match key {
-                b"u" => once(&mut event.update_id, value.integer())?,
-                b"s" => once(&mut event.symbol, value.string())?,
-                b"b" => once(&mut event.bid_price, value.string())?,
-                b"B" => once(&mut event.bid_quantity, value.string())?,
-                b"a" => once(&mut event.ask_price, value.string())?,
-                b"A" => once(&mut event.ask_quantity, value.string())?,
-                _ => return None,
-            }
-            match json.next()? {
-                b',' => continue,
-                b'}' => return Some(event),
-                _ => return None,
-            }
-        }
+        read_object(json, |event: &mut Self, key, value| match key {
+            b"u" => once(&mut event.update_id, value.integer()),
+            b"s" => once(&mut event.symbol, value.string()),
+            b"b" => once(&mut event.bid_price, value.string()),
+            b"B" => once(&mut event.bid_quantity, value.string()),
+            b"a" => once(&mut event.ask_price, value.string()),
+            b"A" => once(&mut event.ask_quantity, value.string()),
+            _ => None,
+        })
     }
 }
 
