@@ -33,7 +33,7 @@ from k2.core.protos import set_timestamp
 from k2.core.records import Record
 from k2.query.v1 import query_pb2, query_pb2_grpc
 
-ASX_TRADES = ROOT.parent / "shared" / "data" / "asx" / "trades" / "7078.csv"
+ASX_TRADES = ROOT / "data" / "asx" / "trades" / "7078.csv"
 SYDNEY = ZoneInfo("Australia/Sydney")
 COMMIT_ROWS = 5_000
 RUNS = 9

@@ -8,12 +8,9 @@ import asyncio
 import os
 import random
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,8 +18,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import ROOT, free_port
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from conftest import ROOT
+from service_processes import ServiceProcess, platform_env
 from strategies import sample_trade
 from test_writer_service import TradeStream, produce, table_rows, wait_caught_up
 
@@ -32,39 +29,23 @@ from k2.core.kafka import TRADES, topic_name
 from k2.writer.v1 import writer_pb2_grpc
 
 
-class WriterProcess:
+class WriterProcess(ServiceProcess):
+    """`python -m k2.services.writer`, started at once, with an async stub."""
+
     def __init__(self, kafka: KafkaSettings, iceberg: IcebergSettings, group_id: str, log_path: Path,
                  **settings: object):
-        self.port, self.metrics_port = free_port(), free_port()
-        env = os.environ | {
-            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "K2_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
-            "K2_ICEBERG_CATALOG_NAME": iceberg.catalog_name, "K2_ICEBERG_CATALOG_URI": iceberg.catalog_uri,
-            "K2_ICEBERG_WAREHOUSE": iceberg.warehouse, "K2_WRITER_PORT": str(self.port),
-            "K2_WRITER_METRICS_PORT": str(self.metrics_port), "K2_WRITER_GROUP_ID": group_id,
-            "K2_WRITER_PROVISION_TOPICS": "false", "K2_WRITER_MONITOR_INTERVAL_SECONDS": "0.5",
+        super().__init__("writer", platform_env(kafka, iceberg) | {
+            "K2_WRITER_GROUP_ID": group_id, "K2_WRITER_PROVISION_TOPICS": "false",
+            "K2_WRITER_MONITOR_INTERVAL_SECONDS": "0.5",
             # The broker's minimum: a killed writer's partitions move on after 6 s.
             "K2_WRITER_SESSION_TIMEOUT_MS": "6000",
-        } | {f"K2_WRITER_{name.upper()}": str(value) for name, value in settings.items()}
-        self.log_path = log_path
-        self.log = log_path.open("ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "k2.services.writer"], cwd=ROOT, env=env,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
+        } | {f"K2_WRITER_{name.upper()}": str(value) for name, value in settings.items()}, log_path)
+        self.start()
+        self.channel = grpc.aio.insecure_channel(self.address)
         self.stub = writer_pb2_grpc.WriterServiceStub(self.channel)
 
-    async def wait_serving(self, timeout: float = 60.0) -> None:
-        health = health_pb2_grpc.HealthStub(self.channel)
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process.poll() is None, f"writer exited: {self.log_tail()}"
-            try:
-                response = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            assert time.monotonic() < deadline, f"writer not serving: {self.log_tail()}"
-            await asyncio.sleep(0.2)
+    async def serving(self, timeout: float = 60.0) -> None:
+        await asyncio.to_thread(self.wait_serving, timeout)
 
     async def wait_committing(self, commits: float = 1, timeout: float = 60.0) -> None:
         """Until the writer has committed to the trades table `commits` times (it owns partitions, works)."""
@@ -73,38 +54,13 @@ class WriterProcess:
             assert time.monotonic() < deadline, f"writer not committing: {self.log_tail()}"
             await asyncio.sleep(0.05)
 
-    def metric(self, name: str, **labels: str) -> float:
-        """The sum of the metric's samples whose labels include `labels`."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
-        wanted = {f'{key}="{value}"' for key, value in labels.items()}
-        total = 0.0
-        for line in text.splitlines():
-            sample, _, value = line.rpartition(" ")
-            metric, _, label_text = sample.partition("{")
-            if metric == name and wanted <= set(label_text.rstrip("}").split(",")):
-                total += float(value)
-        return total
-
     def commits(self) -> float:
         return self.metric("k2_writer_commits_total", table="market_data.trades", operation="append")
 
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(60)
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
-
     async def close(self) -> None:
-        if self.process.poll() is None:
+        if self.running():
             self.kill()
         await self.channel.close()
-        self.log.close()
 
 
 @pytest.fixture
@@ -112,9 +68,8 @@ def writers(tmp_path: Path) -> Iterator[list[WriterProcess]]:
     started: list[WriterProcess] = []
     yield started
     for writer in started:
-        if writer.process.poll() is None:
+        if writer.running():
             writer.kill()
-        writer.log.close()
 
 
 def assert_exactly_once(iceberg: IcebergSettings, stream: TradeStream) -> None:
@@ -135,7 +90,7 @@ async def kill_rounds(kafka: KafkaSettings, iceberg: IcebergSettings, writers: l
             writer = WriterProcess(kafka, iceberg, group, logs / f"writer-{number}.log",
                                    commit_interval_ms=rng.choice([50, 200, 500]))
             writers.append(writer)
-            await writer.wait_serving()
+            await writer.serving()
             await writer.wait_committing()
             if number % 2:
                 await asyncio.sleep(rng.uniform(0.0, 1.5))  # before, during or after a commit
@@ -144,7 +99,7 @@ async def kill_rounds(kafka: KafkaSettings, iceberg: IcebergSettings, writers: l
             writer.kill()
         final = WriterProcess(kafka, iceberg, group, logs / "writer-final.log", commit_interval_ms=200)
         writers.append(final)
-        await final.wait_serving()
+        await final.serving()
         await asyncio.sleep(1)
     finally:
         stream.stop()
@@ -171,12 +126,12 @@ async def test_two_writers_in_one_group_through_rebalances(
         first = WriterProcess(kafka_settings, iceberg_settings, group, tmp_path / "first.log",
                               commit_interval_ms=50, assignment_strategy="range")
         writers.append(first)
-        await first.wait_serving()
+        await first.serving()
         await asyncio.sleep(2)
         second = WriterProcess(kafka_settings, iceberg_settings, group, tmp_path / "second.log",
                                commit_interval_ms=50, assignment_strategy="range")
         writers.append(second)
-        await second.wait_serving()  # joining the group: partitions move from the first to the second
+        await second.serving()  # joining the group: partitions move from the first to the second
         deadline = time.monotonic() + 30
         conflicts = "k2_writer_commit_conflicts_total"
         while first.metric(conflicts) + second.metric(conflicts) == 0:
@@ -230,7 +185,7 @@ async def test_a_resent_message_id_lands_once_across_a_restart(
 
     first = WriterProcess(kafka_settings, iceberg_settings, group, tmp_path / "first.log", commit_interval_ms=50)
     writers.append(first)
-    await first.wait_serving()
+    await first.serving()
     produce(kafka_settings, topic, [avro.encode("trade", trade), avro.encode("trade", trade)], partition=0)
     await wait_caught_up(first.stub, topic)
     assert first.metric(duplicates, table="market_data.trades") == 1
@@ -239,7 +194,7 @@ async def test_a_resent_message_id_lands_once_across_a_restart(
     second = WriterProcess(kafka_settings, iceberg_settings, group, tmp_path / "second.log",
                            commit_interval_ms=50)
     writers.append(second)
-    await second.wait_serving()
+    await second.serving()
     produce(kafka_settings, topic, [avro.encode("trade", resent), avro.encode("trade", other)], partition=1)
     await wait_caught_up(second.stub, topic)
     assert second.metric(duplicates, table="market_data.trades") == 1
