@@ -13,6 +13,7 @@ import pytest
 from confluent_kafka import KafkaError, Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 from strategies import KNOWN_IDS, avro_data, in_either_framing, quotes, sample_quote, sample_trade, trades
 
 from k2._native import LiveBatch, read_messages
@@ -24,7 +25,7 @@ from k2.query.v1 import query_pb2
 from k2.services.query.bars import BarBuilder, divide_half_even
 from k2.services.query.convert import decode_batch, decode_message, decode_plain, frame, transcoder
 from k2.services.query.selection import Selection, micros, rows_after, sort_rows
-from k2.services.query.tokens import PageToken, StreamPosition, query_digest
+from k2.services.query.tokens import PageToken, StreamPosition, TokenKeys, query_digest
 
 KINDS = (TRADE, QUOTE)
 RECORDS = {TRADE: trades, QUOTE: quotes}
@@ -308,16 +309,19 @@ def test_rows_after_continues_exactly_after_a_key() -> None:
 def test_tokens_round_trip_and_refuse_foreign_ones() -> None:
     selection = Selection(frozenset(["BTCUSDT"]), None, 1, 2)
     digest = query_digest(TRADE, selection)
+    keys = TokenKeys([SecretStr("a test key of sixteen bytes or more")])
     page = PageToken(digest, 42, {0: 5}, {0: 9}, (1, "BINANCE", "BTCUSDT", None, "id"))
-    assert PageToken.decode(page.encode(), digest) == page
+    assert PageToken.decode(page.encode(keys), digest, keys) == page
     with pytest.raises(FieldError, match="different query"):
-        PageToken.decode(page.encode(), query_digest(TRADE, Selection(frozenset(["ETHUSDT"]), None, 1, 2)))
+        PageToken.decode(page.encode(keys), query_digest(TRADE, Selection(frozenset(["ETHUSDT"]), None, 1, 2)), keys)
     position = StreamPosition(TRADE, {0: 10, 3: 7}, since=5, snapshot_id=9, after=(1, "X", "Y", 4, "m"), mark=11)
-    assert StreamPosition.decode(position.encode(), TRADE) == position
-    foreign = [(position.encode(), QUOTE), ("e30", TRADE), ("!!", TRADE), ("eyJ2IjoxLCJrIjoidCJ9", TRADE)]
+    assert StreamPosition.decode(position.encode(keys), TRADE, keys) == position
+    unsigned = position.encode(keys).partition(".")[0]
+    foreign = [(position.encode(keys), QUOTE), ("e30", TRADE), ("!!", TRADE), ("eyJ2IjoxLCJrIjoidCJ9", TRADE),
+               (unsigned, TRADE), (position.encode(TokenKeys([])), TRADE)]  # the last: another key
     for token, kind in foreign:
         with pytest.raises(FieldError) as raised:
-            StreamPosition.decode(token, kind)  # type: ignore[arg-type]
+            StreamPosition.decode(token, kind, keys)  # type: ignore[arg-type]
         assert raised.value.field == "resume_token"
 
 

@@ -123,8 +123,13 @@ class Market:
         self._producer.flush(10)
 
 
+# Tokens of the services tests start are signed with this key, so tests can craft tokens the service verifies.
+TOKEN_KEY = "k2 tests' token key"
+
+
 def query_settings(**overrides: object) -> QuerySettings:
-    return QuerySettings(port=0, metrics_port=0, grace_seconds=2.0, heartbeat_seconds=1.0, **overrides)
+    fields: dict[str, object] = {"token_keys": [TOKEN_KEY]} | overrides
+    return QuerySettings(port=0, metrics_port=0, grace_seconds=2.0, heartbeat_seconds=1.0, **fields)
 
 
 class Service:

@@ -16,8 +16,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
+from pydantic import SecretStr
 from test_query_harness import (
     T0,
+    TOKEN_KEY,
     Market,
     Service,
     query_settings,
@@ -34,7 +36,7 @@ from k2.core.records import TRADE, FieldError
 from k2.query.v1 import query_pb2
 from k2.services.query.fanout import Subscriber
 from k2.services.query.selection import MICROS_RANGE, Selection, micros
-from k2.services.query.tokens import PARTITIONS, PageToken, StreamPosition, query_digest
+from k2.services.query.tokens import PARTITIONS, PageToken, StreamPosition, TokenKeys, query_digest
 
 HUGE = 2**70
 QUERY_METHOD = "/k2.query.v1.QueryService/QueryTrades"
@@ -43,9 +45,18 @@ RESUME_TOKEN_TAG = b"\x22"  # field 4, length-delimited
 PAGE_TOKEN_TAG = b"\x32"  # field 6, length-delimited
 
 
-def crafted(payload: dict[str, Any]) -> str:
-    """A token as the service writes them (base64url of JSON), with whatever it is given inside."""
-    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+KEYS = TokenKeys([SecretStr(TOKEN_KEY)])
+
+
+def crafted(payload: dict[str, Any], keys: TokenKeys = KEYS) -> str:
+    """A token as the service writes them (base64url of JSON, signed with the tests' key), with whatever it is
+    given inside."""
+    data = json.dumps(payload).encode()
+    return f"{b64(data)}.{b64(keys.sign(data))}"
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
 RESUME = {"v": 1, "k": "t", "o": [[0, 0]], "m": 0}
@@ -93,6 +104,70 @@ async def test_page_token_fields_beyond_their_range_or_the_topic_are_refused_at_
         assert (refused.value.details() or "").startswith("page_token: "), change
 
 
+# ---- signed tokens: forged, tampered, rotated ------------------------------------------------------------------
+
+async def test_forged_tokens_are_refused_and_rotated_keys_verify(market: Market, kafka_settings: KafkaSettings,
+                                                                 iceberg_settings: IcebergSettings) -> None:
+    """Unsigned, a page token naming a whole-topic range made one call read 4.8M messages: now a token the service
+    did not sign (no signature, another key's, an old key dropped from the list) is refused before any read, and a
+    key kept in the list after a rotation still verifies what it signed."""
+    market.produce(TRADE, make_trades(["BTCUSDT"], 30))
+    market.commit(TRADE)
+    old, new = "the old key, sixteen bytes+", "the new key, sixteen bytes+"
+    query = query_pb2.QueryTradesRequest(limit=10)
+    query.MergeFrom(QUERY)
+
+    async def page(service: Service, token: str = "") -> tuple[int, str]:
+        request = query_pb2.QueryTradesRequest(page_token=token)
+        request.MergeFrom(query)
+        rows, next_token = 0, ""
+        async for response in service.stub.QueryTrades(request, timeout=30):
+            rows += len(response.trades)
+            next_token = response.next_page_token or next_token
+        return rows, next_token
+
+    async def refused(service: Service, token: str) -> str:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await page(service, token)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        return error.value.details() or ""
+
+    async with running_service(kafka_settings, iceberg_settings, query_settings(token_keys=[old])) as service:
+        rows, token = await page(service)
+        assert rows == 10 and token
+        body = token.partition(".")[0]
+        payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        whole_topic = payload | {"ts": [[0, 0]], "te": [[0, 2**62]]}
+        for forged in (body, crafted(whole_topic), crafted(payload, TokenKeys([SecretStr(new)])),
+                       crafted(payload, TokenKeys([]))):
+            assert "signature" in await refused(service, forged) or forged == body
+    async with running_service(kafka_settings, iceberg_settings,
+                               query_settings(token_keys=[new, old])) as service:  # rotating: new signs, old verifies
+        rows, second = await page(service, token)
+        assert rows == 10 and second
+        assert (await page(service, second))[0] == 10
+    async with running_service(kafka_settings, iceberg_settings, query_settings(token_keys=[new])) as service:
+        assert "signature" in await refused(service, token)  # the old key dropped: its tokens end
+        assert (await page(service, second))[0] == 10
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_a_token_with_any_bit_flipped_is_refused(data: st.DataObject) -> None:
+    position = StreamPosition(TRADE, {0: 10, 3: 7}, since=5, snapshot_id=9, after=(1, "X", "Y", 4, "m"), mark=11)
+    page = PageToken(DIGEST, 42, {0: 5}, {0: 9}, (micros(T0), "BINANCE", "BTCUSDT", None, "id"))
+    for token, decode, field in ((position.encode(KEYS), lambda t: StreamPosition.decode(t, TRADE, KEYS),
+                                  "resume_token"),
+                                 (page.encode(KEYS), lambda t: PageToken.decode(t, DIGEST, KEYS), "page_token")):
+        raw = bytearray(token.encode())
+        index = data.draw(st.integers(0, len(raw) - 1))
+        raw[index] ^= 1 << data.draw(st.integers(0, 7))
+        with pytest.raises((FieldError, UnicodeDecodeError)) as error:
+            decode(raw.decode())
+        if isinstance(error.value, FieldError):
+            assert error.value.field == field
+
+
 # ---- any token: the decoders, then the service -------------------------------------------------------------------
 
 json_values = st.recursive(
@@ -119,12 +194,12 @@ def assert_decodes_or_refuses(decode: Any, field: str) -> Any:
 @settings(max_examples=600, deadline=None)
 @given(tokens)
 def test_any_token_decodes_to_a_position_within_range_or_is_refused_with_a_reason(token: str) -> None:
-    position = assert_decodes_or_refuses(lambda: StreamPosition.decode(token, TRADE), "resume_token")
+    position = assert_decodes_or_refuses(lambda: StreamPosition.decode(token, TRADE, KEYS), "resume_token")
     if position is not None:
-        assert StreamPosition.decode(position.encode(), TRADE) == position
+        assert StreamPosition.decode(position.encode(KEYS), TRADE, KEYS) == position
         assert all(PARTITIONS[0] <= p <= PARTITIONS[1] and 0 <= o < 2**63 for p, o in position.offsets.items())
         assert all(MICROS_RANGE[0] <= t <= MICROS_RANGE[1] for t in (position.mark, position.since or 0))
-    page = assert_decodes_or_refuses(lambda: PageToken.decode(token, DIGEST), "page_token")
+    page = assert_decodes_or_refuses(lambda: PageToken.decode(token, DIGEST, KEYS), "page_token")
     if page is not None:
         assert all(0 <= o < 2**63 for o in [*page.tail_start.values(), *page.tail_end.values()])
 
@@ -174,7 +249,7 @@ def test_any_token_bytes_are_invalid_argument_with_a_reason(service_port: int, t
 
 def token_within_range(token: bytes) -> bool:
     try:
-        StreamPosition.decode(token.decode(), TRADE)
+        StreamPosition.decode(token.decode(), TRADE, KEYS)
     except (UnicodeDecodeError, FieldError):
         return False
     return True

@@ -1,5 +1,6 @@
 """Query service settings, environment prefix K2_QUERY_ (K2_QUERY_PORT, K2_QUERY_MAX_LIMIT, ...)."""
 
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from k2.core.config import ServerSettings
@@ -10,6 +11,10 @@ class QuerySettings(ServerSettings):
 
     port: int = 50053
     metrics_port: int = 9103
+
+    # Keys page and resume tokens are signed with (HMAC-SHA256, at least 16 bytes each): the first signs, every
+    # one verifies. Replicas behind one address need the same list; none: a random key per process.
+    token_keys: list[SecretStr] = Field(default_factory=list)
 
     # QueryTrades / QueryQuotes
     default_limit: int = 10_000

@@ -55,7 +55,7 @@ from k2.services.query.convert import MarketMessage, decode_batch, decode_messag
 from k2.services.query.history import History
 from k2.services.query.kafka_tail import KAFKA_LOG, KafkaAdmin
 from k2.services.query.selection import Selection
-from k2.services.query.tokens import StreamPosition
+from k2.services.query.tokens import StreamPosition, TokenKeys
 
 log = logging.getLogger(__name__)
 Offsets = dict[int, int]
@@ -119,6 +119,7 @@ class FanOut:
     def __init__(self, kafka: KafkaSettings, settings: QuerySettings, history: History,
                  on_health: Callable[[bool], Awaitable[None]]):
         self.framing = Framing.connect(kafka)
+        self.token_keys = TokenKeys(settings.token_keys)  # shared by the subscriptions and queries of this service
         self._kafka = kafka
         self._settings = settings
         self._history = history
@@ -317,7 +318,7 @@ class FanOut:
 
     def _send(self, kind: RecordKind, framed: bytes, count: int, newest: int, position: Offsets,
               selection: Selection, subscribers: list[Subscriber]) -> None:
-        token = StreamPosition(kind, position, since=selection.start, mark=newest).encode()
+        token = StreamPosition(kind, position, since=selection.start, mark=newest).encode(self.token_keys)
         payload = response_bytes(kind, framed, token, replay=False)
         for subscriber in subscribers:
             try:

@@ -154,7 +154,7 @@ class QueryServicer:
 
     async def _range(self, kind: RecordKind, request: validation.QueryRequest,
                      budget: Budget) -> AsyncIterator[bytes]:
-        query = validation.range_query(kind, request, self._settings)
+        query = validation.range_query(kind, request, self._settings, self._fanout.token_keys)
         columns = arrow_schema(kind).names
         if query.page is None:
             snapshot, tail_start, tail_end = await self._fresh_tail(kind)
@@ -193,7 +193,8 @@ class QueryServicer:
             pending = pending.slice(sent)
         token = ""
         if more and last_key is not None:
-            token = PageToken(query.digest, snapshot.snapshot_id, tail_start, tail_end, last_key).encode()
+            token = PageToken(query.digest, snapshot.snapshot_id, tail_start, tail_end, last_key).encode(
+                self._fanout.token_keys)
         if len(pending) or token:
             returned.inc(len(pending))
             yield joined(pending) + QUERY_RESPONSES[kind](next_page_token=token).SerializeToString()
@@ -265,7 +266,7 @@ class QueryServicer:
 
     async def _subscribe(self, kind: RecordKind, request: validation.SubscribeRequest,
                          context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        subscription = validation.subscription(kind, request, self._settings)
+        subscription = validation.subscription(kind, request, self._settings, self._fanout.token_keys)
         clean_ups: list[Callable[[], None]] = [metrics.ACTIVE_SUBSCRIBERS.labels(metrics.SERVICE, kind).dec]
         metrics.ACTIVE_SUBSCRIBERS.labels(metrics.SERVICE, kind).inc()
 

@@ -167,7 +167,7 @@ class Subscriptions:
                 after = row_key(chunk, chunk.num_rows - 1)
                 position = replace(position, after=after, mark=max(position.mark, after[0]))
                 metrics.DELIVERED.labels(metrics.SERVICE, kind, "history").inc(chunk.num_rows)
-                yield response_bytes(kind, framed, position.encode(), replay=True), position
+                yield response_bytes(kind, framed, position.encode(self._fanout.token_keys), replay=True), position
 
     def _response_slices(self, framed: pa.ChunkedArray) -> Iterator[tuple[int, int]]:
         """(start, length) of consecutive rows, for responses of at most subscription_batch rows and
@@ -226,7 +226,7 @@ class Subscriptions:
                             position = replace(position, offsets=after, mark=max(position.mark, newest))
                             metrics.DELIVERED.labels(metrics.SERVICE, kind, "replay").inc(count)
                             last_sent = now
-                            yield response_bytes(kind, framed, position.encode(), replay=True), position
+                            yield response_bytes(kind, framed, position.encode(self._fanout.token_keys), replay=True), position
             finally:
                 await self._workers.run(reader.close)
         # the range is done even where its last offsets held no message (transaction markers)
@@ -260,5 +260,5 @@ class Subscriptions:
     def _heartbeat(self, subscriber: Subscriber, mark: int) -> bytes:
         position = StreamPosition(subscriber.kind, self._fanout.position_of(subscriber),
                                   since=subscriber.selection.start, mark=mark)
-        return response_bytes(subscriber.kind, b"", position.encode(), replay=False)
+        return response_bytes(subscriber.kind, b"", position.encode(self._fanout.token_keys), replay=False)
 

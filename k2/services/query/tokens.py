@@ -1,5 +1,11 @@
-"""Opaque tokens: base64url of a small JSON object. They carry positions, not secrets; the server checks their
-shape and that they belong to the request they are used with, and refuses anything else (INVALID_ARGUMENT).
+"""Opaque tokens: base64url of a small JSON object, then "." and base64url of its HMAC-SHA256 under the service's
+token key. They carry positions, not secrets, but a position names what the service will read (a snapshot, a
+Kafka range): the signature makes sure the service only ever reads what it handed out itself. The first of the
+configured keys (K2_QUERY_TOKEN_KEYS) signs, every one of them verifies, so keys rotate without breaking tokens
+in flight: add the new key after the old, move it first once every replica has it, drop the old later. Without a
+configured key each process draws a random one (tokens then hold for that process only; replicas behind one
+address need a shared key). A token that is not signed by one of the keys, or whose shape is wrong or that belongs
+to another request, is refused (INVALID_ARGUMENT).
 
 Page token (QueryTrades/QueryQuotes): the Iceberg snapshot the first page scanned, the Kafka tail range it added
 ([the snapshot's recorded offsets, the high watermarks at the first request)), and the key of the last row
@@ -15,9 +21,13 @@ Every field is checked on decoding, its type and its range (a partition is a 32-
 import base64
 import binascii
 import hashlib
+import hmac
 import json
+import secrets
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic import SecretStr
 
 from k2.core.records import FieldError, RecordKind
 from k2.services.query.selection import MICROS_RANGE, Key, Selection
@@ -31,17 +41,57 @@ PARTITIONS = (0, 2**31 - 1)
 OFFSETS = (0, 2**63 - 1)
 
 
-def _encode(payload: dict[str, Any]) -> str:
-    text = json.dumps(payload, separators=(",", ":"))
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+MIN_KEY_BYTES = 16
+_PROCESS_KEY = secrets.token_bytes(32)  # when no key is configured: tokens hold for this process only
 
 
-def _decode(field_name: str, token: str) -> dict[str, Any]:
+class TokenKeys:
+    """The keys tokens are signed with: the first signs, any verifies."""
+
+    def __init__(self, keys: list[SecretStr]):
+        configured = [key.get_secret_value().encode() for key in keys]
+        for index, key in enumerate(configured):
+            if len(key) < MIN_KEY_BYTES:
+                raise ValueError(f"K2_QUERY_TOKEN_KEYS[{index}]: at least {MIN_KEY_BYTES} bytes")
+        self._keys = configured or [_PROCESS_KEY]
+
+    def __repr__(self) -> str:
+        return f"TokenKeys({len(self._keys)} keys)"  # never the keys themselves
+
+    def sign(self, data: bytes) -> bytes:
+        return hmac.digest(self._keys[0], data, hashlib.sha256)
+
+    def verify(self, data: bytes, signature: bytes) -> bool:
+        return any(hmac.compare_digest(hmac.digest(key, data, hashlib.sha256), signature) for key in self._keys)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _encode(payload: dict[str, Any], keys: TokenKeys) -> str:
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    return f"{_b64(data)}.{_b64(keys.sign(data))}"
+
+
+def _decode(field_name: str, token: str, keys: TokenKeys) -> dict[str, Any]:
     if len(token) > 8192:
         raise FieldError(field_name, "too long")
+    body, dot, signature = token.rpartition(".")
     try:
-        payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, ValueError, RecursionError):  # RecursionError: JSON nested too deeply
+        data, mac = _unb64(body), _unb64(signature)
+    except (binascii.Error, ValueError):
+        raise FieldError(field_name, "not a token issued by this service") from None
+    # only the one encoding the service writes: base64 ignores a flipped unused bit of a last character
+    if not dot or _b64(data) != body or _b64(mac) != signature or not keys.verify(data, mac):
+        raise FieldError(field_name, "not a token issued by this service (its signature does not match)")
+    try:
+        payload = json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deeply
         raise FieldError(field_name, "not a token issued by this service") from None
     if not isinstance(payload, dict) or payload.get("v") != VERSION:
         raise FieldError(field_name, "not a token issued by this service (or from an incompatible version)")
@@ -104,14 +154,14 @@ class PageToken:
     tail_end: Offsets
     after: Key
 
-    def encode(self) -> str:
+    def encode(self, keys: TokenKeys) -> str:
         return _encode({"v": VERSION, "q": self.query, "s": self.snapshot_id, "ts": _offsets_out(self.tail_start),
-                        "te": _offsets_out(self.tail_end), "a": _key_out(self.after)})
+                        "te": _offsets_out(self.tail_end), "a": _key_out(self.after)}, keys)
 
     @classmethod
-    def decode(cls, token: str, query: str) -> "PageToken":
+    def decode(cls, token: str, query: str, keys: TokenKeys) -> "PageToken":
         name = "page_token"
-        payload = _decode(name, token)
+        payload = _decode(name, token, keys)
         if payload.get("q") != query:
             raise FieldError(name, "belongs to a different query (symbols, exchange, start and end must stay)")
         after = _key_in(name, payload.get("a"))
@@ -132,7 +182,7 @@ class StreamPosition:
     # offsets have left Kafka (retention).
     mark: int = 0
 
-    def encode(self) -> str:
+    def encode(self, keys: TokenKeys) -> str:
         payload: dict[str, Any] = {"v": VERSION, "k": KIND_CODES[self.kind], "o": _offsets_out(self.offsets),
                                    "m": self.mark}
         if self.since is not None:
@@ -140,12 +190,12 @@ class StreamPosition:
         if self.snapshot_id is not None:
             payload["sn"] = self.snapshot_id
             payload["a"] = _key_out(self.after)
-        return _encode(payload)
+        return _encode(payload, keys)
 
     @classmethod
-    def decode(cls, token: str, kind: RecordKind) -> "StreamPosition":
+    def decode(cls, token: str, kind: RecordKind, keys: TokenKeys) -> "StreamPosition":
         name = "resume_token"
-        payload = _decode(name, token)
+        payload = _decode(name, token, keys)
         if payload.get("k") != KIND_CODES[kind]:
             raise FieldError(name, f"not a {kind} stream's token")
         return cls(kind, _offsets_in(name, payload.get("o")),

@@ -9,7 +9,7 @@ from k2.core.records import FieldError, RecordKind, check_name
 from k2.query.v1 import query_pb2
 from k2.services.query.config import QuerySettings
 from k2.services.query.selection import Selection
-from k2.services.query.tokens import PageToken, StreamPosition, query_digest
+from k2.services.query.tokens import PageToken, StreamPosition, TokenKeys, query_digest
 
 DAY_MICROS = 86_400_000_000
 # Timestamp.seconds of 0001-01-01 and 10000-01-01: the range a datetime holds
@@ -69,7 +69,7 @@ class RangeQuery:
     page: PageToken | None
 
 
-def range_query(kind: RecordKind, request: QueryRequest, settings: QuerySettings) -> RangeQuery:
+def range_query(kind: RecordKind, request: QueryRequest, settings: QuerySettings, keys: TokenKeys) -> RangeQuery:
     symbols = check_names("symbols", list(request.symbols), settings.max_symbols, required=True)
     exchanges = frozenset([check_name("exchange", request.exchange)]) if request.exchange else None
     start, end = time_range(request.start if request.HasField("start") else None,
@@ -78,7 +78,7 @@ def range_query(kind: RecordKind, request: QueryRequest, settings: QuerySettings
         raise FieldError("limit", f"at most {settings.max_limit}")
     selection = Selection(symbols, exchanges, start, end)
     digest = query_digest(kind, selection)
-    page = PageToken.decode(request.page_token, digest) if request.page_token else None
+    page = PageToken.decode(request.page_token, digest, keys) if request.page_token else None
     return RangeQuery(kind, selection, request.limit or settings.default_limit, digest, page)
 
 
@@ -123,9 +123,10 @@ class Subscription:
     resume: StreamPosition | None
 
 
-def subscription(kind: RecordKind, request: SubscribeRequest, settings: QuerySettings) -> Subscription:
+def subscription(kind: RecordKind, request: SubscribeRequest, settings: QuerySettings,
+                 keys: TokenKeys) -> Subscription:
     symbols = check_names("symbols", list(request.symbols), settings.max_symbols, required=False)
     exchanges = check_names("exchanges", list(request.exchanges), settings.max_symbols, required=False)
     start = micros_of("start", request.start) if request.HasField("start") else None
-    resume = StreamPosition.decode(request.resume_token, kind) if request.resume_token else None
+    resume = StreamPosition.decode(request.resume_token, kind, keys) if request.resume_token else None
     return Subscription(kind, symbols, exchanges, start, resume)
