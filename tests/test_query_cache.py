@@ -1,6 +1,7 @@
-"""The query service's Iceberg cache: bounded by bytes, least recently used dropped first; reads through it follow
-the snapshots exactly (a new snapshot's rows are seen, an older snapshot keeps its own) and give the same rows and
-encoded messages as reads without it — against a real (SQLite) Iceberg catalog."""
+"""The query service's read cache holds metadata only (file lists, Parquet footers, the times a row group's
+selected rows span), bounded; reads through it follow the snapshots exactly (a new snapshot's rows are seen, an
+older snapshot keeps its own) and give the same rows and encoded messages as reads without it, and a row group
+found to hold none of a selection is not read again — against a real (SQLite) Iceberg catalog."""
 
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -10,46 +11,18 @@ from strategies import sample_trade
 
 from k2.core.arrow_records import arrow_schema, records_to_arrow
 from k2.core.config import IcebergSettings
-from k2.core.iceberg import ensure_table, load_catalog
+from k2.core.iceberg import ensure_table, load_catalog, partition_fields
 from k2.core.protos import trade_to_proto
 from k2.core.records import TRADE, Record
 from k2.marketdata.v1.marketdata_pb2 import Trade
 from k2.query.v1 import query_pb2
-from k2.services.query.cache import IcebergCache
-from k2.services.query.history import History, Snapshot, ordered_rows
+from k2.services.query.cache import ReadCache
+from k2.services.query.history import History, Scan, Snapshot, ordered_rows
 from k2.services.query.selection import Selection
 from k2.services.query.wire import FRAMED, joined
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 COLUMNS = [*arrow_schema(TRADE).names, FRAMED]
-
-
-def rows_of(nbytes: int) -> pa.Table:
-    return pa.table({"x": pa.array([b"x" * nbytes], pa.binary())})
-
-
-def test_cache_holds_at_most_its_bytes_and_drops_the_least_recently_used() -> None:
-    loads: list[str] = []
-
-    def loader(name: str, nbytes: int):  # type: ignore[no-untyped-def]
-        return lambda: loads.append(name) or rows_of(nbytes)
-
-    size = rows_of(1000).nbytes
-    cache = IcebergCache(2 * size)
-    cache.file_rows("a", loader("a", 1000))
-    cache.file_rows("b", loader("b", 1000))
-    cache.file_rows("a", loader("a", 1000))  # kept, and now the most recently used
-    cache.file_rows("c", loader("c", 1000))  # drops b
-    cache.file_rows("a", loader("a", 1000))
-    cache.file_rows("b", loader("b", 1000))
-    cache.file_rows("huge", loader("huge", 10_000))  # larger than the bound: read, never kept
-    assert loads == ["a", "b", "c", "b", "huge"]
-    assert cache.nbytes <= 2 * size
-
-    nothing = IcebergCache(0)
-    nothing.file_rows("a", loader("a", 10))
-    nothing.file_rows("a", loader("a", 10))
-    assert loads[-2:] == ["a", "a"] and nothing.nbytes == 0
 
 
 def batch(symbols: list[str], count: int, start: datetime) -> list[Record]:
@@ -69,7 +42,7 @@ def test_cached_reads_follow_the_snapshots_and_match_uncached_reads(iceberg_sett
     table = ensure_table(load_catalog(iceberg_settings), iceberg_settings, TRADE)
     first = batch(["BTCUSDT", "ETHUSDT"], 40, T0)
     table.append(records_to_arrow(TRADE, first))
-    cached, uncached = History(iceberg_settings, IcebergCache(64 << 20)), History(iceberg_settings, IcebergCache(0))
+    cached, uncached = History(iceberg_settings, ReadCache(64 << 20)), History(iceberg_settings, ReadCache(0))
     everything, eth = Selection(), Selection(symbols=frozenset(["ETHUSDT"]))
 
     old = cached.current(TRADE, "trades")
@@ -84,4 +57,20 @@ def test_cached_reads_follow_the_snapshots_and_match_uncached_reads(iceberg_sett
         wanted = [r for r in first + second if selection.symbols is None or r["symbol"] in selection.symbols]
         assert trades_in(rows) == [trade_to_proto(r) for r in wanted]  # in time order, as produced
     assert read(cached.at(TRADE, "trades", old.snapshot_id), everything).num_rows == 40  # the old snapshot's own
-    assert new.cache.nbytes > 0
+    assert 0 < new.cache.footers_nbytes <= 64 << 20 and uncached.current(TRADE, "trades").cache.footers_nbytes == 0
+
+
+def test_a_row_group_found_to_hold_none_of_a_selection_is_not_read_again(iceberg_settings: IcebergSettings) -> None:
+    """Statistics cover every symbol of a row group: CATUSDT sorts between BTCUSDT and ETHUSDT, so the file's
+    bounds admit it; once read, the row group is known to hold none, and the next page skips it unread."""
+    table = ensure_table(load_catalog(iceberg_settings), iceberg_settings, TRADE, partition_fields(None))
+    table.append(records_to_arrow(TRADE, batch(["BTCUSDT", "ETHUSDT"], 40, T0)))
+    history = History(iceberg_settings, ReadCache(64 << 20))
+    snapshot = history.current(TRADE, "trades")
+    absent = Selection(symbols=frozenset(["CATUSDT"]))
+    first = Scan(TRADE, snapshot, absent, COLUMNS)
+    assert list(first) == [] and first.rows_read == 40
+    again = Scan(TRADE, snapshot, absent, COLUMNS)
+    assert list(again) == [] and again.rows_read == 0
+    eth = Scan(TRADE, snapshot, Selection(symbols=frozenset(["ETHUSDT"])), COLUMNS)
+    assert sum(rows.num_rows for rows in eth) == 20

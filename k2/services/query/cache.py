@@ -1,87 +1,71 @@
-"""A bounded in-process cache of what Iceberg scans read: each data file's rows (and, once a query asks for them,
-each row's encoded message), and each snapshot's planned file list.
+"""What the query service keeps between reads of Iceberg: metadata only, never rows.
 
-Neither can go stale: a data file is never rewritten in place (compaction writes new files, which are new keys;
-delete files that apply to it are part of its key) and a snapshot's file list never changes. Entries are dropped
-least recently used once the bytes held pass `max_bytes` (K2_QUERY_FILE_CACHE_BYTES; 0 keeps nothing)."""
+- each snapshot's planned file list (a few objects per data file), least recently used dropped past
+  `plans` snapshots;
+- each data file's Parquet footer (row-group statistics, where each column chunk is), by bytes: reading a row
+  group then needs no footer read first;
+- per row group and selection, the time range its selected rows actually span (or that none are selected): a
+  row group's statistics cover every symbol in it, its selected rows often far fewer times, so a later page
+  skips it without reading it.
+
+None of these can go stale: a data file is never rewritten in place (compaction writes new files, which are new
+keys) and a snapshot's file list never changes. None makes a read slower than reading without it: a miss costs
+what a read without the cache costs, and each is bounded (K2_QUERY_FOOTER_CACHE_BYTES)."""
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, TypeVar
 
-import pyarrow as pa
+from cachetools import LRUCache
 
-from k2.core.records import RecordKind
-from k2.services.query import wire
+T = TypeVar("T")
+MISSING = object()
+PLANS = 64  # snapshots whose file lists are kept
+BOUNDS = 200_000  # row groups × selections whose selected rows' time range is kept (~200 bytes each)
 
-PLAN_ENTRY_BYTES = 64 * 1024  # what a snapshot's file list is counted as (it holds a few objects per file)
 
+class ReadCache:
+    def __init__(self, footer_bytes: int):
+        self.footer_bytes = footer_bytes
+        self._plans: LRUCache[Hashable, Any] = LRUCache(PLANS)
+        self._footers: LRUCache[Hashable, Any] = LRUCache(max(footer_bytes, 1), getsizeof=_footer_size)
+        self._bounds: LRUCache[Hashable, tuple[int, int] | None] = LRUCache(BOUNDS)
+        self._lock = threading.Lock()  # cachetools' caches are not thread-safe
 
-class FileRows:
-    """One data file's rows (every column of the table schema), and their framed messages once asked for."""
-
-    __slots__ = ("_framed", "_lock", "nbytes", "table")
-
-    def __init__(self, table: pa.Table):
-        self.table = table
-        self.nbytes = table.nbytes
-        self._framed: pa.Array | None = None
-        self._lock = threading.Lock()
-
-    def framed(self, kind: RecordKind) -> tuple[pa.Array, bool]:
-        """(the framed messages, whether this call made them)"""
+    def _get(self, cache: LRUCache[Hashable, Any], key: Hashable, load: Callable[[], T]) -> T:
         with self._lock:
-            if self._framed is not None:
-                return self._framed, False
-            self._framed = wire.framed(kind, self.table)
-            self.nbytes += self._framed.nbytes
-            return self._framed, True
-
-
-class IcebergCache:
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def _get(self, key: Hashable, load: Callable[[], Any], size: Callable[[Any], int]) -> Any:
+            found = cache.get(key, MISSING)
+        if found is not MISSING:
+            return found  # type: ignore[no-any-return]
+        value = load()  # outside the lock: two threads may load the same entry, either is right
         with self._lock:
-            found = self._entries.get(key)
-            if found is not None:
-                self._entries.move_to_end(key)
-                return found[0]
-        value = load()  # outside the lock: two threads may load the same entry, the last one is kept
-        self._put(key, value, size(value))
+            try:
+                cache[key] = value
+            except ValueError:  # larger than the whole cache: used, never kept
+                pass
         return value
 
-    def _put(self, key: Hashable, value: Any, nbytes: int) -> None:
+    def plan(self, key: Hashable, load: Callable[[], T]) -> T:
+        return self._get(self._plans, key, load)
+
+    def footer(self, key: Hashable, load: Callable[[], T]) -> T:
+        if self.footer_bytes <= 0:
+            return load()
+        return self._get(self._footers, key, load)
+
+    def bounds(self, key: Hashable) -> tuple[int, int] | None | object:
+        """The remembered (first, last) time of a row group's selected rows, None if it holds none, or MISSING."""
         with self._lock:
-            if key in self._entries:
-                self._bytes -= self._entries.pop(key)[1]
-            if nbytes <= self.max_bytes:
-                self._entries[key] = (value, nbytes)
-                self._bytes += nbytes
-            while self._bytes > self.max_bytes:
-                self._bytes -= self._entries.popitem(last=False)[1][1]
+            return self._bounds.get(key, MISSING)
 
-    def file_rows(self, key: Hashable, load: Callable[[], pa.Table]) -> FileRows:
-        return self._get(("file", key), lambda: FileRows(load()), lambda rows: rows.nbytes)
-
-    def framed(self, key: Hashable, rows: FileRows, kind: RecordKind) -> pa.Array:
-        """The rows' framed messages, encoded once per cached file (and counted in its size from then on)."""
-        framed, made = rows.framed(kind)
-        if made:
-            with self._lock:
-                cached = self._entries.get(("file", key), (None, 0))[0] is rows
-            if cached:
-                self._put(("file", key), rows, rows.nbytes)
-        return framed
-
-    def plan(self, key: Hashable, load: Callable[[], list[Any]]) -> list[Any]:
-        return self._get(("plan", key), load, lambda files: PLAN_ENTRY_BYTES + 512 * len(files))
+    def remember_bounds(self, key: Hashable, bounds: tuple[int, int] | None) -> None:
+        with self._lock:
+            self._bounds[key] = bounds
 
     @property
-    def nbytes(self) -> int:
-        return self._bytes
+    def footers_nbytes(self) -> int:
+        return int(self._footers.currsize)
+
+
+def _footer_size(footer: Any) -> int:
+    return int(footer.nbytes)

@@ -19,7 +19,13 @@ class QuerySettings(ServerSettings):
     # QueryTrades / QueryQuotes
     default_limit: int = 10_000
     max_limit: int = 100_000
-    response_rows: int = 2_000  # rows per streamed response
+    response_rows: int = 2_000  # rows per streamed response at most...
+    response_bytes: int = 1024 * 1024  # ...and bytes of rows (a larger row alone)
+    # Rows one page may decode from Iceberg: past it the page ends early, with a token where it stopped.
+    page_max_rows_read: int = 4_000_000
+    # Kafka tail messages (not yet in Iceberg) one query reads at most, over all partitions: with the writer
+    # further behind, a query answers as of the snapshot plus this much of the tail.
+    tail_max_messages: int = 200_000
     max_span_days: int = 366
     max_symbols: int = 100
     # GetBars: at most this many intervals in the requested range
@@ -47,6 +53,6 @@ class QuerySettings(ServerSettings):
     kafka_timeout_seconds: float = 10.0
     # threads for blocking work: Iceberg scans, Kafka range reads, row conversion
     worker_threads: int = 16
-    # Iceberg data files read (their rows and encoded messages) and snapshot file lists kept in memory, at most
-    # this many bytes (least recently used go first); 0: none.
-    file_cache_bytes: int = 256 * 1024 * 1024
+    # Parquet footers of Iceberg data files kept in memory (row-group statistics: a read then starts at the
+    # row groups it needs), at most this many bytes, least recently used dropped first; 0: none.
+    footer_cache_bytes: int = 64 * 1024 * 1024

@@ -1,36 +1,53 @@
 """Iceberg history: the current snapshot and the Kafka offsets it recorded, and ordered scans of one snapshot.
 
-A scan takes the snapshot's files (planned once per snapshot, then kept by the IcebergCache) that may hold the
-selection by their time and symbol bounds, and reads them one UTC day at a time — the table is partitioned by day — so a long range is returned in order
-without holding it all in memory, and an empty stretch of days costs nothing. Rows from the Kafka tail are merged
-into the same windows, so the caller sees one ordered sequence."""
+A scan pushes the selection down as far as the files allow (docs/operations.md, "How a history query reads"):
+
+- files: the snapshot's file list (planned once per snapshot) is pruned by each file's partition (the exchange,
+  the symbol's bucket) and its column bounds (time, symbol);
+- row groups: each remaining file's Parquet footer (kept by the ReadCache) gives every row group's time and
+  symbol statistics; a row group that cannot hold the selection is never read. A row group is read in two steps,
+  its symbol/exchange/time columns first: one holding no selected row costs only those. The time range its
+  selected rows actually span is remembered, so the next page skips it without reading it;
+- pages within a row group: pyarrow has no page-index reads, so a row group is decoded whole.
+
+Rows come out in the row order from one merge over the row groups: a row group is read once the merge reaches
+its first time (by its statistics), and rows are handed out up to the next unread row group's first time. What
+is held is the row groups overlapping the merge's position, not the partition; a resumed scan (`after`) starts
+at the row groups that reach past that row. Rows from the Kafka tail are merged into the same order."""
 
 import functools
 import threading
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
 from pyiceberg.conversions import from_bytes
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
-from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.table import FileScanTask, Table
-from pyiceberg.types import PrimitiveType
+from pyiceberg.transforms import BucketTransform, IdentityTransform
+from pyiceberg.types import PrimitiveType, StringType
 
 from k2.core.arrow_records import arrow_schema
 from k2.core.config import IcebergSettings
 from k2.core.iceberg import committed_offsets, load_catalog, table_identifier
 from k2.core.records import RecordKind
 from k2.services.query import wire
-from k2.services.query.cache import IcebergCache
-from k2.services.query.selection import Key, Selection, rows_after, sort_rows
+from k2.services.query.cache import MISSING, ReadCache
+from k2.services.query.selection import TIMESTAMP_TYPE, Key, Selection, rows_after, sort_rows
 
-DAY = 86_400_000_000  # µs
 Offsets = dict[int, int]
+MIN_TIME, MAX_TIME = -(2**63), 2**63 - 1  # µs: unbounded
+KEY_COLUMNS = ["symbol", "exchange", "timestamp"]  # what decides whether a row is selected
+FIELD_ID = b"PARQUET:field_id"
+# Few distinct values per row group: decoded as dictionaries (cheaper), made plain after the selection
+DICTIONARY_COLUMNS = ["symbol", "exchange", "asset_class", "currency", "side"]
+BATCH_ROWS = 8_192  # a row group is decoded in batches of this many rows when its end is not needed
 
 
 class SnapshotGone(Exception):
@@ -42,11 +59,11 @@ class Snapshot:
     table: Table | None  # None: the table does not exist yet (nothing written)
     snapshot_id: int | None
     offsets: Offsets  # next Kafka offset per partition, recorded by the snapshot's commit
-    cache: IcebergCache  # where its plan and the rows of its files are kept
+    cache: ReadCache  # its file list, its files' footers
 
 
 class History:
-    def __init__(self, settings: IcebergSettings, cache: IcebergCache):
+    def __init__(self, settings: IcebergSettings, cache: ReadCache):
         self._settings = settings
         self._cache = cache
         self._catalog: Catalog | None = None
@@ -80,7 +97,9 @@ class History:
         return Snapshot(table, snapshot_id, committed_offsets(table, snapshot_id).get(topic, {}), self._cache)
 
 
-MIN_TIME, MAX_TIME = -(2**63), 2**63 - 1  # µs: unbounded
+@functools.lru_cache(maxsize=65_536)
+def _bucket(buckets: int, symbol: str) -> int:
+    return cast(int, BucketTransform(buckets).transform(StringType())(symbol))
 
 
 @dataclass(frozen=True)
@@ -89,69 +108,100 @@ class _File:
     first: int  # µs: the file's smallest and largest timestamp (unbounded without statistics)
     last: int
     symbols: tuple[str, str] | None  # the smallest and largest symbol (None: no statistics)
+    exchange: str | None  # its partition's exchange (None: not partitioned by exchange)
+    bucket: tuple[int, int] | None  # (buckets, its partition's bucket of the symbol), if partitioned so
 
     def may_hold(self, selection: Selection) -> bool:
-        return self.symbols is None or selection.symbols is None or any(
-            self.symbols[0] <= symbol <= self.symbols[1] for symbol in selection.symbols)
+        if (selection.start is not None and self.last < selection.start) or (
+                selection.end is not None and self.first >= selection.end):
+            return False
+        if self.exchange is not None and selection.exchanges is not None and self.exchange not in selection.exchanges:
+            return False
+        if selection.symbols is None:
+            return True
+        if self.bucket is not None and all(_bucket(self.bucket[0], s) != self.bucket[1] for s in selection.symbols):
+            return False
+        return self.symbols is None or any(self.symbols[0] <= s <= self.symbols[1] for s in selection.symbols)
 
 
 def _plan_files(table: Table, snapshot_id: int) -> list[_File]:
-    """Every data file of the snapshot, with its time and symbol bounds."""
+    """Every data file of the snapshot, with its time and symbol bounds and its partition."""
     schema = table.schema()
     timestamp, symbol = schema.find_field("timestamp"), schema.find_field("symbol")
     timestamp_type, symbol_type = timestamp.field_type, symbol.field_type
     assert isinstance(timestamp_type, PrimitiveType) and isinstance(symbol_type, PrimitiveType)  # for from_bytes
+    specs = table.specs()
     files = []
     for task in table.scan(snapshot_id=snapshot_id).plan_files():
         lower, upper = task.file.lower_bounds or {}, task.file.upper_bounds or {}
         first, last = lower.get(timestamp.field_id), upper.get(timestamp.field_id)
         low_symbol, high_symbol = lower.get(symbol.field_id), upper.get(symbol.field_id)
+        exchange, bucket = None, None
+        spec = specs.get(task.file.spec_id)
+        for position, field in enumerate(spec.fields if spec is not None else []):
+            value = task.file.partition[position]
+            if value is None:
+                continue
+            source = schema.find_column_name(field.source_id)
+            if source == "exchange" and isinstance(field.transform, IdentityTransform):
+                exchange = value
+            elif source == "symbol" and isinstance(field.transform, BucketTransform):
+                bucket = (field.transform.num_buckets, value)
         # from_bytes is typed as returning a TypeVar bound by no argument, which mypy reads as str
         files.append(_File(
             task, cast(int, from_bytes(timestamp_type, first)) if first else MIN_TIME,
             cast(int, from_bytes(timestamp_type, last)) if last else MAX_TIME,
             (from_bytes(symbol_type, low_symbol), from_bytes(symbol_type, high_symbol))
-            if low_symbol is not None and high_symbol is not None else None))
+            if low_symbol is not None and high_symbol is not None else None, exchange, bucket))
     return files
 
 
-class _Plan:
-    """The snapshot's files that may hold selected rows, with their time bounds. Files are read whole (every
-    column) into the cache; the selection is then applied to the Arrow rows. `columns` may include wire.FRAMED:
-    each row's encoded message, made once per cached file."""
+@dataclass(frozen=True)
+class _RowGroupStats:
+    rows: int
+    first: int
+    last: int
+    symbols: tuple[str, str] | None
 
-    def __init__(self, kind: RecordKind, snapshot: Snapshot, selection: Selection, columns: list[str]):
-        self.files: list[_File] = []
-        self._kind = kind
-        self._columns = columns
-        self._snapshot = snapshot
-        table, snapshot_id = snapshot.table, snapshot.snapshot_id
-        if table is None or snapshot_id is None:
-            return
-        self._projection = table.scan(snapshot_id=snapshot_id).projection()
-        files = snapshot.cache.plan((table.metadata.table_uuid, snapshot_id), lambda: _plan_files(table, snapshot_id))
-        self.files = [f for f in files if f.may_hold(selection)]
 
-    def read(self, files: list[_File], selection: Selection) -> pa.Table:
-        table, cache = self._snapshot.table, self._snapshot.cache
-        assert table is not None
-        schema = _full_schema(self._kind)
-        parts = [_row_schema(self._kind, self._columns).empty_table()]
-        for file in files:
-            task = file.task
-            key = (task.file.file_path, tuple(sorted(d.file_path for d in task.delete_files)),
-                   self._projection.schema_id)
+@dataclass(frozen=True)
+class _Footer:
+    metadata: pq.FileMetaData
+    groups: list[_RowGroupStats]
+    direct: bool  # its columns are the table's, by field id: row groups are read straight from the file
+    nbytes: int
 
-            def load(task: FileScanTask = task) -> pa.Table:
-                scan = ArrowScan(table.metadata, table.io, self._projection, AlwaysTrue())
-                return scan.to_table([task]).select(schema.names).cast(schema)
 
-            rows = cache.file_rows(key, load)
-            whole = rows.table
-            if wire.FRAMED in self._columns:
-                whole = whole.append_column(wire.FRAMED_FIELD, cache.framed(key, rows, self._kind))
-            parts.append(whole.select(self._columns).filter(selection.mask(whole)))
-        return pa.concat_tables(parts)
+def _read_footer(table: Table, kind: RecordKind, path: str) -> _Footer:
+    with table.io.new_input(path).open(seekable=True) as stream:
+        metadata = pq.ParquetFile(stream).metadata
+    file_schema = metadata.schema.to_arrow_schema()
+    table_schema = table.schema()
+    direct = True
+    for name in _full_schema(kind).names:
+        index = file_schema.get_field_index(name)
+        field_ids = (file_schema.field(index).metadata or {}).get(FIELD_ID) if index >= 0 else None
+        if field_ids is None or int(field_ids) != table_schema.find_field(name).field_id:
+            direct = False  # a column added, renamed or retyped since: pyiceberg's read maps it
+    groups = []
+    for index in range(metadata.num_row_groups):
+        group = metadata.row_group(index)
+        stats = {group.column(c).path_in_schema: group.column(c).statistics for c in range(group.num_columns)}
+        times, symbols = stats.get("timestamp"), stats.get("symbol")
+        first, last = (times.min_raw, times.max_raw) if times is not None and times.has_min_max else (
+            MIN_TIME, MAX_TIME)
+        groups.append(_RowGroupStats(group.num_rows, first, last, (symbols.min, symbols.max)
+                                     if symbols is not None and symbols.has_min_max else None))
+    return _Footer(metadata, groups, direct, 4 * metadata.serialized_size + 256 * len(groups))
+
+
+@dataclass(frozen=True)
+class _Group:
+    file: _File
+    footer: _Footer | None
+    index: int  # the row group in the file; -1: the whole file, read through pyiceberg
+    first: int
+    last: int
 
 
 @functools.cache
@@ -164,67 +214,190 @@ def _row_schema(kind: RecordKind, columns: list[str]) -> pa.Schema:
     return pa.schema([wire.FRAMED_FIELD if name == wire.FRAMED else schema.field(name) for name in columns])
 
 
-def _bounded(value: int) -> int | None:
-    return None if value in (MIN_TIME, MAX_TIME) else value
+def _first_time(rows: pa.Table) -> int:
+    return cast(int, rows["timestamp"][0].value)
+
+
+def _before(rows: pa.Table, limit: int) -> int:
+    """How many of the sorted rows are before `limit` (µs)."""
+    return cast(int, pc.sum(pc.less(rows["timestamp"], pa.scalar(limit, TIMESTAMP_TYPE))).as_py() or 0)
+
+
+def _in_order(rows: pa.Table) -> pa.Table:
+    """Rows of one row group (sorted by symbol, then time) in the row order; already in it when they are
+    strictly increasing in time, as one symbol's trades mostly are."""
+    if rows.num_rows < 2:
+        return rows
+    times = rows["timestamp"].combine_chunks()
+    increasing = pc.all(pc.greater(times.slice(1), times.slice(0, len(times) - 1))).as_py()
+    return rows if increasing else sort_rows(rows)
+
+
+class Scan:
+    """The selected rows of a snapshot (and of a Kafka tail) in the row order, after `after`, chunk by chunk.
+    `rows_read` counts the rows decoded so far: what the scan has cost."""
+
+    def __init__(self, kind: RecordKind, snapshot: Snapshot, selection: Selection, columns: list[str],
+                 tail: pa.Table | None = None, after: Key | None = None):
+        self.rows_read = 0
+        self._kind = kind
+        self._snapshot = snapshot
+        self._selection = selection
+        self._columns = columns
+        self._data_columns = _full_schema(kind).names if wire.FRAMED in columns else list(columns)
+        self._data_schema = _row_schema(kind, self._data_columns)
+        self._target = _row_schema(kind, columns)
+        self._after = after
+        self._names = Selection(selection.symbols, selection.exchanges)  # for the remembered bounds
+        self._start = max(MIN_TIME if selection.start is None else selection.start,
+                          MIN_TIME if after is None else after[0])
+        self._open: list[pa.Table] = []
+        if tail is not None and tail.num_rows:
+            self._hold(sort_rows(tail.select(self._data_columns).cast(self._data_schema)))
+        self.groups = self._plan()
+        self._pending = deque(sorted(self.groups, key=lambda g: g.first))
+
+    def _plan(self) -> list[_Group]:
+        table, snapshot_id, cache = self._snapshot.table, self._snapshot.snapshot_id, self._snapshot.cache
+        if table is None or snapshot_id is None:
+            return []
+        selection, start = self._selection, self._start
+        end = MAX_TIME if selection.end is None else selection.end
+        files = cache.plan((table.metadata.table_uuid, snapshot_id), lambda: _plan_files(table, snapshot_id))
+        groups = []
+        for file in files:
+            if not file.may_hold(selection) or file.last < start:
+                continue
+            path = file.task.file.file_path
+            footer: _Footer = cache.footer(path, functools.partial(_read_footer, table, self._kind, path))
+            if file.task.delete_files or not footer.direct:
+                groups.append(_Group(file, None, -1, file.first, file.last))
+                continue
+            for index, stats in enumerate(footer.groups):
+                if stats.last < start or stats.first >= end or (
+                        selection.symbols is not None and stats.symbols is not None
+                        and not any(stats.symbols[0] <= s <= stats.symbols[1] for s in selection.symbols)):
+                    continue
+                first, last = stats.first, stats.last
+                known = cache.bounds((path, index, self._names))
+                if known is None:
+                    continue  # read before: none of its rows is selected
+                if known is not MISSING:
+                    first, last = cast(tuple[int, int], known)
+                    if last < start or first >= end:
+                        continue
+                groups.append(_Group(file, footer, index, first, last))
+        return groups
+
+    def _hold(self, rows: pa.Table) -> None:
+        """Keeps sorted rows for the merge, without those up to `after`."""
+        if self._after is not None and rows.num_rows and _first_time(rows) <= self._after[0]:
+            rows = rows_after(rows, self._after)
+        if rows.num_rows:
+            self._open.append(rows)
+
+    def read(self, group: _Group) -> pa.Table:
+        """The group's selected rows (the data columns), in the row order."""
+        table = self._snapshot.table
+        assert table is not None
+        selection = self._selection
+        if group.footer is None:
+            projection = table.scan(snapshot_id=self._snapshot.snapshot_id).projection()
+            scan = ArrowScan(table.metadata, table.io, projection, selection.row_filter())
+            self.rows_read += group.file.task.file.record_count
+            rows = scan.to_table([group.file.task]).select(_full_schema(self._kind).names)
+            return sort_rows(selection.filter(rows.cast(_full_schema(self._kind))).select(self._data_columns)
+                             .cast(self._data_schema))
+        path = group.file.task.file.file_path
+        with table.io.new_input(path).open(seekable=True) as stream:
+            parquet = pq.ParquetFile(stream, metadata=group.footer.metadata,
+                                     read_dictionary=[c for c in DICTIONARY_COLUMNS if c in self._data_columns])
+            keys = parquet.read_row_group(group.index, columns=KEY_COLUMNS)
+            self.rows_read += keys.num_rows
+            named = self._names.mask(keys)
+            times = pc.filter(keys["timestamp"], named).cast(pa.int64())
+            self._snapshot.cache.remember_bounds((path, group.index, self._names),
+                                                 (pc.min(times).as_py(), pc.max(times).as_py()) if len(times) else None)
+            if not len(times):
+                return self._data_schema.empty_table()
+            if (selection.start is not None and pc.min(times).as_py() < selection.start) or (
+                    selection.end is not None and pc.max(times).as_py() >= selection.end):
+                named = pc.and_(named, Selection(start=selection.start, end=selection.end).mask(keys))
+            selected = pc.indices_nonzero(named)
+            if not len(selected):
+                return self._data_schema.empty_table()
+            stop = selected[-1].as_py() + 1
+            if stop < keys.num_rows:  # the rows are sorted by symbol: the group's rows after the last are not needed
+                batches = []
+                for batch in parquet.iter_batches(BATCH_ROWS, row_groups=[group.index], columns=self._data_columns):
+                    batches.append(batch)
+                    stop -= batch.num_rows
+                    if stop <= 0:
+                        break
+                rows = pa.Table.from_batches(batches)
+            else:
+                rows = parquet.read_row_group(group.index, columns=self._data_columns)
+        first = selected[0].as_py()
+        if selected[-1].as_py() - first + 1 == len(selected):  # one run, as one symbol's rows are
+            rows = rows.slice(first, len(selected))
+        else:
+            rows = rows.take(selected)
+        return _in_order(rows.cast(self._data_schema))
+
+    def position(self) -> int | None:
+        """A time no row still to come is before (None: the scan is done)."""
+        firsts = [_first_time(rows) for rows in self._open]
+        if self._pending:
+            firsts.append(self._pending[0].first)
+        return min(firsts) if firsts else None
+
+    def next(self, read_limit: int | None = None) -> pa.Table | None:
+        """The next rows in the row order (at least one), or None at the end. With `read_limit`, an empty table
+        once that many rows were decoded without a row to give and the position moved on: the caller may stop
+        there and resume after position()."""
+        frontier = self.position() if self._open else None
+        while self._pending and (frontier is None or self._pending[0].first <= frontier):
+            if read_limit is not None and self.rows_read >= read_limit and (self.position() or MAX_TIME) > self._start:
+                return self._target.empty_table()
+            self._hold(self.read(self._pending.popleft()))
+            frontier = self.position() if self._open else None
+        if not self._open:
+            return None
+        limit = self._pending[0].first if self._pending else None
+        parts, kept = [], []
+        for rows in self._open:
+            count = rows.num_rows if limit is None else _before(rows, limit)
+            if count:
+                parts.append(rows.slice(0, count))
+            if count < rows.num_rows:
+                kept.append(rows.slice(count))
+        self._open = kept
+        chunk = parts[0] if len(parts) == 1 else sort_rows(pa.concat_tables(parts))
+        if wire.FRAMED in self._columns:
+            chunk = chunk.append_column(wire.FRAMED_FIELD, wire.framed(self._kind, chunk))
+        return chunk.select(self._columns).cast(self._target)
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        while (chunk := self.next()) is not None:
+            yield chunk
 
 
 def ordered_rows(kind: RecordKind, snapshot: Snapshot, selection: Selection, columns: list[str],
                  tail: pa.Table | None = None, after: Key | None = None) -> Iterator[pa.Table]:
-    """The selected rows of the snapshot plus `tail` (rows already selected, every column), sorted, after
-    `after`, as a sequence of non-empty tables, one per UTC day with data."""
-    schema = _full_schema(kind)
-    target = _row_schema(kind, columns)
-    plan = _Plan(kind, snapshot, selection, columns)
-    files = plan.files
-    tail_rows = None
-    if tail is not None and tail.num_rows:
-        if wire.FRAMED in columns:
-            tail = tail.select(schema.names).append_column(wire.FRAMED_FIELD, wire.framed(kind, tail))
-        tail_rows = tail.select(columns).cast(target)
-    cursor = max(MIN_TIME if selection.start is None else selection.start, MIN_TIME if after is None else after[0])
-    end = MAX_TIME if selection.end is None else selection.end
-    while cursor < end:
-        files = [f for f in files if f.last >= cursor]
-        if tail_rows is not None:
-            tail_rows = Selection(start=_bounded(cursor)).filter(tail_rows)
-            tail_rows = tail_rows if tail_rows.num_rows else None
-        firsts = [f.first for f in files]
-        if tail_rows is not None:
-            firsts.append(pc.min(tail_rows["timestamp"]).value)
-        if not firsts:
-            return
-        window_start = max(cursor, min(firsts))
-        if window_start >= end:
-            return
-        if any(f.first == MIN_TIME or f.last == MAX_TIME for f in files):
-            window_end = end  # files without statistics: one window for the rest
-        else:
-            window_end = min(end, window_start - window_start % DAY + DAY)
-        window = replace(selection, start=_bounded(window_start), end=_bounded(window_end))
-        parts = [target.empty_table()]
-        in_window = [f for f in files if f.first < window_end]
-        if in_window:
-            parts.append(plan.read(in_window, window).cast(target))
-        if tail_rows is not None:
-            parts.append(window.filter(tail_rows))
-        cursor = window_end
-        rows = sort_rows(pa.concat_tables(parts))
-        if after is not None:
-            rows = rows_after(rows, after)
-        if rows.num_rows:
-            yield rows
+    """The selected rows of the snapshot plus `tail` (rows already selected, every column), in the row order,
+    after `after`, as a sequence of non-empty tables."""
+    return iter(Scan(kind, snapshot, selection, columns, tail, after))
 
 
 def latest_row(kind: RecordKind, snapshot: Snapshot, symbol: str) -> pa.Table | None:
-    """The symbol's last row (in the row order) in the snapshot: files are read newest first, stopping as soon
-    as no remaining file can hold a newer row."""
-    selection = Selection(symbols=frozenset([symbol]))
-    plan = _Plan(kind, snapshot, selection, arrow_schema(kind).names)
+    """The symbol's last row (in the row order) in the snapshot: row groups are read newest first, stopping as
+    soon as no remaining one can hold a newer row."""
+    scan = Scan(kind, snapshot, Selection(symbols=frozenset([symbol])), arrow_schema(kind).names)
     best: pa.Table | None = None
-    for file in sorted(plan.files, key=lambda f: f.last, reverse=True):
-        if best is not None and file.last < best["timestamp"][0].value:
+    for group in sorted(scan.groups, key=lambda g: g.last, reverse=True):
+        if best is not None and group.last < _first_time(best):
             break
-        rows = plan.read([file], selection)
+        rows = scan.read(group)
         if rows.num_rows:
             rows = sort_rows(rows if best is None else pa.concat_tables([best, rows]))
             best = rows.slice(rows.num_rows - 1)

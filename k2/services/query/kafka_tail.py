@@ -128,6 +128,26 @@ class RangeReader:
             self._remaining.clear()
 
 
+def bounded_tail(start: Offsets, end: Offsets, most: int) -> Offsets:
+    """`end` cut so that [start, end) holds at most `most` messages over all partitions, shared fairly: each
+    partition gets its own range or an equal share of what the smaller ones leave, whichever is less."""
+    wanted = {p: max(0, offset - start.get(p, 0)) for p, offset in end.items()}
+    granted: dict[int, int] = {}
+    left, open_partitions = most, sorted(wanted, key=lambda p: wanted[p])
+    while open_partitions:
+        share = left // len(open_partitions)
+        partition = open_partitions[0]
+        if wanted[partition] <= share:
+            granted[partition] = wanted[partition]
+            left -= wanted[partition]
+            open_partitions.pop(0)
+            continue
+        for partition in open_partitions:
+            granted[partition] = share
+        break
+    return {p: start.get(p, 0) + granted[p] if wanted[p] else offset for p, offset in end.items()}
+
+
 def symbol_keys(selection: Selection) -> frozenset[bytes] | None:
     """Message keys of the selected symbols: the topics are keyed by symbol (k2.core.kafka), so a message with
     another key can be skipped without decoding it. None: every symbol."""

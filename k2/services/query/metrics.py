@@ -37,3 +37,11 @@ LATEST_FORGOTTEN = Counter(
 INVALID_MESSAGES = Counter("k2_query_invalid_messages_total",
                            "Kafka messages the fan-out skipped: not a valid record of the topic's kind.",
                            ["service", "topic"])
+TAIL_CAPPED = Counter(
+    "k2_query_tail_capped_total",
+    "History queries (QueryTrades/QueryQuotes first pages, GetBars) that read only K2_QUERY_TAIL_MAX_MESSAGES of "
+    "the Kafka tail the writer had not yet committed: they answer as of the snapshot plus that much.",
+    ["service", "kind"])
+ROWS_READ = Counter("k2_query_history_rows_read_total",
+                    "Rows decoded from Iceberg data files by history queries (what pushdown did not spare).",
+                    ["service", "rpc"])

@@ -22,15 +22,15 @@ from k2.core.records import QUOTE, TRADE, FieldError, RecordKind
 from k2.query.v1 import query_pb2
 from k2.services.query import bars as bars_module
 from k2.services.query import metrics, validation
-from k2.services.query.cache import IcebergCache
+from k2.services.query.cache import ReadCache
 from k2.services.query.config import QuerySettings
 from k2.services.query.fanout import FanOut
-from k2.services.query.history import History, Snapshot, SnapshotGone, latest_row, ordered_rows
-from k2.services.query.kafka_tail import KafkaAdmin, Offsets, OffsetsExpired, read_tail_table
-from k2.services.query.selection import ORDER_COLUMNS, Selection, row_key
+from k2.services.query.history import History, Scan, Snapshot, SnapshotGone, latest_row, ordered_rows
+from k2.services.query.kafka_tail import KafkaAdmin, Offsets, OffsetsExpired, bounded_tail, read_tail_table
+from k2.services.query.selection import ORDER_COLUMNS, Key, Selection, row_key
 from k2.services.query.subscriptions import StreamEnded, Subscriptions
 from k2.services.query.tokens import PageToken
-from k2.services.query.wire import FRAMED, MESSAGE_TYPES, joined, messages
+from k2.services.query.wire import FRAMED, MESSAGE_TYPES, joined, messages, response_slices
 from k2.services.query.workers import Workers
 
 SERVICE_NAME = query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
@@ -138,13 +138,17 @@ class QueryServicer:
             yield response
 
     async def _fresh_tail(self, kind: RecordKind) -> tuple[Snapshot, Offsets, Offsets]:
-        """The current snapshot and the Kafka range it does not hold: [its recorded offsets, high watermarks).
-        Both are read at once: a snapshot newer than the watermarks only makes that range empty."""
+        """The current snapshot and the Kafka range it does not hold: [its recorded offsets, high watermarks),
+        at most tail_max_messages of it. Both are read at once: a snapshot newer than the watermarks only makes
+        that range empty."""
         topic = self._fanout.topics[kind]
         snapshot, (low, high) = await asyncio.gather(self._workers.run(self._history.current, kind, topic),
                                                      self._workers.run(self._admin.watermarks, topic))
         start = {p: max(snapshot.offsets.get(p, first), first) for p, first in low.items()}
-        return snapshot, start, high
+        end = bounded_tail(start, high, self._settings.tail_max_messages)
+        if end != high:
+            metrics.TAIL_CAPPED.labels(metrics.SERVICE, kind).inc()
+        return snapshot, start, end
 
     async def _tail(self, kind: RecordKind, start: Offsets, end: Offsets, selection: Selection, columns: list[str],
                     budget: Budget) -> Any:
@@ -164,40 +168,52 @@ class QueryServicer:
             topic = self._fanout.topics[kind]
             validation.check_partitions("page_token", {*page.tail_start, *page.tail_end},
                                         await self._workers.run(self._admin.partitions, topic))
+            validation.check_tail("page_token", page.tail_start, page.tail_end, self._settings.tail_max_messages)
             snapshot = await self._workers.run(self._history.at, kind, topic, page.snapshot_id)
             tail_start, tail_end, after = page.tail_start, page.tail_end, page.after
         tail = await self._tail(kind, tail_start, tail_end, query.selection, columns, budget)
-        rows = ordered_rows(kind, snapshot, query.selection, [*ORDER_COLUMNS, FRAMED], tail, after)
-        batch = self._settings.response_rows
-        remaining, more, last_key = query.limit, False, None
-        pending = pa.array([], pa.binary())  # framed rows not sent yet
+        scan = await self._workers.run(Scan, kind, snapshot, query.selection, [*ORDER_COLUMNS, FRAMED], tail, after)
+        most_rows, most_bytes = self._settings.response_rows, self._settings.response_bytes
+        remaining = query.limit
+        last_key: Key | None = None
+        resume: Key | None = None
+        pending: pa.Table | None = None  # rows not sent yet: the last response carries the token
         returned = metrics.ROWS_RETURNED.labels(metrics.SERVICE, f"Query{kind.title()}s")
-        while not more:
+        while True:
             budget.check()
-            window = await self._workers.run(next, rows, None)
-            if window is None:
+            chunk = await self._workers.run(scan.next, self._settings.page_max_rows_read)
+            if chunk is None:
+                break
+            if chunk.num_rows == 0:  # the page read as much as it may: the next one goes on from where it stopped
+                position = scan.position()
+                resume = last_key if last_key is not None or position is None else (position, "", "", None, "")
                 break
             if remaining == 0:
-                more = True
+                resume = last_key
                 break
-            taken = window.slice(0, remaining)
-            more = taken.num_rows < window.num_rows
+            taken = chunk.slice(0, remaining)
             remaining -= taken.num_rows
             last_key = row_key(taken, taken.num_rows - 1)
-            pending = pa.concat_arrays([pending, *taken[FRAMED].chunks])
-            sent = 0
-            while len(pending) - sent > batch:  # the last rows wait for the response that carries the token
-                returned.inc(batch)
-                yield joined(pending, sent, sent + batch)
-                sent += batch
-            pending = pending.slice(sent)
+            if taken.num_rows < chunk.num_rows:
+                resume = last_key
+            chunk = taken
+            rows = chunk if pending is None else pa.concat_tables([pending, chunk])
+            slices = list(response_slices(rows[FRAMED], most_rows, most_bytes))
+            for start, length in slices[:-1]:
+                returned.inc(length)
+                yield joined(rows[FRAMED].slice(start, length).combine_chunks())
+            start, length = slices[-1]
+            pending = rows.slice(start, length)
+            if resume is not None:
+                break
         token = ""
-        if more and last_key is not None:
-            token = PageToken(query.digest, snapshot.snapshot_id, tail_start, tail_end, last_key).encode(
+        if resume is not None:
+            token = PageToken(query.digest, snapshot.snapshot_id, tail_start, tail_end, resume).encode(
                 self._fanout.token_keys)
-        if len(pending) or token:
-            returned.inc(len(pending))
-            yield joined(pending) + QUERY_RESPONSES[kind](next_page_token=token).SerializeToString()
+        framed = b"" if pending is None else joined(pending[FRAMED].combine_chunks())
+        if framed or token:
+            returned.inc(0 if pending is None else pending.num_rows)
+            yield framed + QUERY_RESPONSES[kind](next_page_token=token).SerializeToString()
 
     # ---- GetBars ---------------------------------------------------------------------------------------------
 
@@ -318,7 +334,7 @@ class QueryServer(Service):
         kafka = kafka or KafkaSettings()
         super().__init__(metrics.SERVICE, settings, auth or AuthSettings(), untraced_methods=[
             f"/{SERVICE_NAME}/SubscribeTrades", f"/{SERVICE_NAME}/SubscribeQuotes"])
-        history = History(iceberg or IcebergSettings(), IcebergCache(settings.file_cache_bytes))
+        history = History(iceberg or IcebergSettings(), ReadCache(settings.footer_cache_bytes))
         admin = KafkaAdmin(kafka, settings.kafka_timeout_seconds)
         self.workers = Workers(settings.worker_threads)
         self.fanout = FanOut(kafka, settings, history, self.grpc.set_serving)

@@ -21,12 +21,10 @@ an earlier timestamp that arrived later are not replayed.
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import grpc
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from k2._native import read_messages
 from k2.core.config import KafkaSettings
@@ -40,7 +38,7 @@ from k2.services.query.kafka_tail import KafkaAdmin, Offsets, RangeReader, symbo
 from k2.services.query.selection import ORDER_COLUMNS, Key, Selection, from_micros, row_key
 from k2.services.query.tokens import StreamPosition
 from k2.services.query.validation import Subscription
-from k2.services.query.wire import FRAMED, joined
+from k2.services.query.wire import FRAMED, joined, response_slices
 from k2.services.query.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -161,31 +159,14 @@ class Subscriptions:
             window = await self._workers.run(next, rows, None)
             if window is None:
                 return
-            for start, length in self._response_slices(window[FRAMED]):
+            for start, length in response_slices(window[FRAMED], self._settings.subscription_batch,
+                                                 self._settings.subscription_response_bytes):
                 chunk = window.slice(start, length)
                 framed = joined(chunk[FRAMED].combine_chunks())
                 after = row_key(chunk, chunk.num_rows - 1)
                 position = replace(position, after=after, mark=max(position.mark, after[0]))
                 metrics.DELIVERED.labels(metrics.SERVICE, kind, "history").inc(chunk.num_rows)
                 yield response_bytes(kind, framed, position.encode(self._fanout.token_keys), replay=True), position
-
-    def _response_slices(self, framed: pa.ChunkedArray) -> Iterator[tuple[int, int]]:
-        """(start, length) of consecutive rows, for responses of at most subscription_batch rows and
-        subscription_response_bytes (a larger row alone)."""
-        most_rows, most_bytes = self._settings.subscription_batch, self._settings.subscription_response_bytes
-        sizes = pc.binary_length(framed)
-        if (pc.sum(sizes).as_py() or 0) <= most_bytes:  # nearly always
-            yield from ((start, most_rows) for start in range(0, len(framed), most_rows))
-            return
-        start, taken, size = 0, 0, 0
-        for row_size in sizes.to_pylist():
-            if taken == most_rows or (taken and size + row_size > most_bytes):
-                yield start, taken
-                start, taken, size = start + taken, 0, 0
-            taken += 1
-            size += row_size
-        if taken:
-            yield start, taken
 
     # ---- Kafka replay ----------------------------------------------------------------------------------------
 

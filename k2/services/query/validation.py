@@ -89,6 +89,12 @@ def check_partitions(field: str, named: set[int], partitions: list[int]) -> None
         raise FieldError(field, f"names partition {min(unknown)}, which the topic does not have")
 
 
+def check_tail(field: str, start: dict[int, int], end: dict[int, int], most: int) -> None:
+    """A token's Kafka range holds at most what one query may read (a token names what it was given)."""
+    if sum(max(0, offset - start.get(p, 0)) for p, offset in end.items()) > most:
+        raise FieldError(field, f"names a Kafka range of more than {most} messages")
+
+
 @dataclass(frozen=True)
 class BarsQuery:
     selection: Selection

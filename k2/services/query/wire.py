@@ -8,6 +8,7 @@ presence) and matched to the Arrow columns by name (the contract mirrors them); 
 that the bytes parse into exactly the messages those functions build."""
 
 import functools
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import cast
 
@@ -223,6 +224,24 @@ def framed(kind: RecordKind, table: pa.Table) -> pa.Array:
     """Each row's message behind the tag and length of field 1 (`repeated Trade trades = 1`): the concatenation
     of a slice of these is the records part of a response."""
     return _delimited(_tag(FIELD_ONE, LENGTH_DELIMITED), messages(kind, table))
+
+
+def response_slices(framed: pa.Array | pa.ChunkedArray, most_rows: int, most_bytes: int) -> Iterator[tuple[int, int]]:
+    """(start, length) of consecutive framed rows, for responses of at most `most_rows` rows and `most_bytes`
+    bytes (a larger row alone)."""
+    sizes = pc.binary_length(framed)
+    if (pc.sum(sizes).as_py() or 0) <= most_bytes:  # nearly always
+        yield from ((start, min(most_rows, len(framed) - start)) for start in range(0, len(framed), most_rows))
+        return
+    start, taken, size = 0, 0, 0
+    for row_size in sizes.to_pylist():
+        if taken == most_rows or (taken and size + row_size > most_bytes):
+            yield start, taken
+            start, taken, size = start + taken, 0, 0
+        taken += 1
+        size += row_size
+    if taken:
+        yield start, taken
 
 
 def joined(array: pa.Array, start: int = 0, stop: int | None = None) -> bytes:
