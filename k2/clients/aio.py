@@ -403,6 +403,8 @@ class AsyncK2Client:
             next_page = ""
             async for response in self._stream("query", method, request):
                 received += len(getattr(response, field))
+                if response.arrow and limit is not None:
+                    received += pa.ipc.open_stream(response.arrow).read_all().num_rows
                 next_page = response.next_page_token or next_page
                 yield response
             if not next_page or (limit is not None and received >= limit):
@@ -430,9 +432,23 @@ class AsyncK2Client:
 
     async def _query_table(self, kind: RecordKind, symbols: str | Sequence[str], start: TimeArg, end: TimeArg,
                            exchange: str, limit: int | None) -> pa.Table:
-        tables = [records_to_arrow(kind, records)
-                  async for records in self._query_records(kind, symbols, start, end, exchange, limit) if records]
-        return pa.concat_tables(tables) if tables else arrow_schema(kind).empty_table()
+        """Asks for the rows as Arrow record batches (ROW_FORMAT_ARROW): no message per row on either side."""
+        schema = arrow_schema(kind)
+        if kind == TRADE:
+            method, field = self._query.QueryTrades, "trades"
+            request = self._range_request(query_pb2.QueryTradesRequest, symbols, start, end, exchange)
+        else:
+            method, field = self._query.QueryQuotes, "quotes"
+            request = self._range_request(query_pb2.QueryQuotesRequest, symbols, start, end, exchange)
+        request.format = query_pb2.ROW_FORMAT_ARROW
+        tables = []
+        async for response in self._query_pages(method, request, field, limit):
+            if response.arrow:
+                tables.append(pa.ipc.open_stream(response.arrow).read_all())
+            elif getattr(response, field):  # a server that does not know the format answers with messages
+                convert = trade_record if kind == TRADE else quote_record
+                tables.append(records_to_arrow(kind, [convert(m) for m in getattr(response, field)]))
+        return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
 
     async def query_trades(self, symbols: str | Sequence[str], start: TimeArg, end: TimeArg, *, exchange: str = "",
                            limit: int | None = None) -> pa.Table:

@@ -27,7 +27,7 @@ from k2.auth.v1 import auth_pb2 as k2_dot_auth_dot_v1_dot_auth__pb2
 from k2.marketdata.v1 import marketdata_pb2 as k2_dot_marketdata_dot_v1_dot_marketdata__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17k2/query/v1/query.proto\x12\x0bk2.query.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15k2/auth/v1/auth.proto\x1a!k2/marketdata/v1/marketdata.proto\"\xae\x01\n\x12QueryTradesRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x10\n\x08\x65xchange\x18\x02 \x01(\t\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\"W\n\x13QueryTradesResponse\x12\'\n\x06trades\x18\x01 \x03(\x0b\x32\x17.k2.marketdata.v1.Trade\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xae\x01\n\x12QueryQuotesRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x10\n\x08\x65xchange\x18\x02 \x01(\t\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\"W\n\x13QueryQuotesResponse\x12\'\n\x06quotes\x18\x01 \x03(\x0b\x32\x17.k2.marketdata.v1.Quote\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb2\x01\n\x0eGetBarsRequest\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x10\n\x08\x65xchange\x18\x02 \x01(\t\x12*\n\x08interval\x18\x03 \x01(\x0e\x32\x18.k2.query.v1.BarInterval\x12)\n\x05start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\x0fGetBarsResponse\x12\x1e\n\x04\x62\x61rs\x18\x01 \x03(\x0b\x32\x10.k2.query.v1.Bar\"\x9b\x01\n\x03\x42\x61r\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04open\x18\x02 \x01(\t\x12\x0c\n\x04high\x18\x03 \x01(\t\x12\x0b\n\x03low\x18\x04 \x01(\t\x12\r\n\x05\x63lose\x18\x05 \x01(\t\x12\x0e\n\x06volume\x18\x06 \x01(\t\x12\x0c\n\x04vwap\x18\x07 \x01(\t\x12\x13\n\x0btrade_count\x18\x08 \x01(\x04\"#\n\x10GetLatestRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\"8\n\x11GetLatestResponse\x12#\n\x06latest\x18\x01 \x03(\x0b\x32\x13.k2.query.v1.Latest\"h\n\x06Latest\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12&\n\x05trade\x18\x02 \x01(\x0b\x32\x17.k2.marketdata.v1.Trade\x12&\n\x05quote\x18\x03 \x01(\x0b\x32\x17.k2.marketdata.v1.Quote\"}\n\x16SubscribeTradesRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x11\n\texchanges\x18\x02 \x03(\t\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cresume_token\x18\x04 \x01(\t\"\x99\x01\n\x17SubscribeTradesResponse\x12\'\n\x06trades\x18\x01 \x03(\x0b\x32\x17.k2.marketdata.v1.Trade\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\x12\x0e\n\x06replay\x18\x03 \x01(\x08\x12/\n\x0bserver_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"}\n\x16SubscribeQuotesRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x11\n\texchanges\x18\x02 \x03(\t\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cresume_token\x18\x04 \x01(\t\"\x99\x01\n\x17SubscribeQuotesResponse\x12\'\n\x06quotes\x18\x01 \x03(\x0b\x32\x17.k2.marketdata.v1.Quote\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\x12\x0e\n\x06replay\x18\x03 \x01(\x08\x12/\n\x0bserver_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xaa\x01\n\x0b\x42\x61rInterval\x12\x1c\n\x18\x42\x41R_INTERVAL_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x42\x41R_INTERVAL_1S\x10\x01\x12\x13\n\x0f\x42\x41R_INTERVAL_1M\x10\x02\x12\x13\n\x0f\x42\x41R_INTERVAL_5M\x10\x03\x12\x14\n\x10\x42\x41R_INTERVAL_15M\x10\x04\x12\x13\n\x0f\x42\x41R_INTERVAL_1H\x10\x05\x12\x13\n\x0f\x42\x41R_INTERVAL_1D\x10\x06\x32\xac\x04\n\x0cQueryService\x12X\n\x0bQueryTrades\x12\x1f.k2.query.v1.QueryTradesRequest\x1a .k2.query.v1.QueryTradesResponse\"\x04\x88\xb5\x18\x01\x30\x01\x12X\n\x0bQueryQuotes\x12\x1f.k2.query.v1.QueryQuotesRequest\x1a .k2.query.v1.QueryQuotesResponse\"\x04\x88\xb5\x18\x01\x30\x01\x12J\n\x07GetBars\x12\x1b.k2.query.v1.GetBarsRequest\x1a\x1c.k2.query.v1.GetBarsResponse\"\x04\x88\xb5\x18\x01\x12P\n\tGetLatest\x12\x1d.k2.query.v1.GetLatestRequest\x1a\x1e.k2.query.v1.GetLatestResponse\"\x04\x88\xb5\x18\x01\x12\x64\n\x0fSubscribeTrades\x12#.k2.query.v1.SubscribeTradesRequest\x1a$.k2.query.v1.SubscribeTradesResponse\"\x04\x88\xb5\x18\x01\x30\x01\x12\x64\n\x0fSubscribeQuotes\x12#.k2.query.v1.SubscribeQuotesRequest\x1a$.k2.query.v1.SubscribeQuotesResponse\"\x04\x88\xb5\x18\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17k2/query/v1/query.proto\x12\x0bk2.query.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15k2/auth/v1/auth.proto\x1a!k2/marketdata/v1/marketdata.proto\"\xd6\x01\n\x12QueryTradesRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x10\n\x08\x65xchange\x18\x02 \x01(\t\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\x12&\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x16.k2.query.v1.RowFormat\"f\n\x13QueryTradesResponse\x12\'\n\x06trades\x18\x01 \x03(\x0b\x32\x17.k2.marketdata.v1.Trade\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05\x61rrow\x18\x03 \x01(\x0c\"\xd6\x01\n\x12QueryQuotesRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x10\n\x08\x65xchange\x18\x02 \x01(\t\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\x12&\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x16.k2.query.v1.RowFormat\"f\n\x13QueryQuotesResponse\x12\'\n\x06quotes\x18\x01 \x03(\x0b\x32\x17.k2.marketdata.v1.Quote\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05\x61rrow\x18\x03 \x01(\x0c\"\xb2\x01\n\x0eGetBarsRequest\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x10\n\x08\x65xchange\x18\x02 \x01(\t\x12*\n\x08interval\x18\x03 \x01(\x0e\x32\x18.k2.query.v1.BarInterval\x12)\n\x05start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\x0fGetBarsResponse\x12\x1e\n\x04\x62\x61rs\x18\x01 \x03(\x0b\x32\x10.k2.query.v1.Bar\"\x9b\x01\n\x03\x42\x61r\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04open\x18\x02 \x01(\t\x12\x0c\n\x04high\x18\x03 \x01(\t\x12\x0b\n\x03low\x18\x04 \x01(\t\x12\r\n\x05\x63lose\x18\x05 \x01(\t\x12\x0e\n\x06volume\x18\x06 \x01(\t\x12\x0c\n\x04vwap\x18\x07 \x01(\t\x12\x13\n\x0btrade_count\x18\x08 \x01(\x04\"#\n\x10GetLatestRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\"8\n\x11GetLatestResponse\x12#\n\x06latest\x18\x01 \x03(\x0b\x32\x13.k2.query.v1.Latest\"h\n\x06Latest\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12&\n\x05trade\x18\x02 \x01(\x0b\x32\x17.k2.marketdata.v1.Trade\x12&\n\x05quote\x18\x03 \x01(\x0b\x32\x17.k2.marketdata.v1.Quote\"}\n\x16SubscribeTradesRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x11\n\texchanges\x18\x02 \x03(\t\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cresume_token\x18\x04 \x01(\t\"\x99\x01\n\x17SubscribeTradesResponse\x12\'\n\x06trades\x18\x01 \x03(\x0b\x32\x17.k2.marketdata.v1.Trade\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\x12\x0e\n\x06replay\x18\x03 \x01(\x08\x12/\n\x0bserver_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"}\n\x16SubscribeQuotesRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x11\n\texchanges\x18\x02 \x03(\t\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cresume_token\x18\x04 \x01(\t\"\x99\x01\n\x17SubscribeQuotesResponse\x12\'\n\x06quotes\x18\x01 \x03(\x0b\x32\x17.k2.marketdata.v1.Quote\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\x12\x0e\n\x06replay\x18\x03 \x01(\x08\x12/\n\x0bserver_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*S\n\tRowFormat\x12\x1a\n\x16ROW_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10ROW_FORMAT_PROTO\x10\x01\x12\x14\n\x10ROW_FORMAT_ARROW\x10\x02*\xaa\x01\n\x0b\x42\x61rInterval\x12\x1c\n\x18\x42\x41R_INTERVAL_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x42\x41R_INTERVAL_1S\x10\x01\x12\x13\n\x0f\x42\x41R_INTERVAL_1M\x10\x02\x12\x13\n\x0f\x42\x41R_INTERVAL_5M\x10\x03\x12\x14\n\x10\x42\x41R_INTERVAL_15M\x10\x04\x12\x13\n\x0f\x42\x41R_INTERVAL_1H\x10\x05\x12\x13\n\x0f\x42\x41R_INTERVAL_1D\x10\x06\x32\xac\x04\n\x0cQueryService\x12X\n\x0bQueryTrades\x12\x1f.k2.query.v1.QueryTradesRequest\x1a .k2.query.v1.QueryTradesResponse\"\x04\x88\xb5\x18\x01\x30\x01\x12X\n\x0bQueryQuotes\x12\x1f.k2.query.v1.QueryQuotesRequest\x1a .k2.query.v1.QueryQuotesResponse\"\x04\x88\xb5\x18\x01\x30\x01\x12J\n\x07GetBars\x12\x1b.k2.query.v1.GetBarsRequest\x1a\x1c.k2.query.v1.GetBarsResponse\"\x04\x88\xb5\x18\x01\x12P\n\tGetLatest\x12\x1d.k2.query.v1.GetLatestRequest\x1a\x1e.k2.query.v1.GetLatestResponse\"\x04\x88\xb5\x18\x01\x12\x64\n\x0fSubscribeTrades\x12#.k2.query.v1.SubscribeTradesRequest\x1a$.k2.query.v1.SubscribeTradesResponse\"\x04\x88\xb5\x18\x01\x30\x01\x12\x64\n\x0fSubscribeQuotes\x12#.k2.query.v1.SubscribeQuotesRequest\x1a$.k2.query.v1.SubscribeQuotesResponse\"\x04\x88\xb5\x18\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,36 +46,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYSERVICE'].methods_by_name['SubscribeTrades']._serialized_options = b'\210\265\030\001'
   _globals['_QUERYSERVICE'].methods_by_name['SubscribeQuotes']._loaded_options = None
   _globals['_QUERYSERVICE'].methods_by_name['SubscribeQuotes']._serialized_options = b'\210\265\030\001'
-  _globals['_BARINTERVAL']._serialized_start=1821
-  _globals['_BARINTERVAL']._serialized_end=1991
+  _globals['_ROWFORMAT']._serialized_start=1930
+  _globals['_ROWFORMAT']._serialized_end=2013
+  _globals['_BARINTERVAL']._serialized_start=2016
+  _globals['_BARINTERVAL']._serialized_end=2186
   _globals['_QUERYTRADESREQUEST']._serialized_start=132
-  _globals['_QUERYTRADESREQUEST']._serialized_end=306
-  _globals['_QUERYTRADESRESPONSE']._serialized_start=308
-  _globals['_QUERYTRADESRESPONSE']._serialized_end=395
-  _globals['_QUERYQUOTESREQUEST']._serialized_start=398
-  _globals['_QUERYQUOTESREQUEST']._serialized_end=572
-  _globals['_QUERYQUOTESRESPONSE']._serialized_start=574
-  _globals['_QUERYQUOTESRESPONSE']._serialized_end=661
-  _globals['_GETBARSREQUEST']._serialized_start=664
-  _globals['_GETBARSREQUEST']._serialized_end=842
-  _globals['_GETBARSRESPONSE']._serialized_start=844
-  _globals['_GETBARSRESPONSE']._serialized_end=893
-  _globals['_BAR']._serialized_start=896
-  _globals['_BAR']._serialized_end=1051
-  _globals['_GETLATESTREQUEST']._serialized_start=1053
-  _globals['_GETLATESTREQUEST']._serialized_end=1088
-  _globals['_GETLATESTRESPONSE']._serialized_start=1090
-  _globals['_GETLATESTRESPONSE']._serialized_end=1146
-  _globals['_LATEST']._serialized_start=1148
-  _globals['_LATEST']._serialized_end=1252
-  _globals['_SUBSCRIBETRADESREQUEST']._serialized_start=1254
-  _globals['_SUBSCRIBETRADESREQUEST']._serialized_end=1379
-  _globals['_SUBSCRIBETRADESRESPONSE']._serialized_start=1382
-  _globals['_SUBSCRIBETRADESRESPONSE']._serialized_end=1535
-  _globals['_SUBSCRIBEQUOTESREQUEST']._serialized_start=1537
-  _globals['_SUBSCRIBEQUOTESREQUEST']._serialized_end=1662
-  _globals['_SUBSCRIBEQUOTESRESPONSE']._serialized_start=1665
-  _globals['_SUBSCRIBEQUOTESRESPONSE']._serialized_end=1818
-  _globals['_QUERYSERVICE']._serialized_start=1994
-  _globals['_QUERYSERVICE']._serialized_end=2550
+  _globals['_QUERYTRADESREQUEST']._serialized_end=346
+  _globals['_QUERYTRADESRESPONSE']._serialized_start=348
+  _globals['_QUERYTRADESRESPONSE']._serialized_end=450
+  _globals['_QUERYQUOTESREQUEST']._serialized_start=453
+  _globals['_QUERYQUOTESREQUEST']._serialized_end=667
+  _globals['_QUERYQUOTESRESPONSE']._serialized_start=669
+  _globals['_QUERYQUOTESRESPONSE']._serialized_end=771
+  _globals['_GETBARSREQUEST']._serialized_start=774
+  _globals['_GETBARSREQUEST']._serialized_end=952
+  _globals['_GETBARSRESPONSE']._serialized_start=954
+  _globals['_GETBARSRESPONSE']._serialized_end=1003
+  _globals['_BAR']._serialized_start=1006
+  _globals['_BAR']._serialized_end=1161
+  _globals['_GETLATESTREQUEST']._serialized_start=1163
+  _globals['_GETLATESTREQUEST']._serialized_end=1198
+  _globals['_GETLATESTRESPONSE']._serialized_start=1200
+  _globals['_GETLATESTRESPONSE']._serialized_end=1256
+  _globals['_LATEST']._serialized_start=1258
+  _globals['_LATEST']._serialized_end=1362
+  _globals['_SUBSCRIBETRADESREQUEST']._serialized_start=1364
+  _globals['_SUBSCRIBETRADESREQUEST']._serialized_end=1489
+  _globals['_SUBSCRIBETRADESRESPONSE']._serialized_start=1492
+  _globals['_SUBSCRIBETRADESRESPONSE']._serialized_end=1645
+  _globals['_SUBSCRIBEQUOTESREQUEST']._serialized_start=1647
+  _globals['_SUBSCRIBEQUOTESREQUEST']._serialized_end=1772
+  _globals['_SUBSCRIBEQUOTESRESPONSE']._serialized_start=1775
+  _globals['_SUBSCRIBEQUOTESRESPONSE']._serialized_end=1928
+  _globals['_QUERYSERVICE']._serialized_start=2189
+  _globals['_QUERYSERVICE']._serialized_end=2745
 # @@protoc_insertion_point(module_scope)

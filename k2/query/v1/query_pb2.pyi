@@ -12,6 +12,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RowFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROW_FORMAT_UNSPECIFIED: _ClassVar[RowFormat]
+    ROW_FORMAT_PROTO: _ClassVar[RowFormat]
+    ROW_FORMAT_ARROW: _ClassVar[RowFormat]
+
 class BarInterval(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     BAR_INTERVAL_UNSPECIFIED: _ClassVar[BarInterval]
@@ -21,6 +27,9 @@ class BarInterval(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BAR_INTERVAL_15M: _ClassVar[BarInterval]
     BAR_INTERVAL_1H: _ClassVar[BarInterval]
     BAR_INTERVAL_1D: _ClassVar[BarInterval]
+ROW_FORMAT_UNSPECIFIED: RowFormat
+ROW_FORMAT_PROTO: RowFormat
+ROW_FORMAT_ARROW: RowFormat
 BAR_INTERVAL_UNSPECIFIED: BarInterval
 BAR_INTERVAL_1S: BarInterval
 BAR_INTERVAL_1M: BarInterval
@@ -30,52 +39,60 @@ BAR_INTERVAL_1H: BarInterval
 BAR_INTERVAL_1D: BarInterval
 
 class QueryTradesRequest(_message.Message):
-    __slots__ = ("symbols", "exchange", "start", "end", "limit", "page_token")
+    __slots__ = ("symbols", "exchange", "start", "end", "limit", "page_token", "format")
     SYMBOLS_FIELD_NUMBER: _ClassVar[int]
     EXCHANGE_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     symbols: _containers.RepeatedScalarFieldContainer[str]
     exchange: str
     start: _timestamp_pb2.Timestamp
     end: _timestamp_pb2.Timestamp
     limit: int
     page_token: str
-    def __init__(self, symbols: _Optional[_Iterable[str]] = ..., exchange: _Optional[str] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    format: RowFormat
+    def __init__(self, symbols: _Optional[_Iterable[str]] = ..., exchange: _Optional[str] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., format: _Optional[_Union[RowFormat, str]] = ...) -> None: ...
 
 class QueryTradesResponse(_message.Message):
-    __slots__ = ("trades", "next_page_token")
+    __slots__ = ("trades", "next_page_token", "arrow")
     TRADES_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ARROW_FIELD_NUMBER: _ClassVar[int]
     trades: _containers.RepeatedCompositeFieldContainer[_marketdata_pb2.Trade]
     next_page_token: str
-    def __init__(self, trades: _Optional[_Iterable[_Union[_marketdata_pb2.Trade, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    arrow: bytes
+    def __init__(self, trades: _Optional[_Iterable[_Union[_marketdata_pb2.Trade, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., arrow: _Optional[bytes] = ...) -> None: ...
 
 class QueryQuotesRequest(_message.Message):
-    __slots__ = ("symbols", "exchange", "start", "end", "limit", "page_token")
+    __slots__ = ("symbols", "exchange", "start", "end", "limit", "page_token", "format")
     SYMBOLS_FIELD_NUMBER: _ClassVar[int]
     EXCHANGE_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     symbols: _containers.RepeatedScalarFieldContainer[str]
     exchange: str
     start: _timestamp_pb2.Timestamp
     end: _timestamp_pb2.Timestamp
     limit: int
     page_token: str
-    def __init__(self, symbols: _Optional[_Iterable[str]] = ..., exchange: _Optional[str] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    format: RowFormat
+    def __init__(self, symbols: _Optional[_Iterable[str]] = ..., exchange: _Optional[str] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., format: _Optional[_Union[RowFormat, str]] = ...) -> None: ...
 
 class QueryQuotesResponse(_message.Message):
-    __slots__ = ("quotes", "next_page_token")
+    __slots__ = ("quotes", "next_page_token", "arrow")
     QUOTES_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ARROW_FIELD_NUMBER: _ClassVar[int]
     quotes: _containers.RepeatedCompositeFieldContainer[_marketdata_pb2.Quote]
     next_page_token: str
-    def __init__(self, quotes: _Optional[_Iterable[_Union[_marketdata_pb2.Quote, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    arrow: bytes
+    def __init__(self, quotes: _Optional[_Iterable[_Union[_marketdata_pb2.Quote, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., arrow: _Optional[bytes] = ...) -> None: ...
 
 class GetBarsRequest(_message.Message):
     __slots__ = ("symbol", "exchange", "interval", "start", "end")

@@ -6,8 +6,13 @@ integer count of 10^-18), so sums and products never round.
   bar hold only the trades inside the requested [start, end).
 - open/close: the first/last trade in the row order (time, then the exchange's sequence).
 - VWAP = Σ(price × quantity) / Σ(quantity), rounded half-even to 18 decimal places (the scale of every K2 decimal).
+
+Each batch of rows is aggregated by Arrow kernels (a group per bar: min, max, sums in decimal256, which hold every
+sum exactly while the products and their count stay within its 76 digits, checked first), then merged into the
+bars in Python, per bar; a batch whose values could overflow that takes the per-row integer path instead.
 """
 
+import itertools
 import sys
 from dataclasses import dataclass
 from decimal import Decimal
@@ -19,6 +24,11 @@ from k2.core.protos import decimal_text, set_timestamp
 from k2.query.v1 import query_pb2
 from k2.services.query.selection import from_micros
 
+# decimal256 holds 76 digits: factors of at most FACTOR_DIGITS multiply exactly (scale 36), and their sum stays
+# exact while it is below 10^(76 - 36)
+FACTOR_DIGITS = 37
+EXACT_FACTOR_LIMIT = 10**19  # |price|, quantity below this fit FACTOR_DIGITS at scale 18
+EXACT_NOTIONAL_LIMIT = 10**40
 COLUMNS = ["timestamp", "exchange", "symbol", "source_sequence", "message_id", "price", "quantity"]
 
 
@@ -29,6 +39,17 @@ def decimal_units(column: pa.ChunkedArray | pa.Array) -> tuple[list[int], int]:
     from_bytes = int.from_bytes
     order = sys.byteorder
     return [from_bytes(data[i:i + 16], order, signed=True) for i in range(0, len(data), 16)], array.type.scale
+
+
+def units(value: Decimal, scale: int) -> int:
+    """The integer count of 10^-scale in `value` (which has at most `scale` decimal places), exactly: no
+    arithmetic context, which would round past 28 digits."""
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # a finite number
+    number = int("".join(map(str, digits)) or "0")
+    shift = exponent + scale
+    number = number * 10**shift if shift >= 0 else number // 10**-shift
+    return -number if sign else number
 
 
 def divide_half_even(numerator: int, denominator: int) -> int:
@@ -61,6 +82,49 @@ class BarBuilder:
         """Rows in the row order, later than any added before."""
         if not rows.num_rows:
             return
+        price, quantity = rows["price"], rows["quantity"]
+        if price.type.scale != quantity.type.scale:
+            raise ValueError("price and quantity must share one decimal scale")
+        self.scale = price.type.scale
+        largest = int(max(abs(value.as_py() or 0) for value in (*pc.min_max(price).values(),
+                                                               *pc.min_max(quantity).values()))) + 1
+        if largest >= EXACT_FACTOR_LIMIT or largest * largest * rows.num_rows >= EXACT_NOTIONAL_LIMIT:
+            self._add_by_row(rows)
+            return
+        micros = pc.cast(rows["timestamp"], pa.int64())
+        starts = pc.subtract(micros, pc.modulo(micros, self.interval))
+        narrow = pa.decimal256(FACTOR_DIGITS, self.scale)
+        table = pa.table({"start": starts, "price": price,
+                          "volume": quantity.cast(pa.decimal256(76, self.scale)),
+                          "notional": pc.multiply(price.cast(narrow), quantity.cast(narrow))})
+        groups = table.group_by("start", use_threads=False).aggregate(
+            [("price", "min"), ("price", "max"), ("volume", "sum"), ("notional", "sum"), ("start", "count")])
+        counts = groups["start_count"].to_pylist()
+        lasts = list(itertools.accumulate(counts))
+        firsts = [last - count for last, count in zip(lasts, counts, strict=True)]
+        opens = pc.take(price, pa.array(firsts)).to_pylist()
+        closes = pc.take(price, pa.array([last - 1 for last in lasts])).to_pylist()
+        scale = self.scale
+        for start, low, high, volume, notional, count, first, last in zip(
+                groups["start"].to_pylist(), groups["price_min"].to_pylist(), groups["price_max"].to_pylist(),
+                groups["volume_sum"].to_pylist(), groups["notional_sum"].to_pylist(), counts, opens, closes,
+                strict=True):
+            self._merge(_Bar(start, units(first, scale), units(high, scale), units(low, scale), units(last, scale),
+                             units(volume, scale), units(notional, 2 * scale), count))
+
+    def _merge(self, bar: "_Bar") -> None:
+        previous = self.bars[-1] if self.bars else None
+        if previous is None or previous.start != bar.start:
+            self.bars.append(bar)
+            return
+        previous.high = max(previous.high, bar.high)
+        previous.low = min(previous.low, bar.low)
+        previous.close = bar.close
+        previous.volume += bar.volume
+        previous.notional += bar.notional
+        previous.count += bar.count
+
+    def _add_by_row(self, rows: pa.Table) -> None:
         timestamps = pc.cast(rows["timestamp"], pa.int64()).to_pylist()
         prices, self.scale = decimal_units(rows["price"])
         quantities, quantity_scale = decimal_units(rows["quantity"])

@@ -69,3 +69,35 @@ class ReadCache:
 
 def _footer_size(footer: Any) -> int:
     return int(footer.nbytes)
+
+
+SCAN_OVERHEAD = 64 * 1024  # what a kept scan holds besides its rows (its plan of row groups), counted so
+
+
+class ScanCache:
+    """Scans a page stopped in, by the page token that goes on from there: the next page (on this replica)
+    continues the same scan instead of planning and reading up to the token's row again. A scan is taken out
+    while a page uses it; bounded by the bytes of rows the scans hold (K2_QUERY_SCAN_CACHE_BYTES), least recently
+    used dropped first. A token whose scan is not here (another replica, dropped) is read as without it."""
+
+    def __init__(self, max_bytes: int):
+        self._scans: LRUCache[Hashable, Any] = LRUCache(max(max_bytes, 1), getsizeof=_scan_size)
+        self._enabled = max_bytes > 0
+        self._lock = threading.Lock()
+
+    def take(self, key: Hashable) -> Any:
+        with self._lock:
+            return self._scans.pop(key, None)
+
+    def keep(self, key: Hashable, scan: Any) -> None:
+        if not self._enabled:
+            return
+        with self._lock:
+            try:
+                self._scans[key] = scan
+            except ValueError:  # larger than the whole cache
+                pass
+
+
+def _scan_size(scan: Any) -> int:
+    return SCAN_OVERHEAD + int(scan.nbytes)

@@ -351,16 +351,36 @@ class Scan:
             firsts.append(self._pending[0].first)
         return min(firsts) if firsts else None
 
-    def next(self, read_limit: int | None = None) -> pa.Table | None:
-        """The next rows in the row order (at least one), or None at the end. With `read_limit`, an empty table
-        once that many rows were decoded without a row to give and the position moved on: the caller may stop
-        there and resume after position()."""
+    @property
+    def nbytes(self) -> int:
+        """The rows it holds (read, not yet handed out)."""
+        return sum(rows.nbytes for rows in self._open)
+
+    def resume(self) -> None:
+        """Marks where a page starts: with a read limit, a page always ends past it."""
+        self._start = self.position() or self._start
+
+    def _fill(self, read_limit: int | None) -> bool:
+        """Reads until the next rows are known (True), or until `read_limit` rows were decoded and the position
+        moved on (False)."""
         frontier = self.position() if self._open else None
         while self._pending and (frontier is None or self._pending[0].first <= frontier):
             if read_limit is not None and self.rows_read >= read_limit and (self.position() or MAX_TIME) > self._start:
-                return self._target.empty_table()
+                return False
             self._hold(self.read(self._pending.popleft()))
             frontier = self.position() if self._open else None
+        return True
+
+    def more(self, read_limit: int | None = None) -> bool:
+        """Whether any row is still to come (True too when `read_limit` stopped the reading before it knew)."""
+        return not self._fill(read_limit) or bool(self._open)
+
+    def next(self, read_limit: int | None = None, max_rows: int | None = None) -> pa.Table | None:
+        """The next rows in the row order (at least one, at most `max_rows`), or None at the end. With
+        `read_limit`, an empty table once that many rows were decoded without a row to give and the position
+        moved on: the caller may stop there and resume after position()."""
+        if not self._fill(read_limit):
+            return self._target.empty_table()
         if not self._open:
             return None
         limit = self._pending[0].first if self._pending else None
@@ -371,8 +391,11 @@ class Scan:
                 parts.append(rows.slice(0, count))
             if count < rows.num_rows:
                 kept.append(rows.slice(count))
-        self._open = kept
         chunk = parts[0] if len(parts) == 1 else sort_rows(pa.concat_tables(parts))
+        if max_rows is not None and chunk.num_rows > max_rows:
+            kept.append(chunk.slice(max_rows))
+            chunk = chunk.slice(0, max_rows)
+        self._open = kept
         if wire.FRAMED in self._columns:
             chunk = chunk.append_column(wire.FRAMED_FIELD, wire.framed(self._kind, chunk))
         return chunk.select(self._columns).cast(self._target)

@@ -22,7 +22,7 @@ from k2.core.records import QUOTE, TRADE, FieldError, RecordKind
 from k2.query.v1 import query_pb2
 from k2.services.query import bars as bars_module
 from k2.services.query import metrics, validation
-from k2.services.query.cache import ReadCache
+from k2.services.query.cache import ReadCache, ScanCache
 from k2.services.query.config import QuerySettings
 from k2.services.query.fanout import FanOut
 from k2.services.query.history import History, Scan, Snapshot, SnapshotGone, latest_row, ordered_rows
@@ -30,7 +30,7 @@ from k2.services.query.kafka_tail import KafkaAdmin, Offsets, OffsetsExpired, bo
 from k2.services.query.selection import ORDER_COLUMNS, Key, Selection, row_key
 from k2.services.query.subscriptions import StreamEnded, Subscriptions
 from k2.services.query.tokens import PageToken
-from k2.services.query.wire import FRAMED, MESSAGE_TYPES, joined, messages, response_slices
+from k2.services.query.wire import FRAMED, MESSAGE_TYPES, ipc_stream, joined, messages, response_slices
 from k2.services.query.workers import Workers
 
 SERVICE_NAME = query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
@@ -88,6 +88,7 @@ class QueryServicer:
         self._admin = admin
         self._fanout = fanout
         self._subscriptions = subscriptions
+        self._scans = ScanCache(settings.scan_cache_bytes)
 
     # ---- error handling and metrics --------------------------------------------------------------------------
 
@@ -159,7 +160,10 @@ class QueryServicer:
     async def _range(self, kind: RecordKind, request: validation.QueryRequest,
                      budget: Budget) -> AsyncIterator[bytes]:
         query = validation.range_query(kind, request, self._settings, self._fanout.token_keys)
+        arrow = request.format == query_pb2.ROW_FORMAT_ARROW
         columns = arrow_schema(kind).names
+        scan_columns = columns if arrow else [*ORDER_COLUMNS, FRAMED]
+        scan: Scan | None = None
         if query.page is None:
             snapshot, tail_start, tail_end = await self._fresh_tail(kind)
             after = None
@@ -171,49 +175,68 @@ class QueryServicer:
             validation.check_tail("page_token", page.tail_start, page.tail_end, self._settings.tail_max_messages)
             snapshot = await self._workers.run(self._history.at, kind, topic, page.snapshot_id)
             tail_start, tail_end, after = page.tail_start, page.tail_end, page.after
-        tail = await self._tail(kind, tail_start, tail_end, query.selection, columns, budget)
-        scan = await self._workers.run(Scan, kind, snapshot, query.selection, [*ORDER_COLUMNS, FRAMED], tail, after)
-        most_rows, most_bytes = self._settings.response_rows, self._settings.response_bytes
+            scan = self._scans.take((request.page_token, arrow))
+        if scan is None:
+            tail = await self._tail(kind, tail_start, tail_end, query.selection, columns, budget)
+            scan = await self._workers.run(Scan, kind, snapshot, query.selection, scan_columns, tail, after)
+        scan.resume()
+        read_limit = scan.rows_read + self._settings.page_max_rows_read
+        rows_before = scan.rows_read
         remaining = query.limit
         last_key: Key | None = None
         resume: Key | None = None
         pending: pa.Table | None = None  # rows not sent yet: the last response carries the token
         returned = metrics.ROWS_RETURNED.labels(metrics.SERVICE, f"Query{kind.title()}s")
-        while True:
-            budget.check()
-            chunk = await self._workers.run(scan.next, self._settings.page_max_rows_read)
-            if chunk is None:
-                break
-            if chunk.num_rows == 0:  # the page read as much as it may: the next one goes on from where it stopped
-                position = scan.position()
-                resume = last_key if last_key is not None or position is None else (position, "", "", None, "")
-                break
-            if remaining == 0:
-                resume = last_key
-                break
-            taken = chunk.slice(0, remaining)
-            remaining -= taken.num_rows
-            last_key = row_key(taken, taken.num_rows - 1)
-            if taken.num_rows < chunk.num_rows:
-                resume = last_key
-            chunk = taken
-            rows = chunk if pending is None else pa.concat_tables([pending, chunk])
-            slices = list(response_slices(rows[FRAMED], most_rows, most_bytes))
-            for start, length in slices[:-1]:
-                returned.inc(length)
-                yield joined(rows[FRAMED].slice(start, length).combine_chunks())
-            start, length = slices[-1]
-            pending = rows.slice(start, length)
-            if resume is not None:
-                break
+        try:
+            while True:
+                budget.check()
+                if remaining == 0:
+                    if await self._workers.run(scan.more, read_limit):
+                        resume = last_key
+                    break
+                chunk = await self._workers.run(scan.next, read_limit, remaining)
+                if chunk is None:
+                    break
+                if chunk.num_rows == 0:  # the page read what it may: the next one goes on from where it stopped
+                    position = scan.position()
+                    resume = last_key if last_key is not None or position is None else (position, "", "", None, "")
+                    break
+                remaining -= chunk.num_rows
+                last_key = row_key(chunk, chunk.num_rows - 1)
+                rows = chunk if pending is None else pa.concat_tables([pending, chunk])
+                slices = self._response_slices(rows, arrow)
+                for start, length in slices[:-1]:
+                    returned.inc(length)
+                    yield self._rows_response(kind, rows.slice(start, length), arrow, "")
+                start, length = slices[-1]
+                pending = rows.slice(start, length)
+        finally:
+            metrics.ROWS_READ.labels(metrics.SERVICE, f"Query{kind.title()}s").inc(scan.rows_read - rows_before)
         token = ""
         if resume is not None:
             token = PageToken(query.digest, snapshot.snapshot_id, tail_start, tail_end, resume).encode(
                 self._fanout.token_keys)
-        framed = b"" if pending is None else joined(pending[FRAMED].combine_chunks())
-        if framed or token:
+            if resume == last_key:  # the scan stands right after the last row sent: the next page goes on with it
+                self._scans.keep((token, arrow), scan)
+        if pending is not None or token:
             returned.inc(0 if pending is None else pending.num_rows)
-            yield framed + QUERY_RESPONSES[kind](next_page_token=token).SerializeToString()
+            yield self._rows_response(kind, pending, arrow, token)
+
+    def _response_slices(self, rows: pa.Table, arrow: bool) -> list[tuple[int, int]]:
+        most_rows, most_bytes = self._settings.response_rows, self._settings.response_bytes
+        if not arrow:
+            return list(response_slices(rows[FRAMED], most_rows, most_bytes))
+        # Arrow rows are cut by bytes alone (many rows per response is what makes them fast), by their average size
+        per_response = max(1, most_bytes * rows.num_rows // max(1, rows.nbytes))
+        return [(start, min(per_response, rows.num_rows - start)) for start in range(0, rows.num_rows, per_response)]
+
+    @staticmethod
+    def _rows_response(kind: RecordKind, rows: pa.Table | None, arrow: bool, token: str) -> bytes:
+        if rows is None or not rows.num_rows:
+            return QUERY_RESPONSES[kind](next_page_token=token).SerializeToString()
+        if arrow:
+            return QUERY_RESPONSES[kind](arrow=ipc_stream(rows), next_page_token=token).SerializeToString()
+        return joined(rows[FRAMED].combine_chunks()) + QUERY_RESPONSES[kind](next_page_token=token).SerializeToString()
 
     # ---- GetBars ---------------------------------------------------------------------------------------------
 

@@ -244,6 +244,14 @@ def response_slices(framed: pa.Array | pa.ChunkedArray, most_rows: int, most_byt
         yield start, taken
 
 
+def ipc_stream(rows: pa.Table) -> bytes:
+    """The rows as one Arrow IPC stream: their schema, then their record batches."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rows.schema) as writer:
+        writer.write_table(rows)
+    return sink.getvalue().to_pybytes()
+
+
 def joined(array: pa.Array, start: int = 0, stop: int | None = None) -> bytes:
     """The concatenated bytes of array[start:stop] (a binary array), in one copy."""
     stop = len(array) if stop is None else stop
