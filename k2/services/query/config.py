@@ -17,7 +17,7 @@ class QuerySettings(ServerSettings):
     token_keys: list[SecretStr] = Field(default_factory=list)
 
     # QueryTrades / QueryQuotes
-    default_limit: int = 10_000
+    default_limit: int = 100_000
     max_limit: int = 100_000
     response_rows: int = 2_000  # rows per streamed response at most...
     response_bytes: int = 1024 * 1024  # ...and bytes of rows (a larger row alone)

@@ -240,6 +240,7 @@ class Scan:
     def __init__(self, kind: RecordKind, snapshot: Snapshot, selection: Selection, columns: list[str],
                  tail: pa.Table | None = None, after: Key | None = None):
         self.rows_read = 0
+        self.snapshot = snapshot
         self._kind = kind
         self._snapshot = snapshot
         self._selection = selection
@@ -298,6 +299,12 @@ class Scan:
 
     def read(self, group: _Group) -> pa.Table:
         """The group's selected rows (the data columns), in the row order."""
+        try:
+            return self._read(group)
+        except FileNotFoundError as error:  # a page went on with a scan whose snapshot expired meanwhile
+            raise SnapshotGone(f"snapshot {self._snapshot.snapshot_id} no longer exists (expired)") from error
+
+    def _read(self, group: _Group) -> pa.Table:
         table = self._snapshot.table
         assert table is not None
         selection = self._selection

@@ -169,13 +169,18 @@ class QueryServicer:
             after = None
         else:
             page = query.page
-            topic = self._fanout.topics[kind]
-            validation.check_partitions("page_token", {*page.tail_start, *page.tail_end},
-                                        await self._workers.run(self._admin.partitions, topic))
-            validation.check_tail("page_token", page.tail_start, page.tail_end, self._settings.tail_max_messages)
-            snapshot = await self._workers.run(self._history.at, kind, topic, page.snapshot_id)
             tail_start, tail_end, after = page.tail_start, page.tail_end, page.after
+            # the scan the previous page stopped in: this token was checked when that page began
             scan = self._scans.take((request.page_token, arrow))
+            if scan is None:
+                topic = self._fanout.topics[kind]
+                validation.check_partitions("page_token", {*page.tail_start, *page.tail_end},
+                                            await self._workers.run(self._admin.partitions, topic))
+                validation.check_tail("page_token", page.tail_start, page.tail_end,
+                                      self._settings.tail_max_messages)
+                snapshot = await self._workers.run(self._history.at, kind, topic, page.snapshot_id)
+            else:
+                snapshot = scan.snapshot
         if scan is None:
             tail = await self._tail(kind, tail_start, tail_end, query.selection, columns, budget)
             scan = await self._workers.run(Scan, kind, snapshot, query.selection, scan_columns, tail, after)
