@@ -93,7 +93,8 @@ async def test_page_token_fields_beyond_their_range_or_the_topic_are_refused_at_
     page = {"v": 1, "q": DIGEST, "s": None, "ts": [[0, 0]], "te": [[0, 1]], "a": [micros(T0), "BINANCE", "BTCUSDT", 0, "id"]}
     changes = [{"ts": [[0, HUGE]]}, {"te": [[HUGE, 1]]}, {"te": [[0, -1]]}, {"s": HUGE},
                {"a": [HUGE, "BINANCE", "BTCUSDT", 0, "id"]}, {"a": [0, "BINANCE", "BTCUSDT", HUGE, "id"]},
-               {"ts": [[PARTITIONS[1], 0]], "te": [[PARTITIONS[1], 5]]}, {"ts": [[999, 0]], "te": [[999, 5]]}]
+               {"ts": [[PARTITIONS[1], 0]], "te": [[PARTITIONS[1], 5]]}, {"ts": [[999, 0]], "te": [[999, 5]]},
+               {"ts": [[0, 0]], "te": [[0, 10**9]]}]  # signed, but more of the tail than one query may read
     for change in changes:
         request = query_pb2.QueryTradesRequest(page_token=crafted(page | change))
         request.MergeFrom(QUERY)

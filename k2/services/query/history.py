@@ -16,9 +16,11 @@ is held is the row groups overlapping the merge's position, not the partition; a
 at the row groups that reach past that row. Rows from the Kafka tail are merged into the same order."""
 
 import functools
+import itertools
 import threading
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import cast
 
@@ -48,6 +50,9 @@ FIELD_ID = b"PARQUET:field_id"
 # Few distinct values per row group: decoded as dictionaries (cheaper), made plain after the selection
 DICTIONARY_COLUMNS = ["symbol", "exchange", "asset_class", "currency", "side"]
 BATCH_ROWS = 8_192  # a row group is decoded in batches of this many rows when its end is not needed
+READ_AHEAD = 2  # row groups a scan reads ahead of the merge
+ROW_BYTES = 256  # what a row being read ahead is counted as until it is read
+_READERS = ThreadPoolExecutor(8, thread_name_prefix="k2-row-groups")  # shared by every scan: bounded
 
 
 class SnapshotGone(Exception):
@@ -202,6 +207,7 @@ class _Group:
     index: int  # the row group in the file; -1: the whole file, read through pyiceberg
     first: int
     last: int
+    rows: int
 
 
 @functools.cache
@@ -253,6 +259,7 @@ class Scan:
         self._start = max(MIN_TIME if selection.start is None else selection.start,
                           MIN_TIME if after is None else after[0])
         self._open: list[pa.Table] = []
+        self._reading: dict[int, Future[pa.Table]] = {}  # by id() of the pending group: read ahead
         if tail is not None and tail.num_rows:
             self._hold(sort_rows(tail.select(self._data_columns).cast(self._data_schema)))
         self.groups = self._plan()
@@ -272,7 +279,7 @@ class Scan:
             path = file.task.file.file_path
             footer: _Footer = cache.footer(path, functools.partial(_read_footer, table, self._kind, path))
             if file.task.delete_files or not footer.direct:
-                groups.append(_Group(file, None, -1, file.first, file.last))
+                groups.append(_Group(file, None, -1, file.first, file.last, file.task.file.record_count))
                 continue
             for index, stats in enumerate(footer.groups):
                 if stats.last < start or stats.first >= end or (
@@ -287,7 +294,7 @@ class Scan:
                     first, last = cast(tuple[int, int], known)
                     if last < start or first >= end:
                         continue
-                groups.append(_Group(file, footer, index, first, last))
+                groups.append(_Group(file, footer, index, first, last, stats.rows))
         return groups
 
     def _hold(self, rows: pa.Table) -> None:
@@ -296,6 +303,16 @@ class Scan:
             rows = rows_after(rows, self._after)
         if rows.num_rows:
             self._open.append(rows)
+
+    def _take(self, group: _Group) -> pa.Table:
+        """The group's rows, read ahead or now; the next READ_AHEAD pending groups start reading meanwhile (in
+        parallel: pyarrow decodes without the GIL), as a plain scan reads several row groups at once."""
+        reading = self._reading.pop(id(group), None) or _READERS.submit(self.read, group)
+        for ahead in itertools.islice(self._pending, READ_AHEAD):
+            if id(ahead) not in self._reading:
+                self._reading[id(ahead)] = _READERS.submit(self.read, ahead)
+        self.rows_read += group.rows
+        return reading.result()
 
     def read(self, group: _Group) -> pa.Table:
         """The group's selected rows (the data columns), in the row order."""
@@ -311,7 +328,6 @@ class Scan:
         if group.footer is None:
             projection = table.scan(snapshot_id=self._snapshot.snapshot_id).projection()
             scan = ArrowScan(table.metadata, table.io, projection, selection.row_filter())
-            self.rows_read += group.file.task.file.record_count
             rows = scan.to_table([group.file.task]).select(_full_schema(self._kind).names)
             return sort_rows(selection.filter(rows.cast(_full_schema(self._kind))).select(self._data_columns)
                              .cast(self._data_schema))
@@ -320,7 +336,6 @@ class Scan:
             parquet = pq.ParquetFile(stream, metadata=group.footer.metadata,
                                      read_dictionary=[c for c in DICTIONARY_COLUMNS if c in self._data_columns])
             keys = parquet.read_row_group(group.index, columns=KEY_COLUMNS)
-            self.rows_read += keys.num_rows
             named = self._names.mask(keys)
             times = pc.filter(keys["timestamp"], named).cast(pa.int64())
             self._snapshot.cache.remember_bounds((path, group.index, self._names),
@@ -360,8 +375,10 @@ class Scan:
 
     @property
     def nbytes(self) -> int:
-        """The rows it holds (read, not yet handed out)."""
-        return sum(rows.nbytes for rows in self._open)
+        """The rows it holds (read, not yet handed out, and read ahead)."""
+        ahead = sum(future.result().nbytes if future.done() and not future.exception() else ROW_BYTES * group.rows
+                    for group in self._pending if (future := self._reading.get(id(group))) is not None)
+        return sum(rows.nbytes for rows in self._open) + ahead
 
     def resume(self) -> None:
         """Marks where a page starts: with a read limit, a page always ends past it."""
@@ -374,7 +391,7 @@ class Scan:
         while self._pending and (frontier is None or self._pending[0].first <= frontier):
             if read_limit is not None and self.rows_read >= read_limit and (self.position() or MAX_TIME) > self._start:
                 return False
-            self._hold(self.read(self._pending.popleft()))
+            self._hold(self._take(self._pending.popleft()))
             frontier = self.position() if self._open else None
         return True
 

@@ -192,6 +192,7 @@ class QueryServicer:
         resume: Key | None = None
         pending: pa.Table | None = None  # rows not sent yet: the last response carries the token
         returned = metrics.ROWS_RETURNED.labels(metrics.SERVICE, f"Query{kind.title()}s")
+        reading: asyncio.Future[pa.Table | None] | None = None  # the next rows, read while these are sent
         try:
             while True:
                 budget.check()
@@ -199,7 +200,8 @@ class QueryServicer:
                     if await self._workers.run(scan.more, read_limit):
                         resume = last_key
                     break
-                chunk = await self._workers.run(scan.next, read_limit, remaining)
+                chunk = await (reading or self._workers.run(scan.next, read_limit, remaining))
+                reading = None
                 if chunk is None:
                     break
                 if chunk.num_rows == 0:  # the page read what it may: the next one goes on from where it stopped
@@ -208,6 +210,8 @@ class QueryServicer:
                     break
                 remaining -= chunk.num_rows
                 last_key = row_key(chunk, chunk.num_rows - 1)
+                if remaining:
+                    reading = asyncio.ensure_future(self._workers.run(scan.next, read_limit, remaining))
                 rows = chunk if pending is None else pa.concat_tables([pending, chunk])
                 slices = self._response_slices(rows, arrow)
                 for start, length in slices[:-1]:
@@ -216,6 +220,8 @@ class QueryServicer:
                 start, length = slices[-1]
                 pending = rows.slice(start, length)
         finally:
+            if reading is not None:  # the call ended early: the scan is left as it is, never kept
+                reading.cancel()
             metrics.ROWS_READ.labels(metrics.SERVICE, f"Query{kind.title()}s").inc(scan.rows_read - rows_before)
         token = ""
         if resume is not None:

@@ -4,7 +4,7 @@ with no gap and no duplicate at either hand-over.
 1. Start position. From now: the high watermarks at request time. From a past time T: the current Iceberg
    snapshot S (rows with timestamp >= T), then Kafka from the offsets S recorded — exactly what S does not hold.
    From a resume token: the position it encodes (a snapshot and row key while still in history, else offsets).
-2. History: S is read in row order, one UTC day at a time.
+2. History: S is read in row order by one scan that streams its row groups (k2.services.query.history.Scan).
 3. Replay: while the stream is far behind the fan-out, it reads Kafka from its offsets up to the fan-out's
    position with its own short-lived reader. Close enough, it registers with the fan-out, which from then on
    queues every matching live record for it, and replays the last stretch [its offsets, the position the fan-out
