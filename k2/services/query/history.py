@@ -183,10 +183,11 @@ def _read_footer(table: Table, kind: RecordKind, path: str) -> _Footer:
     file_schema = metadata.schema.to_arrow_schema()
     table_schema = table.schema()
     direct = True
+    table_ids = {field.name: field.field_id for field in table_schema.fields}
     for name in _full_schema(kind).names:
         index = file_schema.get_field_index(name)
         field_ids = (file_schema.field(index).metadata or {}).get(FIELD_ID) if index >= 0 else None
-        if field_ids is None or int(field_ids) != table_schema.find_field(name).field_id:
+        if field_ids is None or int(field_ids) != table_ids.get(name):
             direct = False  # a column added, renamed or retyped since: pyiceberg's read maps it
     groups = []
     for index in range(metadata.num_row_groups):
@@ -432,8 +433,9 @@ class Scan:
 def ordered_rows(kind: RecordKind, snapshot: Snapshot, selection: Selection, columns: list[str],
                  tail: pa.Table | None = None, after: Key | None = None) -> Iterator[pa.Table]:
     """The selected rows of the snapshot plus `tail` (rows already selected, every column), in the row order,
-    after `after`, as a sequence of non-empty tables."""
-    return iter(Scan(kind, snapshot, selection, columns, tail, after))
+    after `after`, as a sequence of non-empty tables. Nothing is read (not even planned) before the first next():
+    callers run that on a worker thread."""
+    yield from Scan(kind, snapshot, selection, columns, tail, after)
 
 
 def latest_row(kind: RecordKind, snapshot: Snapshot, symbol: str) -> pa.Table | None:
