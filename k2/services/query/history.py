@@ -249,7 +249,6 @@ class Scan:
         self.rows_read = 0
         self.snapshot = snapshot
         self._kind = kind
-        self._snapshot = snapshot
         self._selection = selection
         self._columns = columns
         self._data_columns = _full_schema(kind).names if wire.FRAMED in columns else list(columns)
@@ -267,7 +266,7 @@ class Scan:
         self._pending = deque(sorted(self.groups, key=lambda g: g.first))
 
     def _plan(self) -> list[_Group]:
-        table, snapshot_id, cache = self._snapshot.table, self._snapshot.snapshot_id, self._snapshot.cache
+        table, snapshot_id, cache = self.snapshot.table, self.snapshot.snapshot_id, self.snapshot.cache
         if table is None or snapshot_id is None:
             return []
         selection, start = self._selection, self._start
@@ -320,14 +319,14 @@ class Scan:
         try:
             return self._read(group)
         except FileNotFoundError as error:  # a page went on with a scan whose snapshot expired meanwhile
-            raise SnapshotGone(f"snapshot {self._snapshot.snapshot_id} no longer exists (expired)") from error
+            raise SnapshotGone(f"snapshot {self.snapshot.snapshot_id} no longer exists (expired)") from error
 
     def _read(self, group: _Group) -> pa.Table:
-        table = self._snapshot.table
+        table = self.snapshot.table
         assert table is not None
         selection = self._selection
         if group.footer is None:
-            projection = table.scan(snapshot_id=self._snapshot.snapshot_id).projection()
+            projection = table.scan(snapshot_id=self.snapshot.snapshot_id).projection()
             scan = ArrowScan(table.metadata, table.io, projection, selection.row_filter())
             rows = scan.to_table([group.file.task]).select(_full_schema(self._kind).names)
             return sort_rows(selection.filter(rows.cast(_full_schema(self._kind))).select(self._data_columns)
@@ -339,7 +338,7 @@ class Scan:
             keys = parquet.read_row_group(group.index, columns=KEY_COLUMNS)
             named = self._names.mask(keys)
             times = pc.filter(keys["timestamp"], named).cast(pa.int64())
-            self._snapshot.cache.remember_bounds((path, group.index, self._names),
+            self.snapshot.cache.remember_bounds((path, group.index, self._names),
                                                  (pc.min(times).as_py(), pc.max(times).as_py()) if len(times) else None)
             if not len(times):
                 return self._data_schema.empty_table()
