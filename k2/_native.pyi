@@ -4,7 +4,8 @@
 from collections.abc import Container, Sequence
 from typing import Any, Protocol, TypeAlias, TypeVar, final, type_check_only
 
-__all__ = ["LiveBatch", "LiveTranscoder", "QuoteFrameEncoder", "TradeEncoder", "TradeFrameEncoder", "read_messages"]
+__all__ = ["ArrowDecoder", "LiveBatch", "LiveTranscoder", "QuoteFrameEncoder", "TradeEncoder", "TradeFrameEncoder",
+           "read_messages"]
 
 # A field's bounds beyond its texts' lengths, as k2.core.records.NATIVE_LIMITS: (name characters, longest name,
 # most trade conditions, longest condition, most vendor_data entries, longest key, longest value).
@@ -97,6 +98,23 @@ class LiveTranscoder:
     ) -> LiveTranscoder: ...
     def message(self, value: bytes) -> bytes | None:
         """The serialized message of one value, or None where the plain path must judge it."""
+
+@final
+class ArrowDecoder:
+    """Decodes one record kind's current-version Avro messages to Arrow buffers (built by k2.core.arrow)."""
+
+    def __new__(
+        cls,
+        headers: Sequence[bytes],
+        fields: Sequence[tuple[str, bool, bool, Any]],
+        pairs: Sequence[tuple[int, int]],
+        max_text: int,
+        limits: _RecordLimits,
+        names: tuple[int, int],
+    ) -> ArrowDecoder: ...
+    def decode(self, values: Sequence[bytes]) -> tuple[bytes, int, list[list[bytes | None]], list[int]]:
+        """(the accepted messages' indexes as an int64 buffer, how many, each column's buffers, the indexes of the
+        messages handed back to the plain path)."""
 
 @final
 class LiveBatch:

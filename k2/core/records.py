@@ -42,6 +42,15 @@ MAX_VENDOR_DATA_VALUE_LENGTH = 64
 # The same bounds as the native paths take them (native/src/limits.rs): they hand back what is outside.
 NATIVE_LIMITS = (NAME_CHARACTERS, MAX_NAME_LENGTH, MAX_TRADE_CONDITIONS, MAX_CONDITION_LENGTH,
                  MAX_VENDOR_DATA_ENTRIES, MAX_VENDOR_DATA_KEY_LENGTH, MAX_VENDOR_DATA_VALUE_LENGTH)
+# What the compiled readers of Avro records (the live fan-out's, the writer's) clear on their own besides those
+# bounds; a record outside them is handed to the plain path, which judges it. Texts of 1 to MAX_TEXT_LENGTH
+# characters; decimals above zero (a zero or negative price is valid for futures and options only, which the
+# validator decides); fields that are both null or both set.
+NATIVE_CHECKED_TEXTS = {TRADE: ("trade_id", "symbol", "exchange", "currency"),
+                        QUOTE: ("quote_id", "symbol", "exchange", "currency")}
+NATIVE_POSITIVE = {TRADE: ("price", "quantity"), QUOTE: ("bid_price", "bid_quantity", "ask_price", "ask_quantity")}
+NATIVE_BOTH_OR_NEITHER: dict[RecordKind, tuple[tuple[str, str], ...]] = {
+    TRADE: (), QUOTE: (("bid_price", "bid_quantity"), ("ask_price", "ask_quantity"))}
 # Decimal strings as exchanges and programs write them: an optional '-', digits, optionally '.' and digits, and an
 # optional exponent (Java's BigDecimal.toString and Python's str(Decimal) write 1E-8). No '+', spaces, '_', 'NaN'.
 DECIMAL_PATTERN = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")

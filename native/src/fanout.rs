@@ -23,7 +23,7 @@ pub struct LiveTranscoder {
 
 type FieldSpec<'py> = (String, u32, bool, bool, bool, Bound<'py, PyAny>);
 
-fn field_type(name: &str, argument: &Bound<'_, PyAny>) -> PyResult<FieldType> {
+pub(crate) fn field_type(name: &str, argument: &Bound<'_, PyAny>) -> PyResult<FieldType> {
     let decimal = || -> PyResult<DecimalType> {
         let (precision, scale): (u32, usize) = argument.extract()?;
         if precision > 38 || scale > precision as usize {

@@ -1,10 +1,11 @@
 //! One Avro record of the current schema version → its framed k2.marketdata.v1 message: field 1 of a
 //! Subscribe*Response (tag, length, the serialized Trade or Quote), byte for byte what protobuf's deterministic
-//! serialization of trade_to_proto / quote_to_proto writes.
+//! serialization of trade_to_proto / quote_to_proto writes. `Program::read_valid`, the reading and checking half,
+//! is also the writer's Avro → Arrow decoder's (crate::arrow_decode).
 //!
 //! The field program comes from Python (k2/services/query/convert.py builds it from the Avro schema and the message
-//! descriptor), so nothing here knows the schema's layout. A record that is not plainly valid is not judged here:
-//! `transcode` returns None and the caller hands it to the Python plain path.
+//! descriptor; k2/core/arrow.py its reading half), so nothing here knows the schema's layout. A record that is not
+//! plainly valid is not judged here: `transcode` returns None and the caller hands it to the Python plain path.
 
 use crate::limits::RecordLimits;
 use crate::text;
@@ -71,7 +72,7 @@ const MAX_MICROS: i64 = 253_402_300_799_999_999;
 const FIELD_ONE: u8 = 0x0a;
 
 #[derive(Clone, Copy)]
-enum Value {
+pub enum Value {
     Null,
     Text(usize, usize),
     Long(i64),
@@ -85,9 +86,12 @@ enum Value {
 /// Per-record working space, reused from record to record.
 #[derive(Default)]
 pub struct Scratch {
-    values: Vec<Value>,
-    texts: Vec<(usize, usize)>,
-    entries: Vec<((usize, usize), (usize, usize))>,
+    /// the record's fields in Avro order, as `read_valid` read them
+    pub values: Vec<Value>,
+    pub texts: Vec<(usize, usize)>,
+    /// a map's entries in the order they came
+    pub entries: Vec<((usize, usize), (usize, usize))>,
+    keys: Vec<(usize, usize)>,
     body: Vec<u8>,
 }
 
@@ -269,16 +273,7 @@ impl Program {
         scratch: &mut Scratch,
         out: &mut Vec<u8>,
     ) -> Option<Routed> {
-        let header = self
-            .headers
-            .iter()
-            .find(|header| value.starts_with(header))?;
-        let mut reader = Reader {
-            data: value,
-            pos: header.len(),
-        };
-        self.read(&mut reader, scratch)?;
-        if reader.pos != value.len() || !self.plainly_valid(value, scratch) {
+        if !self.read_valid(value, scratch) {
             return None;
         }
         self.write(value, scratch);
@@ -298,6 +293,21 @@ impl Program {
             exchange: span(self.exchange),
             timestamp,
         })
+    }
+
+    /// Reads a current-version message into `scratch.values`: true when it is one, with nothing after its record,
+    /// and plainly valid (else the plain path judges it).
+    pub fn read_valid(&self, value: &[u8], scratch: &mut Scratch) -> bool {
+        let Some(header) = self.headers.iter().find(|header| value.starts_with(header)) else {
+            return false;
+        };
+        let mut reader = Reader {
+            data: value,
+            pos: header.len(),
+        };
+        self.read(&mut reader, scratch).is_some()
+            && reader.pos == value.len()
+            && self.plainly_valid(value, scratch)
     }
 
     fn read(&self, reader: &mut Reader, scratch: &mut Scratch) -> Option<()> {
@@ -364,14 +374,15 @@ impl Program {
                                 scratch.entries.push((key, value));
                             }
                         }
+                        // a repeated key: the plain path keeps the last value
                         let data = reader.data;
-                        let entries = &mut scratch.entries[first..];
-                        entries.sort_unstable_by(|a, b| {
-                            key_order(&data[a.0 .0..a.0 .1], &data[b.0 .0..b.0 .1])
-                        });
-                        let repeated = entries.windows(2).any(|pair| {
-                            data[pair[0].0 .0..pair[0].0 .1] == data[pair[1].0 .0..pair[1].0 .1]
-                        });
+                        let keys = &mut scratch.keys;
+                        keys.clear();
+                        keys.extend(scratch.entries[first..].iter().map(|&(key, _)| key));
+                        keys.sort_unstable_by(|a, b| data[a.0..a.1].cmp(&data[b.0..b.1]));
+                        let repeated = keys
+                            .windows(2)
+                            .any(|pair| data[pair[0].0..pair[0].1] == data[pair[1].0..pair[1].1]);
                         if repeated {
                             return None;
                         }
@@ -464,9 +475,11 @@ impl Program {
                     }
                 }
                 (FieldType::OptionalTextMap, Value::Map(first, last)) => {
-                    for &((key_start, key_end), (value_start, value_end)) in
-                        &scratch.entries[first..last]
-                    {
+                    let entries = &mut scratch.entries[first..last];
+                    entries.sort_unstable_by(|a, b| {
+                        key_order(&data[a.0 .0..a.0 .1], &data[b.0 .0..b.0 .1])
+                    });
+                    for &((key_start, key_end), (value_start, value_end)) in entries.iter() {
                         let (key, value) =
                             (&data[key_start..key_end], &data[value_start..value_end]);
                         body.extend_from_slice(tag);

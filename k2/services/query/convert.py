@@ -24,7 +24,18 @@ from k2._native import LiveBatch, LiveTranscoder
 from k2.core.avro import CURRENT, DecodeError
 from k2.core.framing import SINGLE_OBJECT, Framing
 from k2.core.protos import quote_to_proto, trade_to_proto
-from k2.core.records import MAX_TEXT_LENGTH, NATIVE_LIMITS, QUOTE, TRADE, VALIDATORS, FieldError, RecordKind
+from k2.core.records import (
+    MAX_TEXT_LENGTH,
+    NATIVE_BOTH_OR_NEITHER,
+    NATIVE_CHECKED_TEXTS,
+    NATIVE_LIMITS,
+    NATIVE_POSITIVE,
+    QUOTE,
+    TRADE,
+    VALIDATORS,
+    FieldError,
+    RecordKind,
+)
 from k2.marketdata.v1.marketdata_pb2 import Quote, Trade
 from k2.query.v1 import query_pb2
 from k2.services.query.selection import micros
@@ -55,15 +66,6 @@ def decode_plain(kind: RecordKind, value: bytes,
     except (DecodeError, FieldError):
         return None
     return TO_PROTO[kind](record), record["symbol"], record["exchange"], micros(record["timestamp"])
-
-
-# What the native transcoder clears on its own; a record outside it is handed to decode_plain, which judges it.
-_CHECKED_TEXTS = {TRADE: ("trade_id", "symbol", "exchange", "currency"),
-                  QUOTE: ("quote_id", "symbol", "exchange", "currency")}
-# Handed back unless above zero: a zero or negative price is valid for futures and options only, which the
-# validator decides.
-_POSITIVE = {TRADE: ("price", "quantity"), QUOTE: ("bid_price", "bid_quantity", "ask_price", "ask_quantity")}
-_BOTH_OR_NEITHER = {TRADE: (), QUOTE: (("bid_price", "bid_quantity"), ("ask_price", "ask_quantity"))}
 
 
 def _native_type(kind: RecordKind, avro_field: dict[str, Any], proto: FieldDescriptor) -> tuple[str, Any]:
@@ -117,9 +119,9 @@ def _transcoder(kind: RecordKind, headers: tuple[bytes, ...]) -> LiveTranscoder:
         name = avro_field["name"]
         proto = descriptor.fields_by_name[name]
         native_type, argument = _native_type(kind, avro_field, proto)
-        fields.append((native_type, proto.number, proto.has_presence, name in _CHECKED_TEXTS[kind],
-                       name in _POSITIVE[kind], argument))
-    pairs = [(names.index(a), names.index(b)) for a, b in _BOTH_OR_NEITHER[kind]]
+        fields.append((native_type, proto.number, proto.has_presence, name in NATIVE_CHECKED_TEXTS[kind],
+                       name in NATIVE_POSITIVE[kind], argument))
+    pairs = [(names.index(a), names.index(b)) for a, b in NATIVE_BOTH_OR_NEITHER[kind]]
     routing = (names.index("symbol"), names.index("exchange"), names.index("timestamp"))
     return LiveTranscoder(list(headers), fields, pairs, MAX_TEXT_LENGTH, NATIVE_LIMITS, routing)
 
