@@ -4,7 +4,7 @@ table, and the rate is measured between its first and last commit (start-up excl
 
 References measured in the same run, on the same messages, without Kafka: the ceiling — raw fastavro decode
 (schemaless_reader per message, logical types included) + Arrow + pyiceberg append of the same rows — and the
-writer's own decode path (k2.core.arrow.BatchDecoder) + append. Prints one JSON object."""
+writer's own decode path (k2.core.arrow.batch_decoder) + append. Prints one JSON object."""
 
 import gc
 import json
@@ -28,7 +28,7 @@ from _kafka import ROOT, free_port, kafka_bootstrap
 from confluent_kafka import Producer
 
 from k2.core import avro
-from k2.core.arrow import BatchDecoder
+from k2.core.arrow import batch_decoder
 from k2.core.arrow_records import records_to_arrow
 from k2.core.config import IcebergSettings, KafkaSettings
 from k2.core.iceberg import ensure_table, load_catalog, table_identifier
@@ -135,7 +135,7 @@ def reference(iceberg: IcebergSettings, values: list[bytes]) -> dict[str, dict[s
     gc.set_threshold(*GC_THRESHOLDS)
     catalog = load_catalog(iceberg)
     reader = avro.CURRENT["trade"].parsed_for_reading
-    decoder = BatchDecoder("trade")
+    decoder = batch_decoder("trade")
     results = {}
     for name in ("fastavro", "batch_decoder"):
         iceberg_ref = iceberg.model_copy(update={"namespace": f"reference_{name}"})

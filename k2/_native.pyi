@@ -112,7 +112,7 @@ class ArrowDecoder:
         limits: _RecordLimits,
         names: tuple[int, int],
     ) -> ArrowDecoder: ...
-    def decode(self, values: Sequence[bytes]) -> tuple[bytes, int, list[list[bytes | None]], list[int]]:
+    def decode(self, values: Sequence[bytes | None]) -> tuple[bytes, int, list[list[bytes | None]], list[int]]:
         """(the accepted messages' indexes as an int64 buffer, how many, each column's buffers, the indexes of the
         messages handed back to the plain path)."""
 

@@ -26,7 +26,7 @@ from test_query_subscriptions import assert_exactly_once_in_order, receive, ts
 from test_writer_service import trades_table, wait_caught_up
 
 from k2.core import avro
-from k2.core.arrow import UNDECODABLE, BatchDecoder
+from k2.core.arrow import UNDECODABLE, batch_decoder
 from k2.core.config import AuthSettings, IcebergSettings, KafkaSettings
 from k2.core.framing import SINGLE_OBJECT, Framing, SchemaRegistryUnavailable, registry_header
 from k2.core.kafka import DEAD_LETTER, DLQ_REASON, TOPIC_FOR, TRADES, producer_config, topic_name
@@ -59,7 +59,7 @@ def test_registry_framing_needs_a_registry_to_be_read() -> None:
     with pytest.raises(avro.DecodeError, match="shorter than the 5-byte header"):
         KNOWN_IDS.decode(b"\x00\x00\x07")
     assert decode_plain(TRADE, value) is None
-    [rejection] = BatchDecoder(TRADE).decode([value]).rejected
+    [rejection] = batch_decoder(TRADE).decode([value]).rejected
     assert (rejection.category, rejection.reason) == (UNDECODABLE, (
         "registry-framed (schema id 7) but no schema registry is configured (K2_KAFKA_SCHEMA_REGISTRY_URL)"))
 
@@ -70,7 +70,7 @@ def test_a_registry_that_does_not_answer_refuses_nothing() -> None:
     unreachable = Framing(f"http://127.0.0.1:{free_port()}/apis/ccompat/v7", {})
     value = registry_header(12345) + b"\x02"
     with pytest.raises(SchemaRegistryUnavailable, match="schema registry unavailable"):
-        BatchDecoder(TRADE, unreachable).decode([value])
+        batch_decoder(TRADE, unreachable).decode([value])
     with pytest.raises(SchemaRegistryUnavailable):
         decode_plain(TRADE, value, unreachable)
 

@@ -1,6 +1,6 @@
-"""The writer's decode path (k2.core.arrow.BatchDecoder): Kafka values straight to Arrow must equal the
-plain path (avro.decode + records_to_arrow) for every record, and reject exactly what the validators
-reject."""
+"""The writer's decode path (k2.core.arrow.batch_decoder): Kafka values straight to Arrow by the compiled decoder
+must equal the plain path (avro.decode, the validators, records_to_arrow) for every message, and reject exactly
+what the validators reject."""
 
 import os
 from datetime import UTC, datetime
@@ -8,15 +8,24 @@ from decimal import Decimal
 from io import BytesIO
 
 import fastavro
+import pyarrow.compute as pc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import KNOWN_IDS, RECORDS, in_either_framing, sample_quote, sample_trade
+from strategies import KNOWN_IDS, RECORDS, avro_data, in_either_framing, sample_quote, sample_trade
 
 from k2.core import avro
-from k2.core.arrow import INVALID, UNDECODABLE, WRONG_KIND, BatchDecoder
-from k2.core.arrow_records import records_to_arrow
-from k2.core.records import VALIDATORS, RecordKind
+from k2.core.arrow import (
+    INVALID,
+    UNDECODABLE,
+    WRONG_KIND,
+    CompiledBatchDecoder,
+    DecodedBatch,
+    PlainBatchDecoder,
+    batch_decoder,
+)
+from k2.core.arrow_records import avro_field_type, records_to_arrow
+from k2.core.records import DECIMAL_SCALE, VALIDATORS, RecordKind
 
 
 def unchecked_encode(kind: RecordKind, record: dict[str, object]) -> bytes:
@@ -30,11 +39,11 @@ def unchecked_encode(kind: RecordKind, record: dict[str, object]) -> bytes:
 @pytest.mark.parametrize("kind", ["trade", "quote"])
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
-def test_batch_equals_the_reference_decode(kind: RecordKind, data: st.DataObject) -> None:
+def test_batch_equals_the_plain_decode(kind: RecordKind, data: st.DataObject) -> None:
     """In either Kafka framing."""
     records = data.draw(st.lists(RECORDS[kind](), min_size=1, max_size=30))
     values = [avro.encode(kind, r) for r in records]
-    batch = BatchDecoder(kind, KNOWN_IDS).decode(in_either_framing(data, kind, values))
+    batch = batch_decoder(kind, KNOWN_IDS).decode(in_either_framing(data, kind, values))
     accepted = []
     for record in records:
         try:
@@ -61,7 +70,7 @@ def test_older_versions_and_rejections_in_one_batch() -> None:
         unchecked_encode("trade", sample_trade(price=Decimal("1" + "0" * 22))),  # beyond decimal(38,18)
         avro.encode("trade", sample_trade()) + b"\0",
     ]
-    batch = BatchDecoder("trade").decode(values)
+    batch = batch_decoder("trade").decode(values)
     assert sorted(batch.rows.to_pylist()) == [0, 1]
     assert [(r.index, r.category, r.field) for r in batch.rejected] == [
         (2, UNDECODABLE, ""), (3, WRONG_KIND, ""), (4, INVALID, "quantity"), (5, INVALID, "symbol"),
@@ -74,13 +83,13 @@ def test_older_versions_and_rejections_in_one_batch() -> None:
 def test_one_sided_and_half_empty_quotes() -> None:
     values = [avro.encode("quote", sample_quote(ask_price=None, ask_quantity=None)),
               unchecked_encode("quote", sample_quote(bid_quantity=None))]
-    batch = BatchDecoder("quote").decode(values)
+    batch = batch_decoder("quote").decode(values)
     assert batch.rows.to_pylist() == [0]
     assert batch.table.to_pylist()[0]["ask_price"] is None
     assert [(r.index, r.field) for r in batch.rejected] == [(1, "bid_quantity")]
 
 
-def test_values_beyond_the_fast_layout_decode_like_the_reference() -> None:
+def test_values_at_the_edges_decode_like_the_plain_path() -> None:
     """Lengths of 64 bytes and more, varints longer than 8 bytes, negative and 16-byte decimals, non-ASCII text,
     lists and maps at their bounds, timestamps before 1970: each row as the plain path gives it."""
     trades = [
@@ -98,7 +107,7 @@ def test_values_beyond_the_fast_layout_decode_like_the_reference() -> None:
               sample_quote(ask_price=Decimal("-0.5"), asset_class="FUTURES", source_sequence=None)]
     for kind, records in (("trade", trades), ("quote", quotes)):
         values = [avro.encode(kind, r) for r in records]  # type: ignore[arg-type]
-        batch = BatchDecoder(kind).decode(values)  # type: ignore[arg-type]
+        batch = batch_decoder(kind).decode(values)  # type: ignore[arg-type]
         assert batch.rejected == []
         reference = records_to_arrow(kind, [avro.decode(values[i])[1] for i in batch.rows.to_pylist()])  # type: ignore[arg-type]
         assert sorted(batch.rows.to_pylist()) == list(range(len(records)))
@@ -108,7 +117,7 @@ def test_values_beyond_the_fast_layout_decode_like_the_reference() -> None:
 def test_invalid_utf8_is_undecodable() -> None:
     in_a_column = avro.encode("trade", sample_trade(symbol="XYZUSDT")).replace(b"XYZ", b"\xff\xfe\xfd")
     in_a_map = avro.encode("trade", sample_trade(vendor_data={"XYZ": "1"})).replace(b"XYZ", b"\xff\xfe\xfd")
-    batch = BatchDecoder("trade").decode([in_a_column, avro.encode("trade", sample_trade()), in_a_map])
+    batch = batch_decoder("trade").decode([in_a_column, avro.encode("trade", sample_trade()), in_a_map])
     assert batch.rows.to_pylist() == [1]
     assert [(r.index, r.category) for r in batch.rejected] == [(0, UNDECODABLE), (2, UNDECODABLE)]
 
@@ -134,8 +143,77 @@ def test_records_beyond_the_rules_are_rejected_with_the_field(kind: RecordKind, 
     ask for it."""
     sample = sample_trade() if kind == "trade" else sample_quote()
     values = [avro.encode(kind, sample), unchecked_encode(kind, sample | change)]
-    batch = BatchDecoder(kind).decode(values)
+    batch = batch_decoder(kind).decode(values)
     assert batch.rows.to_pylist() == [0]
     [rejection] = batch.rejected
     assert (rejection.index, rejection.category, rejection.field) == (1, INVALID, field)
     assert rejection.reason.startswith(reason)
+
+
+# Any value the schema's types hold, not only valid records: negative, zero and 17-byte decimals (beyond
+# decimal(38,18)), texts the validators refuse, nulls where a rule pairs fields, timestamps before 1970.
+wide_decimals = st.integers(-(2**135), 2**135).map(lambda units: Decimal(units).scaleb(-DECIMAL_SCALE))
+
+
+def any_record(kind: RecordKind) -> st.SearchStrategy[dict[str, object]]:
+    fields = {}
+    for field in avro.CURRENT[kind].schema["fields"]:
+        strategy = avro_data(field["type"])
+        inner, _ = avro_field_type(field["type"])
+        if isinstance(inner, dict) and inner.get("logicalType") == "decimal":
+            strategy = st.one_of(strategy, wide_decimals)
+        fields[field["name"]] = strategy
+    return st.fixed_dictionaries(fields)
+
+
+@st.composite
+def messages(draw: st.DrawFn, kind: RecordKind) -> bytes:
+    """A Kafka value of a `kind` topic: a valid or any current-version record, an older version's, the other
+    kind's, or any of them cut short, with a byte changed or with a byte after it."""
+    other: RecordKind = "quote" if kind == "trade" else "trade"
+    value = draw(st.one_of(
+        RECORDS[kind]().map(lambda record: avro.encode(kind, record)),
+        any_record(kind).map(lambda record: unchecked_encode(kind, record)),
+        avro_data(avro.VERSIONS[kind][0].schema).map(lambda record: avro.encode_with(avro.VERSIONS[kind][0], record)),
+        RECORDS[other]().map(lambda record: avro.encode(other, record))))
+    change = draw(st.sampled_from(["none", "none", "cut", "byte", "trailing"]))
+    if change == "cut":
+        return value[:draw(st.integers(0, len(value) - 1))]
+    if change == "byte":
+        at = draw(st.integers(0, len(value) - 1))
+        return value[:at] + bytes([draw(st.integers(0, 255))]) + value[at + 1:]
+    return value + b"\0" if change == "trailing" else value
+
+
+def in_input_order(batch: DecodedBatch) -> DecodedBatch:
+    order = pc.sort_indices(batch.rows)
+    return DecodedBatch(batch.table.take(order), batch.rows.take(order), batch.rejected)
+
+
+@pytest.mark.parametrize("kind", ["trade", "quote"])
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_compiled_decoder_equals_the_plain_path(kind: RecordKind, data: st.DataObject) -> None:
+    """Every message the compiled decoder does not take is handed to the plain path: the batch is the plain
+    path's, row for row and rejection for rejection, whatever the messages."""
+    values = in_either_framing(data, kind, data.draw(st.lists(messages(kind), min_size=1, max_size=30)))
+    decoder = batch_decoder(kind, KNOWN_IDS)
+    assert isinstance(decoder, CompiledBatchDecoder)
+    compiled = in_input_order(decoder.decode(values))
+    plain = PlainBatchDecoder(kind, KNOWN_IDS).decode(values)
+    assert compiled.rows.equals(plain.rows)
+    assert compiled.table.equals(plain.table)
+    assert compiled.rejected == plain.rejected
+
+
+@pytest.mark.parametrize("kind", ["trade", "quote"])
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_valid_current_records_are_decoded_compiled(kind: RecordKind, data: st.DataObject) -> None:
+    """None of them is left to the plain path."""
+    values = in_either_framing(data, kind, [avro.encode(kind, record) for record in
+                                            data.draw(st.lists(RECORDS[kind](), min_size=1, max_size=30))])
+    decoder = batch_decoder(kind, KNOWN_IDS)
+    assert isinstance(decoder, CompiledBatchDecoder)
+    _, count, _, handed_back = decoder.compiled.decode(values)
+    assert (count, handed_back) == (len(values), [])

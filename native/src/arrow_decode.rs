@@ -199,7 +199,7 @@ struct Decoded {
     fits: bool,
 }
 
-fn decode_all(program: &Program, values: &[PyBackedBytes]) -> Decoded {
+fn decode_all(program: &Program, values: &[Option<PyBackedBytes>]) -> Decoded {
     let mut decoded = Decoded {
         rows: Vec::with_capacity(values.len() * 8),
         count: 0,
@@ -213,7 +213,10 @@ fn decode_all(program: &Program, values: &[PyBackedBytes]) -> Decoded {
     };
     let mut scratch = Scratch::default();
     for (index, value) in values.iter().enumerate() {
-        let value: &[u8] = value;
+        let Some(value) = value.as_deref() else {
+            decoded.handed_back.push(index); // a null value (a tombstone)
+            continue;
+        };
         if !program.read_valid(value, &mut scratch) {
             decoded.handed_back.push(index);
             continue;
@@ -301,7 +304,7 @@ impl ArrowDecoder {
     fn decode<'py>(
         &self,
         py: Python<'py>,
-        values: Vec<PyBackedBytes>,
+        values: Vec<Option<PyBackedBytes>>,
     ) -> PyResult<(Bound<'py, PyBytes>, usize, Buffers<'py>, Vec<usize>)> {
         let decoded = py.detach(|| decode_all(&self.program, &values));
         if !decoded.fits {

@@ -12,7 +12,7 @@ import pyarrow as pa
 from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from k2.core.arrow import BatchDecoder
+from k2.core.arrow import batch_decoder
 from k2.core.arrow_records import arrow_schema
 from k2.core.config import KafkaSettings
 from k2.core.framing import Framing
@@ -158,11 +158,11 @@ def read_tail_table(settings: KafkaSettings, framing: Framing, kind: RecordKind,
                     end: Offsets, selection: Selection, columns: list[str], fetch_wait_ms: int,
                     check: Callable[[], None]) -> pa.Table:
     """The selected rows of the range as one Arrow table (unsorted). Messages are decoded and judged exactly as
-    the writer does (core BatchDecoder), so a record the writer refused is absent here as it is from Iceberg."""
+    the writer does (k2.core.arrow.batch_decoder), so a record the writer refused is absent here as it is from Iceberg."""
     schema = arrow_schema(kind)
     tables = [schema.empty_table().select(columns)]
     reader = RangeReader(settings, topic, start, end, fetch_wait_ms)
-    decoder = BatchDecoder(kind, framing)
+    decoder = batch_decoder(kind, framing)
     keys = symbol_keys(selection)
     try:
         while not reader.done:

@@ -9,7 +9,7 @@ import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 
-from k2.core.arrow import BatchDecoder, DecodedBatch
+from k2.core.arrow import BatchDecoder, DecodedBatch, batch_decoder
 from k2.core.framing import Framing
 from k2.core.records import QUOTE, TRADE, RecordKind
 
@@ -27,7 +27,7 @@ def _exit_with(parent: int) -> None:
 
 def _start_worker(parent: int, framing: Framing) -> None:
     gc.set_threshold(*GC_THRESHOLDS)
-    _decoders.update({TRADE: BatchDecoder(TRADE, framing), QUOTE: BatchDecoder(QUOTE, framing)})
+    _decoders.update({TRADE: batch_decoder(TRADE, framing), QUOTE: batch_decoder(QUOTE, framing)})
     threading.Thread(target=_exit_with, args=(parent,), name="exit-with-writer", daemon=True).start()
 
 
@@ -43,7 +43,7 @@ class Decoders:
     def __init__(self, processes: int, framing: Framing):
         self.processes = processes
         self._framing = framing
-        self._inline = {TRADE: BatchDecoder(TRADE, framing), QUOTE: BatchDecoder(QUOTE, framing)}
+        self._inline = {TRADE: batch_decoder(TRADE, framing), QUOTE: batch_decoder(QUOTE, framing)}
         self._pool: ProcessPoolExecutor | None = None
         self.restart()
 
