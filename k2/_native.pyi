@@ -110,7 +110,7 @@ class ArrowDecoder:
         pairs: Sequence[tuple[int, int]],
         max_text: int,
         limits: _RecordLimits,
-        names: tuple[int, int],
+        names: tuple[int, int, int],
     ) -> ArrowDecoder: ...
     def decode(self, values: Sequence[bytes | None]) -> tuple[bytes, int, list[list[bytes | None]], list[int]]:
         """(the accepted messages' indexes as an int64 buffer, how many, each column's buffers, the indexes of the

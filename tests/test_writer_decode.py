@@ -28,11 +28,22 @@ from k2.core.arrow_records import avro_field_type, records_to_arrow
 from k2.core.records import DECIMAL_SCALE, VALIDATORS, RecordKind
 
 
+def _wide(node: object) -> object:
+    """The schema with room for decimals of any precision: their bytes are written the same way."""
+    if isinstance(node, dict):
+        return {k: 80 if k == "precision" else _wide(v) for k, v in node.items()}
+    return [_wide(v) for v in node] if isinstance(node, list) else node
+
+
+_UNCHECKED = {kind: fastavro.parse_schema(_wide(version.schema)) for kind, version in avro.CURRENT.items()}
+
+
 def unchecked_encode(kind: RecordKind, record: dict[str, object]) -> bytes:
-    """Avro bytes of a record the validators would refuse (avro.encode does not validate either)."""
+    """Avro bytes of a record the validators would refuse, decimals beyond decimal(38,18) included (avro.encode
+    validates nothing, but fastavro refuses a decimal beyond the schema's precision)."""
     out = BytesIO()
     out.write(avro.MAGIC + avro.CURRENT[kind].fingerprint)
-    fastavro.schemaless_writer(out, avro.CURRENT[kind].parsed, record)
+    fastavro.schemaless_writer(out, _UNCHECKED[kind], record)
     return out.getvalue()
 
 
@@ -152,7 +163,7 @@ def test_records_beyond_the_rules_are_rejected_with_the_field(kind: RecordKind, 
 
 # Any value the schema's types hold, not only valid records: negative, zero and 17-byte decimals (beyond
 # decimal(38,18)), texts the validators refuse, nulls where a rule pairs fields, timestamps before 1970.
-wide_decimals = st.integers(-(2**135), 2**135).map(lambda units: Decimal(units).scaleb(-DECIMAL_SCALE))
+wide_decimals = st.integers(-(2**135), 2**135).map(lambda units: Decimal(f"{units}E-{DECIMAL_SCALE}"))
 
 
 def any_record(kind: RecordKind) -> st.SearchStrategy[dict[str, object]]:
@@ -217,3 +228,31 @@ def test_valid_current_records_are_decoded_compiled(kind: RecordKind, data: st.D
     assert isinstance(decoder, CompiledBatchDecoder)
     _, count, _, handed_back = decoder.compiled.decode(values)
     assert (count, handed_back) == (len(values), [])
+
+
+@pytest.mark.parametrize("units, accepted", [
+    (10**38 - 1, True), (-(10**38 - 1), True), (1, True),  # the largest and smallest magnitudes decimal(38,18) holds
+    (10**38, False), (2**127 - 1, False), (-(2**127), False),  # 16 bytes, beyond 38 digits
+    (2**127, False), (-(2**135), False),  # 17 bytes and more
+])
+def test_decimals_beyond_the_table_type_are_rejected_never_rounded(units: int, accepted: bool) -> None:
+    price = Decimal(f"{units}E-{DECIMAL_SCALE}")
+    batch = batch_decoder("trade").decode([unchecked_encode("trade", sample_trade(asset_class="FUTURES", price=price))])
+    if accepted:
+        assert batch.rejected == []
+        assert batch.table["price"][0].as_py() == price
+    else:
+        assert batch.table.num_rows == 0
+        [rejection] = batch.rejected
+        assert (rejection.category, rejection.field) == (INVALID, "price")
+        assert "more than 20 integer digits" in rejection.reason
+
+
+def test_a_repeated_map_key_keeps_the_last_value_as_the_plain_path_does() -> None:
+    value = avro.encode("trade", sample_trade(vendor_data={"a": "1", "b": "2", "c": "3"}))
+    repeated = value.replace(b"\x02b\x022", b"\x02a\x022")
+    batch = batch_decoder("trade").decode([value, repeated])
+    assert batch.rejected == []
+    assert batch.table.equals(PlainBatchDecoder("trade").decode([value, repeated]).table)
+    assert [dict(row) for row in batch.table["vendor_data"].to_pylist()] == [
+        {"a": "1", "b": "2", "c": "3"}, {"a": "2", "c": "3"}]

@@ -262,7 +262,7 @@ class CompiledBatchDecoder(BatchDecoder):
             [(native_type, name in NATIVE_CHECKED_TEXTS[kind], name in NATIVE_POSITIVE[kind], argument)
              for name, ((native_type, argument), _) in zip(names, columns, strict=True)],
             [(position[a], position[b]) for a, b in NATIVE_BOTH_OR_NEITHER[kind]],
-            MAX_TEXT_LENGTH, NATIVE_LIMITS, (position["symbol"], position["exchange"]))
+            MAX_TEXT_LENGTH, NATIVE_LIMITS, (position["symbol"], position["exchange"], position["timestamp"]))
 
     def _decode_batch(self, values: Sequence[bytes | None]) -> DecodedBatch:
         rows, count, buffers, handed_back = self.compiled.decode(values)

@@ -239,7 +239,7 @@ impl ArrowDecoder {
     /// `headers`: what a current-version message starts with (k2.core.framing). `fields`, in Avro order: (type
     /// as fanout's LiveTranscoder names it, check the text's length, must be positive, argument: an enum's
     /// [1..=symbols], a decimal's (precision, scale)). `pairs`: fields that are both null or both set.
-    /// `limits`: the record's other bounds (crate::limits). `names`: the symbol and exchange fields.
+    /// `limits`: the record's other bounds (crate::limits). `names`: the symbol, exchange and timestamp fields.
     #[new]
     fn new(
         headers: Vec<Vec<u8>>,
@@ -247,7 +247,7 @@ impl ArrowDecoder {
         pairs: Vec<(usize, usize)>,
         max_text: usize,
         limits: RecordLimits,
-        names: (usize, usize),
+        names: (usize, usize, usize),
     ) -> PyResult<Self> {
         let mut program_fields = Vec::new();
         for (name, checked_text, positive, argument) in &fields {
@@ -267,14 +267,13 @@ impl ArrowDecoder {
                 positive: *positive,
             });
         }
-        let (symbol, exchange) = names;
-        let is_text = |index: usize| {
-            program_fields
-                .get(index)
-                .is_some_and(|f| matches!(f.kind, FieldType::Text))
+        let (symbol, exchange, timestamp) = names;
+        let is = |index: usize, wanted: fn(&FieldType) -> bool| {
+            program_fields.get(index).is_some_and(|f| wanted(&f.kind))
         };
-        if !is_text(symbol)
-            || !is_text(exchange)
+        if !is(symbol, |k| matches!(k, FieldType::Text))
+            || !is(exchange, |k| matches!(k, FieldType::Text))
+            || !is(timestamp, |k| matches!(k, FieldType::TimestampMicros))
             || pairs
                 .iter()
                 .any(|&(a, b)| a >= program_fields.len() || b >= program_fields.len())
@@ -293,7 +292,7 @@ impl ArrowDecoder {
                 limits,
                 symbol,
                 exchange,
-                timestamp: symbol, // routing: the fan-out's only
+                timestamp,
             },
         })
     }
