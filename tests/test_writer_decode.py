@@ -205,9 +205,10 @@ def in_input_order(batch: DecodedBatch) -> DecodedBatch:
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_compiled_decoder_equals_the_plain_path(kind: RecordKind, data: st.DataObject) -> None:
-    """Every message the compiled decoder does not take is handed to the plain path: the batch is the plain
-    path's, row for row and rejection for rejection, whatever the messages."""
-    values = in_either_framing(data, kind, data.draw(st.lists(messages(kind), min_size=1, max_size=30)))
+    """Every message the compiled decoder does not take (null values too) is handed to the plain path: the batch
+    is the plain path's, row for row and rejection for rejection, whatever the messages."""
+    framed = in_either_framing(data, kind, data.draw(st.lists(messages(kind), min_size=1, max_size=30)))
+    values = [None if data.draw(st.integers(0, 9)) == 0 else value for value in framed]  # tombstones
     decoder = batch_decoder(kind, KNOWN_IDS)
     assert isinstance(decoder, CompiledBatchDecoder)
     compiled = in_input_order(decoder.decode(values))
