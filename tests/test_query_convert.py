@@ -21,10 +21,11 @@ from k2.core import avro
 from k2.core.arrow_records import records_to_arrow
 from k2.core.framing import SINGLE_OBJECT, Framing
 from k2.core.records import DECIMAL_PRECISION, MAX_TEXT_LENGTH, QUOTE, TRADE, FieldError, Record, RecordKind
+from k2.core.timestamps import micros
 from k2.query.v1 import query_pb2
 from k2.services.query.bars import BarBuilder, divide_half_even
 from k2.services.query.convert import decode_batch, decode_message, decode_plain, frame, transcoder
-from k2.services.query.selection import Selection, micros, rows_after, sort_rows
+from k2.services.query.selection import Selection, rows_after, sort_rows
 from k2.services.query.tokens import PageToken, StreamPosition, TokenKeys, query_digest
 
 KINDS = (TRADE, QUOTE)

@@ -17,8 +17,8 @@ from k2.core.arrow_records import records_to_arrow
 from k2.core.config import IcebergSettings, KafkaSettings
 from k2.core.iceberg import ensure_table, load_catalog
 from k2.core.records import QUOTE, TRADE, Record
+from k2.core.timestamps import micros
 from k2.query.v1 import query_pb2
-from k2.services.query.selection import micros
 
 
 def order(record: Record) -> tuple:  # type: ignore[type-arg]

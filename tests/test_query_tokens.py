@@ -33,9 +33,10 @@ from test_query_subscriptions import SYMBOLS, Received, assert_exactly_once_in_o
 
 from k2.core.config import IcebergSettings, KafkaSettings
 from k2.core.records import TRADE, FieldError
+from k2.core.timestamps import MICROS_RANGE, micros
 from k2.query.v1 import query_pb2
 from k2.services.query.fanout import Subscriber
-from k2.services.query.selection import MICROS_RANGE, Selection, micros
+from k2.services.query.selection import Selection
 from k2.services.query.tokens import PARTITIONS, PageToken, StreamPosition, TokenKeys, query_digest
 
 HUGE = 2**70

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2.core.protos import decimal_text, set_timestamp
+from k2.core.timestamps import from_micros
 from k2.query.v1 import query_pb2
-from k2.services.query.selection import from_micros
 
 # decimal256 holds 76 digits: factors of at most FACTOR_DIGITS multiply exactly (scale 36), and their sum stays
 # exact while it is below 10^(76 - 36)

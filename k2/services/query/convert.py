@@ -36,9 +36,9 @@ from k2.core.records import (
     FieldError,
     RecordKind,
 )
+from k2.core.timestamps import micros
 from k2.marketdata.v1.marketdata_pb2 import Quote, Trade
 from k2.query.v1 import query_pb2
-from k2.services.query.selection import micros
 from k2.services.query.wire import MESSAGE_TYPES, varint
 
 MarketMessage = Trade | Quote

@@ -4,7 +4,6 @@ The same selection becomes a pyiceberg row filter (built from typed values, neve
 mask over Kafka-tail rows, and a per-trade test for live streams, so every source agrees on what matches."""
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -19,7 +18,8 @@ from pyiceberg.expressions import (
     LessThan,
 )
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+from k2.core.timestamps import micros
+
 TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
 
 # Time order; equal timestamps by exchange, symbol and the exchange's own sequence (its order for one symbol),
@@ -27,18 +27,6 @@ TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
 ORDER_COLUMNS = ("timestamp", "exchange", "symbol", "source_sequence", "message_id")
 # (timestamp µs, exchange, symbol, source_sequence or None, message_id)
 Key = tuple[int, str, str, int | None, str]
-
-
-def micros(value: datetime) -> int:
-    return (value - EPOCH) // timedelta(microseconds=1)
-
-
-# The times a datetime holds (years 1 to 9999), in µs since 1970: every timestamp K2 stores is within them.
-MICROS_RANGE = (micros(datetime.min.replace(tzinfo=UTC)), micros(datetime.max.replace(tzinfo=UTC)))
-
-
-def from_micros(value: int) -> datetime:
-    return EPOCH + timedelta(microseconds=value)
 
 
 @dataclass(frozen=True)

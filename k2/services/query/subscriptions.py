@@ -29,13 +29,14 @@ import grpc
 from k2._native import read_messages
 from k2.core.config import KafkaSettings
 from k2.core.records import RecordKind
+from k2.core.timestamps import from_micros
 from k2.services.query import metrics
 from k2.services.query.config import QuerySettings
 from k2.services.query.convert import decode_batch, response_bytes
 from k2.services.query.fanout import FanOut, Subscriber
 from k2.services.query.history import History, SnapshotGone, ordered_rows
 from k2.services.query.kafka_tail import KafkaAdmin, Offsets, RangeReader, symbol_keys
-from k2.services.query.selection import ORDER_COLUMNS, Key, Selection, from_micros, row_key
+from k2.services.query.selection import ORDER_COLUMNS, Key, Selection, row_key
 from k2.services.query.tokens import StreamPosition
 from k2.services.query.validation import Subscription
 from k2.services.query.wire import FRAMED, joined, response_slices

@@ -30,7 +30,8 @@ from typing import Any
 from pydantic import SecretStr
 
 from k2.core.records import FieldError, RecordKind
-from k2.services.query.selection import MICROS_RANGE, Key, Selection
+from k2.core.timestamps import MICROS_RANGE
+from k2.services.query.selection import Key, Selection
 
 VERSION = 1
 KIND_CODES: dict[RecordKind, str] = {"trade": "t", "quote": "q"}

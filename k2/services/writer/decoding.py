@@ -1,6 +1,6 @@
-"""Decoding off the consume loop: Avro decoding is CPU-bound Python that holds the GIL, so batches are decoded
-in worker processes while the loop consumes the next ones and commits (K2_WRITER_DECODE_PROCESSES; 0 decodes
-on the loop's thread)."""
+"""Decoding off the consume loop: batches are decoded in worker processes while the loop consumes the next ones
+and commits (K2_WRITER_DECODE_PROCESSES; 0 decodes on the loop's thread). The compiled decoder releases the GIL,
+but messages it hands back to the plain path are decoded in Python, which holds it."""
 
 import gc
 import multiprocessing
@@ -13,8 +13,8 @@ from k2.core.arrow import BatchDecoder, DecodedBatch, batch_decoder
 from k2.core.framing import Framing
 from k2.core.records import QUOTE, TRADE, RecordKind
 
-# Decoding allocates a dict per message: collecting the young generation less often saves ~15% of its CPU. The
-# writer's process (WriterApp) and its decoding workers both run with these thresholds.
+# The plain path allocates a dict per message: collecting the young generation less often saved ~15% of its CPU.
+# The writer's process (WriterApp) and its decoding workers both run with these thresholds.
 GC_THRESHOLDS = (50_000, 20, 20)
 _decoders: dict[RecordKind, BatchDecoder] = {}
 
