@@ -29,6 +29,7 @@ check-proto: venv
 
 lint: venv
 	.venv/bin/ruff check k2 tests bench scripts
+	.venv/bin/ruff format --check k2 tests bench scripts
 	.venv/bin/mypy k2/clients k2/core k2/services bench scripts
 	$(PYTHON) -m mypy.stubtest k2._native
 	cd native && cargo fmt --check && cargo clippy --release --quiet -- -D warnings

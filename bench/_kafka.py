@@ -29,8 +29,11 @@ def kafka_bootstrap() -> Iterator[str]:
         return
     run_dir = tempfile.mkdtemp(prefix="k2-bench-kafka-")
     port, controller_port = free_port(), free_port()
-    env = os.environ | {"K2_RUN_DIR": run_dir, "K2_KAFKA_PORT": str(port),
-                        "K2_KAFKA_CONTROLLER_PORT": str(controller_port)}
+    env = os.environ | {
+        "K2_RUN_DIR": run_dir,
+        "K2_KAFKA_PORT": str(port),
+        "K2_KAFKA_CONTROLLER_PORT": str(controller_port),
+    }
     subprocess.run([KAFKA_SCRIPT, "up"], env=env, check=True, stdout=sys.stderr)
     try:
         yield f"127.0.0.1:{port}"

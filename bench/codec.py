@@ -20,14 +20,26 @@ ROUNDS = 5
 
 def records() -> list[Record]:
     start = datetime(2026, 11, 25, 12, tzinfo=UTC)
-    return [{
-        "message_id": str(uuid.uuid4()), "trade_id": f"BINANCE-{4123456789 + i}", "symbol": "BTCUSDT",
-        "exchange": "BINANCE", "asset_class": "CRYPTO", "timestamp": start + timedelta(microseconds=i * 137),
-        "price": Decimal("97123.45") + Decimal(i % 500) / 100, "quantity": Decimal("0.00150000"),
-        "currency": "USDT", "side": "SELL" if i % 2 else "BUY", "trade_conditions": [],
-        "source_sequence": 4123456789 + i, "ingestion_timestamp": start + timedelta(microseconds=i * 137 + 900),
-        "platform_sequence": None, "vendor_data": {"is_buyer_maker": "true" if i % 2 else "false"},
-    } for i in range(N)]
+    return [
+        {
+            "message_id": str(uuid.uuid4()),
+            "trade_id": f"BINANCE-{4123456789 + i}",
+            "symbol": "BTCUSDT",
+            "exchange": "BINANCE",
+            "asset_class": "CRYPTO",
+            "timestamp": start + timedelta(microseconds=i * 137),
+            "price": Decimal("97123.45") + Decimal(i % 500) / 100,
+            "quantity": Decimal("0.00150000"),
+            "currency": "USDT",
+            "side": "SELL" if i % 2 else "BUY",
+            "trade_conditions": [],
+            "source_sequence": 4123456789 + i,
+            "ingestion_timestamp": start + timedelta(microseconds=i * 137 + 900),
+            "platform_sequence": None,
+            "vendor_data": {"is_buyer_maker": "true" if i % 2 else "false"},
+        }
+        for i in range(N)
+    ]
 
 
 def rate(fn, items) -> float:  # type: ignore[no-untyped-def]
@@ -57,14 +69,21 @@ def main() -> None:
         best["k2_encode"] = max(best["k2_encode"], rate(lambda r: avro.encode("trade", r), data))
         best["raw_decode"] = max(best["raw_decode"], rate(raw_decode, raw_encoded))
         best["k2_decode"] = max(best["k2_decode"], rate(avro.decode, encoded))
-    print(json.dumps({
-        "records": N, "rounds": ROUNDS,
-        "encode_per_s": round(best["k2_encode"]), "raw_fastavro_encode_per_s": round(best["raw_encode"]),
-        "encode_ratio": round(best["k2_encode"] / best["raw_encode"], 3),
-        "decode_per_s": round(best["k2_decode"]), "raw_fastavro_decode_per_s": round(best["raw_decode"]),
-        "decode_ratio": round(best["k2_decode"] / best["raw_decode"], 3),
-        "bytes_per_trade": round(sum(map(len, encoded)) / N, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "records": N,
+                "rounds": ROUNDS,
+                "encode_per_s": round(best["k2_encode"]),
+                "raw_fastavro_encode_per_s": round(best["raw_encode"]),
+                "encode_ratio": round(best["k2_encode"] / best["raw_encode"], 3),
+                "decode_per_s": round(best["k2_decode"]),
+                "raw_fastavro_decode_per_s": round(best["raw_decode"]),
+                "decode_ratio": round(best["k2_decode"] / best["raw_decode"], 3),
+                "bytes_per_trade": round(sum(map(len, encoded)) / N, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -21,17 +21,23 @@ from k2.services.ingest.config import DEFAULT_LOAD_ROOT
 from k2.services.ingest.rows import numbered_lines
 
 ROUNDS = 2
-FILES = {"trades": ("trades/7078.csv", ingest_pb2.FILE_FORMAT_ASX_TRADES),
-         "quotes": ("quotes/7078.csv", ingest_pb2.FILE_FORMAT_ASX_QUOTES)}
+FILES = {
+    "trades": ("trades/7078.csv", ingest_pb2.FILE_FORMAT_ASX_TRADES),
+    "quotes": ("quotes/7078.csv", ingest_pb2.FILE_FORMAT_ASX_QUOTES),
+}
 
 
-async def load(port: int, path: str, file_format: ingest_pb2.FileFormat) -> tuple[float, ingest_pb2.LoadSummary]:
+async def load(
+    port: int, path: str, file_format: ingest_pb2.FileFormat
+) -> tuple[float, ingest_pb2.LoadSummary]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         started = time.perf_counter()
         summary = None
-        async for event in stub.LoadFiles(ingest_pb2.LoadFilesRequest(paths=[path], format=file_format),
-                                          metadata=(("authorization", f"Bearer {TOKEN}"),)):
+        async for event in stub.LoadFiles(
+            ingest_pb2.LoadFilesRequest(paths=[path], format=file_format),
+            metadata=(("authorization", f"Bearer {TOKEN}"),),
+        ):
             if event.HasField("summary"):
                 summary = event.summary
         assert summary is not None
@@ -49,8 +55,9 @@ def parse_only_rows_per_s() -> float:
 def main() -> None:
     figures: dict[str, object] = {}
     with kafka_bootstrap() as bootstrap:
-        settings = KafkaSettings(bootstrap_servers=bootstrap,
-                                 topic_prefix=f"bench-load-{uuid.uuid4().hex[:8]}.")
+        settings = KafkaSettings(
+            bootstrap_servers=bootstrap, topic_prefix=f"bench-load-{uuid.uuid4().hex[:8]}."
+        )
         provision_topics(settings)
         with ingest_server(bootstrap, settings.topic_prefix) as (port, _):
             for name, (path, file_format) in FILES.items():

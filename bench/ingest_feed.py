@@ -52,7 +52,9 @@ async def _feed_phase(url: str, kafka: KafkaSettings, stream_types: list[str]) -
     await asyncio.sleep(MEASURE_SECONDS)
     elapsed = time.monotonic() - started
     cpu = time.process_time() - cpu_before
-    published = {kind: count - published_before.get(kind, 0) for kind, count in feed.publisher.published.items()}
+    published = {
+        kind: count - published_before.get(kind, 0) for kind, count in feed.publisher.published.items()
+    }
     await feed.stop()
     await task
     await sink.close()
@@ -94,12 +96,14 @@ async def _cpu_breakdown(url: str, kafka: KafkaSettings) -> dict[str, float]:
     await sink.publish_encoded("trade", keys[:1000], values[:1000])
     started = time.process_time()
     for start in range(0, len(values), 5000):
-        await sink.publish_encoded("trade", keys[start:start + 5000], values[start:start + 5000])
+        await sink.publish_encoded("trade", keys[start : start + 5000], values[start : start + 5000])
     publish = time.process_time() - started
     await sink.close()
-    return {"websocket_receive": round(receive / len(frames) * 1e6, 1),
-            "parse_to_records": round(parse / len(frames) * 1e6, 1),
-            "sink_publish": round(publish / len(values) * 1e6, 1)}
+    return {
+        "websocket_receive": round(receive / len(frames) * 1e6, 1),
+        "parse_to_records": round(parse / len(frames) * 1e6, 1),
+        "sink_publish": round(publish / len(values) * 1e6, 1),
+    }
 
 
 def _phase(exchange_url: str, kafka: KafkaSettings, stream_types: list[str]) -> dict[str, Any]:
@@ -115,24 +119,29 @@ def main() -> None:
     with kafka_bootstrap() as bootstrap:
         kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"bench-feed-{uuid.uuid4().hex[:8]}.")
         provision_topics(kafka)
-        with ReplayExchangeProcess("--rate", "max", "--symbols", ",".join(SYMBOLS),
-                                   "--log-level", "WARNING") as exchange:
+        with ReplayExchangeProcess(
+            "--rate", "max", "--symbols", ",".join(SYMBOLS), "--log-level", "WARNING"
+        ) as exchange:
             trades_only = _phase(exchange.url, kafka, ["trade"])
             with_quotes = _phase(exchange.url, kafka, ["trade", "bookTicker"])
             breakdown = asyncio.run(_cpu_breakdown(exchange.url, kafka))
-    print(json.dumps({
-        "benchmark": "binance feed: replay exchange (max rate, separate process) -> BinanceFeed -> Kafka (acks=all)",
-        "symbols": len(SYMBOLS),
-        "cpu_cores": os.cpu_count(),
-        "measure_seconds": MEASURE_SECONDS,
-        "target_trades_per_second": TARGET_TRADES_PER_SECOND,
-        "trades_per_second": trades_only["trades_per_second"],
-        "meets_target": trades_only["trades_per_second"] >= TARGET_TRADES_PER_SECOND,
-        "trade_streams": trades_only,
-        "trade_and_book_ticker_streams": with_quotes,
-        # Where a trade's CPU goes, each stage measured alone (µs per trade, this process's threads included).
-        "cpu_us_per_trade_by_stage": breakdown,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "binance feed: replay exchange (max rate, separate process) -> BinanceFeed -> Kafka (acks=all)",
+                "symbols": len(SYMBOLS),
+                "cpu_cores": os.cpu_count(),
+                "measure_seconds": MEASURE_SECONDS,
+                "target_trades_per_second": TARGET_TRADES_PER_SECOND,
+                "trades_per_second": trades_only["trades_per_second"],
+                "meets_target": trades_only["trades_per_second"] >= TARGET_TRADES_PER_SECOND,
+                "trade_streams": trades_only,
+                "trade_and_book_ticker_streams": with_quotes,
+                # Where a trade's CPU goes, each stage measured alone (µs per trade, this process's threads included).
+                "cpu_us_per_trade_by_stage": breakdown,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -61,8 +61,14 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def consume(bootstrap: str, topic: str, measure_from: float, until: float, results: Any) -> None:
     """In its own process: freshness of sampled trades and the lag behind the high watermarks, once a second."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     freshness: list[float] = []
     lags: list[int] = []
@@ -85,7 +91,9 @@ def consume(bootstrap: str, topic: str, measure_from: float, until: float, resul
                 positions = consumer.position(assigned)
                 lag = 0
                 for partition in positions:
-                    _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition.partition), timeout=2)
+                    _, high = consumer.get_watermark_offsets(
+                        TopicPartition(topic, partition.partition), timeout=2
+                    )
                     lag += max(high - partition.offset, 0) if partition.offset >= 0 else high
                 lags.append(lag)
     consumer.close()
@@ -95,40 +103,60 @@ def consume(bootstrap: str, topic: str, measure_from: float, until: float, resul
 def exchange_rates(before: dict[str, Any], after: dict[str, Any], elapsed: float) -> dict[str, float]:
     def generated(stats: dict[str, Any], kind: str) -> int:
         return sum(s["generated"] for name, s in stats["streams"].items() if name.endswith("@" + kind))
-    return {kind: (generated(after, kind) - generated(before, kind)) / elapsed for kind in ("trade", "bookTicker")}
+
+    return {
+        kind: (generated(after, kind) - generated(before, kind)) / elapsed for kind in ("trade", "bookTicker")
+    }
 
 
 WriterSample = tuple[int, float]  # Kafka lag (messages), trades table freshness (s)
 
 
 @contextmanager
-def writer_sampler(bootstrap: str, kafka: KafkaSettings, enabled: bool) -> Iterator[Callable[[], WriterSample] | None]:
+def writer_sampler(
+    bootstrap: str, kafka: KafkaSettings, enabled: bool
+) -> Iterator[Callable[[], WriterSample] | None]:
     """With the writer running: a function sampling its GetStatus; None without it."""
     if not enabled:
         yield None
         return
     folder = tempfile.mkdtemp(prefix="k2-bench-market-")
     try:
-        with writer_process(bootstrap, kafka.topic_prefix, settings_for(Path(folder))) as port, \
-                grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with (
+            writer_process(bootstrap, kafka.topic_prefix, settings_for(Path(folder))) as port,
+            grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ):
             stub = writer_pb2_grpc.WriterServiceStub(channel)
 
             def sample() -> WriterSample:
                 status = stub.GetStatus(writer_pb2.GetStatusRequest(), timeout=10)
-                freshness = max((t.freshness_seconds for t in status.tables if t.table.endswith("trades")),
-                                default=float("nan"))
+                freshness = max(
+                    (t.freshness_seconds for t in status.tables if t.table.endswith("trades")),
+                    default=float("nan"),
+                )
                 return sum(p.lag for p in status.partitions), freshness
+
             yield sample
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def run_feed(exchange: ReplayExchangeProcess, kafka: KafkaSettings, warmup: float, duration: float,
-                   sample_writer: Callable[[], WriterSample] | None) -> dict[str, Any]:
+async def run_feed(
+    exchange: ReplayExchangeProcess,
+    kafka: KafkaSettings,
+    warmup: float,
+    duration: float,
+    sample_writer: Callable[[], WriterSample] | None,
+) -> dict[str, Any]:
     http = exchange.url.replace("ws://", "http://")
     sink = KafkaSink(kafka)
-    settings = BinanceSettings(endpoints=[exchange.url], symbols="ALL", rest_endpoint=http,  # type: ignore[arg-type]
-                               backfill_enabled=False, recent_gaps=1000)
+    settings = BinanceSettings(
+        endpoints=[exchange.url],
+        symbols="ALL",
+        rest_endpoint=http,  # type: ignore[arg-type]
+        backfill_enabled=False,
+        recent_gaps=1000,
+    )
     feed = BinanceFeed(settings, sink)
     task = asyncio.create_task(feed.run())
     await asyncio.sleep(warmup)
@@ -154,7 +182,9 @@ async def run_feed(exchange: ReplayExchangeProcess, kafka: KafkaSettings, warmup
     elapsed = time.monotonic() - started
     cpu = time.process_time() - cpu_before
     stats_after = await asyncio.to_thread(exchange.stats)
-    published = {kind: count - published_before.get(kind, 0) for kind, count in feed.publisher.published.items()}
+    published = {
+        kind: count - published_before.get(kind, 0) for kind, count in feed.publisher.published.items()
+    }
     status = feed.status()
     await feed.stop()
     await task
@@ -164,10 +194,17 @@ async def run_feed(exchange: ReplayExchangeProcess, kafka: KafkaSettings, warmup
     if sample_writer is not None:
         lags = [float(lag) for lag, _ in writer_samples]
         freshness = [fresh for _, fresh in writer_samples if not math.isnan(fresh)]  # NaN: no table yet
-        writer = {"writer_kafka_lag_messages": {"p50": percentile(lags, 0.5), "p99": percentile(lags, 0.99),
-                                                "samples": len(lags)},
-                  "writer_trades_freshness_seconds": {"p50": round(percentile(freshness, 0.5), 2),
-                                                      "p99": round(percentile(freshness, 0.99), 2)}}
+        writer = {
+            "writer_kafka_lag_messages": {
+                "p50": percentile(lags, 0.5),
+                "p99": percentile(lags, 0.99),
+                "samples": len(lags),
+            },
+            "writer_trades_freshness_seconds": {
+                "p50": round(percentile(freshness, 0.5), 2),
+                "p99": round(percentile(freshness, 0.99), 2),
+            },
+        }
     return {
         "measured_seconds": round(elapsed, 1),
         "symbols": len(status.symbols),
@@ -175,8 +212,9 @@ async def run_feed(exchange: ReplayExchangeProcess, kafka: KafkaSettings, warmup
         "streams_per_connection_max": max(c.streams for c in status.connection_statuses),
         "exchange_peak_incoming_messages_per_second": max(c["peak_incoming_per_second"] for c in connections),
         "exchange_rate_limit_closes": stats_after["connections"]["closed"].get("rate_limit", 0),
-        "exchange_generated_per_second": {k: round(v) for k, v in
-                                          exchange_rates(stats_before, stats_after, elapsed).items()},
+        "exchange_generated_per_second": {
+            k: round(v) for k, v in exchange_rates(stats_before, stats_after, elapsed).items()
+        },
         "trades_per_second": round(published.get("trade", 0) / elapsed),
         "book_tickers_per_second": round(published.get("quote", 0) / elapsed),
         "symbols_with_trades": sum(1 for s in feed.states if s.trades),
@@ -193,26 +231,48 @@ async def run_feed(exchange: ReplayExchangeProcess, kafka: KafkaSettings, warmup
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=60.0, help="measured seconds (600: the 10-minute run)")
+    parser.add_argument(
+        "--duration", type=float, default=60.0, help="measured seconds (600: the 10-minute run)"
+    )
     parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--symbols", type=int, default=2_000)
     parser.add_argument("--trades-per-second", type=int, default=10_000)
     parser.add_argument("--quotes-per-trade", type=float, default=5.0)
-    parser.add_argument("--writer", action="store_true", help="also run the writer into Iceberg and sample it")
+    parser.add_argument(
+        "--writer", action="store_true", help="also run the writer into Iceberg and sample it"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     load_before = os.getloadavg()
     with kafka_bootstrap() as bootstrap:
-        kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"bench-market-{uuid.uuid4().hex[:8]}.")
+        kafka = KafkaSettings(
+            bootstrap_servers=bootstrap, topic_prefix=f"bench-market-{uuid.uuid4().hex[:8]}."
+        )
         provision_topics(kafka)
-        with ReplayExchangeProcess("--market-symbols", str(args.symbols), "--rate", str(args.trades_per_second),
-                                   "--quotes-per-trade", str(args.quotes_per_trade), "--rest-history-trades", "1000",
-                                   "--log-level", "WARNING") as exchange:
+        with ReplayExchangeProcess(
+            "--market-symbols",
+            str(args.symbols),
+            "--rate",
+            str(args.trades_per_second),
+            "--quotes-per-trade",
+            str(args.quotes_per_trade),
+            "--rest-history-trades",
+            "1000",
+            "--log-level",
+            "WARNING",
+        ) as exchange:
             results: Any = multiprocessing.get_context("spawn").Queue()
             now = time.time()
             consumer = multiprocessing.get_context("spawn").Process(
-                target=consume, args=(bootstrap, topic_name(kafka, TRADES), now + args.warmup,
-                                      now + args.warmup + args.duration + 5, results))
+                target=consume,
+                args=(
+                    bootstrap,
+                    topic_name(kafka, TRADES),
+                    now + args.warmup,
+                    now + args.warmup + args.duration + 5,
+                    results,
+                ),
+            )
             consumer.start()
             log(f"feeding {args.symbols} symbols for {args.warmup:.0f} s warm-up + {args.duration:.0f} s")
             with writer_sampler(bootstrap, kafka, args.writer) as sample_writer:
@@ -220,20 +280,36 @@ def main() -> None:
             measured = results.get(timeout=args.duration + 120)
             consumer.join(30)
     freshness, lags = measured["freshness"], measured["lags"]
-    print(json.dumps({
-        "benchmark": "full Binance market: replay exchange (generated market, separate process) -> BinanceFeed "
-                     "(symbols=ALL) -> Kafka (acks=all)" + (" -> writer -> Iceberg" if args.writer else ""),
-        "target": {"symbols": args.symbols, "trades_per_second": args.trades_per_second,
-                   "book_tickers_per_second": round(args.trades_per_second * args.quotes_per_trade)},
-        **figures,
-        "freshness_seconds": {"p50": round(statistics.median(freshness), 3) if freshness else None,
-                              "p99": round(percentile(freshness, 0.99), 3),
-                              "max": round(max(freshness, default=float("nan")), 3), "samples": len(freshness)},
-        "consumer_lag_messages": {"p50": percentile([float(x) for x in lags], 0.5),
-                                  "p99": percentile([float(x) for x in lags], 0.99), "max": max(lags, default=0)},
-        "cpu_cores": os.cpu_count(),
-        "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "full Binance market: replay exchange (generated market, separate process) -> BinanceFeed "
+                "(symbols=ALL) -> Kafka (acks=all)" + (" -> writer -> Iceberg" if args.writer else ""),
+                "target": {
+                    "symbols": args.symbols,
+                    "trades_per_second": args.trades_per_second,
+                    "book_tickers_per_second": round(args.trades_per_second * args.quotes_per_trade),
+                },
+                **figures,
+                "freshness_seconds": {
+                    "p50": round(statistics.median(freshness), 3) if freshness else None,
+                    "p99": round(percentile(freshness, 0.99), 3),
+                    "max": round(max(freshness, default=float("nan")), 3),
+                    "samples": len(freshness),
+                },
+                "consumer_lag_messages": {
+                    "p50": percentile([float(x) for x in lags], 0.5),
+                    "p99": percentile([float(x) for x in lags], 0.99),
+                    "max": max(lags, default=0),
+                },
+                "cpu_cores": os.cpu_count(),
+                "load_average_1m": {
+                    "before": round(load_before[0], 2),
+                    "after": round(os.getloadavg()[0], 2),
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -49,12 +49,18 @@ SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 def sample_trades(count: int, offset: int = 0) -> list[Trade]:
     trades = []
     for i in range(offset, offset + count):
-        trade = Trade(trade_id=f"BINANCE-{4_000_000_000 + i}", symbol=SYMBOLS[i % 3],
-                      exchange="BINANCE", asset_class=AssetClass.ASSET_CLASS_CRYPTO,
-                      price=f"{97_000 + i % 1000}.{i % 100:02d}", quantity=f"0.{i % 9000 + 1000:04d}",
-                      currency="USDT", side=Side.SIDE_BUY if i % 2 else Side.SIDE_SELL,
-                      source_sequence=4_000_000_000 + i,
-                      vendor_data={"is_buyer_maker": "true" if i % 2 else "false"})
+        trade = Trade(
+            trade_id=f"BINANCE-{4_000_000_000 + i}",
+            symbol=SYMBOLS[i % 3],
+            exchange="BINANCE",
+            asset_class=AssetClass.ASSET_CLASS_CRYPTO,
+            price=f"{97_000 + i % 1000}.{i % 100:02d}",
+            quantity=f"0.{i % 9000 + 1000:04d}",
+            currency="USDT",
+            side=Side.SIDE_BUY if i % 2 else Side.SIDE_SELL,
+            source_sequence=4_000_000_000 + i,
+            vendor_data={"is_buyer_maker": "true" if i % 2 else "false"},
+        )
         trade.timestamp.FromMicroseconds(1_764_000_000_000_000 + i * 137)
         trades.append(trade)
     return trades
@@ -64,12 +70,18 @@ def sample_trades(count: int, offset: int = 0) -> list[Trade]:
 def ingest_server(bootstrap: str, topic_prefix: str, **settings: str) -> Iterator[tuple[int, psutil.Process]]:
     """`python -m k2.services.ingest` on a free port, until SIGTERM at the end."""
     port = free_port()
-    env = os.environ | {"K2_INGEST_PORT": str(port), "K2_INGEST_METRICS_PORT": "0",
-                        "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "K2_KAFKA_TOPIC_PREFIX": topic_prefix,
-                        "K2_AUTH_WRITE_TOKENS": json.dumps([TOKEN]), "K2_LOG_LEVEL": "WARNING"}
+    env = os.environ | {
+        "K2_INGEST_PORT": str(port),
+        "K2_INGEST_METRICS_PORT": "0",
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "K2_KAFKA_TOPIC_PREFIX": topic_prefix,
+        "K2_AUTH_WRITE_TOKENS": json.dumps([TOKEN]),
+        "K2_LOG_LEVEL": "WARNING",
+    }
     env |= {f"K2_INGEST_{name.upper()}": value for name, value in settings.items()}
-    process = subprocess.Popen([sys.executable, "-m", "k2.services.ingest"], cwd=ROOT, env=env,
-                               stdout=sys.stderr)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "k2.services.ingest"], cwd=ROOT, env=env, stdout=sys.stderr
+    )
     try:
         _wait_serving(port, process)
         yield port, psutil.Process(process.pid)
@@ -103,8 +115,10 @@ async def publish_for(port: int, seconds: float, window: int = WINDOW) -> list[t
     """Streams batches for `seconds`, `window` outstanding; returns (answer time, trades accepted, latency)
     per batch."""
     # Each request = its batch_id field followed by the same serialised trades (protobuf fields concatenate).
-    templates = [ingest_pb2.PublishTradesRequest(trades=sample_trades(BATCH_SIZE, k * BATCH_SIZE))
-                 .SerializeToString() for k in range(8)]
+    templates = [
+        ingest_pb2.PublishTradesRequest(trades=sample_trades(BATCH_SIZE, k * BATCH_SIZE)).SerializeToString()
+        for k in range(8)
+    ]
     run = uuid.uuid4().hex[:8]
     credits = asyncio.Semaphore(window)
     sent_at: dict[str, float] = {}
@@ -122,8 +136,11 @@ async def publish_for(port: int, seconds: float, window: int = WINDOW) -> list[t
             n += 1
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.stream_stream(METHOD, request_serializer=lambda raw: raw,
-                                     response_deserializer=ingest_pb2.PublishTradesResponse.FromString)
+        call = channel.stream_stream(
+            METHOD,
+            request_serializer=lambda raw: raw,
+            response_deserializer=ingest_pb2.PublishTradesResponse.FromString,
+        )
         async for answer in call(requests(), metadata=(("authorization", f"Bearer {TOKEN}"),)):
             now = time.perf_counter()
             if answer.rejections:
@@ -163,9 +180,14 @@ async def kafka_reference(settings: KafkaSettings, seconds: float) -> float:
 def validate_encode_reference() -> float:
     """Ingest's per-trade work on one core: validating and Avro-encoding batches of 500 published trades
     (encode_trades), trades/s."""
-    requests = [ingest_pb2.PublishTradesRequest.FromString(  # as the service has them: parsed
-        ingest_pb2.PublishTradesRequest(trades=sample_trades(BATCH_SIZE, k * BATCH_SIZE)).SerializeToString())
-        for k in range(10)]
+    requests = [
+        ingest_pb2.PublishTradesRequest.FromString(  # as the service has them: parsed
+            ingest_pb2.PublishTradesRequest(
+                trades=sample_trades(BATCH_SIZE, k * BATCH_SIZE)
+            ).SerializeToString()
+        )
+        for k in range(10)
+    ]
     received = datetime.now(UTC)
     message_ids = batch_message_ids("trade", "reference")
     best = 0.0
@@ -192,29 +214,44 @@ def main() -> None:
         start = answers[0][0] + WARMUP_SECONDS
         measured = [answer for answer in answers if answer[0] > start]
         elapsed = measured[-1][0] - start
-        reference_settings = KafkaSettings(bootstrap_servers=bootstrap,
-                                           topic_prefix=f"bench-ref-{uuid.uuid4().hex[:8]}.")
+        reference_settings = KafkaSettings(
+            bootstrap_servers=bootstrap, topic_prefix=f"bench-ref-{uuid.uuid4().hex[:8]}."
+        )
         provision_topics(reference_settings)
         kafka_only = asyncio.run(kafka_reference(reference_settings, REFERENCE_SECONDS))
     quantiles = statistics.quantiles([latency for _, _, latency in measured], n=100)
     unloaded = statistics.quantiles([latency for _, _, latency in one_at_a_time], n=100)
     total = WARMUP_SECONDS + MEASURE_SECONDS
-    print(json.dumps({
-        "batch_size": BATCH_SIZE, "client_window_batches": WINDOW, "streams": 1, "seconds": round(elapsed, 1),
-        "trades_per_s": round(sum(accepted for _, accepted, _ in measured) / elapsed),
-        # at the sustained rate: includes the wait behind the client's window of outstanding batches
-        "batch_ack_latency_ms": {"p50": round(quantiles[49] * 1000, 1),
-                                 "p99": round(quantiles[98] * 1000, 1)},
-        # one batch outstanding at a time: the service's own latency, receive → validate → Kafka acks → answer
-        "batch_ack_latency_one_outstanding_ms": {"p50": round(unloaded[49] * 1000, 1),
-                                                 "p99": round(unloaded[98] * 1000, 1)},
-        "server_cpu_cores": round(server_cpu / total, 2), "client_cpu_cores": round(client_cpu / total, 2),
-        # the service's CPU (all its threads) per trade: what bounds its rate on a core, whatever else runs
-        "server_cpu_us_per_trade": round(server_cpu / sum(accepted for _, accepted, _ in answers) * 1e6, 1),
-        "cpus": os.cpu_count(),
-        "reference_kafka_producer_only_msgs_per_s": round(kafka_only),
-        "reference_validate_encode_one_core_per_s": round(validate_encode_reference()),
-    }))
+    print(
+        json.dumps(
+            {
+                "batch_size": BATCH_SIZE,
+                "client_window_batches": WINDOW,
+                "streams": 1,
+                "seconds": round(elapsed, 1),
+                "trades_per_s": round(sum(accepted for _, accepted, _ in measured) / elapsed),
+                # at the sustained rate: includes the wait behind the client's window of outstanding batches
+                "batch_ack_latency_ms": {
+                    "p50": round(quantiles[49] * 1000, 1),
+                    "p99": round(quantiles[98] * 1000, 1),
+                },
+                # one batch outstanding at a time: the service's own latency, receive → validate → Kafka acks → answer
+                "batch_ack_latency_one_outstanding_ms": {
+                    "p50": round(unloaded[49] * 1000, 1),
+                    "p99": round(unloaded[98] * 1000, 1),
+                },
+                "server_cpu_cores": round(server_cpu / total, 2),
+                "client_cpu_cores": round(client_cpu / total, 2),
+                # the service's CPU (all its threads) per trade: what bounds its rate on a core, whatever else runs
+                "server_cpu_us_per_trade": round(
+                    server_cpu / sum(accepted for _, accepted, _ in answers) * 1e6, 1
+                ),
+                "cpus": os.cpu_count(),
+                "reference_kafka_producer_only_msgs_per_s": round(kafka_only),
+                "reference_validate_encode_one_core_per_s": round(validate_encode_reference()),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -49,13 +49,29 @@ def log(text: str) -> None:
 
 def trade_values(count: int) -> list[bytes]:
     start = datetime.now(UTC)
-    return [avro.encode("trade", {
-        "message_id": str(uuid.uuid4()), "trade_id": f"BINANCE-{i}", "symbol": SYMBOLS[i % len(SYMBOLS)],
-        "exchange": "BINANCE", "asset_class": "CRYPTO", "timestamp": start + timedelta(microseconds=i),
-        "price": Decimal(f"{97000 + i % 1000}.{i % 100:02d}"), "quantity": Decimal("0.00150000"),
-        "currency": "USDT", "side": "SELL" if i % 2 else "BUY", "trade_conditions": [], "source_sequence": i,
-        "ingestion_timestamp": start, "platform_sequence": None, "vendor_data": {"is_buyer_maker": "true"}})
-        for i in range(count)]
+    return [
+        avro.encode(
+            "trade",
+            {
+                "message_id": str(uuid.uuid4()),
+                "trade_id": f"BINANCE-{i}",
+                "symbol": SYMBOLS[i % len(SYMBOLS)],
+                "exchange": "BINANCE",
+                "asset_class": "CRYPTO",
+                "timestamp": start + timedelta(microseconds=i),
+                "price": Decimal(f"{97000 + i % 1000}.{i % 100:02d}"),
+                "quantity": Decimal("0.00150000"),
+                "currency": "USDT",
+                "side": "SELL" if i % 2 else "BUY",
+                "trade_conditions": [],
+                "source_sequence": i,
+                "ingestion_timestamp": start,
+                "platform_sequence": None,
+                "vendor_data": {"is_buyer_maker": "true"},
+            },
+        )
+        for i in range(count)
+    ]
 
 
 @contextmanager
@@ -63,20 +79,35 @@ def query_service(bootstrap: str, prefix: str, **settings: str) -> Iterator[tupl
     """(gRPC port, pid) of `python -m k2.services.query` on a fresh Iceberg catalog, stopped with SIGTERM after."""
     folder = Path(tempfile.mkdtemp(prefix="k2-bench-query-"))
     port = free_port()
-    env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "K2_KAFKA_TOPIC_PREFIX": prefix,
-                        "K2_ICEBERG_CATALOG_URI": f"sqlite:///{folder / 'catalog.db'}",
-                        "K2_ICEBERG_WAREHOUSE": f"file://{folder / 'warehouse'}", "K2_QUERY_PORT": str(port),
-                        "K2_QUERY_METRICS_PORT": "0", "K2_LOG_LEVEL": "WARNING"} | settings
-    process = subprocess.Popen([sys.executable, "-m", "k2.services.query"], env=env, cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=sys.stderr)
+    env = (
+        os.environ
+        | {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "K2_KAFKA_TOPIC_PREFIX": prefix,
+            "K2_ICEBERG_CATALOG_URI": f"sqlite:///{folder / 'catalog.db'}",
+            "K2_ICEBERG_WAREHOUSE": f"file://{folder / 'warehouse'}",
+            "K2_QUERY_PORT": str(port),
+            "K2_QUERY_METRICS_PORT": "0",
+            "K2_LOG_LEVEL": "WARNING",
+        }
+        | settings
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "k2.services.query"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=sys.stderr,
+    )
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             deadline = time.monotonic() + 60
             while True:
                 try:
-                    status = health.Check(health_pb2.HealthCheckRequest(service="k2.query.v1.QueryService"),
-                                          timeout=2)
+                    status = health.Check(
+                        health_pb2.HealthCheckRequest(service="k2.query.v1.QueryService"), timeout=2
+                    )
                     if status.status == health_pb2.HealthCheckResponse.SERVING:
                         break
                 except grpc.RpcError:
@@ -95,8 +126,9 @@ def query_service(bootstrap: str, prefix: str, **settings: str) -> Iterator[tupl
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def produce(bootstrap: str, prefix: str, values: list[bytes], count: int,
-            elapsed: "multiprocessing.Queue[float]") -> None:
+def produce(
+    bootstrap: str, prefix: str, values: list[bytes], count: int, elapsed: "multiprocessing.Queue[float]"
+) -> None:
     settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix)
     producer = Producer(producer_config(settings, **{"linger.ms": 5}))
     topic = topic_name(settings, TRADES)
@@ -115,11 +147,20 @@ def produce(bootstrap: str, prefix: str, values: list[bytes], count: int,
     elapsed.put(time.perf_counter() - start)
 
 
-async def _subscribe(port: int, subscribers: int, expected: int, ready: "multiprocessing.synchronize.Event",
-                     results: "multiprocessing.Queue[object]") -> None:
+async def _subscribe(
+    port: int,
+    subscribers: int,
+    expected: int,
+    ready: "multiprocessing.synchronize.Event",
+    results: "multiprocessing.Queue[object]",
+) -> None:
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(max(1, subscribers // 100))]
-    calls = [query_pb2_grpc.QueryServiceStub(channels[i % len(channels)]).SubscribeTrades(
-        query_pb2.SubscribeTradesRequest()) for i in range(subscribers)]
+    calls = [
+        query_pb2_grpc.QueryServiceStub(channels[i % len(channels)]).SubscribeTrades(
+            query_pb2.SubscribeTradesRequest()
+        )
+        for i in range(subscribers)
+    ]
     await asyncio.gather(*(call.read() for call in calls))  # each has its first heartbeat: registered
     ready.set()
     started = time.process_time()
@@ -140,13 +181,19 @@ async def _subscribe(port: int, subscribers: int, expected: int, ready: "multipr
     results.put((counts, time.process_time() - started))
 
 
-def subscribe(port: int, subscribers: int, expected: int, ready: "multiprocessing.synchronize.Event",
-              results: "multiprocessing.Queue[object]") -> None:
+def subscribe(
+    port: int,
+    subscribers: int,
+    expected: int,
+    ready: "multiprocessing.synchronize.Event",
+    results: "multiprocessing.Queue[object]",
+) -> None:
     asyncio.run(_subscribe(port, subscribers, expected, ready, results))
 
 
-def delivered_rate(bootstrap: str, port: int, pid: int, values: list[bytes], subscribers: int,
-                   prefix: str) -> dict[str, float]:
+def delivered_rate(
+    bootstrap: str, port: int, pid: int, values: list[bytes], subscribers: int, prefix: str
+) -> dict[str, float]:
     server = psutil.Process(pid)
     context = multiprocessing.get_context("spawn")
     ready, results = context.Event(), context.Queue()
@@ -166,10 +213,15 @@ def delivered_rate(bootstrap: str, port: int, pid: int, values: list[bytes], sub
     first = min(c[0] for c in counts)
     last = max(c[1] for c in counts)
     total = sum(c[2] for c in counts)
-    return {"subscribers": subscribers, "trades_per_subscriber": MESSAGES, "seconds": round(last - first, 3),
-            "delivered_trades_per_s": round(total / (last - first)),
-            "server_cpu_us_per_trade": round(server_cpu / MESSAGES * 1e6, 2),
-            "client_cpu_s": round(client_cpu, 2), "producer_trades_per_s": round(MESSAGES / producing)}
+    return {
+        "subscribers": subscribers,
+        "trades_per_subscriber": MESSAGES,
+        "seconds": round(last - first, 3),
+        "delivered_trades_per_s": round(total / (last - first)),
+        "server_cpu_us_per_trade": round(server_cpu / MESSAGES * 1e6, 2),
+        "client_cpu_s": round(client_cpu, 2),
+        "producer_trades_per_s": round(MESSAGES / producing),
+    }
 
 
 def idle_rss(port: int, pid: int) -> dict[str, float]:
@@ -186,8 +238,11 @@ def idle_rss(port: int, pid: int) -> dict[str, float]:
     after = server.memory_info().rss
     client.terminate()
     client.join()
-    return {"idle_subscribers": IDLE_SUBSCRIBERS, "rss_mb_before": round(before / 2**20, 1),
-            "rss_mb_with_idle_subscribers": round(after / 2**20, 1)}
+    return {
+        "idle_subscribers": IDLE_SUBSCRIBERS,
+        "rss_mb_before": round(before / 2**20, 1),
+        "rss_mb_with_idle_subscribers": round(after / 2**20, 1),
+    }
 
 
 def main() -> None:
@@ -197,14 +252,20 @@ def main() -> None:
         prefix = f"bench-{uuid.uuid4().hex[:8]}."
         provision_topics(KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix))
         # a generous per-subscriber buffer: this measures throughput, not the slow-subscriber policy
-        with query_service(bootstrap, prefix, K2_QUERY_HEARTBEAT_SECONDS="0.2",
-                           K2_QUERY_SUBSCRIBER_BUFFER_BYTES=str(256 * 2**20),
-                           # every benchmark subscriber connects from this one address
-                           K2_QUERY_MAX_STREAMS_PER_CLIENT="0", K2_QUERY_MAX_REQUESTS_PER_SECOND_PER_CLIENT="0") as (port, pid):
+        with query_service(
+            bootstrap,
+            prefix,
+            K2_QUERY_HEARTBEAT_SECONDS="0.2",
+            K2_QUERY_SUBSCRIBER_BUFFER_BYTES=str(256 * 2**20),
+            # every benchmark subscriber connects from this one address
+            K2_QUERY_MAX_STREAMS_PER_CLIENT="0",
+            K2_QUERY_MAX_REQUESTS_PER_SECOND_PER_CLIENT="0",
+        ) as (port, pid):
             for subscribers in (1, 10):
                 log(f"fan-out to {subscribers} subscriber(s) ...")
-                result[f"subscribers_{subscribers}"] = delivered_rate(bootstrap, port, pid, values, subscribers,
-                                                                          prefix)
+                result[f"subscribers_{subscribers}"] = delivered_rate(
+                    bootstrap, port, pid, values, subscribers, prefix
+                )
             log(f"RSS with {IDLE_SUBSCRIBERS} idle subscribers ...")
             result["idle"] = idle_rss(port, pid)
     print(json.dumps(result))

@@ -58,13 +58,25 @@ def generated_trades() -> list[Record]:
         opening = datetime(2014, 3, 10 + day, 10, tzinfo=SYDNEY).astimezone(UTC)
         for i in range(18_000):
             timestamp = opening + timedelta(milliseconds=i * 1200)
-            records.append({
-                "message_id": str(uuid.uuid4()), "trade_id": f"ASX-7078-{day}-{i}", "symbol": "BHP",
-                "exchange": "ASX", "asset_class": "EQUITIES", "timestamp": timestamp,
-                "price": Decimal(f"37.{(i * 7) % 100:02d}"), "quantity": Decimal(100 + i % 900), "currency": "AUD",
-                "side": "UNKNOWN", "trade_conditions": ["3"], "source_sequence": day * 18_000 + i,
-                "ingestion_timestamp": timestamp, "platform_sequence": None,
-                "vendor_data": {"company_id": "7078"}})
+            records.append(
+                {
+                    "message_id": str(uuid.uuid4()),
+                    "trade_id": f"ASX-7078-{day}-{i}",
+                    "symbol": "BHP",
+                    "exchange": "ASX",
+                    "asset_class": "EQUITIES",
+                    "timestamp": timestamp,
+                    "price": Decimal(f"37.{(i * 7) % 100:02d}"),
+                    "quantity": Decimal(100 + i % 900),
+                    "currency": "AUD",
+                    "side": "UNKNOWN",
+                    "trade_conditions": ["3"],
+                    "source_sequence": day * 18_000 + i,
+                    "ingestion_timestamp": timestamp,
+                    "platform_sequence": None,
+                    "vendor_data": {"company_id": "7078"},
+                }
+            )
     return records
 
 
@@ -102,43 +114,67 @@ def main() -> None:
 def run(records: list[Record], source: str, day: date, day_rows: int, folder: Path) -> dict[str, object]:
     start = datetime(day.year, day.month, day.day, tzinfo=SYDNEY).astimezone(UTC)
     end = start + timedelta(days=1)
-    iceberg = IcebergSettings(catalog_uri=f"sqlite:///{folder / 'catalog.db'}",
-                              warehouse=f"file://{folder / 'warehouse'}")
+    iceberg = IcebergSettings(
+        catalog_uri=f"sqlite:///{folder / 'catalog.db'}", warehouse=f"file://{folder / 'warehouse'}"
+    )
     table = ensure_table(load_catalog(iceberg), iceberg, "trade")
     log(f"committing {len(records)} {source} trades in chunks of {COMMIT_ROWS} ...")
     for offset in range(0, len(records), COMMIT_ROWS):
-        table.append(records_to_arrow("trade", records[offset:offset + COMMIT_ROWS]))
-    result: dict[str, object] = {"benchmark": "query_history", "data": source, "table_rows": len(records),
-                                 "day": day.isoformat(), "day_rows": day_rows, "runs": RUNS}
+        table.append(records_to_arrow("trade", records[offset : offset + COMMIT_ROWS]))
+    result: dict[str, object] = {
+        "benchmark": "query_history",
+        "data": source,
+        "table_rows": len(records),
+        "day": day.isoformat(),
+        "day_rows": day_rows,
+        "runs": RUNS,
+    }
 
     # keyword arguments: the form both pyiceberg and the pydantic mypy plugin accept
-    row_filter = And(EqualTo(term="symbol", value="BHP"),
-                     GreaterThanOrEqual(term="timestamp", value=int(start.timestamp() * 1e6)),
-                     LessThan(term="timestamp", value=int(end.timestamp() * 1e6)))
+    row_filter = And(
+        EqualTo(term="symbol", value="BHP"),
+        GreaterThanOrEqual(term="timestamp", value=int(start.timestamp() * 1e6)),
+        LessThan(term="timestamp", value=int(end.timestamp() * 1e6)),
+    )
     scan_rows: list[int] = []
-    reference = timed(lambda: scan_rows.append(table.refresh().scan(row_filter=row_filter).to_arrow().num_rows))
+    reference = timed(
+        lambda: scan_rows.append(table.refresh().scan(row_filter=row_filter).to_arrow().num_rows)
+    )
     assert scan_rows[-1] == day_rows
 
     with kafka_bootstrap() as bootstrap:
         kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"bench-{uuid.uuid4().hex[:8]}.")
         provision_topics(kafka)
-        with query_service(bootstrap, kafka.topic_prefix, K2_ICEBERG_CATALOG_URI=iceberg.catalog_uri,
-                           K2_ICEBERG_WAREHOUSE=iceberg.warehouse) as (port, _), \
-                grpc.insecure_channel(f"127.0.0.1:{port}",
-                                      options=[("grpc.max_receive_message_length", 64 * 2**20)]) as channel:
+        with (
+            query_service(
+                bootstrap,
+                kafka.topic_prefix,
+                K2_ICEBERG_CATALOG_URI=iceberg.catalog_uri,
+                K2_ICEBERG_WAREHOUSE=iceberg.warehouse,
+            ) as (port, _),
+            grpc.insecure_channel(
+                f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 * 2**20)]
+            ) as channel,
+        ):
             stub = query_pb2_grpc.QueryServiceStub(channel)
-            query = query_pb2.QueryTradesRequest(symbols=["BHP"], start=timestamp(start), end=timestamp(end),
-                                                 limit=100_000)
+            query = query_pb2.QueryTradesRequest(
+                symbols=["BHP"], start=timestamp(start), end=timestamp(end), limit=100_000
+            )
             counts: list[int] = []
             trades = timed(lambda: counts.append(sum(len(r.trades) for r in stub.QueryTrades(query))))
             assert counts[-1] == day_rows, (counts[-1], day_rows)
-            bars_request = query_pb2.GetBarsRequest(symbol="BHP", interval=query_pb2.BAR_INTERVAL_1M,
-                                                    start=timestamp(start), end=timestamp(end))
+            bars_request = query_pb2.GetBarsRequest(
+                symbol="BHP", interval=query_pb2.BAR_INTERVAL_1M, start=timestamp(start), end=timestamp(end)
+            )
             bar_counts: list[int] = []
             bars = timed(lambda: bar_counts.append(len(stub.GetBars(bars_request).bars)))
-    result |= {"query_trades_p50_ms": p(trades, 0.5), "query_trades_p95_ms": p(trades, 0.95),
-               "get_bars_1m_p50_ms": p(bars, 0.5), "bars": bar_counts[-1],
-               "reference_pyiceberg_scan_p50_ms": p(reference, 0.5)}
+    result |= {
+        "query_trades_p50_ms": p(trades, 0.5),
+        "query_trades_p95_ms": p(trades, 0.95),
+        "get_bars_1m_p50_ms": p(bars, 0.5),
+        "bars": bar_counts[-1],
+        "reference_pyiceberg_scan_p50_ms": p(reference, 0.5),
+    }
     return result
 
 

@@ -37,16 +37,38 @@ PER_TICK = 10  # trades per 1 ms tick
 
 def encoded_trades() -> list[bytes]:
     now = datetime.now(UTC)
-    return [avro.encode("trade", {
-        "message_id": str(uuid.uuid4()), "trade_id": f"BINANCE-{i}", "symbol": f"SYM{i % 20:02d}USDT",
-        "exchange": "BINANCE", "asset_class": "CRYPTO", "timestamp": now, "price": Decimal("97123.45"),
-        "quantity": Decimal("0.0015"), "currency": "USDT", "side": "BUY", "trade_conditions": [],
-        "source_sequence": i, "ingestion_timestamp": now, "platform_sequence": None, "vendor_data": None})
-        for i in range(RATE * SECONDS)]
+    return [
+        avro.encode(
+            "trade",
+            {
+                "message_id": str(uuid.uuid4()),
+                "trade_id": f"BINANCE-{i}",
+                "symbol": f"SYM{i % 20:02d}USDT",
+                "exchange": "BINANCE",
+                "asset_class": "CRYPTO",
+                "timestamp": now,
+                "price": Decimal("97123.45"),
+                "quantity": Decimal("0.0015"),
+                "currency": "USDT",
+                "side": "BUY",
+                "trade_conditions": [],
+                "source_sequence": i,
+                "ingestion_timestamp": now,
+                "platform_sequence": None,
+                "vendor_data": None,
+            },
+        )
+        for i in range(RATE * SECONDS)
+    ]
 
 
-def publish(bootstrap: str, prefix: str, sent: "ctypes.Array[ctypes.c_double]",
-            ready: "multiprocessing.synchronize.Event", go: "multiprocessing.synchronize.Event") -> None:
+def publish(
+    bootstrap: str,
+    prefix: str,
+    sent: "ctypes.Array[ctypes.c_double]",
+    ready: "multiprocessing.synchronize.Event",
+    go: "multiprocessing.synchronize.Event",
+) -> None:
     """Trade i (source_sequence i) is handed to the producer at wall-clock time sent[i]."""
     values = encoded_trades()  # encoded beforehand: the publisher only publishes
     settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix)
@@ -67,8 +89,12 @@ def publish(bootstrap: str, prefix: str, sent: "ctypes.Array[ctypes.c_double]",
     producer.flush(60)
 
 
-def consume(bootstrap: str, prefix: str, received: "ctypes.Array[ctypes.c_double]",
-            ready: "multiprocessing.synchronize.Event") -> None:
+def consume(
+    bootstrap: str,
+    prefix: str,
+    received: "ctypes.Array[ctypes.c_double]",
+    ready: "multiprocessing.synchronize.Event",
+) -> None:
     """The reference: trade i (source_sequence i) arrived at a plain Kafka consumer at wall-clock time received[i]."""
     settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix)
     consumer = Consumer(consumer_config(settings, f"bench-{uuid.uuid4().hex}", **{"fetch.wait.max.ms": 5}))
@@ -91,8 +117,13 @@ def consume(bootstrap: str, prefix: str, received: "ctypes.Array[ctypes.c_double
 def quantiles(latencies: list[float]) -> dict[str, float]:
     latencies.sort()
     cuts = statistics.quantiles(latencies, n=1000)
-    return {"p50_ms": round(cuts[499], 2), "p99_ms": round(cuts[989], 2), "p999_ms": round(cuts[998], 2),
-            "max_ms": round(latencies[-1], 2), "mean_ms": round(statistics.fmean(latencies), 2)}
+    return {
+        "p50_ms": round(cuts[499], 2),
+        "p99_ms": round(cuts[989], 2),
+        "p999_ms": round(cuts[998], 2),
+        "max_ms": round(latencies[-1], 2),
+        "mean_ms": round(statistics.fmean(latencies), 2),
+    }
 
 
 async def measure(port: int, bootstrap: str, prefix: str) -> dict[str, object]:
@@ -125,8 +156,11 @@ async def measure(port: int, bootstrap: str, prefix: str) -> dict[str, object]:
     await asyncio.to_thread(reference.join)
     first = int(WARM_UP * RATE)
     kafka_only = [(arrived[i] - sent[i]) * 1000 for i in range(first, RATE * SECONDS)]
-    return {"rate_per_s": RATE, "measured_trades": len(latencies)} | quantiles(latencies) | {
-        "reference_plain_kafka_consumer": quantiles(kafka_only)}
+    return (
+        {"rate_per_s": RATE, "measured_trades": len(latencies)}
+        | quantiles(latencies)
+        | {"reference_plain_kafka_consumer": quantiles(kafka_only)}
+    )
 
 
 def main() -> None:

@@ -122,24 +122,37 @@ def run(spec: ScaleSpec, iceberg) -> dict[str, object]:  # type: ignore[no-untyp
     small, big = spec.small_symbol(), spec.big_symbol
     table = load_catalog(iceberg).load_table(table_identifier(iceberg, "trade"))
     result: dict[str, object] = {
-        "benchmark": "query_scale", "dataset": "small" if spec == SMALL else "full", "table_rows": sum(counts.values()),
-        "data_files": len(table.inspect.files()), "small_symbol": small, "small_rows": counts[small],
-        "big_symbol": big, "big_rows": counts[big], "runs": RUNS, "nproc": os.cpu_count(),
-        "load_average_start": os.getloadavg()[0]}
+        "benchmark": "query_scale",
+        "dataset": "small" if spec == SMALL else "full",
+        "table_rows": sum(counts.values()),
+        "data_files": len(table.inspect.files()),
+        "small_symbol": small,
+        "small_rows": counts[small],
+        "big_symbol": big,
+        "big_rows": counts[big],
+        "runs": RUNS,
+        "nproc": os.cpu_count(),
+        "load_average_start": os.getloadavg()[0],
+    }
 
     def scan(symbol: str) -> pa.Table:
         # keyword arguments: the form both pyiceberg and the pydantic mypy plugin accept
-        row_filter = And(EqualTo(term="symbol", value=symbol),
-                         GreaterThanOrEqual(term="timestamp", value=spec.day_start_us),
-                         LessThan(term="timestamp", value=spec.day_start_us + 86_400_000_000))
+        row_filter = And(
+            EqualTo(term="symbol", value=symbol),
+            GreaterThanOrEqual(term="timestamp", value=spec.day_start_us),
+            LessThan(term="timestamp", value=spec.day_start_us + 86_400_000_000),
+        )
         return table.refresh().scan(row_filter=row_filter).to_arrow()
 
     def scan_bars() -> int:
         rows = scan(big)
         micros = pc.cast(rows["timestamp"], pa.int64())
         minutes = pc.subtract(micros, pc.modulo(micros, 60_000_000))
-        bars = pa.table({"minute": minutes, "price": rows["price"], "quantity": rows["quantity"]}).group_by(
-            "minute").aggregate([("price", "min"), ("price", "max"), ("quantity", "sum"), ("minute", "count")])
+        bars = (
+            pa.table({"minute": minutes, "price": rows["price"], "quantity": rows["quantity"]})
+            .group_by("minute")
+            .aggregate([("price", "min"), ("price", "max"), ("quantity", "sum"), ("minute", "count")])
+        )
         return bars.num_rows
 
     scan_small = timed(lambda: scan(small))
@@ -152,10 +165,13 @@ def run(spec: ScaleSpec, iceberg) -> dict[str, object]:  # type: ignore[no-untyp
         kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"bench-{uuid.uuid4().hex[:8]}.")
         provision_topics(kafka)
         catalog = {"K2_ICEBERG_CATALOG_URI": iceberg.catalog_uri, "K2_ICEBERG_WAREHOUSE": iceberg.warehouse}
-        with query_service(bootstrap, kafka.topic_prefix, **catalog) as (port, pid), \
-                grpc.insecure_channel(f"127.0.0.1:{port}",
-                                      options=[("grpc.max_receive_message_length", 64 * 2**20)]) as channel, \
-                K2Client(query_address=f"127.0.0.1:{port}") as k2:
+        with (
+            query_service(bootstrap, kafka.topic_prefix, **catalog) as (port, pid),
+            grpc.insecure_channel(
+                f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 * 2**20)]
+            ) as channel,
+            K2Client(query_address=f"127.0.0.1:{port}") as k2,
+        ):
             stub = query_pb2_grpc.QueryServiceStub(channel)
             request = query_pb2.QueryTradesRequest(symbols=[small], limit=100_000)
             set_timestamp(request.start, day)
@@ -177,15 +193,20 @@ def run(spec: ScaleSpec, iceberg) -> dict[str, object]:  # type: ignore[no-untyp
                     got = k2.query_trades(big, day, end)
                     big_runs.append(time.perf_counter() - started)
             assert got.num_rows == counts[big]
-            assert got["message_id"].to_pylist() == big_reference.sort_by(
-                [("timestamp", "ascending"), ("source_sequence", "ascending")])["message_id"].to_pylist()
+            assert (
+                got["message_id"].to_pylist()
+                == big_reference.sort_by([("timestamp", "ascending"), ("source_sequence", "ascending")])[
+                    "message_id"
+                ].to_pylist()
+            )
             assert pc.sum(got["price"]) == pc.sum(big_reference["price"])
             bars_request = query_pb2.GetBarsRequest(symbol=big, interval=query_pb2.BAR_INTERVAL_1M)
             set_timestamp(bars_request.start, day)
             set_timestamp(bars_request.end, end)
             bars = timed(lambda: stub.GetBars(bars_request), 5)
             result |= {
-                "small_query_grpc_p50_ms": ms(small_grpc), "small_query_sdk_arrow_p50_ms": ms(small_sdk),
+                "small_query_grpc_p50_ms": ms(small_grpc),
+                "small_query_sdk_arrow_p50_ms": ms(small_sdk),
                 "small_plain_scan_p50_ms": ms(scan_small),
                 "small_ratio_sdk_to_scan": round(ms(small_sdk) / ms(scan_small), 2),
                 "small_ratio_grpc_to_scan": round(ms(small_grpc) / ms(scan_small), 2),
@@ -193,19 +214,30 @@ def run(spec: ScaleSpec, iceberg) -> dict[str, object]:  # type: ignore[no-untyp
                 "big_sdk_rows_per_s": round(counts[big] / statistics.median(big_runs)),
                 "big_plain_scan_s": round(statistics.median(scan_big), 3),
                 "big_ratio_sdk_to_scan": round(statistics.median(big_runs) / statistics.median(scan_big), 2),
-                "bars_1m_big_p50_ms": ms(bars), "bars_count": len(stub.GetBars(bars_request).bars),
+                "bars_1m_big_p50_ms": ms(bars),
+                "bars_count": len(stub.GetBars(bars_request).bars),
                 "bars_plain_scan_group_by_p50_ms": ms(scan_bars_s),
-                "service_rss_idle_mb": round(rss_idle / 2**20), "service_rss_peak_big_query_mb": round(peak.peak / 2**20)}
+                "service_rss_idle_mb": round(rss_idle / 2**20),
+                "service_rss_peak_big_query_mb": round(peak.peak / 2**20),
+            }
 
             log(f"producing {LAG_MESSAGES:,} messages the table does not hold ...")
             fill_tail(kafka, LAG_MESSAGES)
             lagging = timed(grpc_small, 5)
-        with query_service(bootstrap, kafka.topic_prefix, K2_QUERY_TAIL_MAX_MESSAGES=str(10 * LAG_MESSAGES),
-                           **catalog) as (port, _), grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with (
+            query_service(
+                bootstrap, kafka.topic_prefix, K2_QUERY_TAIL_MAX_MESSAGES=str(10 * LAG_MESSAGES), **catalog
+            ) as (port, _),
+            grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ):
             stub = query_pb2_grpc.QueryServiceStub(channel)
             unbounded = timed(grpc_small, 3)
-    result |= {"tail_lag_messages": LAG_MESSAGES, "small_query_with_lag_bounded_p50_ms": ms(lagging),
-               "small_query_with_lag_unbounded_p50_ms": ms(unbounded), "load_average_end": os.getloadavg()[0]}
+    result |= {
+        "tail_lag_messages": LAG_MESSAGES,
+        "small_query_with_lag_bounded_p50_ms": ms(lagging),
+        "small_query_with_lag_unbounded_p50_ms": ms(unbounded),
+        "load_average_end": os.getloadavg()[0],
+    }
     return result
 
 

@@ -88,7 +88,7 @@ class ScaleSpec:
         shares = [w / sum(weights) * (rest - len(weights)) for w in weights]
         counts = [int(share) + 1 for share in shares]  # every symbol trades at least once
         by_remainder = sorted(range(len(shares)), key=lambda i: (-(shares[i] - int(shares[i])), i))
-        for i in by_remainder[:rest - sum(counts)]:
+        for i in by_remainder[: rest - sum(counts)]:
             counts[i] += 1
         return {self.big_symbol: self.big_trades} | {self.symbol(i + 2): c for i, c in enumerate(counts)}
 
@@ -178,8 +178,10 @@ def _requests(table: pa.Table) -> Iterator[bytes]:
     """PublishTradesRequest messages of BATCH_SIZE trades each (serialised, batch_id left to the sender)."""
     sides = {"BUY": Side.SIDE_BUY, "SELL": Side.SIDE_SELL}
     for batch in table.to_batches(BATCH_SIZE):
-        columns = {name: batch.column(name) for name in
-                   ("message_id", "trade_id", "symbol", "exchange", "source_sequence")}
+        columns = {
+            name: batch.column(name)
+            for name in ("message_id", "trade_id", "symbol", "exchange", "source_sequence")
+        }
         strings = {name: column.to_pylist() for name, column in columns.items()}
         times = batch.column("timestamp").cast(pa.int64()).to_pylist()
         prices = batch.column("price").cast(pa.string()).to_pylist()
@@ -187,10 +189,18 @@ def _requests(table: pa.Table) -> Iterator[bytes]:
         side = batch.column("side").to_pylist()
         trades = []
         for i in range(batch.num_rows):
-            trade = Trade(message_id=strings["message_id"][i], trade_id=strings["trade_id"][i],
-                          symbol=strings["symbol"][i], exchange=strings["exchange"][i],
-                          asset_class=AssetClass.ASSET_CLASS_CRYPTO, price=prices[i], quantity=quantities[i],
-                          currency="USDT", side=sides[side[i]], source_sequence=strings["source_sequence"][i])
+            trade = Trade(
+                message_id=strings["message_id"][i],
+                trade_id=strings["trade_id"][i],
+                symbol=strings["symbol"][i],
+                exchange=strings["exchange"][i],
+                asset_class=AssetClass.ASSET_CLASS_CRYPTO,
+                price=prices[i],
+                quantity=quantities[i],
+                currency="USDT",
+                side=sides[side[i]],
+                source_sequence=strings["source_sequence"][i],
+            )
             trade.timestamp.FromMicroseconds(times[i])
             trades.append(trade)
         yield ingest_pb2.PublishTradesRequest(trades=trades).SerializeToString()
@@ -208,8 +218,11 @@ async def publish(port: int, table: pa.Table) -> int:
             yield ingest_pb2.PublishTradesRequest(batch_id=f"{run}-{n}").SerializeToString() + body
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.stream_stream(METHOD, request_serializer=lambda raw: raw,
-                                     response_deserializer=ingest_pb2.PublishTradesResponse.FromString)
+        call = channel.stream_stream(
+            METHOD,
+            request_serializer=lambda raw: raw,
+            response_deserializer=ingest_pb2.PublishTradesResponse.FromString,
+        )
         async for answer in call(requests(), metadata=(("authorization", f"Bearer {TOKEN}"),)):
             if answer.rejections:
                 raise RuntimeError(f"trades rejected: {answer.rejections[:3]}")
@@ -219,19 +232,27 @@ async def publish(port: int, table: pa.Table) -> int:
 
 
 @contextmanager
-def writer_process(bootstrap: str, topic_prefix: str, iceberg: IcebergSettings,
-                   **settings: str) -> Iterator[int]:
+def writer_process(
+    bootstrap: str, topic_prefix: str, iceberg: IcebergSettings, **settings: str
+) -> Iterator[int]:
     """`python -m k2.services.writer` on a free gRPC port (Compact allowed with TOKEN), until SIGTERM."""
     port = free_port()
     env = os.environ | {
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "K2_KAFKA_TOPIC_PREFIX": topic_prefix,
-        "K2_ICEBERG_CATALOG_URI": iceberg.catalog_uri, "K2_ICEBERG_WAREHOUSE": iceberg.warehouse,
-        "K2_WRITER_PORT": str(port), "K2_WRITER_METRICS_PORT": "0", "K2_AUTH_WRITE_TOKENS": json.dumps([TOKEN]),
-        "K2_WRITER_GROUP_ID": f"scale-{uuid.uuid4().hex[:8]}", "K2_WRITER_PROVISION_TOPICS": "false",
-        "K2_LOG_LEVEL": "WARNING"}
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "K2_KAFKA_TOPIC_PREFIX": topic_prefix,
+        "K2_ICEBERG_CATALOG_URI": iceberg.catalog_uri,
+        "K2_ICEBERG_WAREHOUSE": iceberg.warehouse,
+        "K2_WRITER_PORT": str(port),
+        "K2_WRITER_METRICS_PORT": "0",
+        "K2_AUTH_WRITE_TOKENS": json.dumps([TOKEN]),
+        "K2_WRITER_GROUP_ID": f"scale-{uuid.uuid4().hex[:8]}",
+        "K2_WRITER_PROVISION_TOPICS": "false",
+        "K2_LOG_LEVEL": "WARNING",
+    }
     env |= {f"K2_WRITER_{name.upper()}": value for name, value in settings.items()}
-    process = subprocess.Popen([sys.executable, "-m", "k2.services.writer"], cwd=ROOT, env=env,
-                               stdout=sys.stderr)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "k2.services.writer"], cwd=ROOT, env=env, stdout=sys.stderr
+    )
     try:
         yield port
     finally:
@@ -249,21 +270,28 @@ def committed_rows(iceberg: IcebergSettings) -> int:
     except Exception:  # noqa: BLE001 - the writer has not created it yet
         return 0
     snapshot = table.current_snapshot()
-    return int(snapshot.summary.additional_properties.get("total-records", 0)) if snapshot and snapshot.summary else 0
+    return (
+        int(snapshot.summary.additional_properties.get("total-records", 0))
+        if snapshot and snapshot.summary
+        else 0
+    )
 
 
 def compact(port: int, table: str = "market_data.trades") -> writer_pb2.CompactResult:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = writer_pb2_grpc.WriterServiceStub(channel)
-        for event in stub.Compact(writer_pb2.CompactRequest(table=table),
-                                  metadata=(("authorization", f"Bearer {TOKEN}"),)):
+        for event in stub.Compact(
+            writer_pb2.CompactRequest(table=table), metadata=(("authorization", f"Bearer {TOKEN}"),)
+        ):
             if event.HasField("result"):
                 return event.result
     raise RuntimeError("Compact ended without a result")
 
 
 def settings_for(folder: Path) -> IcebergSettings:
-    return IcebergSettings(catalog_uri=f"sqlite:///{folder}/catalog.db", warehouse=f"file://{folder}/warehouse")
+    return IcebergSettings(
+        catalog_uri=f"sqlite:///{folder}/catalog.db", warehouse=f"file://{folder}/warehouse"
+    )
 
 
 def build(spec: ScaleSpec, folder: Path) -> dict[str, float]:
@@ -276,9 +304,12 @@ def build(spec: ScaleSpec, folder: Path) -> dict[str, float]:
     with kafka_bootstrap() as bootstrap:
         kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"scale-{uuid.uuid4().hex[:8]}.")
         provision_topics(kafka)
-        with writer_process(bootstrap, kafka.topic_prefix, iceberg,
-                            compaction_interval_seconds="0") as writer_port, \
-                ingest_server(bootstrap, kafka.topic_prefix) as (ingest_port, _):
+        with (
+            writer_process(
+                bootstrap, kafka.topic_prefix, iceberg, compaction_interval_seconds="0"
+            ) as writer_port,
+            ingest_server(bootstrap, kafka.topic_prefix) as (ingest_port, _),
+        ):
             started = time.monotonic()
             log(f"publishing {table.num_rows:,} trades through PublishTrades ...")
             accepted = asyncio.run(publish(ingest_port, table))
@@ -327,17 +358,25 @@ def main() -> None:
     table = load_catalog(iceberg).load_table(table_identifier(iceberg, "trade"))
     files = table.inspect.files()
     counts = spec.counts()
-    print(json.dumps({
-        "spec": asdict(spec) | {"day": spec.day.isoformat()},
-        "trades": reference.num_rows, "big_symbol_trades": counts[spec.big_symbol],
-        "small_symbol": spec.small_symbol(), "small_symbol_trades": counts[spec.small_symbol()],
-        "symbols_below_1000_trades": sum(1 for c in counts.values() if c < 1000),
-        "data_files": len(files), "data_bytes": sum(files["file_size_in_bytes"].to_pylist()),
-        "built": bool(seconds), "build_seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "cached_open_s": None if seconds else round(opened, 2),
-        "regenerate_arrow_s": round(regenerate_s, 1),
-        "cache_folder": str(CACHE / spec.key()),
-    }))
+    print(
+        json.dumps(
+            {
+                "spec": asdict(spec) | {"day": spec.day.isoformat()},
+                "trades": reference.num_rows,
+                "big_symbol_trades": counts[spec.big_symbol],
+                "small_symbol": spec.small_symbol(),
+                "small_symbol_trades": counts[spec.small_symbol()],
+                "symbols_below_1000_trades": sum(1 for c in counts.values() if c < 1000),
+                "data_files": len(files),
+                "data_bytes": sum(files["file_size_in_bytes"].to_pylist()),
+                "built": bool(seconds),
+                "build_seconds": {k: round(v, 1) for k, v in seconds.items()},
+                "cached_open_s": None if seconds else round(opened, 2),
+                "regenerate_arrow_s": round(regenerate_s, 1),
+                "cache_folder": str(CACHE / spec.key()),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -71,8 +71,9 @@ class Committer:
     def commit(self, rows: pa.Table) -> tuple[float, int]:
         """(seconds, data files) of committing `rows`."""
         offsets = pa.array(range(self.offset, self.offset + rows.num_rows), pa.int64())
-        buffered = (rows.append_column(PARTITION_COLUMN, pa.array([0] * rows.num_rows, pa.int32()))
-                    .append_column(OFFSET_COLUMN, offsets))
+        buffered = rows.append_column(
+            PARTITION_COLUMN, pa.array([0] * rows.num_rows, pa.int32())
+        ).append_column(OFFSET_COLUMN, offsets)
         self.offset += rows.num_rows
         self.progress[0].next = self.offset
         began = time.perf_counter()
@@ -83,9 +84,13 @@ class Committer:
 
 def symbol_filter(spec: ScaleSpec, symbol: str) -> Any:
     start = spec.day_start_us
-    return And(EqualTo(term="symbol", value=symbol),
-               And(GreaterThanOrEqual(term="timestamp", value=start),
-                   LessThan(term="timestamp", value=start + int(timedelta(days=1).total_seconds() * 1e6))))
+    return And(
+        EqualTo(term="symbol", value=symbol),
+        And(
+            GreaterThanOrEqual(term="timestamp", value=start),
+            LessThan(term="timestamp", value=start + int(timedelta(days=1).total_seconds() * 1e6)),
+        ),
+    )
 
 
 def read_cost(table: Table, spec: ScaleSpec, symbol: str, expected: int) -> dict[str, float]:
@@ -107,49 +112,71 @@ def read_cost(table: Table, spec: ScaleSpec, symbol: str, expected: int) -> dict
         rows = table.scan(row_filter=row_filter).to_arrow()
         times.append(time.perf_counter() - began)
         assert rows.num_rows == expected, f"{symbol}: {rows.num_rows} rows, expected {expected}"
-    return {"files": len(tasks), "file_bytes": sum(t.file.file_size_in_bytes for t in tasks),
-            "row_groups": row_groups, "rows_decoded": rows_decoded, "scan_s": round(statistics.median(times), 3)}
+    return {
+        "files": len(tasks),
+        "file_bytes": sum(t.file.file_size_in_bytes for t in tasks),
+        "row_groups": row_groups,
+        "rows_decoded": rows_decoded,
+        "scan_s": round(statistics.median(times), 3),
+    }
 
 
-def measure(name: str, fields: PartitionFields, row_group_rows: int, day: pa.Table, spec: ScaleSpec,
-            folder: Path) -> dict[str, Any]:
+def measure(
+    name: str, fields: PartitionFields, row_group_rows: int, day: pa.Table, spec: ScaleSpec, folder: Path
+) -> dict[str, Any]:
     log(f"{name} ...")
     iceberg = IcebergSettings(catalog_uri=f"sqlite:///{folder}/catalog.db", warehouse=f"file://{folder}/wh")
     table = ensure_table(load_catalog(iceberg), iceberg, "trade", fields)
     with table.transaction() as transaction:
-        transaction.set_properties({"write.parquet.row-group-limit": str(row_group_rows),
-                                    "commit.manifest-merge.enabled": "true"})
+        transaction.set_properties(
+            {"write.parquet.row-group-limit": str(row_group_rows), "commit.manifest-merge.enabled": "true"}
+        )
     table.refresh()
     committer = Committer(table)
     middle = day.num_rows // 2
-    stream = [committer.commit(day.slice(middle + i * STREAM_COMMIT_ROWS, STREAM_COMMIT_ROWS))
-              for i in range(STREAM_COMMITS)]
+    stream = [
+        committer.commit(day.slice(middle + i * STREAM_COMMIT_ROWS, STREAM_COMMIT_ROWS))
+        for i in range(STREAM_COMMITS)
+    ]
     rest = pa.concat_tables([day.slice(0, middle), day.slice(middle + STREAM_COMMITS * STREAM_COMMIT_ROWS)])
     for start in range(0, rest.num_rows, BACKLOG_COMMIT_ROWS):
         committer.commit(rest.slice(start, BACKLOG_COMMIT_ROWS))
     counts = spec.counts()
     small = spec.small_symbol()
     table.refresh()
-    as_committed = {"small": read_cost(table, spec, small, counts[small]),
-                    "big": read_cost(table, spec, spec.big_symbol, counts[spec.big_symbol])}
+    as_committed = {
+        "small": read_cost(table, spec, small, counts[small]),
+        "big": read_cost(table, spec, spec.big_symbol, counts[spec.big_symbol]),
+    }
     maintenance = TableMaintenance(table, WriterSettings())
     began = time.perf_counter()
     compaction = maintenance.compact()
     compact_s = time.perf_counter() - began
     table.refresh()
-    compacted = {"small": read_cost(table, spec, small, counts[small]),
-                 "big": read_cost(table, spec, spec.big_symbol, counts[spec.big_symbol])}
+    compacted = {
+        "small": read_cost(table, spec, small, counts[small]),
+        "big": read_cost(table, spec, spec.big_symbol, counts[spec.big_symbol]),
+    }
     files = table.inspect.files()
     return {
         "layout": name,
         "stream_files_per_commit": round(statistics.mean(f for _, f in stream), 1),
-        "stream_commit_s": {"p50": round(statistics.median(s for s, _ in stream), 3),
-                            "max": round(max(s for s, _ in stream), 3)},
+        "stream_commit_s": {
+            "p50": round(statistics.median(s for s, _ in stream), 3),
+            "max": round(max(s for s, _ in stream), 3),
+        },
         "as_committed": {"data_files": compaction.files_before, **as_committed},
-        "compaction": {"files_before": compaction.files_before, "files_after": compaction.files_after,
-                       "seconds": round(compact_s, 1), "rows_per_s": round(day.num_rows / compact_s)},
-        "compacted": {"data_files": len(files), "data_bytes": sum(files["file_size_in_bytes"].to_pylist()),
-                      **compacted},
+        "compaction": {
+            "files_before": compaction.files_before,
+            "files_after": compaction.files_after,
+            "seconds": round(compact_s, 1),
+            "rows_per_s": round(day.num_rows / compact_s),
+        },
+        "compacted": {
+            "data_files": len(files),
+            "data_bytes": sum(files["file_size_in_bytes"].to_pylist()),
+            **compacted,
+        },
     }
 
 
@@ -161,7 +188,8 @@ def files_per_commit_only(day: pa.Table) -> dict[str, float]:
     for buckets in (64, 128):
         bucket = BucketTransform(buckets).pyarrow_transform(StringType())
         result[f"bucket({buckets}, symbol)"] = statistics.mean(
-            len(set(bucket(s["symbol"]).to_pylist())) for s in slices)
+            len(set(bucket(s["symbol"]).to_pylist())) for s in slices
+        )
     return {k: round(v, 1) for k, v in result.items()}
 
 
@@ -180,14 +208,21 @@ def main() -> None:
             continue
         with tempfile.TemporaryDirectory(prefix="k2-bench-layout-") as folder:
             results.append(measure(name, fields, row_group_rows, day, spec, Path(folder)))
-    print(json.dumps({
-        "trades": day.num_rows, "symbols": spec.symbols, "small_symbol": spec.small_symbol(),
-        "small_symbol_trades": spec.counts()[spec.small_symbol()],
-        "big_symbol_trades": spec.counts()[spec.big_symbol],
-        "candidates": results,
-        "partitions_touched_per_5000_trade_commit": files_per_commit_only(day),
-        "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-    }))
+    print(
+        json.dumps(
+            {
+                "trades": day.num_rows,
+                "symbols": spec.symbols,
+                "small_symbol": spec.small_symbol(),
+                "small_symbol_trades": spec.counts()[spec.small_symbol()],
+                "big_symbol_trades": spec.counts()[spec.big_symbol],
+                "candidates": results,
+                "partitions_touched_per_5000_trade_commit": files_per_commit_only(day),
+                "cpus": os.cpu_count(),
+                "load_average": os.getloadavg(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

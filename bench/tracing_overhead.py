@@ -47,7 +47,9 @@ class DiscardingCollector(trace_service_pb2_grpc.TraceServiceServicer):
         self.spans = 0
 
     def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self.spans += sum(len(scope.spans) for resource in request.resource_spans for scope in resource.scope_spans)
+        self.spans += sum(
+            len(scope.spans) for resource in request.resource_spans for scope in resource.scope_spans
+        )
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
@@ -57,9 +59,13 @@ def otlp_sink() -> Iterator[tuple[str, str, DiscardingCollector | None]]:
     if JAEGER_BINARY.exists():
         run_dir = tempfile.mkdtemp(prefix="k2-bench-jaeger-")
         otlp = free_port()
-        env = os.environ | {"K2_RUN_DIR": run_dir, "K2_JAEGER_OTLP_PORT": str(otlp),
-                            "K2_JAEGER_OTLP_HTTP_PORT": str(free_port()), "K2_JAEGER_QUERY_PORT": str(free_port()),
-                            "K2_JAEGER_QUERY_GRPC_PORT": str(free_port())}
+        env = os.environ | {
+            "K2_RUN_DIR": run_dir,
+            "K2_JAEGER_OTLP_PORT": str(otlp),
+            "K2_JAEGER_OTLP_HTTP_PORT": str(free_port()),
+            "K2_JAEGER_QUERY_PORT": str(free_port()),
+            "K2_JAEGER_QUERY_GRPC_PORT": str(free_port()),
+        }
         script = ROOT / "scripts" / "jaeger.sh"
         subprocess.run([script, "up"], env=env, check=True, stdout=sys.stderr)
         try:
@@ -103,15 +109,20 @@ def measure(bootstrap: str, topic_prefix: str, variables: dict[str, str]) -> dic
     start = answers[0][0] + WARMUP_SECONDS
     measured = [answer for answer in answers if answer[0] > start]
     elapsed = measured[-1][0] - start
-    return {"trades_per_s": round(sum(accepted for _, accepted, _ in measured) / elapsed),
-            "server_cpu_us_per_trade": round(cpu / sum(accepted for _, accepted, _ in answers) * 1e6, 1)}
+    return {
+        "trades_per_s": round(sum(accepted for _, accepted, _ in measured) / elapsed),
+        "server_cpu_us_per_trade": round(cpu / sum(accepted for _, accepted, _ in answers) * 1e6, 1),
+    }
 
 
 def loss(traced: dict[str, float], baseline: dict[str, float]) -> dict[str, float]:
     """Fraction of throughput lost and of CPU per trade added, against the baseline."""
-    return {"throughput_loss": round(1 - traced["trades_per_s"] / baseline["trades_per_s"], 3),
-            "cpu_per_trade_increase": round(traced["server_cpu_us_per_trade"] / baseline["server_cpu_us_per_trade"]
-                                            - 1, 3)}
+    return {
+        "throughput_loss": round(1 - traced["trades_per_s"] / baseline["trades_per_s"], 3),
+        "cpu_per_trade_increase": round(
+            traced["server_cpu_us_per_trade"] / baseline["server_cpu_us_per_trade"] - 1, 3
+        ),
+    }
 
 
 def main() -> None:
@@ -119,25 +130,37 @@ def main() -> None:
         settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"bench-{uuid.uuid4().hex[:8]}.")
         provision_topics(settings)
         exporting = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "1000"}
-        setups = {"off": {"OTEL_TRACES_SAMPLER": "always_off"}, "default": exporting,
-                  "full": exporting | {"OTEL_TRACES_SAMPLER": "always_on"}}
+        setups = {
+            "off": {"OTEL_TRACES_SAMPLER": "always_off"},
+            "default": exporting,
+            "full": exporting | {"OTEL_TRACES_SAMPLER": "always_on"},
+        }
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in setups}
         for _ in range(ROUNDS):
             for name, variables in setups.items():
                 runs[name].append(measure(bootstrap, settings.topic_prefix, variables))
-        results = {name: {figure: statistics.median(run[figure] for run in measured) for figure in measured[0]}
-                   for name, measured in runs.items()}
-    print(json.dumps({
-        "otlp_sink": sink, "batch_size": 500, "measure_seconds": MEASURE_SECONDS, "rounds": ROUNDS,
-        "cpus": os.cpu_count(),
-        "off_no_exporter_no_sampling": results["off"],
-        "default_parentbased_1pct_exporting": results["default"],
-        "full_always_on_exporting": results["full"],
-        "overhead_default_vs_off": loss(results["default"], results["off"]),
-        "overhead_full_vs_off": loss(results["full"], results["off"]),
-        "target_default_throughput_loss_at_most": 0.10,
-        **({"spans_received_by_collector": collector.spans} if collector is not None else {}),
-    }))
+        results = {
+            name: {figure: statistics.median(run[figure] for run in measured) for figure in measured[0]}
+            for name, measured in runs.items()
+        }
+    print(
+        json.dumps(
+            {
+                "otlp_sink": sink,
+                "batch_size": 500,
+                "measure_seconds": MEASURE_SECONDS,
+                "rounds": ROUNDS,
+                "cpus": os.cpu_count(),
+                "off_no_exporter_no_sampling": results["off"],
+                "default_parentbased_1pct_exporting": results["default"],
+                "full_always_on_exporting": results["full"],
+                "overhead_default_vs_off": loss(results["default"], results["off"]),
+                "overhead_full_vs_off": loss(results["full"], results["off"]),
+                "target_default_throughput_loss_at_most": 0.10,
+                **({"spans_received_by_collector": collector.spans} if collector is not None else {}),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -61,13 +61,30 @@ def produce(bootstrap: str, prefix: str, rate: int, seconds: float, sent: Any) -
     while time.monotonic() - started < seconds:
         now = datetime.now(UTC)
         for symbol in rng.choices(SYMBOLS, cum_weights=CUMULATIVE_WEIGHTS, k=step):
-            producer.produce(topic, avro.encode("trade", {
-                "message_id": str(uuid.uuid4()), "trade_id": f"BINANCE-{count}", "symbol": symbol,
-                "exchange": "BINANCE", "asset_class": "CRYPTO", "timestamp": now,
-                "price": Decimal("64123.45"), "quantity": Decimal("0.015"), "currency": "USDT", "side": "BUY",
-                "trade_conditions": [],
-                "source_sequence": count, "ingestion_timestamp": now, "platform_sequence": None,
-                "vendor_data": None}), symbol.encode())
+            producer.produce(
+                topic,
+                avro.encode(
+                    "trade",
+                    {
+                        "message_id": str(uuid.uuid4()),
+                        "trade_id": f"BINANCE-{count}",
+                        "symbol": symbol,
+                        "exchange": "BINANCE",
+                        "asset_class": "CRYPTO",
+                        "timestamp": now,
+                        "price": Decimal("64123.45"),
+                        "quantity": Decimal("0.015"),
+                        "currency": "USDT",
+                        "side": "BUY",
+                        "trade_conditions": [],
+                        "source_sequence": count,
+                        "ingestion_timestamp": now,
+                        "platform_sequence": None,
+                        "vendor_data": None,
+                    },
+                ),
+                symbol.encode(),
+            )
             count += 1
         producer.poll(0)
         delay = started + count / rate - time.monotonic()
@@ -106,10 +123,15 @@ def watch(iceberg: IcebergSettings, until: float, seen: int) -> tuple[list[float
         metadata_files = entries
         visible_at = time.time()
         added = table.incremental_append_scan(
-            from_snapshot_id_exclusive=seen, to_snapshot_id_inclusive=current.snapshot_id,
-            selected_fields=("ingestion_timestamp",)).to_arrow()
-        files_per_commit += [int(s.summary.additional_properties.get("added-data-files", 0))
-                             for s in table.snapshots() if s.summary and s.snapshot_id not in known]
+            from_snapshot_id_exclusive=seen,
+            to_snapshot_id_inclusive=current.snapshot_id,
+            selected_fields=("ingestion_timestamp",),
+        ).to_arrow()
+        files_per_commit += [
+            int(s.summary.additional_properties.get("added-data-files", 0))
+            for s in table.snapshots()
+            if s.summary and s.snapshot_id not in known
+        ]
         known = {s.snapshot_id for s in table.snapshots()}
         seen = current.snapshot_id
         stamps = added["ingestion_timestamp"].cast(pa.int64()).to_pylist()
@@ -119,8 +141,9 @@ def watch(iceberg: IcebergSettings, until: float, seen: int) -> tuple[list[float
     return freshness, files_per_commit
 
 
-def wait_until_writing(kafka: KafkaSettings, iceberg: IcebergSettings,
-                       writer: subprocess.Popen[bytes]) -> int:
+def wait_until_writing(
+    kafka: KafkaSettings, iceberg: IcebergSettings, writer: subprocess.Popen[bytes]
+) -> int:
     """Until the writer has joined its group and committed a first trade (start-up is not freshness); returns
     that snapshot's id."""
     from confluent_kafka import Producer
@@ -129,11 +152,29 @@ def wait_until_writing(kafka: KafkaSettings, iceberg: IcebergSettings,
     from k2.core.kafka import producer_config
 
     producer = Producer(producer_config(kafka))
-    producer.produce(topic_name(kafka, TRADES), avro.encode("trade", {
-        "message_id": str(uuid.uuid4()), "trade_id": "WARMUP", "symbol": SYMBOLS[0], "exchange": "BINANCE",
-        "asset_class": "CRYPTO", "timestamp": datetime.now(UTC), "price": Decimal(1), "quantity": Decimal(1),
-        "currency": "USDT", "side": "BUY", "trade_conditions": [], "source_sequence": None,
-        "ingestion_timestamp": datetime.now(UTC), "platform_sequence": None, "vendor_data": None}))
+    producer.produce(
+        topic_name(kafka, TRADES),
+        avro.encode(
+            "trade",
+            {
+                "message_id": str(uuid.uuid4()),
+                "trade_id": "WARMUP",
+                "symbol": SYMBOLS[0],
+                "exchange": "BINANCE",
+                "asset_class": "CRYPTO",
+                "timestamp": datetime.now(UTC),
+                "price": Decimal(1),
+                "quantity": Decimal(1),
+                "currency": "USDT",
+                "side": "BUY",
+                "trade_conditions": [],
+                "source_sequence": None,
+                "ingestion_timestamp": datetime.now(UTC),
+                "platform_sequence": None,
+                "vendor_data": None,
+            },
+        ),
+    )
     producer.flush(30)
     deadline = time.monotonic() + 120
     while True:
@@ -159,22 +200,34 @@ def main() -> None:
         with kafka_bootstrap() as bootstrap:
             kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"bench-{uuid.uuid4().hex[:8]}.")
             provision_topics(kafka)
-            iceberg = IcebergSettings(catalog_uri=f"sqlite:///{folder}/catalog.db",
-                                      warehouse=f"file://{folder}/wh")
+            iceberg = IcebergSettings(
+                catalog_uri=f"sqlite:///{folder}/catalog.db", warehouse=f"file://{folder}/wh"
+            )
             env = os.environ | {
-                "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "K2_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
-                "K2_ICEBERG_CATALOG_URI": iceberg.catalog_uri, "K2_ICEBERG_WAREHOUSE": iceberg.warehouse,
-                "K2_WRITER_PORT": str(free_port()), "K2_WRITER_METRICS_PORT": "0",
-                "K2_WRITER_GROUP_ID": f"bench-{uuid.uuid4().hex[:8]}", "K2_WRITER_PROVISION_TOPICS": "false",
-                "K2_LOG_LEVEL": "WARNING"}
-            writer = subprocess.Popen([sys.executable, "-m", "k2.services.writer"], cwd=ROOT, env=env,
-                                      stdout=sys.stderr, stderr=sys.stderr)
+                "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                "K2_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+                "K2_ICEBERG_CATALOG_URI": iceberg.catalog_uri,
+                "K2_ICEBERG_WAREHOUSE": iceberg.warehouse,
+                "K2_WRITER_PORT": str(free_port()),
+                "K2_WRITER_METRICS_PORT": "0",
+                "K2_WRITER_GROUP_ID": f"bench-{uuid.uuid4().hex[:8]}",
+                "K2_WRITER_PROVISION_TOPICS": "false",
+                "K2_LOG_LEVEL": "WARNING",
+            }
+            writer = subprocess.Popen(
+                [sys.executable, "-m", "k2.services.writer"],
+                cwd=ROOT,
+                env=env,
+                stdout=sys.stderr,
+                stderr=sys.stderr,
+            )
             try:
                 first_snapshot = wait_until_writing(kafka, iceberg, writer)
                 context = multiprocessing.get_context("spawn")
                 sent = context.Value("q", 0)
-                producer = context.Process(target=produce,
-                                           args=(bootstrap, kafka.topic_prefix, RATE, SECONDS, sent))
+                producer = context.Process(
+                    target=produce, args=(bootstrap, kafka.topic_prefix, RATE, SECONDS, sent)
+                )
                 log(f"producing {RATE} trades/s for {SECONDS:.0f} s ...")
                 producer.start()
                 freshness, files_per_commit = watch(iceberg, time.monotonic() + SECONDS + 10, first_snapshot)
@@ -185,20 +238,26 @@ def main() -> None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     assert freshness, "no committed trade was seen within the run"
-    print(json.dumps({
-        "rate_trades_per_s": RATE,
-        "trades_sent": sent.value,
-        "trades_measured": len(freshness),
-        "symbols": len(SYMBOLS),
-        "snapshots_seen": len(files_per_commit),
-        "data_files_per_commit": {"mean": round(statistics.mean(files_per_commit), 1),
-                                  "max": max(files_per_commit)},
-        "freshness_p50_s": round(statistics.median(freshness), 3),
-        "freshness_p99_s": round(percentile(freshness, 0.99), 3),
-        "freshness_max_s": round(max(freshness), 3),
-        "target_p99_s": 2.0,
-        "poll_interval_s": POLL_SECONDS,
-    }))
+    print(
+        json.dumps(
+            {
+                "rate_trades_per_s": RATE,
+                "trades_sent": sent.value,
+                "trades_measured": len(freshness),
+                "symbols": len(SYMBOLS),
+                "snapshots_seen": len(files_per_commit),
+                "data_files_per_commit": {
+                    "mean": round(statistics.mean(files_per_commit), 1),
+                    "max": max(files_per_commit),
+                },
+                "freshness_p50_s": round(statistics.median(freshness), 3),
+                "freshness_p99_s": round(percentile(freshness, 0.99), 3),
+                "freshness_max_s": round(max(freshness), 3),
+                "target_p99_s": 2.0,
+                "poll_interval_s": POLL_SECONDS,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

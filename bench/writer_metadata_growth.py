@@ -70,24 +70,40 @@ class Trades:
         n, rng = self.rows, self.rng
         symbols = rng.choices(self.symbols, cum_weights=self.weights, k=n)
         base = self.start_us + int(commit * COMMIT_SECONDS * 1e6)
-        times = pa.array(sorted(base + rng.randrange(int(COMMIT_SECONDS * 1e6)) for _ in range(n)),
-                         pa.int64()).cast(pa.timestamp("us", "UTC"))
+        times = pa.array(
+            sorted(base + rng.randrange(int(COMMIT_SECONDS * 1e6)) for _ in range(n)), pa.int64()
+        ).cast(pa.timestamp("us", "UTC"))
         columns: dict[str, Any] = {
             "message_id": [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(n)],
-            "trade_id": [f"SCALEX-{self.offset + i}" for i in range(n)], "symbol": symbols,
-            "exchange": ["SCALEX"] * n, "asset_class": ["CRYPTO"] * n, "timestamp": times,
+            "trade_id": [f"SCALEX-{self.offset + i}" for i in range(n)],
+            "symbol": symbols,
+            "exchange": ["SCALEX"] * n,
+            "asset_class": ["CRYPTO"] * n,
+            "timestamp": times,
             "price": pa.array([f"{rng.randrange(1, 10**12) / 10**8:.8f}" for _ in range(n)]),
             "quantity": pa.array([f"{rng.randrange(1, 10**9) / 10**8:.8f}" for _ in range(n)]),
-            "currency": ["USDT"] * n, "side": ["BUY"] * n, "trade_conditions": [[]] * n,
-            "source_sequence": range(self.offset, self.offset + n), "ingestion_timestamp": times,
-            "platform_sequence": pa.nulls(n, pa.int64()), "vendor_data": pa.nulls(n, self.schema.field(
-                "vendor_data").type)}
-        table = pa.table([pa.array(columns[f.name]).cast(f.type) if not isinstance(columns[f.name], pa.Array)
-                          else columns[f.name].cast(f.type) for f in self.schema], schema=self.schema)
+            "currency": ["USDT"] * n,
+            "side": ["BUY"] * n,
+            "trade_conditions": [[]] * n,
+            "source_sequence": range(self.offset, self.offset + n),
+            "ingestion_timestamp": times,
+            "platform_sequence": pa.nulls(n, pa.int64()),
+            "vendor_data": pa.nulls(n, self.schema.field("vendor_data").type),
+        }
+        table = pa.table(
+            [
+                pa.array(columns[f.name]).cast(f.type)
+                if not isinstance(columns[f.name], pa.Array)
+                else columns[f.name].cast(f.type)
+                for f in self.schema
+            ],
+            schema=self.schema,
+        )
         offsets = pa.array(range(self.offset, self.offset + n), pa.int64())
         self.offset += n
-        return (table.append_column(PARTITION_COLUMN, pa.array([0] * n, pa.int32()))
-                .append_column(OFFSET_COLUMN, offsets))
+        return table.append_column(PARTITION_COLUMN, pa.array([0] * n, pa.int32())).append_column(
+            OFFSET_COLUMN, offsets
+        )
 
 
 def snapshot_state(table: Table, folder: Path) -> dict[str, Any]:
@@ -105,7 +121,9 @@ def snapshot_state(table: Table, folder: Path) -> dict[str, Any]:
         "live_data_files": sum((m.added_files_count or 0) + (m.existing_files_count or 0) for m in manifests),
         "metadata_folder_files": sum(1 for p in warehouse_files if p.parent.name == "metadata"),
         "data_folder_files": sum(1 for p in warehouse_files if p.suffix == ".parquet"),
-        "rows": int(snapshot.summary.additional_properties.get("total-records", 0)) if snapshot.summary else 0,
+        "rows": int(snapshot.summary.additional_properties.get("total-records", 0))
+        if snapshot.summary
+        else 0,
     }
 
 
@@ -115,9 +133,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=float("inf"), help="wall-time budget")
     parser.add_argument("--rows", type=int, default=500, help="trades per commit")
     parser.add_argument("--checkpoint", type=int, default=1_000, help="commits between checkpoints")
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="retention and schedules × this (0.1: keep 60 snapshots, maintain every 12 commits), to "
-                             "see many retention cycles where a day of commits cannot run")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="retention and schedules × this (0.1: keep 60 snapshots, maintain every 12 commits), to "
+        "see many retention cycles where a day of commits cannot run",
+    )
     args = parser.parse_args()
     keep = max(1, round(KEEP_SNAPSHOTS * args.scale))
     every = max(1, round(MAINTENANCE_EVERY * args.scale))
@@ -126,7 +148,9 @@ def main() -> None:
     checkpoints = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="k2-bench-metadata-") as folder:
-        iceberg = IcebergSettings(catalog_uri=f"sqlite:///{folder}/catalog.db", warehouse=f"file://{folder}/wh")
+        iceberg = IcebergSettings(
+            catalog_uri=f"sqlite:///{folder}/catalog.db", warehouse=f"file://{folder}/wh"
+        )
         table = open_table(load_catalog(iceberg), iceberg, settings, "trade")
         appender = TableAppender(table, "trades", settings)
         maintenance = TableMaintenance(load_catalog(iceberg).load_table(".".join(table.name())), settings)
@@ -147,25 +171,41 @@ def main() -> None:
             began = time.perf_counter()
             if commit % every == 0:
                 maintenance.expire()
-                maintenance.compact(quiet_seconds=1e9, min_files=settings.compaction_min_files)  # always active
+                maintenance.compact(
+                    quiet_seconds=1e9, min_files=settings.compaction_min_files
+                )  # always active
             maintenance_seconds += time.perf_counter() - began
             if commit % args.checkpoint == 0 or commit == args.commits:
                 state = snapshot_state(table, Path(folder))
                 ordered = sorted(latencies)
-                checkpoints.append({
-                    "commits": commit, "simulated_hours": round(commit * COMMIT_SECONDS / 3600, 2), **state,
-                    "commit_s_p50": round(statistics.median(ordered), 3),
-                    "commit_s_p99": round(ordered[int(0.99 * (len(ordered) - 1))], 3),
-                    "files_per_commit": round(statistics.mean(files_per_commit), 1),
-                    "maintenance_s": round(maintenance_seconds, 1),
-                    "wall_s": round(time.monotonic() - started)})
+                checkpoints.append(
+                    {
+                        "commits": commit,
+                        "simulated_hours": round(commit * COMMIT_SECONDS / 3600, 2),
+                        **state,
+                        "commit_s_p50": round(statistics.median(ordered), 3),
+                        "commit_s_p99": round(ordered[int(0.99 * (len(ordered) - 1))], 3),
+                        "files_per_commit": round(statistics.mean(files_per_commit), 1),
+                        "maintenance_s": round(maintenance_seconds, 1),
+                        "wall_s": round(time.monotonic() - started),
+                    }
+                )
                 log(json.dumps(checkpoints[-1]))
                 latencies, files_per_commit, maintenance_seconds = [], [], 0.0
-    print(json.dumps({
-        "commits": commit, "simulated_hours": round(commit * COMMIT_SECONDS / 3600, 2),
-        "rows_per_commit": args.rows, "snapshots_kept": keep, "maintenance_every_commits": every,
-        "checkpoints": checkpoints,
-        "cpus": os.cpu_count(), "load_average": os.getloadavg()}))
+    print(
+        json.dumps(
+            {
+                "commits": commit,
+                "simulated_hours": round(commit * COMMIT_SECONDS / 3600, 2),
+                "rows_per_commit": args.rows,
+                "snapshots_kept": keep,
+                "maintenance_every_commits": every,
+                "checkpoints": checkpoints,
+                "cpus": os.cpu_count(),
+                "load_average": os.getloadavg(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -52,14 +52,28 @@ def trade_values(count: int) -> list[bytes]:
     values = []
     for i in range(count):
         symbol = SYMBOLS[i % len(SYMBOLS)]
-        values.append(avro.encode("trade", {
-            "message_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "trade_id": f"BINANCE-{i}",
-            "symbol": symbol, "exchange": "BINANCE", "asset_class": "CRYPTO",
-            "timestamp": start + timedelta(microseconds=i * 100),
-            "price": Decimal(f"{rng.randint(1, 99_999)}.{rng.randint(0, 10**8 - 1):08d}"),
-            "quantity": Decimal(f"0.{rng.randint(1, 10**8 - 1):08d}"), "currency": "USDT",
-            "side": "BUY" if i % 2 else "SELL", "trade_conditions": [], "source_sequence": i,
-            "ingestion_timestamp": now, "platform_sequence": i, "vendor_data": {"is_buyer_maker": "true"}}))
+        values.append(
+            avro.encode(
+                "trade",
+                {
+                    "message_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                    "trade_id": f"BINANCE-{i}",
+                    "symbol": symbol,
+                    "exchange": "BINANCE",
+                    "asset_class": "CRYPTO",
+                    "timestamp": start + timedelta(microseconds=i * 100),
+                    "price": Decimal(f"{rng.randint(1, 99_999)}.{rng.randint(0, 10**8 - 1):08d}"),
+                    "quantity": Decimal(f"0.{rng.randint(1, 10**8 - 1):08d}"),
+                    "currency": "USDT",
+                    "side": "BUY" if i % 2 else "SELL",
+                    "trade_conditions": [],
+                    "source_sequence": i,
+                    "ingestion_timestamp": now,
+                    "platform_sequence": i,
+                    "vendor_data": {"is_buyer_maker": "true"},
+                },
+            )
+        )
     return values
 
 
@@ -93,14 +107,21 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 def run_writer(kafka: KafkaSettings, iceberg: IcebergSettings, expected: int) -> dict[str, float]:
     env = os.environ | {
-        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "K2_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
-        "K2_ICEBERG_CATALOG_URI": iceberg.catalog_uri, "K2_ICEBERG_WAREHOUSE": iceberg.warehouse,
-        "K2_WRITER_PORT": str(free_port()), "K2_WRITER_METRICS_PORT": "0",
-        "K2_WRITER_GROUP_ID": f"bench-{uuid.uuid4().hex[:8]}", "K2_WRITER_PROVISION_TOPICS": "false",
-        "K2_WRITER_COMPACTION_INTERVAL_SECONDS": "0", "K2_LOG_LEVEL": "WARNING"}
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "K2_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+        "K2_ICEBERG_CATALOG_URI": iceberg.catalog_uri,
+        "K2_ICEBERG_WAREHOUSE": iceberg.warehouse,
+        "K2_WRITER_PORT": str(free_port()),
+        "K2_WRITER_METRICS_PORT": "0",
+        "K2_WRITER_GROUP_ID": f"bench-{uuid.uuid4().hex[:8]}",
+        "K2_WRITER_PROVISION_TOPICS": "false",
+        "K2_WRITER_COMPACTION_INTERVAL_SECONDS": "0",
+        "K2_LOG_LEVEL": "WARNING",
+    }
     started = time.monotonic()
-    writer = subprocess.Popen([sys.executable, "-m", "k2.services.writer"], cwd=ROOT, env=env, stdout=sys.stderr,
-                              stderr=sys.stderr)
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "k2.services.writer"], cwd=ROOT, env=env, stdout=sys.stderr, stderr=sys.stderr
+    )
     process = psutil.Process(writer.pid)
     try:
         table = None
@@ -122,9 +143,12 @@ def run_writer(kafka: KafkaSettings, iceberg: IcebergSettings, expected: int) ->
         writer.send_signal(signal.SIGTERM)
         writer.wait(60)
     (first_time, first_rows), (last_time, last_rows) = samples[0], samples[-1]
-    return {"rows_per_s": (last_rows - first_rows) / (last_time - first_time),
-            "seconds_to_drain": last_time - started, "commits_observed": len(samples),
-            "cpu_seconds_per_million_rows": cpu / expected * 1e6}
+    return {
+        "rows_per_s": (last_rows - first_rows) / (last_time - first_time),
+        "seconds_to_drain": last_time - started,
+        "commits_observed": len(samples),
+        "cpu_seconds_per_million_rows": cpu / expected * 1e6,
+    }
 
 
 def reference(iceberg: IcebergSettings, values: list[bytes]) -> dict[str, dict[str, float]]:
@@ -142,7 +166,7 @@ def reference(iceberg: IcebergSettings, values: list[bytes]) -> dict[str, dict[s
         table = ensure_table(catalog, iceberg_ref, "trade")
         decode_seconds = append_seconds = 0.0
         for start in range(0, len(values), CHUNK):
-            chunk = values[start:start + CHUNK]
+            chunk = values[start : start + CHUNK]
             began = time.perf_counter()
             if name == "fastavro":
                 records: list[Any] = []
@@ -157,9 +181,11 @@ def reference(iceberg: IcebergSettings, values: list[bytes]) -> dict[str, dict[s
             table.append(rows.sort_by(SORT_KEYS))
             decode_seconds += decoded - began
             append_seconds += time.perf_counter() - decoded
-        results[name] = {"rows_per_s": len(values) / (decode_seconds + append_seconds),
-                         "decode_us_per_row": decode_seconds / len(values) * 1e6,
-                         "append_us_per_row": append_seconds / len(values) * 1e6}
+        results[name] = {
+            "rows_per_s": len(values) / (decode_seconds + append_seconds),
+            "decode_us_per_row": decode_seconds / len(values) * 1e6,
+            "append_us_per_row": append_seconds / len(values) * 1e6,
+        }
     return results
 
 
@@ -173,8 +199,9 @@ def main() -> None:
             values = trade_values(MESSAGES)
             log("filling the trades topic ...")
             fill_topic(kafka, values)
-            iceberg = IcebergSettings(catalog_uri=f"sqlite:///{folder}/catalog.db",
-                                      warehouse=f"file://{folder}/wh")
+            iceberg = IcebergSettings(
+                catalog_uri=f"sqlite:///{folder}/catalog.db", warehouse=f"file://{folder}/wh"
+            )
             log("writer draining the topic ...")
             writer = run_writer(kafka, iceberg, MESSAGES)
         log("references ...")
@@ -182,21 +209,25 @@ def main() -> None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     ceiling = references["fastavro"]["rows_per_s"]
-    print(json.dumps({
-        "messages": MESSAGES,
-        "writer_rows_per_s": round(writer["rows_per_s"]),
-        "writer_seconds_to_drain": round(writer["seconds_to_drain"], 2),
-        "writer_commits_observed": writer["commits_observed"],
-        "writer_cpu_seconds_per_million_rows": round(writer["cpu_seconds_per_million_rows"], 2),
-        "target_rows_per_s": 100_000,
-        "ceiling_fastavro_decode_append_rows_per_s": round(ceiling),
-        "ceiling_fastavro_decode_us_per_row": round(references["fastavro"]["decode_us_per_row"], 2),
-        "ceiling_append_us_per_row": round(references["fastavro"]["append_us_per_row"], 2),
-        "batch_decoder_append_rows_per_s": round(references["batch_decoder"]["rows_per_s"]),
-        "batch_decoder_us_per_row": round(references["batch_decoder"]["decode_us_per_row"], 2),
-        "writer_vs_ceiling": round(writer["rows_per_s"] / ceiling, 2),
-        "cpus": os.cpu_count(),
-    }))
+    print(
+        json.dumps(
+            {
+                "messages": MESSAGES,
+                "writer_rows_per_s": round(writer["rows_per_s"]),
+                "writer_seconds_to_drain": round(writer["seconds_to_drain"], 2),
+                "writer_commits_observed": writer["commits_observed"],
+                "writer_cpu_seconds_per_million_rows": round(writer["cpu_seconds_per_million_rows"], 2),
+                "target_rows_per_s": 100_000,
+                "ceiling_fastavro_decode_append_rows_per_s": round(ceiling),
+                "ceiling_fastavro_decode_us_per_row": round(references["fastavro"]["decode_us_per_row"], 2),
+                "ceiling_append_us_per_row": round(references["fastavro"]["append_us_per_row"], 2),
+                "batch_decoder_append_rows_per_s": round(references["batch_decoder"]["rows_per_s"]),
+                "batch_decoder_us_per_row": round(references["batch_decoder"]["decode_us_per_row"], 2),
+                "writer_vs_ceiling": round(writer["rows_per_s"] / ceiling, 2),
+                "cpus": os.cpu_count(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

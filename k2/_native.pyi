@@ -4,8 +4,15 @@
 from collections.abc import Container, Sequence
 from typing import Any, Protocol, TypeAlias, TypeVar, final, type_check_only
 
-__all__ = ["ArrowDecoder", "LiveBatch", "LiveTranscoder", "QuoteFrameEncoder", "TradeEncoder", "TradeFrameEncoder",
-           "read_messages"]
+__all__ = [
+    "ArrowDecoder",
+    "LiveBatch",
+    "LiveTranscoder",
+    "QuoteFrameEncoder",
+    "TradeEncoder",
+    "TradeFrameEncoder",
+    "read_messages",
+]
 
 # A field's bounds beyond its texts' lengths, as k2.core.records.NATIVE_LIMITS: (name characters, longest name,
 # most trade conditions, longest condition, most vendor_data entries, longest key, longest value).
@@ -112,7 +119,9 @@ class ArrowDecoder:
         limits: _RecordLimits,
         names: tuple[int, int, int],
     ) -> ArrowDecoder: ...
-    def decode(self, values: Sequence[bytes | None]) -> tuple[bytes, int, list[list[bytes | None]], list[int]]:
+    def decode(
+        self, values: Sequence[bytes | None]
+    ) -> tuple[bytes, int, list[list[bytes | None]], list[int]]:
         """(the accepted messages' indexes as an int64 buffer, how many, each column's buffers, the indexes of the
         messages handed back to the plain path)."""
 

@@ -35,22 +35,30 @@ def render(summary: dict[str, Any]) -> str:
     seed = summary["seed"]
     outcome = "**no failure**." if not failed else f"**{len(failed)} round(s) failed** (below)."
     load = " / ".join(map(str, machine["load_average_at_start"]))
-    subscribers = "; ".join(f"subscriber `{name}` received {s['received']:,} trades and reconnected "
-                            f"{s['reconnects']} times" for name, s in summary["subscribers"].items())
+    subscribers = "; ".join(
+        f"subscriber `{name}` received {s['received']:,} trades and reconnected {s['reconnects']} times"
+        for name, s in summary["subscribers"].items()
+    )
     lines = [
-        (f"Run of `make chaos` started {summary['started']}, seed {seed} (`K2_CHAOS_SEED={seed} make chaos` "
-        f"repeats its choices): {len(rounds)} rounds, {summary['published']:,} trades published and "
-        f"acknowledged, {outcome}"),
+        (
+            f"Run of `make chaos` started {summary['started']}, seed {seed} (`K2_CHAOS_SEED={seed} make chaos` "
+            f"repeats its choices): {len(rounds)} rounds, {summary['published']:,} trades published and "
+            f"acknowledged, {outcome}"
+        ),
         "",
-        (f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB, "
-        f"{machine['system']}, Python {machine['python']}; load average {load} at the start (the machine is "
-        "shared with other work). "
-        f"Start-up: the 3-broker cluster {startup.get('kafka_cluster', 0):.0f} s; ingest "
-        f"{startup.get('ingest', 0):.0f} s, writer {startup.get('writer', 0):.0f} s, query "
-        f"{startup.get('query', 0):.0f} s (started together)."),
+        (
+            f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB, "
+            f"{machine['system']}, Python {machine['python']}; load average {load} at the start (the machine is "
+            "shared with other work). "
+            f"Start-up: the 3-broker cluster {startup.get('kafka_cluster', 0):.0f} s; ingest "
+            f"{startup.get('ingest', 0):.0f} s, writer {startup.get('writer', 0):.0f} s, query "
+            f"{startup.get('query', 0):.0f} s (started together)."
+        ),
         "",
-        (f"At the end the trades topic held {summary['kafka_duplicate_messages']} duplicate message(s); "
-        f"{subscribers}; ingest answered {summary['duplicate_batches']} re-sent batch(es) as duplicates."),
+        (
+            f"At the end the trades topic held {summary['kafka_duplicate_messages']} duplicate message(s); "
+            f"{subscribers}; ingest answered {summary['duplicate_batches']} re-sent batch(es) as duplicates."
+        ),
         "",
         "Per fault (durations in seconds, median / max over its rounds):",
         "",
@@ -63,29 +71,83 @@ def render(summary: dict[str, Any]) -> str:
         return seconds([r[name] for r in group])
 
     lines += table(
-        ["fault", "rounds", "trades published", "down", "back serving", "longest publish stall",
-         "Iceberg caught up", "subscribers caught up", "subscriber reconnects", "publisher re-sends",
-         "re-sent trades not written again", "failures"],
-        [row(fault, len(group), f"{sum(r['published'] for r in group):,}", durations(group, "down_seconds"),
-             durations(group, "restart_seconds"), durations(group, "longest_publish_stall_seconds"),
-             durations(group, "iceberg_catch_up_seconds"), durations(group, "subscriber_catch_up_seconds"),
-             sum(r["subscriber_reconnects"] for r in group), sum(r["publisher_resends"] for r in group),
-             sum(r["resent_items_not_rewritten"] for r in group), sum(len(r["failures"]) for r in group))
-         for fault, group in sorted(by_fault.items())])
+        [
+            "fault",
+            "rounds",
+            "trades published",
+            "down",
+            "back serving",
+            "longest publish stall",
+            "Iceberg caught up",
+            "subscribers caught up",
+            "subscriber reconnects",
+            "publisher re-sends",
+            "re-sent trades not written again",
+            "failures",
+        ],
+        [
+            row(
+                fault,
+                len(group),
+                f"{sum(r['published'] for r in group):,}",
+                durations(group, "down_seconds"),
+                durations(group, "restart_seconds"),
+                durations(group, "longest_publish_stall_seconds"),
+                durations(group, "iceberg_catch_up_seconds"),
+                durations(group, "subscriber_catch_up_seconds"),
+                sum(r["subscriber_reconnects"] for r in group),
+                sum(r["publisher_resends"] for r in group),
+                sum(r["resent_items_not_rewritten"] for r in group),
+                sum(len(r["failures"]) for r in group),
+            )
+            for fault, group in sorted(by_fault.items())
+        ],
+    )
     lines += ["", "Every round (seconds):", ""]
     lines += table(
-        ["#", "fault", "target", "at", "down", "back", "stall", "published", "in Iceberg",
-         "Iceberg caught up", "subscribers caught up", "reconnects", "re-sends", "not written again",
-         "replicas in sync"],
-        [row(r["number"], r["fault"], r["target"], r["fault_at_seconds"], r["down_seconds"],
-             r["restart_seconds"], r["longest_publish_stall_seconds"], f"{r['published']:,}",
-             f"{r['iceberg_rows']:,}", r["iceberg_catch_up_seconds"], r["subscriber_catch_up_seconds"], r["subscriber_reconnects"],
-             r["publisher_resends"], r["resent_items_not_rewritten"], r["replicas_in_sync_seconds"])
-         for r in rounds])
+        [
+            "#",
+            "fault",
+            "target",
+            "at",
+            "down",
+            "back",
+            "stall",
+            "published",
+            "in Iceberg",
+            "Iceberg caught up",
+            "subscribers caught up",
+            "reconnects",
+            "re-sends",
+            "not written again",
+            "replicas in sync",
+        ],
+        [
+            row(
+                r["number"],
+                r["fault"],
+                r["target"],
+                r["fault_at_seconds"],
+                r["down_seconds"],
+                r["restart_seconds"],
+                r["longest_publish_stall_seconds"],
+                f"{r['published']:,}",
+                f"{r['iceberg_rows']:,}",
+                r["iceberg_catch_up_seconds"],
+                r["subscriber_catch_up_seconds"],
+                r["subscriber_reconnects"],
+                r["publisher_resends"],
+                r["resent_items_not_rewritten"],
+                r["replicas_in_sync_seconds"],
+            )
+            for r in rounds
+        ],
+    )
     if failed:
         lines += ["", "Failures:", ""]
-        lines += [f"- round {r['number']} ({r['fault']}): {failure}"
-                  for r in failed for failure in r["failures"]]
+        lines += [
+            f"- round {r['number']} ({r['fault']}): {failure}" for r in failed for failure in r["failures"]
+        ]
     return "\n".join(lines)
 
 

@@ -18,8 +18,15 @@ GENERATED_PACKAGES = ["k2/auth", "k2/marketdata", "k2/ingest", "k2/writer", "k2/
 
 def generate(out: Path) -> None:
     files = sorted(str(p.relative_to(PROTO)) for p in PROTO.rglob("*.proto"))
-    args = ["protoc", f"-I{PROTO}", f"-I{Path(protoc.__file__).parent / '_proto'}",
-            f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", *files]
+    args = [
+        "protoc",
+        f"-I{PROTO}",
+        f"-I{Path(protoc.__file__).parent / '_proto'}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        *files,
+    ]
     if protoc.main(args) != 0:
         sys.exit("protoc failed")
     for package in GENERATED_PACKAGES:
@@ -36,11 +43,17 @@ def main() -> None:
         stale = []
         for package in GENERATED_PACKAGES:
             fresh = {p.relative_to(scratch) for p in (Path(scratch) / package).rglob("*") if p.is_file()}
-            committed = {p.relative_to(ROOT) for p in (ROOT / package).rglob("*")
-                         if p.is_file() and "__pycache__" not in p.parts}
+            committed = {
+                p.relative_to(ROOT)
+                for p in (ROOT / package).rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts
+            }
             stale += sorted(str(p) for p in fresh ^ committed)
-            stale += [str(p) for p in sorted(fresh & committed)
-                      if not filecmp.cmp(Path(scratch) / p, ROOT / p, shallow=False)]
+            stale += [
+                str(p)
+                for p in sorted(fresh & committed)
+                if not filecmp.cmp(Path(scratch) / p, ROOT / p, shallow=False)
+            ]
         if stale:
             sys.exit("generated code is stale, run `make proto`: " + ", ".join(stale))
     print("generated code is current")

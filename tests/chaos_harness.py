@@ -65,16 +65,25 @@ class KafkaCluster:
         client_ports = [restartable_port() for _ in range(BROKERS)]
         controller_ports = [restartable_port() for _ in range(BROKERS)]
         environment = {name: value for name, value in os.environ.items() if name != "KAFKA_BOOTSTRAP_SERVERS"}
-        self.env = environment | {"K2_RUN_DIR": str(run_dir), "K2_KAFKA_BROKERS": str(BROKERS),
-                                  "K2_KAFKA_PORT": ",".join(map(str, client_ports)),
-                                  "K2_KAFKA_CONTROLLER_PORT": ",".join(map(str, controller_ports))}
+        self.env = environment | {
+            "K2_RUN_DIR": str(run_dir),
+            "K2_KAFKA_BROKERS": str(BROKERS),
+            "K2_KAFKA_PORT": ",".join(map(str, client_ports)),
+            "K2_KAFKA_CONTROLLER_PORT": ",".join(map(str, controller_ports)),
+        }
         self.bootstrap = ",".join(f"127.0.0.1:{port}" for port in client_ports)
         self.admin: AdminClient | None = None
 
     def _script(self, command: str) -> float:
         started = time.monotonic()
-        result = subprocess.run([ROOT / "scripts" / "kafka.sh", command], env=self.env, capture_output=True,
-                                text=True, timeout=600, check=False)
+        result = subprocess.run(
+            [ROOT / "scripts" / "kafka.sh", command],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         assert result.returncode == 0, f"scripts/kafka.sh {command} failed:\n{result.stdout}\n{result.stderr}"
         return time.monotonic() - started
 
@@ -114,8 +123,12 @@ class KafkaCluster:
         started = time.monotonic()
         while True:
             try:
-                lagging = [(topic, number) for topic in topics for number, p in self.partitions(topic).items()
-                           if p.leader < 0 or len(p.isrs) < len(p.replicas)]
+                lagging = [
+                    (topic, number)
+                    for topic in topics
+                    for number, p in self.partitions(topic).items()
+                    if p.leader < 0 or len(p.isrs) < len(p.replicas)
+                ]
             except Exception as error:  # noqa: BLE001 - metadata unavailable while the cluster recovers
                 lagging = [(str(error), -1)]
             if not lagging:
@@ -137,8 +150,13 @@ class Publisher(threading.Thread):
 
     def __init__(self, address: str, batch_size: int = 25, batches_per_call: int = 8, interval: float = 0.1):
         super().__init__(name="chaos-publisher", daemon=True)
-        self.settings = ClientSettings(ingest_address=address, token=TOKEN, retry_attempts=8,  # type: ignore[arg-type]
-                                       retry_max_backoff_seconds=2.0, ack_timeout_seconds=60.0)
+        self.settings = ClientSettings(
+            ingest_address=address,
+            token=TOKEN,
+            retry_attempts=8,  # type: ignore[arg-type]
+            retry_max_backoff_seconds=2.0,
+            ack_timeout_seconds=60.0,
+        )
         self.batch_size = batch_size
         self.batches_per_call = batches_per_call
         self.interval = interval
@@ -162,11 +180,21 @@ class Publisher(threading.Thread):
             self._symbol += 1
             self._sequences[symbol] += 1
             sequence = self._sequences[symbol]
-            batch.append(Trade(message_id=str(uuid.uuid4()), trade_id=f"CHAOS-{symbol}-{sequence}", symbol=symbol,
-                               exchange="BINANCE", asset_class="CRYPTO", timestamp=now,
-                               price=Decimal(f"{100 + sequence % 50}.{sequence % 997:03d}000000000001"),
-                               quantity=Decimal(f"0.{sequence % 89 + 1:02d}"), currency="USDT",
-                               side="BUY" if sequence % 2 else "SELL", source_sequence=sequence))
+            batch.append(
+                Trade(
+                    message_id=str(uuid.uuid4()),
+                    trade_id=f"CHAOS-{symbol}-{sequence}",
+                    symbol=symbol,
+                    exchange="BINANCE",
+                    asset_class="CRYPTO",
+                    timestamp=now,
+                    price=Decimal(f"{100 + sequence % 50}.{sequence % 997:03d}000000000001"),
+                    quantity=Decimal(f"0.{sequence % 89 + 1:02d}"),
+                    currency="USDT",
+                    side="BUY" if sequence % 2 else "SELL",
+                    source_sequence=sequence,
+                )
+            )
         return batch
 
     def run(self) -> None:
@@ -227,8 +255,11 @@ class Subscriber(threading.Thread):
     def __init__(self, name: str, address: str, start: datetime | None):
         super().__init__(name=f"chaos-{name}", daemon=True)
         self.label = name
-        self.settings = ClientSettings(query_address=address, token=TOKEN,  # type: ignore[arg-type]
-                                       retry_max_backoff_seconds=1.0)
+        self.settings = ClientSettings(
+            query_address=address,
+            token=TOKEN,  # type: ignore[arg-type]
+            retry_max_backoff_seconds=1.0,
+        )
         self.start_time = start
         self.received: list[tuple[str, str, int]] = []  # (message_id, symbol, sequence)
         self.reconnects: list[Reconnect] = []
@@ -239,10 +270,13 @@ class Subscriber(threading.Thread):
     def run(self) -> None:
         try:
             with K2Client(self.settings) as k2:
-                for batch in k2.subscribe_trades(list(SYMBOLS), start=self.start_time,
-                                                 on_reconnect=self.reconnects.append):
+                for batch in k2.subscribe_trades(
+                    list(SYMBOLS), start=self.start_time, on_reconnect=self.reconnects.append
+                ):
                     self.positioned.set()
-                    self.received += [(t.message_id or "", t.symbol, t.source_sequence or 0) for t in batch.records]
+                    self.received += [
+                        (t.message_id or "", t.symbol, t.source_sequence or 0) for t in batch.records
+                    ]
                     if self.stopping.is_set():
                         return
         except BaseException as error:  # noqa: BLE001 - reported by the checks
@@ -276,21 +310,32 @@ class ChaosPlatform:
         self.rng = random.Random(seed)
         self.seed = seed
         self.cluster = KafkaCluster(work_dir / "kafka-run")
-        self.kafka = KafkaSettings(bootstrap_servers=self.cluster.bootstrap,
-                                   topic_prefix=f"chaos-{uuid.uuid4().hex[:8]}.", replication_factor=BROKERS,
-                                   min_insync_replicas=2)
-        self.iceberg = IcebergSettings(catalog_uri=f"sqlite:///{work_dir / 'catalog.db'}",
-                                       warehouse=f"file://{work_dir / 'warehouse'}")
+        self.kafka = KafkaSettings(
+            bootstrap_servers=self.cluster.bootstrap,
+            topic_prefix=f"chaos-{uuid.uuid4().hex[:8]}.",
+            replication_factor=BROKERS,
+            min_insync_replicas=2,
+        )
+        self.iceberg = IcebergSettings(
+            catalog_uri=f"sqlite:///{work_dir / 'catalog.db'}", warehouse=f"file://{work_dir / 'warehouse'}"
+        )
         self.topics = [topic_name(self.kafka, topic) for topic in TOPICS]
         token_file = work_dir / "token"
         token_file.write_text(TOKEN + "\n")
         env = platform_env(self.kafka, self.iceberg) | {
-            "K2_KAFKA_REPLICATION_FACTOR": str(BROKERS), "K2_KAFKA_MIN_INSYNC_REPLICAS": "2",
-            "K2_AUTH_TOKEN_FILE": str(token_file), "K2_INGEST_PROVISION_TOPICS": "false",
-            "K2_WRITER_PROVISION_TOPICS": "false", "K2_WRITER_SESSION_TIMEOUT_MS": "6000",
-            "K2_WRITER_MONITOR_INTERVAL_SECONDS": "1", "K2_QUERY_HEARTBEAT_SECONDS": "0.5"}
-        self.services = {name: ServiceProcess(name, env, work_dir / f"{name}.log")
-                         for name in ("ingest", "writer", "query")}
+            "K2_KAFKA_REPLICATION_FACTOR": str(BROKERS),
+            "K2_KAFKA_MIN_INSYNC_REPLICAS": "2",
+            "K2_AUTH_TOKEN_FILE": str(token_file),
+            "K2_INGEST_PROVISION_TOPICS": "false",
+            "K2_WRITER_PROVISION_TOPICS": "false",
+            "K2_WRITER_SESSION_TIMEOUT_MS": "6000",
+            "K2_WRITER_MONITOR_INTERVAL_SECONDS": "1",
+            "K2_QUERY_HEARTBEAT_SECONDS": "0.5",
+        }
+        self.services = {
+            name: ServiceProcess(name, env, work_dir / f"{name}.log")
+            for name in ("ingest", "writer", "query")
+        }
         self.publisher = Publisher(self.services["ingest"].address)
         self.subscribers: list[Subscriber] = []
         self.started = datetime.now(UTC)
@@ -311,11 +356,16 @@ class ChaosPlatform:
             self.startup_seconds[name] = service.wait_serving()
         log("services serving: " + ", ".join(f"{n} {s:.1f} s" for n, s in self.startup_seconds.items()))
         query = self.services["query"].address
-        self.subscribers = [Subscriber("from-start", query, self.started), Subscriber("from-now", query, None)]
+        self.subscribers = [
+            Subscriber("from-start", query, self.started),
+            Subscriber("from-now", query, None),
+        ]
         for subscriber in self.subscribers:
             subscriber.start()
         for subscriber in self.subscribers:
-            assert subscriber.positioned.wait(120), f"subscriber {subscriber.label} never started: {subscriber.error}"
+            assert subscriber.positioned.wait(120), (
+                f"subscriber {subscriber.label} never started: {subscriber.error}"
+            )
         self.publisher.start()
 
     def stop(self) -> None:
@@ -379,9 +429,12 @@ class ChaosPlatform:
         subscriber had), both counted from the end of publishing."""
         wanted = set(self.publisher.acknowledged)
         rows: list[str] = []
-        waiting = {"Iceberg": lambda: len(rows) >= len(wanted),
-                   "subscribers": lambda: all(s.error is not None or len(s.received) >= len(wanted)
-                                              for s in self.subscribers)}
+        waiting = {
+            "Iceberg": lambda: len(rows) >= len(wanted),
+            "subscribers": lambda: all(
+                s.error is not None or len(s.received) >= len(wanted) for s in self.subscribers
+            ),
+        }
         caught_up: dict[str, float] = {}
         started = time.monotonic()
         while waiting:
@@ -391,17 +444,23 @@ class ChaosPlatform:
                     caught_up[label] = time.monotonic() - started
                     del waiting[label]
             if time.monotonic() - started > CATCH_UP_BOUND_SECONDS:
-                failures += [f"{label}: not caught up within {CATCH_UP_BOUND_SECONDS:.0f} s" for label in waiting]
+                failures += [
+                    f"{label}: not caught up within {CATCH_UP_BOUND_SECONDS:.0f} s" for label in waiting
+                ]
                 break
             if waiting:
                 time.sleep(0.1)
         if len(rows) != len(set(rows)):
             failures.append(f"Iceberg: {len(rows) - len(set(rows))} duplicate message ids")
         if set(rows) != wanted:
-            failures.append(f"Iceberg: {len(wanted - set(rows))} acknowledged trades missing, "
-                            f"{len(set(rows) - wanted)} never acknowledged")
+            failures.append(
+                f"Iceberg: {len(wanted - set(rows))} acknowledged trades missing, "
+                f"{len(set(rows) - wanted)} never acknowledged"
+            )
         for subscriber in self.subscribers:
-            failures += [f"subscriber {subscriber.label}: {problem}" for problem in self._check_subscriber(subscriber)]
+            failures += [
+                f"subscriber {subscriber.label}: {problem}" for problem in self._check_subscriber(subscriber)
+            ]
         bound = CATCH_UP_BOUND_SECONDS
         return caught_up.get("Iceberg", bound), len(rows), caught_up.get("subscribers", bound)
 
@@ -421,19 +480,25 @@ class ChaosPlatform:
             sequences = [sequence for _, s, sequence in received if s == symbol]
             published = sorted(sequence for s, sequence in wanted.values() if s == symbol)
             if sequences != published:
-                first = next((i for i, (a, b) in enumerate(zip(sequences, published, strict=False)) if a != b),
-                             min(len(sequences), len(published)))
+                first = next(
+                    (i for i, (a, b) in enumerate(zip(sequences, published, strict=False)) if a != b),
+                    min(len(sequences), len(published)),
+                )
                 yield f"{symbol}: not in the published order from position {first}"
 
     def kafka_duplicates(self) -> int:
         """Trades whose message_id the trades topic holds more than once (the writer drops such copies; a
         subscriber would see them)."""
         topic = topic_name(self.kafka, TRADES)
-        consumer = Consumer(client_config(self.kafka) | {"group.id": f"chaos-audit-{uuid.uuid4().hex[:8]}",
-                                                         "enable.auto.commit": False})
+        consumer = Consumer(
+            client_config(self.kafka)
+            | {"group.id": f"chaos-audit-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
+        )
         try:
-            ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                    for p in self.cluster.partitions(topic)}
+            ends = {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in self.cluster.partitions(topic)
+            }
             consumer.assign([TopicPartition(topic, p, 0) for p in ends])
             seen: set[str] = set()
             duplicates = 0
@@ -465,7 +530,9 @@ class ChaosPlatform:
         fault_at = self.rng.uniform(0.5, 3.0)
         time.sleep(fault_at)
         target, down, restart = self.inject(fault)
-        log(f"round {number}: {fault} of {target} at {fault_at:.1f} s, down {down:.1f} s, back in {restart:.1f} s")
+        log(
+            f"round {number}: {fault} of {target} at {fault_at:.1f} s, down {down:.1f} s, back in {restart:.1f} s"
+        )
         time.sleep(self.rng.uniform(1.0, 3.0))
         failures: list[str] = []
         try:
@@ -475,26 +542,37 @@ class ChaosPlatform:
         stall = self.publisher.longest_stall(started)
         iceberg_seconds, rows, subscriber_seconds = self.check(failures)
         in_sync = self.cluster.wait_fully_replicated(self.topics)
-        not_rewritten = self._not_rewritten() - (0 if self.services["ingest"].starts > ingest_starts
-                                                 else not_rewritten_before)
+        not_rewritten = self._not_rewritten() - (
+            0 if self.services["ingest"].starts > ingest_starts else not_rewritten_before
+        )
         # The checks cover everything published so far: a problem is reported by the round that found it.
         failures = [failure for failure in failures + self.publisher.errors if failure not in self.reported]
         self.reported.update(failures)
         result = RoundResult(
-            number=number, fault=fault, target=target, fault_at_seconds=round(fault_at, 2),
-            down_seconds=round(down, 2), restart_seconds=round(restart, 2),
+            number=number,
+            fault=fault,
+            target=target,
+            fault_at_seconds=round(fault_at, 2),
+            down_seconds=round(down, 2),
+            restart_seconds=round(restart, 2),
             longest_publish_stall_seconds=round(stall, 2),
             published=len(self.publisher.acknowledged) - published_before,
-            published_total=len(self.publisher.acknowledged), iceberg_rows=rows,
+            published_total=len(self.publisher.acknowledged),
+            iceberg_rows=rows,
             iceberg_catch_up_seconds=round(iceberg_seconds, 2),
             subscriber_catch_up_seconds=round(subscriber_seconds, 2),
             subscriber_reconnects=sum(len(s.reconnects) for s in self.subscribers) - reconnects_before,
-            publisher_resends=self.publisher.resends - resends_before, resent_items_not_rewritten=int(not_rewritten),
+            publisher_resends=self.publisher.resends - resends_before,
+            resent_items_not_rewritten=int(not_rewritten),
             replicas_in_sync_seconds=round(in_sync, 2),
-            failures=failures)
-        log(f"round {number}: {result.published} published ({result.published_total} in all), Iceberg in "
+            failures=failures,
+        )
+        log(
+            f"round {number}: {result.published} published ({result.published_total} in all), Iceberg in "
             f"{result.iceberg_catch_up_seconds} s, subscribers in {result.subscriber_catch_up_seconds} s, "
-            f"longest stall {result.longest_publish_stall_seconds} s" + (f"; FAILED: {failures}" if failures else ""))
+            f"longest stall {result.longest_publish_stall_seconds} s"
+            + (f"; FAILED: {failures}" if failures else "")
+        )
         return result
 
     def _not_rewritten(self) -> float:
@@ -503,23 +581,39 @@ class ChaosPlatform:
 
     def summary(self, rounds: list[RoundResult], kafka_duplicates: int) -> dict[str, Any]:
         return {
-            "seed": self.seed, "started": self.started.isoformat(timespec="seconds"), "machine": self.machine,
+            "seed": self.seed,
+            "started": self.started.isoformat(timespec="seconds"),
+            "machine": self.machine,
             "startup_seconds": {name: round(seconds, 2) for name, seconds in self.startup_seconds.items()},
             "rounds": [asdict(result) for result in rounds],
-            "published": len(self.publisher.acknowledged), "duplicate_batches": self.publisher.duplicate_batches,
+            "published": len(self.publisher.acknowledged),
+            "duplicate_batches": self.publisher.duplicate_batches,
             "kafka_duplicate_messages": kafka_duplicates,
-            "subscribers": {s.label: {"received": len(s.received), "reconnects": len(s.reconnects)}
-                            for s in self.subscribers},
+            "subscribers": {
+                s.label: {"received": len(s.received), "reconnects": len(s.reconnects)}
+                for s in self.subscribers
+            },
         }
 
 
 def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(memory_kb / 1024 / 1024, 1),
-            "load_average_at_start": [round(value, 2) for value in os.getloadavg()], "python": platform.python_version(),
-            "system": f"{platform.system()} {platform.release()}"}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(memory_kb / 1024 / 1024, 1),
+        "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+    }
 
 
 @contextmanager

@@ -36,8 +36,11 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     run_dir = tmp_path_factory.mktemp("kafka-run")
     port, controller_port = free_port(), free_port()
-    env = os.environ | {"K2_RUN_DIR": str(run_dir), "K2_KAFKA_PORT": str(port),
-                        "K2_KAFKA_CONTROLLER_PORT": str(controller_port)}
+    env = os.environ | {
+        "K2_RUN_DIR": str(run_dir),
+        "K2_KAFKA_PORT": str(port),
+        "K2_KAFKA_CONTROLLER_PORT": str(controller_port),
+    }
     script = ROOT / "scripts" / "kafka.sh"
     subprocess.run([script, "up"], env=env, check=True, stdout=subprocess.DEVNULL)
     try:
@@ -54,9 +57,13 @@ class S3Server:
     def filesystem(self) -> S3FileSystem:
         """A client of the server, for looking at the bucket directly."""
         env = self.environment
-        return S3FileSystem(endpoint_override=env["K2_ICEBERG_S3_ENDPOINT"], region=env["K2_ICEBERG_S3_REGION"],
-                            access_key=env["K2_ICEBERG_S3_ACCESS_KEY_ID"],
-                            secret_key=env["K2_ICEBERG_S3_SECRET_ACCESS_KEY"], allow_bucket_creation=True)
+        return S3FileSystem(
+            endpoint_override=env["K2_ICEBERG_S3_ENDPOINT"],
+            region=env["K2_ICEBERG_S3_REGION"],
+            access_key=env["K2_ICEBERG_S3_ACCESS_KEY_ID"],
+            secret_key=env["K2_ICEBERG_S3_SECRET_ACCESS_KEY"],
+            allow_bucket_creation=True,
+        )
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -86,8 +93,10 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real schema registry (Apicurio Registry) for the test session: the URL of its Confluent-compatible API."""
-    env = os.environ | {"K2_RUN_DIR": str(tmp_path_factory.mktemp("registry-run")),
-                        "K2_REGISTRY_PORT": str(free_port())}
+    env = os.environ | {
+        "K2_RUN_DIR": str(tmp_path_factory.mktemp("registry-run")),
+        "K2_REGISTRY_PORT": str(free_port()),
+    }
     script = ROOT / "scripts" / "registry.sh"
     up = subprocess.run([script, "up"], check=False, env=env, capture_output=True, text=True, timeout=900)
     try:
@@ -117,8 +126,9 @@ def kafka_settings(kafka_bootstrap: str) -> KafkaSettings:
 @pytest.fixture
 def iceberg_settings(tmp_path: Path) -> IcebergSettings:
     """An embedded SQLite catalog and local warehouse of this test's own."""
-    return IcebergSettings(catalog_uri=f"sqlite:///{tmp_path / 'catalog.db'}",
-                           warehouse=f"file://{tmp_path / 'warehouse'}")
+    return IcebergSettings(
+        catalog_uri=f"sqlite:///{tmp_path / 'catalog.db'}", warehouse=f"file://{tmp_path / 'warehouse'}"
+    )
 
 
 @pytest.fixture

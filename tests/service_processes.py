@@ -18,7 +18,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from k2.core.config import IcebergSettings, KafkaSettings
 
 # Where each service's `python -m` entry point lives.
-SERVICE_MODULES = {"ingest": "k2.services.ingest", "writer": "k2.services.writer", "query": "k2.services.query"}
+SERVICE_MODULES = {
+    "ingest": "k2.services.ingest",
+    "writer": "k2.services.writer",
+    "query": "k2.services.query",
+}
 
 
 _handed_out: set[int] = set()
@@ -43,9 +47,13 @@ def restartable_port() -> int:
 
 def platform_env(kafka: KafkaSettings, iceberg: IcebergSettings) -> dict[str, str]:
     """What every service of one test platform shares: the Kafka cluster and topics, the Iceberg catalog."""
-    return {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "K2_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
-            "K2_ICEBERG_CATALOG_NAME": iceberg.catalog_name, "K2_ICEBERG_CATALOG_URI": iceberg.catalog_uri,
-            "K2_ICEBERG_WAREHOUSE": iceberg.warehouse}
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "K2_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+        "K2_ICEBERG_CATALOG_NAME": iceberg.catalog_name,
+        "K2_ICEBERG_CATALOG_URI": iceberg.catalog_uri,
+        "K2_ICEBERG_WAREHOUSE": iceberg.warehouse,
+    }
 
 
 class ServiceProcess:
@@ -55,7 +63,11 @@ class ServiceProcess:
         self.name = name
         self.port, self.metrics_port = restartable_port(), restartable_port()
         prefix = f"K2_{name.upper()}_"
-        self.env = os.environ | env | {f"{prefix}PORT": str(self.port), f"{prefix}METRICS_PORT": str(self.metrics_port)}
+        self.env = (
+            os.environ
+            | env
+            | {f"{prefix}PORT": str(self.port), f"{prefix}METRICS_PORT": str(self.metrics_port)}
+        )
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -75,8 +87,13 @@ class ServiceProcess:
     def start(self) -> None:
         assert not self.running(), f"{self.name} already runs"
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", SERVICE_MODULES[self.name]], cwd=ROOT,
-                                            env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", SERVICE_MODULES[self.name]],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.starts += 1
 
     def wait_serving(self, timeout: float = 120.0) -> float:
@@ -87,8 +104,10 @@ class ServiceProcess:
             while True:
                 assert self.running(), f"{self.name} exited: {self.log_tail()}"
                 try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
-                            health_pb2.HealthCheckResponse.SERVING:
+                    if (
+                        health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                        == health_pb2.HealthCheckResponse.SERVING
+                    ):
                         return time.monotonic() - started
                 except grpc.RpcError:
                     pass
@@ -116,7 +135,9 @@ class ServiceProcess:
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of the Prometheus metric's samples whose labels include `labels`."""
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        text = (
+            urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        )
         wanted = {f'{key}="{value}"' for key, value in labels.items()}
         total = 0.0
         for line in text.splitlines():

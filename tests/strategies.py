@@ -26,7 +26,9 @@ text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=24)
 names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=24)
 # Symbols and exchanges: what a query can ask for (the validators refuse any other).
 market_names = st.text(NAME_CHARACTERS, min_size=1, max_size=MAX_NAME_LENGTH)
-timestamps = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC))
+timestamps = st.datetimes(
+    min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+)
 int64 = st.integers(-(2**63), 2**63 - 1)
 
 
@@ -45,12 +47,20 @@ optional_int64 = st.one_of(st.none(), int64)
 @st.composite
 def trades(draw: st.DrawFn) -> Record:
     return {
-        "message_id": str(draw(st.uuids())), "trade_id": draw(names), "symbol": draw(market_names),
-        "exchange": draw(market_names), "asset_class": draw(st.sampled_from(ASSET_CLASSES)),
-        "timestamp": draw(timestamps), "price": draw(positive_decimals()), "quantity": draw(positive_decimals()),
-        "currency": draw(names), "side": draw(st.sampled_from(SIDES)),
-        "trade_conditions": draw(st.lists(text, max_size=3)), "source_sequence": draw(optional_int64),
-        "ingestion_timestamp": draw(timestamps), "platform_sequence": draw(optional_int64),
+        "message_id": str(draw(st.uuids())),
+        "trade_id": draw(names),
+        "symbol": draw(market_names),
+        "exchange": draw(market_names),
+        "asset_class": draw(st.sampled_from(ASSET_CLASSES)),
+        "timestamp": draw(timestamps),
+        "price": draw(positive_decimals()),
+        "quantity": draw(positive_decimals()),
+        "currency": draw(names),
+        "side": draw(st.sampled_from(SIDES)),
+        "trade_conditions": draw(st.lists(text, max_size=3)),
+        "source_sequence": draw(optional_int64),
+        "ingestion_timestamp": draw(timestamps),
+        "platform_sequence": draw(optional_int64),
         "vendor_data": draw(vendor_data),
     }
 
@@ -60,13 +70,20 @@ def quotes(draw: st.DrawFn) -> Record:
     bid = draw(st.one_of(st.none(), st.tuples(positive_decimals(), positive_decimals())))
     ask = draw(st.one_of(st.none(), st.tuples(positive_decimals(), positive_decimals())))
     return {
-        "message_id": str(draw(st.uuids())), "quote_id": draw(names), "symbol": draw(market_names),
-        "exchange": draw(market_names), "asset_class": draw(st.sampled_from(ASSET_CLASSES)),
+        "message_id": str(draw(st.uuids())),
+        "quote_id": draw(names),
+        "symbol": draw(market_names),
+        "exchange": draw(market_names),
+        "asset_class": draw(st.sampled_from(ASSET_CLASSES)),
         "timestamp": draw(timestamps),
-        "bid_price": bid and bid[0], "bid_quantity": bid and bid[1],
-        "ask_price": ask and ask[0], "ask_quantity": ask and ask[1],
-        "currency": draw(names), "source_sequence": draw(optional_int64),
-        "ingestion_timestamp": draw(timestamps), "platform_sequence": draw(optional_int64),
+        "bid_price": bid and bid[0],
+        "bid_quantity": bid and bid[1],
+        "ask_price": ask and ask[0],
+        "ask_quantity": ask and ask[1],
+        "currency": draw(names),
+        "source_sequence": draw(optional_int64),
+        "ingestion_timestamp": draw(timestamps),
+        "platform_sequence": draw(optional_int64),
         "vendor_data": draw(vendor_data),
     }
 
@@ -79,15 +96,23 @@ def avro_data(schema: Any) -> st.SearchStrategy[Any]:
     if isinstance(schema, list):
         return st.one_of(*(avro_data(branch) for branch in schema))
     if isinstance(schema, str):
-        return {"null": st.none(), "string": text, "long": int64, "int": st.integers(-(2**31), 2**31 - 1),
-                "boolean": st.booleans()}[schema]
+        return {
+            "null": st.none(),
+            "string": text,
+            "long": int64,
+            "int": st.integers(-(2**31), 2**31 - 1),
+            "boolean": st.booleans(),
+        }[schema]
     logical = schema.get("logicalType")
     if logical == "decimal":
         scale, precision = schema.get("scale", 0), schema["precision"]
         return st.integers(-(10**precision) + 1, 10**precision - 1).map(lambda n: Decimal(f"{n}E-{scale}"))
     if logical in ("timestamp-micros", "timestamp-millis"):
-        return timestamps.map(lambda t: t.replace(microsecond=t.microsecond // 1000 * 1000)
-                              if logical == "timestamp-millis" else t)
+        return timestamps.map(
+            lambda t: (
+                t.replace(microsecond=t.microsecond // 1000 * 1000) if logical == "timestamp-millis" else t
+            )
+        )
     if logical == "uuid":
         return st.uuids().map(str)
     kind = schema["type"]
@@ -104,11 +129,20 @@ def avro_data(schema: Any) -> st.SearchStrategy[Any]:
 
 def sample_trade(**changes: Any) -> Record:
     record: Record = {
-        "message_id": "0b9f4e1c-5d2a-4f53-9b8e-2f6c1d0a7e31", "trade_id": "BINANCE-4123456789", "symbol": "BTCUSDT",
-        "exchange": "BINANCE", "asset_class": "CRYPTO", "timestamp": datetime(2026, 1, 2, 3, 4, 5, 123456, UTC),
-        "price": Decimal("97123.45"), "quantity": Decimal("0.00150000"), "currency": "USDT", "side": "SELL",
-        "trade_conditions": [], "source_sequence": 4123456789,
-        "ingestion_timestamp": datetime(2026, 1, 2, 3, 4, 5, 125000, UTC), "platform_sequence": None,
+        "message_id": "0b9f4e1c-5d2a-4f53-9b8e-2f6c1d0a7e31",
+        "trade_id": "BINANCE-4123456789",
+        "symbol": "BTCUSDT",
+        "exchange": "BINANCE",
+        "asset_class": "CRYPTO",
+        "timestamp": datetime(2026, 1, 2, 3, 4, 5, 123456, UTC),
+        "price": Decimal("97123.45"),
+        "quantity": Decimal("0.00150000"),
+        "currency": "USDT",
+        "side": "SELL",
+        "trade_conditions": [],
+        "source_sequence": 4123456789,
+        "ingestion_timestamp": datetime(2026, 1, 2, 3, 4, 5, 125000, UTC),
+        "platform_sequence": None,
         "vendor_data": {"is_buyer_maker": "true"},
     }
     return record | changes
@@ -116,11 +150,20 @@ def sample_trade(**changes: Any) -> Record:
 
 def sample_quote(**changes: Any) -> Record:
     record: Record = {
-        "message_id": "5c3e8a2d-1b7f-4e9a-8c6d-3f2e1a0b9c8d", "quote_id": "ASX-7078-1", "symbol": "BHP",
-        "exchange": "ASX", "asset_class": "EQUITIES", "timestamp": datetime(2014, 3, 9, 23, 5, 44, 516000, UTC),
-        "bid_price": Decimal("37.5"), "bid_quantity": Decimal(300), "ask_price": Decimal("37.51"),
-        "ask_quantity": Decimal(1000), "currency": "AUD", "source_sequence": 1,
-        "ingestion_timestamp": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "platform_sequence": None,
+        "message_id": "5c3e8a2d-1b7f-4e9a-8c6d-3f2e1a0b9c8d",
+        "quote_id": "ASX-7078-1",
+        "symbol": "BHP",
+        "exchange": "ASX",
+        "asset_class": "EQUITIES",
+        "timestamp": datetime(2014, 3, 9, 23, 5, 44, 516000, UTC),
+        "bid_price": Decimal("37.5"),
+        "bid_quantity": Decimal(300),
+        "ask_price": Decimal("37.51"),
+        "ask_quantity": Decimal(1000),
+        "currency": "AUD",
+        "source_sequence": 1,
+        "ingestion_timestamp": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        "platform_sequence": None,
         "vendor_data": None,
     }
     return record | changes
@@ -133,5 +176,7 @@ KNOWN_IDS = Framing("", {TRADE: 7, QUOTE: 8})
 def in_either_framing(data: st.DataObject, kind: RecordKind, values: list[bytes]) -> list[bytes]:
     """The values, each current-version message of `kind` single-object or registry-framed (KNOWN_IDS) as drawn."""
     header = CURRENT_HEADERS[kind]
-    return [KNOWN_IDS.framed(kind, [value])[0] if value.startswith(header) and data.draw(st.booleans()) else value
-            for value in values]
+    return [
+        KNOWN_IDS.framed(kind, [value])[0] if value.startswith(header) and data.draw(st.booleans()) else value
+        for value in values
+    ]

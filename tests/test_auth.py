@@ -37,33 +37,46 @@ class _ServerSettings(ServerSettings):
 
 
 class _Writer(writer_pb2_grpc.WriterServiceServicer):
-    async def GetStatus(self, request: writer_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
-                        ) -> writer_pb2.GetStatusResponse:
+    async def GetStatus(
+        self, request: writer_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> writer_pb2.GetStatusResponse:
         return writer_pb2.GetStatusResponse(dead_lettered=7)
 
-    async def Flush(self, request: writer_pb2.FlushRequest, context: grpc.aio.ServicerContext
-                    ) -> writer_pb2.FlushResponse:
+    async def Flush(
+        self, request: writer_pb2.FlushRequest, context: grpc.aio.ServicerContext
+    ) -> writer_pb2.FlushResponse:
         return writer_pb2.FlushResponse(commits=[writer_pb2.TableCommit(table="market_data.trades", rows=1)])
 
-    async def Compact(self, request: writer_pb2.CompactRequest, context: grpc.aio.ServicerContext
-                      ) -> AsyncIterator[writer_pb2.CompactResponse]:
+    async def Compact(
+        self, request: writer_pb2.CompactRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[writer_pb2.CompactResponse]:
         progress = writer_pb2.CompactProgress(partitions_done=1, partitions_total=1)
         yield writer_pb2.CompactResponse(progress=progress)
         yield writer_pb2.CompactResponse(result=writer_pb2.CompactResult(files_before=3, files_after=1))
 
 
-def _auth(*, write: tuple[str, ...] = (WRITE_TOKEN,), read: tuple[str, ...] = (),
-          token_file: Path | None = None, require_read_token: bool = False) -> AuthSettings:
-    return AuthSettings(write_tokens=[SecretStr(t) for t in write], read_tokens=[SecretStr(t) for t in read],
-                        token_file=token_file, require_read_token=require_read_token)
+def _auth(
+    *,
+    write: tuple[str, ...] = (WRITE_TOKEN,),
+    read: tuple[str, ...] = (),
+    token_file: Path | None = None,
+    require_read_token: bool = False,
+) -> AuthSettings:
+    return AuthSettings(
+        write_tokens=[SecretStr(t) for t in write],
+        read_tokens=[SecretStr(t) for t in read],
+        token_file=token_file,
+        require_read_token=require_read_token,
+    )
 
 
 class _Served:
     """A GrpcServer with the stand-in writer, and a client channel to it."""
 
     def __init__(self, auth: AuthSettings):
-        settings = _ServerSettings(host="127.0.0.1", port=0, metrics_port=0, allow_plaintext=False,
-                                   grace_seconds=0.5)
+        settings = _ServerSettings(
+            host="127.0.0.1", port=0, metrics_port=0, allow_plaintext=False, grace_seconds=0.5
+        )
         self.server = GrpcServer("auth-test", settings, auth)
         self.server.add(writer_pb2_grpc.add_WriterServiceServicer_to_server, _Writer(), WRITER)
 
@@ -87,13 +100,15 @@ async def _flush(served: _Served, token: str | None) -> writer_pb2.FlushResponse
 
 
 async def _status(served: _Served, token: str | None) -> writer_pb2.GetStatusResponse:
-    return await served.writer.GetStatus(writer_pb2.GetStatusRequest(), metadata=_bearer(token),
-                                         timeout=CALL_TIMEOUT)
+    return await served.writer.GetStatus(
+        writer_pb2.GetStatusRequest(), metadata=_bearer(token), timeout=CALL_TIMEOUT
+    )
 
 
 async def _compact(served: _Served, token: str | None) -> list[writer_pb2.CompactResponse]:
-    call = served.writer.Compact(writer_pb2.CompactRequest(table="market_data.trades"),
-                                 metadata=_bearer(token), timeout=CALL_TIMEOUT)
+    call = served.writer.Compact(
+        writer_pb2.CompactRequest(table="market_data.trades"), metadata=_bearer(token), timeout=CALL_TIMEOUT
+    )
     return [response async for response in call]
 
 
@@ -104,13 +119,20 @@ async def _refusal(call: object) -> grpc.aio.AioRpcError:
 
 
 def test_every_rpc_declares_its_scope_in_its_proto() -> None:
-    declared = {f"/{service.full_name}/{method.name}": method_scope(f"/{service.full_name}/{method.name}")
-                for module in (ingest_pb2, query_pb2, writer_pb2, telemetry_pb2)
-                for service in module.DESCRIPTOR.services_by_name.values() for method in service.methods}
+    declared = {
+        f"/{service.full_name}/{method.name}": method_scope(f"/{service.full_name}/{method.name}")
+        for module in (ingest_pb2, query_pb2, writer_pb2, telemetry_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
     assert auth_pb2.SCOPE_UNSPECIFIED not in declared.values(), declared
     assert {method for method, scope in declared.items() if scope == auth_pb2.SCOPE_WRITE} == {
-        "/k2.ingest.v1.IngestService/PublishTrades", "/k2.ingest.v1.IngestService/PublishQuotes",
-        "/k2.ingest.v1.IngestService/LoadFiles", f"/{WRITER}/Flush", f"/{WRITER}/Compact"}
+        "/k2.ingest.v1.IngestService/PublishTrades",
+        "/k2.ingest.v1.IngestService/PublishQuotes",
+        "/k2.ingest.v1.IngestService/LoadFiles",
+        f"/{WRITER}/Flush",
+        f"/{WRITER}/Compact",
+    }
 
 
 async def test_a_method_without_a_declared_scope_is_refused_even_where_reads_are_open() -> None:
@@ -118,8 +140,13 @@ async def test_a_method_without_a_declared_scope_is_refused_even_where_reads_are
         return b"served"
 
     served = _Served(_auth())
-    served.server.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "k2.test.v1.UndeclaredService", {"Call": grpc.unary_unary_rpc_method_handler(answer)}),))
+    served.server.server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "k2.test.v1.UndeclaredService", {"Call": grpc.unary_unary_rpc_method_handler(answer)}
+            ),
+        )
+    )
     async with served:
         call = served.channel.unary_unary("/k2.test.v1.UndeclaredService/Call")
         without_token = await _refusal(call(b"", timeout=CALL_TIMEOUT))
@@ -138,8 +165,11 @@ def test_an_empty_configured_token_is_refused_at_start(tokens: dict[str, tuple[s
 @pytest.mark.parametrize("header", ["Bearer ", "Bearer  ", "bearer"])
 async def test_a_bearer_header_without_a_token_is_unauthenticated(header: str) -> None:
     async with _Served(_auth()) as served:
-        error = await _refusal(served.writer.Flush(writer_pb2.FlushRequest(), timeout=CALL_TIMEOUT,
-                                                   metadata=(("authorization", header),)))
+        error = await _refusal(
+            served.writer.Flush(
+                writer_pb2.FlushRequest(), timeout=CALL_TIMEOUT, metadata=(("authorization", header),)
+            )
+        )
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -159,8 +189,13 @@ async def test_write_method_with_a_wrong_token_is_unauthenticated() -> None:
 
 async def test_authorization_that_is_not_a_bearer_token_is_unauthenticated() -> None:
     async with _Served(_auth()) as served:
-        error = await _refusal(served.writer.Flush(writer_pb2.FlushRequest(), timeout=CALL_TIMEOUT,
-                                                   metadata=(("authorization", f"Basic {WRITE_TOKEN}"),)))
+        error = await _refusal(
+            served.writer.Flush(
+                writer_pb2.FlushRequest(),
+                timeout=CALL_TIMEOUT,
+                metadata=(("authorization", f"Basic {WRITE_TOKEN}"),),
+            )
+        )
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "must be 'Bearer <token>'" in error.details()
 
@@ -230,21 +265,28 @@ async def test_streaming_write_method_is_refused_and_served_by_scope() -> None:
 async def test_health_and_reflection_are_open_when_every_scope_needs_a_token() -> None:
     async with _Served(_auth(read=(READ_TOKEN,), require_read_token=True)) as served:
         health = await health_pb2_grpc.HealthStub(served.channel).Check(
-            health_pb2.HealthCheckRequest(service=WRITER), timeout=CALL_TIMEOUT)
+            health_pb2.HealthCheckRequest(service=WRITER), timeout=CALL_TIMEOUT
+        )
         reflection = reflection_pb2_grpc.ServerReflectionStub(served.channel).ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=CALL_TIMEOUT)
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=CALL_TIMEOUT
+        )
         listed = [response async for response in reflection]
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     services = {s.name for s in listed[0].list_services_response.service}
     assert {WRITER, "grpc.health.v1.Health"} <= services
 
 
-async def test_tokens_never_appear_in_logs_or_errors(caplog: pytest.LogCaptureFixture,
-                                                     capfd: pytest.CaptureFixture[str]) -> None:
+async def test_tokens_never_appear_in_logs_or_errors(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
     caplog.set_level(logging.DEBUG)
     async with _Served(_auth(read=(READ_TOKEN,))) as served:
-        errors = [await _refusal(_flush(served, WRONG_TOKEN)), await _refusal(_flush(served, READ_TOKEN)),
-                  await _refusal(_status(served, WRONG_TOKEN)), await _refusal(_compact(served, READ_TOKEN))]
+        errors = [
+            await _refusal(_flush(served, WRONG_TOKEN)),
+            await _refusal(_flush(served, READ_TOKEN)),
+            await _refusal(_status(served, WRONG_TOKEN)),
+            await _refusal(_compact(served, READ_TOKEN)),
+        ]
         await _flush(served, WRITE_TOKEN)
         await _status(served, READ_TOKEN)
     captured = capfd.readouterr()

@@ -29,5 +29,7 @@ def test_every_fault_loses_duplicates_and_reorders_nothing(tmp_path_factory: pyt
     if SUMMARY:
         Path(SUMMARY).parent.mkdir(parents=True, exist_ok=True)
         Path(SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-    failures = [f"round {r.number} ({r.fault} of {r.target}): {failure}" for r in results for failure in r.failures]
+    failures = [
+        f"round {r.number} ({r.fault} of {r.target}): {failure}" for r in results for failure in r.failures
+    ]
     assert not failures, f"seed {SEED}:\n" + "\n".join(failures)

@@ -30,7 +30,9 @@ def platform() -> Iterator[Platform]:
 
 def k2(platform: Platform, *args: str, **env: str) -> Result:
     """Runs `k2 ARGS` against the platform, in a wide (200 column) terminal."""
-    return runner.invoke(app, list(args), env=platform.env(K2_TOKEN_FILE="/nonexistent/token", COLUMNS="200", **env))
+    return runner.invoke(
+        app, list(args), env=platform.env(K2_TOKEN_FILE="/nonexistent/token", COLUMNS="200", **env)
+    )
 
 
 def test_trades_as_json_lines_keep_exact_decimals(platform: Platform) -> None:
@@ -97,8 +99,14 @@ def test_usage_errors_exit_2(platform: Platform) -> None:
 
 
 def test_load_asx_detects_the_kind_and_reports_progress(platform: Platform) -> None:
-    result = k2(platform, "load", "asx", str(ASX_DATA / "trades" / "3153.csv"), str(ASX_DATA / "quotes" / "3153.csv"),
-                str(ASX_DATA / "quotes" / "7181.csv"))
+    result = k2(
+        platform,
+        "load",
+        "asx",
+        str(ASX_DATA / "trades" / "3153.csv"),
+        str(ASX_DATA / "quotes" / "3153.csv"),
+        str(ASX_DATA / "quotes" / "7181.csv"),
+    )
     assert result.exit_code == 0, result.output
     trades, quotes = platform.ingest.load_requests
     assert (trades.format, list(trades.paths)) == (1, [str((ASX_DATA / "trades" / "3153.csv").resolve())])
@@ -116,11 +124,15 @@ def test_subscribe_prints_a_line_per_trade(platform: Platform) -> None:
     assert len(lines) == 7
     assert lines[0] == "2014-03-10T00:16:40Z  ASX:BTCUSDT  SELL  100 @ 37.100000000000000001"
     assert [r.resume_token for r in platform.query.subscribe_requests] == ["", "2"]
-    assert result.stderr.startswith(f"k2: query at {platform.address}: UNAVAILABLE: injected: subscription dropped; "
-                                    "reconnecting in 0.0 s (attempt 1), resuming after the last record shown")
+    assert result.stderr.startswith(
+        f"k2: query at {platform.address}: UNAVAILABLE: injected: subscription dropped; "
+        "reconnecting in 0.0 s (attempt 1), resuming after the last record shown"
+    )
     as_json = k2(platform, "subscribe", "--count", "2", "-f", "json")
-    assert [json.loads(line)["trade_id"] for line in as_json.stdout.splitlines()] == \
-        ["ASX-BTCUSDT-1000", "ASX-BTCUSDT-1001"]
+    assert [json.loads(line)["trade_id"] for line in as_json.stdout.splitlines()] == [
+        "ASX-BTCUSDT-1000",
+        "ASX-BTCUSDT-1001",
+    ]
 
 
 def test_status_reports_each_service(platform: Platform) -> None:
@@ -130,8 +142,16 @@ def test_status_reports_each_service(platform: Platform) -> None:
         assert text in result.stdout
     tracing = tracing_setup()  # the services run in this process
     assert "Tracing (OpenTelemetry)" in result.stdout
-    assert len([line for line in result.stdout.splitlines()
-                if f"{tracing.sampler}: " in line and (tracing.otlp_endpoint or "nowhere") in line]) == 3
+    assert (
+        len(
+            [
+                line
+                for line in result.stdout.splitlines()
+                if f"{tracing.sampler}: " in line and (tracing.otlp_endpoint or "nowhere") in line
+            ]
+        )
+        == 3
+    )
     absent = k2(platform, "status", K2_WRITER_ADDRESS=unused_address())
     assert absent.exit_code == 3
     assert "UNAVAILABLE" in absent.stdout and "binance" in absent.stdout and "Kafka lag" not in absent.stdout
@@ -152,20 +172,31 @@ def test_feed_and_writer_commands(platform: Platform) -> None:
 def full_market_feed() -> ingest_pb2.FeedStatus:
     """A feed following 3,000 symbols over 6 connections."""
     symbols = ["BTCUSDT", "ETHUSDT"] + [f"X{n:04d}USDT" for n in range(2_997)] + ["BTCFDUSD"]
-    feed = ingest_pb2.FeedStatus(name="binance", state=ingest_pb2.CONNECTION_STATE_CONNECTED, symbols=symbols,
-                                 streams=[f"{s.lower()}@{kind}" for s in symbols for kind in ("trade", "bookTicker")],
-                                 connections=6)
+    feed = ingest_pb2.FeedStatus(
+        name="binance",
+        state=ingest_pb2.CONNECTION_STATE_CONNECTED,
+        symbols=symbols,
+        streams=[f"{s.lower()}@{kind}" for s in symbols for kind in ("trade", "bookTicker")],
+        connections=6,
+    )
     for number in range(6):
-        feed.connection_statuses.add(number=number, state=ingest_pb2.CONNECTION_STATE_CONNECTED,
-                                     endpoint="wss://stream.example:9443", streams=1_000, symbols=500,
-                                     frames=10_000 + number, reconnects=number)
+        feed.connection_statuses.add(
+            number=number,
+            state=ingest_pb2.CONNECTION_STATE_CONNECTED,
+            endpoint="wss://stream.example:9443",
+            streams=1_000,
+            symbols=500,
+            frames=10_000 + number,
+            reconnects=number,
+        )
     for rank, symbol in enumerate(symbols[:20]):
         feed.most_active.add(symbol=symbol, trades=100_000 // (rank + 1), quotes=500_000 // (rank + 1))
     return feed
 
 
 def test_feed_status_of_thousands_of_symbols_shows_connections_the_most_active_and_matches(
-        platform: Platform) -> None:
+    platform: Platform,
+) -> None:
     platform.ingest.feeds = [full_market_feed()]
     result = k2(platform, "feed", "status", "--top", "3", "--match", "btc*")
     assert result.exit_code == 0, result.output
@@ -189,7 +220,10 @@ def test_demo_shows_the_busiest_symbols_matching_a_pattern(platform: Platform) -
     wait_until(lambda: platform.query.open_subscriptions == 0)
     other = k2(platform, "demo", "--duration", "2.5", "--top", "5", "--match", "ETH*")
     assert other.exit_code == 0, other.output
-    assert "the 0 busiest of 0 symbols matching 'ETH*'" in other.stdout and "no symbol matches 'ETH*' yet" in other.stdout
+    assert (
+        "the 0 busiest of 0 symbols matching 'ETH*'" in other.stdout
+        and "no symbol matches 'ETH*' yet" in other.stdout
+    )
     wait_until(lambda: platform.query.open_subscriptions == 0)
 
 
@@ -209,20 +243,23 @@ def test_demo_survives_absent_services(platform: Platform) -> None:
     assert "UNAVAILABLE" in result.stdout and "binance" in result.stdout
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("2014-03-10T10:05:44.516+11:00", datetime(2014, 3, 9, 23, 5, 44, 516000, tzinfo=UTC)),
-    ("2014-03-10T00:05Z", datetime(2014, 3, 10, 0, 5, tzinfo=UTC)),
-    ("2014-03-10 00:05:01", datetime(2014, 3, 10, 0, 5, 1, tzinfo=UTC)),
-    ("2014-03-10", datetime(2014, 3, 10, tzinfo=UTC)),
-    ("now", datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)),
-    ("today", datetime(2024, 5, 6, tzinfo=UTC)),
-    ("yesterday", datetime(2024, 5, 5, tzinfo=UTC)),
-    ("-90s", datetime(2024, 5, 6, 7, 6, 39, tzinfo=UTC)),
-    ("-15m", datetime(2024, 5, 6, 6, 53, 9, tzinfo=UTC)),
-    ("-1h", datetime(2024, 5, 6, 6, 8, 9, tzinfo=UTC)),
-    ("-2d", datetime(2024, 5, 4, 7, 8, 9, tzinfo=UTC)),
-    ("-1w", datetime(2024, 4, 29, 7, 8, 9, tzinfo=UTC)),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2014-03-10T10:05:44.516+11:00", datetime(2014, 3, 9, 23, 5, 44, 516000, tzinfo=UTC)),
+        ("2014-03-10T00:05Z", datetime(2014, 3, 10, 0, 5, tzinfo=UTC)),
+        ("2014-03-10 00:05:01", datetime(2014, 3, 10, 0, 5, 1, tzinfo=UTC)),
+        ("2014-03-10", datetime(2014, 3, 10, tzinfo=UTC)),
+        ("now", datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)),
+        ("today", datetime(2024, 5, 6, tzinfo=UTC)),
+        ("yesterday", datetime(2024, 5, 5, tzinfo=UTC)),
+        ("-90s", datetime(2024, 5, 6, 7, 6, 39, tzinfo=UTC)),
+        ("-15m", datetime(2024, 5, 6, 6, 53, 9, tzinfo=UTC)),
+        ("-1h", datetime(2024, 5, 6, 6, 8, 9, tzinfo=UTC)),
+        ("-2d", datetime(2024, 5, 4, 7, 8, 9, tzinfo=UTC)),
+        ("-1w", datetime(2024, 4, 29, 7, 8, 9, tzinfo=UTC)),
+    ],
+)
 def test_time_parsing(text: str, expected: datetime) -> None:
     assert parse_time(text, now=datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)) == expected
 

@@ -31,12 +31,18 @@ class Services:
     query: str
 
     def client(self) -> K2Client:
-        return K2Client(ingest_address=self.ingest, writer_address=self.writer, query_address=self.query,
-                        token=TOKEN)
+        return K2Client(
+            ingest_address=self.ingest, writer_address=self.writer, query_address=self.query, token=TOKEN
+        )
 
     def env(self) -> dict[str, str]:
-        return {"K2_INGEST_ADDRESS": self.ingest, "K2_WRITER_ADDRESS": self.writer, "K2_QUERY_ADDRESS": self.query,
-                "K2_TOKEN": TOKEN, "COLUMNS": "200"}
+        return {
+            "K2_INGEST_ADDRESS": self.ingest,
+            "K2_WRITER_ADDRESS": self.writer,
+            "K2_QUERY_ADDRESS": self.query,
+            "K2_TOKEN": TOKEN,
+            "COLUMNS": "200",
+        }
 
 
 @pytest.fixture
@@ -48,10 +54,18 @@ def services(kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings) -
 
     async def start() -> tuple[IngestApp, WriterApp, QueryServer, Services]:
         ingest = IngestApp(IngestSettings(**local), kafka_settings, auth)  # type: ignore[arg-type]
-        writer = WriterApp(WriterSettings(**local, commit_interval_ms=200),  # type: ignore[arg-type]
-                           kafka_settings, iceberg_settings, auth)
-        query = QueryServer(QuerySettings(**local, heartbeat_seconds=0.5),  # type: ignore[arg-type]
-                            kafka_settings, iceberg_settings, auth)
+        writer = WriterApp(
+            WriterSettings(**local, commit_interval_ms=200),  # type: ignore[arg-type]
+            kafka_settings,
+            iceberg_settings,
+            auth,
+        )
+        query = QueryServer(
+            QuerySettings(**local, heartbeat_seconds=0.5),  # type: ignore[arg-type]
+            kafka_settings,
+            iceberg_settings,
+            auth,
+        )
         ports = [await ingest.start(), await writer.start(), await query.start()]
         await query.wait_ready()
         return ingest, writer, query, Services(*(f"127.0.0.1:{port}" for port in ports))
@@ -86,16 +100,24 @@ def test_publish_subscribe_query_through_the_platform(services: Services) -> Non
         table = k2.query_trades(symbol, start, end)
         assert table["price"].to_pylist() == [r["price"] for r in records]
         assert table["quantity"].to_pylist() == [Decimal(100)] * 300
-        assert {h.service: h.status for h in k2.health()} == \
-            {"ingest": "SERVING", "writer": "SERVING", "query": "SERVING"}
+        assert {h.service: h.status for h in k2.health()} == {
+            "ingest": "SERVING",
+            "writer": "SERVING",
+            "query": "SERVING",
+        }
         assert sum(t.rows for t in k2.writer_status().tables) >= 300
 
     runner = CliRunner()
-    rows = runner.invoke(app, ["trades", symbol, "--start", "2014-03-10", "--end", "2014-03-11", "-f", "json"],
-                         env=services.env())
+    rows = runner.invoke(
+        app,
+        ["trades", symbol, "--start", "2014-03-10", "--end", "2014-03-11", "-f", "json"],
+        env=services.env(),
+    )
     assert rows.exit_code == 0, rows.output
-    assert [json.loads(line)["price"] for line in rows.stdout.splitlines()][:2] == \
-        ["37.000000000000000001", "37.000100000000000001"]
+    assert [json.loads(line)["price"] for line in rows.stdout.splitlines()][:2] == [
+        "37.000000000000000001",
+        "37.000100000000000001",
+    ]
     status = runner.invoke(app, ["status"], env=services.env())
     assert status.exit_code == 0, status.output
 
@@ -109,7 +131,10 @@ def test_cli_loads_asx_files_and_queries_them(services: Services) -> None:
         k2.flush()
         day = datetime(2014, 3, 9, tzinfo=UTC)
         wait_until(lambda: k2.query_trades("MWR", day, day + timedelta(days=7)).num_rows == 11, timeout=30)
-    bars = runner.invoke(app, ["bars", "MWR", "--interval", "1d", "--start", "2014-03-09", "--end", "2014-03-16",
-                               "-f", "json"], env=services.env())
+    bars = runner.invoke(
+        app,
+        ["bars", "MWR", "--interval", "1d", "--start", "2014-03-09", "--end", "2014-03-16", "-f", "json"],
+        env=services.env(),
+    )
     assert bars.exit_code == 0, bars.output
     assert sum(json.loads(line)["trade_count"] for line in bars.stdout.splitlines()) == 11

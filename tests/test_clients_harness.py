@@ -50,22 +50,40 @@ HEARTBEAT_SECONDS = 0.05
 def trade(n: int, *, symbol: str = "BHP", price: str | None = None, quantity: str = "100") -> Record:
     """The n-th trade of a symbol on 2014-03-10, one second apart; prices use all 18 fractional digits."""
     return {
-        "message_id": new_message_id(), "trade_id": f"ASX-{symbol}-{n}", "symbol": symbol, "exchange": "ASX",
-        "asset_class": "EQUITIES", "timestamp": DAY + timedelta(seconds=n),
-        "price": Decimal(price or f"37.{n:04d}00000000000001"), "quantity": Decimal(quantity), "currency": "AUD",
-        "side": "BUY" if n % 2 else "SELL", "trade_conditions": ["XT"], "source_sequence": n,
-        "ingestion_timestamp": DAY + timedelta(seconds=n, microseconds=250), "platform_sequence": None,
+        "message_id": new_message_id(),
+        "trade_id": f"ASX-{symbol}-{n}",
+        "symbol": symbol,
+        "exchange": "ASX",
+        "asset_class": "EQUITIES",
+        "timestamp": DAY + timedelta(seconds=n),
+        "price": Decimal(price or f"37.{n:04d}00000000000001"),
+        "quantity": Decimal(quantity),
+        "currency": "AUD",
+        "side": "BUY" if n % 2 else "SELL",
+        "trade_conditions": ["XT"],
+        "source_sequence": n,
+        "ingestion_timestamp": DAY + timedelta(seconds=n, microseconds=250),
+        "platform_sequence": None,
         "vendor_data": {"venue": "X"},
     }
 
 
 def quote(n: int, *, symbol: str = "BHP") -> Record:
     return {
-        "message_id": new_message_id(), "quote_id": f"ASX-{symbol}-q{n}", "symbol": symbol, "exchange": "ASX",
-        "asset_class": "EQUITIES", "timestamp": DAY + timedelta(seconds=n), "bid_price": Decimal("37.70"),
-        "bid_quantity": Decimal(300 + n), "ask_price": None if n % 3 == 0 else Decimal("37.71"),
-        "ask_quantity": None if n % 3 == 0 else Decimal("1000.5"), "currency": "AUD", "source_sequence": None,
-        "ingestion_timestamp": DAY + timedelta(seconds=n, microseconds=500), "platform_sequence": None,
+        "message_id": new_message_id(),
+        "quote_id": f"ASX-{symbol}-q{n}",
+        "symbol": symbol,
+        "exchange": "ASX",
+        "asset_class": "EQUITIES",
+        "timestamp": DAY + timedelta(seconds=n),
+        "bid_price": Decimal("37.70"),
+        "bid_quantity": Decimal(300 + n),
+        "ask_price": None if n % 3 == 0 else Decimal("37.71"),
+        "ask_quantity": None if n % 3 == 0 else Decimal("1000.5"),
+        "currency": "AUD",
+        "source_sequence": None,
+        "ingestion_timestamp": DAY + timedelta(seconds=n, microseconds=500),
+        "platform_sequence": None,
         "vendor_data": None,
     }
 
@@ -83,15 +101,32 @@ class IngestDouble(ingest_pb2_grpc.IngestServiceServicer):
         # acknowledgement is sent: the publisher cannot tell whether it was written.
         self.lose_ack_at: int | None = None
         self.load_requests: list[ingest_pb2.LoadFilesRequest] = []
-        self.feeds = [ingest_pb2.FeedStatus(
-            name="binance", state=ingest_pb2.CONNECTION_STATE_CONNECTED, endpoint="wss://stream.example:9443",
-            streams=["btcusdt@trade"], symbols=["BTCUSDT"], messages_per_second=12.5, trades_per_second=10.0,
-            reconnects_by_reason={"watchdog": 2}, gaps_detected=1, trades_missed=3,
-            circuit_state=ingest_pb2.CIRCUIT_STATE_CLOSED, connections=1,
-            recent_gaps=[ingest_pb2.Gap(symbol="BTCUSDT", first_missing=101, last_missing=103)])]
+        self.feeds = [
+            ingest_pb2.FeedStatus(
+                name="binance",
+                state=ingest_pb2.CONNECTION_STATE_CONNECTED,
+                endpoint="wss://stream.example:9443",
+                streams=["btcusdt@trade"],
+                symbols=["BTCUSDT"],
+                messages_per_second=12.5,
+                trades_per_second=10.0,
+                reconnects_by_reason={"watchdog": 2},
+                gaps_detected=1,
+                trades_missed=3,
+                circuit_state=ingest_pb2.CIRCUIT_STATE_CLOSED,
+                connections=1,
+                recent_gaps=[ingest_pb2.Gap(symbol="BTCUSDT", first_missing=101, last_missing=103)],
+            )
+        ]
 
-    async def _publish(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext, items: str,
-                       convert: Any, response_type: Any) -> AsyncIterator[Any]:
+    async def _publish(
+        self,
+        requests: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
+        items: str,
+        convert: Any,
+        response_type: Any,
+    ) -> AsyncIterator[Any]:
         stream: list[str] = []
         self.streams.append(stream)
         async for request in requests:
@@ -122,14 +157,20 @@ class IngestDouble(ingest_pb2_grpc.IngestServiceServicer):
         """The batch ids of each publish stream that carried any."""
         return [stream for stream in self.streams if stream]
 
-    async def PublishTrades(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for response in self._publish(request_iterator, context, "trades", trade_from_proto,
-                                            ingest_pb2.PublishTradesResponse):
+    async def PublishTrades(
+        self, request_iterator: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        async for response in self._publish(
+            request_iterator, context, "trades", trade_from_proto, ingest_pb2.PublishTradesResponse
+        ):
             yield response
 
-    async def PublishQuotes(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for response in self._publish(request_iterator, context, "quotes", quote_from_proto,
-                                            ingest_pb2.PublishQuotesResponse):
+    async def PublishQuotes(
+        self, request_iterator: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        async for response in self._publish(
+            request_iterator, context, "quotes", quote_from_proto, ingest_pb2.PublishQuotesResponse
+        ):
             yield response
 
     async def LoadFiles(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -137,13 +178,19 @@ class IngestDouble(ingest_pb2_grpc.IngestServiceServicer):
         summary = ingest_pb2.LoadSummary()
         for path in request.paths:
             if not Path(path).is_file():
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a file below the load root: {path}")
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"not a file below the load root: {path}"
+                )
             rows = Path(path).read_bytes().count(b"\n")
             for read in range(0, rows, max(5, rows // 4)):
-                yield ingest_pb2.LoadFilesResponse(progress=ingest_pb2.LoadProgress(
-                    path=path, rows_read=read, rows_accepted=read, rows_per_second=1000.0))
-            summary.files.add(path=path, rows_read=rows, rows_accepted=rows - 1, rows_rejected=1,
-                              rows_per_second=1000.0)
+                yield ingest_pb2.LoadFilesResponse(
+                    progress=ingest_pb2.LoadProgress(
+                        path=path, rows_read=read, rows_accepted=read, rows_per_second=1000.0
+                    )
+                )
+            summary.files.add(
+                path=path, rows_read=rows, rows_accepted=rows - 1, rows_rejected=1, rows_per_second=1000.0
+            )
             summary.rows_read += rows
             summary.rows_accepted += rows - 1
             summary.rows_rejected += 1
@@ -173,29 +220,43 @@ class QueryDouble(query_pb2_grpc.QueryServiceServicer):
         self.fail_latest = 0
         self.latest_calls = 0
 
-    async def _query(self, request: Any, context: grpc.aio.ServicerContext, messages: list[Any], field: str,
-                     response_type: Any) -> AsyncIterator[Any]:
+    async def _query(
+        self,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        messages: list[Any],
+        field: str,
+        response_type: Any,
+    ) -> AsyncIterator[Any]:
         self.query_requests.append(request)
         start, end = (datetime_from_timestamp(name, getattr(request, name)) for name in ("start", "end"))
         if start >= end:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "start must be before end")
-        matching = [m for m in messages if m.symbol in request.symbols
-                    and start <= datetime_from_timestamp("timestamp", m.timestamp) < end]
+        matching = [
+            m
+            for m in messages
+            if m.symbol in request.symbols
+            and start <= datetime_from_timestamp("timestamp", m.timestamp) < end
+        ]
         offset = int(request.page_token or 0)
         page_end = offset + min(request.limit or MAX_PAGE, MAX_PAGE)
         page = matching[offset:page_end]
         for chunk in range(0, len(page), RESPONSE_CHUNK):
-            response = response_type(**{field: page[chunk:chunk + RESPONSE_CHUNK]})
+            response = response_type(**{field: page[chunk : chunk + RESPONSE_CHUNK]})
             if chunk + RESPONSE_CHUNK >= len(page) and page_end < len(matching):
                 response.next_page_token = str(page_end)
             yield response
 
     async def QueryTrades(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for response in self._query(request, context, self.trades, "trades", query_pb2.QueryTradesResponse):
+        async for response in self._query(
+            request, context, self.trades, "trades", query_pb2.QueryTradesResponse
+        ):
             yield response
 
     async def QueryQuotes(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for response in self._query(request, context, self.quotes, "quotes", query_pb2.QueryQuotesResponse):
+        async for response in self._query(
+            request, context, self.quotes, "quotes", query_pb2.QueryQuotesResponse
+        ):
             yield response
 
     async def GetBars(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -203,8 +264,15 @@ class QueryDouble(query_pb2_grpc.QueryServiceServicer):
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "only 1m bars here")
         bars = query_pb2.GetBarsResponse()
         for minute in range(3):
-            bar = bars.bars.add(open="37.51", high="37.6", low="37.5", close="37.55", volume="12000.000000000000000001",
-                                vwap="37.543333333333333333", trade_count=60)
+            bar = bars.bars.add(
+                open="37.51",
+                high="37.6",
+                low="37.5",
+                close="37.55",
+                volume="12000.000000000000000001",
+                vwap="37.543333333333333333",
+                trade_count=60,
+            )
             set_timestamp(bar.start, DAY + timedelta(minutes=minute))
         return bars
 
@@ -238,8 +306,11 @@ class QueryDouble(query_pb2_grpc.QueryServiceServicer):
                 if self.drop_after is not None and sent == self.drop_after:
                     self.drop_after = None
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "injected: subscription dropped")
-                batch = [t for t in self.live[2 * position:2 * position + 2]
-                         if not request.symbols or t.symbol in request.symbols]
+                batch = [
+                    t
+                    for t in self.live[2 * position : 2 * position + 2]
+                    if not request.symbols or t.symbol in request.symbols
+                ]
                 response = query_pb2.SubscribeTradesResponse(trades=batch, replay=False)
                 set_timestamp(response.server_time, datetime.now(UTC))
                 if 2 * position < len(self.live):
@@ -259,10 +330,15 @@ class WriterDouble(writer_pb2_grpc.WriterServiceServicer):
 
     async def GetStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         status = writer_pb2.GetStatusResponse(last_commit_rows=1200, last_commit_bytes=56000, dead_lettered=4)
-        status.partitions.add(topic="market.trades.v2", partition=0, committed_offset=90, high_watermark=100, lag=10)
-        status.partitions.add(topic="market.quotes.v2", partition=0, committed_offset=50, high_watermark=52, lag=2)
-        table = status.tables.add(table="market_data.trades", snapshot_id=42, rows=91631, files=7,
-                                  freshness_seconds=1.5)
+        status.partitions.add(
+            topic="market.trades.v2", partition=0, committed_offset=90, high_watermark=100, lag=10
+        )
+        status.partitions.add(
+            topic="market.quotes.v2", partition=0, committed_offset=50, high_watermark=52, lag=2
+        )
+        table = status.tables.add(
+            table="market_data.trades", snapshot_id=42, rows=91631, files=7, freshness_seconds=1.5
+        )
         set_timestamp(table.newest_event_time, DAY + timedelta(hours=5))
         set_timestamp(status.last_commit_time, DAY + timedelta(hours=6))
         return status
@@ -278,10 +354,14 @@ class WriterDouble(writer_pb2_grpc.WriterServiceServicer):
         if request.table not in ("market_data.trades", "market_data.quotes"):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no table {request.table}")
         for done in range(1, 4):
-            yield writer_pb2.CompactResponse(progress=writer_pb2.CompactProgress(
-                partition=f"timestamp_day=2014-03-1{done - 1}", partitions_done=done, partitions_total=3))
-        yield writer_pb2.CompactResponse(result=writer_pb2.CompactResult(files_before=30, files_after=3,
-                                                                         snapshot_id=44))
+            yield writer_pb2.CompactResponse(
+                progress=writer_pb2.CompactProgress(
+                    partition=f"timestamp_day=2014-03-1{done - 1}", partitions_done=done, partitions_total=3
+                )
+            )
+        yield writer_pb2.CompactResponse(
+            result=writer_pb2.CompactResult(files_before=30, files_after=3, snapshot_id=44)
+        )
 
 
 class ServerThread:
@@ -318,8 +398,13 @@ class Platform:
 
     def env(self, **overrides: str) -> dict[str, str]:
         """Environment for the CLI: every address at this server, the test token."""
-        return {"K2_INGEST_ADDRESS": self.address, "K2_WRITER_ADDRESS": self.address,
-                "K2_QUERY_ADDRESS": self.address, "K2_TOKEN": TOKEN, **overrides}
+        return {
+            "K2_INGEST_ADDRESS": self.address,
+            "K2_WRITER_ADDRESS": self.address,
+            "K2_QUERY_ADDRESS": self.address,
+            "K2_TOKEN": TOKEN,
+            **overrides,
+        }
 
 
 @contextmanager
@@ -328,11 +413,20 @@ def running_platform() -> Iterator[Platform]:
     platform = Platform(address="")
 
     async def start() -> GrpcServer:
-        server = GrpcServer("client-test", ServerSettings(host="127.0.0.1", port=0, grace_seconds=0.2),
-                            AuthSettings(write_tokens=[SecretStr(TOKEN)]))
-        server.add(ingest_pb2_grpc.add_IngestServiceServicer_to_server, platform.ingest, "k2.ingest.v1.IngestService")
-        server.add(query_pb2_grpc.add_QueryServiceServicer_to_server, platform.query, "k2.query.v1.QueryService")
-        server.add(writer_pb2_grpc.add_WriterServiceServicer_to_server, platform.writer, "k2.writer.v1.WriterService")
+        server = GrpcServer(
+            "client-test",
+            ServerSettings(host="127.0.0.1", port=0, grace_seconds=0.2),
+            AuthSettings(write_tokens=[SecretStr(TOKEN)]),
+        )
+        server.add(
+            ingest_pb2_grpc.add_IngestServiceServicer_to_server, platform.ingest, "k2.ingest.v1.IngestService"
+        )
+        server.add(
+            query_pb2_grpc.add_QueryServiceServicer_to_server, platform.query, "k2.query.v1.QueryService"
+        )
+        server.add(
+            writer_pb2_grpc.add_WriterServiceServicer_to_server, platform.writer, "k2.writer.v1.WriterService"
+        )
         await server.start()
         return server
 

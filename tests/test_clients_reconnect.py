@@ -26,9 +26,14 @@ SHORT_BUDGET = {"retry_attempts": 2, "retry_initial_backoff_seconds": 0.05, "ret
 
 
 @pytest.fixture
-def query(kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings, tmp_path: Path) -> Iterator[ServiceProcess]:
-    service = ServiceProcess("query", platform_env(kafka_settings, iceberg_settings)
-                             | {"K2_QUERY_HEARTBEAT_SECONDS": "0.5"}, tmp_path / "query.log")
+def query(
+    kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings, tmp_path: Path
+) -> Iterator[ServiceProcess]:
+    service = ServiceProcess(
+        "query",
+        platform_env(kafka_settings, iceberg_settings) | {"K2_QUERY_HEARTBEAT_SECONDS": "0.5"},
+        tmp_path / "query.log",
+    )
     service.start()
     try:
         yield service
@@ -41,8 +46,9 @@ class Subscriber(threading.Thread):
 
     def __init__(self, query: ServiceProcess, expected: int):
         super().__init__(daemon=True)
-        self.client = K2Client(ClientSettings(query_address=query.address, token_file=Path("/nonexistent"),
-                                              **SHORT_BUDGET))  # type: ignore[arg-type]
+        self.client = K2Client(
+            ClientSettings(query_address=query.address, token_file=Path("/nonexistent"), **SHORT_BUDGET)
+        )  # type: ignore[arg-type]
         self.expected = expected
         self.received: list[Trade] = []
         self.reconnects: list[Reconnect] = []
@@ -72,13 +78,22 @@ def assert_exactly_once(got: Sequence[str | None], produced: Sequence[str], labe
     assert set(got) == set(produced), f"{label}: {len(set(produced) - set(got))} missing"
 
 
-def test_subscribers_resume_across_a_kill_9_of_the_query_service(market: Market, query: ServiceProcess) -> None:
+def test_subscribers_resume_across_a_kill_9_of_the_query_service(
+    market: Market, query: ServiceProcess
+) -> None:
     steps = 12
     total = steps * PER_STEP * len(SYMBOLS)
 
     def step(number: int) -> None:
-        market.produce(TRADE, trades(SYMBOLS, PER_STEP, start=T0 + timedelta(seconds=number * PER_STEP),
-                                     first_sequence=number * PER_STEP))
+        market.produce(
+            TRADE,
+            trades(
+                SYMBOLS,
+                PER_STEP,
+                start=T0 + timedelta(seconds=number * PER_STEP),
+                first_sequence=number * PER_STEP,
+            ),
+        )
 
     step(0)
     market.commit(TRADE)  # the first step is history (Iceberg), the rest only in Kafka
@@ -86,10 +101,24 @@ def test_subscribers_resume_across_a_kill_9_of_the_query_service(market: Market,
     subscriber = Subscriber(query, total)
     subscriber.start()
     cli = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "k2"), "subscribe", *SYMBOLS, "--from", T0.isoformat(), "--count", str(total),
-         "-f", "json"], env=query.env | {"K2_QUERY_ADDRESS": query.address, "K2_TOKEN": ""}
+        [
+            str(ROOT / ".venv" / "bin" / "k2"),
+            "subscribe",
+            *SYMBOLS,
+            "--from",
+            T0.isoformat(),
+            "--count",
+            str(total),
+            "-f",
+            "json",
+        ],
+        env=query.env
+        | {"K2_QUERY_ADDRESS": query.address, "K2_TOKEN": ""}
         | {f"K2_{name.upper()}": str(value) for name, value in SHORT_BUDGET.items()},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for number in range(1, 5):
             step(number)
@@ -108,20 +137,30 @@ def test_subscribers_resume_across_a_kill_9_of_the_query_service(market: Market,
             cli.kill()
     assert subscriber.error is None, subscriber.error
     produced = [p.record["message_id"] for p in market.produced[TRADE]]
-    per_symbol = {s: [p.record["message_id"] for p in market.produced[TRADE] if p.record["symbol"] == s]
-                  for s in SYMBOLS}
+    per_symbol = {
+        s: [p.record["message_id"] for p in market.produced[TRADE] if p.record["symbol"] == s]
+        for s in SYMBOLS
+    }
 
     sdk = [t.message_id for t in subscriber.received]
     assert_exactly_once(sdk, produced, "SDK subscriber")
     for symbol, ids in per_symbol.items():
-        assert [t.message_id for t in subscriber.received if t.symbol == symbol] == ids, f"{symbol} out of order"
+        assert [t.message_id for t in subscriber.received if t.symbol == symbol] == ids, (
+            f"{symbol} out of order"
+        )
     assert subscriber.reconnects, "the reconnect was not reported"
-    assert len(subscriber.reconnects) > SHORT_BUDGET["retry_attempts"]  # it outlasted the budget of other calls
+    assert (
+        len(subscriber.reconnects) > SHORT_BUDGET["retry_attempts"]
+    )  # it outlasted the budget of other calls
     assert subscriber.reconnects[0].attempt == 1 and subscriber.reconnects[0].error.code.name == "UNAVAILABLE"
 
     assert cli.returncode == 0, stderr
     lines = [json.loads(line) for line in stdout.splitlines()]
     assert_exactly_once([line["message_id"] for line in lines], produced, "k2 subscribe")
     for symbol, ids in per_symbol.items():
-        assert [line["message_id"] for line in lines if line["symbol"] == symbol] == ids, f"{symbol} out of order"
-    assert "UNAVAILABLE" in stderr and "reconnecting in" in stderr and "resuming after the last record" in stderr
+        assert [line["message_id"] for line in lines if line["symbol"] == symbol] == ids, (
+            f"{symbol} out of order"
+        )
+    assert (
+        "UNAVAILABLE" in stderr and "reconnecting in" in stderr and "resuming after the last record" in stderr
+    )

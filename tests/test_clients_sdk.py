@@ -37,8 +37,12 @@ ASX_TRADES = ASX_DATA / "trades" / "3153.csv"
 
 def fast_retries(**overrides: object) -> ClientSettings:
     """Short backoff; no token file, so only an explicit token authenticates."""
-    return ClientSettings(retry_initial_backoff_seconds=0.01, retry_max_backoff_seconds=0.05,
-                          token_file=Path("/nonexistent/token"), **overrides)  # type: ignore[arg-type]
+    return ClientSettings(
+        retry_initial_backoff_seconds=0.01,
+        retry_max_backoff_seconds=0.05,
+        token_file=Path("/nonexistent/token"),
+        **overrides,
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -49,14 +53,24 @@ def platform() -> Iterator[Platform]:
 
 @pytest.fixture
 def k2(platform: Platform) -> Iterator[K2Client]:
-    with K2Client(fast_retries(), ingest_address=platform.address, writer_address=platform.address,
-                  query_address=platform.address, token=TOKEN) as client:
+    with K2Client(
+        fast_retries(),
+        ingest_address=platform.address,
+        writer_address=platform.address,
+        query_address=platform.address,
+        token=TOKEN,
+    ) as client:
         yield client
 
 
 def async_client(platform: Platform, **overrides: object) -> AsyncK2Client:
-    return AsyncK2Client(fast_retries(**overrides), ingest_address=platform.address,
-                         writer_address=platform.address, query_address=platform.address, token=TOKEN)
+    return AsyncK2Client(
+        fast_retries(**overrides),
+        ingest_address=platform.address,
+        writer_address=platform.address,
+        query_address=platform.address,
+        token=TOKEN,
+    )
 
 
 # -- typed records ------------------------------------------------------------------------------------------------
@@ -64,8 +78,14 @@ def async_client(platform: Platform, **overrides: object) -> AsyncK2Client:
 
 def test_trade_normalises_exact_values_and_refuses_inexact_ones() -> None:
     record = trade(1)
-    t = Trade.from_record(record | {"price": "37.50", "quantity": 40000,
-                                    "timestamp": datetime(2014, 3, 10, 10, 5, tzinfo=UTC).astimezone()})
+    t = Trade.from_record(
+        record
+        | {
+            "price": "37.50",
+            "quantity": 40000,
+            "timestamp": datetime(2014, 3, 10, 10, 5, tzinfo=UTC).astimezone(),
+        }
+    )
     assert t.price == Decimal("37.50") and isinstance(t.quantity, Decimal)
     assert t.timestamp.tzinfo is UTC and t.timestamp == datetime(2014, 3, 10, 10, 5, tzinfo=UTC)
     assert Trade.from_record(record).to_record() == record
@@ -90,8 +110,9 @@ def test_publish_batches_and_stamps_message_ids(platform: Platform, k2: K2Client
     published = platform.ingest.published
     assert len({r["message_id"] for r in published}) == 1050
     assert all(uuid.UUID(r["message_id"]).version == 4 for r in published)
-    assert [(r["trade_id"], r["price"], r["timestamp"]) for r in published] == \
-        [(r["trade_id"], r["price"], r["timestamp"]) for r in records]
+    assert [(r["trade_id"], r["price"], r["timestamp"]) for r in published] == [
+        (r["trade_id"], r["price"], r["timestamp"]) for r in records
+    ]
 
 
 def test_publish_keeps_a_publishers_message_id(platform: Platform, k2: K2Client) -> None:
@@ -100,7 +121,9 @@ def test_publish_keeps_a_publishers_message_id(platform: Platform, k2: K2Client)
     assert platform.ingest.published[0]["message_id"] == record["message_id"]
 
 
-async def test_lost_acknowledgement_is_retried_with_the_same_batch_and_not_written_twice(platform: Platform) -> None:
+async def test_lost_acknowledgement_is_retried_with_the_same_batch_and_not_written_twice(
+    platform: Platform,
+) -> None:
     platform.ingest.lose_ack_at = 2
     async with async_client(platform) as k2:
         result = await k2.publish_trades([trade(n) for n in range(1000)], batch_size=100)
@@ -108,7 +131,7 @@ async def test_lost_acknowledgement_is_retried_with_the_same_batch_and_not_writt
     # The retry re-sends, with their batch ids, the batches not acknowledged (at least the third: its
     # acknowledgement was lost; the first two unless their acknowledgements were read before the stream failed).
     resent = first.index(second[0])
-    assert resent <= 2 and second[:len(first) - resent] == first[resent:]
+    assert resent <= 2 and second[: len(first) - resent] == first[resent:]
     assert result.accepted == 1000 and result.batches == 10
     assert result.duplicates == len(set(first) & set(second)) >= 1
     message_ids = [r["message_id"] for r in platform.ingest.published]
@@ -159,8 +182,10 @@ def test_a_service_going_away_mid_publish_is_a_k2_error() -> None:
 
 def test_retries_are_bounded(platform: Platform) -> None:
     platform.ingest.fail_streams = 1000
-    with (K2Client(fast_retries(retry_attempts=3), ingest_address=platform.address, token=TOKEN) as k2,
-          pytest.raises(K2Error) as failure):
+    with (
+        K2Client(fast_retries(retry_attempts=3), ingest_address=platform.address, token=TOKEN) as k2,
+        pytest.raises(K2Error) as failure,
+    ):
         k2.publish_trades([trade(1)])
     assert failure.value.code == grpc.StatusCode.UNAVAILABLE and failure.value.service == "ingest"
     assert len(platform.ingest.attempts) == 4
@@ -314,8 +339,10 @@ def test_unary_calls_retry_unavailable_within_a_bounded_budget(platform: Platfor
     assert failure.value.code == grpc.StatusCode.UNAVAILABLE and "not serving yet" in failure.value.details
     assert platform.query.latest_calls == 5  # gRPC's retry policy: at most 5 attempts
     platform.query.latest_calls = 0
-    with (K2Client(fast_retries(retry_attempts=0), query_address=platform.address) as once,
-          pytest.raises(K2Error)):
+    with (
+        K2Client(fast_retries(retry_attempts=0), query_address=platform.address) as once,
+        pytest.raises(K2Error),
+    ):
         once.latest(["BHP"])
     assert platform.query.latest_calls == 1
 
@@ -334,12 +361,19 @@ def test_load_files_streams_progress_then_a_summary(platform: Platform, k2: K2Cl
 
 def test_feed_and_writer_status(platform: Platform, k2: K2Client) -> None:
     (feed,) = k2.feed_status()
-    assert (feed.name, feed.state, feed.circuit_state, feed.reconnects_by_reason) == \
-        ("binance", "CONNECTED", "CLOSED", {"watchdog": 2})
+    assert (feed.name, feed.state, feed.circuit_state, feed.reconnects_by_reason) == (
+        "binance",
+        "CONNECTED",
+        "CLOSED",
+        {"watchdog": 2},
+    )
     assert feed.recent_gaps[0].first_missing == 101 and feed.recent_gaps[0].detected_at is None
     status = k2.writer_status()
     assert status.total_lag == 12 and status.tables[0].newest_event_time == DAY + timedelta(hours=5)
-    assert [dataclasses.astuple(c) for c in k2.flush()] == [("market_data.trades", 43, 17), ("market_data.quotes", 0, 0)]
+    assert [dataclasses.astuple(c) for c in k2.flush()] == [
+        ("market_data.trades", 43, 17),
+        ("market_data.quotes", 0, 0),
+    ]
     events = list(k2.compact("market_data.trades", start="2014-03-10", end="2014-03-13"))
     assert [type(e).__name__ for e in events] == ["CompactProgress"] * 3 + ["CompactResult"]
     with pytest.raises(K2Error) as failure:
@@ -349,8 +383,9 @@ def test_feed_and_writer_status(platform: Platform, k2: K2Client) -> None:
 
 def test_health_reports_absent_services(platform: Platform) -> None:
     absent = unused_address()
-    with K2Client(fast_retries(), ingest_address=platform.address, writer_address=absent,
-                  query_address=platform.address) as k2:
+    with K2Client(
+        fast_retries(), ingest_address=platform.address, writer_address=absent, query_address=platform.address
+    ) as k2:
         health = {h.service: h for h in k2.health()}
     assert health["ingest"].serving and health["query"].serving
     assert health["writer"].status == "UNAVAILABLE" and health["writer"].address == absent

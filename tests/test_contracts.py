@@ -59,7 +59,9 @@ def proto_shape(field: FieldDescriptor) -> tuple[str, bool]:
 def test_fields_mirror_in_name_order_and_type(kind: RecordKind) -> None:
     avro_fields = CURRENT[kind].schema["fields"]
     message = MESSAGES[kind]
-    assert [f["name"] for f in avro_fields] == [f.name for f in sorted(message.fields, key=lambda f: f.number)]
+    assert [f["name"] for f in avro_fields] == [
+        f.name for f in sorted(message.fields, key=lambda f: f.number)
+    ]
     for number, avro_field in enumerate(avro_fields, start=1):
         proto_field = message.fields_by_name[avro_field["name"]]
         assert proto_field.number == number, f"{avro_field['name']}: proto field number follows Avro order"

@@ -41,18 +41,35 @@ INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?][^}]*)?\}")
 METRIC_NAME = re.compile(r"\bk2_[a-z0-9_]+")
 # Sample names a metric family of each type exposes, by suffix.
 SAMPLE_SUFFIXES = {
-    "counter": ("_total", "_created"), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count", "_created"),
-    "summary": ("", "_sum", "_count", "_created"), "info": ("_info",), "stateset": ("",), "unknown": ("",),
-    "gaugehistogram": ("_bucket", "_gsum", "_gcount")}
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+    "info": ("_info",),
+    "stateset": ("",),
+    "unknown": ("",),
+    "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
+}
 DEPENDENCY_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
-OTEL_VARIABLES = {"OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER",
-                  "OTEL_TRACES_SAMPLER_ARG", "OTEL_SPAN_EVENT_COUNT_LIMIT"}
+OTEL_VARIABLES = {
+    "OTEL_SERVICE_NAME",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_SPAN_EVENT_COUNT_LIMIT",
+}
 # Read by the health-check script and by k2.core.telemetry.setup_logging, not by a settings class.
-OTHER_K2_VARIABLES = {"K2_LOG_LEVEL", "K2_HEALTHCHECK_CA_FILE", "K2_HEALTHCHECK_CERT_FILE",
-                      "K2_HEALTHCHECK_KEY_FILE", "K2_HEALTHCHECK_SERVER_NAME"}
+OTHER_K2_VARIABLES = {
+    "K2_LOG_LEVEL",
+    "K2_HEALTHCHECK_CA_FILE",
+    "K2_HEALTHCHECK_CERT_FILE",
+    "K2_HEALTHCHECK_KEY_FILE",
+    "K2_HEALTHCHECK_SERVER_NAME",
+}
 
 
 # --- reading the files ------------------------------------------------------------------------------------
+
 
 @cache
 def env_file() -> dict[str, str]:
@@ -115,6 +132,7 @@ def uses_k2_image(service: dict[str, Any]) -> bool:
 
 # --- what the code defines ---------------------------------------------------------------------------------
 
+
 def modules_under(package: str) -> Iterator[str]:
     root = importlib.import_module(package)
     yield package
@@ -143,8 +161,12 @@ def settings_classes() -> list[type[BaseSettings]]:
         for module_name in modules_under(package):
             module = importlib.import_module(module_name)
             for value in vars(module).values():
-                if (isinstance(value, type) and issubclass(value, BaseSettings)
-                        and value is not ServerSettings and value.__module__ == module_name):
+                if (
+                    isinstance(value, type)
+                    and issubclass(value, BaseSettings)
+                    and value is not ServerSettings
+                    and value.__module__ == module_name
+                ):
                     found[f"{module_name}.{value.__name__}"] = value
     return list(found.values())
 
@@ -168,6 +190,7 @@ def setting_variables() -> frozenset[str]:
 
 # --- compose ----------------------------------------------------------------------------------------------
 
+
 def test_every_compose_service_has_an_image_or_a_build() -> None:
     assert set(SERVICES) <= set(services())
     for name, service in services().items():
@@ -184,15 +207,26 @@ def test_every_interpolated_variable_is_defined_in_env() -> None:
 
 
 def test_env_file_defines_nothing_unused() -> None:
-    used = {name for path in (ROOT / "docker-compose.yml", *OVERRIDES) for text in strings(load_yaml(path))
-            for name in interpolated(text)}
+    used = {
+        name
+        for path in (ROOT / "docker-compose.yml", *OVERRIDES)
+        for text in strings(load_yaml(path))
+        for name in interpolated(text)
+    }
     assert set(env_file()) - used == {"COMPOSE_PROJECT_NAME"}
 
 
 def test_no_secret_is_kept_in_env_and_compose_requires_each() -> None:
     env = env_file()
-    secrets = ("POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "K2_ICEBERG_S3_ACCESS_KEY_ID",
-               "K2_ICEBERG_S3_SECRET_ACCESS_KEY", "K2_AUTH_WRITE_TOKENS", "GRAFANA_ADMIN_PASSWORD")
+    secrets = (
+        "POSTGRES_PASSWORD",
+        "MINIO_ROOT_USER",
+        "MINIO_ROOT_PASSWORD",
+        "K2_ICEBERG_S3_ACCESS_KEY_ID",
+        "K2_ICEBERG_S3_SECRET_ACCESS_KEY",
+        "K2_AUTH_WRITE_TOKENS",
+        "GRAFANA_ADMIN_PASSWORD",
+    )
     texts = list(strings(compose()))
     for name in secrets:
         assert env[name] == "", f".env must not hold a value for {name}"
@@ -242,7 +276,9 @@ def test_k2_services_run_their_own_module_with_real_health_checks() -> None:
         env = environment(service)
         prefix = f"K2_{name.upper()}_"
         assert service["command"] == ["python", "-m", f"k2.services.{name}"]
-        assert (ROOT / "k2" / "services" / name / "__main__.py").is_file(), f"no k2/services/{name}/__main__.py"
+        assert (ROOT / "k2" / "services" / name / "__main__.py").is_file(), (
+            f"no k2/services/{name}/__main__.py"
+        )
         assert env["OTEL_SERVICE_NAME"] == name
         assert env[f"{prefix}HOST"] == "0.0.0.0"
         assert env[f"{prefix}ALLOW_PLAINTEXT"] == "true", "plaintext inside the private compose network"
@@ -250,8 +286,12 @@ def test_k2_services_run_their_own_module_with_real_health_checks() -> None:
         assert int(env[f"{prefix}METRICS_PORT"]) == METRICS_PORTS[name]
         container_ports = [mapping.split(":")[-1] for mapping in service["ports"]]
         assert container_ports == [str(GRPC_PORTS[name]), str(METRICS_PORTS[name])]
-        assert service["healthcheck"]["test"] == ["CMD", "python", "/app/deploy/grpc_healthcheck.py",
-                                                  str(GRPC_PORTS[name])]
+        assert service["healthcheck"]["test"] == [
+            "CMD",
+            "python",
+            "/app/deploy/grpc_healthcheck.py",
+            str(GRPC_PORTS[name]),
+        ]
         assert service["restart"] == "unless-stopped"
         dependencies = service["depends_on"]
         assert dependencies["kafka-topics"]["condition"] == "service_completed_successfully"
@@ -267,8 +307,12 @@ def test_catalog_uri_driver_is_installed() -> None:
 def test_services_settings_parse_the_compose_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each service's real settings classes read the environment compose gives it (.env plus secrets of the
     documented forms), with and without the TLS overrides."""
-    secrets = {"POSTGRES_PASSWORD": "0f1e2d", "K2_ICEBERG_S3_ACCESS_KEY_ID": "k2-services",
-               "K2_ICEBERG_S3_SECRET_ACCESS_KEY": "5ec7e7", "K2_AUTH_WRITE_TOKENS": '["a1b2c3"]'}
+    secrets = {
+        "POSTGRES_PASSWORD": "0f1e2d",
+        "K2_ICEBERG_S3_ACCESS_KEY_ID": "k2-services",
+        "K2_ICEBERG_S3_SECRET_ACCESS_KEY": "5ec7e7",
+        "K2_AUTH_WRITE_TOKENS": '["a1b2c3"]',
+    }
     tls, mtls = (load_yaml(path)["services"] for path in OVERRIDES)
     for name in SERVICES:
         classes = [cls for cls in settings_classes() if cls.__module__.startswith(f"k2.services.{name}.")]
@@ -325,8 +369,11 @@ def test_tls_overrides_give_each_service_its_own_certificate() -> None:
         assert env["K2_HEALTHCHECK_SERVER_NAME"] == name
         mtls_env = environment(mtls[name])
         mounted |= {volume.split(":")[1] for volume in mtls[name]["volumes"]}
-        assert {mtls_env[f"{prefix}TLS_CLIENT_CA_FILE"], mtls_env["K2_HEALTHCHECK_CERT_FILE"],
-                mtls_env["K2_HEALTHCHECK_KEY_FILE"]} <= mounted
+        assert {
+            mtls_env[f"{prefix}TLS_CLIENT_CA_FILE"],
+            mtls_env["K2_HEALTHCHECK_CERT_FILE"],
+            mtls_env["K2_HEALTHCHECK_KEY_FILE"],
+        } <= mounted
 
 
 def test_configuration_doc_lists_every_variable() -> None:
@@ -338,6 +385,7 @@ def test_configuration_doc_lists_every_variable() -> None:
 
 
 # --- Dockerfile -------------------------------------------------------------------------------------------
+
 
 def copied_into_image() -> set[str]:
     sources = re.findall(r"^COPY (?!--from)(.+) \S+$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
@@ -361,12 +409,16 @@ def test_dockerfile_builds_from_the_lock_on_python_3_11_slim() -> None:
 
 
 def test_dockerignore_lets_through_what_the_dockerfile_copies() -> None:
-    allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.startswith("!")}
+    allowed = {
+        line[1:].rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
     assert copied_into_image() <= allowed
 
 
 # --- Prometheus -----------------------------------------------------------------------------------------
+
 
 def alert_rules() -> list[dict[str, Any]]:
     config = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
@@ -380,8 +432,10 @@ def alert_rules() -> list[dict[str, Any]]:
 
 def test_prometheus_scrapes_each_service_on_its_metrics_port() -> None:
     config = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
-    jobs = {job["job_name"]: [t for c in job["static_configs"] for t in c["targets"]]
-            for job in config["scrape_configs"]}
+    jobs = {
+        job["job_name"]: [t for c in job["static_configs"] for t in c["targets"]]
+        for job in config["scrape_configs"]
+    }
     for name in SERVICES:
         assert jobs[name] == [f"{name}:{METRICS_PORTS[name]}"]
     volume = next(v for v in services()["prometheus"]["volumes"] if v.startswith("./deploy/prometheus:"))
@@ -400,9 +454,14 @@ def test_alert_rules_are_complete_and_name_exposed_metrics() -> None:
             assert metric in exposed, f"alert {rule['alert']} uses {metric}, which no service exposes"
     expressions = "\n".join(rule["expr"] for rule in rules)
     # The conditions the operators asked to be paged for.
-    for needed in ("up{", "k2_binance_connections", "k2_binance_gaps_total",
-                   "k2_writer_consumer_lag_messages", "k2_writer_visibility_delay_seconds_bucket",
-                   "k2_writer_freshness_seconds"):
+    for needed in (
+        "up{",
+        "k2_binance_connections",
+        "k2_binance_gaps_total",
+        "k2_writer_consumer_lag_messages",
+        "k2_writer_visibility_delay_seconds_bucket",
+        "k2_writer_freshness_seconds",
+    ):
         assert needed in expressions, f"no alert uses {needed}"
 
 
@@ -469,13 +528,21 @@ def test_dashboards_cover_the_platform_and_name_exposed_metrics() -> None:
                 used.update(metrics)
     # Ingest rates and errors, feed health and gaps, Kafka lag, Iceberg freshness and commits, query
     # latencies, subscribers and drops.
-    prefixes = ("k2_ingest_", "k2_binance_gaps", "k2_binance_connection", "k2_writer_consumer_lag",
-                "k2_writer_freshness", "k2_writer_commits", "k2_query_")
+    prefixes = (
+        "k2_ingest_",
+        "k2_binance_gaps",
+        "k2_binance_connection",
+        "k2_writer_consumer_lag",
+        "k2_writer_freshness",
+        "k2_writer_commits",
+        "k2_query_",
+    )
     for prefix in prefixes:
         assert any(name.startswith(prefix) for name in used), f"no dashboard panel shows {prefix}*"
 
 
 # --- the scripts compose and operators run ----------------------------------------------------------------
+
 
 class _ServerSettings(ServerSettings):
     model_config = SettingsConfigDict(env_prefix="K2_TEST_DEPLOY_UNUSED_", extra="ignore")
@@ -484,8 +551,13 @@ class _ServerSettings(ServerSettings):
 async def _healthcheck(port: int, env: dict[str, str] | None = None) -> tuple[int, str]:
     inherited = {key: value for key, value in os.environ.items() if not key.startswith("K2_HEALTHCHECK_")}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(DEPLOY / "grpc_healthcheck.py"), str(port), env=inherited | (env or {}),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        sys.executable,
+        str(DEPLOY / "grpc_healthcheck.py"),
+        str(port),
+        env=inherited | (env or {}),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
     return process.returncode or 0, output.decode()
 
@@ -507,18 +579,27 @@ async def test_healthcheck_reports_serving_not_serving_and_unreachable() -> None
 
 
 async def test_make_certs_output_serves_mtls_and_the_healthcheck_uses_it(tmp_path: Path) -> None:
-    make_certs = await asyncio.create_subprocess_exec(DEPLOY / "make-certs.sh", tmp_path, "k2.example.internal",
-                                                      stderr=asyncio.subprocess.DEVNULL)
+    make_certs = await asyncio.create_subprocess_exec(
+        DEPLOY / "make-certs.sh", tmp_path, "k2.example.internal", stderr=asyncio.subprocess.DEVNULL
+    )
     assert await asyncio.wait_for(make_certs.wait(), timeout=60) == 0
-    settings = _ServerSettings(host="127.0.0.1", port=0, metrics_port=0, grace_seconds=0.5,
-                               tls_cert_file=tmp_path / "ingest.crt", tls_key_file=tmp_path / "ingest.key",
-                               tls_client_ca_file=tmp_path / "ca.crt")
+    settings = _ServerSettings(
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        grace_seconds=0.5,
+        tls_cert_file=tmp_path / "ingest.crt",
+        tls_key_file=tmp_path / "ingest.key",
+        tls_client_ca_file=tmp_path / "ca.crt",
+    )
     auth = AuthSettings(write_tokens=[], read_tokens=[], token_file=None)
     server = GrpcServer("deploy-test", settings, auth)
     port = await server.start()
     tls_env = {"K2_HEALTHCHECK_CA_FILE": str(tmp_path / "ca.crt"), "K2_HEALTHCHECK_SERVER_NAME": "ingest"}
-    client_env = {"K2_HEALTHCHECK_CERT_FILE": str(tmp_path / "client.crt"),
-                  "K2_HEALTHCHECK_KEY_FILE": str(tmp_path / "client.key")}
+    client_env = {
+        "K2_HEALTHCHECK_CERT_FILE": str(tmp_path / "client.crt"),
+        "K2_HEALTHCHECK_KEY_FILE": str(tmp_path / "client.key"),
+    }
     try:
         assert await _healthcheck(port, tls_env | client_env) == (0, "SERVING\n")
         code, output = await _healthcheck(port, tls_env)
@@ -543,14 +624,23 @@ def test_scripts_are_executable(path: Path) -> None:
 def test_pinned_requirements_hold_the_versions_pyproject_pins() -> None:
     """requirements/*.txt are generated by `make lock`; a pin changed in pyproject.toml without re-locking fails here."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    declared = {"runtime": project["project"]["dependencies"],
-                "dev": project["project"]["dependencies"] + project["dependency-groups"]["dev"]}
+    declared = {
+        "runtime": project["project"]["dependencies"],
+        "dev": project["project"]["dependencies"] + project["dependency-groups"]["dev"],
+    }
     for name, requirements in declared.items():
-        pinned = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (ROOT / "requirements" / f"{name}.txt").read_text(),
-                                 re.MULTILINE))
+        pinned = dict(
+            re.findall(
+                r"^([A-Za-z0-9_.-]+)==(\S+)",
+                (ROOT / "requirements" / f"{name}.txt").read_text(),
+                re.MULTILINE,
+            )
+        )
         pinned = {package.lower().replace("_", "-"): version for package, version in pinned.items()}
         for requirement in requirements:
             match = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?==(\S+)", requirement)
             if match:
                 package = match.group(1).lower().replace("_", "-")
-                assert pinned.get(package) == match.group(2), f"requirements/{name}.txt: {package} (run make lock)"
+                assert pinned.get(package) == match.group(2), (
+                    f"requirements/{name}.txt: {package} (run make lock)"
+                )

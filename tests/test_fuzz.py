@@ -49,25 +49,54 @@ from k2.services.ingest.rows import ParsedChunk
 RECEIVED = datetime(2026, 1, 1, tzinfo=UTC)
 # Per input: generous for a loaded 2-core CI machine, far below anything that would look like a hang.
 PER_INPUT = timedelta(seconds=2)
-FUZZ = settings(max_examples=int(os.environ.get("K2_FUZZ_EXAMPLES", "400")), deadline=PER_INPUT,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+FUZZ = settings(
+    max_examples=int(os.environ.get("K2_FUZZ_EXAMPLES", "400")),
+    deadline=PER_INPUT,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 # ---- generic strategies ----------------------------------------------------------------------------------------
 
 unicode_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
-edge_integers = st.one_of(st.integers(), st.sampled_from([0, -1, 1, 2**31, 2**53 + 1, 2**63 - 1, 2**63, -(2**63),
-                                                          -(2**63) - 1, 10**30, 10**400]))
+edge_integers = st.one_of(
+    st.integers(),
+    st.sampled_from([0, -1, 1, 2**31, 2**53 + 1, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 10**30, 10**400]),
+)
 decimal_texts = st.one_of(
     st.from_regex(r"[+-]?\d{0,24}(\.\d{0,22})?([eE][+-]?\d{1,12})?", fullmatch=True),
     st.decimals(allow_nan=True, allow_infinity=True).map(str),
-    st.sampled_from(["0", "-0", "0.0", "1E-18", "1E-19", "1E+19", "1E+20", "99999999999999999999.999999999999999999",
-                     "100000000000000000000", "NaN", "sNaN", "-Infinity", "1e999999999999999999", "1e-999999999",
-                     " 1", "1_000", "١٢٣", ""]),
+    st.sampled_from(
+        [
+            "0",
+            "-0",
+            "0.0",
+            "1E-18",
+            "1E-19",
+            "1E+19",
+            "1E+20",
+            "99999999999999999999.999999999999999999",
+            "100000000000000000000",
+            "NaN",
+            "sNaN",
+            "-Infinity",
+            "1e999999999999999999",
+            "1e-999999999",
+            " 1",
+            "1_000",
+            "١٢٣",
+            "",
+        ]
+    ),
     unicode_text,
 )
 json_scalars = st.one_of(st.none(), st.booleans(), edge_integers, st.floats(), unicode_text)
-json_values = st.recursive(json_scalars, lambda children: st.one_of(
-    st.lists(children, max_size=4), st.dictionaries(st.text(max_size=3), children, max_size=4)), max_leaves=10)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.text(max_size=3), children, max_size=4)
+    ),
+    max_leaves=10,
+)
 
 
 def _deep(depth: int, opening: str, closing: str) -> str:
@@ -77,8 +106,16 @@ def _deep(depth: int, opening: str, closing: str) -> str:
 # ---- Binance frames ------------------------------------------------------------------------------------------
 
 SYMBOLS = ("BTCUSDT", "ETHBTC")
-STREAMS = ["btcusdt@trade", "btcusdt@bookTicker", "ethbtc@trade", "ethbtc@bookTicker", "btcusdt@aggTrade",
-           "!serverShutdown", "", "BTCUSDT@trade"]
+STREAMS = [
+    "btcusdt@trade",
+    "btcusdt@bookTicker",
+    "ethbtc@trade",
+    "ethbtc@bookTicker",
+    "btcusdt@aggTrade",
+    "!serverShutdown",
+    "",
+    "BTCUSDT@trade",
+]
 
 
 class FrameRun:
@@ -91,9 +128,14 @@ class FrameRun:
         self.parser = FrameParser(self.states, ["trade", "bookTicker"], microseconds=False, out=self.out)
 
     def _counts(self) -> tuple[int, ...]:
-        return (len(self.out.trades), len(self.out.quotes), len(self.out.dead_letters),
-                sum(self.parser.unknown_events.values()),
-                sum(s.duplicate_trades for s in self.states), sum(s.duplicate_quotes for s in self.states))
+        return (
+            len(self.out.trades),
+            len(self.out.quotes),
+            len(self.out.dead_letters),
+            sum(self.parser.unknown_events.values()),
+            sum(s.duplicate_trades for s in self.states),
+            sum(s.duplicate_quotes for s in self.states),
+        )
 
     def parse(self, raw: bytes) -> None:
         before = self._counts()
@@ -106,7 +148,10 @@ class FrameRun:
             assert letter_raw == raw and reason and isinstance(field, str) and source.startswith("binance")
         if reply is not None:
             assert isinstance(reply, dict)
-        for kind, messages, changed in ((TRADE, self.out.trades, changes[0]), (QUOTE, self.out.quotes, changes[1])):
+        for kind, messages, changed in (
+            (TRADE, self.out.trades, changes[0]),
+            (QUOTE, self.out.quotes, changes[1]),
+        ):
             if changed:
                 key, value, _ = messages[-1]
                 decoded_kind, record = avro.decode(value)
@@ -126,16 +171,32 @@ def assert_carriable(kind: str, record: Record) -> None:
 
 
 def _trade_data() -> st.SearchStrategy[dict[str, Any]]:
-    return st.fixed_dictionaries({
-        "e": st.just("trade"), "E": edge_integers, "s": st.sampled_from([*SYMBOLS, "", "btcusdt"]),
-        "t": st.one_of(st.integers(0, 50), edge_integers), "p": decimal_texts, "q": decimal_texts,
-        "T": st.one_of(st.integers(0, 4102444800000), edge_integers), "m": st.booleans(), "M": st.booleans()})
+    return st.fixed_dictionaries(
+        {
+            "e": st.just("trade"),
+            "E": edge_integers,
+            "s": st.sampled_from([*SYMBOLS, "", "btcusdt"]),
+            "t": st.one_of(st.integers(0, 50), edge_integers),
+            "p": decimal_texts,
+            "q": decimal_texts,
+            "T": st.one_of(st.integers(0, 4102444800000), edge_integers),
+            "m": st.booleans(),
+            "M": st.booleans(),
+        }
+    )
 
 
 def _quote_data() -> st.SearchStrategy[dict[str, Any]]:
-    return st.fixed_dictionaries({
-        "u": st.one_of(st.integers(0, 50), edge_integers), "s": st.sampled_from([*SYMBOLS, ""]),
-        "b": decimal_texts, "B": decimal_texts, "a": decimal_texts, "A": decimal_texts})
+    return st.fixed_dictionaries(
+        {
+            "u": st.one_of(st.integers(0, 50), edge_integers),
+            "s": st.sampled_from([*SYMBOLS, ""]),
+            "b": decimal_texts,
+            "B": decimal_texts,
+            "a": decimal_texts,
+            "A": decimal_texts,
+        }
+    )
 
 
 @st.composite
@@ -164,7 +225,9 @@ def frames(draw: st.DrawFn) -> bytes:
         wrapper.pop(draw(st.sampled_from(["stream", "data"])))
     text = json.dumps(wrapper, allow_nan=True)
     if shape == 4:  # whitespace, trailing garbage, truncation
-        text = draw(st.sampled_from([" " + text, text + "\n", text + "x", text[: len(text) // 2], text + text]))
+        text = draw(
+            st.sampled_from([" " + text, text + "\n", text + "x", text[: len(text) // 2], text + text])
+        )
     return text.encode()
 
 
@@ -176,20 +239,35 @@ def test_every_binance_frame_has_exactly_one_outcome(raws: list[bytes]) -> None:
         run.parse(raw)
 
 
-@pytest.mark.parametrize("raw", [
-    _deep(100_000, "[", "]").encode(),
-    ('{"stream":"btcusdt@trade","data":' + _deep(50_000, "[", "]") + "}").encode(),
-    b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"1","q":"1","T":1,"m":true,'
-    b'"M":true,"p":' + b"9" * 100_000 + b"}}",
-    (b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":1e999999999,"q":"1","T":1,'
-    b'"m":true,"M":true}}'),
-    (b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"1","q":"1",'
-    b'"T":99999999999999999,"m":true,"M":true}}'),
-    (b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"1","q":"1","T":1,"m":true,'
-    b'"M":true,"s":"\\ud800"}}'),
-    b'{"stream":"btcusdt@bookTicker","data":{"u":1,"s":"BTCUSDT","b":NaN,"B":Infinity,"a":"1","A":"-1"}}',
-    b"\xff\xfe\x00", b"", b"null", b'"x"', b"[]", b'{"id":1,"result":null}', b'{"e":"serverShutdown"}',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _deep(100_000, "[", "]").encode(),
+        ('{"stream":"btcusdt@trade","data":' + _deep(50_000, "[", "]") + "}").encode(),
+        b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"1","q":"1","T":1,"m":true,'
+        b'"M":true,"p":' + b"9" * 100_000 + b"}}",
+        (
+            b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":1e999999999,"q":"1","T":1,'
+            b'"m":true,"M":true}}'
+        ),
+        (
+            b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"1","q":"1",'
+            b'"T":99999999999999999,"m":true,"M":true}}'
+        ),
+        (
+            b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"1","q":"1","T":1,"m":true,'
+            b'"M":true,"s":"\\ud800"}}'
+        ),
+        b'{"stream":"btcusdt@bookTicker","data":{"u":1,"s":"BTCUSDT","b":NaN,"B":Infinity,"a":"1","A":"-1"}}',
+        b"\xff\xfe\x00",
+        b"",
+        b"null",
+        b'"x"',
+        b"[]",
+        b'{"id":1,"result":null}',
+        b'{"e":"serverShutdown"}',
+    ],
+)
 def test_pathological_binance_frames_are_answered_quickly(raw: bytes) -> None:
     started = time.perf_counter()
     FrameRun().parse(raw)
@@ -198,10 +276,12 @@ def test_pathological_binance_frames_are_answered_quickly(raw: bytes) -> None:
 
 # ---- ASX and K2 CSV rows -------------------------------------------------------------------------------------
 
+
 def assert_every_line_answered(chunk: ParsedChunk, lines: list[tuple[int, bytes]], kind: str) -> None:
     assert chunk.rows == len(lines)
-    answered = sorted([(number, raw) for number, raw in chunk.lines]
-                      + [(row.line, row.raw) for row in chunk.rejected])
+    answered = sorted(
+        [(number, raw) for number, raw in chunk.lines] + [(row.line, row.raw) for row in chunk.rejected]
+    )
     assert answered == sorted(lines)
     assert len(chunk.lines) == len(chunk.records)
     for row in chunk.rejected:
@@ -211,11 +291,19 @@ def assert_every_line_answered(chunk: ParsedChunk, lines: list[tuple[int, bytes]
 
 
 field_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=",\r\n"), max_size=12)
-asx_dates = st.one_of(st.dates().map(lambda d: f"{d.month:02d}/{d.day:02d}/{d.year:04d}"),
-                      st.from_regex(r"\d\d/\d\d/\d{4}", fullmatch=True), field_text)
-asx_times = st.one_of(st.times().map(lambda t: t.isoformat(timespec="milliseconds")),
-                      st.from_regex(r"\d\d:\d\d:\d\d(\.\d{1,9})?", fullmatch=True), field_text)
-asx_numbers = st.one_of(decimal_texts.filter(lambda t: not set(t) & set(",\r\n")), st.just("0"), st.just("0.0"))
+asx_dates = st.one_of(
+    st.dates().map(lambda d: f"{d.month:02d}/{d.day:02d}/{d.year:04d}"),
+    st.from_regex(r"\d\d/\d\d/\d{4}", fullmatch=True),
+    field_text,
+)
+asx_times = st.one_of(
+    st.times().map(lambda t: t.isoformat(timespec="milliseconds")),
+    st.from_regex(r"\d\d:\d\d:\d\d(\.\d{1,9})?", fullmatch=True),
+    field_text,
+)
+asx_numbers = st.one_of(
+    decimal_texts.filter(lambda t: not set(t) & set(",\r\n")), st.just("0"), st.just("0.0")
+)
 
 
 @st.composite
@@ -225,9 +313,10 @@ def asx_lines(draw: st.DrawFn, columns: int) -> list[tuple[int, bytes]]:
         if draw(st.integers(0, 4)) == 0:
             rows.append(draw(st.binary(max_size=80).filter(lambda b: b"\n" not in b)))
             continue
-        fields = [draw(asx_dates), draw(asx_times)] + [draw(st.one_of(asx_numbers, field_text))
-                                                        for _ in range(columns - 2)]
-        fields = fields[:draw(st.integers(0, columns + 1))] if draw(st.integers(0, 5)) == 0 else fields
+        fields = [draw(asx_dates), draw(asx_times)] + [
+            draw(st.one_of(asx_numbers, field_text)) for _ in range(columns - 2)
+        ]
+        fields = fields[: draw(st.integers(0, columns + 1))] if draw(st.integers(0, 5)) == 0 else fields
         rows.append(",".join(fields).encode())
     first = draw(st.integers(1, 1000))
     return [(first + n, raw) for n, raw in enumerate(rows)]
@@ -249,18 +338,30 @@ def test_every_asx_quote_row_is_a_record_or_a_rejection(lines: list[tuple[int, b
 
 CSV_VALUES: dict[str, st.SearchStrategy[str]] = {
     "message_id": st.one_of(st.uuids().map(str), field_text),
-    "timestamp": st.one_of(st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
-                           st.datetimes().map(lambda d: d.isoformat()),
-                           st.from_regex(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,12})?(Z|[+-]\d\d:\d\d)?",
-                                         fullmatch=True), field_text),
+    "timestamp": st.one_of(
+        st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
+        st.datetimes().map(lambda d: d.isoformat()),
+        st.from_regex(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,12})?(Z|[+-]\d\d:\d\d)?", fullmatch=True),
+        field_text,
+    ),
     "asset_class": st.sampled_from(["EQUITIES", "CRYPTO", "FUTURES", "OPTIONS", "equities", ""]),
     "side": st.sampled_from(["BUY", "SELL", "SELL_SHORT", "UNKNOWN", "buy", ""]),
     "source_sequence": st.one_of(edge_integers.map(str), field_text),
     "vendor_data": st.one_of(
         st.dictionaries(unicode_text, unicode_text, max_size=3).map(json.dumps),
         json_values.map(json.dumps),
-        st.sampled_from(['{"a": "\\ud800"}', '{"\\udfff": "x"}', _deep(10_000, "[", "]"), "{" * 10_000,
-                         '{"a": ' + "9" * 5000 + "}", "NaN", ""])),
+        st.sampled_from(
+            [
+                '{"a": "\\ud800"}',
+                '{"\\udfff": "x"}',
+                _deep(10_000, "[", "]"),
+                "{" * 10_000,
+                '{"a": ' + "9" * 5000 + "}",
+                "NaN",
+                "",
+            ]
+        ),
+    ),
     "trade_conditions": st.lists(field_text.filter(lambda t: "|" not in t), max_size=3).map("|".join),
 }
 for _decimal_column in ("price", "quantity", "bid_price", "bid_quantity", "ask_price", "ask_quantity"):
@@ -280,20 +381,28 @@ def csv_rows(draw: st.DrawFn, kind: str) -> tuple[list[str], list[tuple[int, byt
         else:
             values = [draw(CSV_VALUES.get(column, unicode_text)) for column in columns]
             if shape == 1:
-                values = values[:draw(st.integers(0, len(values) + 1))] + draw(st.lists(unicode_text, max_size=1))
+                values = values[: draw(st.integers(0, len(values) + 1))] + draw(
+                    st.lists(unicode_text, max_size=1)
+                )
             out = io.StringIO()
             csv.writer(out, lineterminator="").writerow(values)
             raw = out.getvalue().encode()
             if shape == 2:  # damage: stray quotes and carriage returns inside the line
                 position = draw(st.integers(0, len(raw)))
-                raw = raw[:position] + draw(st.sampled_from([b'"', b"\r", b'"x"', b"\x00", b","])) + raw[position:]
+                raw = (
+                    raw[:position]
+                    + draw(st.sampled_from([b'"', b"\r", b'"x"', b"\x00", b","]))
+                    + raw[position:]
+                )
         lines.append((number + 2, raw.replace(b"\n", b"")))
     return columns, lines
 
 
 @FUZZ
 @given(csv_rows(TRADE))
-def test_every_csv_trade_row_is_a_record_or_a_rejection(case: tuple[list[str], list[tuple[int, bytes]]]) -> None:
+def test_every_csv_trade_row_is_a_record_or_a_rejection(
+    case: tuple[list[str], list[tuple[int, bytes]]],
+) -> None:
     columns, lines = case
     chunk = csv_files.CsvParser(TRADE, columns, RECEIVED).parse(lines)
     assert_every_line_answered(chunk, lines, TRADE)
@@ -301,7 +410,9 @@ def test_every_csv_trade_row_is_a_record_or_a_rejection(case: tuple[list[str], l
 
 @FUZZ
 @given(csv_rows(QUOTE))
-def test_every_csv_quote_row_is_a_record_or_a_rejection(case: tuple[list[str], list[tuple[int, bytes]]]) -> None:
+def test_every_csv_quote_row_is_a_record_or_a_rejection(
+    case: tuple[list[str], list[tuple[int, bytes]]],
+) -> None:
     columns, lines = case
     chunk = csv_files.CsvParser(QUOTE, columns, RECEIVED).parse(lines)
     assert_every_line_answered(chunk, lines, QUOTE)
@@ -315,14 +426,18 @@ def scratch() -> Iterator[Path]:
 
 header_lines = st.one_of(
     st.binary(max_size=120),
-    st.lists(st.one_of(st.sampled_from(csv_files.REQUIRED[TRADE] + csv_files.OPTIONAL[TRADE]), unicode_text),
-             max_size=14).map(lambda names: ",".join(names).encode()),
+    st.lists(
+        st.one_of(st.sampled_from(csv_files.REQUIRED[TRADE] + csv_files.OPTIONAL[TRADE]), unicode_text),
+        max_size=14,
+    ).map(lambda names: ",".join(names).encode()),
 )
 
 
 @FUZZ
 @given(st.sampled_from([TRADE, QUOTE]), header_lines, st.binary(max_size=60))
-def test_csv_headers_are_columns_or_a_value_error(scratch: Path, kind: str, header: bytes, rest: bytes) -> None:
+def test_csv_headers_are_columns_or_a_value_error(
+    scratch: Path, kind: str, header: bytes, rest: bytes
+) -> None:
     path = scratch / "header.csv"
     path.write_bytes(header + b"\n" + rest)
     try:
@@ -333,13 +448,22 @@ def test_csv_headers_are_columns_or_a_value_error(scratch: Path, kind: str, head
         assert set(csv_files.REQUIRED[kind]) <= set(columns)  # type: ignore[index]
 
 
-reference_rows = st.lists(st.lists(st.one_of(field_text, st.sampled_from(["company_id", "symbol", "7078", "BHP"])),
-                                   max_size=4).map(",".join), max_size=5).map("\n".join)
+reference_rows = st.lists(
+    st.lists(st.one_of(field_text, st.sampled_from(["company_id", "symbol", "7078", "BHP"])), max_size=4).map(
+        ",".join
+    ),
+    max_size=5,
+).map("\n".join)
 
 
 @FUZZ
-@given(st.one_of(st.binary(max_size=120), reference_rows.map(str.encode),
-                 reference_rows.map(lambda rows: ("company_id,symbol,name\n" + rows).encode())))
+@given(
+    st.one_of(
+        st.binary(max_size=120),
+        reference_rows.map(str.encode),
+        reference_rows.map(lambda rows: ("company_id,symbol,name\n" + rows).encode()),
+    )
+)
 def test_asx_reference_data_is_a_mapping_or_a_refused_error(scratch: Path, content: bytes) -> None:
     path = scratch / "company_info.csv"
     path.write_bytes(content)
@@ -354,7 +478,9 @@ def test_asx_reference_data_is_a_mapping_or_a_refused_error(scratch: Path, conte
 HUGE_FIELD = b"x" * 200_000  # beyond the csv module's field size limit
 
 
-@pytest.mark.parametrize("content", [b"trade_id," + HUGE_FIELD + b"\n", b'"' + HUGE_FIELD, b"\xff\xfe\n", b""])
+@pytest.mark.parametrize(
+    "content", [b"trade_id," + HUGE_FIELD + b"\n", b'"' + HUGE_FIELD, b"\xff\xfe\n", b""]
+)
 def test_pathological_csv_headers_are_a_value_error(scratch: Path, content: bytes) -> None:
     path = scratch / "pathological.csv"
     path.write_bytes(content)
@@ -362,8 +488,10 @@ def test_pathological_csv_headers_are_a_value_error(scratch: Path, content: byte
         csv_files.read_header(TRADE, path)
 
 
-@pytest.mark.parametrize("content", [b"company_id,symbol\n1," + HUGE_FIELD + b"\n", b"company_id,symbol\n7078\n",
-                                     b"symbol\nBHP\n", b"\xff"])
+@pytest.mark.parametrize(
+    "content",
+    [b"company_id,symbol\n1," + HUGE_FIELD + b"\n", b"company_id,symbol\n7078\n", b"symbol\nBHP\n", b"\xff"],
+)
 def test_pathological_reference_data_is_a_value_error(scratch: Path, content: bytes) -> None:
     path = scratch / "company_info.csv"
     path.write_bytes(content)
@@ -384,21 +512,33 @@ def test_asx_file_names_are_company_ids_or_a_value_error(stem: str) -> None:
 
 # ---- protobuf requests ---------------------------------------------------------------------------------------
 
-timestamps = st.builds(Timestamp, seconds=st.one_of(st.integers(-(2**63), 2**63 - 1),
-                                                    st.integers(-62135596800, 253402300799)),
-                       nanos=st.one_of(st.integers(-(2**31), 2**31 - 1), st.integers(0, 999_999).map(lambda u: u * 1000)))
-proto_text = st.one_of(unicode_text, st.text(max_size=300).filter(lambda t: all(not 0xD800 <= ord(c) < 0xE000 for c in t)))
+timestamps = st.builds(
+    Timestamp,
+    seconds=st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(-62135596800, 253402300799)),
+    nanos=st.one_of(st.integers(-(2**31), 2**31 - 1), st.integers(0, 999_999).map(lambda u: u * 1000)),
+)
+proto_text = st.one_of(
+    unicode_text, st.text(max_size=300).filter(lambda t: all(not 0xD800 <= ord(c) < 0xE000 for c in t))
+)
 int64 = st.integers(-(2**63), 2**63 - 1)
 enum_values = st.one_of(st.integers(0, 5), st.integers(-(2**31), 2**31 - 1))
 
 
 @st.composite
 def trade_messages(draw: st.DrawFn) -> Trade:
-    trade = Trade(message_id=draw(st.one_of(st.uuids().map(str), proto_text)), trade_id=draw(proto_text),
-                  symbol=draw(proto_text), exchange=draw(proto_text), asset_class=draw(enum_values),
-                  price=draw(decimal_texts), quantity=draw(decimal_texts), currency=draw(proto_text),
-                  side=draw(enum_values), trade_conditions=draw(st.lists(proto_text, max_size=3)),
-                  vendor_data=draw(st.dictionaries(proto_text, proto_text, max_size=3)))
+    trade = Trade(
+        message_id=draw(st.one_of(st.uuids().map(str), proto_text)),
+        trade_id=draw(proto_text),
+        symbol=draw(proto_text),
+        exchange=draw(proto_text),
+        asset_class=draw(enum_values),
+        price=draw(decimal_texts),
+        quantity=draw(decimal_texts),
+        currency=draw(proto_text),
+        side=draw(enum_values),
+        trade_conditions=draw(st.lists(proto_text, max_size=3)),
+        vendor_data=draw(st.dictionaries(proto_text, proto_text, max_size=3)),
+    )
     for field in ("source_sequence", "platform_sequence"):
         if draw(st.booleans()):
             setattr(trade, field, draw(int64))
@@ -410,9 +550,15 @@ def trade_messages(draw: st.DrawFn) -> Trade:
 
 @st.composite
 def quote_messages(draw: st.DrawFn) -> Quote:
-    quote = Quote(message_id=draw(st.one_of(st.uuids().map(str), proto_text)), quote_id=draw(proto_text),
-                  symbol=draw(proto_text), exchange=draw(proto_text), asset_class=draw(enum_values),
-                  currency=draw(proto_text), vendor_data=draw(st.dictionaries(proto_text, proto_text, max_size=3)))
+    quote = Quote(
+        message_id=draw(st.one_of(st.uuids().map(str), proto_text)),
+        quote_id=draw(proto_text),
+        symbol=draw(proto_text),
+        exchange=draw(proto_text),
+        asset_class=draw(enum_values),
+        currency=draw(proto_text),
+        vendor_data=draw(st.dictionaries(proto_text, proto_text, max_size=3)),
+    )
     for field in ("bid_price", "bid_quantity", "ask_price", "ask_quantity"):
         if draw(st.booleans()):
             setattr(quote, field, draw(decimal_texts))
@@ -447,11 +593,16 @@ def test_any_quote_message_is_a_record_or_a_field_error(message: Quote) -> None:
 
 
 @FUZZ
-@given(st.sampled_from([TRADE, QUOTE]),
-       st.one_of(st.binary(max_size=300),
-                 trade_messages().map(lambda m: m.SerializeToString()),
-                 st.tuples(trade_messages().map(lambda m: m.SerializeToString()), st.integers(0, 300),
-                           st.binary(max_size=8)).map(lambda t: t[0][:t[1]] + t[2] + t[0][t[1]:])))
+@given(
+    st.sampled_from([TRADE, QUOTE]),
+    st.one_of(
+        st.binary(max_size=300),
+        trade_messages().map(lambda m: m.SerializeToString()),
+        st.tuples(
+            trade_messages().map(lambda m: m.SerializeToString()), st.integers(0, 300), st.binary(max_size=8)
+        ).map(lambda t: t[0][: t[1]] + t[2] + t[0][t[1] :]),
+    ),
+)
 def test_arbitrary_bytes_are_a_decode_error_or_a_record_or_a_field_error(kind: str, data: bytes) -> None:
     message_type = Trade if kind == TRADE else Quote
     try:
@@ -463,25 +614,39 @@ def test_arbitrary_bytes_are_a_decode_error_or_a_record_or_a_field_error(kind: s
 
 # ---- the live PublishTrades RPC ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def live_ingest(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     with platform_processes(kafka_bootstrap, tmp_path_factory.mktemp("fuzz"), ("ingest",)) as running:
         yield running
 
 
-LIVE = settings(max_examples=int(os.environ.get("K2_FUZZ_LIVE_EXAMPLES", "40")), deadline=timedelta(seconds=20),
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+LIVE = settings(
+    max_examples=int(os.environ.get("K2_FUZZ_LIVE_EXAMPLES", "40")),
+    deadline=timedelta(seconds=20),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 WRITE = (("authorization", f"Bearer {TOKEN}"),)
 
 
 @LIVE
-@given(st.lists(st.tuples(st.one_of(st.just(""), proto_text), st.lists(trade_messages(), max_size=6)),
-                min_size=1, max_size=4))
-def test_every_published_batch_is_answered_item_by_item(live_ingest: Platform,
-                                                        batches: list[tuple[str, list[Trade]]]) -> None:
-    run = uuid.uuid4().hex  # batch ids of this example only (a batch id seen before is answered as a duplicate)
-    requests = [ingest_pb2.PublishTradesRequest(batch_id=f"{run}{batch_id}" if batch_id else "", trades=trades)
-                for batch_id, trades in batches]
+@given(
+    st.lists(
+        st.tuples(st.one_of(st.just(""), proto_text), st.lists(trade_messages(), max_size=6)),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_every_published_batch_is_answered_item_by_item(
+    live_ingest: Platform, batches: list[tuple[str, list[Trade]]]
+) -> None:
+    run = (
+        uuid.uuid4().hex
+    )  # batch ids of this example only (a batch id seen before is answered as a duplicate)
+    requests = [
+        ingest_pb2.PublishTradesRequest(batch_id=f"{run}{batch_id}" if batch_id else "", trades=trades)
+        for batch_id, trades in batches
+    ]
     with grpc.insecure_channel(live_ingest.address("ingest")) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         try:
@@ -510,9 +675,11 @@ def test_every_published_batch_is_answered_item_by_item(live_ingest: Platform,
 @given(st.lists(st.binary(max_size=200), min_size=1, max_size=3))
 def test_arbitrary_request_bytes_get_an_answer_or_a_status(live_ingest: Platform, raws: list[bytes]) -> None:
     with grpc.insecure_channel(live_ingest.address("ingest")) as channel:
-        call = channel.stream_stream("/k2.ingest.v1.IngestService/PublishTrades",
-                                     request_serializer=lambda raw: raw,
-                                     response_deserializer=ingest_pb2.PublishTradesResponse.FromString)
+        call = channel.stream_stream(
+            "/k2.ingest.v1.IngestService/PublishTrades",
+            request_serializer=lambda raw: raw,
+            response_deserializer=ingest_pb2.PublishTradesResponse.FromString,
+        )
         try:
             answers = list(call(iter(raws), metadata=WRITE, timeout=15))
         except grpc.RpcError as error:

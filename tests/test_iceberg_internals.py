@@ -31,11 +31,21 @@ SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 
 def trade_rows(count: int, start: datetime = T0) -> pa.Table:
     """Trades over two days, three symbols and two exchanges."""
-    return records_to_arrow(TRADE, [
-        sample_trade(message_id=f"00000000-0000-4000-8000-{i:012d}", trade_id=f"T-{i}", symbol=SYMBOLS[i % 3],
-                     exchange="BINANCE" if i % 2 else "COINBASE", timestamp=start + timedelta(hours=7 * i),
-                     price=Decimal(100 + i), source_sequence=i)
-        for i in range(count)])
+    return records_to_arrow(
+        TRADE,
+        [
+            sample_trade(
+                message_id=f"00000000-0000-4000-8000-{i:012d}",
+                trade_id=f"T-{i}",
+                symbol=SYMBOLS[i % 3],
+                exchange="BINANCE" if i % 2 else "COINBASE",
+                timestamp=start + timedelta(hours=7 * i),
+                price=Decimal(100 + i),
+                source_sequence=i,
+            )
+            for i in range(count)
+        ],
+    )
 
 
 def trades_table(iceberg_settings: IcebergSettings) -> Table:
@@ -92,9 +102,13 @@ def test_written_partition_files_hold_their_runs_and_read_back(iceberg_settings:
     ordered, runs = by_partition(table, rows)
     assert len(runs) > 2, "the rows span several partitions"
     files = write_partition_files(table.metadata, table.io, ordered, runs, on_failure=no_write_fails)
-    assert [([f.partition[i] for i in range(len(f.partition))], f.record_count) for f in files] == [(values, count) for values, count in runs]
+    assert [([f.partition[i] for i in range(len(f.partition))], f.record_count) for f in files] == [
+        (values, count) for values, count in runs
+    ]
     commit(table, files)
-    committed = [task.file for task in table.scan().plan_files()]  # as compaction has them: from the manifests
+    committed = [
+        task.file for task in table.scan().plan_files()
+    ]  # as compaction has them: from the manifests
     assert sorted(f.file_path for f in committed) == sorted(f.file_path for f in files)
     read = read_data_files(table, committed)
     assert read.num_rows == rows.num_rows
@@ -122,7 +136,9 @@ def test_expire_snapshots_removes_exactly_the_given_ones(iceberg_settings: Icebe
     table = trades_table(iceberg_settings)
     for day in range(3):
         append(table, trade_rows(4, start=T0 + timedelta(days=10 * day)))
-    oldest, middle, newest = (s.snapshot_id for s in sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms))
+    oldest, middle, newest = (
+        s.snapshot_id for s in sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms)
+    )
     expire_snapshots(table, [oldest])
     assert [s.snapshot_id for s in table.refresh().metadata.snapshots] == [middle, newest]
     assert table.scan().to_arrow().num_rows == 12, "the current snapshot still holds every row"

@@ -53,8 +53,12 @@ SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 CONNECTED = ConnectionState.CONNECTION_STATE_CONNECTED
 # Quick reactions for tests; everything else as configured in production.
 FAST = {
-    "backoff_base_seconds": 0.05, "backoff_cap_seconds": 0.4, "switch_overlap_seconds": 1.0,
-    "watchdog_silence_seconds": 5.0, "open_timeout_seconds": 5.0, "close_timeout_seconds": 1.0,
+    "backoff_base_seconds": 0.05,
+    "backoff_cap_seconds": 0.4,
+    "switch_overlap_seconds": 1.0,
+    "watchdog_silence_seconds": 5.0,
+    "open_timeout_seconds": 5.0,
+    "close_timeout_seconds": 1.0,
     "stop_flush_timeout_seconds": 20.0,
     "backfill_enabled": False,  # gaps are reported only, unless a test asks for the REST backfill
 }
@@ -101,7 +105,10 @@ class Run:
         return await self._records(QUOTES)
 
     async def _records(self, topic: Topic) -> list[Record]:
-        return [avro.decode(m.value() or b"")[1] for m in await read_topic(self.kafka, topic_name(self.kafka, topic))]
+        return [
+            avro.decode(m.value() or b"")[1]
+            for m in await read_topic(self.kafka, topic_name(self.kafka, topic))
+        ]
 
     async def dead_letters(self) -> list[Any]:
         return await read_topic(self.kafka, topic_name(self.kafka, DEAD_LETTER))
@@ -111,11 +118,14 @@ class Run:
 
 
 @asynccontextmanager
-async def feed_running(kafka: KafkaSettings, endpoints: list[str], sink: Any = None,
-                       **settings: Any) -> AsyncIterator[Run]:
+async def feed_running(
+    kafka: KafkaSettings, endpoints: list[str], sink: Any = None, **settings: Any
+) -> AsyncIterator[Run]:
     kafka_sink = KafkaSink(kafka)
-    feed = create_feed(sink or kafka_sink,
-                       BinanceSettings(**({"endpoints": endpoints, "symbols": SYMBOLS} | FAST | settings)))
+    feed = create_feed(
+        sink or kafka_sink,
+        BinanceSettings(**({"endpoints": endpoints, "symbols": SYMBOLS} | FAST | settings)),
+    )
     run = Run(feed, kafka, asyncio.create_task(feed.run()))
     try:
         yield run
@@ -131,8 +141,9 @@ async def connected(run: Run, trades_after: int = 100) -> None:
     await until(lambda: run.trades_received() >= target, what=f"{trades_after} trades")
 
 
-def assert_accounted(trades: list[Record], status: FeedStatus,
-                     dead_lettered: dict[str, set[int]] | None = None) -> dict[str, set[int]]:
+def assert_accounted(
+    trades: list[Record], status: FeedStatus, dead_lettered: dict[str, set[int]] | None = None
+) -> dict[str, set[int]]:
     """Every id from first to last is on the topic, dead-lettered, or in a reported gap; returns the gaps."""
     ids: dict[str, list[int]] = defaultdict(list)
     for trade in trades:
@@ -145,8 +156,9 @@ def assert_accounted(trades: list[Record], status: FeedStatus,
         assert len(symbol_ids) == len(set(symbol_ids)), f"{symbol}: duplicate trades on the topic"
         expected = set(range(min(symbol_ids), max(symbol_ids) + 1))
         missing = expected - set(symbol_ids) - (dead_lettered or {}).get(symbol, set())
-        assert missing == reported[symbol], (f"{symbol}: missing {_ranges(missing)}, "
-                                             f"reported {_ranges(reported[symbol])}")
+        assert missing == reported[symbol], (
+            f"{symbol}: missing {_ranges(missing)}, reported {_ranges(reported[symbol])}"
+        )
     return reported
 
 
@@ -164,7 +176,8 @@ def _ranges(ids: set[int]) -> list[tuple[int, int]]:
 
 
 async def test_trades_and_quotes_reach_kafka_normalised_and_pings_are_answered(
-        kafka_settings: KafkaSettings) -> None:
+    kafka_settings: KafkaSettings,
+) -> None:
     async with exchange_running(ping_interval=0.2, pong_timeout=5.0) as exchange:
         url = exchange.url
         async with feed_running(kafka_settings, [url]) as run:
@@ -174,7 +187,12 @@ async def test_trades_and_quotes_reach_kafka_normalised_and_pings_are_answered(
         stats = exchange.stats()
     assert live.state == CONNECTED and live.connections == 1 and live.endpoint == url
     assert list(live.symbols) == SYMBOLS
-    assert list(live.streams) == ["btcusdt@trade", "btcusdt@bookTicker", "ethusdt@trade", "ethusdt@bookTicker"]
+    assert list(live.streams) == [
+        "btcusdt@trade",
+        "btcusdt@bookTicker",
+        "ethusdt@trade",
+        "ethusdt@bookTicker",
+    ]
     assert live.trades_per_second > 0 and live.messages_per_second > live.trades_per_second
     assert live.circuit_state == CircuitState.CIRCUIT_STATE_CLOSED
     assert status.state == ConnectionState.CONNECTION_STATE_STOPPED and status.connections == 0
@@ -217,7 +235,9 @@ async def test_trades_and_quotes_reach_kafka_normalised_and_pings_are_answered(
     assert 'k2_binance_queue_depth{service="ingest"}' in metrics
 
 
-async def test_abnormal_close_1006_reconnects_and_reports_the_gap_exactly(kafka_settings: KafkaSettings) -> None:
+async def test_abnormal_close_1006_reconnects_and_reports_the_gap_exactly(
+    kafka_settings: KafkaSettings,
+) -> None:
     async with exchange_running() as exchange, feed_running(kafka_settings, [exchange.url]) as run:
         await connected(run)
         await asyncio.sleep(0.2)
@@ -227,12 +247,17 @@ async def test_abnormal_close_1006_reconnects_and_reports_the_gap_exactly(kafka_
         status = await run.stop()
     assert dict(status.reconnects_by_reason) == {"closed_1006": 1}
     gaps = assert_accounted(await run.trades(), status)
-    assert status.gaps_detected == len(status.recent_gaps) and sum(map(len, gaps.values())) == status.trades_missed
+    assert (
+        status.gaps_detected == len(status.recent_gaps)
+        and sum(map(len, gaps.values())) == status.trades_missed
+    )
 
 
 async def test_stalled_connection_is_replaced_by_the_watchdog(kafka_settings: KafkaSettings) -> None:
-    async with exchange_running() as exchange, feed_running(kafka_settings, [exchange.url],
-                                                            watchdog_silence_seconds=0.8) as run:
+    async with (
+        exchange_running() as exchange,
+        feed_running(kafka_settings, [exchange.url], watchdog_silence_seconds=0.8) as run,
+    ):
         await connected(run)
         stalled_at = time.monotonic()
         exchange.stall(30.0)  # data stops, pings go on: only the watchdog notices
@@ -247,8 +272,10 @@ async def test_stalled_connection_is_replaced_by_the_watchdog(kafka_settings: Ka
 
 
 async def test_watchdog_never_fires_while_data_flows(kafka_settings: KafkaSettings) -> None:
-    async with exchange_running(rate=500) as exchange, feed_running(kafka_settings, [exchange.url],
-                                                                    watchdog_silence_seconds=0.5) as run:
+    async with (
+        exchange_running(rate=500) as exchange,
+        feed_running(kafka_settings, [exchange.url], watchdog_silence_seconds=0.5) as run,
+    ):
         await connected(run, trades_after=10)
         await asyncio.sleep(2.5)
         status = await run.stop()
@@ -263,8 +290,9 @@ class SlowSink:
         self.sink = sink
         self.delay = delay
 
-    async def publish_encoded(self, kind: RecordKind, keys: Sequence[bytes],
-                              values: Sequence[bytes]) -> DeliveryReport:
+    async def publish_encoded(
+        self, kind: RecordKind, keys: Sequence[bytes], values: Sequence[bytes]
+    ) -> DeliveryReport:
         await asyncio.sleep(self.delay)
         return await self.sink.publish_encoded(kind, keys, values)
 
@@ -273,13 +301,22 @@ class SlowSink:
 
 
 async def test_slow_kafka_applies_backpressure_bounded_without_loss_or_watchdog(
-        kafka_settings: KafkaSettings) -> None:
+    kafka_settings: KafkaSettings,
+) -> None:
     capacity = 300
     sink = KafkaSink(kafka_settings)
     try:
-        async with exchange_running(rate=1500) as exchange, feed_running(
-                kafka_settings, [exchange.url], sink=SlowSink(sink, 0.25), watchdog_silence_seconds=0.5,
-                batch_size=100, max_buffered_records=capacity) as run:
+        async with (
+            exchange_running(rate=1500) as exchange,
+            feed_running(
+                kafka_settings,
+                [exchange.url],
+                sink=SlowSink(sink, 0.25),
+                watchdog_silence_seconds=0.5,
+                batch_size=100,
+                max_buffered_records=capacity,
+            ) as run,
+        ):
             depth: list[int] = []
             blocked = False
             deadline = time.monotonic() + 3.0
@@ -304,8 +341,9 @@ class RefusingSink:
     def __init__(self, sink: KafkaSink):
         self.sink = sink
 
-    async def publish_encoded(self, kind: RecordKind, keys: Sequence[bytes],
-                              values: Sequence[bytes]) -> DeliveryReport:
+    async def publish_encoded(
+        self, kind: RecordKind, keys: Sequence[bytes], values: Sequence[bytes]
+    ) -> DeliveryReport:
         if kind == "trade":
             return DeliveryReport(["Broker: Message size too large"] * len(values))
         return await self.sink.publish_encoded(kind, keys, values)
@@ -315,11 +353,14 @@ class RefusingSink:
 
 
 async def test_records_kafka_keeps_refusing_are_dead_lettered_and_never_stall_the_feed(
-        kafka_settings: KafkaSettings) -> None:
+    kafka_settings: KafkaSettings,
+) -> None:
     sink = KafkaSink(kafka_settings)
     try:
-        async with exchange_running() as exchange, feed_running(
-                kafka_settings, [exchange.url], sink=RefusingSink(sink), publish_attempts=3) as run:
+        async with (
+            exchange_running() as exchange,
+            feed_running(kafka_settings, [exchange.url], sink=RefusingSink(sink), publish_attempts=3) as run,
+        ):
             await connected(run)
             await until(lambda: run.feed.publisher.undeliverable["dead_lettered"] >= 50, what="dead letters")
             await connected(run)  # still reading: the refused trades did not stall it
@@ -327,8 +368,11 @@ async def test_records_kafka_keeps_refusing_are_dead_lettered_and_never_stall_th
     finally:
         await sink.close()
     assert await run.trades() == [] and status.state == ConnectionState.CONNECTION_STATE_STOPPED
-    refused = [m for m in await read_topic(kafka_settings, topic_name(kafka_settings, DEAD_LETTER))
-               if headers_of(m).get("k2.dlq.source") == b"binance:trade"]
+    refused = [
+        m
+        for m in await read_topic(kafka_settings, topic_name(kafka_settings, DEAD_LETTER))
+        if headers_of(m).get("k2.dlq.source") == b"binance:trade"
+    ]
     assert len(refused) == run.feed.publisher.undeliverable["dead_lettered"] == run.feed.trades_received()
     assert not run.feed.publisher.undeliverable["lost"]
     reason = headers_of(refused[0])["k2.dlq.reason"].decode()
@@ -337,8 +381,12 @@ async def test_records_kafka_keeps_refusing_are_dead_lettered_and_never_stall_th
 
 
 async def test_missing_pong_closes_and_reconnects(kafka_settings: KafkaSettings) -> None:
-    async with exchange_running() as exchange, feed_running(kafka_settings, [exchange.url], ping_interval_seconds=0.2,
-                                                            ping_timeout_seconds=0.4) as run:
+    async with (
+        exchange_running() as exchange,
+        feed_running(
+            kafka_settings, [exchange.url], ping_interval_seconds=0.2, ping_timeout_seconds=0.4
+        ) as run,
+    ):
         await connected(run)
         exchange.suppress_pongs(30.0)
         await until(lambda: run.status().reconnects_by_reason.get("ping_timeout") == 1, what="ping timeout")
@@ -348,13 +396,19 @@ async def test_missing_pong_closes_and_reconnects(kafka_settings: KafkaSettings)
     assert_accounted(await run.trades(), status)
 
 
-async def test_server_shutdown_switches_over_make_before_break_without_loss(kafka_settings: KafkaSettings) -> None:
+async def test_server_shutdown_switches_over_make_before_break_without_loss(
+    kafka_settings: KafkaSettings,
+) -> None:
     async with exchange_running() as exchange, feed_running(kafka_settings, [exchange.url]) as run:
         await connected(run)
         first = run.feed.open_connections()[0]
-        exchange.server_shutdown(delay=10.0)  # generous: the switch-over must beat it even on a loaded machine
-        await until(lambda: first not in run.feed.open_connections() and run.status().connections == 1,
-                    what="switch-over")
+        exchange.server_shutdown(
+            delay=10.0
+        )  # generous: the switch-over must beat it even on a loaded machine
+        await until(
+            lambda: first not in run.feed.open_connections() and run.status().connections == 1,
+            what="switch-over",
+        )
         await connected(run)
         status = await run.stop()
         stats = exchange.stats()
@@ -362,24 +416,39 @@ async def test_server_shutdown_switches_over_make_before_break_without_loss(kafk
     assert stats["connections"]["closed"].get("server_shutdown", 0) == 0, "we closed it before the server did"
     assert status.gaps_detected == 0
     assert_accounted(await run.trades(), status)
-    assert sum(s.duplicate_trades for s in run.feed.states) > 0, "both connections delivered during the overlap"
+    assert sum(s.duplicate_trades for s in run.feed.states) > 0, (
+        "both connections delivered during the overlap"
+    )
 
 
 async def test_rotation_before_the_lifetime_limit_loses_no_trade(kafka_settings: KafkaSettings) -> None:
-    async with exchange_running(max_lifetime=3.0) as exchange, feed_running(
-            kafka_settings, [exchange.url], rotation_interval_seconds=1.0, rotation_jitter_seconds=0.0,
-            switch_overlap_seconds=0.5) as run:
+    async with (
+        exchange_running(max_lifetime=3.0) as exchange,
+        feed_running(
+            kafka_settings,
+            [exchange.url],
+            rotation_interval_seconds=1.0,
+            rotation_jitter_seconds=0.0,
+            switch_overlap_seconds=0.5,
+        ) as run,
+    ):
         await connected(run)
-        await until(lambda: run.status().reconnects_by_reason.get("rotation", 0) >= 3, timeout=20, what="rotations")
+        await until(
+            lambda: run.status().reconnects_by_reason.get("rotation", 0) >= 3, timeout=20, what="rotations"
+        )
         status = await run.stop()
         stats = exchange.stats()
     assert set(status.reconnects_by_reason) == {"rotation"}
-    assert "lifetime" not in stats["connections"]["closed"], "a connection reached the server's lifetime limit"
+    assert "lifetime" not in stats["connections"]["closed"], (
+        "a connection reached the server's lifetime limit"
+    )
     assert status.gaps_detected == 0
     assert_accounted(await run.trades(), status)
 
 
-async def test_skipped_trade_ids_are_reported_as_a_gap_with_the_exact_range(kafka_settings: KafkaSettings) -> None:
+async def test_skipped_trade_ids_are_reported_as_a_gap_with_the_exact_range(
+    kafka_settings: KafkaSettings,
+) -> None:
     async with exchange_running() as exchange, feed_running(kafka_settings, [exchange.url]) as run:
         await connected(run)
         next_id = exchange.skip_trade_ids("BTCUSDT", 7)
@@ -394,8 +463,12 @@ async def test_skipped_trade_ids_are_reported_as_a_gap_with_the_exact_range(kafk
 
 
 async def test_a_gap_is_filled_by_trade_id_from_the_rest_api(kafka_settings: KafkaSettings) -> None:
-    async with exchange_running() as exchange, feed_running(
-            kafka_settings, [exchange.url], backfill_enabled=True, rest_endpoint=exchange.http_url) as run:
+    async with (
+        exchange_running() as exchange,
+        feed_running(
+            kafka_settings, [exchange.url], backfill_enabled=True, rest_endpoint=exchange.http_url
+        ) as run,
+    ):
         await connected(run)
         next_id = exchange.skip_trade_ids("BTCUSDT", 7)
         await until(lambda: run.status().trades_backfilled >= 7, what="backfill")
@@ -416,13 +489,22 @@ async def test_a_gap_is_filled_by_trade_id_from_the_rest_api(kafka_settings: Kaf
     assert 'k2_binance_backfills_total{outcome="filled",service="ingest"}' in metrics
 
 
-async def test_bad_rest_pages_are_retried_counted_and_never_end_the_backfill(kafka_settings: KafkaSettings) -> None:
+async def test_bad_rest_pages_are_retried_counted_and_never_end_the_backfill(
+    kafka_settings: KafkaSettings,
+) -> None:
     """A page whose items are not trades ended the backfill task for good, unlogged. Now: a gap answered only
     with bad pages is retried (bounded), counted `bad_page` and left reported; one bad answer then a good one
     fills its gap; later gaps are filled."""
-    async with exchange_running() as exchange, feed_running(
-            kafka_settings, [exchange.url], backfill_enabled=True, rest_endpoint=exchange.http_url,
-            backfill_attempts=2) as run:
+    async with (
+        exchange_running() as exchange,
+        feed_running(
+            kafka_settings,
+            [exchange.url],
+            backfill_enabled=True,
+            rest_endpoint=exchange.http_url,
+            backfill_attempts=2,
+        ) as run,
+    ):
         await connected(run)
         exchange.serve_bad_pages(2)  # ids that are not integers, a list, a null: on both attempts
         first_gap_end = exchange.skip_trade_ids("BTCUSDT", 5) - 1
@@ -436,10 +518,16 @@ async def test_bad_rest_pages_are_retried_counted_and_never_end_the_backfill(kaf
         status = await run.stop()
     assert dict(run.feed.backfill.outcomes) == {"bad_page": 1, "filled": 2}
     assert [(g.first_missing, g.last_missing) for g in status.recent_gaps] == [
-        (first_gap_end - 4, first_gap_end), (second_gap_end - 3, second_gap_end), (third_gap_end - 2, third_gap_end)]
+        (first_gap_end - 4, first_gap_end),
+        (second_gap_end - 3, second_gap_end),
+        (third_gap_end - 2, third_gap_end),
+    ]
     assert status.trades_missed == 12 and status.trades_backfilled == 7
     btc = {t["source_sequence"] for t in await run.trades() if t["symbol"] == "BTCUSDT"}
-    assert set(range(second_gap_end - 3, second_gap_end + 1)) | set(range(third_gap_end - 2, third_gap_end + 1)) <= btc
+    assert (
+        set(range(second_gap_end - 3, second_gap_end + 1)) | set(range(third_gap_end - 2, third_gap_end + 1))
+        <= btc
+    )
     assert not btc & set(range(first_gap_end - 4, first_gap_end + 1))
     assert not run.feed.task_restarts
     metrics = generate_latest(REGISTRY).decode()
@@ -447,10 +535,18 @@ async def test_bad_rest_pages_are_retried_counted_and_never_end_the_backfill(kaf
 
 
 async def test_an_unreachable_rest_api_leaves_the_gap_reported_and_the_feed_running(
-        kafka_settings: KafkaSettings) -> None:
-    async with exchange_running() as exchange, feed_running(
-            kafka_settings, [exchange.url], backfill_enabled=True, backfill_attempts=2,
-            rest_endpoint=f"http://127.0.0.1:{free_port()}") as run:
+    kafka_settings: KafkaSettings,
+) -> None:
+    async with (
+        exchange_running() as exchange,
+        feed_running(
+            kafka_settings,
+            [exchange.url],
+            backfill_enabled=True,
+            backfill_attempts=2,
+            rest_endpoint=f"http://127.0.0.1:{free_port()}",
+        ) as run,
+    ):
         await connected(run)
         exchange.skip_trade_ids("BTCUSDT", 5)
         await until(lambda: run.feed.backfill.outcomes["unavailable"] >= 1, what="backfill given up")
@@ -461,7 +557,8 @@ async def test_an_unreachable_rest_api_leaves_the_gap_reported_and_the_feed_runn
 
 
 async def test_malformed_frames_go_to_the_dead_letter_topic_with_payload_and_reason(
-        kafka_settings: KafkaSettings) -> None:
+    kafka_settings: KafkaSettings,
+) -> None:
     async with exchange_running() as exchange, feed_running(kafka_settings, [exchange.url]) as run:
         await connected(run)
         exchange.send_malformed("invalid_json", "BTCUSDT")
@@ -487,7 +584,10 @@ async def test_malformed_frames_go_to_the_dead_letter_topic_with_payload_and_rea
     for reason, message in by_reason.items():
         if headers_of(message).get("k2.dlq.field") == b"price" and message is not missing:
             rejected_prices[json.loads(message.value())["data"]["p"]] = reason
-    assert rejected_prices["12.34.56"] == "price: not a decimal number: '12.34.56' (digits with an optional '-', '.' and exponent, e.g. 97123.45 or 1E-8)"
+    assert (
+        rejected_prices["12.34.56"]
+        == "price: not a decimal number: '12.34.56' (digits with an optional '-', '.' and exponent, e.g. 97123.45 or 1E-8)"
+    )
     assert "more than 20 integer digits" in rejected_prices["123456789012345678901.5"]
     assert "more than 18 decimal places" in rejected_prices["0.0000000000000000001"]
     assert dict(run.feed.parser.malformed) == {"invalid_json": 1, "missing_field": 1, "invalid_value": 3}
@@ -503,8 +603,9 @@ async def test_malformed_frames_go_to_the_dead_letter_topic_with_payload_and_rea
     assert all(dead_lettered[symbol] <= gaps[symbol] for symbol in dead_lettered)
 
 
-async def test_two_symbols_trades_of_one_id_both_land_in_iceberg(kafka_settings: KafkaSettings,
-                                                                   iceberg_settings: IcebergSettings) -> None:
+async def test_two_symbols_trades_of_one_id_both_land_in_iceberg(
+    kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> None:
     """Binance numbers trades per symbol: BTCUSDT and ETHUSDT trades carrying the same ids are all kept by the
     writer, whose dedupe goes by message_id."""
     async with exchange_running(rate=400) as exchange:
@@ -518,23 +619,35 @@ async def test_two_symbols_trades_of_one_id_both_land_in_iceberg(kafka_settings:
     ids = {symbol: {t["source_sequence"] for t in trades if t["symbol"] == symbol} for symbol in SYMBOLS}
     shared = ids["BTCUSDT"] & ids["ETHUSDT"]
     assert len(shared) >= 50
-    app = WriterApp(WriterSettings(port=0, metrics_port=0, group_id=f"w-{uuid.uuid4().hex[:8]}"),
-                    kafka_settings, iceberg_settings, AuthSettings())
+    app = WriterApp(
+        WriterSettings(port=0, metrics_port=0, group_id=f"w-{uuid.uuid4().hex[:8]}"),
+        kafka_settings,
+        iceberg_settings,
+        AuthSettings(),
+    )
     await app.start()
     try:
         await asyncio.to_thread(lambda: app.loop.flush().result(60))
         table = load_catalog(iceberg_settings).load_table(table_identifier(iceberg_settings, "trade"))
-        await until(lambda: table.refresh().scan().count() >= len(trades), timeout=60, what="every trade in Iceberg")
+        await until(
+            lambda: table.refresh().scan().count() >= len(trades), timeout=60, what="every trade in Iceberg"
+        )
     finally:
         await app.stop()
-    rows = table.refresh().scan(selected_fields=("symbol", "source_sequence", "trade_id")).to_arrow().to_pylist()
+    rows = (
+        table.refresh().scan(selected_fields=("symbol", "source_sequence", "trade_id")).to_arrow().to_pylist()
+    )
     assert sorted((r["symbol"], r["source_sequence"]) for r in rows) == sorted(
-        (t["symbol"], t["source_sequence"]) for t in trades)
+        (t["symbol"], t["source_sequence"]) for t in trades
+    )
     assert {r["trade_id"] for r in rows if r["source_sequence"] == min(shared)} == {
-        f"BINANCE-{symbol}-{min(shared)}" for symbol in SYMBOLS}
+        f"BINANCE-{symbol}-{min(shared)}" for symbol in SYMBOLS
+    }
 
 
-async def test_a_trade_id_jump_and_a_reset_back_re_baseline_the_sequence(kafka_settings: KafkaSettings) -> None:
+async def test_a_trade_id_jump_and_a_reset_back_re_baseline_the_sequence(
+    kafka_settings: KafkaSettings,
+) -> None:
     """An exchange renumbering a symbol 5,000,000 ids ahead, then back: each is a reported sequence reset, not a
     gap of millions nor a run of "duplicates"; every trade after either is published."""
     async with exchange_running() as exchange, feed_running(kafka_settings, [exchange.url]) as run:
@@ -554,7 +667,10 @@ async def test_a_trade_id_jump_and_a_reset_back_re_baseline_the_sequence(kafka_s
     assert len(runs) == 2 and runs[1][0] == jump, runs  # [first .. before, then before+1 ..] and [jump ..]
     assert runs[0][1] >= before + 30 and runs[1][1] >= after_jump
     assert status.sequence_resets == 2 and status.trades_missed == 0 and not status.recent_gaps
-    assert [(r.symbol, r.trade_id) for r in status.recent_resets] == [("BTCUSDT", jump), ("BTCUSDT", before + 1)]
+    assert [(r.symbol, r.trade_id) for r in status.recent_resets] == [
+        ("BTCUSDT", jump),
+        ("BTCUSDT", before + 1),
+    ]
     assert status.recent_resets[0].previous_trade_id == before
     assert status.recent_resets[1].previous_trade_id >= after_jump
     metrics = generate_latest(REGISTRY).decode()
@@ -562,11 +678,21 @@ async def test_a_trade_id_jump_and_a_reset_back_re_baseline_the_sequence(kafka_s
 
 
 async def test_many_symbols_use_several_connections_and_rate_limited_subscribes(
-        kafka_settings: KafkaSettings) -> None:
+    kafka_settings: KafkaSettings,
+) -> None:
     symbols = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "SHIBUSDT", "PEPEUSDT"]
-    async with exchange_running(symbols=tuple(symbols), max_streams_per_connection=4, ping_interval=0.5) as exchange:
-        async with feed_running(kafka_settings, [exchange.url], symbols=symbols, max_streams_per_connection=4,
-                                streams_in_url=1, streams_per_subscribe=1, control_messages_per_second=2) as run:
+    async with exchange_running(
+        symbols=tuple(symbols), max_streams_per_connection=4, ping_interval=0.5
+    ) as exchange:
+        async with feed_running(
+            kafka_settings,
+            [exchange.url],
+            symbols=symbols,
+            max_streams_per_connection=4,
+            streams_in_url=1,
+            streams_per_subscribe=1,
+            control_messages_per_second=2,
+        ) as run:
             started = time.monotonic()
             await until(lambda: run.status().state == CONNECTED, what="3 connections subscribed")
             subscribed_after = time.monotonic() - started
@@ -595,12 +721,21 @@ async def test_failover_to_the_next_endpoint(kafka_settings: KafkaSettings) -> N
     assert status.circuit_state == CircuitState.CIRCUIT_STATE_CLOSED
 
 
-async def test_circuit_breaker_opens_after_consecutive_failures_and_recovers(kafka_settings: KafkaSettings) -> None:
+async def test_circuit_breaker_opens_after_consecutive_failures_and_recovers(
+    kafka_settings: KafkaSettings,
+) -> None:
     port = free_port()
-    async with feed_running(kafka_settings, [f"ws://127.0.0.1:{port}"], circuit_failure_threshold=3,
-                            circuit_cooldown_seconds=1.5, backoff_base_seconds=0.01,
-                            backoff_cap_seconds=0.02) as run:
-        await until(lambda: run.status().circuit_state == CircuitState.CIRCUIT_STATE_OPEN, what="open circuit")
+    async with feed_running(
+        kafka_settings,
+        [f"ws://127.0.0.1:{port}"],
+        circuit_failure_threshold=3,
+        circuit_cooldown_seconds=1.5,
+        backoff_base_seconds=0.01,
+        backoff_cap_seconds=0.02,
+    ) as run:
+        await until(
+            lambda: run.status().circuit_state == CircuitState.CIRCUIT_STATE_OPEN, what="open circuit"
+        )
         opened_at = time.monotonic()
         assert run.feed.connect_failures == 3
         await asyncio.sleep(0.7)
@@ -618,13 +753,31 @@ async def test_circuit_breaker_opens_after_consecutive_failures_and_recovers(kaf
     assert run.feed.breaker.opened == 2
 
 
-async def test_tls_certificates_are_verified(kafka_settings: KafkaSettings, tmp_path: Path,
-                                             caplog: pytest.LogCaptureFixture) -> None:
+async def test_tls_certificates_are_verified(
+    kafka_settings: KafkaSettings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A wss:// endpoint with a certificate no trusted CA signed is refused (and counted as a failed attempt)."""
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    command = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-               "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
-               "-out", str(cert)]
+    command = [
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+    ]
     await asyncio.to_thread(lambda: subprocess.run(command, check=True, capture_output=True))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
@@ -640,8 +793,10 @@ async def test_tls_certificates_are_verified(kafka_settings: KafkaSettings, tmp_
 
 
 async def test_stop_publishes_everything_parsed(kafka_settings: KafkaSettings) -> None:
-    async with exchange_running(rate=5000) as exchange, feed_running(kafka_settings, [exchange.url],
-                                                                     batch_size=2000) as run:
+    async with (
+        exchange_running(rate=5000) as exchange,
+        feed_running(kafka_settings, [exchange.url], batch_size=2000) as run,
+    ):
         await connected(run, trades_after=3000)
         await run.stop()
     trades = await run.trades()
@@ -655,7 +810,7 @@ async def test_stop_publishes_everything_parsed(kafka_settings: KafkaSettings) -
 def test_backoff_is_exponential_capped_and_jittered() -> None:
     backoff = Backoff(0.5, 30.0, random.Random(7))
     for attempt in range(12):
-        ceiling = min(30.0, 0.5 * 2 ** attempt)
+        ceiling = min(30.0, 0.5 * 2**attempt)
         delays = [backoff.delay(attempt) for _ in range(200)]
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert max(delays) - min(delays) > ceiling / 4, "jittered"
@@ -663,8 +818,11 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
 
 
 def test_settings_validation() -> None:
-    assert BinanceSettings().endpoints == ["wss://stream.binance.com:9443", "wss://stream.binance.com:443",
-                                           "wss://data-stream.binance.vision"]
+    assert BinanceSettings().endpoints == [
+        "wss://stream.binance.com:9443",
+        "wss://stream.binance.com:443",
+        "wss://data-stream.binance.vision",
+    ]
     assert BinanceSettings().time_unit == "MICROSECOND"
     with pytest.raises(ValidationError, match="loopback"):
         BinanceSettings(endpoints=["ws://stream.binance.com:9443"])
@@ -694,8 +852,9 @@ class ListSink:
     def __init__(self) -> None:
         self.records: dict[str, list[Record]] = defaultdict(list)
 
-    async def publish_encoded(self, kind: RecordKind, keys: Sequence[bytes],
-                              values: Sequence[bytes]) -> DeliveryReport:
+    async def publish_encoded(
+        self, kind: RecordKind, keys: Sequence[bytes], values: Sequence[bytes]
+    ) -> DeliveryReport:
         self.records[kind] += [avro.decode(value)[1] for value in values]
         return DeliveryReport([None] * len(values))
 
@@ -715,21 +874,53 @@ def _frame(stream: str, data: dict[str, Any]) -> bytes:
 
 
 def _trade(trade_id: int, **fields: Any) -> dict[str, Any]:
-    return {"e": "trade", "E": 1764072000123456, "s": "BTCUSDT", "t": trade_id, "p": "97123.45000000",
-            "q": "0.00012000", "T": 1764072000123000, "m": True, "M": True} | fields
+    return {
+        "e": "trade",
+        "E": 1764072000123456,
+        "s": "BTCUSDT",
+        "t": trade_id,
+        "p": "97123.45000000",
+        "q": "0.00012000",
+        "T": 1764072000123000,
+        "m": True,
+        "M": True,
+    } | fields
 
 
 def test_parser_maps_fields_exactly_and_counts_unknowns() -> None:
     feed = BinanceFeed(BinanceSettings(symbols=["BTCUSDT", "ETHBTC"], time_unit="MILLISECOND"), ListSink())
     parse = feed.parser.parse
-    parse(_frame("btcusdt@trade", _trade(5, T=1764072000123, E=1764072000124, p="0.00000001",
-                                         q="12345678901234567890.123456789012345678")))
+    parse(
+        _frame(
+            "btcusdt@trade",
+            _trade(
+                5,
+                T=1764072000123,
+                E=1764072000124,
+                p="0.00000001",
+                q="12345678901234567890.123456789012345678",
+            ),
+        )
+    )
     parse(_frame("btcusdt@trade", _trade(6, T=1764072000125, E=1764072000126, m=False, X="new field")))
     parse(_frame("btcusdt@trade", _trade(7)))  # a microsecond time read as milliseconds: out of range
     parse(_frame("btcusdt@aggTrade", {"e": "aggTrade", "s": "BTCUSDT"}))
-    parse(_frame("ethbtc@bookTicker", {"u": 9, "s": "ETHBTC", "b": "0.03100000", "B": "0.00000000",
-                                       "a": "0.03200000", "A": "1.50000000"}))
-    parse(_frame("ethbtc@bookTicker", {"u": 8, "s": "ETHBTC", "b": "0.031", "B": "1", "a": "0.032", "A": "1"}))
+    parse(
+        _frame(
+            "ethbtc@bookTicker",
+            {
+                "u": 9,
+                "s": "ETHBTC",
+                "b": "0.03100000",
+                "B": "0.00000000",
+                "a": "0.03200000",
+                "A": "1.50000000",
+            },
+        )
+    )
+    parse(
+        _frame("ethbtc@bookTicker", {"u": 8, "s": "ETHBTC", "b": "0.031", "B": "1", "a": "0.032", "A": "1"})
+    )
     parse(b'{"result":null,"id":3}')
     first, second = parsed(feed.buffer.trades)
     assert first["price"] == Decimal("0.00000001")
@@ -751,9 +942,12 @@ def test_parser_maps_fields_exactly_and_counts_unknowns() -> None:
 def test_book_tickers_follow_the_ingest_rules() -> None:
     """A side priced at zero with a quantity was accepted; quotes are validated as every ingest path does."""
     feed = BinanceFeed(BinanceSettings(symbols=["ETHBTC"]), ListSink())
-    feed.parser.parse(_frame("ethbtc@bookTicker", {"u": 1, "s": "ETHBTC", "b": "0", "B": "1", "a": "0.032", "A": "1"}))
-    feed.parser.parse(_frame("ethbtc@bookTicker", {"u": 2, "s": "ETHBTC", "b": "0.031", "B": "1", "a": "0.032",
-                                                   "A": "1"}))
+    feed.parser.parse(
+        _frame("ethbtc@bookTicker", {"u": 1, "s": "ETHBTC", "b": "0", "B": "1", "a": "0.032", "A": "1"})
+    )
+    feed.parser.parse(
+        _frame("ethbtc@bookTicker", {"u": 2, "s": "ETHBTC", "b": "0.031", "B": "1", "a": "0.032", "A": "1"})
+    )
     (quote,) = parsed(feed.buffer.quotes)
     assert quote["source_sequence"] == 2
     ((raw, reason, field, _),) = feed.buffer.dead_letters
@@ -781,7 +975,9 @@ def test_a_rejected_frame_never_moves_the_sequence_and_far_ids_reset_it() -> Non
     (state,) = feed.states
     parse = feed.parser.parse
     parse(_frame("btcusdt@trade", _trade(10)))
-    parse(_frame("btcusdt@trade", _trade(10**15, p="not a price")))  # corrupt: dead-lettered, sequence unmoved
+    parse(
+        _frame("btcusdt@trade", _trade(10**15, p="not a price"))
+    )  # corrupt: dead-lettered, sequence unmoved
     parse(_frame("btcusdt@trade", _trade(11)))
     parse(_frame("btcusdt@trade", _trade(13)))  # a hole within the bound: a gap, as always
     parse(_frame("btcusdt@trade", _trade(1013 + 1)))  # beyond the bound ahead: a reset
@@ -799,8 +995,10 @@ def test_a_rejected_frame_never_moves_the_sequence_and_far_ids_reset_it() -> Non
 
 def test_json_numbers_in_frames_are_read_exactly_never_as_floats() -> None:
     feed = BinanceFeed(BinanceSettings(symbols=["BTCUSDT"], time_unit="MILLISECOND"), ListSink())
-    feed.parser.parse(b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1764072000124,"s":"BTCUSDT","t":5,'
-                      b'"p":0.1,"q":3,"T":1764072000123,"m":true,"M":true}}')
+    feed.parser.parse(
+        b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1764072000124,"s":"BTCUSDT","t":5,'
+        b'"p":0.1,"q":3,"T":1764072000123,"m":true,"M":true}}'
+    )
     feed.parser.parse(_frame("btcusdt@trade", _trade(6)).replace(b'"t": 6', b'"t": 6.5'))
     [trade] = parsed(feed.buffer.trades)
     assert (trade["price"], trade["quantity"]) == (Decimal("0.1"), Decimal(3))  # 0.1 exactly, not the float's
@@ -818,49 +1016,95 @@ INT64 = 2**63
 def trade_frames(draw: st.DrawFn, microseconds: bool) -> tuple[bytes, bytes]:
     """A trade frame (and its escaped copy), mostly one native code writes, each value at its edges one time in
     sixteen."""
+
     def value(valid: st.SearchStrategy[Any], edges: st.SearchStrategy[Any]) -> Any:
         return draw(edges) if draw(st.integers(0, 15)) == 0 else draw(valid)
 
     scale = 1 if microseconds else 1000
     first, end = -62_135_596_800_000_000 // scale, 253_402_300_800_000_000 // scale  # the datetime range
     symbol = draw(st.sampled_from([symbol for symbol, _ in FRAME_SYMBOLS]))
-    numbers = st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.none(),
-                        st.booleans(), st.text(max_size=3))
+    numbers = st.one_of(
+        st.integers(),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.none(),
+        st.booleans(),
+        st.text(max_size=3),
+    )
     plain_decimals = positive_decimals().map(decimal_text)
-    edge_decimals = st.one_of(numbers, st.sampled_from(
-        ["0", "0.000", "1e3", "-1", "1.", ".5", " 1", "1.0000000000000000000", "123456789012345678901",
-         "0.0000000000000000001", "99999999999999999999.999999999999999999", "0.000000000000000001", "١"]))
+    edge_decimals = st.one_of(
+        numbers,
+        st.sampled_from(
+            [
+                "0",
+                "0.000",
+                "1e3",
+                "-1",
+                "1.",
+                ".5",
+                " 1",
+                "1.0000000000000000000",
+                "123456789012345678901",
+                "0.0000000000000000001",
+                "99999999999999999999.999999999999999999",
+                "0.000000000000000001",
+                "١",
+            ]
+        ),
+    )
     event: dict[str, Any] = {
         "e": "trade",
-        "E": value(st.integers(-(2**62) // scale, 2**62 // scale), st.one_of(numbers, st.sampled_from(
-            [INT64 - 1, -INT64, INT64, INT64 // 1000 + 1, 10**30]))),
+        "E": value(
+            st.integers(-(2**62) // scale, 2**62 // scale),
+            st.one_of(numbers, st.sampled_from([INT64 - 1, -INT64, INT64, INT64 // 1000 + 1, 10**30])),
+        ),
         "s": value(st.just(symbol), st.sampled_from(["", "btcusdt", "ETHBTC", "BTCUSDT", "ÉTHBTC"])),
-        "t": value(st.integers(0, 40), st.one_of(numbers, st.sampled_from([-1, INT64 - 1, INT64, -INT64 - 1]))),
+        "t": value(
+            st.integers(0, 40), st.one_of(numbers, st.sampled_from([-1, INT64 - 1, INT64, -INT64 - 1]))
+        ),
         "p": value(plain_decimals, edge_decimals),
         "q": value(plain_decimals, edge_decimals),
-        "T": value(st.integers(first, end - 1), st.one_of(numbers, st.sampled_from(
-            [first - 1, first, end - 1, end, INT64 - 1, -INT64, INT64]))),
+        "T": value(
+            st.integers(first, end - 1),
+            st.one_of(numbers, st.sampled_from([first - 1, first, end - 1, end, INT64 - 1, -INT64, INT64])),
+        ),
         "m": value(st.booleans(), numbers),
         "M": value(st.booleans(), numbers),
     }
-    for key in draw(st.lists(st.sampled_from(sorted(event)), max_size=2)) if draw(st.integers(0, 15)) == 0 else ():
+    for key in (
+        draw(st.lists(st.sampled_from(sorted(event)), max_size=2)) if draw(st.integers(0, 15)) == 0 else ()
+    ):
         event.pop(key, None)
     if draw(st.integers(0, 31)) == 0:
         event["X"] = draw(numbers)
     stream = symbol.lower() + draw(st.sampled_from(["@trade"] * 14 + ["@bookTicker", "@aggTrade"]))
-    return frame_pair(stream, event, draw(st.sampled_from([(",", ":"), (", ", ": ")])), draw(st.booleans()),
-                      draw(st.integers(0, 40)) if draw(st.integers(0, 31)) == 0 else None,
-                      draw(st.sampled_from(["", "", "", "", "", "", "\n", " x"])))
+    return frame_pair(
+        stream,
+        event,
+        draw(st.sampled_from([(",", ":"), (", ", ": ")])),
+        draw(st.booleans()),
+        draw(st.integers(0, 40)) if draw(st.integers(0, 31)) == 0 else None,
+        draw(st.sampled_from(["", "", "", "", "", "", "\n", " x"])),
+    )
 
 
-def frame_pair(stream: str, event: dict[str, Any], separators: tuple[str, str] = (",", ":"),
-               ensure_ascii: bool = True, trade_id_again: int | None = None, ending: str = "") -> tuple[bytes, bytes]:
+def frame_pair(
+    stream: str,
+    event: dict[str, Any],
+    separators: tuple[str, str] = (",", ":"),
+    ensure_ascii: bool = True,
+    trade_id_again: int | None = None,
+    ending: str = "",
+) -> tuple[bytes, bytes]:
     """The frame of an event, and the same frame with a character escaped, which only the Python parser reads."""
     data = json.dumps(event, separators=separators, ensure_ascii=ensure_ascii)
     if trade_id_again is not None:  # a key twice: the last one counts
         data = data[:-1] + separators[0] + f'"t"{separators[1]}{trade_id_again}' + "}"
-    frame = json.dumps({"stream": stream}, separators=separators, ensure_ascii=ensure_ascii)[:-1] + \
-        f'{separators[0]}"data"{separators[1]}{data}' + "}" + ending
+    frame = (
+        json.dumps({"stream": stream}, separators=separators, ensure_ascii=ensure_ascii)[:-1]
+        + f'{separators[0]}"data"{separators[1]}{data}'
+        + "}"
+        + ending
+    )
     escaped = frame.replace('"trade"', '"tr\\u0061de"', 1)  # the event type, which the parser does not read
     if ending == " x":  # not JSON: the reason names a position, so the plain frame is padded to the same size
         frame = frame.replace('"trade"', '"trade"     ', 1)
@@ -881,43 +1125,79 @@ def parser_outcome(frames: list[bytes], microseconds: bool) -> dict[str, Any]:
             parser.parse(frame)
     states[0].release()
     return {
-        "trades": out.trades, "quotes": out.quotes,
+        "trades": out.trades,
+        "quotes": out.quotes,
         "dead_letters": [(reason, field, source) for _, reason, field, source in out.dead_letters],
         "counters": (parser.unknown_events, parser.unknown_fields, parser.malformed),
-        "states": [[getattr(state, name) for name in SymbolState.__slots__ if name != "gap_log"]
-                   for state in states],
+        "states": [
+            [getattr(state, name) for name in SymbolState.__slots__ if name != "gap_log"] for state in states
+        ],
         "gaps": [(gap.symbol, gap.first_missing, gap.last_missing) for gap in gap_log.recent],
     }
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.booleans().flatmap(lambda microseconds: st.tuples(
-    st.just(microseconds), st.lists(trade_frames(microseconds), max_size=12))))
+@given(
+    st.booleans().flatmap(
+        lambda microseconds: st.tuples(
+            st.just(microseconds), st.lists(trade_frames(microseconds), max_size=12)
+        )
+    )
+)
 def test_trade_frames_written_natively_are_what_the_python_parser_makes_of_them(
-        run: tuple[bool, list[tuple[bytes, bytes]]]) -> None:
+    run: tuple[bool, list[tuple[bytes, bytes]]],
+) -> None:
     microseconds, frames = run
-    assert parser_outcome([plain for plain, _ in frames], microseconds) == \
-        parser_outcome([escaped for _, escaped in frames], microseconds)
+    assert parser_outcome([plain for plain, _ in frames], microseconds) == parser_outcome(
+        [escaped for _, escaped in frames], microseconds
+    )
 
 
 @pytest.mark.parametrize("microseconds", [True, False])
 def test_trade_frames_at_every_limit_are_written_natively_as_the_python_parser_writes_them(
-        microseconds: bool) -> None:
+    microseconds: bool,
+) -> None:
     scale = 1 if microseconds else 1000
     first, end = -62_135_596_800_000_000 // scale, 253_402_300_800_000_000 // scale
-    trade = {"e": "trade", "E": 1764072000123, "s": "BTCUSDT", "t": 0, "p": "97123.45", "q": "0.5",
-             "T": 1764072000123, "m": True, "M": True}
+    trade = {
+        "e": "trade",
+        "E": 1764072000123,
+        "s": "BTCUSDT",
+        "t": 0,
+        "p": "97123.45",
+        "q": "0.5",
+        "T": 1764072000123,
+        "m": True,
+        "M": True,
+    }
     changes = [{"T": value} for value in (first - 1, first, -1, 0, end - 1, end, INT64 - 1, -INT64)]
     changes += [{"E": value} for value in (INT64 - 1, -INT64, INT64 // 1000, INT64 // 1000 + 1, -1, 0)]
-    changes += [{name: text} for name in ("p", "q")
-                for text in ("99999999999999999999.999999999999999999", "0.000000000000000001", "99999999999999999999",
-                             "100000000000000000000", "0.0000000000000000001", "0", "0.0", "00000000000000000001",
-                             "1.000000000000000000", "1.0000000000000000000", "18446744073709551616", "1e3")]
+    changes += [
+        {name: text}
+        for name in ("p", "q")
+        for text in (
+            "99999999999999999999.999999999999999999",
+            "0.000000000000000001",
+            "99999999999999999999",
+            "100000000000000000000",
+            "0.0000000000000000001",
+            "0",
+            "0.0",
+            "00000000000000000001",
+            "1.000000000000000000",
+            "1.0000000000000000000",
+            "18446744073709551616",
+            "1e3",
+        )
+    ]
     changes += [{"t": value} for value in (INT64 - 1, -INT64, 0)]
-    frames = [frame_pair("btcusdt@trade", trade | change | ({} if "t" in change else {"t": number}))
-              for number, change in enumerate(changes, 1)]
-    assert parser_outcome([plain for plain, _ in frames], microseconds) == \
-        parser_outcome([escaped for _, escaped in frames], microseconds)
+    frames = [
+        frame_pair("btcusdt@trade", trade | change | ({} if "t" in change else {"t": number}))
+        for number, change in enumerate(changes, 1)
+    ]
+    assert parser_outcome([plain for plain, _ in frames], microseconds) == parser_outcome(
+        [escaped for _, escaped in frames], microseconds
+    )
 
 
 def test_plain_trade_frames_are_written_natively() -> None:
@@ -934,13 +1214,22 @@ def test_plain_trade_frames_are_written_natively() -> None:
 
 def test_two_symbols_trades_of_one_id_have_their_own_trade_and_message_ids() -> None:
     """Binance numbers trades per symbol: the same id on two symbols is two trades, natively and in Python."""
-    trade = {"e": "trade", "E": 1764072000123, "t": 77, "p": "1.5", "q": "2", "T": 1764072000123, "m": False,
-             "M": True}
+    trade = {
+        "e": "trade",
+        "E": 1764072000123,
+        "t": 77,
+        "p": "1.5",
+        "q": "2",
+        "T": 1764072000123,
+        "m": False,
+        "M": True,
+    }
     frames = [frame_pair(f"{symbol.lower()}@trade", trade | {"s": symbol}) for symbol, _ in FRAME_SYMBOLS]
     native = parser_outcome([plain for plain, _ in frames], microseconds=False)
     assert native == parser_outcome([escaped for _, escaped in frames], microseconds=False)
     records = [avro.decode(value)[1] for _, value, _ in native["trades"]]
     assert [r["trade_id"] for r in records] == ["BINANCE-BTCUSDT-77", "BINANCE-ÉTHBTC-77"]
-    assert [r["message_id"] for r in records] == [str(uuid.uuid5(MESSAGE_ID_NAMESPACE, r["trade_id"]))
-                                                  for r in records]
+    assert [r["message_id"] for r in records] == [
+        str(uuid.uuid5(MESSAGE_ID_NAMESPACE, r["trade_id"])) for r in records
+    ]
     assert records[0]["message_id"] != records[1]["message_id"]

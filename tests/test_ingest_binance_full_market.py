@@ -25,28 +25,41 @@ def all_symbols(exchange: ReplayExchange, **settings: Any) -> dict[str, Any]:
 
 
 async def test_the_full_market_is_sharded_within_binance_limits_and_subscribed_within_the_budget(
-        kafka_settings: KafkaSettings) -> None:
+    kafka_settings: KafkaSettings,
+) -> None:
     async with exchange_running(market_symbols=2_500, **MARKET) as exchange:
         info = exchange.exchange_info("TRADING")
         assert len(info["symbols"]) == 2_500
-        async with feed_running(kafka_settings, [exchange.url], **all_symbols(exchange, metrics_symbols=100)) as run:
-            await until(lambda: len(run.status().connection_statuses) == 5
-                        and run.status().state == CONNECTED
-                        and sum(c.streams for c in run.status().connection_statuses) == 5_000,
-                        timeout=60, what="5,000 streams subscribed on 5 connections")
-            await until(lambda: len({s.symbol for s in run.feed.states if s.trades}) >= 200, timeout=60,
-                        what="trades of 200 symbols")
+        async with feed_running(
+            kafka_settings, [exchange.url], **all_symbols(exchange, metrics_symbols=100)
+        ) as run:
+            await until(
+                lambda: (
+                    len(run.status().connection_statuses) == 5
+                    and run.status().state == CONNECTED
+                    and sum(c.streams for c in run.status().connection_statuses) == 5_000
+                ),
+                timeout=60,
+                what="5,000 streams subscribed on 5 connections",
+            )
+            await until(
+                lambda: len({s.symbol for s in run.feed.states if s.trades}) >= 200,
+                timeout=60,
+                what="trades of 200 symbols",
+            )
             live = run.status()
             stats = exchange.stats()
             metrics = generate_latest(REGISTRY).decode()
             status = await run.stop()
     # Metrics labels stay bounded: 100 symbols by name, the rest as _other; one connection label per connection.
     market = {s["symbol"] for s in info["symbols"]}
-    labelled = set(re.findall(r'^k2_binance_trades_total\{service="ingest",symbol="([^"]+)"\}', metrics,
-                              re.MULTILINE))
+    labelled = set(
+        re.findall(r'^k2_binance_trades_total\{service="ingest",symbol="([^"]+)"\}', metrics, re.MULTILINE)
+    )
     assert len(labelled & market) <= 100 and "_other" in labelled
-    connection_labels = set(re.findall(r'^k2_binance_connection_streams\{[^}]*connection="(\d+)"', metrics,
-                                       re.MULTILINE))
+    connection_labels = set(
+        re.findall(r'^k2_binance_connection_streams\{[^}]*connection="(\d+)"', metrics, re.MULTILINE)
+    )
     assert connection_labels == {"0", "1", "2", "3", "4"}
     assert live.connections == 5
     assert sorted(c.number for c in live.connection_statuses) == [0, 1, 2, 3, 4]
@@ -73,18 +86,29 @@ async def test_the_full_market_is_sharded_within_binance_limits_and_subscribed_w
 
 
 async def test_a_listing_and_a_delisting_are_followed_while_running(kafka_settings: KafkaSettings) -> None:
-    async with (exchange_running(market_symbols=600, **MARKET) as exchange,
-                feed_running(kafka_settings, [exchange.url], **all_symbols(exchange)) as run):
-        await until(lambda: run.status().state == CONNECTED and len(run.status().connection_statuses) == 2,
-                    timeout=30, what="600 symbols on 2 connections")
+    async with (
+        exchange_running(market_symbols=600, **MARKET) as exchange,
+        feed_running(kafka_settings, [exchange.url], **all_symbols(exchange)) as run,
+    ):
+        await until(
+            lambda: run.status().state == CONNECTED and len(run.status().connection_statuses) == 2,
+            timeout=30,
+            what="600 symbols on 2 connections",
+        )
         await until(lambda: run.feed.states[1].trades > 0, what="ETHUSDT trades")
         exchange.list_symbol("NEWCOINUSDT", orders_per_second=30.0)
         exchange.delist_symbol("ETHUSDT")
-        await until(lambda: "NEWCOINUSDT" in run.status().symbols and "ETHUSDT" not in run.status().symbols,
-                    what="the listing and the delisting in the feed's symbols")
-        await until(lambda: all("ethusdt@trade" not in s["streams"] for s in sessions(exchange))
-                    and any("newcoinusdt@trade" in s["streams"] for s in sessions(exchange)),
-                    what="ETHUSDT unsubscribed and NEWCOINUSDT subscribed")
+        await until(
+            lambda: "NEWCOINUSDT" in run.status().symbols and "ETHUSDT" not in run.status().symbols,
+            what="the listing and the delisting in the feed's symbols",
+        )
+        await until(
+            lambda: (
+                all("ethusdt@trade" not in s["streams"] for s in sessions(exchange))
+                and any("newcoinusdt@trade" in s["streams"] for s in sessions(exchange))
+            ),
+            what="ETHUSDT unsubscribed and NEWCOINUSDT subscribed",
+        )
         await until(lambda: not run.feed.retiring, what="ETHUSDT no longer parsed")
         newcoin = next(s for s in run.feed.states if s.symbol == "NEWCOINUSDT")
         await until(lambda: newcoin.trades >= 20, what="NEWCOINUSDT trades")
@@ -105,11 +129,17 @@ async def test_a_listing_and_a_delisting_are_followed_while_running(kafka_settin
 
 
 async def test_a_killed_connection_reconnects_alone_while_the_others_keep_flowing(
-        kafka_settings: KafkaSettings) -> None:
-    async with (exchange_running(market_symbols=1_100, **MARKET) as exchange,
-                feed_running(kafka_settings, [exchange.url], **all_symbols(exchange, recent_gaps=1_000)) as run):
-        await until(lambda: run.status().state == CONNECTED and len(run.status().connection_statuses) == 3,
-                    timeout=30, what="1,100 symbols on 3 connections")
+    kafka_settings: KafkaSettings,
+) -> None:
+    async with (
+        exchange_running(market_symbols=1_100, **MARKET) as exchange,
+        feed_running(kafka_settings, [exchange.url], **all_symbols(exchange, recent_gaps=1_000)) as run,
+    ):
+        await until(
+            lambda: run.status().state == CONNECTED and len(run.status().connection_statuses) == 3,
+            timeout=30,
+            what="1,100 symbols on 3 connections",
+        )
         btc = run.feed.states[0]
         await until(lambda: btc.trades > 0, what="BTCUSDT trades")
         victim = next(s for s in sessions(exchange) if "btcusdt@trade" not in s["streams"])

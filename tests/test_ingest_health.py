@@ -22,8 +22,11 @@ async def health_becomes(port: int, expected: int, timeout: float = 30.0) -> Non
 
 async def test_not_serving_while_kafka_is_unreachable() -> None:
     unreachable = KafkaSettings(bootstrap_servers="127.0.0.1:9")
-    app = IngestApp(IngestSettings(port=0, metrics_port=0, provision_topics=False, grace_seconds=1), unreachable,
-                    AuthSettings())
+    app = IngestApp(
+        IngestSettings(port=0, metrics_port=0, provision_topics=False, grace_seconds=1),
+        unreachable,
+        AuthSettings(),
+    )
     port = await app.start()
     try:
         await health_becomes(port, health_pb2.HealthCheckResponse.NOT_SERVING)

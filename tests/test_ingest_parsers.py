@@ -32,41 +32,54 @@ def test_batch_message_ids_are_stable_distinct_uuids() -> None:
     assert batch_message_ids("trade", "batch-8")(0) != ids[0]
 
 
-@pytest.mark.parametrize("day, time_text, utc", [
-    (date(2014, 3, 10), "10:05:44.516", datetime(2014, 3, 9, 23, 5, 44, 516000, UTC)),   # AEDT, UTC+11
-    (date(2014, 7, 1), "10:00:00.000", datetime(2014, 7, 1, 0, 0, tzinfo=UTC)),          # AEST, UTC+10
-    (date(2014, 4, 6), "02:30:00.000", datetime(2014, 4, 5, 15, 30, tzinfo=UTC)),        # repeated hour: 1st
-    (date(2014, 3, 10), "10:05:44", datetime(2014, 3, 9, 23, 5, 44, tzinfo=UTC)),
-])
+@pytest.mark.parametrize(
+    "day, time_text, utc",
+    [
+        (date(2014, 3, 10), "10:05:44.516", datetime(2014, 3, 9, 23, 5, 44, 516000, UTC)),  # AEDT, UTC+11
+        (date(2014, 7, 1), "10:00:00.000", datetime(2014, 7, 1, 0, 0, tzinfo=UTC)),  # AEST, UTC+10
+        (date(2014, 4, 6), "02:30:00.000", datetime(2014, 4, 5, 15, 30, tzinfo=UTC)),  # repeated hour: 1st
+        (date(2014, 3, 10), "10:05:44", datetime(2014, 3, 9, 23, 5, 44, tzinfo=UTC)),
+    ],
+)
 def test_asx_local_times_become_utc(day: date, time_text: str, utc: datetime) -> None:
     assert asx._utc(day, time_text) == utc
 
 
 def test_asx_trades_parse_into_records_and_rejections() -> None:
     parser = asx.AsxTradeParser("7078", "BHP", datetime(2026, 1, 1, tzinfo=UTC))
-    chunk = parser.parse([(1, b"03/10/2014,10:05:44.516,37.51,40000,3,X,"),
-                          (2, b"03/10/2014,10:05:44.516,37.51,40000,3,X,"),
-                          (3, b"03/10/2014,10:05:44.516,37.51,\xff,3,X,")])
+    chunk = parser.parse(
+        [
+            (1, b"03/10/2014,10:05:44.516,37.51,40000,3,X,"),
+            (2, b"03/10/2014,10:05:44.516,37.51,40000,3,X,"),
+            (3, b"03/10/2014,10:05:44.516,37.51,\xff,3,X,"),
+        ]
+    )
     assert [r["trade_id"] for r in chunk.records] == ["ASX-7078-20140310-1", "ASX-7078-20140310-2"]
     assert chunk.records[0]["message_id"] != chunk.records[1]["message_id"]
     [rejected] = chunk.rejected
     assert (rejected.line, rejected.field) == (3, "") and "not UTF-8" in rejected.reason
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("2026-01-02T03:04:05.123456Z", datetime(2026, 1, 2, 3, 4, 5, 123456, UTC)),
-    ("2026-01-02T14:04:05.5+11:00", datetime(2026, 1, 2, 3, 4, 5, 500000, UTC)),
-    ("2026-01-02T03:04:05.123456000Z", datetime(2026, 1, 2, 3, 4, 5, 123456, UTC)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2026-01-02T03:04:05.123456Z", datetime(2026, 1, 2, 3, 4, 5, 123456, UTC)),
+        ("2026-01-02T14:04:05.5+11:00", datetime(2026, 1, 2, 3, 4, 5, 500000, UTC)),
+        ("2026-01-02T03:04:05.123456000Z", datetime(2026, 1, 2, 3, 4, 5, 123456, UTC)),
+    ],
+)
 def test_csv_timestamps(text: str, expected: datetime) -> None:
     assert csv_files._timestamp(text) == expected
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("2026-01-02T03:04:05", "no UTC offset"),
-    ("2026-01-02T03:04:05.1234567Z", "finer than a microsecond"),
-    ("yesterday", "not an ISO-8601 timestamp"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("2026-01-02T03:04:05", "no UTC offset"),
+        ("2026-01-02T03:04:05.1234567Z", "finer than a microsecond"),
+        ("yesterday", "not an ISO-8601 timestamp"),
+    ],
+)
 def test_csv_timestamps_refused(text: str, reason: str) -> None:
     with pytest.raises(FieldError, match=reason):
         csv_files._timestamp(text)

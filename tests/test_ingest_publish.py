@@ -55,10 +55,18 @@ START = datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=UTC)
 
 
 def trade(i: int, **fields: Any) -> Trade:
-    message = Trade(trade_id=f"BINANCE-{1000 + i}", symbol="BTCUSDT" if i % 2 else "ETHUSDT",
-                    exchange="BINANCE", asset_class=AssetClass.ASSET_CLASS_CRYPTO, price=f"97123.{i:02d}",
-                    quantity="0.00150000", currency="USDT", side=Side.SIDE_SELL if i % 2 else Side.SIDE_BUY,
-                    source_sequence=1000 + i, vendor_data={"is_buyer_maker": "true" if i % 2 else "false"})
+    message = Trade(
+        trade_id=f"BINANCE-{1000 + i}",
+        symbol="BTCUSDT" if i % 2 else "ETHUSDT",
+        exchange="BINANCE",
+        asset_class=AssetClass.ASSET_CLASS_CRYPTO,
+        price=f"97123.{i:02d}",
+        quantity="0.00150000",
+        currency="USDT",
+        side=Side.SIDE_SELL if i % 2 else Side.SIDE_BUY,
+        source_sequence=1000 + i,
+        vendor_data={"is_buyer_maker": "true" if i % 2 else "false"},
+    )
     message.timestamp.FromDatetime(START + timedelta(microseconds=i))
     for name, value in fields.items():
         setattr(message, name, value)
@@ -66,21 +74,33 @@ def trade(i: int, **fields: Any) -> Trade:
 
 
 def expected_trade(i: int) -> dict[str, Any]:
-    return {"trade_id": f"BINANCE-{1000 + i}", "symbol": "BTCUSDT" if i % 2 else "ETHUSDT",
-            "exchange": "BINANCE", "asset_class": "CRYPTO", "timestamp": START + timedelta(microseconds=i),
-            "price": Decimal(f"97123.{i:02d}"), "quantity": Decimal("0.0015"), "currency": "USDT",
-            "side": "SELL" if i % 2 else "BUY", "trade_conditions": [], "source_sequence": 1000 + i,
-            "platform_sequence": None, "vendor_data": {"is_buyer_maker": "true" if i % 2 else "false"}}
+    return {
+        "trade_id": f"BINANCE-{1000 + i}",
+        "symbol": "BTCUSDT" if i % 2 else "ETHUSDT",
+        "exchange": "BINANCE",
+        "asset_class": "CRYPTO",
+        "timestamp": START + timedelta(microseconds=i),
+        "price": Decimal(f"97123.{i:02d}"),
+        "quantity": Decimal("0.0015"),
+        "currency": "USDT",
+        "side": "SELL" if i % 2 else "BUY",
+        "trade_conditions": [],
+        "source_sequence": 1000 + i,
+        "platform_sequence": None,
+        "vendor_data": {"is_buyer_maker": "true" if i % 2 else "false"},
+    }
 
 
-async def requests(*batches: ingest_pb2.PublishTradesRequest
-                   ) -> AsyncIterator[ingest_pb2.PublishTradesRequest]:
+async def requests(
+    *batches: ingest_pb2.PublishTradesRequest,
+) -> AsyncIterator[ingest_pb2.PublishTradesRequest]:
     for batch in batches:
         yield batch
 
 
-async def publish(stub: Any, *batches: ingest_pb2.PublishTradesRequest
-                  ) -> list[ingest_pb2.PublishTradesResponse]:
+async def publish(
+    stub: Any, *batches: ingest_pb2.PublishTradesRequest
+) -> list[ingest_pb2.PublishTradesResponse]:
     return [answer async for answer in stub.PublishTrades(requests(*batches), metadata=WRITE)]
 
 
@@ -138,11 +158,27 @@ async def test_invalid_items_are_rejected_one_by_one(kafka_settings: KafkaSettin
         records = await ingest.records(TRADES)
     rejections = [(r.index, r.field, r.reason) for r in answer.rejections]
     assert [(index, field) for index, field, _ in rejections] == [
-        (1, "price"), (2, "price"), (3, "timestamp"), (4, "side"), (5, "timestamp"), (6, "quantity"),
-        (7, "timestamp")]
-    for (_, _, reason), expected in zip(rejections, [
-            "not a decimal number", "more than 18 decimal places", "required", "unknown enum value",
-            "finer than a microsecond", "must be positive", "outside years 1-9999"], strict=True):
+        (1, "price"),
+        (2, "price"),
+        (3, "timestamp"),
+        (4, "side"),
+        (5, "timestamp"),
+        (6, "quantity"),
+        (7, "timestamp"),
+    ]
+    for (_, _, reason), expected in zip(
+        rejections,
+        [
+            "not a decimal number",
+            "more than 18 decimal places",
+            "required",
+            "unknown enum value",
+            "finer than a microsecond",
+            "must be positive",
+            "outside years 1-9999",
+        ],
+        strict=True,
+    ):
         assert expected in reason
     assert answer.accepted == 3
     assert sorted(r["trade_id"] for r in records) == [f"BINANCE-{1000 + i}" for i in (0, 8, 9)]
@@ -152,11 +188,20 @@ async def test_items_outside_the_rules_are_rejected_by_field(kafka_settings: Kaf
     """What was accepted: decimals with spaces, '_' or '+', nanos outside 0-999,999,999, symbols no query can ask
     for, unbounded trade conditions and vendor_data, equity and crypto quotes priced at zero or below."""
     changes: list[tuple[str, Any]] = [
-        ("price", " 1"), ("price", "1_000"), ("quantity", "+1"), ("price", ".5"), ("symbol", "btcusdt"),
-        ("symbol", "BTC/USDT"), ("symbol", "X" * 33), ("exchange", "binance"),
-        ("trade_conditions", ["X"] * 9), ("trade_conditions", ["X" * 33]),
-        ("vendor_data", {str(n): "" for n in range(9)}), ("vendor_data", {"k" * 33: ""}),
-        ("vendor_data", {"k": "v" * 65})]
+        ("price", " 1"),
+        ("price", "1_000"),
+        ("quantity", "+1"),
+        ("price", ".5"),
+        ("symbol", "btcusdt"),
+        ("symbol", "BTC/USDT"),
+        ("symbol", "X" * 33),
+        ("exchange", "binance"),
+        ("trade_conditions", ["X"] * 9),
+        ("trade_conditions", ["X" * 33]),
+        ("vendor_data", {str(n): "" for n in range(9)}),
+        ("vendor_data", {"k" * 33: ""}),
+        ("vendor_data", {"k": "v" * 65}),
+    ]
     sent = []
     for i, (name, value) in enumerate(changes):
         sent.append(trade(i))
@@ -174,13 +219,25 @@ async def test_items_outside_the_rules_are_rejected_by_field(kafka_settings: Kaf
     sent[-1].vendor_data.update({str(n) + "k" * 31: "v" * 64 for n in range(7)})
 
     def quote(i: int, asset_class: AssetClass, bid: str, ask: str) -> Quote:
-        message = Quote(quote_id=f"Q-{i}", symbol="BHP", exchange="ASX", asset_class=asset_class, currency="AUD",
-                        bid_price=bid, bid_quantity="100", ask_price=ask, ask_quantity="100")
+        message = Quote(
+            quote_id=f"Q-{i}",
+            symbol="BHP",
+            exchange="ASX",
+            asset_class=asset_class,
+            currency="AUD",
+            bid_price=bid,
+            bid_quantity="100",
+            ask_price=ask,
+            ask_quantity="100",
+        )
         message.timestamp.FromDatetime(START)
         return message
 
-    quotes = [quote(0, AssetClass.ASSET_CLASS_EQUITIES, "0", "1"), quote(1, AssetClass.ASSET_CLASS_CRYPTO, "1", "-1"),
-              quote(2, AssetClass.ASSET_CLASS_FUTURES, "0", "-1")]
+    quotes = [
+        quote(0, AssetClass.ASSET_CLASS_EQUITIES, "0", "1"),
+        quote(1, AssetClass.ASSET_CLASS_CRYPTO, "1", "-1"),
+        quote(2, AssetClass.ASSET_CLASS_FUTURES, "0", "-1"),
+    ]
 
     async def quote_batch() -> AsyncIterator[ingest_pb2.PublishQuotesRequest]:
         yield ingest_pb2.PublishQuotesRequest(batch_id="quotes-at-zero", quotes=quotes)
@@ -194,41 +251,63 @@ async def test_items_outside_the_rules_are_rejected_by_field(kafka_settings: Kaf
     assert all(r.reason for r in answer.rejections)
     assert answer.accepted == 1 and [r["symbol"] for r in records] == [sent[-1].symbol]
     assert [(r.index, r.field, r.reason) for r in quote_answer.rejections] == [
-        (0, "bid_price", "must be positive: 0"), (1, "ask_price", "must be positive: -1")]
+        (0, "bid_price", "must be positive: 0"),
+        (1, "ask_price", "must be positive: -1"),
+    ]
     assert quote_answer.accepted == 1  # a future's book may be priced at zero or below
 
 
 async def test_records_at_every_bound_fill_a_query_response_and_a_live_stream(
-        kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings) -> None:
+    kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> None:
     """Rows of ~9 kB broke 2,000-row QueryTrades responses (16 MiB) and ended live subscribers as too slow: at
     the bounds, in 4-byte characters, a trade is ~6.5 kB, and 2,000 of them are one query response and reach a
     subscriber on the default settings."""
-    wide = "\U0001F600"  # 4 bytes in UTF-8
+    wide = "\U0001f600"  # 4 bytes in UTF-8
     symbol = "X" * MAX_NAME_LENGTH
-    largest = [trade(i, trade_id=f"{i:05d}" + wide * (MAX_TEXT_LENGTH - 5), symbol=symbol, exchange=symbol,
-                     currency=wide * MAX_TEXT_LENGTH, price="-99999999999999999999.999999999999999999",
-                     quantity="99999999999999999999.999999999999999999",
-                     asset_class=AssetClass.ASSET_CLASS_FUTURES, source_sequence=-(2**63), platform_sequence=-1)
-               for i in range(2000)]
+    largest = [
+        trade(
+            i,
+            trade_id=f"{i:05d}" + wide * (MAX_TEXT_LENGTH - 5),
+            symbol=symbol,
+            exchange=symbol,
+            currency=wide * MAX_TEXT_LENGTH,
+            price="-99999999999999999999.999999999999999999",
+            quantity="99999999999999999999.999999999999999999",
+            asset_class=AssetClass.ASSET_CLASS_FUTURES,
+            source_sequence=-(2**63),
+            platform_sequence=-1,
+        )
+        for i in range(2000)
+    ]
     for message in largest:
         message.trade_conditions.extend([wide * MAX_CONDITION_LENGTH] * MAX_TRADE_CONDITIONS)
         message.vendor_data.clear()
-        message.vendor_data.update({str(n) + wide * (MAX_VENDOR_DATA_KEY_LENGTH - 1): wide * MAX_VENDOR_DATA_VALUE_LENGTH
-                                    for n in range(MAX_VENDOR_DATA_ENTRIES)})
+        message.vendor_data.update(
+            {
+                str(n) + wide * (MAX_VENDOR_DATA_KEY_LENGTH - 1): wide * MAX_VENDOR_DATA_VALUE_LENGTH
+                for n in range(MAX_VENDOR_DATA_ENTRIES)
+            }
+        )
     assert min(m.ByteSize() for m in largest) > 6000
-    async with running_ingest(kafka_settings) as ingest, \
-            running_service(kafka_settings, iceberg_settings, query_settings()) as query:
+    async with (
+        running_ingest(kafka_settings) as ingest,
+        running_service(kafka_settings, iceberg_settings, query_settings()) as query,
+    ):
         live = query.stub.SubscribeTrades(query_pb2.SubscribeTradesRequest(symbols=[symbol]))
         assert (await live.read()).resume_token  # live, before anything is published
-        answers = await publish(ingest.stub, *(batch(f"largest-{n}", largest[n:n + 250]) for n in range(0, 2000, 250)))
+        answers = await publish(
+            ingest.stub, *(batch(f"largest-{n}", largest[n : n + 250]) for n in range(0, 2000, 250))
+        )
         assert sum(a.accepted for a in answers) == 2000
         streamed: list[query_pb2.SubscribeTradesResponse] = []
         async with asyncio.timeout(120):
             while sum(len(r.trades) for r in streamed) < 2000:
                 streamed.append(await live.read())
         live.cancel()
-        request = query_pb2.QueryTradesRequest(symbols=[symbol], start=ts(START), end=ts(START + timedelta(hours=1)),
-                                               limit=2000)
+        request = query_pb2.QueryTradesRequest(
+            symbols=[symbol], start=ts(START), end=ts(START + timedelta(hours=1)), limit=2000
+        )
         responses = [r async for r in query.stub.QueryTrades(request, timeout=120)]
     assert [t.trade_id for r in responses for t in r.trades] == [m.trade_id for m in largest]
     assert max(r.ByteSize() for r in responses) > 12_000_000  # one response of 2,000 rows, within 16 MiB
@@ -256,14 +335,19 @@ async def test_beyond_the_dedupe_window_a_resent_batch_keeps_its_ids(kafka_setti
     assert len(ids_of_a) == 10 and len(set(ids_of_a)) == 5  # ...with the same message ids: dropped downstream
 
 
-async def test_the_dedupe_window_is_bounded_by_the_bytes_its_answers_hold(kafka_settings: KafkaSettings) -> None:
+async def test_the_dedupe_window_is_bounded_by_the_bytes_its_answers_hold(
+    kafka_settings: KafkaSettings,
+) -> None:
     window = 2 * 1024 * 1024
     refused = [trade(i, quantity="0") for i in range(10_000)]  # an answer of 10,000 rejections: ~0.5 MB
     async with running_ingest(kafka_settings, dedupe_window_bytes=window) as ingest:
         answers = await publish(ingest.stub, *(batch(f"refused-{n}", refused) for n in range(8)))
-        held = REGISTRY.get_sample_value("k2_ingest_dedupe_window_bytes", {"service": "ingest", "kind": "trade"})
-        [newest_again, oldest_again] = await publish(ingest.stub, batch("refused-7", refused),
-                                                     batch("refused-0", refused))
+        held = REGISTRY.get_sample_value(
+            "k2_ingest_dedupe_window_bytes", {"service": "ingest", "kind": "trade"}
+        )
+        [newest_again, oldest_again] = await publish(
+            ingest.stub, batch("refused-7", refused), batch("refused-0", refused)
+        )
     assert all(len(answer.rejections) == 10_000 for answer in answers)
     assert answers[0].ByteSize() * 3 < window < answers[0].ByteSize() * 8
     assert held is not None and answers[0].ByteSize() * 3 < held <= window
@@ -291,8 +375,9 @@ async def test_answers_come_in_order_while_batches_pipeline(kafka_settings: Kafk
 async def test_too_large_a_batch_ends_the_stream_after_those_before(kafka_settings: KafkaSettings) -> None:
     received = []
     async with running_ingest(kafka_settings, max_batch_items=10) as ingest:
-        batches = requests(batch("fits", [trade(i) for i in range(10)]),
-                           batch("too-big", [trade(i) for i in range(11)]))
+        batches = requests(
+            batch("fits", [trade(i) for i in range(10)]), batch("too-big", [trade(i) for i in range(11)])
+        )
         call = ingest.stub.PublishTrades(batches, metadata=WRITE)
         with pytest.raises(grpc.aio.AioRpcError) as error:
             async for answer in call:
@@ -307,16 +392,24 @@ async def test_a_message_kafka_refuses_is_a_rejection(kafka_settings: KafkaSetti
     # Every field at its bound with text that does not compress: above the topic's max.message.bytes set here.
     largest = trade(1)
     largest.trade_conditions.extend(random_text(MAX_CONDITION_LENGTH) for _ in range(MAX_TRADE_CONDITIONS))
-    largest.vendor_data.update({random_text(MAX_VENDOR_DATA_KEY_LENGTH): random_text(MAX_VENDOR_DATA_VALUE_LENGTH)
-                                for _ in range(MAX_VENDOR_DATA_ENTRIES - 1)})
+    largest.vendor_data.update(
+        {
+            random_text(MAX_VENDOR_DATA_KEY_LENGTH): random_text(MAX_VENDOR_DATA_VALUE_LENGTH)
+            for _ in range(MAX_VENDOR_DATA_ENTRIES - 1)
+        }
+    )
     async with running_ingest(kafka_settings) as ingest:
         admin = AdminClient(client_config(kafka_settings))
         limit = ConfigEntry("max.message.bytes", "600", incremental_operation=AlterConfigOpType.SET)
         for future in admin.incremental_alter_configs(
-                [ConfigResource(ResourceType.TOPIC, ingest.topic(TRADES), incremental_configs=[limit])]).values():
+            [ConfigResource(ResourceType.TOPIC, ingest.topic(TRADES), incremental_configs=[limit])]
+        ).values():
             future.result(30)
-        answers = [answer for sent in (trade(0), largest, trade(2))  # one at a time: one Kafka batch each
-                   for answer in await publish(ingest.stub, batch(f"one-too-big-{sent.trade_id}", [sent]))]
+        answers = [
+            answer
+            for sent in (trade(0), largest, trade(2))  # one at a time: one Kafka batch each
+            for answer in await publish(ingest.stub, batch(f"one-too-big-{sent.trade_id}", [sent]))
+        ]
         assert await ingest.count(TRADES) == 2
     assert [answer.accepted for answer in answers] == [1, 0, 1]
     [rejection] = answers[1].rejections
@@ -330,8 +423,13 @@ def random_text(length: int) -> str:
 
 async def test_quotes_one_sided_and_crossed_are_published_exactly(kafka_settings: KafkaSettings) -> None:
     def quote(i: int, bid: tuple[str, str] | None, ask: tuple[str, str] | None) -> Quote:
-        message = Quote(quote_id=f"Q-{i}", symbol="BHP", exchange="ASX",
-                        asset_class=AssetClass.ASSET_CLASS_EQUITIES, currency="AUD")
+        message = Quote(
+            quote_id=f"Q-{i}",
+            symbol="BHP",
+            exchange="ASX",
+            asset_class=AssetClass.ASSET_CLASS_EQUITIES,
+            currency="AUD",
+        )
         if bid:
             message.bid_price, message.bid_quantity = bid
         if ask:
@@ -339,8 +437,12 @@ async def test_quotes_one_sided_and_crossed_are_published_exactly(kafka_settings
         message.timestamp.FromDatetime(START)
         return message
 
-    sent = [quote(0, ("37.7", "300"), None), quote(1, ("37.8", "1"), ("37.7", "2")),
-            quote(2, None, ("1", "1")), quote(3, ("1", "0"), None)]
+    sent = [
+        quote(0, ("37.7", "300"), None),
+        quote(1, ("37.8", "1"), ("37.7", "2")),
+        quote(2, None, ("1", "1")),
+        quote(3, ("1", "0"), None),
+    ]
 
     async def quote_batches() -> AsyncIterator[ingest_pb2.PublishQuotesRequest]:
         yield ingest_pb2.PublishQuotesRequest(batch_id="quotes", quotes=sent)
@@ -349,28 +451,37 @@ async def test_quotes_one_sided_and_crossed_are_published_exactly(kafka_settings
         [answer] = [a async for a in ingest.stub.PublishQuotes(quote_batches(), metadata=WRITE)]
         records = {r["quote_id"]: r for r in await ingest.records(QUOTES)}
     assert answer.accepted == 3 and [(r.index, r.field) for r in answer.rejections] == [(3, "bid_quantity")]
-    sides = {qid: (r["bid_price"], r["bid_quantity"], r["ask_price"], r["ask_quantity"])
-             for qid, r in records.items()}
-    assert sides == {"Q-0": (Decimal("37.7"), Decimal(300), None, None),
-                     "Q-1": (Decimal("37.8"), Decimal(1), Decimal("37.7"), Decimal(2)),
-                     "Q-2": (None, None, Decimal(1), Decimal(1))}
+    sides = {
+        qid: (r["bid_price"], r["bid_quantity"], r["ask_price"], r["ask_quantity"])
+        for qid, r in records.items()
+    }
+    assert sides == {
+        "Q-0": (Decimal("37.7"), Decimal(300), None, None),
+        "Q-1": (Decimal("37.8"), Decimal(1), Decimal("37.7"), Decimal(2)),
+        "Q-2": (None, None, Decimal(1), Decimal(1)),
+    }
 
 
-@pytest.mark.parametrize("metadata, code", [
-    ((), grpc.StatusCode.UNAUTHENTICATED),
-    ((("authorization", "Bearer wrong-token"),), grpc.StatusCode.UNAUTHENTICATED),
-    ((("authorization", f"Bearer {READ_TOKEN}"),), grpc.StatusCode.PERMISSION_DENIED),
-])
-async def test_publishing_needs_a_write_token(kafka_settings: KafkaSettings, metadata: Any,
-                                              code: grpc.StatusCode) -> None:
+@pytest.mark.parametrize(
+    "metadata, code",
+    [
+        ((), grpc.StatusCode.UNAUTHENTICATED),
+        ((("authorization", "Bearer wrong-token"),), grpc.StatusCode.UNAUTHENTICATED),
+        ((("authorization", f"Bearer {READ_TOKEN}"),), grpc.StatusCode.PERMISSION_DENIED),
+    ],
+)
+async def test_publishing_needs_a_write_token(
+    kafka_settings: KafkaSettings, metadata: Any, code: grpc.StatusCode
+) -> None:
     async with running_ingest(kafka_settings) as ingest:
         # The refusal comes before any batch is read: a client that raced a write in would see that write fail
         # (INTERNAL, "SendMessageOperation") instead of the server's status, so this call writes after it.
         publish = ingest.stub.PublishTrades(metadata=metadata)
         assert await publish.code() == code
         with pytest.raises(grpc.aio.AioRpcError) as load_error:
-            load = ingest_pb2.LoadFilesRequest(paths=["trades/3153.csv"],
-                                               format=ingest_pb2.FILE_FORMAT_ASX_TRADES)
+            load = ingest_pb2.LoadFilesRequest(
+                paths=["trades/3153.csv"], format=ingest_pb2.FILE_FORMAT_ASX_TRADES
+            )
             [r async for r in ingest.stub.LoadFiles(load, metadata=metadata)]
         assert await ingest.count(TRADES) == 0
     assert load_error.value.code() == code
@@ -385,8 +496,9 @@ class StaticFeed:
     async def stop(self) -> None: ...
 
     def status(self) -> ingest_pb2.FeedStatus:
-        return ingest_pb2.FeedStatus(name=self.name, state=ingest_pb2.CONNECTION_STATE_CONNECTED,
-                                     symbols=["BTCUSDT"])
+        return ingest_pb2.FeedStatus(
+            name=self.name, state=ingest_pb2.CONNECTION_STATE_CONNECTED, symbols=["BTCUSDT"]
+        )
 
 
 async def test_feed_status_lists_the_registered_feeds(kafka_settings: KafkaSettings) -> None:
@@ -397,17 +509,22 @@ async def test_feed_status_lists_the_registered_feeds(kafka_settings: KafkaSetti
         listed = await ingest.stub.GetFeedStatus(ingest_pb2.GetFeedStatusRequest(), metadata=reader)
     assert list(empty.feeds) == []
     assert [(f.name, f.state, list(f.symbols)) for f in listed.feeds] == [
-        ("static", ingest_pb2.CONNECTION_STATE_CONNECTED, ["BTCUSDT"])]
+        ("static", ingest_pb2.CONNECTION_STATE_CONNECTED, ["BTCUSDT"])
+    ]
 
 
 async def test_sigterm_flushes_and_exits_zero(kafka_settings: KafkaSettings) -> None:
     port = free_port()
-    env = os.environ | {"K2_INGEST_PORT": str(port), "K2_INGEST_METRICS_PORT": "0",
-                        "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
-                        "K2_KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
-                        "K2_AUTH_WRITE_TOKENS": f'["{WRITE_TOKEN}"]'}
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "k2.services.ingest", env=env,
-                                                   stderr=asyncio.subprocess.PIPE)
+    env = os.environ | {
+        "K2_INGEST_PORT": str(port),
+        "K2_INGEST_METRICS_PORT": "0",
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+        "K2_KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
+        "K2_AUTH_WRITE_TOKENS": f'["{WRITE_TOKEN}"]',
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "k2.services.ingest", env=env, stderr=asyncio.subprocess.PIPE
+    )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -437,17 +554,25 @@ async def _until_serving(health: health_pb2_grpc.HealthStub) -> None:
 
 
 @pytest.mark.parametrize("framing", ["single-object", "registry"])
-def test_batches_resent_after_a_kill_9_are_not_written_again(kafka_settings: KafkaSettings, tmp_path: Path,
-                                                             framing: str, request: pytest.FixtureRequest) -> None:
+def test_batches_resent_after_a_kill_9_are_not_written_again(
+    kafka_settings: KafkaSettings, tmp_path: Path, framing: str, request: pytest.FixtureRequest
+) -> None:
     """The batch ledger dies with the process: the next one reads back what was written before it started."""
     if framing == "registry":
         kafka_settings = kafka_settings.model_copy(
-            update={"schema_registry_url": request.getfixturevalue("schema_registry")})
-    ingest = ServiceProcess("ingest", {"KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
-                                       "K2_KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
-                                       "K2_KAFKA_SCHEMA_REGISTRY_URL": kafka_settings.schema_registry_url,
-                                       "K2_AUTH_WRITE_TOKENS": f'["{WRITE_TOKEN}"]',
-                                       "K2_INGEST_PROVISION_TOPICS": "false"}, tmp_path / "ingest.log")
+            update={"schema_registry_url": request.getfixturevalue("schema_registry")}
+        )
+    ingest = ServiceProcess(
+        "ingest",
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+            "K2_KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
+            "K2_KAFKA_SCHEMA_REGISTRY_URL": kafka_settings.schema_registry_url,
+            "K2_AUTH_WRITE_TOKENS": f'["{WRITE_TOKEN}"]',
+            "K2_INGEST_PROVISION_TOPICS": "false",
+        },
+        tmp_path / "ingest.log",
+    )
     own_ids = [trade(i, message_id=str(uuid.uuid4())) for i in range(40)]
     derived_ids = [trade(100 + i) for i in range(30)]  # ids derived from the batch id
     first = [batch("own-ids", own_ids), batch("derived-ids", derived_ids)]
@@ -456,7 +581,9 @@ def test_batches_resent_after_a_kill_9_are_not_written_again(kafka_settings: Kaf
 
     def publish_now(*batches: ingest_pb2.PublishTradesRequest) -> list[ingest_pb2.PublishTradesResponse]:
         with grpc.insecure_channel(ingest.address) as channel:
-            return list(ingest_pb2_grpc.IngestServiceStub(channel).PublishTrades(iter(batches), metadata=WRITE))
+            return list(
+                ingest_pb2_grpc.IngestServiceStub(channel).PublishTrades(iter(batches), metadata=WRITE)
+            )
 
     try:
         ingest.start()
@@ -470,12 +597,16 @@ def test_batches_resent_after_a_kill_9_are_not_written_again(kafka_settings: Kaf
     finally:
         ingest.stop()
     assert [(a.batch_id, a.accepted, a.duplicate, list(a.rejections)) for a in again] == [
-        ("own-ids", 40, True, []), ("derived-ids", 30, True, []), ("mixed", 30, False, [])]
+        ("own-ids", 40, True, []),
+        ("derived-ids", 30, True, []),
+        ("mixed", 30, False, []),
+    ]
     assert written_before == 90
     messages = read_topic_now(kafka_settings, kafka_settings.topic_prefix + TRADES.name)
     assert {m.value()[:1] for m in messages} == {b"\x00" if framing == "registry" else b"\xc3"}
     records = [Framing.connect(kafka_settings).decode(m.value())[1] for m in messages]
     ids = [record["message_id"] for record in records]
     assert len(ids) == len(set(ids)) == 80
-    assert sorted(r["trade_id"] for r in records) == sorted(t.trade_id for t in [*own_ids, *derived_ids,
-                                                                                 *mixed.trades[20:]])
+    assert sorted(r["trade_id"] for r in records) == sorted(
+        t.trade_id for t in [*own_ids, *derived_ids, *mixed.trades[20:]]
+    )

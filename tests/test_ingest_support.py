@@ -24,8 +24,11 @@ from k2.services.ingest.server import IngestApp
 WRITE_TOKEN = "ingest-test-write-token"
 READ_TOKEN = "ingest-test-read-token"
 WRITE = (("authorization", f"Bearer {WRITE_TOKEN}"),)
-RETRIABLE = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-             KafkaError.UNKNOWN_TOPIC_OR_PART)
+RETRIABLE = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+)
 
 
 @dataclass
@@ -49,8 +52,13 @@ class Ingest:
 
 @asynccontextmanager
 async def running_ingest(kafka: KafkaSettings, **settings: Any) -> AsyncIterator[Ingest]:
-    defaults = {"port": 0, "metrics_port": 0, "load_root": ASX_DATA, "grace_seconds": 2.0,
-                "provision_topics": False}
+    defaults = {
+        "port": 0,
+        "metrics_port": 0,
+        "load_root": ASX_DATA,
+        "grace_seconds": 2.0,
+        "provision_topics": False,
+    }
     ingest_settings = IngestSettings(**defaults | settings)
     auth = AuthSettings(write_tokens=[WRITE_TOKEN], read_tokens=[READ_TOKEN])  # type: ignore[list-item]
     app = IngestApp(ingest_settings, kafka, auth)
@@ -69,8 +77,9 @@ def watermarks(consumer: Consumer, topic: str, timeout: float = 15.0) -> dict[in
     while True:
         try:
             partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                    for p in partitions}
+            return {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions
+            }
         except KafkaException as error:
             retriable = error.args[0].retriable() or error.args[0].code() in RETRIABLE
             if not retriable or time.monotonic() > deadline:
@@ -117,4 +126,3 @@ async def read_topic(settings: KafkaSettings, topic: str) -> list[Message]:
 
 def headers_of(message: Message) -> dict[str, bytes]:
     return dict(message.headers() or [])
-

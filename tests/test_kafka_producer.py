@@ -56,14 +56,22 @@ async def test_a_batch_lands_on_the_partitions_produce_chooses(kafka_settings: K
         reference.produce(one_by_one, value, key)
     assert reference.flush(30) == 0
 
-    batched = {value: partition for _, value, partition in consumed_partitions(kafka_settings, together, len(values))}
-    produced = {value: partition
-                for _, value, partition in consumed_partitions(kafka_settings, one_by_one, len(values))}
+    batched = {
+        value: partition for _, value, partition in consumed_partitions(kafka_settings, together, len(values))
+    }
+    produced = {
+        value: partition
+        for _, value, partition in consumed_partitions(kafka_settings, one_by_one, len(values))
+    }
     assert len(batched) == len(values) and batched == produced
-    assert len(set(batched.values())) == 6  # the keys spread over every partition: the comparison means something
+    assert (
+        len(set(batched.values())) == 6
+    )  # the keys spread over every partition: the comparison means something
 
 
-async def test_each_failure_in_a_batch_reaches_the_caller_at_its_position(kafka_settings: KafkaSettings) -> None:
+async def test_each_failure_in_a_batch_reaches_the_caller_at_its_position(
+    kafka_settings: KafkaSettings,
+) -> None:
     # The broker refuses record batches above the topic's max.message.bytes; the producer's limit is higher, so
     # the big messages fail at delivery, not when handed over. Their keys share no partition with the others.
     topic = create_topic(kafka_settings, 2, **{"max.message.bytes": "4096"})
@@ -72,7 +80,9 @@ async def test_each_failure_in_a_batch_reaches_the_caller_at_its_position(kafka_
         await probe.send_batch(topic, KEYS, [b"probe"] * len(KEYS))
     finally:
         await probe.close()
-    partition = {key: partition for key, _, partition in consumed_partitions(kafka_settings, topic, len(KEYS))}
+    partition = {
+        key: partition for key, _, partition in consumed_partitions(kafka_settings, topic, len(KEYS))
+    }
     small_key = next(key for key in KEYS if partition[key] == 0)
     big_key = next(key for key in KEYS if partition[key] == 1)
     big = os.urandom(20_000)  # incompressible
@@ -87,4 +97,3 @@ async def test_each_failure_in_a_batch_reaches_the_caller_at_its_position(kafka_
     assert [error is None for error in report.errors] == [True, False, True, True, False]
     assert all("too large" in (error or "").lower() for error in (report.errors[1], report.errors[4]))
     assert second.errors == [None]
-

@@ -19,20 +19,23 @@ async def start_query(kafka: KafkaSettings, iceberg: IcebergSettings, **limits: 
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         async with asyncio.timeout(30):  # its Kafka fan-out consumer starts in the background
-            while (await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())).status != \
-                    health_pb2.HealthCheckResponse.SERVING:
+            while (
+                await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            ).status != health_pb2.HealthCheckResponse.SERVING:
                 await asyncio.sleep(0.1)
     return server
 
 
-async def test_streams_per_client_are_capped_and_freed_on_cancel(kafka_settings: KafkaSettings,
-                                                                  iceberg_settings: IcebergSettings) -> None:
+async def test_streams_per_client_are_capped_and_freed_on_cancel(
+    kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> None:
     server = await start_query(kafka_settings, iceberg_settings, max_streams_per_client=2)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = query_pb2_grpc.QueryServiceStub(channel)
-            open_streams = [stub.SubscribeTrades(query_pb2.SubscribeTradesRequest(symbols=["BTCUSDT"]))
-                            for _ in range(2)]
+            open_streams = [
+                stub.SubscribeTrades(query_pb2.SubscribeTradesRequest(symbols=["BTCUSDT"])) for _ in range(2)
+            ]
             for call in open_streams:
                 await asyncio.wait_for(call.read(), 15)  # first heartbeat: the stream is being served
             third = stub.SubscribeTrades(query_pb2.SubscribeTradesRequest(symbols=["BTCUSDT"]))
@@ -51,10 +54,12 @@ async def test_streams_per_client_are_capped_and_freed_on_cancel(kafka_settings:
         await server.stop()
 
 
-async def test_request_rate_per_client_is_limited(kafka_settings: KafkaSettings,
-                                                                    iceberg_settings: IcebergSettings) -> None:
-    server = await start_query(kafka_settings, iceberg_settings, max_requests_per_second_per_client=5,
-                               rate_burst_seconds=1)
+async def test_request_rate_per_client_is_limited(
+    kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> None:
+    server = await start_query(
+        kafka_settings, iceberg_settings, max_requests_per_second_per_client=5, rate_burst_seconds=1
+    )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = query_pb2_grpc.QueryServiceStub(channel)
@@ -85,10 +90,12 @@ async def check_codes(health: health_pb2_grpc.HealthStub, calls: int) -> list[gr
     return codes
 
 
-async def test_health_checks_are_rate_limited_like_every_call(kafka_settings: KafkaSettings,
-                                                              iceberg_settings: IcebergSettings) -> None:
-    server = await start_query(kafka_settings, iceberg_settings, max_requests_per_second_per_client=20,
-                               rate_burst_seconds=1)
+async def test_health_checks_are_rate_limited_like_every_call(
+    kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> None:
+    server = await start_query(
+        kafka_settings, iceberg_settings, max_requests_per_second_per_client=20, rate_burst_seconds=1
+    )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             await asyncio.sleep(1.5)  # start_query's own probes are forgotten: the bucket is full again
@@ -101,15 +108,18 @@ async def test_health_checks_are_rate_limited_like_every_call(kafka_settings: Ka
         await server.stop()
 
 
-async def test_health_watch_streams_count_against_the_stream_caps(kafka_settings: KafkaSettings,
-                                                                  iceberg_settings: IcebergSettings) -> None:
+async def test_health_watch_streams_count_against_the_stream_caps(
+    kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> None:
     server = await start_query(kafka_settings, iceberg_settings, max_streams_per_client=3)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(3)]
             for watch in watches:
-                assert (await asyncio.wait_for(watch.read(), 15)).status == health_pb2.HealthCheckResponse.SERVING
+                assert (
+                    await asyncio.wait_for(watch.read(), 15)
+                ).status == health_pb2.HealthCheckResponse.SERVING
             fourth = health.Watch(health_pb2.HealthCheckRequest())
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await asyncio.wait_for(fourth.read(), 15)

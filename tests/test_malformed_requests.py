@@ -14,8 +14,9 @@ from k2.query.v1 import query_pb2
 GARBAGE = b"\xff\xff\xff"  # field 31 with wire type 7: no protobuf parser accepts it
 
 
-async def test_query_unary_and_server_streaming(kafka_settings: KafkaSettings,
-                                                iceberg_settings: IcebergSettings) -> None:
+async def test_query_unary_and_server_streaming(
+    kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> None:
     server = await start_query(kafka_settings, iceberg_settings)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -25,7 +26,9 @@ async def test_query_unary_and_server_streaming(kafka_settings: KafkaSettings,
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "not a valid protobuf message" in (refused.value.details() or "")
 
-            subscription = channel.unary_stream("/k2.query.v1.QueryService/SubscribeTrades")(GARBAGE, timeout=10)
+            subscription = channel.unary_stream("/k2.query.v1.QueryService/SubscribeTrades")(
+                GARBAGE, timeout=10
+            )
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await subscription.read()
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -37,14 +40,29 @@ async def test_query_unary_and_server_streaming(kafka_settings: KafkaSettings,
 
 
 async def test_ingest_bidirectional_stream(kafka_settings: KafkaSettings) -> None:
-    valid = ingest_pb2.PublishTradesRequest(batch_id="malformed-test-1", trades=[marketdata_pb2.Trade(
-        trade_id="1", symbol="BHP", exchange="ASX", asset_class=marketdata_pb2.ASSET_CLASS_EQUITIES,
-        price="45.10", quantity="100", currency="AUD", side=marketdata_pb2.SIDE_BUY,
-        timestamp={"seconds": 1_700_000_000})]).SerializeToString()
-    async with running_ingest(kafka_settings) as ingest, \
-            grpc.aio.insecure_channel(f"127.0.0.1:{ingest.app.port}") as channel:
+    valid = ingest_pb2.PublishTradesRequest(
+        batch_id="malformed-test-1",
+        trades=[
+            marketdata_pb2.Trade(
+                trade_id="1",
+                symbol="BHP",
+                exchange="ASX",
+                asset_class=marketdata_pb2.ASSET_CLASS_EQUITIES,
+                price="45.10",
+                quantity="100",
+                currency="AUD",
+                side=marketdata_pb2.SIDE_BUY,
+                timestamp={"seconds": 1_700_000_000},
+            )
+        ],
+    ).SerializeToString()
+    async with (
+        running_ingest(kafka_settings) as ingest,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ingest.app.port}") as channel,
+    ):
         call = channel.stream_stream("/k2.ingest.v1.IngestService/PublishTrades")(
-            iter([valid, GARBAGE]), metadata=WRITE, timeout=30)
+            iter([valid, GARBAGE]), metadata=WRITE, timeout=30
+        )
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             async for _ack in call:
                 pass

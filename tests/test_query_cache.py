@@ -26,8 +26,15 @@ COLUMNS = [*arrow_schema(TRADE).names, FRAMED]
 
 
 def batch(symbols: list[str], count: int, start: datetime) -> list[Record]:
-    return [sample_trade(message_id=str(uuid.uuid4()), symbol=symbols[i % len(symbols)], source_sequence=i,
-                         timestamp=start + timedelta(seconds=i)) for i in range(count)]
+    return [
+        sample_trade(
+            message_id=str(uuid.uuid4()),
+            symbol=symbols[i % len(symbols)],
+            source_sequence=i,
+            timestamp=start + timedelta(seconds=i),
+        )
+        for i in range(count)
+    ]
 
 
 def read(snapshot: Snapshot, selection: Selection) -> pa.Table:
@@ -38,7 +45,9 @@ def trades_in(rows: pa.Table) -> list[Trade]:
     return list(query_pb2.QueryTradesResponse.FromString(joined(rows[FRAMED].combine_chunks())).trades)
 
 
-def test_cached_reads_follow_the_snapshots_and_match_uncached_reads(iceberg_settings: IcebergSettings) -> None:
+def test_cached_reads_follow_the_snapshots_and_match_uncached_reads(
+    iceberg_settings: IcebergSettings,
+) -> None:
     table = ensure_table(load_catalog(iceberg_settings), iceberg_settings, TRADE)
     first = batch(["BTCUSDT", "ETHUSDT"], 40, T0)
     table.append(records_to_arrow(TRADE, first))
@@ -56,11 +65,18 @@ def test_cached_reads_follow_the_snapshots_and_match_uncached_reads(iceberg_sett
         assert rows.equals(read(uncached.current(TRADE, "trades"), selection))
         wanted = [r for r in first + second if selection.symbols is None or r["symbol"] in selection.symbols]
         assert trades_in(rows) == [trade_to_proto(r) for r in wanted]  # in time order, as produced
-    assert read(cached.at(TRADE, "trades", old.snapshot_id), everything).num_rows == 40  # the old snapshot's own
-    assert 0 < new.cache.footers_nbytes <= 64 << 20 and uncached.current(TRADE, "trades").cache.footers_nbytes == 0
+    assert (
+        read(cached.at(TRADE, "trades", old.snapshot_id), everything).num_rows == 40
+    )  # the old snapshot's own
+    assert (
+        0 < new.cache.footers_nbytes <= 64 << 20
+        and uncached.current(TRADE, "trades").cache.footers_nbytes == 0
+    )
 
 
-def test_a_row_group_found_to_hold_none_of_a_selection_is_not_read_again(iceberg_settings: IcebergSettings) -> None:
+def test_a_row_group_found_to_hold_none_of_a_selection_is_not_read_again(
+    iceberg_settings: IcebergSettings,
+) -> None:
     """Statistics cover every symbol of a row group: CATUSDT sorts between BTCUSDT and ETHUSDT, so the file's
     bounds admit it; once read, the row group is known to hold none, and the next page skips it unread."""
     table = ensure_table(load_catalog(iceberg_settings), iceberg_settings, TRADE, partition_fields(None))

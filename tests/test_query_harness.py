@@ -28,31 +28,80 @@ from k2.services.query.server import QueryServer
 T0 = datetime(2024, 3, 11, 0, 0, tzinfo=UTC)
 
 
-def trade(symbol: str, timestamp: datetime, sequence: int, price: str = "100.5", quantity: str = "2",
-          exchange: str = "BINANCE") -> Record:
-    return {"message_id": str(uuid.uuid4()), "trade_id": f"{exchange}-{symbol}-{sequence}", "symbol": symbol,
-            "exchange": exchange, "asset_class": "CRYPTO", "timestamp": timestamp, "price": Decimal(price),
-            "quantity": Decimal(quantity), "currency": "USDT", "side": "BUY" if sequence % 2 else "SELL",
-            "trade_conditions": [], "source_sequence": sequence, "ingestion_timestamp": timestamp,
-            "platform_sequence": None, "vendor_data": {"is_buyer_maker": "true"} if sequence % 3 else None}
+def trade(
+    symbol: str,
+    timestamp: datetime,
+    sequence: int,
+    price: str = "100.5",
+    quantity: str = "2",
+    exchange: str = "BINANCE",
+) -> Record:
+    return {
+        "message_id": str(uuid.uuid4()),
+        "trade_id": f"{exchange}-{symbol}-{sequence}",
+        "symbol": symbol,
+        "exchange": exchange,
+        "asset_class": "CRYPTO",
+        "timestamp": timestamp,
+        "price": Decimal(price),
+        "quantity": Decimal(quantity),
+        "currency": "USDT",
+        "side": "BUY" if sequence % 2 else "SELL",
+        "trade_conditions": [],
+        "source_sequence": sequence,
+        "ingestion_timestamp": timestamp,
+        "platform_sequence": None,
+        "vendor_data": {"is_buyer_maker": "true"} if sequence % 3 else None,
+    }
 
 
-def quote(symbol: str, timestamp: datetime, sequence: int, bid: str = "100.1", ask: str = "100.2",
-          exchange: str = "BINANCE") -> Record:
-    return {"message_id": str(uuid.uuid4()), "quote_id": f"{exchange}-{symbol}-{sequence}", "symbol": symbol,
-            "exchange": exchange, "asset_class": "CRYPTO", "timestamp": timestamp, "bid_price": Decimal(bid),
-            "bid_quantity": Decimal("1.5"), "ask_price": Decimal(ask), "ask_quantity": Decimal("0.25"),
-            "currency": "USDT", "source_sequence": sequence, "ingestion_timestamp": timestamp,
-            "platform_sequence": None, "vendor_data": None}
+def quote(
+    symbol: str,
+    timestamp: datetime,
+    sequence: int,
+    bid: str = "100.1",
+    ask: str = "100.2",
+    exchange: str = "BINANCE",
+) -> Record:
+    return {
+        "message_id": str(uuid.uuid4()),
+        "quote_id": f"{exchange}-{symbol}-{sequence}",
+        "symbol": symbol,
+        "exchange": exchange,
+        "asset_class": "CRYPTO",
+        "timestamp": timestamp,
+        "bid_price": Decimal(bid),
+        "bid_quantity": Decimal("1.5"),
+        "ask_price": Decimal(ask),
+        "ask_quantity": Decimal("0.25"),
+        "currency": "USDT",
+        "source_sequence": sequence,
+        "ingestion_timestamp": timestamp,
+        "platform_sequence": None,
+        "vendor_data": None,
+    }
 
 
-def trades(symbols: Iterable[str], count: int, start: datetime = T0, step: timedelta = timedelta(seconds=1),
-           first_sequence: int = 0) -> list[Record]:
+def trades(
+    symbols: Iterable[str],
+    count: int,
+    start: datetime = T0,
+    step: timedelta = timedelta(seconds=1),
+    first_sequence: int = 0,
+) -> list[Record]:
     """`count` trades per symbol, interleaved, timestamps increasing per symbol, prices varying."""
     symbols = list(symbols)
-    return [trade(symbol, start + step * i, first_sequence + i, price=f"{100 + (i * 7 + n) % 13}.{i % 100:02d}",
-                  quantity=f"{1 + (i % 5)}.{(i * 3) % 1000:03d}")
-            for i in range(count) for n, symbol in enumerate(symbols)]
+    return [
+        trade(
+            symbol,
+            start + step * i,
+            first_sequence + i,
+            price=f"{100 + (i * 7 + n) % 13}.{i % 100:02d}",
+            quantity=f"{1 + (i % 5)}.{(i * 3) % 1000:03d}",
+        )
+        for i in range(count)
+        for n, symbol in enumerate(symbols)
+    ]
 
 
 @dataclass
@@ -83,14 +132,21 @@ class Market:
 
         def delivered(index: int, error: object, message: object) -> None:
             assert error is None, error
-            landed[index] = Produced(records[index], message.partition(),  # type: ignore[attr-defined]
-                                     message.offset())  # type: ignore[attr-defined]
+            landed[index] = Produced(
+                records[index],
+                message.partition(),  # type: ignore[attr-defined]
+                message.offset(),
+            )  # type: ignore[attr-defined]
 
         for index, record in enumerate(records):
             while True:
                 try:
-                    self._producer.produce(self.topic(kind), encode(kind, record), record["symbol"].encode(),
-                                           on_delivery=lambda e, m, i=index: delivered(i, e, m))
+                    self._producer.produce(
+                        self.topic(kind),
+                        encode(kind, record),
+                        record["symbol"].encode(),
+                        on_delivery=lambda e, m, i=index: delivered(i, e, m),
+                    )
                     break
                 except BufferError:
                     self._producer.poll(0.05)
@@ -109,12 +165,18 @@ class Market:
             for p in self.produced[kind]:
                 upto[p.partition] = max(upto.get(p.partition, 0), p.offset + 1)
         done = self.committed[kind]
-        batch = [p.record for p in self.produced[kind]
-                 if done.get(p.partition, 0) <= p.offset < upto.get(p.partition, done.get(p.partition, 0))]
-        offsets = done | {partition: max(done.get(partition, 0), offset) for partition, offset in upto.items()}
+        batch = [
+            p.record
+            for p in self.produced[kind]
+            if done.get(p.partition, 0) <= p.offset < upto.get(p.partition, done.get(p.partition, 0))
+        ]
+        offsets = done | {
+            partition: max(done.get(partition, 0), offset) for partition, offset in upto.items()
+        }
         table = ensure_table(self._catalog, self.iceberg, kind)
-        table.append(records_to_arrow(kind, batch),
-                     snapshot_properties=offsets_property({self.topic(kind): offsets}))
+        table.append(
+            records_to_arrow(kind, batch), snapshot_properties=offsets_property({self.topic(kind): offsets})
+        )
         self.committed[kind] = offsets
         snapshot = table.current_snapshot()
         return snapshot.snapshot_id if snapshot else None
@@ -143,8 +205,9 @@ async def start_service(kafka: KafkaSettings, iceberg: IcebergSettings, settings
     server = QueryServer(settings, kafka, iceberg)
     port = await server.start()
     await server.wait_ready()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    )
     return Service(server, channel)
 
 
@@ -154,8 +217,9 @@ async def stop_service(service: Service) -> None:
 
 
 @asynccontextmanager
-async def running_service(kafka: KafkaSettings, iceberg: IcebergSettings,
-                          settings: QuerySettings | None = None) -> AsyncIterator[Service]:
+async def running_service(
+    kafka: KafkaSettings, iceberg: IcebergSettings, settings: QuerySettings | None = None
+) -> AsyncIterator[Service]:
     started = await start_service(kafka, iceberg, settings or query_settings())
     try:
         yield started

@@ -27,19 +27,33 @@ ROW_GROUP_ROWS = 16
 START, END = T0 + timedelta(minutes=3), T0 + timedelta(hours=5)
 
 
-def records(count: int, start: datetime, first_sequence: int, step: timedelta = timedelta(seconds=5)) -> list[Record]:
+def records(
+    count: int, start: datetime, first_sequence: int, step: timedelta = timedelta(seconds=5)
+) -> list[Record]:
     """`count` trades per symbol; several share a timestamp (ties ordered by exchange, sequence, message id)."""
     result = []
     for i in range(count):
         for n, symbol in enumerate(SYMBOLS):
             sequence = first_sequence + i
-            result.append({
-                "message_id": str(uuid.uuid4()), "trade_id": f"BINANCE-{symbol}-{sequence}", "symbol": symbol,
-                "exchange": "BINANCE" if n % 3 else "KRAKEN", "asset_class": "CRYPTO",
-                "timestamp": start + step * (i // 2), "price": Decimal(f"{100 + i % 17}.{i * 7919 % 10**18:018d}"),
-                "quantity": Decimal(f"{1 + i % 3}.{(i * 31 + n) % 10**18:018d}"), "currency": "USDT",
-                "side": "BUY" if i % 2 else "SELL", "trade_conditions": [], "source_sequence": sequence,
-                "ingestion_timestamp": start, "platform_sequence": None, "vendor_data": None})
+            result.append(
+                {
+                    "message_id": str(uuid.uuid4()),
+                    "trade_id": f"BINANCE-{symbol}-{sequence}",
+                    "symbol": symbol,
+                    "exchange": "BINANCE" if n % 3 else "KRAKEN",
+                    "asset_class": "CRYPTO",
+                    "timestamp": start + step * (i // 2),
+                    "price": Decimal(f"{100 + i % 17}.{i * 7919 % 10**18:018d}"),
+                    "quantity": Decimal(f"{1 + i % 3}.{(i * 31 + n) % 10**18:018d}"),
+                    "currency": "USDT",
+                    "side": "BUY" if i % 2 else "SELL",
+                    "trade_conditions": [],
+                    "source_sequence": sequence,
+                    "ingestion_timestamp": start,
+                    "platform_sequence": None,
+                    "vendor_data": None,
+                }
+            )
     return result
 
 
@@ -56,8 +70,13 @@ def small_row_groups(iceberg: IcebergSettings) -> None:
 
 def summary(trades: list[tuple[str, str, datetime, Decimal, Decimal]]) -> tuple[object, ...]:
     """(count, exact sum of prices, of quantities, first time, last time)."""
-    return (len(trades), sum((t[3] for t in trades), Decimal(0)), sum((t[4] for t in trades), Decimal(0)),
-            min(t[2] for t in trades), max(t[2] for t in trades))
+    return (
+        len(trades),
+        sum((t[3] for t in trades), Decimal(0)),
+        sum((t[4] for t in trades), Decimal(0)),
+        min(t[2] for t in trades),
+        max(t[2] for t in trades),
+    )
 
 
 def expected(produced: list[Record]) -> list[tuple[str, str, datetime, Decimal, Decimal]]:
@@ -65,17 +84,27 @@ def expected(produced: list[Record]) -> list[tuple[str, str, datetime, Decimal, 
     return [(r["message_id"], r["symbol"], r["timestamp"], r["price"], r["quantity"]) for r in rows]
 
 
-async def query(service: Service, limit: int, token: str = "",
-                pages: int | None = None) -> tuple[list[tuple[str, str, datetime, Decimal, Decimal]], int, str]:
+async def query(
+    service: Service, limit: int, token: str = "", pages: int | None = None
+) -> tuple[list[tuple[str, str, datetime, Decimal, Decimal]], int, str]:
     """(trades, pages read, the token to go on with) of WANTED in [START, END), following page tokens."""
     trades, read = [], 0
     while pages is None or read < pages:
-        request = query_pb2.QueryTradesRequest(symbols=WANTED, start=ts(START), end=ts(END), limit=limit,
-                                               page_token=token)
+        request = query_pb2.QueryTradesRequest(
+            symbols=WANTED, start=ts(START), end=ts(END), limit=limit, page_token=token
+        )
         token = ""
         async for response in service.stub.QueryTrades(request, timeout=60):
-            trades += [(t.message_id, t.symbol, t.timestamp.ToDatetime().replace(tzinfo=START.tzinfo),
-                        Decimal(t.price), Decimal(t.quantity)) for t in response.trades]
+            trades += [
+                (
+                    t.message_id,
+                    t.symbol,
+                    t.timestamp.ToDatetime().replace(tzinfo=START.tzinfo),
+                    Decimal(t.price),
+                    Decimal(t.quantity),
+                )
+                for t in response.trades
+            ]
             token = response.next_page_token or token
         read += 1
         assert read < 200, f"paging does not end: {len(trades)} trades, the last {trades[-1:]}"
@@ -85,10 +114,13 @@ async def query(service: Service, limit: int, token: str = "",
 
 
 async def test_pages_stream_across_files_and_row_groups_with_no_gap_and_no_duplicate(
-        market: Market, kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings) -> None:
+    market: Market, kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> None:
     small_row_groups(iceberg_settings)
     produced = []
-    for n, start in enumerate([T0, T0 + timedelta(minutes=30), T0 + timedelta(minutes=20)]):  # overlapping files
+    for n, start in enumerate(
+        [T0, T0 + timedelta(minutes=30), T0 + timedelta(minutes=20)]
+    ):  # overlapping files
         batch = records(100, start, first_sequence=1000 * n)
         market.produce(TRADE, batch if n == 1 else writer_order(batch))  # one file not in the writer's order
         market.commit(TRADE)
@@ -98,7 +130,9 @@ async def test_pages_stream_across_files_and_row_groups_with_no_gap_and_no_dupli
     produced += tail
     table = load_catalog(iceberg_settings).load_table(f"{iceberg_settings.namespace}.trades")
     files = table.inspect.files()
-    assert len(files) > 3 and max(files["record_count"].to_pylist()) > 2 * ROW_GROUP_ROWS  # several row groups
+    assert (
+        len(files) > 3 and max(files["record_count"].to_pylist()) > 2 * ROW_GROUP_ROWS
+    )  # several row groups
     wanted = expected(produced)
 
     settings = query_settings(response_rows=7, response_bytes=1500, page_max_rows_read=2 * ROW_GROUP_ROWS)
@@ -111,13 +145,18 @@ async def test_pages_stream_across_files_and_row_groups_with_no_gap_and_no_dupli
             assert pages >= len(wanted) / limit
         got, pages, _ = await query(service, 100_000)
         assert pages > 1  # pages end early once they have read what one may, and go on from there
-        sizes = [len(r.SerializeToString()) async for r in service.stub.QueryTrades(query_pb2.QueryTradesRequest(
-            symbols=WANTED, start=ts(START), end=ts(END), limit=500))]
+        sizes = [
+            len(r.SerializeToString())
+            async for r in service.stub.QueryTrades(
+                query_pb2.QueryTradesRequest(symbols=WANTED, start=ts(START), end=ts(END), limit=500)
+            )
+        ]
         assert max(sizes) <= 1500 + 1024  # rows within the byte bound, and the last response's token
 
 
 async def test_a_paged_query_goes_on_exactly_while_the_writer_commits_and_compaction_rewrites(
-        market: Market, kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings) -> None:
+    market: Market, kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> None:
     small_row_groups(iceberg_settings)
     first = []
     for n in range(3):
@@ -132,7 +171,9 @@ async def test_a_paged_query_goes_on_exactly_while_the_writer_commits_and_compac
         market.produce(TRADE, more)
         market.commit(TRADE)  # a commit as the writer makes them (rows and offsets), between two pages
         paged, _, token = await query(service, 25, token, pages=2)
-        app, stub, channel = await start_writer(kafka_settings, iceberg_settings, compaction_interval_seconds=0)
+        app, stub, channel = await start_writer(
+            kafka_settings, iceberg_settings, compaction_interval_seconds=0
+        )
         try:
             result = await compact(stub, "market_data.trades")  # ...and compaction's rewrite of those files
             assert result.files_after < result.files_before
@@ -147,11 +188,14 @@ async def test_a_paged_query_goes_on_exactly_while_the_writer_commits_and_compac
 
 
 def tail_capped() -> float:
-    return REGISTRY.get_sample_value("k2_query_tail_capped_total", {"service": "query", "kind": "trade"}) or 0.0
+    return (
+        REGISTRY.get_sample_value("k2_query_tail_capped_total", {"service": "query", "kind": "trade"}) or 0.0
+    )
 
 
-async def test_the_kafka_tail_one_query_reads_is_bounded(market: Market, kafka_settings: KafkaSettings,
-                                                         iceberg_settings: IcebergSettings) -> None:
+async def test_the_kafka_tail_one_query_reads_is_bounded(
+    market: Market, kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> None:
     """With the writer far behind, a query reads at most tail_max_messages of the tail: it answers as of the
     snapshot plus a prefix of every partition's tail, the same on every page."""
     committed = records(10, T0, first_sequence=0)
@@ -160,10 +204,12 @@ async def test_the_kafka_tail_one_query_reads_is_bounded(market: Market, kafka_s
     lagging = market.produce(TRADE, records(50, T0 + timedelta(minutes=1), first_sequence=100))
     most = 60
     before = tail_capped()
-    async with running_service(kafka_settings, iceberg_settings,
-                               query_settings(tail_max_messages=most)) as service:
-        request = query_pb2.QueryTradesRequest(symbols=SYMBOLS, start=ts(T0), end=ts(T0 + timedelta(days=1)),
-                                               limit=7)
+    async with running_service(
+        kafka_settings, iceberg_settings, query_settings(tail_max_messages=most)
+    ) as service:
+        request = query_pb2.QueryTradesRequest(
+            symbols=SYMBOLS, start=ts(T0), end=ts(T0 + timedelta(days=1)), limit=7
+        )
         ids: list[str] = []
 
         while True:
@@ -181,12 +227,14 @@ async def test_the_kafka_tail_one_query_reads_is_bounded(market: Market, kafka_s
     for partition in {p.partition for p in lagging}:  # a prefix of each partition's tail, no gap
         offsets = sorted(p.offset for p in from_tail.values() if p.partition == partition)
         tail_offsets = sorted(p.offset for p in lagging if p.partition == partition)
-        assert offsets == tail_offsets[:len(offsets)]
+        assert offsets == tail_offsets[: len(offsets)]
     assert tail_capped() > before
 
 
-@given(st.dictionaries(st.integers(0, 8), st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)), max_size=8),
-       st.integers(0, 10**6))
+@given(
+    st.dictionaries(st.integers(0, 8), st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)), max_size=8),
+    st.integers(0, 10**6),
+)
 def test_a_bounded_tail_shares_its_bound_fairly(ranges: dict[int, tuple[int, int]], most: int) -> None:
     start = {p: low for p, (low, _) in ranges.items()}
     end = {p: low + size for p, (low, size) in ranges.items()}

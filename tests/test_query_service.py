@@ -26,15 +26,18 @@ from k2.services.query.server import QueryServer
 
 async def health_status(channel: grpc.aio.Channel) -> int:
     response = await health_pb2_grpc.HealthStub(channel).Check(
-        health_pb2.HealthCheckRequest(service="k2.query.v1.QueryService"), timeout=30, wait_for_ready=True)
+        health_pb2.HealthCheckRequest(service="k2.query.v1.QueryService"), timeout=30, wait_for_ready=True
+    )
     return response.status
 
 
-async def test_not_serving_while_kafka_is_unreachable(kafka_settings: KafkaSettings,
-                                                      iceberg_settings: IcebergSettings) -> None:
+async def test_not_serving_while_kafka_is_unreachable(
+    kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> None:
     unreachable = kafka_settings.model_copy(update={"bootstrap_servers": "127.0.0.1:9"})
-    server = QueryServer(QuerySettings(port=0, metrics_port=0, kafka_timeout_seconds=1.0), unreachable,
-                         iceberg_settings)
+    server = QueryServer(
+        QuerySettings(port=0, metrics_port=0, kafka_timeout_seconds=1.0), unreachable, iceberg_settings
+    )
     port = await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -48,15 +51,20 @@ async def test_not_serving_while_kafka_is_unreachable(kafka_settings: KafkaSetti
         await server.stop()
 
 
-async def test_serves_as_a_process_and_stops_on_sigterm(kafka_settings: KafkaSettings,
-                                                        iceberg_settings: IcebergSettings) -> None:
+async def test_serves_as_a_process_and_stops_on_sigterm(
+    kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> None:
     port, metrics_port = free_port(), free_port()
     env = os.environ | {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
         "K2_KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
-        "K2_ICEBERG_CATALOG_URI": iceberg_settings.catalog_uri, "K2_ICEBERG_WAREHOUSE": iceberg_settings.warehouse,
-        "K2_QUERY_PORT": str(port), "K2_QUERY_METRICS_PORT": str(metrics_port), "K2_QUERY_GRACE_SECONDS": "2",
-        "K2_QUERY_HEARTBEAT_SECONDS": "0.5"}
+        "K2_ICEBERG_CATALOG_URI": iceberg_settings.catalog_uri,
+        "K2_ICEBERG_WAREHOUSE": iceberg_settings.warehouse,
+        "K2_QUERY_PORT": str(port),
+        "K2_QUERY_METRICS_PORT": str(metrics_port),
+        "K2_QUERY_GRACE_SECONDS": "2",
+        "K2_QUERY_HEARTBEAT_SECONDS": "0.5",
+    }
     process = subprocess.Popen([sys.executable, "-m", "k2.services.query"], env=env)  # noqa: ASYNC220
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -68,8 +76,12 @@ async def test_serves_as_a_process_and_stops_on_sigterm(kafka_settings: KafkaSet
             subscription = stub.SubscribeTrades(query_pb2.SubscribeTradesRequest())
             await subscription.read()  # a heartbeat
             metrics = await asyncio.to_thread(
-                lambda: urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
-                                               timeout=5).read().decode())
+                lambda: (
+                    urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+                    .read()
+                    .decode()
+                )
+            )
             assert 'k2_query_requests_total{code="OK",rpc="GetLatest",service="query"} 1.0' in metrics
             assert 'k2_query_active_subscribers{kind="trade",service="query"} 1.0' in metrics
             process.send_signal(signal.SIGTERM)
@@ -84,14 +96,19 @@ async def test_serves_as_a_process_and_stops_on_sigterm(kafka_settings: KafkaSet
             process.wait()
 
 
-async def test_end_to_end_with_the_real_writer(kafka_settings: KafkaSettings,
-                                               iceberg_settings: IcebergSettings) -> None:
+async def test_end_to_end_with_the_real_writer(
+    kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> None:
     writer_server = pytest.importorskip("k2.services.writer.server")
     writer_config = pytest.importorskip("k2.services.writer.config")
     writer = writer_server.WriterApp(
-        writer_config.WriterSettings(port=0, metrics_port=0, group_id=f"writer-{uuid.uuid4().hex[:8]}",
-                                     commit_interval_ms=200),
-        kafka_settings, iceberg_settings, AuthSettings(write_tokens=["query-test-token"]))
+        writer_config.WriterSettings(
+            port=0, metrics_port=0, group_id=f"writer-{uuid.uuid4().hex[:8]}", commit_interval_ms=200
+        ),
+        kafka_settings,
+        iceberg_settings,
+        AuthSettings(write_tokens=["query-test-token"]),
+    )
     await writer.start()
     market = Market(kafka_settings, iceberg_settings)
     try:
@@ -99,8 +116,13 @@ async def test_end_to_end_with_the_real_writer(kafka_settings: KafkaSettings,
             early = service.stub.SubscribeTrades(query_pb2.SubscribeTradesRequest(start=ts(T0)))
             late = None
             for batch in range(12):
-                await asyncio.to_thread(market.produce, TRADE, trades(
-                    SYMBOLS, 100, start=T0 + timedelta(seconds=100 * batch), first_sequence=100 * batch))
+                await asyncio.to_thread(
+                    market.produce,
+                    TRADE,
+                    trades(
+                        SYMBOLS, 100, start=T0 + timedelta(seconds=100 * batch), first_sequence=100 * batch
+                    ),
+                )
                 await asyncio.sleep(0.15)  # the writer commits every 200 ms meanwhile
                 if batch == 6:
                     late = service.stub.SubscribeTrades(query_pb2.SubscribeTradesRequest(start=ts(T0)))
@@ -110,8 +132,14 @@ async def test_end_to_end_with_the_real_writer(kafka_settings: KafkaSettings,
                 got = await receive(call, lambda r: len(r.trades) >= len(produced))
                 assert_exactly_once_in_order(got.trades, produced)
                 call.cancel()
-            responses = [r async for r in service.stub.QueryTrades(query_pb2.QueryTradesRequest(
-                symbols=SYMBOLS, start=ts(T0), end=ts(T0 + timedelta(days=1)), limit=100_000))]
+            responses = [
+                r
+                async for r in service.stub.QueryTrades(
+                    query_pb2.QueryTradesRequest(
+                        symbols=SYMBOLS, start=ts(T0), end=ts(T0 + timedelta(days=1)), limit=100_000
+                    )
+                )
+            ]
             ids = [t.message_id for r in responses for t in r.trades]
             assert len(ids) == len(set(ids)) == len(produced)
     finally:

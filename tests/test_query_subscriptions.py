@@ -47,8 +47,12 @@ class Received:
         return [t.message_id for t in self.trades]
 
 
-async def receive(call: grpc.aio.UnaryStreamCall, until: Callable[[Received], bool],
-                  received: Received | None = None, timeout: float = 60.0) -> Received:
+async def receive(
+    call: grpc.aio.UnaryStreamCall,
+    until: Callable[[Received], bool],
+    received: Received | None = None,
+    timeout: float = 60.0,
+) -> Received:
     received = received or Received()
     async with asyncio.timeout(timeout):
         while not until(received):
@@ -83,8 +87,15 @@ class Writer:
 
     def run(self) -> None:
         for batch in range(self.batches):
-            self.market.produce(TRADE, trades(SYMBOLS, self.per_batch, start=T0 + timedelta(seconds=self.sequence),
-                                              first_sequence=self.sequence))
+            self.market.produce(
+                TRADE,
+                trades(
+                    SYMBOLS,
+                    self.per_batch,
+                    start=T0 + timedelta(seconds=self.sequence),
+                    first_sequence=self.sequence,
+                ),
+            )
             self.sequence += self.per_batch
             if batch % 3 == 1:
                 self.market.commit(TRADE)
@@ -93,10 +104,12 @@ class Writer:
 
 
 @pytest.mark.parametrize("join_lag", [20_000, 200], ids=["join-at-once", "catch-up-first"])
-async def test_history_to_live_handover_under_load_exactly_once(market: Market, kafka_settings: KafkaSettings,
-                                                                iceberg_settings: IcebergSettings,
-                                                                join_lag: int) -> None:
-    async with running_service(kafka_settings, iceberg_settings, query_settings(join_lag_messages=join_lag)) as service:
+async def test_history_to_live_handover_under_load_exactly_once(
+    market: Market, kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings, join_lag: int
+) -> None:
+    async with running_service(
+        kafka_settings, iceberg_settings, query_settings(join_lag_messages=join_lag)
+    ) as service:
         await handover_under_load(market, service)
 
 
@@ -108,11 +121,15 @@ async def handover_under_load(market: Market, service: Service) -> None:
     background = asyncio.create_task(asyncio.to_thread(writer.run))
     try:
         early = service.stub.SubscribeTrades(query_pb2.SubscribeTradesRequest(start=ts(T0)))
-        filtered = service.stub.SubscribeTrades(query_pb2.SubscribeTradesRequest(
-            symbols=["ETHUSDT", "XRPUSDT"], start=ts(T0 + timedelta(seconds=700))))
+        filtered = service.stub.SubscribeTrades(
+            query_pb2.SubscribeTradesRequest(
+                symbols=["ETHUSDT", "XRPUSDT"], start=ts(T0 + timedelta(seconds=700))
+            )
+        )
         await asyncio.to_thread(writer.progress.wait, 30)
         late = service.stub.SubscribeTrades(
-            query_pb2.SubscribeTradesRequest(start=ts(T0 + timedelta(seconds=1200))))
+            query_pb2.SubscribeTradesRequest(start=ts(T0 + timedelta(seconds=1200)))
+        )
         await background
         produced = [p.record for p in market.produced[TRADE]]
 
@@ -120,9 +137,14 @@ async def handover_under_load(market: Market, service: Service) -> None:
         assert_exactly_once_in_order(got_early.trades, produced)
         assert got_early.responses[0].replay
 
-        want = [r for r in produced if r["symbol"] in ("ETHUSDT", "XRPUSDT")
-                and r["timestamp"] >= T0 + timedelta(seconds=700)]
-        assert_exactly_once_in_order((await receive(filtered, lambda r: len(r.trades) >= len(want))).trades, want)
+        want = [
+            r
+            for r in produced
+            if r["symbol"] in ("ETHUSDT", "XRPUSDT") and r["timestamp"] >= T0 + timedelta(seconds=700)
+        ]
+        assert_exactly_once_in_order(
+            (await receive(filtered, lambda r: len(r.trades) >= len(want))).trades, want
+        )
 
         want = [r for r in produced if r["timestamp"] >= T0 + timedelta(seconds=1200)]
         assert_exactly_once_in_order((await receive(late, lambda r: len(r.trades) >= len(want))).trades, want)
@@ -182,9 +204,13 @@ async def test_resume_after_disconnect_no_gap_no_duplicate(market: Market, servi
     call.cancel()
     # 3. more trades while disconnected, then resume again
     market.produce(TRADE, trades(SYMBOLS, 100, start=T0 + timedelta(seconds=1100), first_sequence=1100))
-    wanted = [p.record for p in market.produced[TRADE] if p.record["timestamp"] >= T0 + timedelta(seconds=100)]
+    wanted = [
+        p.record for p in market.produced[TRADE] if p.record["timestamp"] >= T0 + timedelta(seconds=100)
+    ]
     call = service.stub.SubscribeTrades(query_pb2.SubscribeTradesRequest(resume_token=part2.token))
-    part3 = await receive(call, lambda r: len(part1.trades) + len(part2.trades) + len(r.trades) >= len(wanted))
+    part3 = await receive(
+        call, lambda r: len(part1.trades) + len(part2.trades) + len(r.trades) >= len(wanted)
+    )
     call.cancel()
     assert_exactly_once_in_order(part1.trades + part2.trades + part3.trades, wanted)
 
@@ -198,15 +224,17 @@ async def test_resume_from_a_heartbeat_token(market: Market, service: Service) -
     call.cancel()
     missed = trades(["BTCUSDT"], 20)
     market.produce(TRADE, missed)
-    call = service.stub.SubscribeTrades(query_pb2.SubscribeTradesRequest(symbols=["BTCUSDT"],
-                                                                         resume_token=second.token))
+    call = service.stub.SubscribeTrades(
+        query_pb2.SubscribeTradesRequest(symbols=["BTCUSDT"], resume_token=second.token)
+    )
     got = await receive(call, lambda r: len(r.trades) >= 20)
     call.cancel()
     assert_exactly_once_in_order(got.trades, missed)
 
 
-async def test_resume_after_retention_falls_back_to_history(market: Market, service: Service,
-                                                            kafka_settings: KafkaSettings) -> None:
+async def test_resume_after_retention_falls_back_to_history(
+    market: Market, service: Service, kafka_settings: KafkaSettings
+) -> None:
     first = trades(["BTCUSDT"], 50)
     market.produce(TRADE, first)
     call = service.stub.SubscribeTrades(query_pb2.SubscribeTradesRequest(start=ts(T0)))
@@ -228,8 +256,9 @@ async def test_resume_after_retention_falls_back_to_history(market: Market, serv
     assert resumed.ids() == [first[-1]["message_id"]] + [r["message_id"] for r in later]
 
 
-async def test_slow_subscriber_is_ended_without_slowing_others(market: Market, kafka_settings: KafkaSettings,
-                                                               iceberg_settings: IcebergSettings) -> None:
+async def test_slow_subscriber_is_ended_without_slowing_others(
+    market: Market, kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> None:
     settings = query_settings(subscriber_buffer_bytes=256 * 1024)
     async with running_service(kafka_settings, iceberg_settings, settings) as service:
         slow = service.stub.SubscribeTrades(query_pb2.SubscribeTradesRequest())
@@ -238,9 +267,11 @@ async def test_slow_subscriber_is_ended_without_slowing_others(market: Market, k
         await receive(fast, lambda r: len(r.responses) >= 1)
         records = trades(SYMBOLS, 12_000, step=timedelta(milliseconds=1))
 
-        async def produce_in_steps() -> None:  # at a pace the fast reader, on this event loop too, keeps up with
+        async def produce_in_steps() -> (
+            None
+        ):  # at a pace the fast reader, on this event loop too, keeps up with
             for start in range(0, len(records), 1000):
-                await asyncio.to_thread(market.produce, TRADE, records[start:start + 1000])
+                await asyncio.to_thread(market.produce, TRADE, records[start : start + 1000])
                 await asyncio.sleep(0.05)
 
         producing = asyncio.create_task(produce_in_steps())
@@ -258,7 +289,9 @@ async def test_slow_subscriber_is_ended_without_slowing_others(market: Market, k
 
 
 def active_subscribers() -> float:
-    return REGISTRY.get_sample_value("k2_query_active_subscribers", {"service": "query", "kind": "trade"}) or 0.0
+    return (
+        REGISTRY.get_sample_value("k2_query_active_subscribers", {"service": "query", "kind": "trade"}) or 0.0
+    )
 
 
 async def test_cancelling_frees_subscribers_at_once(market: Market, service: Service) -> None:
@@ -278,8 +311,9 @@ async def test_cancelling_frees_subscribers_at_once(market: Market, service: Ser
     check.cancel()
 
 
-async def test_graceful_stop_ends_streams_with_a_resume_token(market: Market, kafka_settings: KafkaSettings,
-                                                              iceberg_settings: IcebergSettings) -> None:
+async def test_graceful_stop_ends_streams_with_a_resume_token(
+    market: Market, kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> None:
     async with running_service(kafka_settings, iceberg_settings) as service:
         call = service.stub.SubscribeTrades(query_pb2.SubscribeTradesRequest())
         await receive(call, lambda r: len(r.responses) >= 1)
@@ -294,7 +328,8 @@ async def test_graceful_stop_ends_streams_with_a_resume_token(market: Market, ka
 
 
 async def test_a_client_that_stops_reading_its_replay_holds_no_replay_slot(
-        market: Market, kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings) -> None:
+    market: Market, kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> None:
     records = trades(SYMBOLS, 25_000, step=timedelta(milliseconds=1))  # ~15 MB of responses to replay
     market.produce(TRADE, records)
     settings = query_settings(max_concurrent_replays=1, join_lag_messages=100)

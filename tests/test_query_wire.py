@@ -19,13 +19,19 @@ from k2.query.v1 import query_pb2
 from k2.services.query.wire import MESSAGE_TYPES, decimal_texts, framed, joined, messages, varints
 
 TO_PROTO = {TRADE: trade_to_proto, QUOTE: quote_to_proto}
-RESPONSES = {TRADE: (query_pb2.QueryTradesResponse, "trades"), QUOTE: (query_pb2.QueryQuotesResponse, "quotes")}
+RESPONSES = {
+    TRADE: (query_pb2.QueryTradesResponse, "trades"),
+    QUOTE: (query_pb2.QueryQuotesResponse, "quotes"),
+}
 SMALLEST = Decimal("1E-18")
 LARGEST = Decimal("99999999999999999999.999999999999999999")
 
 # any decimal(38,18) value, either sign, with zero and the extremes drawn often
-decimals = st.one_of(st.sampled_from([Decimal(0), SMALLEST, -SMALLEST, LARGEST, LARGEST.copy_negate(), Decimal("1E-7")]),
-                     positive_decimals(), positive_decimals().map(Decimal.copy_negate))
+decimals = st.one_of(
+    st.sampled_from([Decimal(0), SMALLEST, -SMALLEST, LARGEST, LARGEST.copy_negate(), Decimal("1E-7")]),
+    positive_decimals(),
+    positive_decimals().map(Decimal.copy_negate),
+)
 early = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(1970, 1, 2), timezones=st.just(UTC))
 maps = st.one_of(st.none(), st.just({}), st.dictionaries(text, text, max_size=3))
 
@@ -34,18 +40,29 @@ maps = st.one_of(st.none(), st.just({}), st.dictionaries(text, text, max_size=3)
 def edge_trades(draw: st.DrawFn) -> Record:
     """A trade at the edges of what a row can hold (the writer's validation aside)."""
     record = draw(trades())
-    return record | {"trade_id": draw(text), "currency": draw(text), "price": draw(decimals),
-                     "quantity": draw(decimals), "timestamp": draw(st.one_of(early, st.just(record["timestamp"]))),
-                     "trade_conditions": draw(st.lists(text, max_size=3)), "vendor_data": draw(maps),
-                     "source_sequence": draw(st.one_of(st.none(), st.just(0), int64))}
+    return record | {
+        "trade_id": draw(text),
+        "currency": draw(text),
+        "price": draw(decimals),
+        "quantity": draw(decimals),
+        "timestamp": draw(st.one_of(early, st.just(record["timestamp"]))),
+        "trade_conditions": draw(st.lists(text, max_size=3)),
+        "vendor_data": draw(maps),
+        "source_sequence": draw(st.one_of(st.none(), st.just(0), int64)),
+    }
 
 
 @st.composite
 def edge_quotes(draw: st.DrawFn) -> Record:
     record = draw(quotes())
     optional = st.one_of(st.none(), decimals)
-    return record | {"bid_price": draw(optional), "ask_quantity": draw(optional), "vendor_data": draw(maps),
-                     "ingestion_timestamp": draw(early), "platform_sequence": draw(st.one_of(st.just(0), int64))}
+    return record | {
+        "bid_price": draw(optional),
+        "ask_quantity": draw(optional),
+        "vendor_data": draw(maps),
+        "ingestion_timestamp": draw(early),
+        "platform_sequence": draw(st.one_of(st.just(0), int64)),
+    }
 
 
 def assert_encodes_like_the_core(kind: RecordKind, records: list[Record]) -> None:
@@ -57,7 +74,9 @@ def assert_encodes_like_the_core(kind: RecordKind, records: list[Record]) -> Non
     for start in range(1, len(records)):  # slices: the arrays' offsets
         part = framed(kind, table.slice(start))
         assert list(getattr(response_type.FromString(joined(part)), field)) == expected[start:]
-        assert list(getattr(response_type.FromString(joined(part, 0, 1)), field)) == expected[start:start + 1]
+        assert (
+            list(getattr(response_type.FromString(joined(part, 0, 1)), field)) == expected[start : start + 1]
+        )
 
 
 @settings(max_examples=100, deadline=None)
@@ -73,15 +92,26 @@ def test_quotes_encode_like_the_core_mapping(records: list[Record]) -> None:
 
 
 def test_defaults_and_absent_fields_are_left_out_as_protobuf_does() -> None:
-    records = [sample_trade(), sample_trade(vendor_data=None, source_sequence=None, trade_conditions=["a", ""]),
-               sample_trade(timestamp=datetime(1970, 1, 1, tzinfo=UTC), source_sequence=0, platform_sequence=-5,
-                            vendor_data={}, price=Decimal(0))]
+    records = [
+        sample_trade(),
+        sample_trade(vendor_data=None, source_sequence=None, trade_conditions=["a", ""]),
+        sample_trade(
+            timestamp=datetime(1970, 1, 1, tzinfo=UTC),
+            source_sequence=0,
+            platform_sequence=-5,
+            vendor_data={},
+            price=Decimal(0),
+        ),
+    ]
     table = records_to_arrow(TRADE, records)
     # without a map (whose entry order protobuf leaves open) the bytes are the library's own
-    assert messages(TRADE, table).to_pylist()[1:] == [trade_to_proto(r).SerializeToString() for r in records[1:]]
+    assert messages(TRADE, table).to_pylist()[1:] == [
+        trade_to_proto(r).SerializeToString() for r in records[1:]
+    ]
     quote = [sample_quote(bid_price=None, bid_quantity=None, currency="")]
     assert messages(QUOTE, records_to_arrow(QUOTE, quote)).to_pylist() == [
-        quote_to_proto(quote[0]).SerializeToString()]
+        quote_to_proto(quote[0]).SerializeToString()
+    ]
     assert messages(TRADE, table.slice(0, 0)).to_pylist() == []
 
 

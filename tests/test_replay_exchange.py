@@ -189,7 +189,10 @@ async def test_agg_trades_sum_their_trades(start_exchange):
 
 async def test_time_unit_microsecond(start_exchange):
     exchange = await start_exchange()
-    for path in ("/ws/btcusdt@trade?timeUnit=MICROSECOND", "/stream?streams=btcusdt@trade&timeUnit=microsecond"):
+    for path in (
+        "/ws/btcusdt@trade?timeUnit=MICROSECOND",
+        "/stream?streams=btcusdt@trade&timeUnit=microsecond",
+    ):
         async with open_client(exchange.url + path) as ws:
             message = loads((await receive(ws, 1))[0])
         trade = message.get("data", message)
@@ -250,18 +253,30 @@ async def test_subscribe_list_properties_and_errors(start_exchange):
         await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@trade"], "id": 1}))
         assert await ws.recv() == '{"result":null,"id":1}'
         assert loads(await ws.recv())["e"] == "trade"  # raw form
-        assert await reply_to(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 2}) == {"result": ["btcusdt@trade"], "id": 2}
+        assert await reply_to(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 2}) == {
+            "result": ["btcusdt@trade"],
+            "id": 2,
+        }
         assert await reply_to(ws, {"method": "SET_PROPERTY", "params": ["combined", True], "id": 3}) == {
-            "result": None, "id": 3}
+            "result": None,
+            "id": 3,
+        }
         assert loads(await ws.recv())["stream"] == "btcusdt@trade"
         assert await reply_to(ws, {"method": "GET_PROPERTY", "params": ["combined"], "id": "q4"}) == {
-            "result": True, "id": "q4"}
+            "result": True,
+            "id": "q4",
+        }
         assert await reply_to(ws, {"method": "SUBSCRIBE", "params": ["ethusdt@bookTicker"], "id": 5}) == {
-            "result": None, "id": 5}
+            "result": None,
+            "id": 5,
+        }
         assert (await reply_to(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 6}))["result"] == [
-            "btcusdt@trade", "ethusdt@bookTicker"]
-        assert await reply_to(ws, {"method": "UNSUBSCRIBE", "params": ["btcusdt@trade", "ethusdt@bookTicker"],
-                                   "id": 7}) == {"result": None, "id": 7}
+            "btcusdt@trade",
+            "ethusdt@bookTicker",
+        ]
+        assert await reply_to(
+            ws, {"method": "UNSUBSCRIBE", "params": ["btcusdt@trade", "ethusdt@bookTicker"], "id": 7}
+        ) == {"result": None, "id": 7}
         assert await reply_to(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 8}) == {"result": [], "id": 8}
         bad_stream = await reply_to(ws, {"method": "SUBSCRIBE", "params": ["btcusdt@nonsense"], "id": 9})
         assert bad_stream == {"error": {"code": 2, "msg": "Invalid request: invalid stream"}, "id": 9}
@@ -297,8 +312,9 @@ async def test_stream_count_limit(start_exchange):
             pass
     assert rejected.value.response.status_code == 400
     async with open_client(exchange.url + "/stream?streams=btcusdt@trade/ethusdt@trade") as ws:
-        answer = await reply_to(ws, {"method": "SUBSCRIBE", "params": ["btcusdt@aggTrade", "ethusdt@aggTrade"],
-                                     "id": 1})
+        answer = await reply_to(
+            ws, {"method": "SUBSCRIBE", "params": ["btcusdt@aggTrade", "ethusdt@aggTrade"], "id": 1}
+        )
         assert answer["error"]["code"] == 2
 
 
@@ -406,8 +422,10 @@ async def test_drop_closes_without_a_close_frame(start_exchange):
 
 async def test_drop_only_the_oldest_connection(start_exchange):
     exchange = await start_exchange()
-    async with open_client(exchange.url + "/ws/btcusdt@trade") as old, \
-            open_client(exchange.url + "/ws/btcusdt@trade") as new:
+    async with (
+        open_client(exchange.url + "/ws/btcusdt@trade") as old,
+        open_client(exchange.url + "/ws/btcusdt@trade") as new,
+    ):
         await receive(old, 1)
         await receive(new, 1)
         oldest, newest = exchange.connection_ids()
@@ -446,28 +464,35 @@ async def test_skip_ids_leaves_a_gap(start_exchange):
     assert len(jumps) == 1 and jumps[0][1] - jumps[0][0] == 8 and jumps[0][1] == next_id
 
     # The skipped trades happened: REST historicalTrades returns them, as Binance would, by trade id.
-    missing = await asyncio.to_thread(rest_get, exchange, "/api/v3/historicalTrades",
-                                      symbol="BTCUSDT", fromId=next_id - 7, limit=7)
+    missing = await asyncio.to_thread(
+        rest_get, exchange, "/api/v3/historicalTrades", symbol="BTCUSDT", fromId=next_id - 7, limit=7
+    )
     assert [t["id"] for t in missing] == list(range(next_id - 7, next_id))
     for trade in missing:
         assert set(trade) == {"id", "price", "qty", "quoteQty", "time", "isBuyerMaker", "isBestMatch"}
         assert Decimal(trade["quoteQty"]) == Decimal(trade["price"]) * Decimal(trade["qty"])
-    streamed = await asyncio.to_thread(rest_get, exchange, "/api/v3/historicalTrades", symbol="BTCUSDT",
-                                       fromId=ids[0], limit=3)
+    streamed = await asyncio.to_thread(
+        rest_get, exchange, "/api/v3/historicalTrades", symbol="BTCUSDT", fromId=ids[0], limit=3
+    )
     assert [t["id"] for t in streamed] == ids[:3]
 
 
 async def test_historical_trades_refuses_what_binance_refuses(start_exchange):
     exchange = await start_exchange()
-    for params, code in (({"symbol": "NOPEUSDT"}, -1121), ({"symbol": "BTCUSDT", "limit": 1001}, -1131),
-                         ({"symbol": "BTCUSDT", "fromId": "x"}, -1100)):
+    for params, code in (
+        ({"symbol": "NOPEUSDT"}, -1121),
+        ({"symbol": "BTCUSDT", "limit": 1001}, -1131),
+        ({"symbol": "BTCUSDT", "fromId": "x"}, -1100),
+    ):
         with pytest.raises(urllib.error.HTTPError) as refused:
             await asyncio.to_thread(rest_get, exchange, "/api/v3/historicalTrades", **params)
         assert refused.value.code == 400 and json.loads(refused.value.read())["code"] == code
 
 
 def rest_get(exchange: ReplayExchange, path: str, **params: object) -> Any:
-    with urllib.request.urlopen(f"{exchange.http_url}{path}?{urllib.parse.urlencode(params)}", timeout=10) as response:
+    with urllib.request.urlopen(
+        f"{exchange.http_url}{path}?{urllib.parse.urlencode(params)}", timeout=10
+    ) as response:
         return json.loads(response.read())
 
 
@@ -502,8 +527,10 @@ async def test_malformed_frames(start_exchange):
 
 async def test_server_shutdown_event_then_close(start_exchange):
     exchange = await start_exchange()
-    async with open_client(exchange.url + "/stream?streams=btcusdt@trade") as combined, \
-            open_client(exchange.url + "/ws/btcusdt@trade?timeUnit=MICROSECOND") as raw:
+    async with (
+        open_client(exchange.url + "/stream?streams=btcusdt@trade") as combined,
+        open_client(exchange.url + "/ws/btcusdt@trade?timeUnit=MICROSECOND") as raw,
+    ):
         await receive(combined, 1)
         await receive(raw, 1)
         exchange.server_shutdown(delay=0.3)
@@ -553,7 +580,9 @@ async def test_http_stats_and_control(start_exchange):
 
 
 async def test_cli_subprocess_serves_and_exits_cleanly_on_sigterm():
-    process = ReplayExchangeProcess("--rate", "500", "--symbols", "BTCUSDT,SHIBUSDT", "--ping-interval", "0.2")
+    process = ReplayExchangeProcess(
+        "--rate", "500", "--symbols", "BTCUSDT,SHIBUSDT", "--ping-interval", "0.2"
+    )
     url = await asyncio.to_thread(process.start)
     try:
         assert re.fullmatch(r"ws://127\.0\.0\.1:\d+", url)
@@ -575,8 +604,9 @@ async def test_cli_subprocess_serves_and_exits_cleanly_on_sigterm():
 async def test_record_then_replay(start_exchange, tmp_path: Path):
     live = await start_exchange()
     recording = tmp_path / "btc.jsonl"
-    written = await record_stream(live.url + "/stream?streams=btcusdt@trade/btcusdt@bookTicker", recording,
-                                  max_frames=300)
+    written = await record_stream(
+        live.url + "/stream?streams=btcusdt@trade/btcusdt@bookTicker", recording, max_frames=300
+    )
     assert written == 300
     recorded = [loads(line) for line in recording.read_text().splitlines()]
     replay = await start_exchange(replay_path=str(recording), rate="max")
@@ -609,11 +639,14 @@ async def test_max_rate_send_throughput_to_one_client():
     with ReplayExchangeProcess("--rate", "max") as process:
         server = psutil.Process(process.process.pid)
         cpu_before = sum(server.cpu_times()[:2])
-        result = await asyncio.to_thread(measure_send_rate, process.url,
-                                         "/stream?streams=btcusdt@trade/ethusdt@trade", 2.0, 0.0)
+        result = await asyncio.to_thread(
+            measure_send_rate, process.url, "/stream?streams=btcusdt@trade/ethusdt@trade", 2.0, 0.0
+        )
         cpu_seconds = sum(server.cpu_times()[:2]) - cpu_before
     per_cpu_second = result["events"] / cpu_seconds
-    print(f"max send rate to one client: {result['events_per_second']:,.0f} trades/s wall, "
-          f"{per_cpu_second:,.0f} trades per server CPU-second")
+    print(
+        f"max send rate to one client: {result['events_per_second']:,.0f} trades/s wall, "
+        f"{per_cpu_second:,.0f} trades per server CPU-second"
+    )
     assert per_cpu_second > 150_000
     assert result["events_per_second"] > 50_000

@@ -23,8 +23,9 @@ class Flaky:
 def test_retries_until_the_call_succeeds_and_reports_each_failure() -> None:
     seen: list[str] = []
     flaky = Flaky(3)
-    result = until_stopped(threading.Event(), "flaky", initial=0.001, cap=0.01,
-                           on_failure=lambda error: seen.append(str(error)))(flaky)
+    result = until_stopped(
+        threading.Event(), "flaky", initial=0.001, cap=0.01, on_failure=lambda error: seen.append(str(error))
+    )(flaky)
     assert (result, flaky.calls) == ("done", 4)
     assert seen == ["failure 1", "failure 2", "failure 3"]
 
@@ -39,8 +40,9 @@ def test_a_stop_ends_the_retries_quietly_even_mid_backoff() -> None:
 
 def test_a_deadline_raises_the_last_error() -> None:
     with pytest.raises(ConnectionError):
-        until_stopped(threading.Event(), "never", initial=0.001, cap=0.01,
-                      deadline=time.monotonic() + 0.1)(Flaky(10**9))
+        until_stopped(threading.Event(), "never", initial=0.001, cap=0.01, deadline=time.monotonic() + 0.1)(
+            Flaky(10**9)
+        )
 
 
 def test_errors_of_other_kinds_are_not_retried() -> None:

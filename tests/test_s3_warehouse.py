@@ -26,8 +26,11 @@ async def query_all_trades(kafka: KafkaSettings, iceberg: IcebergSettings) -> li
         page_token = ""
         while True:
             request = query_pb2.QueryTradesRequest(
-                symbols=["BTCUSDT", "ETHUSDT"], start=ts(datetime(2026, 1, 1, tzinfo=UTC)),
-                end=ts(datetime(2026, 1, 3, tzinfo=UTC)), page_token=page_token)
+                symbols=["BTCUSDT", "ETHUSDT"],
+                start=ts(datetime(2026, 1, 1, tzinfo=UTC)),
+                end=ts(datetime(2026, 1, 3, tzinfo=UTC)),
+                page_token=page_token,
+            )
             page_token = ""
             async for response in service.stub.QueryTrades(request):
                 ids += [trade.message_id for trade in response.trades]
@@ -37,17 +40,27 @@ async def query_all_trades(kafka: KafkaSettings, iceberg: IcebergSettings) -> li
 
 
 async def test_kill_9_into_an_s3_warehouse_with_a_postgresql_catalog(
-        kafka_settings: KafkaSettings, postgres_catalog_uri: str, s3_server: S3Server, s3_warehouse: str,  # noqa: F811
-        writers: list[WriterProcess], tmp_path: Path) -> None:  # noqa: F811
-    iceberg = IcebergSettings(catalog_name=f"test_{uuid.uuid4().hex[:8]}", catalog_uri=postgres_catalog_uri,
-                              warehouse=s3_warehouse)
-    await kill_rounds(kafka_settings, iceberg, writers, tmp_path, rounds=2)  # asserts exactly once on a table scan
+    kafka_settings: KafkaSettings,
+    postgres_catalog_uri: str,  # noqa: F811
+    s3_server: S3Server,
+    s3_warehouse: str,
+    writers: list[WriterProcess],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    iceberg = IcebergSettings(
+        catalog_name=f"test_{uuid.uuid4().hex[:8]}", catalog_uri=postgres_catalog_uri, warehouse=s3_warehouse
+    )
+    await kill_rounds(
+        kafka_settings, iceberg, writers, tmp_path, rounds=2
+    )  # asserts exactly once on a table scan
 
     table = trades_table(iceberg)
     assert table.location().startswith(f"{s3_warehouse}/")
     data_files = {task.file.file_path for task in table.scan().plan_files()}
     assert data_files and all(path.startswith(f"{s3_warehouse}/") for path in data_files)
-    in_bucket = s3_server.filesystem().get_file_info(FileSelector(s3_warehouse.removeprefix("s3://"), recursive=True))
+    in_bucket = s3_server.filesystem().get_file_info(
+        FileSelector(s3_warehouse.removeprefix("s3://"), recursive=True)
+    )
     assert {path.removeprefix("s3://") for path in data_files} <= {info.path for info in in_bucket}
 
     rows = table_rows(iceberg)
@@ -56,8 +69,12 @@ async def test_kill_9_into_an_s3_warehouse_with_a_postgresql_catalog(
 
 
 async def test_a_wrong_s3_secret_stops_the_writer_at_start_with_the_reason(
-        kafka_settings: KafkaSettings, s3_warehouse: str, writers: list[WriterProcess],  # noqa: F811
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    kafka_settings: KafkaSettings,
+    s3_warehouse: str,
+    writers: list[WriterProcess],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
     monkeypatch.setenv("K2_ICEBERG_S3_SECRET_ACCESS_KEY", "not-the-secret")
     iceberg = IcebergSettings(catalog_uri=f"sqlite:///{tmp_path / 'catalog.db'}", warehouse=s3_warehouse)
     writer = WriterProcess(kafka_settings, iceberg, f"writer-{uuid.uuid4().hex[:8]}", tmp_path / "writer.log")

@@ -44,14 +44,25 @@ def fastavro_millis(millis: int) -> datetime:
     return EPOCH + timedelta(milliseconds=millis)
 
 
-V1_TRADE = {"symbol": "BHP", "company_id": 7078, "exchange": "ASX", "exchange_timestamp": fastavro_millis(1394406344516),
-            "price": Decimal("37.51"), "volume": 40000, "qualifiers": 3, "venue": "X", "buyer_id": None,
-            "ingestion_timestamp": fastavro_millis(1394406345000), "sequence_number": 17}
+V1_TRADE = {
+    "symbol": "BHP",
+    "company_id": 7078,
+    "exchange": "ASX",
+    "exchange_timestamp": fastavro_millis(1394406344516),
+    "price": Decimal("37.51"),
+    "volume": 40000,
+    "qualifiers": 3,
+    "venue": "X",
+    "buyer_id": None,
+    "ingestion_timestamp": fastavro_millis(1394406345000),
+    "sequence_number": 17,
+}
 
 
 def java_avro(*args: str | Path, stdin: str | None = None) -> str:
-    done = subprocess.run([JAVA_AVRO, *map(str, args)], input=stdin, capture_output=True, text=True, timeout=600,
-                          check=False)
+    done = subprocess.run(
+        [JAVA_AVRO, *map(str, args)], input=stdin, capture_output=True, text=True, timeout=600, check=False
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -62,8 +73,12 @@ class JavaDecoder:
 
     def __init__(self, kind: RecordKind) -> None:
         java_avro("fingerprint", CURRENT[kind].path)  # fetches and compiles the tool first, within a timeout
-        self.process = subprocess.Popen([JAVA_AVRO, "decode", CURRENT[kind].path, *(v.path for v in VERSIONS[kind])],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [JAVA_AVRO, "decode", CURRENT[kind].path, *(v.path for v in VERSIONS[kind])],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def decode(self, message: bytes) -> dict[str, Any]:
         """{"record": the record, timestamps as epoch microseconds} or {"error": why Java could not read it}."""
@@ -104,7 +119,8 @@ def as_java_reads(value: Any) -> Any:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_every_published_version_reads_as_a_current_record(
-        version: SchemaVersion, data: st.DataObject, java_decoders: dict[RecordKind, JavaDecoder]) -> None:
+    version: SchemaVersion, data: st.DataObject, java_decoders: dict[RecordKind, JavaDecoder]
+) -> None:
     message = avro.encode_with(version, data.draw(avro_data(version.schema)))
     kind, record = avro.decode(message)
     assert kind == version.kind
@@ -121,7 +137,9 @@ def test_every_published_version_reads_as_a_current_record(
 
 
 @pytest.mark.parametrize("version", ALL_VERSIONS, ids=lambda v: v.path.name)
-def test_java_judges_every_version_but_the_converted_readable_by_the_current_reader(version: SchemaVersion) -> None:
+def test_java_judges_every_version_but_the_converted_readable_by_the_current_reader(
+    version: SchemaVersion,
+) -> None:
     verdict = json.loads(java_avro("compatibility", CURRENT[version.kind].path, version.path))
     if (version.kind, version.version) in UPGRADES:
         assert version.version == 1, "only v1, older than K2's v2 contract, may need a conversion"
@@ -188,8 +206,14 @@ def test_resolving_v1_into_v2_reads_wrong_values_in_java(tmp_path: Path) -> None
     v1, reader = VERSIONS["trade"][0], copy.deepcopy(CURRENT["trade"].schema)
     reader["aliases"] = [f"{v1.schema['namespace']}.{v1.schema['name']}"]
     renamed = {"timestamp": "exchange_timestamp", "source_sequence": "sequence_number"}
-    defaults = {"message_id": "00000000-0000-0000-0000-000000000000", "trade_id": "", "asset_class": "EQUITIES",
-                "quantity": "\u0000", "currency": "AUD", "side": "UNKNOWN"}
+    defaults = {
+        "message_id": "00000000-0000-0000-0000-000000000000",
+        "trade_id": "",
+        "asset_class": "EQUITIES",
+        "quantity": "\u0000",
+        "currency": "AUD",
+        "side": "UNKNOWN",
+    }
     for field in reader["fields"]:
         if field["name"] in renamed:
             field["aliases"] = [renamed[field["name"]]]
@@ -200,11 +224,18 @@ def test_resolving_v1_into_v2_reads_wrong_values_in_java(tmp_path: Path) -> None
     message = avro.encode_with(v1, V1_TRADE)
 
     assert json.loads(java_avro("compatibility", path, v1.path))["compatibility"] == "COMPATIBLE"
-    java = json.loads(java_avro("decode", path, v1.path, stdin=message.hex() + "\n"), parse_float=Decimal)["record"]
+    java = json.loads(java_avro("decode", path, v1.path, stdin=message.hex() + "\n"), parse_float=Decimal)[
+        "record"
+    ]
     assert (java["price"], java["timestamp"], java["ingestion_timestamp"], java["source_sequence"]) == (
-        Decimal("0.00000000003751"), 1394406344516, 1394406345000, 17)
-    by_fastavro = cast(dict[str, Any], fastavro.schemaless_reader(BytesIO(message[avro.HEADER_SIZE:]), v1.schema,
-                                                                   reader))
+        Decimal("0.00000000003751"),
+        1394406344516,
+        1394406345000,
+        17,
+    )
+    by_fastavro = cast(
+        dict[str, Any], fastavro.schemaless_reader(BytesIO(message[avro.HEADER_SIZE :]), v1.schema, reader)
+    )
     assert by_fastavro["price"] == Decimal("37.51")
     assert avro.decode(message)[1]["price"] == Decimal("37.51")
 
@@ -213,7 +244,12 @@ def test_v1_trade_upgrades_field_by_field() -> None:
     v1, datum = VERSIONS["trade"][0], V1_TRADE
     kind, record = avro.decode(avro.encode_with(v1, datum))
     assert VALIDATORS[kind](dict(record)) == record
-    assert (record["quantity"], record["price"], record["trade_id"], record["source_sequence"]) == (40000, datum["price"], "ASX-17", 17)
+    assert (record["quantity"], record["price"], record["trade_id"], record["source_sequence"]) == (
+        40000,
+        datum["price"],
+        "ASX-17",
+        17,
+    )
     assert record["timestamp"] == datum["exchange_timestamp"]
     assert record["trade_conditions"] == ["3"]
     assert record["vendor_data"] == {"company_id": "7078", "qualifiers": "3", "venue": "X"}
@@ -222,10 +258,18 @@ def test_v1_trade_upgrades_field_by_field() -> None:
 
 def test_v1_quote_zero_side_becomes_absent() -> None:
     v1 = VERSIONS["quote"][0]
-    datum = {"symbol": "BHP", "company_id": 7078, "exchange": "ASX",
-             "exchange_timestamp": fastavro_millis(1394406344516), "bid_price": Decimal("37.7"), "ask_price": Decimal(0),
-             "bid_volume": 300, "ask_volume": 0, "ingestion_timestamp": fastavro_millis(1394406345000),
-             "sequence_number": None}
+    datum = {
+        "symbol": "BHP",
+        "company_id": 7078,
+        "exchange": "ASX",
+        "exchange_timestamp": fastavro_millis(1394406344516),
+        "bid_price": Decimal("37.7"),
+        "ask_price": Decimal(0),
+        "bid_volume": 300,
+        "ask_volume": 0,
+        "ingestion_timestamp": fastavro_millis(1394406345000),
+        "sequence_number": None,
+    }
     _, record = avro.decode(avro.encode_with(v1, datum))
     assert (record["bid_price"], record["bid_quantity"]) == (Decimal("37.7"), 300)
     assert (record["ask_price"], record["ask_quantity"]) == (None, None)
@@ -238,7 +282,8 @@ def produce_v1_trade(settings: KafkaSettings, topic: str) -> None:
 
 
 async def test_a_java_consumer_reads_the_trades_topic_as_k2_does(
-        kafka_settings: KafkaSettings, java_decoders: dict[RecordKind, JavaDecoder]) -> None:
+    kafka_settings: KafkaSettings, java_decoders: dict[RecordKind, JavaDecoder]
+) -> None:
     """The bytes on the topic as the ingest service publishes them (its compiled encoder), and a v1 message of the
     older ASX platform beside them."""
     sent = [trade(i) for i in range(20)]
@@ -265,17 +310,27 @@ async def test_a_java_consumer_reads_the_trades_topic_as_k2_does(
             assert java.decode(value) == {"record": as_java_reads(record)}
             read[record["trade_id"]] = record
     assert [(read[t.trade_id]["price"], read[t.trade_id]["quantity"]) for t in sent] == [
-        (Decimal(t.price), Decimal(t.quantity)) for t in sent]
+        (Decimal(t.price), Decimal(t.quantity)) for t in sent
+    ]
 
 
 def published_on_main() -> dict[str, str]:
     """The schema files as committed on main (the published versions)."""
     folder = SCHEMA_DIR.relative_to(ROOT).as_posix()
-    listing = subprocess.run(["git", "ls-tree", "--name-only", "main", f"{folder}/"], cwd=ROOT, text=True,
-                             capture_output=True, check=True).stdout.split()
-    return {Path(name).name: subprocess.run(["git", "show", f"main:{name}"], cwd=ROOT, text=True,
-                                            capture_output=True, check=True).stdout
-            for name in listing if name.endswith(".avsc")}
+    listing = subprocess.run(
+        ["git", "ls-tree", "--name-only", "main", f"{folder}/"],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.split()
+    return {
+        Path(name).name: subprocess.run(
+            ["git", "show", f"main:{name}"], cwd=ROOT, text=True, capture_output=True, check=True
+        ).stdout
+        for name in listing
+        if name.endswith(".avsc")
+    }
 
 
 def without_annotations(node: Any) -> Any:
@@ -295,7 +350,9 @@ def test_published_schemas_are_never_edited_in_place() -> None:
         assert path.exists(), f"{name} was published on main and must stay: messages on Kafka name it"
         before, now = json.loads(text), json.loads(path.read_text())
         assert without_annotations(now) == without_annotations(before), (
-            f"{name} changed in place (only docs, aliases and new defaults may); publish a new version file instead")
+            f"{name} changed in place (only docs, aliases and new defaults may); publish a new version file instead"
+        )
         defaults_before = {f["name"]: f["default"] for f in before["fields"] if "default" in f}
         assert defaults_before.items() <= {f["name"]: f.get("default") for f in now["fields"]}.items(), (
-            f"{name}: a published default changed")
+            f"{name}: a published default changed"
+        )

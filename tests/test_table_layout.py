@@ -43,14 +43,25 @@ def trade_records(symbols: list[str], count: int, start: datetime, first_sequenc
     for i in range(count):
         for n, symbol in enumerate(symbols):
             sequence = first_sequence + i
-            records.append({
-                "message_id": str(uuid.uuid4()), "trade_id": f"BINANCE-{symbol}-{sequence}", "symbol": symbol,
-                "exchange": "BINANCE", "asset_class": "CRYPTO",
-                "timestamp": start + timedelta(seconds=7 * i, microseconds=n),
-                "price": Decimal(f"{100 + (i * 7 + n) % 13}.{(i * 977 + n) % 10**18:018d}"),
-                "quantity": Decimal(f"{1 + i % 5}.{(i * 31 + n * 7) % 10**18:018d}"), "currency": "USDT",
-                "side": "BUY" if i % 2 else "SELL", "trade_conditions": [], "source_sequence": sequence,
-                "ingestion_timestamp": start, "platform_sequence": None, "vendor_data": None})
+            records.append(
+                {
+                    "message_id": str(uuid.uuid4()),
+                    "trade_id": f"BINANCE-{symbol}-{sequence}",
+                    "symbol": symbol,
+                    "exchange": "BINANCE",
+                    "asset_class": "CRYPTO",
+                    "timestamp": start + timedelta(seconds=7 * i, microseconds=n),
+                    "price": Decimal(f"{100 + (i * 7 + n) % 13}.{(i * 977 + n) % 10**18:018d}"),
+                    "quantity": Decimal(f"{1 + i % 5}.{(i * 31 + n * 7) % 10**18:018d}"),
+                    "currency": "USDT",
+                    "side": "BUY" if i % 2 else "SELL",
+                    "trade_conditions": [],
+                    "source_sequence": sequence,
+                    "ingestion_timestamp": start,
+                    "platform_sequence": None,
+                    "vendor_data": None,
+                }
+            )
     return records
 
 
@@ -59,9 +70,15 @@ def summary(records: list[Record]) -> Summary:
     result: Summary = {}
     for r in records:
         count, prices, quantities, first, last = result.get(
-            r["symbol"], (0, Decimal(0), Decimal(0), r["timestamp"], r["timestamp"]))
-        result[r["symbol"]] = (count + 1, prices + r["price"], quantities + r["quantity"],
-                               min(first, r["timestamp"]), max(last, r["timestamp"]))
+            r["symbol"], (0, Decimal(0), Decimal(0), r["timestamp"], r["timestamp"])
+        )
+        result[r["symbol"]] = (
+            count + 1,
+            prices + r["price"],
+            quantities + r["quantity"],
+            min(first, r["timestamp"]),
+            max(last, r["timestamp"]),
+        )
     return result
 
 
@@ -71,13 +88,28 @@ def table_summary(iceberg: IcebergSettings, kind: RecordKind = TRADE) -> Summary
     rows = table.scan(selected_fields=("message_id", "symbol", "timestamp", price, quantity)).to_arrow()
     ids = rows["message_id"].to_pylist()
     assert len(ids) == len(set(ids)), "a row is in the table twice"
-    return summary([{"symbol": s, "timestamp": t, "price": p, "quantity": q} for s, t, p, q in zip(
-        *(rows[c].to_pylist() for c in ("symbol", "timestamp", price, quantity)), strict=True)])
+    return summary(
+        [
+            {"symbol": s, "timestamp": t, "price": p, "quantity": q}
+            for s, t, p, q in zip(
+                *(rows[c].to_pylist() for c in ("symbol", "timestamp", price, quantity)), strict=True
+            )
+        ]
+    )
 
 
 def quote_summary(records: list[Record]) -> Summary:
-    return summary([{"symbol": r["symbol"], "timestamp": r["timestamp"], "price": r["bid_price"],
-                     "quantity": r["bid_quantity"]} for r in records])
+    return summary(
+        [
+            {
+                "symbol": r["symbol"],
+                "timestamp": r["timestamp"],
+                "price": r["bid_price"],
+                "quantity": r["bid_quantity"],
+            }
+            for r in records
+        ]
+    )
 
 
 def commit_as_old_writer(market: Market, kind: RecordKind, records: list[Record]) -> None:
@@ -85,29 +117,43 @@ def commit_as_old_writer(market: Market, kind: RecordKind, records: list[Record]
     writer of that layout did: rows and the next offset of every partition in one snapshot."""
     produced = market.produce(kind, records)
     table = load_catalog(market.iceberg).load_table(
-        f"{market.iceberg.namespace}.{'trades' if kind == TRADE else 'quotes'}")
+        f"{market.iceberg.namespace}.{'trades' if kind == TRADE else 'quotes'}"
+    )
     offsets = dict(market.committed[kind])
     for p in produced:
         offsets[p.partition] = max(offsets.get(p.partition, 0), p.offset + 1)
-    table.append(records_to_arrow(kind, records),
-                 snapshot_properties=offsets_property({market.topic(kind): offsets}))
+    table.append(
+        records_to_arrow(kind, records), snapshot_properties=offsets_property({market.topic(kind): offsets})
+    )
     market.committed[kind] = offsets
 
 
-async def start_writer(kafka: KafkaSettings, iceberg: IcebergSettings,
-                       **overrides: object) -> tuple[WriterApp, writer_pb2_grpc.WriterServiceStub, grpc.aio.Channel]:
-    settings = WriterSettings.model_validate({"port": 0, "metrics_port": 0, "commit_interval_ms": 200,
-                                              "group_id": f"writer-{uuid.uuid4().hex[:8]}"} | overrides)
+async def start_writer(
+    kafka: KafkaSettings, iceberg: IcebergSettings, **overrides: object
+) -> tuple[WriterApp, writer_pb2_grpc.WriterServiceStub, grpc.aio.Channel]:
+    settings = WriterSettings.model_validate(
+        {
+            "port": 0,
+            "metrics_port": 0,
+            "commit_interval_ms": 200,
+            "group_id": f"writer-{uuid.uuid4().hex[:8]}",
+        }
+        | overrides
+    )
     app = WriterApp(settings, kafka, iceberg, AuthSettings.model_validate({"write_tokens": [TOKEN]}))
     port = await app.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     return app, writer_pb2_grpc.WriterServiceStub(channel), channel
 
 
-async def wait_committed(iceberg: IcebergSettings, kind: RecordKind, rows: int, timeout: float = 90.0) -> None:
+async def wait_committed(
+    iceberg: IcebergSettings, kind: RecordKind, rows: int, timeout: float = 90.0
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        table = load_catalog(iceberg).load_table(f"{iceberg.namespace}.{'trades' if kind == TRADE else 'quotes'}")
+        table = load_catalog(iceberg).load_table(
+            f"{iceberg.namespace}.{'trades' if kind == TRADE else 'quotes'}"
+        )
         snapshot = table.current_snapshot()
         committed = int(snapshot.summary.additional_properties.get("total-records", 0)) if snapshot else 0
         if committed >= rows:
@@ -134,8 +180,14 @@ async def query_trades(service: Service, symbol: str, limit: int = 0) -> list[qu
     pages: list[query_pb2.QueryTradesResponse] = []
     token = ""
     while True:
-        pages += [page async for page in service.stub.QueryTrades(query_pb2.QueryTradesRequest(
-            symbols=[symbol], start=ts(T0), end=ts(END), limit=limit, page_token=token))]
+        pages += [
+            page
+            async for page in service.stub.QueryTrades(
+                query_pb2.QueryTradesRequest(
+                    symbols=[symbol], start=ts(T0), end=ts(END), limit=limit, page_token=token
+                )
+            )
+        ]
         token = pages[-1].next_page_token
         if not token:
             return pages
@@ -148,18 +200,38 @@ async def check_every_rpc(service: Service, trades: list[Record], quotes: list[R
         pages = await query_trades(service, symbol, limit=17)
         got = [t for page in pages for t in page.trades]
         assert [t.message_id for t in got] == [r["message_id"] for r in wanted]
-        assert [(Decimal(t.price), Decimal(t.quantity)) for t in got] == [(r["price"], r["quantity"])
-                                                                          for r in wanted]
-        bars = await service.stub.GetBars(query_pb2.GetBarsRequest(
-            symbol=symbol, interval=query_pb2.BAR_INTERVAL_1M, start=ts(T0), end=ts(END)))
+        assert [(Decimal(t.price), Decimal(t.quantity)) for t in got] == [
+            (r["price"], r["quantity"]) for r in wanted
+        ]
+        bars = await service.stub.GetBars(
+            query_pb2.GetBarsRequest(
+                symbol=symbol, interval=query_pb2.BAR_INTERVAL_1M, start=ts(T0), end=ts(END)
+            )
+        )
         expected = expected_bars(wanted, timedelta(minutes=1))
-        assert [(Decimal(b.open), Decimal(b.high), Decimal(b.low), Decimal(b.close), Decimal(b.volume),
-                 Decimal(b.vwap), b.trade_count) for b in bars.bars] == [
-            (w["open"], w["high"], w["low"], w["close"], w["volume"], w["vwap"], w["count"]) for w in expected]
+        assert [
+            (
+                Decimal(b.open),
+                Decimal(b.high),
+                Decimal(b.low),
+                Decimal(b.close),
+                Decimal(b.volume),
+                Decimal(b.vwap),
+                b.trade_count,
+            )
+            for b in bars.bars
+        ] == [
+            (w["open"], w["high"], w["low"], w["close"], w["volume"], w["vwap"], w["count"]) for w in expected
+        ]
     symbol = WATCHED[0]
     wanted_quotes = sorted((r for r in quotes if r["symbol"] == symbol), key=order)
-    quoted = [q async for response in service.stub.QueryQuotes(query_pb2.QueryQuotesRequest(
-        symbols=[symbol], start=ts(T0), end=ts(END))) for q in response.quotes]
+    quoted = [
+        q
+        async for response in service.stub.QueryQuotes(
+            query_pb2.QueryQuotesRequest(symbols=[symbol], start=ts(T0), end=ts(END))
+        )
+        for q in response.quotes
+    ]
     assert [q.message_id for q in quoted] == [r["message_id"] for r in wanted_quotes]
     latest = await service.stub.GetLatest(query_pb2.GetLatestRequest(symbols=WATCHED))
     for entry in latest.latest:
@@ -177,8 +249,9 @@ async def check_every_rpc(service: Service, trades: list[Record], quotes: list[R
     assert replayed == [r["message_id"] for r in wanted]
 
 
-async def read_all_along(service: Service, must_hold: list[Record], may_hold: Callable[[], set[str]],
-                         stop: asyncio.Event) -> int:
+async def read_all_along(
+    service: Service, must_hold: list[Record], may_hold: Callable[[], set[str]], stop: asyncio.Event
+) -> int:
     """Queries WATCHED[0]'s trades until stopped: every answer holds each of `must_hold` exactly once and
     nothing but rows produced by then. Returns how many queries were checked."""
     symbol = WATCHED[0]
@@ -195,7 +268,9 @@ async def read_all_along(service: Service, must_hold: list[Record], may_hold: Ca
 
 
 @pytest.fixture
-async def old_layout(kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings) -> AsyncIterator[Market]:
+async def old_layout(
+    kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> AsyncIterator[Market]:
     catalog = load_catalog(iceberg_settings)
     for kind in (TRADE, QUOTE):
         table = ensure_table(catalog, iceberg_settings, kind, partition_fields(None))
@@ -206,15 +281,19 @@ async def old_layout(kafka_settings: KafkaSettings, iceberg_settings: IcebergSet
 
 
 async def test_old_layout_migrates_by_spec_evolution_and_compaction(
-        old_layout: Market, kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings) -> None:
+    old_layout: Market, kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> None:
     market = old_layout
     old_trades = []
     for n in range(3):  # three commits: several old-layout files per partition
         batch = trade_records(SYMBOLS, 15, T0 + timedelta(hours=n), first_sequence=100 * n)
         commit_as_old_writer(market, TRADE, batch)
         old_trades += batch
-    old_quotes = [quote(symbol, T0 + timedelta(seconds=i), i, bid=f"100.{i}{n}") for i in range(10)
-                  for n, symbol in enumerate(SYMBOLS)]
+    old_quotes = [
+        quote(symbol, T0 + timedelta(seconds=i), i, bid=f"100.{i}{n}")
+        for i in range(10)
+        for n, symbol in enumerate(SYMBOLS)
+    ]
     commit_as_old_writer(market, QUOTE, old_quotes)
     assert table_summary(iceberg_settings) == summary(old_trades)
     assert table_summary(iceberg_settings, QUOTE) == quote_summary(old_quotes)
@@ -225,7 +304,9 @@ async def test_old_layout_migrates_by_spec_evolution_and_compaction(
         stop = asyncio.Event()
         reader = asyncio.create_task(read_all_along(service, old_trades, lambda: produced, stop))
 
-        app, stub, channel = await start_writer(kafka_settings, iceberg_settings, compaction_interval_seconds=0)
+        app, stub, channel = await start_writer(
+            kafka_settings, iceberg_settings, compaction_interval_seconds=0
+        )
         try:
             for name in ("trades", "quotes"):  # the new writer moved both tables to the current spec
                 table = load_catalog(iceberg_settings).load_table(f"{iceberg_settings.namespace}.{name}")
@@ -233,8 +314,9 @@ async def test_old_layout_migrates_by_spec_evolution_and_compaction(
                 assert live_spec_ids(iceberg_settings, name) == {0}
             assert table_summary(iceberg_settings) == summary(old_trades)  # the change alone rewrote nothing
 
-            new_trades = (trade_records(SYMBOLS, 10, T0 + timedelta(hours=5), first_sequence=1000)
-                          + trade_records(SYMBOLS, 10, DAY2, first_sequence=2000))
+            new_trades = trade_records(
+                SYMBOLS, 10, T0 + timedelta(hours=5), first_sequence=1000
+            ) + trade_records(SYMBOLS, 10, DAY2, first_sequence=2000)
             produced |= {r["message_id"] for r in new_trades}
             market.produce(TRADE, new_trades)
             await wait_committed(iceberg_settings, TRADE, len(old_trades) + len(new_trades))
@@ -268,13 +350,20 @@ async def test_old_layout_migrates_by_spec_evolution_and_compaction(
 
 
 async def test_a_partition_always_being_written_is_compacted_by_size_class(
-        kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings) -> None:
+    kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> None:
     """Today's partitions never go quiet: the scheduled compaction merges their commits' small files anyway,
     keeping every row exactly once."""
     market = Market(kafka_settings, iceberg_settings)
-    app, _, channel = await start_writer(kafka_settings, iceberg_settings, commit_interval_ms=100,
-                                         compaction_interval_seconds=1, compaction_quiet_seconds=3600,
-                                         compaction_min_files=4, snapshot_expiry_interval_seconds=0)
+    app, _, channel = await start_writer(
+        kafka_settings,
+        iceberg_settings,
+        commit_interval_ms=100,
+        compaction_interval_seconds=1,
+        compaction_quiet_seconds=3600,
+        compaction_min_files=4,
+        snapshot_expiry_interval_seconds=0,
+    )
     produced: list[Record] = []
     files_seen: list[int] = []
     try:
@@ -283,8 +372,13 @@ async def test_a_partition_always_being_written_is_compacted_by_size_class(
             market.produce(TRADE, batch)
             produced += batch
             await wait_committed(iceberg_settings, TRADE, len(produced))
-            files_seen.append(len(load_catalog(iceberg_settings).load_table(
-                f"{iceberg_settings.namespace}.trades").inspect.files()))
+            files_seen.append(
+                len(
+                    load_catalog(iceberg_settings)
+                    .load_table(f"{iceberg_settings.namespace}.trades")
+                    .inspect.files()
+                )
+            )
         table = load_catalog(iceberg_settings).load_table(f"{iceberg_settings.namespace}.trades")
         deadline = time.monotonic() + 60
         while not any(s.summary and s.summary.operation.value == "overwrite" for s in table.snapshots()):

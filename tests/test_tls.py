@@ -42,10 +42,28 @@ def _openssl(*args: str | Path) -> None:
 
 def _make_ca(directory: Path, name: str) -> tuple[Path, Path]:
     cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    _openssl("req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", key, "-out", cert, "-days", "1", "-subj", f"/CN=K2 test {name}",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    _openssl(
+        "req",
+        "-x509",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        cert,
+        "-days",
+        "1",
+        "-subj",
+        f"/CN=K2 test {name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
     return cert, key
 
 
@@ -53,12 +71,40 @@ def _make_leaf(directory: Path, name: str, ca: tuple[Path, Path], extensions: st
     cert, key, request = directory / f"{name}.crt", directory / f"{name}.key", directory / f"{name}.csr"
     extensions_file = directory / f"{name}.ext"
     extensions_file.write_text(extensions + "basicConstraints=critical,CA:FALSE\n")
-    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", key, "-out", request, "-subj", f"/CN={name}")
+    _openssl(
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        request,
+        "-subj",
+        f"/CN={name}",
+    )
     serial = subprocess.run(["openssl", "rand", "-hex", "16"], check=True, capture_output=True, text=True)
-    _openssl("x509", "-req", "-in", request, "-CA", ca[0], "-CAkey", ca[1],
-             "-set_serial", f"0x{serial.stdout.strip()}", "-days", "1", "-extfile", extensions_file,
-             "-out", cert)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        request,
+        "-CA",
+        ca[0],
+        "-CAkey",
+        ca[1],
+        "-set_serial",
+        f"0x{serial.stdout.strip()}",
+        "-days",
+        "1",
+        "-extfile",
+        extensions_file,
+        "-out",
+        cert,
+    )
     return cert, key
 
 
@@ -67,24 +113,44 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     directory = tmp_path_factory.mktemp("pki")
     ca = _make_ca(directory, "ca")
     other_ca = _make_ca(directory, "other-ca")
-    server = _make_leaf(directory, "server", ca,
-                        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    server = _make_leaf(
+        directory, "server", ca, "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+    )
     client = _make_leaf(directory, "client", ca, "extendedKeyUsage=clientAuth\n")
-    stranger = _make_leaf(directory, "stranger", other_ca, "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
-                          "extendedKeyUsage=serverAuth,clientAuth\n")
-    return Pki(ca_cert=ca[0], server_cert=server[0], server_key=server[1], client_cert=client[0],
-               client_key=client[1], stranger_cert=stranger[0], stranger_key=stranger[1])
+    stranger = _make_leaf(
+        directory,
+        "stranger",
+        other_ca,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    return Pki(
+        ca_cert=ca[0],
+        server_cert=server[0],
+        server_key=server[1],
+        client_cert=client[0],
+        client_key=client[1],
+        stranger_cert=stranger[0],
+        stranger_key=stranger[1],
+    )
 
 
 def _tls_settings(pki: Pki, *, mutual: bool = False) -> _ServerSettings:
-    return _ServerSettings(host="127.0.0.1", port=0, metrics_port=0, tls_cert_file=pki.server_cert,
-                           tls_key_file=pki.server_key, tls_client_ca_file=pki.ca_cert if mutual else None,
-                           allow_plaintext=False, grace_seconds=0.5)
+    return _ServerSettings(
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        tls_cert_file=pki.server_cert,
+        tls_key_file=pki.server_key,
+        tls_client_ca_file=pki.ca_cert if mutual else None,
+        allow_plaintext=False,
+        grace_seconds=0.5,
+    )
 
 
 def _plaintext_settings(host: str, *, allow_plaintext: bool) -> _ServerSettings:
-    return _ServerSettings(host=host, port=0, metrics_port=0, allow_plaintext=allow_plaintext,
-                           grace_seconds=0.5)
+    return _ServerSettings(
+        host=host, port=0, metrics_port=0, allow_plaintext=allow_plaintext, grace_seconds=0.5
+    )
 
 
 def _auth() -> AuthSettings:
@@ -111,17 +177,20 @@ async def mtls_server(pki: Pki) -> AsyncIterator[GrpcServer]:
     await server.stop()
 
 
-def _credentials(pki: Pki, *, root: Path | None = None, client: tuple[Path, Path] | None = None
-                 ) -> grpc.ChannelCredentials:
+def _credentials(
+    pki: Pki, *, root: Path | None = None, client: tuple[Path, Path] | None = None
+) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(
         root_certificates=(root or pki.ca_cert).read_bytes(),
         private_key=client[1].read_bytes() if client else None,
-        certificate_chain=client[0].read_bytes() if client else None)
+        certificate_chain=client[0].read_bytes() if client else None,
+    )
 
 
 async def _health(channel: grpc.aio.Channel) -> int:
-    response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                              timeout=CALL_TIMEOUT)
+    response = await health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT
+    )
     return int(response.status)
 
 
@@ -202,7 +271,9 @@ async def test_plaintext_on_loopback_is_served_without_allow_plaintext() -> None
 
 
 @pytest.mark.parametrize("missing", ["tls_cert_file", "tls_key_file"])
-async def test_a_certificate_without_its_key_or_the_reverse_is_refused_at_start(pki: Pki, missing: str) -> None:
+async def test_a_certificate_without_its_key_or_the_reverse_is_refused_at_start(
+    pki: Pki, missing: str
+) -> None:
     settings = _tls_settings(pki).model_copy(update={missing: None})
     with pytest.raises(ValueError, match="TLS needs both tls_cert_file and tls_key_file"):
         await GrpcServer("tls-test", settings, _auth()).start()
@@ -211,6 +282,7 @@ async def test_a_certificate_without_its_key_or_the_reverse_is_refused_at_start(
 async def test_client_ca_without_tls_is_refused_at_start(pki: Pki) -> None:
     # Even where plaintext is allowed: mTLS asked for must not silently become plaintext without client checks.
     settings = _plaintext_settings("0.0.0.0", allow_plaintext=True).model_copy(
-        update={"tls_client_ca_file": pki.ca_cert})
+        update={"tls_client_ca_file": pki.ca_cert}
+    )
     with pytest.raises(ValueError, match="tls_client_ca_file"):
         await GrpcServer("tls-test", settings, _auth()).start()

@@ -68,15 +68,30 @@ class Jaeger:
 def running_jaeger(run_dir: Path, **env: str) -> Iterator[Jaeger]:
     """scripts/jaeger.sh up, on free ports and its own run folder, then down."""
     otlp, otlp_http, query, query_grpc = free_port(), free_port(), free_port(), free_port()
-    environment = os.environ | env | {
-        "K2_RUN_DIR": str(run_dir), "K2_JAEGER_OTLP_PORT": str(otlp), "K2_JAEGER_OTLP_HTTP_PORT": str(otlp_http),
-        "K2_JAEGER_QUERY_PORT": str(query), "K2_JAEGER_QUERY_GRPC_PORT": str(query_grpc)}
-    subprocess.run([JAEGER_SCRIPT, "up"], env=environment, check=True, stdout=subprocess.DEVNULL,
-                   timeout=JAEGER_UP_TIMEOUT_SECONDS)
+    environment = (
+        os.environ
+        | env
+        | {
+            "K2_RUN_DIR": str(run_dir),
+            "K2_JAEGER_OTLP_PORT": str(otlp),
+            "K2_JAEGER_OTLP_HTTP_PORT": str(otlp_http),
+            "K2_JAEGER_QUERY_PORT": str(query),
+            "K2_JAEGER_QUERY_GRPC_PORT": str(query_grpc),
+        }
+    )
+    subprocess.run(
+        [JAEGER_SCRIPT, "up"],
+        env=environment,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=JAEGER_UP_TIMEOUT_SECONDS,
+    )
     try:
         yield Jaeger(f"http://127.0.0.1:{otlp}", f"http://127.0.0.1:{query}")
     finally:
-        subprocess.run([JAEGER_SCRIPT, "down"], env=environment, check=False, stdout=subprocess.DEVNULL, timeout=60)
+        subprocess.run(
+            [JAEGER_SCRIPT, "down"], env=environment, check=False, stdout=subprocess.DEVNULL, timeout=60
+        )
 
 
 @pytest.fixture(scope="module")
@@ -86,15 +101,20 @@ def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
 
 
 @pytest.fixture(scope="module")
-def traced_platform(jaeger: Jaeger, kafka_bootstrap: str,
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    tracing = {"OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint, "OTEL_TRACES_SAMPLER": "always_on",
-               "OTEL_BSP_SCHEDULE_DELAY": "200"}
+def traced_platform(
+    jaeger: Jaeger, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Platform]:
+    tracing = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint,
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+    }
     with platform_processes(kafka_bootstrap, tmp_path_factory.mktemp("traced"), extra_env=tracing) as running:
         yield running
 
 
 # ---- reading a trace back from Jaeger ------------------------------------------------------------------------
+
 
 @dataclass
 class Span:
@@ -113,13 +133,22 @@ class Span:
 
 def spans_of(trace: dict[str, Any]) -> list[Span]:
     services = {key: process["serviceName"] for key, process in trace["processes"].items()}
-    return [Span(span["spanID"], span["operationName"], services[span["processID"]],
-                 {tag["key"]: tag["value"] for tag in span.get("tags", [])},
-                 [ref["spanID"] for ref in span.get("references", []) if ref["refType"] == "CHILD_OF"],
-                 [(ref["traceID"], ref["spanID"]) for ref in span.get("references", [])
-                  if ref["refType"] == "FOLLOWS_FROM"],
-                 [{field["key"]: field["value"] for field in log["fields"]} for log in span.get("logs", [])])
-            for span in trace["spans"]]
+    return [
+        Span(
+            span["spanID"],
+            span["operationName"],
+            services[span["processID"]],
+            {tag["key"]: tag["value"] for tag in span.get("tags", [])},
+            [ref["spanID"] for ref in span.get("references", []) if ref["refType"] == "CHILD_OF"],
+            [
+                (ref["traceID"], ref["spanID"])
+                for ref in span.get("references", [])
+                if ref["refType"] == "FOLLOWS_FROM"
+            ],
+            [{field["key"]: field["value"] for field in log["fields"]} for log in span.get("logs", [])],
+        )
+        for span in trace["spans"]
+    ]
 
 
 def wait_for_trace(jaeger: Jaeger, trace_id: str, complete: Any) -> list[Span]:
@@ -135,8 +164,10 @@ def wait_for_trace(jaeger: Jaeger, trace_id: str, complete: Any) -> list[Span]:
         if complete(spans):
             return spans
         time.sleep(0.5)
-    raise AssertionError(f"trace {trace_id} incomplete after {TRACE_TIMEOUT_SECONDS} s: "
-                         f"{sorted((s.service, s.name) for s in spans)}")
+    raise AssertionError(
+        f"trace {trace_id} incomplete after {TRACE_TIMEOUT_SECONDS} s: "
+        f"{sorted((s.service, s.name) for s in spans)}"
+    )
 
 
 def named(spans: list[Span], service: str, prefix: str) -> list[Span]:
@@ -168,6 +199,7 @@ def assert_hops_in_order(output: str, *operations: str) -> None:
 
 # ---- the platform's side -------------------------------------------------------------------------------------
 
+
 def traceparent() -> tuple[str, str, str]:
     """A sampled W3C context as a client would send it: (header value, trace id, parent span id)."""
     trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
@@ -177,9 +209,16 @@ def traceparent() -> tuple[str, str, str]:
 def trades(count: int) -> list[Trade]:
     made = []
     for n in range(count):
-        trade = Trade(trade_id=f"TRACE-{secrets.token_hex(4)}-{n}", symbol=SYMBOL, exchange="BINANCE",
-                      asset_class=AssetClass.ASSET_CLASS_CRYPTO, price=f"97123.4{n}", quantity="0.5",
-                      currency="USDT", side=Side.SIDE_BUY)
+        trade = Trade(
+            trade_id=f"TRACE-{secrets.token_hex(4)}-{n}",
+            symbol=SYMBOL,
+            exchange="BINANCE",
+            asset_class=AssetClass.ASSET_CLASS_CRYPTO,
+            price=f"97123.4{n}",
+            quantity="0.5",
+            currency="USDT",
+            side=Side.SIDE_BUY,
+        )
         trade.timestamp.GetCurrentTime()
         made.append(trade)
     return made
@@ -191,7 +230,8 @@ class Subscriber:
     def __init__(self, address: str):
         self.channel = grpc.insecure_channel(address)
         self.call = query_pb2_grpc.QueryServiceStub(self.channel).SubscribeTrades(
-            query_pb2.SubscribeTradesRequest(symbols=[SYMBOL]), timeout=120)
+            query_pb2.SubscribeTradesRequest(symbols=[SYMBOL]), timeout=120
+        )
         self.responses: queue.Queue[query_pb2.SubscribeTradesResponse] = queue.Queue()
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
@@ -214,7 +254,8 @@ class Subscriber:
 
 @pytest.mark.timeout(JAEGER_UP_TIMEOUT_SECONDS + 300)
 def test_a_published_batch_is_one_trace_from_publish_to_commit_and_delivery(
-        traced_platform: Platform, jaeger: Jaeger) -> None:
+    traced_platform: Platform, jaeger: Jaeger
+) -> None:
     subscriber = Subscriber(traced_platform.address("query"))
     try:
         subscriber.next()  # the first heartbeat: the subscription is live
@@ -223,7 +264,9 @@ def test_a_published_batch_is_one_trace_from_publish_to_commit_and_delivery(
         with grpc.insecure_channel(traced_platform.address("ingest")) as channel:
             [answer] = ingest_pb2_grpc.IngestServiceStub(channel).PublishTrades(
                 iter([ingest_pb2.PublishTradesRequest(batch_id=f"trace-{trace_id}", trades=sent)]),
-                metadata=(WRITE, ("traceparent", header), ("baggage", "k2.test=tracing")), timeout=30)
+                metadata=(WRITE, ("traceparent", header), ("baggage", "k2.test=tracing")),
+                timeout=30,
+            )
         assert answer.accepted == 3
         delivered: list[str] = []
         while len(delivered) < 3:
@@ -232,16 +275,27 @@ def test_a_published_batch_is_one_trace_from_publish_to_commit_and_delivery(
     finally:
         subscriber.close()
     with grpc.insecure_channel(traced_platform.address("writer")) as channel:
-        writer_pb2_grpc.WriterServiceStub(channel).Flush(writer_pb2.FlushRequest(), metadata=(WRITE,), timeout=60)
+        writer_pb2_grpc.WriterServiceStub(channel).Flush(
+            writer_pb2.FlushRequest(), metadata=(WRITE,), timeout=60
+        )
 
     def complete(spans: list[Span]) -> bool:
-        return all(named(spans, service, name) for service, name in (
-            ("ingest", "/k2.ingest.v1.IngestService/PublishTrades"), ("ingest", "send "),
-            ("writer", "process "), ("writer", "market_data.trades commit"), ("query", "deliver ")))
+        return all(
+            named(spans, service, name)
+            for service, name in (
+                ("ingest", "/k2.ingest.v1.IngestService/PublishTrades"),
+                ("ingest", "send "),
+                ("writer", "process "),
+                ("writer", "market_data.trades commit"),
+                ("query", "deliver "),
+            )
+        )
 
     spans = wait_for_trace(jaeger, trace_id, complete)
-    topic = topic_name(KafkaSettings(bootstrap_servers="unused",
-                                     topic_prefix=traced_platform.env["K2_KAFKA_TOPIC_PREFIX"]), TRADES)
+    topic = topic_name(
+        KafkaSettings(bootstrap_servers="unused", topic_prefix=traced_platform.env["K2_KAFKA_TOPIC_PREFIX"]),
+        TRADES,
+    )
 
     publish = only(named(spans, "ingest", "/k2.ingest.v1.IngestService/PublishTrades"))
     assert publish.kind == "server" and publish.parents == [client_span_id]
@@ -254,18 +308,32 @@ def test_a_published_batch_is_one_trace_from_publish_to_commit_and_delivery(
     assert send.tags["messaging.operation.type"] == "send" and send.tags["messaging.batch.message_count"] == 3
     # each message named in an event, by the ids the records carry (message ids from the batch id here)
     message_ids = batch_message_ids("trade", f"trace-{trace_id}")
-    assert [(event["event"], event["messaging.message.id"], event["k2.trade_id"]) for event in send.events] == [
-        ("message", message_ids(index), trade.trade_id) for index, trade in enumerate(sent)]
+    assert [
+        (event["event"], event["messaging.message.id"], event["k2.trade_id"]) for event in send.events
+    ] == [("message", message_ids(index), trade.trade_id) for index, trade in enumerate(sent)]
     assert send.tags["k2.message_events"] == 3
 
     processes = named(spans, "writer", f"process {topic}")
     assert processes and all(span.kind == "consumer" and span.parents == [send.span_id] for span in processes)
     for span in processes:
-        assert {key: span.tags[key] for key in ("messaging.system", "messaging.destination.name",
-                                                "messaging.operation.type", "messaging.consumer.group.name")} == {
-            "messaging.system": "kafka", "messaging.destination.name": topic, "messaging.operation.type": "process",
-            "messaging.consumer.group.name": "k2-writer"}
-        assert span.tags["messaging.kafka.destination.partition"] >= 0 and span.tags["messaging.kafka.offset"] >= 0
+        assert {
+            key: span.tags[key]
+            for key in (
+                "messaging.system",
+                "messaging.destination.name",
+                "messaging.operation.type",
+                "messaging.consumer.group.name",
+            )
+        } == {
+            "messaging.system": "kafka",
+            "messaging.destination.name": topic,
+            "messaging.operation.type": "process",
+            "messaging.consumer.group.name": "k2-writer",
+        }
+        assert (
+            span.tags["messaging.kafka.destination.partition"] >= 0
+            and span.tags["messaging.kafka.offset"] >= 0
+        )
     assert sum(span.tags["messaging.batch.message_count"] for span in processes) == 3
 
     commit = only(named(spans, "writer", "market_data.trades commit"))
@@ -274,20 +342,34 @@ def test_a_published_batch_is_one_trace_from_publish_to_commit_and_delivery(
     assert commit.tags["db.system"] == "iceberg" and commit.tags["k2.rows"] >= 3
 
     deliveries = named(spans, "query", f"deliver {topic}")
-    assert deliveries and all(span.kind == "consumer" and span.parents == [send.span_id] for span in deliveries)
+    assert deliveries and all(
+        span.kind == "consumer" and span.parents == [send.span_id] for span in deliveries
+    )
     assert all(span.tags["k2.subscribers"] >= 1 for span in deliveries)
     assert sum(span.tags["messaging.batch.message_count"] for span in deliveries) == 3
 
     # the search API finds it by service and operation
-    found = jaeger.get("/api/traces", service="ingest", operation="/k2.ingest.v1.IngestService/PublishTrades",
-                       lookback="1h", limit="100")
+    found = jaeger.get(
+        "/api/traces",
+        service="ingest",
+        operation="/k2.ingest.v1.IngestService/PublishTrades",
+        lookback="1h",
+        limit="100",
+    )
     assert trace_id in {trace["traceID"] for trace in found["data"]}
 
     # the records carry the send span's context and the caller's baggage
-    messages = read_topic_now(KafkaSettings(bootstrap_servers=traced_platform.env["KAFKA_BOOTSTRAP_SERVERS"],
-                                            topic_prefix=traced_platform.env["K2_KAFKA_TOPIC_PREFIX"]), topic)
+    messages = read_topic_now(
+        KafkaSettings(
+            bootstrap_servers=traced_platform.env["KAFKA_BOOTSTRAP_SERVERS"],
+            topic_prefix=traced_platform.env["K2_KAFKA_TOPIC_PREFIX"],
+        ),
+        topic,
+    )
     headers = [dict(message.headers() or []) for message in messages]
-    ours = [h for h in headers if h.get("traceparent", b"").decode().split("-")[1:3] == [trace_id, send.span_id]]
+    ours = [
+        h for h in headers if h.get("traceparent", b"").decode().split("-")[1:3] == [trace_id, send.span_id]
+    ]
     assert len(ours) == 3 and all(h["baggage"] == b"k2.test=tracing" for h in ours)
 
     # `k2 trace` finds it by a trade id or a message id, and draws every hop under its parent
@@ -295,39 +377,55 @@ def test_a_published_batch_is_one_trace_from_publish_to_commit_and_delivery(
         shown = k2_trace(jaeger, identifier)
         assert shown.exit_code == 0, shown.output
         assert f"Trace {trace_id}: " in shown.stdout
-        assert_hops_in_order(shown.stdout, "/k2.ingest.v1.IngestService/PublishTrades", f"send {topic}",
-                             f"process {topic}", "market_data.trades commit")
+        assert_hops_in_order(
+            shown.stdout,
+            "/k2.ingest.v1.IngestService/PublishTrades",
+            f"send {topic}",
+            f"process {topic}",
+            "market_data.trades commit",
+        )
         assert_hops_in_order(shown.stdout, f"send {topic}", f"deliver {topic}")
         assert ("◀ this message" in shown.stdout) is (identifier != trace_id)
 
 
 @pytest.mark.timeout(JAEGER_UP_TIMEOUT_SECONDS + 300)
 def test_trades_committed_together_each_have_the_commit_in_their_own_trace(
-        jaeger: Jaeger, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> None:
-    tracing = {"OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint, "OTEL_TRACES_SAMPLER": "always_on",
-               "OTEL_BSP_SCHEDULE_DELAY": "200", "K2_WRITER_COMMIT_INTERVAL_MS": "600000"}  # only Flush commits
-    with platform_processes(kafka_bootstrap, tmp_path_factory.mktemp("commit"), ("ingest", "writer"),
-                            extra_env=tracing) as platform:
+    jaeger: Jaeger, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tracing = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint,
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "K2_WRITER_COMMIT_INTERVAL_MS": "600000",
+    }  # only Flush commits
+    with platform_processes(
+        kafka_bootstrap, tmp_path_factory.mktemp("commit"), ("ingest", "writer"), extra_env=tracing
+    ) as platform:
         published: list[tuple[str, Trade]] = []  # two publishes, each its own trace
         with grpc.insecure_channel(platform.address("ingest")) as channel:
             for trade in trades(2):
                 header, trace_id, _ = traceparent()
                 [answer] = ingest_pb2_grpc.IngestServiceStub(channel).PublishTrades(
                     iter([ingest_pb2.PublishTradesRequest(batch_id=f"commit-{trace_id}", trades=[trade])]),
-                    metadata=(WRITE, ("traceparent", header)), timeout=30)
+                    metadata=(WRITE, ("traceparent", header)),
+                    timeout=30,
+                )
                 assert answer.accepted == 1
                 published.append((trace_id, trade))
         for trace_id, _ in published:  # both buffered by the writer before the one commit
             wait_for_trace(jaeger, trace_id, lambda spans: bool(named(spans, "writer", "process ")))
         with grpc.insecure_channel(platform.address("writer")) as channel:
-            flushed = writer_pb2_grpc.WriterServiceStub(channel).Flush(writer_pb2.FlushRequest(), metadata=(WRITE,),
-                                                                       timeout=60)
+            flushed = writer_pb2_grpc.WriterServiceStub(channel).Flush(
+                writer_pb2.FlushRequest(), metadata=(WRITE,), timeout=60
+            )
     [committed] = [commit for commit in flushed.commits if commit.table == "market_data.trades"]
     assert committed.rows == 2
 
     commits = []
     for trace_id, trade in published:
-        spans = wait_for_trace(jaeger, trace_id, lambda spans: bool(named(spans, "writer", "market_data.trades commit")))
+        spans = wait_for_trace(
+            jaeger, trace_id, lambda spans: bool(named(spans, "writer", "market_data.trades commit"))
+        )
         commit = only(named(spans, "writer", "market_data.trades commit"))
         assert commit.parents == [only(named(spans, "writer", "process ")).span_id]
         # (Jaeger writes a 64-bit integer beyond what JSON numbers hold exactly as a string)
@@ -335,8 +433,13 @@ def test_trades_committed_together_each_have_the_commit_in_their_own_trace(
         commits.append(commit)
         shown = k2_trace(jaeger, trade.trade_id)
         assert shown.exit_code == 0, shown.output
-        assert_hops_in_order(shown.stdout, "/k2.ingest.v1.IngestService/PublishTrades", "send ", "process ",
-                             "market_data.trades commit")
+        assert_hops_in_order(
+            shown.stdout,
+            "/k2.ingest.v1.IngestService/PublishTrades",
+            "send ",
+            "process ",
+            "market_data.trades commit",
+        )
     # The commit's own span is in the first trace and links to both producers; the second trace's commit span
     # links to it.
     first, second = commits
@@ -354,7 +457,9 @@ def test_k2_trace_says_what_is_missing(jaeger: Jaeger) -> None:
 
 @pytest.mark.timeout(JAEGER_UP_TIMEOUT_SECONDS + 300)
 def test_status_shows_where_each_service_sends_its_traces(traced_platform: Platform, jaeger: Jaeger) -> None:
-    addresses = {f"K2_{name.upper()}_ADDRESS": traced_platform.address(name) for name in ("ingest", "writer", "query")}
+    addresses = {
+        f"K2_{name.upper()}_ADDRESS": traced_platform.address(name) for name in ("ingest", "writer", "query")
+    }
     result = k2("status", K2_TOKEN=TOKEN, **addresses)
     assert result.exit_code == 0, result.output
     for name in ("ingest", "writer", "query"):
@@ -364,11 +469,12 @@ def test_status_shows_where_each_service_sends_its_traces(traced_platform: Platf
 
 def test_samplers_are_configured_by_the_standard_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     for variables, expected in [
-            ({}, ("parentbased_traceidratio", 0.01)),
-            ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}, ("parentbased_traceidratio", 0.01)),
-            ({"OTEL_TRACES_SAMPLER": "TraceIdRatio", "OTEL_TRACES_SAMPLER_ARG": "0.25"}, ("traceidratio", 0.25)),
-            ({"OTEL_TRACES_SAMPLER": "parentbased_always_on"}, ("parentbased_always_on", 1.0)),
-            ({"OTEL_TRACES_SAMPLER": "always_off"}, ("always_off", 0.0))]:
+        ({}, ("parentbased_traceidratio", 0.01)),
+        ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}, ("parentbased_traceidratio", 0.01)),
+        ({"OTEL_TRACES_SAMPLER": "TraceIdRatio", "OTEL_TRACES_SAMPLER_ARG": "0.25"}, ("traceidratio", 0.25)),
+        ({"OTEL_TRACES_SAMPLER": "parentbased_always_on"}, ("parentbased_always_on", 1.0)),
+        ({"OTEL_TRACES_SAMPLER": "always_off"}, ("always_off", 0.0)),
+    ]:
         monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
         monkeypatch.delenv("OTEL_TRACES_SAMPLER_ARG", raising=False)
         for name, value in variables.items():
@@ -383,7 +489,9 @@ def test_samplers_are_configured_by_the_standard_variables(monkeypatch: pytest.M
         configured_sampler()
 
 
-def test_jaeger_serves_a_ui_build_it_is_given(jaeger: Jaeger, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_jaeger_serves_a_ui_build_it_is_given(
+    jaeger: Jaeger, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     with urllib.request.urlopen(jaeger.query_url, timeout=10) as page:  # Jaeger's module builds no UI
         assert "This is not the Jaeger UI you are looking for" in page.read().decode()
     assets = tmp_path_factory.mktemp("jaeger-ui")
@@ -398,18 +506,35 @@ def test_jaeger_serves_a_ui_build_it_is_given(jaeger: Jaeger, tmp_path_factory: 
 def test_a_file_load_is_the_parent_of_its_sends(traced_platform: Platform, jaeger: Jaeger) -> None:
     header, trace_id, client_span_id = traceparent()
     with grpc.insecure_channel(traced_platform.address("ingest")) as channel:
-        events = list(ingest_pb2_grpc.IngestServiceStub(channel).LoadFiles(
-            ingest_pb2.LoadFilesRequest(paths=["trades/3153.csv"], format=ingest_pb2.FILE_FORMAT_ASX_TRADES),
-            metadata=(WRITE, ("traceparent", header)), timeout=60))
+        events = list(
+            ingest_pb2_grpc.IngestServiceStub(channel).LoadFiles(
+                ingest_pb2.LoadFilesRequest(
+                    paths=["trades/3153.csv"], format=ingest_pb2.FILE_FORMAT_ASX_TRADES
+                ),
+                metadata=(WRITE, ("traceparent", header)),
+                timeout=60,
+            )
+        )
     assert events[-1].summary.rows_accepted == 11
-    spans = wait_for_trace(jaeger, trace_id, lambda spans: all(named(spans, service, name) for service, name in (
-        ("ingest", "/k2.ingest.v1.IngestService/LoadFiles"), ("ingest", "send "), ("writer", "process "))))
+    spans = wait_for_trace(
+        jaeger,
+        trace_id,
+        lambda spans: all(
+            named(spans, service, name)
+            for service, name in (
+                ("ingest", "/k2.ingest.v1.IngestService/LoadFiles"),
+                ("ingest", "send "),
+                ("writer", "process "),
+            )
+        ),
+    )
     load = only(named(spans, "ingest", "/k2.ingest.v1.IngestService/LoadFiles"))
     assert load.kind == "server" and load.parents == [client_span_id]
     sends = named(spans, "ingest", "send ")
     assert all(span.kind == "producer" and span.parents == [load.span_id] for span in sends)
     assert {parent for span in named(spans, "writer", "process ") for parent in span.parents} <= {
-        span.span_id for span in sends}
+        span.span_id for span in sends
+    }
 
 
 @pytest.fixture(scope="module")
@@ -418,9 +543,24 @@ def replay_exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("replay") / "replay_exchange.log"
     with log.open("wb") as output:
-        process = subprocess.Popen([sys.executable, "-m", "k2.services.replay_exchange", "--host", "127.0.0.1",
-                                    "--port", str(port), "--symbols", FEED_SYMBOL, "--rate", "100"],
-                                   cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "k2.services.replay_exchange",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--symbols",
+                FEED_SYMBOL,
+                "--rate",
+                "100",
+            ],
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 30
         while not port_listens(port):
@@ -438,23 +578,33 @@ def port_listens(port: int) -> bool:
 
 
 @pytest.mark.timeout(JAEGER_UP_TIMEOUT_SECONDS + 300)
-def test_the_binance_feed_starts_a_trace_per_batch(jaeger: Jaeger, replay_exchange: str, kafka_bootstrap: str,
-                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
-    feed = {"OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint, "OTEL_TRACES_SAMPLER": "always_on",
-            "OTEL_BSP_SCHEDULE_DELAY": "200", "K2_INGEST_BINANCE_ENABLED": "true",
-            "K2_INGEST_BINANCE_SYMBOLS": FEED_SYMBOL, "K2_INGEST_BINANCE_STREAM_TYPES": "trade",
-            "K2_INGEST_BINANCE_ENDPOINTS": json.dumps([replay_exchange])}
-    with platform_processes(kafka_bootstrap, tmp_path_factory.mktemp("feed"), ("ingest", "writer"),
-                            extra_env=feed):
+def test_the_binance_feed_starts_a_trace_per_batch(
+    jaeger: Jaeger, replay_exchange: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    feed = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint,
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "K2_INGEST_BINANCE_ENABLED": "true",
+        "K2_INGEST_BINANCE_SYMBOLS": FEED_SYMBOL,
+        "K2_INGEST_BINANCE_STREAM_TYPES": "trade",
+        "K2_INGEST_BINANCE_ENDPOINTS": json.dumps([replay_exchange]),
+    }
+    with platform_processes(
+        kafka_bootstrap, tmp_path_factory.mktemp("feed"), ("ingest", "writer"), extra_env=feed
+    ):
         deadline = time.monotonic() + TRACE_TIMEOUT_SECONDS
         while True:  # a feed batch whose records the writer consumed
-            found = jaeger.get("/api/traces", service="ingest", operation="receive binance trades",
-                               lookback="1h", limit="20")["data"]
+            found = jaeger.get(
+                "/api/traces", service="ingest", operation="receive binance trades", lookback="1h", limit="20"
+            )["data"]
             traces = [spans_of(trace) for trace in found]
             done = [spans for spans in traces if named(spans, "writer", "process ")]
             if done:
                 break
-            assert time.monotonic() < deadline, [sorted((s.service, s.name) for s in spans) for spans in traces]
+            assert time.monotonic() < deadline, [
+                sorted((s.service, s.name) for s in spans) for spans in traces
+            ]
             time.sleep(0.5)
     spans = done[0]
     receive = only(named(spans, "ingest", "receive binance trades"))
@@ -462,4 +612,5 @@ def test_the_binance_feed_starts_a_trace_per_batch(jaeger: Jaeger, replay_exchan
     sends = named(spans, "ingest", "send ")
     assert sends and all(span.kind == "producer" and span.parents == [receive.span_id] for span in sends)
     assert {parent for span in named(spans, "writer", "process ") for parent in span.parents} <= {
-        span.span_id for span in sends}
+        span.span_id for span in sends
+    }

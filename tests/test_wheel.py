@@ -18,7 +18,14 @@ from conftest import ROOT
 from test_grpcurl import TOKEN, platform_processes
 
 UV = ROOT / "scripts" / "tools.sh"
-SERVICE_ONLY_MODULES = ("fastavro", "pyiceberg", "confluent_kafka", "opentelemetry", "websockets", "prometheus_client")
+SERVICE_ONLY_MODULES = (
+    "fastavro",
+    "pyiceberg",
+    "confluent_kafka",
+    "opentelemetry",
+    "websockets",
+    "prometheus_client",
+)
 
 
 def uv() -> str:
@@ -28,7 +35,9 @@ def uv() -> str:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run([uv(), "build", "--wheel", "--quiet", "--out-dir", out], cwd=ROOT, check=True, timeout=1200)
+    subprocess.run(
+        [uv(), "build", "--wheel", "--quiet", "--out-dir", out], cwd=ROOT, check=True, timeout=1200
+    )
     [built] = out.glob("k2-*.whl")
     return built
 
@@ -37,8 +46,21 @@ def install(wheel: Path, venv: Path, extra: str = "") -> Path:
     """A fresh virtual environment with the wheel installed; its Python."""
     subprocess.run([uv(), "venv", "--quiet", "--python", sys.executable, venv], check=True, timeout=120)
     python = venv / "bin" / "python"
-    subprocess.run([uv(), "pip", "install", "--quiet", "--python", python, f"{wheel}{extra}",
-                    "--constraint", ROOT / "requirements" / "runtime.txt"], check=True, timeout=600)
+    subprocess.run(
+        [
+            uv(),
+            "pip",
+            "install",
+            "--quiet",
+            "--python",
+            python,
+            f"{wheel}{extra}",
+            "--constraint",
+            ROOT / "requirements" / "runtime.txt",
+        ],
+        check=True,
+        timeout=600,
+    )
     return python
 
 
@@ -61,13 +83,17 @@ def outside(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_the_sdk_installs_without_the_services_dependencies(sdk_python: Path, outside: Path) -> None:
-    script = ("import importlib.util, json; import k2.clients; "
-              f"print(json.dumps([m for m in {SERVICE_ONLY_MODULES!r} if importlib.util.find_spec(m)]))")
-    present = subprocess.run([sdk_python, "-c", script], cwd=outside, check=True, capture_output=True,
-                             text=True).stdout
+    script = (
+        "import importlib.util, json; import k2.clients; "
+        f"print(json.dumps([m for m in {SERVICE_ONLY_MODULES!r} if importlib.util.find_spec(m)]))"
+    )
+    present = subprocess.run(
+        [sdk_python, "-c", script], cwd=outside, check=True, capture_output=True, text=True
+    ).stdout
     assert json.loads(present) == []
-    cli = subprocess.run([sdk_python.parent / "k2", "--help"], cwd=outside, check=True, capture_output=True,
-                         text=True)
+    cli = subprocess.run(
+        [sdk_python.parent / "k2", "--help"], cwd=outside, check=True, capture_output=True, text=True
+    )
     assert "subscribe" in cli.stdout and "trades" in cli.stdout
 
 
@@ -92,12 +118,23 @@ print(len(rows), format(sum(row.price for row in rows), "f"), rows[-1].quantity)
 
 
 def test_installed_services_serve_and_the_installed_sdk_round_trips_trades(
-        services_python: Path, sdk_python: Path, kafka_bootstrap: str, tmp_path: Path, outside: Path) -> None:
+    services_python: Path, sdk_python: Path, kafka_bootstrap: str, tmp_path: Path, outside: Path
+) -> None:
     with platform_processes(kafka_bootstrap, tmp_path, python=services_python, cwd=outside) as platform:
         env = {key: value for key, value in os.environ.items() if not key.startswith("K2_")} | {
-            "K2_TOKEN": TOKEN, **{f"K2_{name.upper()}_ADDRESS": platform.address(name)
-                                  for name in ("ingest", "writer", "query")}}
-        printed = subprocess.run([sdk_python, "-c", SDK_ROUND_TRIP], check=False, cwd=outside, env=env,
-                                 capture_output=True, text=True, timeout=300)
+            "K2_TOKEN": TOKEN,
+            **{
+                f"K2_{name.upper()}_ADDRESS": platform.address(name) for name in ("ingest", "writer", "query")
+            },
+        }
+        printed = subprocess.run(
+            [sdk_python, "-c", SDK_ROUND_TRIP],
+            check=False,
+            cwd=outside,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert printed.returncode == 0, printed.stderr
     assert printed.stdout.split() == ["50", "0.000000000000001275", "12345678901234567890.5"]

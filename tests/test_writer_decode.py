@@ -67,10 +67,19 @@ def test_batch_equals_the_plain_decode(kind: RecordKind, data: st.DataObject) ->
 
 
 def test_older_versions_and_rejections_in_one_batch() -> None:
-    v1 = {"symbol": "BHP", "company_id": 7078, "exchange": "ASX",
-          "exchange_timestamp": datetime(2014, 3, 9, 23, 5, 44, 516000, UTC), "price": Decimal("37.51"),
-          "volume": 40000, "qualifiers": 3, "venue": "X", "buyer_id": None,
-          "ingestion_timestamp": datetime(2014, 3, 9, 23, 5, 45, tzinfo=UTC), "sequence_number": 1}
+    v1 = {
+        "symbol": "BHP",
+        "company_id": 7078,
+        "exchange": "ASX",
+        "exchange_timestamp": datetime(2014, 3, 9, 23, 5, 44, 516000, UTC),
+        "price": Decimal("37.51"),
+        "volume": 40000,
+        "qualifiers": 3,
+        "venue": "X",
+        "buyer_id": None,
+        "ingestion_timestamp": datetime(2014, 3, 9, 23, 5, 45, tzinfo=UTC),
+        "sequence_number": 1,
+    }
     values = [
         avro.encode("trade", sample_trade()),
         avro.encode_with(avro.VERSIONS["trade"][0], v1),
@@ -84,16 +93,23 @@ def test_older_versions_and_rejections_in_one_batch() -> None:
     batch = batch_decoder("trade").decode(values)
     assert sorted(batch.rows.to_pylist()) == [0, 1]
     assert [(r.index, r.category, r.field) for r in batch.rejected] == [
-        (2, UNDECODABLE, ""), (3, WRONG_KIND, ""), (4, INVALID, "quantity"), (5, INVALID, "symbol"),
-        (6, INVALID, "price"), (7, UNDECODABLE, "")]
+        (2, UNDECODABLE, ""),
+        (3, WRONG_KIND, ""),
+        (4, INVALID, "quantity"),
+        (5, INVALID, "symbol"),
+        (6, INVALID, "price"),
+        (7, UNDECODABLE, ""),
+    ]
     rows = {r["trade_id"]: r for r in batch.table.to_pylist()}
     assert rows["ASX-1"]["quantity"] == Decimal(40000)
     assert rows["ASX-1"]["price"] == Decimal("37.51")
 
 
 def test_one_sided_and_half_empty_quotes() -> None:
-    values = [avro.encode("quote", sample_quote(ask_price=None, ask_quantity=None)),
-              unchecked_encode("quote", sample_quote(bid_quantity=None))]
+    values = [
+        avro.encode("quote", sample_quote(ask_price=None, ask_quantity=None)),
+        unchecked_encode("quote", sample_quote(bid_quantity=None)),
+    ]
     batch = batch_decoder("quote").decode(values)
     assert batch.rows.to_pylist() == [0]
     assert batch.table.to_pylist()[0]["ask_price"] is None
@@ -105,17 +121,36 @@ def test_values_at_the_edges_decode_like_the_plain_path() -> None:
     lists and maps at their bounds, timestamps before 1970: each row as the plain path gives it."""
     trades = [
         sample_trade(),
-        sample_trade(trade_id="T" * 64, currency="Ünïcödé-€", trade_conditions=["é" * 32] * 8,
-                     vendor_data={f"k{i}": "é" * 64 for i in range(8)}),
-        sample_trade(asset_class="FUTURES", price=Decimal("-12345678901234567890.123456789012345678"),
-                     source_sequence=-(2**63), platform_sequence=2**63 - 1),
-        sample_trade(price=Decimal("99999999999999999999.999999999999999999"), source_sequence=2**55,
-                     timestamp=datetime(1969, 12, 31, 23, 59, 59, 999999, UTC), trade_conditions=["@", "XT"]),
-        sample_trade(quantity=Decimal("0.000000000000000001"), source_sequence=-1, platform_sequence=0,
-                     vendor_data=None),
+        sample_trade(
+            trade_id="T" * 64,
+            currency="Ünïcödé-€",
+            trade_conditions=["é" * 32] * 8,
+            vendor_data={f"k{i}": "é" * 64 for i in range(8)},
+        ),
+        sample_trade(
+            asset_class="FUTURES",
+            price=Decimal("-12345678901234567890.123456789012345678"),
+            source_sequence=-(2**63),
+            platform_sequence=2**63 - 1,
+        ),
+        sample_trade(
+            price=Decimal("99999999999999999999.999999999999999999"),
+            source_sequence=2**55,
+            timestamp=datetime(1969, 12, 31, 23, 59, 59, 999999, UTC),
+            trade_conditions=["@", "XT"],
+        ),
+        sample_trade(
+            quantity=Decimal("0.000000000000000001"),
+            source_sequence=-1,
+            platform_sequence=0,
+            vendor_data=None,
+        ),
     ]
-    quotes = [sample_quote(), sample_quote(bid_price=None, bid_quantity=None, vendor_data={"a": "b"}),
-              sample_quote(ask_price=Decimal("-0.5"), asset_class="FUTURES", source_sequence=None)]
+    quotes = [
+        sample_quote(),
+        sample_quote(bid_price=None, bid_quantity=None, vendor_data={"a": "b"}),
+        sample_quote(ask_price=Decimal("-0.5"), asset_class="FUTURES", source_sequence=None),
+    ]
     for kind, records in (("trade", trades), ("quote", quotes)):
         values = [avro.encode(kind, r) for r in records]  # type: ignore[arg-type]
         batch = batch_decoder(kind).decode(values)  # type: ignore[arg-type]
@@ -133,22 +168,46 @@ def test_invalid_utf8_is_undecodable() -> None:
     assert [(r.index, r.category) for r in batch.rejected] == [(0, UNDECODABLE), (2, UNDECODABLE)]
 
 
-@pytest.mark.parametrize("kind, change, field, reason", [
-    ("trade", {"symbol": "btcusdt"}, "symbol", "'btcusdt' is not 1-32 characters of A-Z 0-9 . _ -"),
-    ("trade", {"symbol": "BTC/USDT"}, "symbol", "'BTC/USDT' is not 1-32 characters of A-Z 0-9 . _ -"),
-    ("trade", {"exchange": "X" * 33}, "exchange", f"'{'X' * 33}' is not 1-32 characters of A-Z 0-9 . _ -"),
-    ("trade", {"trade_conditions": ["X"] * 9}, "trade_conditions", "9 given, at most 8"),
-    ("trade", {"trade_conditions": ["é" * 33]}, "trade_conditions", "[0] is longer than 32 characters"),
-    ("trade", {"vendor_data": {f"{n}": "" for n in range(9)}}, "vendor_data", "9 entries, at most 8"),
-    ("trade", {"vendor_data": {"K" * 33: ""}}, "vendor_data", f"key '{'K' * 33}' is longer than 32 characters"),
-    ("trade", {"vendor_data": {"k": "é" * 65}}, "vendor_data", "the value of 'k' is longer than 64 characters"),
-    ("quote", {"symbol": "bhp"}, "symbol", "'bhp' is not 1-32 characters of A-Z 0-9 . _ -"),
-    ("quote", {"bid_price": Decimal(0)}, "bid_price", "must be positive: 0"),  # as read: 0E-18
-    ("quote", {"ask_price": Decimal(-1)}, "ask_price", "must be positive: -1"),
-    ("quote", {"vendor_data": {"k": "V" * 65}}, "vendor_data", "the value of 'k' is longer than 64 characters"),
-])
-def test_records_beyond_the_rules_are_rejected_with_the_field(kind: RecordKind, change: dict[str, object],
-                                                              field: str, reason: str) -> None:
+@pytest.mark.parametrize(
+    "kind, change, field, reason",
+    [
+        ("trade", {"symbol": "btcusdt"}, "symbol", "'btcusdt' is not 1-32 characters of A-Z 0-9 . _ -"),
+        ("trade", {"symbol": "BTC/USDT"}, "symbol", "'BTC/USDT' is not 1-32 characters of A-Z 0-9 . _ -"),
+        (
+            "trade",
+            {"exchange": "X" * 33},
+            "exchange",
+            f"'{'X' * 33}' is not 1-32 characters of A-Z 0-9 . _ -",
+        ),
+        ("trade", {"trade_conditions": ["X"] * 9}, "trade_conditions", "9 given, at most 8"),
+        ("trade", {"trade_conditions": ["é" * 33]}, "trade_conditions", "[0] is longer than 32 characters"),
+        ("trade", {"vendor_data": {f"{n}": "" for n in range(9)}}, "vendor_data", "9 entries, at most 8"),
+        (
+            "trade",
+            {"vendor_data": {"K" * 33: ""}},
+            "vendor_data",
+            f"key '{'K' * 33}' is longer than 32 characters",
+        ),
+        (
+            "trade",
+            {"vendor_data": {"k": "é" * 65}},
+            "vendor_data",
+            "the value of 'k' is longer than 64 characters",
+        ),
+        ("quote", {"symbol": "bhp"}, "symbol", "'bhp' is not 1-32 characters of A-Z 0-9 . _ -"),
+        ("quote", {"bid_price": Decimal(0)}, "bid_price", "must be positive: 0"),  # as read: 0E-18
+        ("quote", {"ask_price": Decimal(-1)}, "ask_price", "must be positive: -1"),
+        (
+            "quote",
+            {"vendor_data": {"k": "V" * 65}},
+            "vendor_data",
+            "the value of 'k' is longer than 64 characters",
+        ),
+    ],
+)
+def test_records_beyond_the_rules_are_rejected_with_the_field(
+    kind: RecordKind, change: dict[str, object], field: str, reason: str
+) -> None:
     """The writer applies the ingest rules (records.VALIDATORS) to what it reads, fast path included: a record
     written before a rule existed, or by another producer, is dead-lettered rather than kept where no query can
     ask for it."""
@@ -182,17 +241,22 @@ def messages(draw: st.DrawFn, kind: RecordKind) -> bytes:
     """A Kafka value of a `kind` topic: a valid or any current-version record, an older version's, the other
     kind's, or any of them cut short, with a byte changed or with a byte after it."""
     other: RecordKind = "quote" if kind == "trade" else "trade"
-    value = draw(st.one_of(
-        RECORDS[kind]().map(lambda record: avro.encode(kind, record)),
-        any_record(kind).map(lambda record: unchecked_encode(kind, record)),
-        avro_data(avro.VERSIONS[kind][0].schema).map(lambda record: avro.encode_with(avro.VERSIONS[kind][0], record)),
-        RECORDS[other]().map(lambda record: avro.encode(other, record))))
+    value = draw(
+        st.one_of(
+            RECORDS[kind]().map(lambda record: avro.encode(kind, record)),
+            any_record(kind).map(lambda record: unchecked_encode(kind, record)),
+            avro_data(avro.VERSIONS[kind][0].schema).map(
+                lambda record: avro.encode_with(avro.VERSIONS[kind][0], record)
+            ),
+            RECORDS[other]().map(lambda record: avro.encode(other, record)),
+        )
+    )
     change = draw(st.sampled_from(["none", "none", "cut", "byte", "trailing"]))
     if change == "cut":
-        return value[:draw(st.integers(0, len(value) - 1))]
+        return value[: draw(st.integers(0, len(value) - 1))]
     if change == "byte":
         at = draw(st.integers(0, len(value) - 1))
-        return value[:at] + bytes([draw(st.integers(0, 255))]) + value[at + 1:]
+        return value[:at] + bytes([draw(st.integers(0, 255))]) + value[at + 1 :]
     return value + b"\0" if change == "trailing" else value
 
 
@@ -223,22 +287,38 @@ def test_compiled_decoder_equals_the_plain_path(kind: RecordKind, data: st.DataO
 @given(data=st.data())
 def test_valid_current_records_are_decoded_compiled(kind: RecordKind, data: st.DataObject) -> None:
     """None of them is left to the plain path."""
-    values = in_either_framing(data, kind, [avro.encode(kind, record) for record in
-                                            data.draw(st.lists(RECORDS[kind](), min_size=1, max_size=30))])
+    values = in_either_framing(
+        data,
+        kind,
+        [
+            avro.encode(kind, record)
+            for record in data.draw(st.lists(RECORDS[kind](), min_size=1, max_size=30))
+        ],
+    )
     decoder = batch_decoder(kind, KNOWN_IDS)
     assert isinstance(decoder, CompiledBatchDecoder)
     _, count, _, handed_back = decoder.compiled.decode(values)
     assert (count, handed_back) == (len(values), [])
 
 
-@pytest.mark.parametrize("units, accepted", [
-    (10**38 - 1, True), (-(10**38 - 1), True), (1, True),  # the largest and smallest magnitudes decimal(38,18) holds
-    (10**38, False), (2**127 - 1, False), (-(2**127), False),  # 16 bytes, beyond 38 digits
-    (2**127, False), (-(2**135), False),  # 17 bytes and more
-])
+@pytest.mark.parametrize(
+    "units, accepted",
+    [
+        (10**38 - 1, True),
+        (-(10**38 - 1), True),
+        (1, True),  # the largest and smallest magnitudes decimal(38,18) holds
+        (10**38, False),
+        (2**127 - 1, False),
+        (-(2**127), False),  # 16 bytes, beyond 38 digits
+        (2**127, False),
+        (-(2**135), False),  # 17 bytes and more
+    ],
+)
 def test_decimals_beyond_the_table_type_are_rejected_never_rounded(units: int, accepted: bool) -> None:
     price = Decimal(f"{units}E-{DECIMAL_SCALE}")
-    batch = batch_decoder("trade").decode([unchecked_encode("trade", sample_trade(asset_class="FUTURES", price=price))])
+    batch = batch_decoder("trade").decode(
+        [unchecked_encode("trade", sample_trade(asset_class="FUTURES", price=price))]
+    )
     if accepted:
         assert batch.rejected == []
         assert batch.table["price"][0].as_py() == price
@@ -256,4 +336,6 @@ def test_a_repeated_map_key_keeps_the_last_value_as_the_plain_path_does() -> Non
     assert batch.rejected == []
     assert batch.table.equals(PlainBatchDecoder("trade").decode([value, repeated]).table)
     assert [dict(row) for row in batch.table["vendor_data"].to_pylist()] == [
-        {"a": "1", "b": "2", "c": "3"}, {"a": "2", "c": "3"}]
+        {"a": "1", "b": "2", "c": "3"},
+        {"a": "2", "c": "3"},
+    ]

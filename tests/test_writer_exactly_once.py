@@ -32,14 +32,27 @@ from k2.writer.v1 import writer_pb2_grpc
 class WriterProcess(ServiceProcess):
     """`python -m k2.services.writer`, started at once, with an async stub."""
 
-    def __init__(self, kafka: KafkaSettings, iceberg: IcebergSettings, group_id: str, log_path: Path,
-                 **settings: object):
-        super().__init__("writer", platform_env(kafka, iceberg) | {
-            "K2_WRITER_GROUP_ID": group_id, "K2_WRITER_PROVISION_TOPICS": "false",
-            "K2_WRITER_MONITOR_INTERVAL_SECONDS": "0.5",
-            # The broker's minimum: a killed writer's partitions move on after 6 s.
-            "K2_WRITER_SESSION_TIMEOUT_MS": "6000",
-        } | {f"K2_WRITER_{name.upper()}": str(value) for name, value in settings.items()}, log_path)
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        iceberg: IcebergSettings,
+        group_id: str,
+        log_path: Path,
+        **settings: object,
+    ):
+        super().__init__(
+            "writer",
+            platform_env(kafka, iceberg)
+            | {
+                "K2_WRITER_GROUP_ID": group_id,
+                "K2_WRITER_PROVISION_TOPICS": "false",
+                "K2_WRITER_MONITOR_INTERVAL_SECONDS": "0.5",
+                # The broker's minimum: a killed writer's partitions move on after 6 s.
+                "K2_WRITER_SESSION_TIMEOUT_MS": "6000",
+            }
+            | {f"K2_WRITER_{name.upper()}": str(value) for name, value in settings.items()},
+            log_path,
+        )
         self.start()
         self.channel = grpc.aio.insecure_channel(self.address)
         self.stub = writer_pb2_grpc.WriterServiceStub(self.channel)
@@ -79,16 +92,22 @@ def assert_exactly_once(iceberg: IcebergSettings, stream: TradeStream) -> None:
     assert {r[0]: (r[1], r[2]) for r in rows} == stream.acknowledged
 
 
-async def kill_rounds(kafka: KafkaSettings, iceberg: IcebergSettings, writers: list[WriterProcess],
-                      logs: Path, rounds: int) -> None:
+async def kill_rounds(
+    kafka: KafkaSettings, iceberg: IcebergSettings, writers: list[WriterProcess], logs: Path, rounds: int
+) -> None:
     rng = random.Random()
     group = f"writer-{uuid.uuid4().hex[:8]}"
     stream = TradeStream(kafka, rate=1500)
     stream.start()
     try:
         for number in range(rounds):
-            writer = WriterProcess(kafka, iceberg, group, logs / f"writer-{number}.log",
-                                   commit_interval_ms=rng.choice([50, 200, 500]))
+            writer = WriterProcess(
+                kafka,
+                iceberg,
+                group,
+                logs / f"writer-{number}.log",
+                commit_interval_ms=rng.choice([50, 200, 500]),
+            )
             writers.append(writer)
             await writer.serving()
             await writer.wait_committing()
@@ -109,27 +128,45 @@ async def kill_rounds(kafka: KafkaSettings, iceberg: IcebergSettings, writers: l
 
 
 async def test_kill_9_at_random_points_loses_and_duplicates_nothing(
-        kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings, writers: list[WriterProcess],
-        tmp_path: Path) -> None:
+    kafka_settings: KafkaSettings,
+    iceberg_settings: IcebergSettings,
+    writers: list[WriterProcess],
+    tmp_path: Path,
+) -> None:
     await kill_rounds(kafka_settings, iceberg_settings, writers, tmp_path, rounds=4)
 
 
 async def test_two_writers_in_one_group_through_rebalances(
-        kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings, writers: list[WriterProcess],
-        tmp_path: Path) -> None:
+    kafka_settings: KafkaSettings,
+    iceberg_settings: IcebergSettings,
+    writers: list[WriterProcess],
+    tmp_path: Path,
+) -> None:
     group = f"writer-{uuid.uuid4().hex[:8]}"
     stream = TradeStream(kafka_settings, rate=2000)
     stream.start()
     try:
         # "range" splits the trades topic across both writers (cooperative-sticky may give one of them every
         # quotes partition and the other every trades partition), so both commit to the trades table at once.
-        first = WriterProcess(kafka_settings, iceberg_settings, group, tmp_path / "first.log",
-                              commit_interval_ms=50, assignment_strategy="range")
+        first = WriterProcess(
+            kafka_settings,
+            iceberg_settings,
+            group,
+            tmp_path / "first.log",
+            commit_interval_ms=50,
+            assignment_strategy="range",
+        )
         writers.append(first)
         await first.serving()
         await asyncio.sleep(2)
-        second = WriterProcess(kafka_settings, iceberg_settings, group, tmp_path / "second.log",
-                               commit_interval_ms=50, assignment_strategy="range")
+        second = WriterProcess(
+            kafka_settings,
+            iceberg_settings,
+            group,
+            tmp_path / "second.log",
+            commit_interval_ms=50,
+            assignment_strategy="range",
+        )
         writers.append(second)
         await second.serving()  # joining the group: partitions move from the first to the second
         deadline = time.monotonic() + 30
@@ -165,16 +202,22 @@ def postgres_catalog_uri() -> Iterator[str]:
 
 
 async def test_kill_9_with_a_postgresql_catalog(
-        kafka_settings: KafkaSettings, postgres_catalog_uri: str, writers: list[WriterProcess],
-        tmp_path: Path) -> None:
-    iceberg = IcebergSettings(catalog_name=f"test_{uuid.uuid4().hex[:8]}", catalog_uri=postgres_catalog_uri,
-                              warehouse=f"file://{tmp_path / 'warehouse'}")
+    kafka_settings: KafkaSettings, postgres_catalog_uri: str, writers: list[WriterProcess], tmp_path: Path
+) -> None:
+    iceberg = IcebergSettings(
+        catalog_name=f"test_{uuid.uuid4().hex[:8]}",
+        catalog_uri=postgres_catalog_uri,
+        warehouse=f"file://{tmp_path / 'warehouse'}",
+    )
     await kill_rounds(kafka_settings, iceberg, writers, tmp_path, rounds=2)
 
 
 async def test_a_resent_message_id_lands_once_across_a_restart(
-        kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings, writers: list[WriterProcess],
-        tmp_path: Path) -> None:
+    kafka_settings: KafkaSettings,
+    iceberg_settings: IcebergSettings,
+    writers: list[WriterProcess],
+    tmp_path: Path,
+) -> None:
     topic = topic_name(kafka_settings, TRADES)
     group = f"writer-{uuid.uuid4().hex[:8]}"
     now = datetime.now(UTC)
@@ -183,7 +226,9 @@ async def test_a_resent_message_id_lands_once_across_a_restart(
     other = sample_trade(message_id=str(uuid.uuid4()), trade_id="T-2", ingestion_timestamp=now)
     duplicates = "k2_writer_duplicates_dropped_total"
 
-    first = WriterProcess(kafka_settings, iceberg_settings, group, tmp_path / "first.log", commit_interval_ms=50)
+    first = WriterProcess(
+        kafka_settings, iceberg_settings, group, tmp_path / "first.log", commit_interval_ms=50
+    )
     writers.append(first)
     await first.serving()
     produce(kafka_settings, topic, [avro.encode("trade", trade), avro.encode("trade", trade)], partition=0)
@@ -191,12 +236,15 @@ async def test_a_resent_message_id_lands_once_across_a_restart(
     assert first.metric(duplicates, table="market_data.trades") == 1
     assert first.terminate() == 0, first.log_tail()
 
-    second = WriterProcess(kafka_settings, iceberg_settings, group, tmp_path / "second.log",
-                           commit_interval_ms=50)
+    second = WriterProcess(
+        kafka_settings, iceberg_settings, group, tmp_path / "second.log", commit_interval_ms=50
+    )
     writers.append(second)
     await second.serving()
     produce(kafka_settings, topic, [avro.encode("trade", resent), avro.encode("trade", other)], partition=1)
     await wait_caught_up(second.stub, topic)
     assert second.metric(duplicates, table="market_data.trades") == 1
     assert second.terminate() == 0, second.log_tail()
-    assert [row[0] for row in table_rows(iceberg_settings)] == sorted([trade["message_id"], other["message_id"]])
+    assert [row[0] for row in table_rows(iceberg_settings)] == sorted(
+        [trade["message_id"], other["message_id"]]
+    )

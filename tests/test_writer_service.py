@@ -52,16 +52,22 @@ Started = tuple[WriterApp, writer_pb2_grpc.WriterServiceStub, grpc.aio.Channel]
 
 
 @pytest.fixture
-async def start_writer(kafka_settings: KafkaSettings,
-                       iceberg_settings: IcebergSettings) -> AsyncIterator[Callable[..., Awaitable[Started]]]:
+async def start_writer(
+    kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
+) -> AsyncIterator[Callable[..., Awaitable[Started]]]:
     started: list[Started] = []
 
     async def start(kafka: KafkaSettings = kafka_settings, **overrides: object) -> Started:
-        defaults = {"port": 0, "metrics_port": 0, "group_id": f"writer-{uuid.uuid4().hex[:8]}",
-                    "commit_interval_ms": 200}
+        defaults = {
+            "port": 0,
+            "metrics_port": 0,
+            "group_id": f"writer-{uuid.uuid4().hex[:8]}",
+            "commit_interval_ms": 200,
+        }
         settings = WriterSettings.model_validate(defaults | overrides)
-        app = WriterApp(settings, kafka, iceberg_settings,
-                        AuthSettings.model_validate({"write_tokens": [TOKEN]}))
+        app = WriterApp(
+            settings, kafka, iceberg_settings, AuthSettings.model_validate({"write_tokens": [TOKEN]})
+        )
         port = await app.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         started.append((app, writer_pb2_grpc.WriterServiceStub(channel), channel))
@@ -73,8 +79,9 @@ async def start_writer(kafka_settings: KafkaSettings,
         await app.stop()
 
 
-async def wait_caught_up(stub: writer_pb2_grpc.WriterServiceStub, topic: str,
-                         timeout: float = 60.0) -> pb.GetStatusResponse:
+async def wait_caught_up(
+    stub: writer_pb2_grpc.WriterServiceStub, topic: str, timeout: float = 60.0
+) -> pb.GetStatusResponse:
     """Polls GetStatus until the table records every message of the topic."""
     deadline = time.monotonic() + timeout
     while True:
@@ -98,20 +105,44 @@ def trades_table(iceberg: IcebergSettings):  # type: ignore[no-untyped-def]
 
 
 async def test_v1_and_v2_become_v2_rows_and_poison_is_dead_lettered(
-        start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings,
-        iceberg_settings: IcebergSettings) -> None:
+    start_writer: Callable[..., Awaitable[Started]],
+    kafka_settings: KafkaSettings,
+    iceberg_settings: IcebergSettings,
+) -> None:
     topic = topic_name(kafka_settings, TRADES)
-    before = [sample_trade(message_id=str(uuid.uuid4()), trade_id=f"BINANCE-{i}",
-                           price=Decimal("97123.45") + i) for i in range(20)]
-    after = [sample_trade(message_id=str(uuid.uuid4()), trade_id=f"BINANCE-{100 + i}",
-                          quantity=Decimal("12345678901234567890.123456789012345678")) for i in range(20)]
-    v1 = {"symbol": "BHP", "company_id": 7078, "exchange": "ASX",
-          "exchange_timestamp": datetime(2014, 3, 9, 23, 5, 44, 516000, UTC), "price": Decimal("37.51"),
-          "volume": 40000, "qualifiers": 3, "venue": "X", "buyer_id": None,
-          "ingestion_timestamp": datetime(2014, 3, 9, 23, 5, 45, tzinfo=UTC), "sequence_number": 1}
+    before = [
+        sample_trade(message_id=str(uuid.uuid4()), trade_id=f"BINANCE-{i}", price=Decimal("97123.45") + i)
+        for i in range(20)
+    ]
+    after = [
+        sample_trade(
+            message_id=str(uuid.uuid4()),
+            trade_id=f"BINANCE-{100 + i}",
+            quantity=Decimal("12345678901234567890.123456789012345678"),
+        )
+        for i in range(20)
+    ]
+    v1 = {
+        "symbol": "BHP",
+        "company_id": 7078,
+        "exchange": "ASX",
+        "exchange_timestamp": datetime(2014, 3, 9, 23, 5, 44, 516000, UTC),
+        "price": Decimal("37.51"),
+        "volume": 40000,
+        "qualifiers": 3,
+        "venue": "X",
+        "buyer_id": None,
+        "ingestion_timestamp": datetime(2014, 3, 9, 23, 5, 45, tzinfo=UTC),
+        "sequence_number": 1,
+    }
     poison = os.urandom(64)
-    values = [*(avro.encode("trade", r) for r in before), avro.encode_with(avro.VERSIONS["trade"][0], v1),
-              poison, avro.encode("quote", sample_quote()), *(avro.encode("trade", r) for r in after)]
+    values = [
+        *(avro.encode("trade", r) for r in before),
+        avro.encode_with(avro.VERSIONS["trade"][0], v1),
+        poison,
+        avro.encode("quote", sample_quote()),
+        *(avro.encode("trade", r) for r in after),
+    ]
     _, stub, _ = await start_writer()
     produce(kafka_settings, topic, values, partition=2)
 
@@ -125,10 +156,17 @@ async def test_v1_and_v2_become_v2_rows_and_poison_is_dead_lettered(
     for record in before + after:
         row = rows[record["trade_id"]]
         assert (row["message_id"], row["price"], row["quantity"]) == (
-            record["message_id"], record["price"], record["quantity"])
+            record["message_id"],
+            record["price"],
+            record["quantity"],
+        )
     upgraded = rows["ASX-1"]
     assert (upgraded["symbol"], upgraded["price"], upgraded["quantity"], upgraded["currency"]) == (
-        "BHP", Decimal("37.51"), Decimal(40000), "AUD")
+        "BHP",
+        Decimal("37.51"),
+        Decimal(40000),
+        "AUD",
+    )
 
     consumer = Consumer(consumer_config(kafka_settings, f"dlq-{uuid.uuid4().hex[:6]}"))
     consumer.subscribe([topic_name(kafka_settings, DEAD_LETTER)])
@@ -141,17 +179,23 @@ async def test_v1_and_v2_become_v2_rows_and_poison_is_dead_lettered(
     headers = [dict(m.headers() or []) for m in letters]
     assert letters[0].value() == poison
     assert [(h[DLQ_SOURCE_TOPIC], h[DLQ_SOURCE_PARTITION], h[DLQ_SOURCE_OFFSET]) for h in headers] == [
-        (topic.encode(), b"2", b"21"), (topic.encode(), b"2", b"22")]
+        (topic.encode(), b"2", b"21"),
+        (topic.encode(), b"2", b"22"),
+    ]
     assert b"header" in headers[0][DLQ_REASON]  # type: ignore[operator]
     assert headers[1][DLQ_REASON] == b"a quote message where trades are expected"
 
 
 async def test_flush_needs_a_write_token_and_reports_commits(
-        start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings) -> None:
+    start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings
+) -> None:
     _, stub, _ = await start_writer(commit_interval_ms=600_000)
     topic = topic_name(kafka_settings, TRADES)
-    produce(kafka_settings, topic, [avro.encode("trade", sample_trade(message_id=str(uuid.uuid4())))
-                                    for _ in range(10)])
+    produce(
+        kafka_settings,
+        topic,
+        [avro.encode("trade", sample_trade(message_id=str(uuid.uuid4()))) for _ in range(10)],
+    )
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.Flush(pb.FlushRequest())
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -193,13 +237,19 @@ class TradeStream:
         while not self._stop.is_set():
             day = datetime(2026, 1, 1 + sent % 2, tzinfo=UTC)
             record = sample_trade(
-                message_id=str(uuid.uuid4()), trade_id=f"T-{sent}",
+                message_id=str(uuid.uuid4()),
+                trade_id=f"T-{sent}",
                 symbol=random.choice(["BTCUSDT", "ETHUSDT"]),
                 timestamp=day + timedelta(microseconds=sent),
                 price=Decimal(f"{random.randint(1, 10**8)}.{random.randint(0, 10**18 - 1):018d}"),
-                quantity=Decimal(f"{random.randint(1, 10**6)}.{random.randint(0, 10**18 - 1):018d}"))
-            self.producer.produce(self.topic, avro.encode("trade", record), record["symbol"].encode(),
-                                  on_delivery=partial(self._on_delivery, record=record))
+                quantity=Decimal(f"{random.randint(1, 10**6)}.{random.randint(0, 10**18 - 1):018d}"),
+            )
+            self.producer.produce(
+                self.topic,
+                avro.encode("trade", record),
+                record["symbol"].encode(),
+                on_delivery=partial(self._on_delivery, record=record),
+            )
             sent += 1
             self.producer.poll(0)
             delay = started + sent / self.rate - time.monotonic()
@@ -221,7 +271,8 @@ def table_rows(iceberg: IcebergSettings) -> list[tuple[str, Decimal, Decimal]]:
 
 
 async def compact(
-        stub: writer_pb2_grpc.WriterServiceStub) -> tuple[list[pb.CompactProgress], pb.CompactResult]:
+    stub: writer_pb2_grpc.WriterServiceStub,
+) -> tuple[list[pb.CompactProgress], pb.CompactResult]:
     progress, result = [], None
     async for event in stub.Compact(pb.CompactRequest(table="market_data.trades"), metadata=WRITE):
         if event.HasField("progress"):
@@ -233,16 +284,24 @@ async def compact(
 
 
 async def test_compaction_under_concurrent_appends_keeps_every_row_once(
-        start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings,
-        iceberg_settings: IcebergSettings) -> None:
-    _, stub, _ = await start_writer(commit_interval_ms=100, compaction_interval_seconds=0,
-                                    snapshot_expiry_interval_seconds=1, snapshot_max_age_seconds=20,
-                                    snapshot_min_keep=1)
+    start_writer: Callable[..., Awaitable[Started]],
+    kafka_settings: KafkaSettings,
+    iceberg_settings: IcebergSettings,
+) -> None:
+    _, stub, _ = await start_writer(
+        commit_interval_ms=100,
+        compaction_interval_seconds=0,
+        snapshot_expiry_interval_seconds=1,
+        snapshot_max_age_seconds=20,
+        snapshot_min_keep=1,
+    )
     topic = topic_name(kafka_settings, TRADES)
     stream = TradeStream(kafka_settings, rate=1500)
     stream.start()
     deadline = time.monotonic() + 120
-    while True:  # several small commits, each adding a file to every partition (day, symbol bucket) it touches
+    while (
+        True
+    ):  # several small commits, each adding a file to every partition (day, symbol bucket) it touches
         snapshot = trades_table(iceberg_settings).current_snapshot() if stream.acknowledged else None
         if snapshot is not None and snapshot.sequence_number >= 4:
             break
@@ -259,7 +318,9 @@ async def test_compaction_under_concurrent_appends_keeps_every_row_once(
     table = trades_table(iceberg_settings)
     compactions = [s for s in table.snapshots() if s.summary and s.summary.operation.value == "overwrite"]
     assert compactions, "the compaction commits are still in the table's history"
-    for snapshot in compactions:  # offsets carried forward unchanged (where expiry kept the parent to compare)
+    for (
+        snapshot
+    ) in compactions:  # offsets carried forward unchanged (where expiry kept the parent to compare)
         parent = snapshot.parent_snapshot_id
         if parent is not None and table.snapshot_by_id(parent) is not None:
             assert committed_offsets(table, snapshot.snapshot_id) == committed_offsets(table, parent)
@@ -283,10 +344,12 @@ async def test_compaction_under_concurrent_appends_keeps_every_row_once(
 
 
 async def test_health_is_not_serving_while_kafka_is_unreachable(
-        start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings) -> None:
+    start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings
+) -> None:
     unreachable = kafka_settings.model_copy(update={"bootstrap_servers": "127.0.0.1:9"})
-    _, _, channel = await start_writer(kafka=unreachable, provision_topics=False,
-                                       monitor_interval_seconds=0.5)
+    _, _, channel = await start_writer(
+        kafka=unreachable, provision_topics=False, monitor_interval_seconds=0.5
+    )
     health = health_pb2_grpc.HealthStub(channel)
     deadline = time.monotonic() + 30
     while True:
@@ -298,7 +361,8 @@ async def test_health_is_not_serving_while_kafka_is_unreachable(
 
 
 async def test_sampled_traces_continue_through_the_writer(
-        start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings) -> None:
+    start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings
+) -> None:
     exporter = InMemorySpanExporter()
     setup_tracing("writer").add_span_processor(SimpleSpanProcessor(exporter))
     _, stub, _ = await start_writer()
@@ -306,12 +370,18 @@ async def test_sampled_traces_continue_through_the_writer(
     trace_id = uuid.uuid4().hex
     producer = Producer(producer_config(kafka_settings))
     for _ in range(20):  # one published batch: one sampled trace context on every message
-        producer.produce(topic, avro.encode("trade", sample_trade(message_id=str(uuid.uuid4()))),
-                         headers=[("traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01".encode())])
+        producer.produce(
+            topic,
+            avro.encode("trade", sample_trade(message_id=str(uuid.uuid4()))),
+            headers=[("traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01".encode())],
+        )
     assert producer.flush(30) == 0
     await wait_caught_up(stub, topic)
-    spans = [s for s in exporter.get_finished_spans()
-             if s.context is not None and f"{s.context.trace_id:032x}" == trace_id]
+    spans = [
+        s
+        for s in exporter.get_finished_spans()
+        if s.context is not None and f"{s.context.trace_id:032x}" == trace_id
+    ]
     consumed: list[Any] = [s.attributes for s in spans if s.kind == SpanKind.CONSUMER]
     committed: list[Any] = [s.attributes for s in spans if s.name == "market_data.trades commit"]
     assert consumed and committed
@@ -322,7 +392,8 @@ async def test_sampled_traces_continue_through_the_writer(
 
 @pytest.mark.parametrize("field", ["start", "end"])
 async def test_compacting_days_no_date_holds_is_invalid_argument(
-        start_writer: Callable[..., Awaitable[Started]], field: str) -> None:
+    start_writer: Callable[..., Awaitable[Started]], field: str
+) -> None:
     _, stub, _ = await start_writer()
     request = pb.CompactRequest(table="market_data.trades")
     getattr(request, field).seconds = 2**62
@@ -345,18 +416,26 @@ def read_dead_letters(kafka: KafkaSettings, count: int, timeout: float = 30.0) -
 
 
 async def test_tombstones_and_garbage_are_dead_lettered_and_never_stop_the_writer(
-        start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings,
-        iceberg_settings: IcebergSettings) -> None:
+    start_writer: Callable[..., Awaitable[Started]],
+    kafka_settings: KafkaSettings,
+    iceberg_settings: IcebergSettings,
+) -> None:
     """A null value (a tombstone), a truncated message, an unknown fingerprint and random bytes between good
     messages: the good ones land once, the bad ones are dead-lettered with why and where they were, and later
     messages keep landing."""
     topic = topic_name(kafka_settings, TRADES)
     day = datetime(2026, 1, 2, tzinfo=UTC)
-    good = [sample_trade(message_id=str(uuid.uuid4()), trade_id=f"T-{i}", timestamp=day + timedelta(seconds=i))
-            for i in range(30)]
+    good = [
+        sample_trade(message_id=str(uuid.uuid4()), trade_id=f"T-{i}", timestamp=day + timedelta(seconds=i))
+        for i in range(30)
+    ]
     encoded = [avro.encode("trade", record) for record in good]
-    bad: list[bytes | None] = [None, encoded[0][:len(encoded[0]) // 2], avro.MAGIC + b"\x01" * 8 + encoded[0][10:],
-                               os.urandom(40)]
+    bad: list[bytes | None] = [
+        None,
+        encoded[0][: len(encoded[0]) // 2],
+        avro.MAGIC + b"\x01" * 8 + encoded[0][10:],
+        os.urandom(40),
+    ]
     _, stub, _ = await start_writer(consume_batch=50)
     producer = Producer(producer_config(kafka_settings))
     for value in [*encoded[:5], bad[0], *encoded[5:10], *bad[1:], *encoded[10:20]]:
@@ -379,28 +458,44 @@ async def test_tombstones_and_garbage_are_dead_lettered_and_never_stop_the_write
     assert [m.value() for m in letters] == bad
     headers = [dict(m.headers() or []) for m in letters]
     assert [(h[DLQ_SOURCE_TOPIC], h[DLQ_SOURCE_PARTITION], h[DLQ_SOURCE_OFFSET]) for h in headers] == [
-        (topic.encode(), b"1", str(offset).encode()) for offset in (5, 11, 12, 13)]
+        (topic.encode(), b"1", str(offset).encode()) for offset in (5, 11, 12, 13)
+    ]
     reasons = [h[DLQ_REASON].decode() for h in headers]  # type: ignore[union-attr]
     assert "tombstone" in reasons[0]
     assert all(reasons), reasons
 
 
 async def test_commits_made_outside_k2_never_send_the_writer_back_to_the_start(
-        start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings,
-        iceberg_settings: IcebergSettings) -> None:
+    start_writer: Callable[..., Awaitable[Started]],
+    kafka_settings: KafkaSettings,
+    iceberg_settings: IcebergSettings,
+) -> None:
     """An operator's deletes are snapshots without K2's offsets: the writer, running or restarted, reads them
     from the newest ancestor that has them; re-reading the topic from its start would bring deleted rows back."""
     topic = topic_name(kafka_settings, TRADES)
     day = datetime(2026, 1, 2, tzinfo=UTC)
 
     def batch(name: str, count: int, start: int) -> list[bytes]:
-        return [avro.encode("trade", sample_trade(
-            message_id=str(uuid.uuid4()), trade_id=f"{name}-{i}", symbol=("BTCUSDT", "ETHUSDT")[i % 2],
-            timestamp=day + timedelta(seconds=start + i))) for i in range(count)]
+        return [
+            avro.encode(
+                "trade",
+                sample_trade(
+                    message_id=str(uuid.uuid4()),
+                    trade_id=f"{name}-{i}",
+                    symbol=("BTCUSDT", "ETHUSDT")[i % 2],
+                    timestamp=day + timedelta(seconds=start + i),
+                ),
+            )
+            for i in range(count)
+        ]
 
     def trade_ids() -> list[str]:
-        return sorted(trades_table(iceberg_settings).scan(selected_fields=("trade_id",)).to_arrow()["trade_id"]
-                      .to_pylist())
+        return sorted(
+            trades_table(iceberg_settings)
+            .scan(selected_fields=("trade_id",))
+            .to_arrow()["trade_id"]
+            .to_pylist()
+        )
 
     app, stub, _ = await start_writer()
     produce(kafka_settings, topic, batch("A", 20, 0))
@@ -424,13 +519,20 @@ async def test_commits_made_outside_k2_never_send_the_writer_back_to_the_start(
 
 
 def writer_rewinds() -> float:
-    return sum(sample.value for metric in REGISTRY.collect() if metric.name == "k2_writer_rewinds"
-               for sample in metric.samples if sample.name == "k2_writer_rewinds_total")
+    return sum(
+        sample.value
+        for metric in REGISTRY.collect()
+        if metric.name == "k2_writer_rewinds"
+        for sample in metric.samples
+        if sample.name == "k2_writer_rewinds_total"
+    )
 
 
 async def test_a_commit_failing_part_way_leaves_no_data_file_behind(
-        start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings,
-        iceberg_settings: IcebergSettings) -> None:
+    start_writer: Callable[..., Awaitable[Started]],
+    kafka_settings: KafkaSettings,
+    iceberg_settings: IcebergSettings,
+) -> None:
     """A commit whose second partition cannot be written (its folder's path is taken by a file: as a full disk
     or a refused write, the write fails after other files were written) fails and is retried, over and over;
     once the path is free the rows land, and the table's data folder holds only the files the table uses."""
@@ -440,9 +542,15 @@ async def test_a_commit_failing_part_way_leaves_no_data_file_behind(
     data.mkdir(parents=True, exist_ok=True)
     blocked = data / "timestamp_day=2026-01-03"
     blocked.write_text("not a folder")
-    records = [sample_trade(message_id=str(uuid.uuid4()), trade_id=f"T-{i}", symbol=f"S{i % 7}USDT",
-                            timestamp=datetime(2026, 1, 2 + i % 2, 1, tzinfo=UTC) + timedelta(seconds=i))
-               for i in range(40)]
+    records = [
+        sample_trade(
+            message_id=str(uuid.uuid4()),
+            trade_id=f"T-{i}",
+            symbol=f"S{i % 7}USDT",
+            timestamp=datetime(2026, 1, 2 + i % 2, 1, tzinfo=UTC) + timedelta(seconds=i),
+        )
+        for i in range(40)
+    ]
     rewinds = writer_rewinds()
     produce(kafka_settings, topic, [avro.encode("trade", r) for r in records])
     deadline = time.monotonic() + 60
@@ -455,7 +563,8 @@ async def test_a_commit_failing_part_way_leaves_no_data_file_behind(
 
     table = trades_table(iceberg_settings)
     assert sorted(r["trade_id"] for r in table.scan().to_arrow().to_pylist()) == sorted(
-        r["trade_id"] for r in records)
+        r["trade_id"] for r in records
+    )
     assert not unreferenced_files(table)
 
 
@@ -473,14 +582,23 @@ def unreferenced_files(table: Any) -> set[str]:
 
 
 async def test_a_commit_the_catalog_fails_leaves_no_file_behind(
-        start_writer: Callable[..., Awaitable[Started]], kafka_settings: KafkaSettings,
-        iceberg_settings: IcebergSettings) -> None:
+    start_writer: Callable[..., Awaitable[Started]],
+    kafka_settings: KafkaSettings,
+    iceberg_settings: IcebergSettings,
+) -> None:
     """The catalog's database is locked by another process while the writer commits: the commit fails after
     its data files, manifests and manifest list were written, and is retried once the lock is gone. The rows
     land once and no file of the failed commit is left."""
     topic = topic_name(kafka_settings, TRADES)
-    records = [sample_trade(message_id=str(uuid.uuid4()), trade_id=f"T-{i}", symbol=f"S{i % 5}USDT",
-                            timestamp=datetime(2026, 1, 2, tzinfo=UTC) + timedelta(seconds=i)) for i in range(20)]
+    records = [
+        sample_trade(
+            message_id=str(uuid.uuid4()),
+            trade_id=f"T-{i}",
+            symbol=f"S{i % 5}USDT",
+            timestamp=datetime(2026, 1, 2, tzinfo=UTC) + timedelta(seconds=i),
+        )
+        for i in range(20)
+    ]
     _, stub, _ = await start_writer()
     produce(kafka_settings, topic, [avro.encode("trade", r) for r in records[:10]])
     await wait_caught_up(stub, topic)
@@ -498,5 +616,6 @@ async def test_a_commit_the_catalog_fails_leaves_no_file_behind(
     await wait_caught_up(stub, topic)
     table = trades_table(iceberg_settings)
     assert sorted(r["trade_id"] for r in table.scan().to_arrow().to_pylist()) == sorted(
-        r["trade_id"] for r in records)
+        r["trade_id"] for r in records
+    )
     assert not unreferenced_files(table)

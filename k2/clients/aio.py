@@ -1,17 +1,17 @@
 """AsyncK2Client: the asyncio (grpc.aio) SDK for K2's ingest, writer and query services.
 
-    import asyncio
-    from k2.clients import AsyncK2Client
+import asyncio
+from k2.clients import AsyncK2Client
 
-    async def main() -> None:
-        async with AsyncK2Client() as k2:
-            table = await k2.query_trades("BHP", start="2014-03-10T00:00Z", end="2014-03-11T00:00Z")
-            print(table.num_rows, table["price"][0])
-            async for batch in k2.subscribe_trades(["BTCUSDT"]):
-                for trade in batch.records:
-                    print(trade.timestamp, trade.price)
+async def main() -> None:
+    async with AsyncK2Client() as k2:
+        table = await k2.query_trades("BHP", start="2014-03-10T00:00Z", end="2014-03-11T00:00Z")
+        print(table.num_rows, table["price"][0])
+        async for batch in k2.subscribe_trades(["BTCUSDT"]):
+            for trade in batch.records:
+                print(trade.timestamp, trade.price)
 
-    asyncio.run(main())
+asyncio.run(main())
 """
 
 import asyncio
@@ -171,11 +171,15 @@ class _PublishRun:
             try:
                 response = await asyncio.wait_for(call.read(), self.ack_timeout)
             except TimeoutError:
-                raise self._error(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                 f"batch {waiting_for} not acknowledged within {self.ack_timeout:g} s") from None
+                raise self._error(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"batch {waiting_for} not acknowledged within {self.ack_timeout:g} s",
+                ) from None
             if response is grpc.aio.EOF:
-                raise self._error(grpc.StatusCode.UNAVAILABLE,
-                                 f"publish stream ended before acknowledging batch {waiting_for}")
+                raise self._error(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"publish stream ended before acknowledging batch {waiting_for}",
+                )
             self._acknowledge(response)
 
     async def _send(self, call: Any, batch: _Batch) -> None:
@@ -185,7 +189,9 @@ class _PublishRun:
         except asyncio.InvalidStateError:
             raise self._error(await call.code(), await call.details() or "stream already ended") from None
         except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.INTERNAL or "execute_batch" not in (error.debug_error_string() or ""):
+            if error.code() != grpc.StatusCode.INTERNAL or "execute_batch" not in (
+                error.debug_error_string() or ""
+            ):
                 raise
         # The service ended the stream while we were sending, and grpc.aio replaced its status with INTERNAL
         # (grpc/grpc#36066). An empty stream shows what the service says now (e.g. an authentication refusal,
@@ -197,21 +203,29 @@ class _PublishRun:
         except ExecuteBatchError:  # the probe failed before it could half-close: read() raises its status
             pass
         await probe.read()
-        raise self._error(grpc.StatusCode.UNAVAILABLE, f"publish stream ended while sending batch {batch.batch_id}")
+        raise self._error(
+            grpc.StatusCode.UNAVAILABLE, f"publish stream ended while sending batch {batch.batch_id}"
+        )
 
     def _acknowledge(self, response: Any) -> None:
         batch = self.unacked.popleft()
         if response.batch_id != batch.batch_id:
-            raise self._error(grpc.StatusCode.INTERNAL,
-                             f"acknowledgement for batch {response.batch_id!r}, expected {batch.batch_id!r}")
+            raise self._error(
+                grpc.StatusCode.INTERNAL,
+                f"acknowledgement for batch {response.batch_id!r}, expected {batch.batch_id!r}",
+            )
         self.acknowledged += 1
         self.accepted += response.accepted
         self.duplicates += response.duplicate
         self.rejections += [Rejection(batch.offset + r.index, r.field, r.reason) for r in response.rejections]
 
     def result(self) -> PublishResult:
-        return PublishResult(accepted=self.accepted, rejections=self.rejections, batches=self.acknowledged,
-                             duplicates=self.duplicates)
+        return PublishResult(
+            accepted=self.accepted,
+            rejections=self.rejections,
+            batches=self.acknowledged,
+            duplicates=self.duplicates,
+        )
 
 
 class AsyncK2Client:
@@ -221,14 +235,28 @@ class AsyncK2Client:
     override them, e.g. AsyncK2Client(query_address="127.0.0.1:60053"). Failed calls raise K2Error.
     """
 
-    def __init__(self, settings: ClientSettings | None = None, *, ingest_address: str | None = None,
-                 writer_address: str | None = None, query_address: str | None = None, token: str | None = None):
-        overrides: dict[str, Any] = {"ingest_address": ingest_address, "writer_address": writer_address,
-                                     "query_address": query_address, "token": token}
+    def __init__(
+        self,
+        settings: ClientSettings | None = None,
+        *,
+        ingest_address: str | None = None,
+        writer_address: str | None = None,
+        query_address: str | None = None,
+        token: str | None = None,
+    ):
+        overrides: dict[str, Any] = {
+            "ingest_address": ingest_address,
+            "writer_address": writer_address,
+            "query_address": query_address,
+            "token": token,
+        }
         self.settings = (settings or ClientSettings()).model_copy(
-            update={name: value for name, value in overrides.items() if value is not None})
+            update={name: value for name, value in overrides.items() if value is not None}
+        )
         bearer = self.settings.bearer_token() if token is None else token
-        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {bearer}"),) if bearer else ()
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {bearer}"),) if bearer else ()
+        )
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def __aenter__(self) -> Self:
@@ -250,8 +278,11 @@ class AsyncK2Client:
             if config is not None:
                 options += [("grpc.enable_retries", 1), ("grpc.service_config", config)]
             credentials = self.settings.channel_credentials()
-            self._channels[service] = (grpc.aio.insecure_channel(address, options=options) if credentials is None
-                                       else grpc.aio.secure_channel(address, credentials, options=options))
+            self._channels[service] = (
+                grpc.aio.insecure_channel(address, options=options)
+                if credentials is None
+                else grpc.aio.secure_channel(address, credentials, options=options)
+            )
         return self._channels[service]
 
     @property
@@ -291,8 +322,9 @@ class AsyncK2Client:
 
     # -- ingest ----------------------------------------------------------------------------------------------------
 
-    async def publish_trades(self, trades: Iterable[Trade | Mapping[str, Any]], *,
-                             batch_size: int | None = None) -> PublishResult:
+    async def publish_trades(
+        self, trades: Iterable[Trade | Mapping[str, Any]], *, batch_size: int | None = None
+    ) -> PublishResult:
         """Publishes trades (Trade objects or v2 record dicts) in batches; returns once Kafka holds every accepted one.
 
         Each trade without one gets a message_id (uuid4) before it is first sent, and each batch a batch_id made
@@ -302,23 +334,31 @@ class AsyncK2Client:
         no trade at all (a float price, a naive datetime) raises TypeError/ValueError after the batches before it
         were published.
         """
+
         def request(items: list[Trade | Mapping[str, Any]]) -> ingest_pb2.PublishTradesRequest:
             messages = [_with_message_id(_trade(item).to_proto()) for item in items]
             return ingest_pb2.PublishTradesRequest(batch_id=_batch_id(messages), trades=messages)
 
         return await self._publish(self._ingest.PublishTrades, request, trades, batch_size)
 
-    async def publish_quotes(self, quotes: Iterable[Quote | Mapping[str, Any]], *,
-                             batch_size: int | None = None) -> PublishResult:
+    async def publish_quotes(
+        self, quotes: Iterable[Quote | Mapping[str, Any]], *, batch_size: int | None = None
+    ) -> PublishResult:
         """As publish_trades, for quotes."""
+
         def request(items: list[Quote | Mapping[str, Any]]) -> ingest_pb2.PublishQuotesRequest:
             messages = [_with_message_id(_quote(item).to_proto()) for item in items]
             return ingest_pb2.PublishQuotesRequest(batch_id=_batch_id(messages), quotes=messages)
 
         return await self._publish(self._ingest.PublishQuotes, request, quotes, batch_size)
 
-    async def _publish(self, open_stream: Callable[..., Any], request: Callable[[list[Any]], Any],
-                       items: Iterable[Any], batch_size: int | None) -> PublishResult:
+    async def _publish(
+        self,
+        open_stream: Callable[..., Any],
+        request: Callable[[list[Any]], Any],
+        items: Iterable[Any],
+        batch_size: int | None,
+    ) -> PublishResult:
         size = batch_size or self.settings.publish_batch_size
         if size < 1:
             raise ValueError(f"batch_size must be positive: {size}")
@@ -347,11 +387,15 @@ class AsyncK2Client:
                 if not (error.retryable and run.acknowledged > acknowledged):
                     raise
 
-    async def load_files(self, paths: Sequence[str], file_format: FileFormat, *,
-                         reference_data_path: str = "") -> AsyncGenerator[LoadProgress | LoadSummary, None]:
+    async def load_files(
+        self, paths: Sequence[str], file_format: FileFormat, *, reference_data_path: str = ""
+    ) -> AsyncGenerator[LoadProgress | LoadSummary, None]:
         """Loads vendor files on the ingest host: progress events, then one LoadSummary."""
-        request = ingest_pb2.LoadFilesRequest(paths=list(paths), reference_data_path=reference_data_path,
-                                              format=f"FILE_FORMAT_{file_format.upper()}")
+        request = ingest_pb2.LoadFilesRequest(
+            paths=list(paths),
+            reference_data_path=reference_data_path,
+            format=f"FILE_FORMAT_{file_format.upper()}",
+        )
         async with aclosing(self._stream("ingest", self._ingest.LoadFiles, request)) as responses:
             async for response in responses:
                 if response.HasField("summary"):
@@ -367,15 +411,23 @@ class AsyncK2Client:
 
     async def writer_status(self) -> WriterStatus:
         """Committed offsets, Kafka lag, table sizes and freshness."""
-        return WriterStatus.from_proto(await self._unary("writer", self._writer.GetStatus, writer_pb2.GetStatusRequest()))
+        return WriterStatus.from_proto(
+            await self._unary("writer", self._writer.GetStatus, writer_pb2.GetStatusRequest())
+        )
 
     async def flush(self) -> list[TableCommit]:
         """Commits what the writer has buffered now."""
         response = await self._unary("writer", self._writer.Flush, writer_pb2.FlushRequest())
         return [TableCommit(table=c.table, snapshot_id=c.snapshot_id, rows=c.rows) for c in response.commits]
 
-    async def compact(self, table: str, *, start: TimeArg | None = None, end: TimeArg | None = None,
-                      target_file_size_bytes: int = 0) -> AsyncGenerator[CompactProgress | CompactResult, None]:
+    async def compact(
+        self,
+        table: str,
+        *,
+        start: TimeArg | None = None,
+        end: TimeArg | None = None,
+        target_file_size_bytes: int = 0,
+    ) -> AsyncGenerator[CompactProgress | CompactResult, None]:
         """Compacts a table ("market_data.trades"), optionally the partition days in [start, end)."""
         request = writer_pb2.CompactRequest(table=table, target_file_size_bytes=target_file_size_bytes)
         set_time(request.start, _time(start))
@@ -384,16 +436,22 @@ class AsyncK2Client:
             async for response in responses:
                 if response.HasField("result"):
                     r = response.result
-                    yield CompactResult(files_before=r.files_before, files_after=r.files_after,
-                                        snapshot_id=r.snapshot_id)
+                    yield CompactResult(
+                        files_before=r.files_before, files_after=r.files_after, snapshot_id=r.snapshot_id
+                    )
                 else:
                     p = response.progress
-                    yield CompactProgress(partition=p.partition, partitions_done=p.partitions_done,
-                                          partitions_total=p.partitions_total)
+                    yield CompactProgress(
+                        partition=p.partition,
+                        partitions_done=p.partitions_done,
+                        partitions_total=p.partitions_total,
+                    )
 
     # -- query -----------------------------------------------------------------------------------------------------
 
-    async def _query_pages(self, method: Any, request: Any, field: str, limit: int | None) -> AsyncIterator[Any]:
+    async def _query_pages(
+        self, method: Any, request: Any, field: str, limit: int | None
+    ) -> AsyncIterator[Any]:
         """Responses of every page (following next_page_token) until `limit` records or the end."""
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be positive: {limit}")
@@ -411,15 +469,28 @@ class AsyncK2Client:
                 return
             request.page_token = next_page
 
-    def _range_request(self, message: Callable[..., Any], symbols: str | Sequence[str], start: TimeArg,
-                       end: TimeArg, exchange: str) -> Any:
+    def _range_request(
+        self,
+        message: Callable[..., Any],
+        symbols: str | Sequence[str],
+        start: TimeArg,
+        end: TimeArg,
+        exchange: str,
+    ) -> Any:
         request = message(symbols=_symbols(symbols), exchange=exchange)
         set_time(request.start, _time(start))
         set_time(request.end, _time(end))
         return request
 
-    async def _query_records(self, kind: RecordKind, symbols: str | Sequence[str], start: TimeArg, end: TimeArg,
-                             exchange: str, limit: int | None) -> AsyncIterator[list[Record]]:
+    async def _query_records(
+        self,
+        kind: RecordKind,
+        symbols: str | Sequence[str],
+        start: TimeArg,
+        end: TimeArg,
+        exchange: str,
+        limit: int | None,
+    ) -> AsyncIterator[list[Record]]:
         convert: Callable[[Any], Record]
         if kind == TRADE:
             method, field, convert = self._query.QueryTrades, "trades", trade_record
@@ -430,8 +501,15 @@ class AsyncK2Client:
         async for response in self._query_pages(method, request, field, limit):
             yield [convert(message) for message in getattr(response, field)]
 
-    async def _query_table(self, kind: RecordKind, symbols: str | Sequence[str], start: TimeArg, end: TimeArg,
-                           exchange: str, limit: int | None) -> pa.Table:
+    async def _query_table(
+        self,
+        kind: RecordKind,
+        symbols: str | Sequence[str],
+        start: TimeArg,
+        end: TimeArg,
+        exchange: str,
+        limit: int | None,
+    ) -> pa.Table:
         """Asks for the rows as Arrow record batches (ROW_FORMAT_ARROW): no message per row on either side."""
         schema = arrow_schema(kind)
         if kind == TRADE:
@@ -450,31 +528,64 @@ class AsyncK2Client:
                 tables.append(records_to_arrow(kind, [convert(m) for m in getattr(response, field)]))
         return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
 
-    async def query_trades(self, symbols: str | Sequence[str], start: TimeArg, end: TimeArg, *, exchange: str = "",
-                           limit: int | None = None) -> pa.Table:
+    async def query_trades(
+        self,
+        symbols: str | Sequence[str],
+        start: TimeArg,
+        end: TimeArg,
+        *,
+        exchange: str = "",
+        limit: int | None = None,
+    ) -> pa.Table:
         """Trades in [start, end) as an Arrow table (decimal128(38,18) prices, UTC timestamps), every page unless
         `limit` is given. Times are aware datetimes or strings such as "2014-03-10T10:00+11:00" or "-1h"."""
         return await self._query_table(TRADE, symbols, start, end, exchange, limit)
 
-    async def query_quotes(self, symbols: str | Sequence[str], start: TimeArg, end: TimeArg, *, exchange: str = "",
-                           limit: int | None = None) -> pa.Table:
+    async def query_quotes(
+        self,
+        symbols: str | Sequence[str],
+        start: TimeArg,
+        end: TimeArg,
+        *,
+        exchange: str = "",
+        limit: int | None = None,
+    ) -> pa.Table:
         return await self._query_table(QUOTE, symbols, start, end, exchange, limit)
 
-    async def query_trade_records(self, symbols: str | Sequence[str], start: TimeArg, end: TimeArg, *,
-                                  exchange: str = "", limit: int | None = None) -> list[Trade]:
+    async def query_trade_records(
+        self,
+        symbols: str | Sequence[str],
+        start: TimeArg,
+        end: TimeArg,
+        *,
+        exchange: str = "",
+        limit: int | None = None,
+    ) -> list[Trade]:
         """As query_trades, as Trade objects."""
-        return [Trade.from_record(record)
-                async for records in self._query_records(TRADE, symbols, start, end, exchange, limit)
-                for record in records]
+        return [
+            Trade.from_record(record)
+            async for records in self._query_records(TRADE, symbols, start, end, exchange, limit)
+            for record in records
+        ]
 
-    async def query_quote_records(self, symbols: str | Sequence[str], start: TimeArg, end: TimeArg, *,
-                                  exchange: str = "", limit: int | None = None) -> list[Quote]:
-        return [Quote.from_record(record)
-                async for records in self._query_records(QUOTE, symbols, start, end, exchange, limit)
-                for record in records]
+    async def query_quote_records(
+        self,
+        symbols: str | Sequence[str],
+        start: TimeArg,
+        end: TimeArg,
+        *,
+        exchange: str = "",
+        limit: int | None = None,
+    ) -> list[Quote]:
+        return [
+            Quote.from_record(record)
+            async for records in self._query_records(QUOTE, symbols, start, end, exchange, limit)
+            for record in records
+        ]
 
-    async def bars(self, symbol: str, start: TimeArg, end: TimeArg, *, interval: str = "1m",
-                   exchange: str = "") -> list[Bar]:
+    async def bars(
+        self, symbol: str, start: TimeArg, end: TimeArg, *, interval: str = "1m", exchange: str = ""
+    ) -> list[Bar]:
         """OHLCV, VWAP and trade count per interval (1s, 1m, 5m, 15m, 1h, 1d), exact decimals."""
         if interval not in BAR_INTERVALS:
             raise ValueError(f"interval must be one of {', '.join(BAR_INTERVALS)}: {interval!r}")
@@ -486,55 +597,91 @@ class AsyncK2Client:
 
     async def latest(self, symbols: str | Sequence[str]) -> dict[str, Latest]:
         """The latest trade and quote per symbol."""
-        response = await self._unary("query", self._query.GetLatest, query_pb2.GetLatestRequest(symbols=_symbols(symbols)))
+        response = await self._unary(
+            "query", self._query.GetLatest, query_pb2.GetLatestRequest(symbols=_symbols(symbols))
+        )
         return {latest.symbol: Latest.from_proto(latest) for latest in response.latest}
 
-    def subscribe_trades(self, symbols: str | Sequence[str] = (), *, exchanges: Sequence[str] = (),
-                         start: TimeArg | None = None, resume_token: str = "", on_reconnect: OnReconnect | None = None
-                         ) -> AsyncGenerator[SubscriptionBatch[Trade], None]:
+    def subscribe_trades(
+        self,
+        symbols: str | Sequence[str] = (),
+        *,
+        exchanges: Sequence[str] = (),
+        start: TimeArg | None = None,
+        resume_token: str = "",
+        on_reconnect: OnReconnect | None = None,
+    ) -> AsyncGenerator[SubscriptionBatch[Trade], None]:
         """Live trades (every symbol when none given), from now, from `start` (history first), or exactly after a
         previous batch's resume_token; empty batches are heartbeats. A stream lost to UNAVAILABLE (a restart
         of the query service, a network failure) is reopened after a capped, jittered backoff for as long as
         the caller iterates, resuming after the last batch received, so nothing is missed or repeated;
         `on_reconnect(Reconnect)` is told before each reconnect. Other errors raise K2Error."""
+
         def request(token: str) -> query_pb2.SubscribeTradesRequest:
-            message = query_pb2.SubscribeTradesRequest(symbols=_symbols(symbols), exchanges=list(exchanges),
-                                                       resume_token=token)
+            message = query_pb2.SubscribeTradesRequest(
+                symbols=_symbols(symbols), exchanges=list(exchanges), resume_token=token
+            )
             set_time(message.start, None if token else _time(start))
             return message
 
         def batch(response: query_pb2.SubscribeTradesResponse) -> SubscriptionBatch[Trade]:
-            return SubscriptionBatch([Trade.from_proto(t) for t in response.trades], response.resume_token,
-                                     response.replay, optional_time(response, "server_time"))
+            return SubscriptionBatch(
+                [Trade.from_proto(t) for t in response.trades],
+                response.resume_token,
+                response.replay,
+                optional_time(response, "server_time"),
+            )
 
         return self._subscribe("SubscribeTrades", request, batch, resume_token, on_reconnect)
 
-    def subscribe_quotes(self, symbols: str | Sequence[str] = (), *, exchanges: Sequence[str] = (),
-                         start: TimeArg | None = None, resume_token: str = "", on_reconnect: OnReconnect | None = None
-                         ) -> AsyncGenerator[SubscriptionBatch[Quote], None]:
+    def subscribe_quotes(
+        self,
+        symbols: str | Sequence[str] = (),
+        *,
+        exchanges: Sequence[str] = (),
+        start: TimeArg | None = None,
+        resume_token: str = "",
+        on_reconnect: OnReconnect | None = None,
+    ) -> AsyncGenerator[SubscriptionBatch[Quote], None]:
         """As subscribe_trades, for quotes."""
+
         def request(token: str) -> query_pb2.SubscribeQuotesRequest:
-            message = query_pb2.SubscribeQuotesRequest(symbols=_symbols(symbols), exchanges=list(exchanges),
-                                                       resume_token=token)
+            message = query_pb2.SubscribeQuotesRequest(
+                symbols=_symbols(symbols), exchanges=list(exchanges), resume_token=token
+            )
             set_time(message.start, None if token else _time(start))
             return message
 
         def batch(response: query_pb2.SubscribeQuotesResponse) -> SubscriptionBatch[Quote]:
-            return SubscriptionBatch([Quote.from_proto(q) for q in response.quotes], response.resume_token,
-                                     response.replay, optional_time(response, "server_time"))
+            return SubscriptionBatch(
+                [Quote.from_proto(q) for q in response.quotes],
+                response.resume_token,
+                response.replay,
+                optional_time(response, "server_time"),
+            )
 
         return self._subscribe("SubscribeQuotes", request, batch, resume_token, on_reconnect)
 
-    async def _subscribe(self, rpc: str, request: Callable[[str], Any],
-                         batch: Callable[[Any], SubscriptionBatch[RecordT]], token: str,
-                         on_reconnect: OnReconnect | None) -> AsyncGenerator[SubscriptionBatch[RecordT], None]:
+    async def _subscribe(
+        self,
+        rpc: str,
+        request: Callable[[str], Any],
+        batch: Callable[[Any], SubscriptionBatch[RecordT]],
+        token: str,
+        on_reconnect: OnReconnect | None,
+    ) -> AsyncGenerator[SubscriptionBatch[RecordT], None]:
         position = _Position(token)
         lost = 0
         while True:  # one run of failures in a row per pass: a batch received starts a new one
             received = position.batches
             try:
-                retrying = stream_retrying(self.settings, bounded=False, progress=lambda: position.batches,
-                                           on_retry=on_reconnect, failures_before=lost)
+                retrying = stream_retrying(
+                    self.settings,
+                    bounded=False,
+                    progress=lambda: position.batches,
+                    on_retry=on_reconnect,
+                    failures_before=lost,
+                )
                 async for attempt in retrying:
                     with attempt:
                         stream = self._stream("query", getattr(self._query, rpc), request(position.token))
@@ -555,30 +702,43 @@ class AsyncK2Client:
 
     async def health(self, services: Sequence[str] = SERVICES) -> list[ServiceHealth]:
         """Each service's gRPC health; an unreachable service is reported (status UNAVAILABLE), never raised."""
+
         async def check(service: str) -> ServiceHealth:
             address = self.settings.address(service)
             try:
-                response = await self._unary(service, health_pb2_grpc.HealthStub(self._channel(service)).Check,
-                                             health_pb2.HealthCheckRequest())
+                response = await self._unary(
+                    service,
+                    health_pb2_grpc.HealthStub(self._channel(service)).Check,
+                    health_pb2.HealthCheckRequest(),
+                )
             except K2Error as error:
                 return ServiceHealth(service, address, error.code.name, error.details)
-            return ServiceHealth(service, address, health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+            return ServiceHealth(
+                service, address, health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            )
 
         return list(await asyncio.gather(*(check(service) for service in services)))
 
     async def tracing(self, services: Sequence[str] = SERVICES) -> list[ServiceTracing]:
         """Where each service's traces go; a service that does not answer is reported (error), never raised."""
+
         async def ask(service: str) -> ServiceTracing:
             address = self.settings.address(service)
             try:
                 response = await self._unary(
-                    service, telemetry_pb2_grpc.TelemetryServiceStub(self._channel(service)).GetTracing,
-                    telemetry_pb2.GetTracingRequest())
+                    service,
+                    telemetry_pb2_grpc.TelemetryServiceStub(self._channel(service)).GetTracing,
+                    telemetry_pb2.GetTracingRequest(),
+                )
             except K2Error as error:
                 return ServiceTracing(service, address, error=f"{error.code.name}: {error.details}")
-            return ServiceTracing(service, address, response.service_name, response.otlp_endpoint, response.sampler,
-                                  response.sample_ratio)
+            return ServiceTracing(
+                service,
+                address,
+                response.service_name,
+                response.otlp_endpoint,
+                response.sampler,
+                response.sample_ratio,
+            )
 
         return list(await asyncio.gather(*(ask(service) for service in services)))
-
-

@@ -52,10 +52,22 @@ class K2Client:
     ['UNAVAILABLE']
     """
 
-    def __init__(self, settings: ClientSettings | None = None, *, ingest_address: str | None = None,
-                 writer_address: str | None = None, query_address: str | None = None, token: str | None = None):
-        self._aio = AsyncK2Client(settings, ingest_address=ingest_address, writer_address=writer_address,
-                                 query_address=query_address, token=token)
+    def __init__(
+        self,
+        settings: ClientSettings | None = None,
+        *,
+        ingest_address: str | None = None,
+        writer_address: str | None = None,
+        query_address: str | None = None,
+        token: str | None = None,
+    ):
+        self._aio = AsyncK2Client(
+            settings,
+            ingest_address=ingest_address,
+            writer_address=writer_address,
+            query_address=query_address,
+            token=token,
+        )
         self.settings = self._aio.settings
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="k2-client", daemon=True)
@@ -99,18 +111,23 @@ class K2Client:
             if not self._loop.is_closed():
                 self._run(generator.aclose())
 
-    def publish_trades(self, trades: Iterable[Trade | Mapping[str, Any]], *,
-                       batch_size: int | None = None) -> PublishResult:
+    def publish_trades(
+        self, trades: Iterable[Trade | Mapping[str, Any]], *, batch_size: int | None = None
+    ) -> PublishResult:
         """See AsyncK2Client.publish_trades."""
         return self._run(self._aio.publish_trades(trades, batch_size=batch_size))
 
-    def publish_quotes(self, quotes: Iterable[Quote | Mapping[str, Any]], *,
-                       batch_size: int | None = None) -> PublishResult:
+    def publish_quotes(
+        self, quotes: Iterable[Quote | Mapping[str, Any]], *, batch_size: int | None = None
+    ) -> PublishResult:
         return self._run(self._aio.publish_quotes(quotes, batch_size=batch_size))
 
-    def load_files(self, paths: Sequence[str], file_format: FileFormat, *,
-                   reference_data_path: str = "") -> Iterator[LoadProgress | LoadSummary]:
-        return self._iterate(self._aio.load_files(paths, file_format, reference_data_path=reference_data_path))
+    def load_files(
+        self, paths: Sequence[str], file_format: FileFormat, *, reference_data_path: str = ""
+    ) -> Iterator[LoadProgress | LoadSummary]:
+        return self._iterate(
+            self._aio.load_files(paths, file_format, reference_data_path=reference_data_path)
+        )
 
     def feed_status(self) -> list[FeedStatus]:
         return self._run(self._aio.feed_status())
@@ -121,48 +138,110 @@ class K2Client:
     def flush(self) -> list[TableCommit]:
         return self._run(self._aio.flush())
 
-    def compact(self, table: str, *, start: TimeArg | None = None, end: TimeArg | None = None,
-                target_file_size_bytes: int = 0) -> Iterator[CompactProgress | CompactResult]:
-        return self._iterate(self._aio.compact(table, start=start, end=end,
-                                              target_file_size_bytes=target_file_size_bytes))
+    def compact(
+        self,
+        table: str,
+        *,
+        start: TimeArg | None = None,
+        end: TimeArg | None = None,
+        target_file_size_bytes: int = 0,
+    ) -> Iterator[CompactProgress | CompactResult]:
+        return self._iterate(
+            self._aio.compact(table, start=start, end=end, target_file_size_bytes=target_file_size_bytes)
+        )
 
-    def query_trades(self, symbols: str | Sequence[str], start: TimeArg, end: TimeArg, *, exchange: str = "",
-                     limit: int | None = None) -> pa.Table:
+    def query_trades(
+        self,
+        symbols: str | Sequence[str],
+        start: TimeArg,
+        end: TimeArg,
+        *,
+        exchange: str = "",
+        limit: int | None = None,
+    ) -> pa.Table:
         """See AsyncK2Client.query_trades."""
         return self._run(self._aio.query_trades(symbols, start, end, exchange=exchange, limit=limit))
 
-    def query_quotes(self, symbols: str | Sequence[str], start: TimeArg, end: TimeArg, *, exchange: str = "",
-                     limit: int | None = None) -> pa.Table:
+    def query_quotes(
+        self,
+        symbols: str | Sequence[str],
+        start: TimeArg,
+        end: TimeArg,
+        *,
+        exchange: str = "",
+        limit: int | None = None,
+    ) -> pa.Table:
         return self._run(self._aio.query_quotes(symbols, start, end, exchange=exchange, limit=limit))
 
-    def query_trade_records(self, symbols: str | Sequence[str], start: TimeArg, end: TimeArg, *,
-                            exchange: str = "", limit: int | None = None) -> list[Trade]:
+    def query_trade_records(
+        self,
+        symbols: str | Sequence[str],
+        start: TimeArg,
+        end: TimeArg,
+        *,
+        exchange: str = "",
+        limit: int | None = None,
+    ) -> list[Trade]:
         return self._run(self._aio.query_trade_records(symbols, start, end, exchange=exchange, limit=limit))
 
-    def query_quote_records(self, symbols: str | Sequence[str], start: TimeArg, end: TimeArg, *,
-                            exchange: str = "", limit: int | None = None) -> list[Quote]:
+    def query_quote_records(
+        self,
+        symbols: str | Sequence[str],
+        start: TimeArg,
+        end: TimeArg,
+        *,
+        exchange: str = "",
+        limit: int | None = None,
+    ) -> list[Quote]:
         return self._run(self._aio.query_quote_records(symbols, start, end, exchange=exchange, limit=limit))
 
-    def bars(self, symbol: str, start: TimeArg, end: TimeArg, *, interval: str = "1m",
-             exchange: str = "") -> list[Bar]:
+    def bars(
+        self, symbol: str, start: TimeArg, end: TimeArg, *, interval: str = "1m", exchange: str = ""
+    ) -> list[Bar]:
         return self._run(self._aio.bars(symbol, start, end, interval=interval, exchange=exchange))
 
     def latest(self, symbols: str | Sequence[str]) -> dict[str, Latest]:
         return self._run(self._aio.latest(symbols))
 
-    def subscribe_trades(self, symbols: str | Sequence[str] = (), *, exchanges: Sequence[str] = (),
-                         start: TimeArg | None = None, resume_token: str = "",
-                         on_reconnect: OnReconnect | None = None) -> Iterator[SubscriptionBatch[Trade]]:
+    def subscribe_trades(
+        self,
+        symbols: str | Sequence[str] = (),
+        *,
+        exchanges: Sequence[str] = (),
+        start: TimeArg | None = None,
+        resume_token: str = "",
+        on_reconnect: OnReconnect | None = None,
+    ) -> Iterator[SubscriptionBatch[Trade]]:
         """See AsyncK2Client.subscribe_trades. Closing the iterator (or leaving a for loop) ends the stream;
         `on_reconnect` is called on the client's event-loop thread."""
-        return self._iterate(self._aio.subscribe_trades(symbols, exchanges=exchanges, start=start,
-                                                       resume_token=resume_token, on_reconnect=on_reconnect))
+        return self._iterate(
+            self._aio.subscribe_trades(
+                symbols,
+                exchanges=exchanges,
+                start=start,
+                resume_token=resume_token,
+                on_reconnect=on_reconnect,
+            )
+        )
 
-    def subscribe_quotes(self, symbols: str | Sequence[str] = (), *, exchanges: Sequence[str] = (),
-                         start: TimeArg | None = None, resume_token: str = "",
-                         on_reconnect: OnReconnect | None = None) -> Iterator[SubscriptionBatch[Quote]]:
-        return self._iterate(self._aio.subscribe_quotes(symbols, exchanges=exchanges, start=start,
-                                                       resume_token=resume_token, on_reconnect=on_reconnect))
+    def subscribe_quotes(
+        self,
+        symbols: str | Sequence[str] = (),
+        *,
+        exchanges: Sequence[str] = (),
+        start: TimeArg | None = None,
+        resume_token: str = "",
+        on_reconnect: OnReconnect | None = None,
+    ) -> Iterator[SubscriptionBatch[Quote]]:
+        return self._iterate(
+            self._aio.subscribe_quotes(
+                symbols,
+                exchanges=exchanges,
+                start=start,
+                resume_token=resume_token,
+                on_reconnect=on_reconnect,
+            )
+        )
 
     def health(self, services: Sequence[str] = SERVICES) -> list[ServiceHealth]:
         return self._run(self._aio.health(services))

@@ -64,27 +64,41 @@ class Dashboard:
         now = time.monotonic()
         key = (trade.exchange, trade.symbol)
         if key not in self.symbols:
-            self.symbols[key] = SymbolActivity(trade.exchange, trade.symbol, trade.price, trade.price, trade.timestamp)
+            self.symbols[key] = SymbolActivity(
+                trade.exchange, trade.symbol, trade.price, trade.price, trade.timestamp
+            )
         self.symbols[key].add(trade, now)
 
     def render(self) -> RenderableType:
         now = time.monotonic()
-        header = Text.assemble(("K2 live  ", "bold"), (iso(datetime.now(UTC).replace(microsecond=0)), "dim"),
-                               "   trades stream: ", (self.stream, "green" if self.stream == "live" else "yellow"),
-                               "   ", *self._health_marks())
-        parts: list[RenderableType] = [header, self._trades_table(now), self._feeds_table(), self._writer_table()]
+        header = Text.assemble(
+            ("K2 live  ", "bold"),
+            (iso(datetime.now(UTC).replace(microsecond=0)), "dim"),
+            "   trades stream: ",
+            (self.stream, "green" if self.stream == "live" else "yellow"),
+            "   ",
+            *self._health_marks(),
+        )
+        parts: list[RenderableType] = [
+            header,
+            self._trades_table(now),
+            self._feeds_table(),
+            self._writer_table(),
+        ]
         return Group(*parts)
 
     def _health_marks(self) -> list[tuple[str, str]]:
         marks = []
         for health in self.health:
-            marks.append((f"{health.service} {'●' if health.serving else '○'} ", "green" if health.serving else "red"))
+            marks.append(
+                (f"{health.service} {'●' if health.serving else '○'} ", "green" if health.serving else "red")
+            )
         return marks
 
     def _trades_table(self, now: float) -> Table:
         pattern = self.match.upper()
         shown = [s for s in self.symbols.values() if not pattern or fnmatch.fnmatchcase(s.symbol, pattern)]
-        busiest = sorted(shown, key=lambda s: (-s.rate(now), -s.trades))[:self.top]
+        busiest = sorted(shown, key=lambda s: (-s.rate(now), -s.trades))[: self.top]
         matching = f" matching {self.match!r}" if self.match else ""
         title = "Trades (SubscribeTrades)"
         if len(shown) > len(busiest) or self.match:
@@ -95,28 +109,62 @@ class Dashboard:
         for activity in busiest:
             change = activity.last_price - activity.first_price
             style = "green" if change > 0 else "red" if change < 0 else ""
-            table.add_row(activity.exchange, activity.symbol, text(activity.last_price),
-                          Text(f"{'+' if change > 0 else ''}{text(change)}", style=style),
-                          f"{activity.rate(now):.1f}", str(activity.trades), iso(activity.last_time))
+            table.add_row(
+                activity.exchange,
+                activity.symbol,
+                text(activity.last_price),
+                Text(f"{'+' if change > 0 else ''}{text(change)}", style=style),
+                f"{activity.rate(now):.1f}",
+                str(activity.trades),
+                iso(activity.last_time),
+            )
         if not busiest:
-            table.add_row("", f"no symbol matches {self.match!r} yet" if self.symbols else "waiting for trades…",
-                          "", "", "", "", "")
+            table.add_row(
+                "",
+                f"no symbol matches {self.match!r} yet" if self.symbols else "waiting for trades…",
+                "",
+                "",
+                "",
+                "",
+                "",
+            )
         return table
 
     def _feeds_table(self) -> RenderableType:
         if self.feeds is None:
             return Text(f"feeds: {self.feeds_error or 'waiting for GetFeedStatus…'}", style="yellow")
         table = Table(title="Feeds (GetFeedStatus)", expand=True)
-        for name in ("feed", "state", "circuit", "symbols", "conns", "msg/s", "trades/s", "last event", "gaps",
-                     "missed", "reconnects", "recent gaps"):
+        for name in (
+            "feed",
+            "state",
+            "circuit",
+            "symbols",
+            "conns",
+            "msg/s",
+            "trades/s",
+            "last event",
+            "gaps",
+            "missed",
+            "reconnects",
+            "recent gaps",
+        ):
             table.add_column(name)
         for feed in self.feeds:
             gaps = ", ".join(f"{g.symbol} {g.first_missing}–{g.last_missing}" for g in feed.recent_gaps[-3:])
-            table.add_row(feed.name, feed.state, feed.circuit_state, str(len(feed.symbols)), str(feed.connections),
-                          f"{feed.messages_per_second:.1f}", f"{feed.trades_per_second:.1f}",
-                          iso(feed.last_event_time) if feed.last_event_time else "",
-                          str(feed.gaps_detected), str(feed.trades_missed),
-                          str(sum(feed.reconnects_by_reason.values())), gaps)
+            table.add_row(
+                feed.name,
+                feed.state,
+                feed.circuit_state,
+                str(len(feed.symbols)),
+                str(feed.connections),
+                f"{feed.messages_per_second:.1f}",
+                f"{feed.trades_per_second:.1f}",
+                iso(feed.last_event_time) if feed.last_event_time else "",
+                str(feed.gaps_detected),
+                str(feed.trades_missed),
+                str(sum(feed.reconnects_by_reason.values())),
+                gaps,
+            )
         if not self.feeds:
             table.add_row("(no feeds running)", *[""] * 11)
         return table
@@ -124,18 +172,28 @@ class Dashboard:
     def _writer_table(self) -> RenderableType:
         if self.writer is None:
             return Text(f"writer: {self.writer_error or 'waiting for GetStatus…'}", style="yellow")
-        table = Table(title=f"Writer (GetStatus)  Kafka lag {self.writer.total_lag}  "
-                            f"dead-lettered {self.writer.dead_lettered}", expand=True)
+        table = Table(
+            title=f"Writer (GetStatus)  Kafka lag {self.writer.total_lag}  "
+            f"dead-lettered {self.writer.dead_lettered}",
+            expand=True,
+        )
         for name in ("table", "rows", "files", "snapshot", "newest event (UTC)", "freshness s"):
             table.add_column(name)
         for t in self.writer.tables:
-            table.add_row(t.table, str(t.rows), str(t.files), str(t.snapshot_id),
-                          iso(t.newest_event_time) if t.newest_event_time else "", f"{t.freshness_seconds:.1f}")
+            table.add_row(
+                t.table,
+                str(t.rows),
+                str(t.files),
+                str(t.snapshot_id),
+                iso(t.newest_event_time) if t.newest_event_time else "",
+                f"{t.freshness_seconds:.1f}",
+            )
         return table
 
 
-async def _watch_trades(client: AsyncK2Client, dashboard: Dashboard, symbols: list[str],
-                        start: datetime | None) -> None:
+async def _watch_trades(
+    client: AsyncK2Client, dashboard: Dashboard, symbols: list[str], start: datetime | None
+) -> None:
     token = ""
 
     def reconnecting(reconnect: Reconnect) -> None:
@@ -143,8 +201,9 @@ async def _watch_trades(client: AsyncK2Client, dashboard: Dashboard, symbols: li
 
     while True:
         try:
-            async for batch in client.subscribe_trades(symbols, start=start, resume_token=token,
-                                                       on_reconnect=reconnecting):
+            async for batch in client.subscribe_trades(
+                symbols, start=start, resume_token=token, on_reconnect=reconnecting
+            ):
                 token = batch.resume_token or token
                 dashboard.stream = "replay" if batch.replay else "live"
                 for trade in batch.records:
@@ -168,13 +227,23 @@ async def _poll_status(client: AsyncK2Client, dashboard: Dashboard) -> None:
         await asyncio.sleep(STATUS_INTERVAL_SECONDS)
 
 
-async def run_demo(client: AsyncK2Client, console: Console, *, symbols: list[str], start: datetime | None,
-                   duration: float | None, refresh_per_second: float = 4.0, top: int = MAX_ROWS,
-                   match: str = "") -> Dashboard:
+async def run_demo(
+    client: AsyncK2Client,
+    console: Console,
+    *,
+    symbols: list[str],
+    start: datetime | None,
+    duration: float | None,
+    refresh_per_second: float = 4.0,
+    top: int = MAX_ROWS,
+    match: str = "",
+) -> Dashboard:
     """Shows the live view until `duration` seconds pass (forever when None); returns the final state."""
     dashboard = Dashboard(top=top, match=match)
-    tasks = [asyncio.create_task(_watch_trades(client, dashboard, symbols, start)),
-             asyncio.create_task(_poll_status(client, dashboard))]
+    tasks = [
+        asyncio.create_task(_watch_trades(client, dashboard, symbols, start)),
+        asyncio.create_task(_poll_status(client, dashboard)),
+    ]
     deadline = None if duration is None else time.monotonic() + duration
     try:
         with Live(dashboard.render(), console=console, refresh_per_second=refresh_per_second) as live:

@@ -35,7 +35,9 @@ def _decimal(name: str, value: object) -> Decimal:
     if isinstance(value, Decimal):
         return value
     if isinstance(value, (int, str)):
-        return read_decimal(name, str(value))  # the range is the service's to check (a rejection, not a raise)
+        return read_decimal(
+            name, str(value)
+        )  # the range is the service's to check (a rejection, not a raise)
     raise TypeError(f"{name}: expected a Decimal, got {type(value).__name__}")
 
 
@@ -105,8 +107,9 @@ class Trade:
         object.__setattr__(self, "price", _decimal("price", self.price))
         object.__setattr__(self, "quantity", _decimal("quantity", self.quantity))
         object.__setattr__(self, "timestamp", _utc("timestamp", self.timestamp))
-        object.__setattr__(self, "ingestion_timestamp",
-                           _optional_utc("ingestion_timestamp", self.ingestion_timestamp))
+        object.__setattr__(
+            self, "ingestion_timestamp", _optional_utc("ingestion_timestamp", self.ingestion_timestamp)
+        )
         object.__setattr__(self, "trade_conditions", tuple(self.trade_conditions))
 
     @classmethod
@@ -160,8 +163,9 @@ class Quote:
         for name in ("bid_price", "bid_quantity", "ask_price", "ask_quantity"):
             object.__setattr__(self, name, _optional_decimal(name, getattr(self, name)))
         object.__setattr__(self, "timestamp", _utc("timestamp", self.timestamp))
-        object.__setattr__(self, "ingestion_timestamp",
-                           _optional_utc("ingestion_timestamp", self.ingestion_timestamp))
+        object.__setattr__(
+            self, "ingestion_timestamp", _optional_utc("ingestion_timestamp", self.ingestion_timestamp)
+        )
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> "Quote":
@@ -247,13 +251,17 @@ class Bar:
 
     @classmethod
     def from_proto(cls, message: query_pb2.Bar) -> "Bar":
-        prices = {name: parse_decimal(name, getattr(message, name))
-                  for name in ("open", "high", "low", "close", "volume", "vwap")}
+        prices = {
+            name: parse_decimal(name, getattr(message, name))
+            for name in ("open", "high", "low", "close", "volume", "vwap")
+        }
         return cls(start=status_time(message.start), trade_count=message.trade_count, **prices)
 
 
 # "1m" -> "BAR_INTERVAL_1M"
-BAR_INTERVALS = {name.removeprefix("BAR_INTERVAL_").lower(): name for name, value in query_pb2.BarInterval.items() if value}
+BAR_INTERVALS = {
+    name.removeprefix("BAR_INTERVAL_").lower(): name for name, value in query_pb2.BarInterval.items() if value
+}
 
 
 @dataclass(frozen=True)
@@ -264,9 +272,11 @@ class Latest:
 
     @classmethod
     def from_proto(cls, message: query_pb2.Latest) -> "Latest":
-        return cls(symbol=message.symbol,
-                   trade=Trade.from_proto(message.trade) if message.HasField("trade") else None,
-                   quote=Quote.from_proto(message.quote) if message.HasField("quote") else None)
+        return cls(
+            symbol=message.symbol,
+            trade=Trade.from_proto(message.trade) if message.HasField("trade") else None,
+            quote=Quote.from_proto(message.quote) if message.HasField("quote") else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -323,21 +333,44 @@ class FeedStatus:
         return cls(
             name=message.name,
             state=ingest_pb2.ConnectionState.Name(message.state).removeprefix("CONNECTION_STATE_"),
-            endpoint=message.endpoint, streams=list(message.streams), symbols=list(message.symbols),
-            messages_per_second=message.messages_per_second, trades_per_second=message.trades_per_second,
+            endpoint=message.endpoint,
+            streams=list(message.streams),
+            symbols=list(message.symbols),
+            messages_per_second=message.messages_per_second,
+            trades_per_second=message.trades_per_second,
             last_event_time=optional_time(message, "last_event_time"),
-            reconnects_by_reason=dict(message.reconnects_by_reason), gaps_detected=message.gaps_detected,
-            trades_missed=message.trades_missed, trades_backfilled=message.trades_backfilled,
+            reconnects_by_reason=dict(message.reconnects_by_reason),
+            gaps_detected=message.gaps_detected,
+            trades_missed=message.trades_missed,
+            trades_backfilled=message.trades_backfilled,
             circuit_state=ingest_pb2.CircuitState.Name(message.circuit_state).removeprefix("CIRCUIT_STATE_"),
             connections=message.connections,
-            recent_gaps=[Gap(symbol=gap.symbol, first_missing=gap.first_missing, last_missing=gap.last_missing,
-                             detected_at=optional_time(gap, "detected_at")) for gap in message.recent_gaps],
-            connection_statuses=[FeedConnectionStatus(
-                number=c.number, state=ingest_pb2.ConnectionState.Name(c.state).removeprefix("CONNECTION_STATE_"),
-                endpoint=c.endpoint, streams=c.streams, symbols=c.symbols, frames=c.frames, reconnects=c.reconnects,
-                connected_since=optional_time(c, "connected_since")) for c in message.connection_statuses],
-            most_active=[SymbolActivity(symbol=a.symbol, trades=a.trades, quotes=a.quotes)
-                         for a in message.most_active])
+            recent_gaps=[
+                Gap(
+                    symbol=gap.symbol,
+                    first_missing=gap.first_missing,
+                    last_missing=gap.last_missing,
+                    detected_at=optional_time(gap, "detected_at"),
+                )
+                for gap in message.recent_gaps
+            ],
+            connection_statuses=[
+                FeedConnectionStatus(
+                    number=c.number,
+                    state=ingest_pb2.ConnectionState.Name(c.state).removeprefix("CONNECTION_STATE_"),
+                    endpoint=c.endpoint,
+                    streams=c.streams,
+                    symbols=c.symbols,
+                    frames=c.frames,
+                    reconnects=c.reconnects,
+                    connected_since=optional_time(c, "connected_since"),
+                )
+                for c in message.connection_statuses
+            ],
+            most_active=[
+                SymbolActivity(symbol=a.symbol, trades=a.trades, quotes=a.quotes) for a in message.most_active
+            ],
+        )
 
 
 @dataclass(frozen=True)
@@ -364,9 +397,13 @@ class LoadSummary:
 
     @classmethod
     def from_proto(cls, message: ingest_pb2.LoadSummary) -> "LoadSummary":
-        return cls(files=[LoadProgress.from_proto(f) for f in message.files], rows_read=message.rows_read,
-                   rows_accepted=message.rows_accepted, rows_rejected=message.rows_rejected,
-                   seconds=message.seconds)
+        return cls(
+            files=[LoadProgress.from_proto(f) for f in message.files],
+            rows_read=message.rows_read,
+            rows_accepted=message.rows_accepted,
+            rows_rejected=message.rows_rejected,
+            seconds=message.seconds,
+        )
 
 
 @dataclass(frozen=True)
@@ -404,13 +441,32 @@ class WriterStatus:
     @classmethod
     def from_proto(cls, message: writer_pb2.GetStatusResponse) -> "WriterStatus":
         return cls(
-            partitions=[PartitionStatus(topic=p.topic, partition=p.partition, committed_offset=p.committed_offset,
-                                        high_watermark=p.high_watermark, lag=p.lag) for p in message.partitions],
-            tables=[TableStatus(table=t.table, snapshot_id=t.snapshot_id, rows=t.rows, files=t.files,
-                                newest_event_time=optional_time(t, "newest_event_time"),
-                                freshness_seconds=t.freshness_seconds) for t in message.tables],
-            last_commit_time=optional_time(message, "last_commit_time"), last_commit_rows=message.last_commit_rows,
-            last_commit_bytes=message.last_commit_bytes, dead_lettered=message.dead_lettered)
+            partitions=[
+                PartitionStatus(
+                    topic=p.topic,
+                    partition=p.partition,
+                    committed_offset=p.committed_offset,
+                    high_watermark=p.high_watermark,
+                    lag=p.lag,
+                )
+                for p in message.partitions
+            ],
+            tables=[
+                TableStatus(
+                    table=t.table,
+                    snapshot_id=t.snapshot_id,
+                    rows=t.rows,
+                    files=t.files,
+                    newest_event_time=optional_time(t, "newest_event_time"),
+                    freshness_seconds=t.freshness_seconds,
+                )
+                for t in message.tables
+            ],
+            last_commit_time=optional_time(message, "last_commit_time"),
+            last_commit_rows=message.last_commit_rows,
+            last_commit_bytes=message.last_commit_bytes,
+            dead_lettered=message.dead_lettered,
+        )
 
 
 @dataclass(frozen=True)

@@ -50,20 +50,37 @@ def text(value: Any) -> str:
     return str(value)
 
 
-def table_of(title: str, columns: Sequence[str], *, caption: str | None = None,
-             right_aligned: frozenset[str] | None = None, unbroken: frozenset[str] = frozenset()) -> Table:
+def table_of(
+    title: str,
+    columns: Sequence[str],
+    *,
+    caption: str | None = None,
+    right_aligned: frozenset[str] | None = None,
+    unbroken: frozenset[str] = frozenset(),
+) -> Table:
     """A table that never hides a value: a cell too wide for the terminal wraps instead of being cut with an
     ellipsis; timestamps and the `unbroken` columns (short names) keep their full width."""
     table = Table(title=title or None, caption=caption, box=box.SIMPLE_HEAD)
     right = RIGHT_ALIGNED if right_aligned is None else right_aligned
     for name in columns:
-        table.add_column(name, justify="right" if name in right else "left", overflow="fold",
-                         min_width=TIMESTAMP_WIDTH if name in TIMESTAMP_COLUMNS else None, no_wrap=name in unbroken)
+        table.add_column(
+            name,
+            justify="right" if name in right else "left",
+            overflow="fold",
+            min_width=TIMESTAMP_WIDTH if name in TIMESTAMP_COLUMNS else None,
+            no_wrap=name in unbroken,
+        )
     return table
 
 
-def emit(console: Console, rows: Sequence[Mapping[str, Any]], *, fmt: OutputFormat, columns: Sequence[str],
-         title: str = "") -> None:
+def emit(
+    console: Console,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    fmt: OutputFormat,
+    columns: Sequence[str],
+    title: str = "",
+) -> None:
     """Prints rows: the table shows `columns`; CSV and JSON carry every field of each row."""
     if fmt is OutputFormat.json:
         for row in rows:
@@ -84,7 +101,35 @@ def emit(console: Console, rows: Sequence[Mapping[str, Any]], *, fmt: OutputForm
 
 TIMESTAMP_WIDTH = len("2014-03-10T00:00:06.090000Z")
 TIMESTAMP_COLUMNS = frozenset({"timestamp", "start", "time", "last event", "newest event"})
-RIGHT_ALIGNED = frozenset({"price", "quantity", "bid_price", "bid_quantity", "ask_price", "ask_quantity", "open",
-                           "high", "low", "close", "volume", "vwap", "trade_count", "rows", "lag", "files", "msg/s",
-                           "trades/s", "gaps", "trades missed", "connections", "partition", "committed",
-                           "high watermark", "freshness s", "rows read", "accepted", "rejected (dead-letter)"})
+RIGHT_ALIGNED = frozenset(
+    {
+        "price",
+        "quantity",
+        "bid_price",
+        "bid_quantity",
+        "ask_price",
+        "ask_quantity",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "vwap",
+        "trade_count",
+        "rows",
+        "lag",
+        "files",
+        "msg/s",
+        "trades/s",
+        "gaps",
+        "trades missed",
+        "connections",
+        "partition",
+        "committed",
+        "high watermark",
+        "freshness s",
+        "rows read",
+        "accepted",
+        "rejected (dead-letter)",
+    }
+)

@@ -44,11 +44,18 @@ def service_config(service: str, settings: ClientSettings) -> str | None:
     if attempts < 2:
         return None
     descriptor = SERVICE_DESCRIPTORS[service]
-    names = [{"service": descriptor.full_name, "method": method.name} for method in descriptor.methods
-             if not method.client_streaming and not method.server_streaming]
-    policy = {"maxAttempts": attempts, "initialBackoff": _seconds(settings.retry_initial_backoff_seconds),
-              "maxBackoff": _seconds(settings.retry_max_backoff_seconds), "backoffMultiplier": 2,
-              "retryableStatusCodes": ["UNAVAILABLE"]}
+    names = [
+        {"service": descriptor.full_name, "method": method.name}
+        for method in descriptor.methods
+        if not method.client_streaming and not method.server_streaming
+    ]
+    policy = {
+        "maxAttempts": attempts,
+        "initialBackoff": _seconds(settings.retry_initial_backoff_seconds),
+        "maxBackoff": _seconds(settings.retry_max_backoff_seconds),
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
     return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
 
 
@@ -56,8 +63,14 @@ def _retryable(error: BaseException) -> bool:
     return isinstance(error, K2Error) and error.retryable
 
 
-def stream_retrying(settings: ClientSettings, *, bounded: bool, progress: Callable[[], int],
-                    on_retry: OnReconnect | None = None, failures_before: int = 0) -> AsyncRetrying:
+def stream_retrying(
+    settings: ClientSettings,
+    *,
+    bounded: bool,
+    progress: Callable[[], int],
+    on_retry: OnReconnect | None = None,
+    failures_before: int = 0,
+) -> AsyncRetrying:
     """Retries of one run of failures in a row: a retryable K2Error is retried after a capped, jittered
     exponential backoff (at most `retry_attempts` times when `bounded`), unless `progress()` (a count of what
     the stream delivered) has moved since the run began: then the error is raised, for the caller to start a
@@ -72,6 +85,11 @@ def stream_retrying(settings: ClientSettings, *, bounded: bool, progress: Callab
 
     stop: Any = stop_after_attempt(settings.retry_attempts + 1) if bounded else stop_never
     return AsyncRetrying(
-        stop=stop, reraise=True, before_sleep=before_sleep,
-        wait=backoff(multiplier=settings.retry_initial_backoff_seconds, max=settings.retry_max_backoff_seconds),
-        retry=retry_if_exception(lambda error: _retryable(error) and progress() == start))
+        stop=stop,
+        reraise=True,
+        before_sleep=before_sleep,
+        wait=backoff(
+            multiplier=settings.retry_initial_backoff_seconds, max=settings.retry_max_backoff_seconds
+        ),
+        retry=retry_if_exception(lambda error: _retryable(error) and progress() == start),
+    )

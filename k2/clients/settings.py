@@ -67,7 +67,9 @@ class ClientSettings(BaseSettings):
         if self.token is not None:
             return self.token.get_secret_value().strip() or None
         if self.token_file.is_file():
-            return next((line.strip() for line in self.token_file.read_text().splitlines() if line.strip()), None)
+            return next(
+                (line.strip() for line in self.token_file.read_text().splitlines() if line.strip()), None
+            )
         return None
 
     def channel_credentials(self) -> grpc.ChannelCredentials | None:
@@ -75,11 +77,14 @@ class ClientSettings(BaseSettings):
         if not (self.tls or self.tls_ca_file or self.tls_cert_file):
             return None
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError("mTLS needs both a client certificate (K2_TLS_CERT_FILE) and key (K2_TLS_KEY_FILE)")
+            raise ValueError(
+                "mTLS needs both a client certificate (K2_TLS_CERT_FILE) and key (K2_TLS_KEY_FILE)"
+            )
         return grpc.ssl_channel_credentials(
             root_certificates=self.tls_ca_file.read_bytes() if self.tls_ca_file else None,
             private_key=self.tls_key_file.read_bytes() if self.tls_key_file else None,
-            certificate_chain=self.tls_cert_file.read_bytes() if self.tls_cert_file else None)
+            certificate_chain=self.tls_cert_file.read_bytes() if self.tls_cert_file else None,
+        )
 
     def channel_options(self) -> list[tuple[str, int | str]]:
         # The channel's own reconnect backoff under the same cap (gRPC's default grows to 120 s, and while it
@@ -88,7 +93,8 @@ class ClientSettings(BaseSettings):
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.initial_reconnect_backoff_ms", max(1, round(self.retry_initial_backoff_seconds * 1000))),
-            ("grpc.max_reconnect_backoff_ms", max(1, round(self.retry_max_backoff_seconds * 1000)))]
+            ("grpc.max_reconnect_backoff_ms", max(1, round(self.retry_max_backoff_seconds * 1000))),
+        ]
         if self.tls_server_name:
             options.append(("grpc.ssl_target_name_override", self.tls_server_name))
         return options

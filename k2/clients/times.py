@@ -33,8 +33,10 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(f"not a time: {text!r} (use ISO-8601 such as 2014-03-10T10:00:00+11:00, "
-                         "or now, today, yesterday, -90s, -15m, -1h, -2d, -1w)") from None
+        raise ValueError(
+            f"not a time: {text!r} (use ISO-8601 such as 2014-03-10T10:00:00+11:00, "
+            "or now, today, yesterday, -90s, -15m, -1h, -2d, -1w)"
+        ) from None
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)

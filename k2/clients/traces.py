@@ -27,9 +27,15 @@ MAX_TRACES = 20  # traces one search asks Jaeger for
 MIN_BAR_WIDTH, MAX_BAR_WIDTH = 10, 60
 SERVICE_STYLES = ("cyan", "magenta", "green", "yellow", "blue", "red")
 # Attributes worth a glance in the waterfall, in this order, with their label.
-DETAILS = (("k2.batch.items", "items"), ("messaging.batch.message_count", "messages"),
-           ("messaging.kafka.destination.partition", "partition"), ("messaging.kafka.offset", "offset"),
-           ("k2.rows", "rows"), ("k2.snapshot_id", "snapshot"), ("k2.subscribers", "subscribers"))
+DETAILS = (
+    ("k2.batch.items", "items"),
+    ("messaging.batch.message_count", "messages"),
+    ("messaging.kafka.destination.partition", "partition"),
+    ("messaging.kafka.offset", "offset"),
+    ("k2.rows", "rows"),
+    ("k2.snapshot_id", "snapshot"),
+    ("k2.subscribers", "subscribers"),
+)
 
 
 class JaegerUnavailable(Exception):
@@ -50,8 +56,9 @@ class TraceSpan:
 
     def names(self, key: str, value: str) -> bool:
         """Whether the span's attributes or one of its events carry key=value."""
-        return (str(self.attributes.get(key)) == value
-                or any(str(fields.get(key)) == value for fields in self.event_fields))
+        return str(self.attributes.get(key)) == value or any(
+            str(fields.get(key)) == value for fields in self.event_fields
+        )
 
 
 @dataclass(frozen=True)
@@ -79,8 +86,11 @@ class Trace:
             ordered = sorted(children.get(parent, []), key=lambda s: (s.start_us, s.operation))
             for index, span in enumerate(ordered):
                 last = index == len(ordered) - 1
-                guide, inner = ("", "") if parent is None else (indent + ("└ " if last else "├ "),
-                                                                 indent + ("  " if last else "│ "))
+                guide, inner = (
+                    ("", "")
+                    if parent is None
+                    else (indent + ("└ " if last else "├ "), indent + ("  " if last else "│ "))
+                )
                 yield guide, inner + ("│ " if span.span_id in children else "  "), span
                 yield from walk(span.span_id, inner)
 
@@ -94,13 +104,22 @@ def trace_from_json(data: dict[str, Any]) -> Trace:
     spans = []
     for span in data["spans"]:
         references = span.get("references") or []
-        parents = [ref["spanID"] for ref in references if ref["refType"] == "CHILD_OF" and ref["spanID"] in ids]
-        spans.append(TraceSpan(
-            span["spanID"], parents[0] if parents else None, services.get(span["processID"], "?"),
-            span["operationName"], span["startTime"], span["duration"],
-            {tag["key"]: tag["value"] for tag in span.get("tags") or []},
-            [{f["key"]: f["value"] for f in log.get("fields") or []} for log in span.get("logs") or []],
-            sum(1 for ref in references if ref["refType"] == "FOLLOWS_FROM")))
+        parents = [
+            ref["spanID"] for ref in references if ref["refType"] == "CHILD_OF" and ref["spanID"] in ids
+        ]
+        spans.append(
+            TraceSpan(
+                span["spanID"],
+                parents[0] if parents else None,
+                services.get(span["processID"], "?"),
+                span["operationName"],
+                span["startTime"],
+                span["duration"],
+                {tag["key"]: tag["value"] for tag in span.get("tags") or []},
+                [{f["key"]: f["value"] for f in log.get("fields") or []} for log in span.get("logs") or []],
+                sum(1 for ref in references if ref["refType"] == "FOLLOWS_FROM"),
+            )
+        )
     return Trace(data["traceID"], spans)
 
 
@@ -120,8 +139,10 @@ class Jaeger:
         except urllib.error.HTTPError as error:
             if error.code == 404:
                 return None
-            raise JaegerUnavailable(f"Jaeger at {self.url} answered HTTP {error.code}: "
-                                    f"{error.read(500).decode(errors='replace').strip()}") from None
+            raise JaegerUnavailable(
+                f"Jaeger at {self.url} answered HTTP {error.code}: "
+                f"{error.read(500).decode(errors='replace').strip()}"
+            ) from None
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
             raise JaegerUnavailable(f"Jaeger at {self.url} is not reachable: {reason}") from None
@@ -135,15 +156,23 @@ class Jaeger:
 
     def search(self, service: str, attributes: dict[str, str], start: datetime, end: datetime) -> list[Trace]:
         """Traces with a span of `service` carrying every attribute (or event field) given, newest first."""
-        answer = self._get("/api/traces", {
-            "service": service, "tags": json.dumps(attributes), "limit": str(MAX_TRACES),
-            "start": str(int(start.timestamp() * 1_000_000)), "end": str(int(end.timestamp() * 1_000_000))})
+        answer = self._get(
+            "/api/traces",
+            {
+                "service": service,
+                "tags": json.dumps(attributes),
+                "limit": str(MAX_TRACES),
+                "start": str(int(start.timestamp() * 1_000_000)),
+                "end": str(int(end.timestamp() * 1_000_000)),
+            },
+        )
         traces = [trace_from_json(data) for data in (answer or {}).get("data") or [] if data.get("spans")]
         return sorted(traces, key=lambda found: found.start_us, reverse=True)
 
 
-def find_traces(jaeger: Jaeger, identifier: str, service: str, start: datetime,
-                end: datetime) -> tuple[str, list[Trace]]:
+def find_traces(
+    jaeger: Jaeger, identifier: str, service: str, start: datetime, end: datetime
+) -> tuple[str, list[Trace]]:
     """(what the identifier was taken for, the traces found, newest first). A trace id is fetched as such; a UUID
     is looked up as a message_id, then as a trade_id; anything else as a trade_id."""
     identifier = identifier.strip()
@@ -153,7 +182,9 @@ def find_traces(jaeger: Jaeger, identifier: str, service: str, start: datetime,
             return "trace id", [found]
     keys = ([MESSAGE_ID] if UUID.match(identifier.lower()) else []) + [TRADE_ID]
     for key in keys:
-        traces = jaeger.search(service, {key: identifier.lower() if key == MESSAGE_ID else identifier}, start, end)
+        traces = jaeger.search(
+            service, {key: identifier.lower() if key == MESSAGE_ID else identifier}, start, end
+        )
         if traces:
             return key, traces
     return keys[-1], []
@@ -192,19 +223,34 @@ def waterfall(found: Trace, marked: tuple[str, str] | None = None, width: int = 
     rows = [(guide + span.operation, below, span) for guide, below, span in found.tree()]
     name_width = max(len("span"), *(len(name) for name, _, _ in rows))
     service_width = max(len("service"), *map(len, services))
-    number_width = max(len("duration ms"), *(len(_milliseconds(value)) for _, _, span in rows
-                                             for value in (span.start_us - start, span.duration_us)))
+    number_width = max(
+        len("duration ms"),
+        *(
+            len(_milliseconds(value))
+            for _, _, span in rows
+            for value in (span.start_us - start, span.duration_us)
+        ),
+    )
     # The bar gets what the other columns (each two spaces apart) leave of the terminal.
-    bar_width = max(MIN_BAR_WIDTH, min(MAX_BAR_WIDTH, width - name_width - service_width - 2 * number_width - 8))
-    lines = [Text(f"Trace {found.trace_id}: {len(found.spans)} spans, {_milliseconds(total)} ms", style="bold"),
-             Text(f"{'span':<{name_width}}  {'service':<{service_width}}  {'start ms':>{number_width}}  "
-                  f"{'duration ms':>{number_width}}", style="bold")]
+    bar_width = max(
+        MIN_BAR_WIDTH, min(MAX_BAR_WIDTH, width - name_width - service_width - 2 * number_width - 8)
+    )
+    lines = [
+        Text(f"Trace {found.trace_id}: {len(found.spans)} spans, {_milliseconds(total)} ms", style="bold"),
+        Text(
+            f"{'span':<{name_width}}  {'service':<{service_width}}  {'start ms':>{number_width}}  "
+            f"{'duration ms':>{number_width}}",
+            style="bold",
+        ),
+    ]
     for name, below, span in rows:
         style = styles[span.service]
         line = Text(f"{name:<{name_width}}  ")
         line.append(f"{span.service:<{service_width}}", style=style)
-        line.append(f"  {_milliseconds(span.start_us - start):>{number_width}}  "
-                    f"{_milliseconds(span.duration_us):>{number_width}}  ")
+        line.append(
+            f"  {_milliseconds(span.start_us - start):>{number_width}}  "
+            f"{_milliseconds(span.duration_us):>{number_width}}  "
+        )
         line.append_text(_bar(span.start_us - start, span.duration_us, total, bar_width, style))
         lines.append(line)
         details = _details(span, marked)

@@ -57,10 +57,17 @@ def _iceberg_type(avro_type: Any, ids: _FieldIds) -> IcebergType:
     if logical == "uuid" or avro_type["type"] == "enum":
         return StringType()
     if avro_type["type"] == "array":
-        return ListType(element_id=ids(), element_type=_iceberg_type(avro_type["items"], ids), element_required=True)
+        return ListType(
+            element_id=ids(), element_type=_iceberg_type(avro_type["items"], ids), element_required=True
+        )
     if avro_type["type"] == "map":
-        return MapType(key_id=ids(), key_type=StringType(), value_id=ids(),
-                       value_type=_iceberg_type(avro_type["values"], ids), value_required=True)
+        return MapType(
+            key_id=ids(),
+            key_type=StringType(),
+            value_id=ids(),
+            value_type=_iceberg_type(avro_type["values"], ids),
+            value_required=True,
+        )
     raise TypeError(f"no Iceberg type for {avro_type}")
 
 
@@ -73,8 +80,15 @@ def iceberg_schema(kind: RecordKind) -> Schema:
     columns = []
     for number, field in enumerate(fields, start=1):
         avro_type, nullable = avro_field_type(field["type"])
-        columns.append(NestedField(field_id=number, name=field["name"], field_type=_iceberg_type(avro_type, ids),
-                                   required=not nullable, doc=field.get("doc")))
+        columns.append(
+            NestedField(
+                field_id=number,
+                name=field["name"],
+                field_type=_iceberg_type(avro_type, ids),
+                required=not nullable,
+                doc=field.get("doc"),
+            )
+        )
     return Schema(*columns)
 
 
@@ -133,7 +147,9 @@ class BatchDecoder(ABC):
             except SchemaRegistryUnavailable:
                 raise
             except Exception as error:  # noqa: BLE001 - rejected with why, the others go on
-                rejected.append(Rejection(index, UNDECODABLE, f"cannot be decoded: {type(error).__name__}: {error}"))
+                rejected.append(
+                    Rejection(index, UNDECODABLE, f"cannot be decoded: {type(error).__name__}: {error}")
+                )
                 continue
             rejected += [replace(r, index=index) for r in alone.rejected]
             if alone.table.num_rows:
@@ -202,7 +218,9 @@ def _texts(offsets: bytes | None, data: bytes | None) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), len(offsets) // 4 - 1, [None, _buffer(offsets), _buffer(data)])
 
 
-def _column(kind: RecordKind, field: dict[str, Any], arrow_type: pa.DataType) -> tuple[tuple[str, Any], _ColumnBuilder]:
+def _column(
+    kind: RecordKind, field: dict[str, Any], arrow_type: pa.DataType
+) -> tuple[tuple[str, Any], _ColumnBuilder]:
     """(how the compiled decoder reads the field: its type as native/src/fanout.rs names it and its argument, how
     the column is built from the buffers it returns)"""
     avro_type, nullable = avro_field_type(field["type"])
@@ -212,9 +230,12 @@ def _column(kind: RecordKind, field: dict[str, Any], arrow_type: pa.DataType) ->
         return ("text", None), lambda buffers, _: _texts(*buffers)
     if base == "enum" and not nullable:
         symbols = pa.array(avro_type["symbols"], pa.string())
-        return (("enum", list(range(1, len(symbols) + 1))),
-                lambda buffers, length: pc.take(symbols, pa.Array.from_buffers(pa.uint32(), length,
-                                                                                [None, _buffer(buffers[0])])))
+        return (
+            ("enum", list(range(1, len(symbols) + 1))),
+            lambda buffers, length: pc.take(
+                symbols, pa.Array.from_buffers(pa.uint32(), length, [None, _buffer(buffers[0])])
+            ),
+        )
 
     def fixed(buffers: list[bytes | None], length: int) -> pa.Array:  # validity (or None) and values
         return pa.Array.from_buffers(arrow_type, length, [_buffer(buffer) for buffer in buffers])
@@ -223,25 +244,39 @@ def _column(kind: RecordKind, field: dict[str, Any], arrow_type: pa.DataType) ->
         return ("timestamp-micros", None), fixed
     if (base, logical) == ("long", None) and nullable:
         return ("optional-long", None), fixed
-    if (base, logical) == ("bytes", "decimal") \
-            and (arrow_type.precision, arrow_type.scale) == (avro_type["precision"], avro_type.get("scale", 0)):
-        return ("optional-decimal" if nullable else "decimal", (avro_type["precision"], avro_type.get("scale", 0))), fixed
+    if (base, logical) == ("bytes", "decimal") and (arrow_type.precision, arrow_type.scale) == (
+        avro_type["precision"],
+        avro_type.get("scale", 0),
+    ):
+        return (
+            "optional-decimal" if nullable else "decimal",
+            (avro_type["precision"], avro_type.get("scale", 0)),
+        ), fixed
     if base == "array" and avro_type["items"] == "string" and not nullable:
+
         def text_list(buffers: list[bytes | None], length: int) -> pa.Array:
             offsets, *items = buffers
-            return pa.Array.from_buffers(arrow_type, length, [None, _buffer(offsets)], children=[_texts(*items)])
+            return pa.Array.from_buffers(
+                arrow_type, length, [None, _buffer(offsets)], children=[_texts(*items)]
+            )
+
         return ("text-list", None), text_list
     if base == "map" and avro_type["values"] == "string" and nullable:
         entry_fields = [arrow_type.key_field, arrow_type.item_field]
 
         def text_map(buffers: list[bytes | None], length: int) -> pa.Array:
             validity, offsets, key_offsets, keys, value_offsets, values = buffers
-            entries = pa.StructArray.from_arrays([_texts(key_offsets, keys), _texts(value_offsets, values)],
-                                                 fields=entry_fields)
-            return pa.Array.from_buffers(arrow_type, length, [_buffer(validity), _buffer(offsets)],
-                                         children=[entries])
+            entries = pa.StructArray.from_arrays(
+                [_texts(key_offsets, keys), _texts(value_offsets, values)], fields=entry_fields
+            )
+            return pa.Array.from_buffers(
+                arrow_type, length, [_buffer(validity), _buffer(offsets)], children=[entries]
+            )
+
         return ("optional-text-map", None), text_map
-    raise UnsupportedSchema(f"{kind} field {field['name']}: the compiled decoder has no column for {field['type']}")
+    raise UnsupportedSchema(
+        f"{kind} field {field['name']}: the compiled decoder has no column for {field['type']}"
+    )
 
 
 class CompiledBatchDecoder(BatchDecoder):
@@ -253,28 +288,37 @@ class CompiledBatchDecoder(BatchDecoder):
         self._schema = arrow_schema(kind)
         fields = CURRENT[kind].schema["fields"]
         names = [field["name"] for field in fields]
-        columns = [_column(kind, field, arrow_field.type)
-                   for field, arrow_field in zip(fields, self._schema, strict=True)]
+        columns = [
+            _column(kind, field, arrow_field.type)
+            for field, arrow_field in zip(fields, self._schema, strict=True)
+        ]
         self._builders = [build for _, build in columns]
         position = {name: index for index, name in enumerate(names)}
         self.compiled = ArrowDecoder(
             list(framing.current_headers(kind)),
-            [(native_type, name in NATIVE_CHECKED_TEXTS[kind], name in NATIVE_POSITIVE[kind], argument)
-             for name, ((native_type, argument), _) in zip(names, columns, strict=True)],
+            [
+                (native_type, name in NATIVE_CHECKED_TEXTS[kind], name in NATIVE_POSITIVE[kind], argument)
+                for name, ((native_type, argument), _) in zip(names, columns, strict=True)
+            ],
             [(position[a], position[b]) for a, b in NATIVE_BOTH_OR_NEITHER[kind]],
-            MAX_TEXT_LENGTH, NATIVE_LIMITS, (position["symbol"], position["exchange"], position["timestamp"]))
+            MAX_TEXT_LENGTH,
+            NATIVE_LIMITS,
+            (position["symbol"], position["exchange"], position["timestamp"]),
+        )
 
     def _decode_batch(self, values: Sequence[bytes | None]) -> DecodedBatch:
         rows, count, buffers, handed_back = self.compiled.decode(values)
-        table = pa.Table.from_arrays([build(column, count) for build, column in zip(self._builders, buffers,
-                                                                                    strict=True)],
-                                     schema=self._schema)
+        table = pa.Table.from_arrays(
+            [build(column, count) for build, column in zip(self._builders, buffers, strict=True)],
+            schema=self._schema,
+        )
         accepted = pa.Array.from_buffers(pa.int64(), count, [None, pa.py_buffer(rows)])
         if not handed_back:
             return DecodedBatch(table, accepted, [])
         plain = self._plain.decode_some(values, handed_back)
-        return DecodedBatch(pa.concat_tables([table, plain.table]), pa.concat_arrays([accepted, plain.rows]),
-                            plain.rejected)
+        return DecodedBatch(
+            pa.concat_tables([table, plain.table]), pa.concat_arrays([accepted, plain.rows]), plain.rejected
+        )
 
 
 def batch_decoder(kind: RecordKind, framing: Framing = SINGLE_OBJECT) -> BatchDecoder:

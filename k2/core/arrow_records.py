@@ -22,7 +22,9 @@ def avro_field_type(avro_type: Any) -> tuple[Any, bool]:
 
 def _arrow_type(avro_type: Any) -> pa.DataType:
     if isinstance(avro_type, str):
-        return {"string": pa.string(), "long": pa.int64(), "int": pa.int32(), "boolean": pa.bool_()}[avro_type]
+        return {"string": pa.string(), "long": pa.int64(), "int": pa.int32(), "boolean": pa.bool_()}[
+            avro_type
+        ]
     logical = avro_type.get("logicalType")
     if logical == "decimal":
         return pa.decimal128(avro_type["precision"], avro_type["scale"])

@@ -46,7 +46,9 @@ def load_tokens(settings: AuthSettings) -> tuple[list[bytes], list[bytes]]:
     """(write tokens, read tokens); a write token reads too. An empty configured token is refused at start."""
     write = _configured("K2_AUTH_WRITE_TOKENS", [t.get_secret_value() for t in settings.write_tokens])
     if settings.token_file is not None and settings.token_file.exists():
-        write += [line.strip().encode() for line in settings.token_file.read_text().splitlines() if line.strip()]
+        write += [
+            line.strip().encode() for line in settings.token_file.read_text().splitlines() if line.strip()
+        ]
     read = _configured("K2_AUTH_READ_TOKENS", [t.get_secret_value() for t in settings.read_tokens])
     return write, write + read
 
@@ -58,7 +60,9 @@ def _matches(presented: bytes, tokens: list[bytes]) -> bool:
     return found
 
 
-def _denying_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+def _denying_handler(
+    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler:
     async def deny(request: object, context: grpc.aio.ServicerContext) -> None:
         await context.abort(code, message)
 
@@ -80,7 +84,9 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         self._write, self._read = load_tokens(settings)
         self._require_read = settings.require_read_token or bool(settings.read_tokens)
 
-    def _check(self, method: str, metadata: tuple[tuple[str, str | bytes], ...]) -> tuple[grpc.StatusCode, str] | None:
+    def _check(
+        self, method: str, metadata: tuple[tuple[str, str | bytes], ...]
+    ) -> tuple[grpc.StatusCode, str] | None:
         if method.startswith(OPEN_PREFIXES):
             return None
         scope = method_scope(method)
@@ -101,7 +107,10 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
             if _matches(presented, self._write):
                 return None
             if _matches(presented, self._read):
-                return grpc.StatusCode.PERMISSION_DENIED, f"token has read scope only; {method} needs write scope"
+                return (
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"token has read scope only; {method} needs write scope",
+                )
             return grpc.StatusCode.UNAUTHENTICATED, "unknown token"
         if _matches(presented, self._read):
             return None
@@ -115,6 +124,8 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:  # not served: the library answers UNIMPLEMENTED
             return handler
-        refusal = self._check(handler_call_details.method,  # type: ignore[attr-defined]
-                              handler_call_details.invocation_metadata)  # type: ignore[attr-defined]
+        refusal = self._check(
+            handler_call_details.method,  # type: ignore[attr-defined]
+            handler_call_details.invocation_metadata,
+        )  # type: ignore[attr-defined]
         return handler if refusal is None else _denying_handler(handler, *refusal)

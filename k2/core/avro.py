@@ -49,8 +49,11 @@ def without_logical_types(node: Any, types: Collection[str] | None = None) -> An
     """The schema without the given logical types (all when None): fastavro then reads the underlying values
     (a uuid as its string; a decimal's bytes and a timestamp's long, which hot paths convert column-wise)."""
     if isinstance(node, dict):
-        return {k: without_logical_types(v, types) for k, v in node.items()
-                if not (k == "logicalType" and (types is None or v in types))}
+        return {
+            k: without_logical_types(v, types)
+            for k, v in node.items()
+            if not (k == "logicalType" and (types is None or v in types))
+        }
     if isinstance(node, list):
         return [without_logical_types(v, types) for v in node]
     return node
@@ -61,19 +64,34 @@ def schema_fingerprint(schema: dict[str, Any]) -> bytes:
 
 
 def _load_versions() -> dict[RecordKind, list[SchemaVersion]]:
-    return {kind: [SchemaVersion(kind, file.version, file.path, file.schema, fastavro.parse_schema(file.schema),
-                                 fastavro.parse_schema(without_logical_types(file.schema, ["uuid"])),
-                                 schema_fingerprint(file.schema)) for file in files]
-            for kind, files in PUBLISHED.items()}
+    return {
+        kind: [
+            SchemaVersion(
+                kind,
+                file.version,
+                file.path,
+                file.schema,
+                fastavro.parse_schema(file.schema),
+                fastavro.parse_schema(without_logical_types(file.schema, ["uuid"])),
+                schema_fingerprint(file.schema),
+            )
+            for file in files
+        ]
+        for kind, files in PUBLISHED.items()
+    }
 
 
 VERSIONS = _load_versions()
 CURRENT: dict[RecordKind, SchemaVersion] = {kind: vs[-1] for kind, vs in VERSIONS.items()}
 CURRENT_HEADERS: dict[RecordKind, bytes] = {kind: MAGIC + v.fingerprint for kind, v in CURRENT.items()}
 CURRENT_FIELDS: dict[RecordKind, list[str]] = {
-    kind: [f["name"] for f in v.schema["fields"]] for kind, v in CURRENT.items()}
+    kind: [f["name"] for f in v.schema["fields"]] for kind, v in CURRENT.items()
+}
 # The ids a current-version message starts with, which leading_ids reads without decoding the rest.
-LEADING_IDS: dict[RecordKind, tuple[str, str]] = {TRADE: ("message_id", "trade_id"), QUOTE: ("message_id", "quote_id")}
+LEADING_IDS: dict[RecordKind, tuple[str, str]] = {
+    TRADE: ("message_id", "trade_id"),
+    QUOTE: ("message_id", "quote_id"),
+}
 if any(tuple(CURRENT_FIELDS[kind][:2]) != fields for kind, fields in LEADING_IDS.items()):
     raise RuntimeError(f"the current schemas no longer start with {LEADING_IDS}: update leading_ids")
 
@@ -89,11 +107,19 @@ def _upgrade_trade_v1(old: Record, raw: bytes) -> Record:
     return {
         "message_id": message_id,
         "trade_id": f"{old['exchange']}-{sequence if sequence is not None else message_id}",
-        "symbol": old["symbol"], "exchange": old["exchange"], "asset_class": "EQUITIES",
-        "timestamp": old["exchange_timestamp"], "price": old["price"], "quantity": Decimal(old["volume"]),
-        "currency": "AUD", "side": "UNKNOWN", "trade_conditions": [str(old["qualifiers"])],
-        "source_sequence": sequence, "ingestion_timestamp": old["ingestion_timestamp"],
-        "platform_sequence": None, "vendor_data": vendor,
+        "symbol": old["symbol"],
+        "exchange": old["exchange"],
+        "asset_class": "EQUITIES",
+        "timestamp": old["exchange_timestamp"],
+        "price": old["price"],
+        "quantity": Decimal(old["volume"]),
+        "currency": "AUD",
+        "side": "UNKNOWN",
+        "trade_conditions": [str(old["qualifiers"])],
+        "source_sequence": sequence,
+        "ingestion_timestamp": old["ingestion_timestamp"],
+        "platform_sequence": None,
+        "vendor_data": vendor,
     }
 
 
@@ -108,10 +134,18 @@ def _upgrade_quote_v1(old: Record, raw: bytes) -> Record:
     return {
         "message_id": message_id,
         "quote_id": f"{old['exchange']}-{sequence if sequence is not None else message_id}",
-        "symbol": old["symbol"], "exchange": old["exchange"], "asset_class": "EQUITIES",
-        "timestamp": old["exchange_timestamp"], "bid_price": bid_price, "bid_quantity": bid_quantity,
-        "ask_price": ask_price, "ask_quantity": ask_quantity, "currency": "AUD", "source_sequence": sequence,
-        "ingestion_timestamp": old["ingestion_timestamp"], "platform_sequence": None,
+        "symbol": old["symbol"],
+        "exchange": old["exchange"],
+        "asset_class": "EQUITIES",
+        "timestamp": old["exchange_timestamp"],
+        "bid_price": bid_price,
+        "bid_quantity": bid_quantity,
+        "ask_price": ask_price,
+        "ask_quantity": ask_quantity,
+        "currency": "AUD",
+        "source_sequence": sequence,
+        "ingestion_timestamp": old["ingestion_timestamp"],
+        "platform_sequence": None,
         "vendor_data": {"company_id": str(old["company_id"])},
     }
 
@@ -233,7 +267,7 @@ def leading_ids(value: bytes) -> tuple[str, str]:
         length = (encoded >> 1) ^ -(encoded & 1)
         if length < 0 or position + length > len(value):
             raise DecodeError("message ends inside its leading ids")
-        ids.append(value[position:position + length].decode())
+        ids.append(value[position : position + length].decode())
         position += length
     return ids[0], ids[1]
 

@@ -136,7 +136,7 @@ class LongWriter:
             out.append(high)
             self._high, self._high_written = zigzag >> 14, bytes(out)
         low = (zigzag & 16383) << 1
-        return self._LOW[low:low + 2] + self._high_written
+        return self._LOW[low : low + 2] + self._high_written
 
 
 def _enum_writer(symbols: list[str]) -> Write:
@@ -191,8 +191,14 @@ def _nullable_writer(null_index: int, inner: Write) -> Write:
     return write_nullable
 
 
-PRIMITIVES: dict[str, Write] = {"null": write_null, "boolean": write_boolean, "int": write_long,
-                                "long": write_long, "bytes": write_bytes, "string": write_string}
+PRIMITIVES: dict[str, Write] = {
+    "null": write_null,
+    "boolean": write_boolean,
+    "int": write_long,
+    "long": write_long,
+    "bytes": write_bytes,
+    "string": write_string,
+}
 
 
 def _type_writer(schema: Any) -> Write:

@@ -32,7 +32,9 @@ class KafkaSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="K2_KAFKA_", extra="ignore", populate_by_name=True)
 
     bootstrap_servers: str = Field(
-        "127.0.0.1:9092", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "K2_KAFKA_BOOTSTRAP_SERVERS"))
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "K2_KAFKA_BOOTSTRAP_SERVERS"),
+    )
     # librdkafka security settings for a production cluster, e.g. SASL_SSL.
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = ""

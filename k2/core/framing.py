@@ -69,8 +69,13 @@ class Framing:
         url = settings.schema_registry_url.rstrip("/")
         if not url:
             return SINGLE_OBJECT
-        return cls(url, {kind: _register(url, f"{topic_name(settings, topic)}-value", CURRENT[kind].schema)
-                         for kind, topic in TOPIC_FOR.items()})
+        return cls(
+            url,
+            {
+                kind: _register(url, f"{topic_name(settings, topic)}-value", CURRENT[kind].schema)
+                for kind, topic in TOPIC_FOR.items()
+            },
+        )
 
     def header(self, kind: RecordKind) -> bytes:
         """What this framing writes before a current-version message's Avro body."""
@@ -80,7 +85,11 @@ class Framing:
     def current_headers(self, kind: RecordKind) -> tuple[bytes, ...]:
         """The headers a message in the current schema version of `kind` starts with in either framing."""
         schema_id = self.schema_ids.get(kind)
-        return (CURRENT_HEADERS[kind],) if schema_id is None else (CURRENT_HEADERS[kind], registry_header(schema_id))
+        return (
+            (CURRENT_HEADERS[kind],)
+            if schema_id is None
+            else (CURRENT_HEADERS[kind], registry_header(schema_id))
+        )
 
     def framed(self, kind: RecordKind, values: Sequence[bytes]) -> Sequence[bytes]:
         """Current-version messages of `kind` as avro.encode wrote them (single-object), in this framing."""
@@ -96,8 +105,11 @@ class Framing:
             return value
         if len(value) < REGISTRY_HEADER_SIZE:
             raise DecodeError("registry-framed (00) but shorter than the 5-byte header")
-        return MAGIC + self._fingerprint(int.from_bytes(value[1:REGISTRY_HEADER_SIZE], "big")) \
+        return (
+            MAGIC
+            + self._fingerprint(int.from_bytes(value[1:REGISTRY_HEADER_SIZE], "big"))
             + value[REGISTRY_HEADER_SIZE:]
+        )
 
     def decode(self, value: bytes) -> tuple[RecordKind, Record]:
         """avro.decode of a message in either framing."""
@@ -108,8 +120,10 @@ class Framing:
             if current_id == schema_id:
                 return CURRENT[kind].fingerprint
         if not self.registry_url:
-            raise DecodeError(f"registry-framed (schema id {schema_id}) but no schema registry is configured "
-                              "(K2_KAFKA_SCHEMA_REGISTRY_URL)")
+            raise DecodeError(
+                f"registry-framed (schema id {schema_id}) but no schema registry is configured "
+                "(K2_KAFKA_SCHEMA_REGISTRY_URL)"
+            )
         key = (self.registry_url, schema_id)
         with _resolved_lock:
             found = _resolved.get(key)
@@ -145,22 +159,32 @@ def _request(method: str, url: str, **kwargs: Any) -> requests.Response:
     return response
 
 
-@retry(retry=retry_if_exception_type(SchemaRegistryUnavailable), stop=stop_after_delay(REGISTER_SECONDS),
-       wait=wait_exponential(multiplier=0.2, max=5.0), reraise=True)
+@retry(
+    retry=retry_if_exception_type(SchemaRegistryUnavailable),
+    stop=stop_after_delay(REGISTER_SECONDS),
+    wait=wait_exponential(multiplier=0.2, max=5.0),
+    reraise=True,
+)
 def _register(url: str, subject: str, schema: dict[str, Any]) -> int:
     """The id of `schema` under `subject`, registering it there unless it already is (the registry's rules
     apply: an incompatible schema is refused)."""
     endpoint = f"{url}/subjects/{quote(subject, safe='')}/versions"
     response = _request("POST", endpoint, json={"schema": json.dumps(schema)}, headers=_CONTENT_TYPE)
     if response.status_code != 200:
-        raise RuntimeError(f"the schema registry refused the schema {schema['name']} under {subject}: "
-                           f"HTTP {response.status_code} {response.text[:500]}")
+        raise RuntimeError(
+            f"the schema registry refused the schema {schema['name']} under {subject}: "
+            f"HTTP {response.status_code} {response.text[:500]}"
+        )
     schema_id: int = response.json()["id"]
     return schema_id
 
 
-@retry(retry=retry_if_exception_type(SchemaRegistryUnavailable), stop=stop_after_attempt(3),
-       wait=wait_exponential(multiplier=0.2, max=1.0), reraise=True)
+@retry(
+    retry=retry_if_exception_type(SchemaRegistryUnavailable),
+    stop=stop_after_attempt(3),
+    wait=wait_exponential(multiplier=0.2, max=1.0),
+    reraise=True,
+)
 def _resolve(url: str, schema_id: int) -> bytes | str:
     """The fingerprint of the K2 schema version with this id in the registry, or why there is none."""
     response = _request("GET", f"{url}/schemas/ids/{schema_id}")

@@ -45,31 +45,45 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
         if settings.tls_client_ca_file is not None:
             raise ValueError("tls_client_ca_file (mTLS) needs TLS: set tls_cert_file and tls_key_file")
         if not (settings.allow_plaintext or is_loopback_host(settings.host)):
-            raise ValueError(f"refusing plaintext gRPC on {settings.host}: set a TLS certificate and key, "
-                             "or allow_plaintext for a private network")
+            raise ValueError(
+                f"refusing plaintext gRPC on {settings.host}: set a TLS certificate and key, "
+                "or allow_plaintext for a private network"
+            )
         return None
     client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
     return grpc.ssl_server_credentials(
         [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
-        root_certificates=client_ca, require_client_auth=client_ca is not None)
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 def _traced(untraced_methods: Collection[str]) -> Callable[[object], bool]:
     # Health probes, the tracing set-up and reflection are never traced: they are noise, and the aio interceptor
     # cannot wrap Health/Watch (its handler writes through context.write instead of yielding), failing every Watch.
-    return filters.negate(filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection."),
-                                         filters.service_prefix(TELEMETRY_SERVICE),
-                                         *(filters.full_method_name(m) for m in untraced_methods)))
+    return filters.negate(
+        filters.any_of(
+            filters.health_check(),
+            filters.service_prefix("grpc.reflection."),
+            filters.service_prefix(TELEMETRY_SERVICE),
+            *(filters.full_method_name(m) for m in untraced_methods),
+        )
+    )
 
 
 class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     """Where this process's traces go: what setup_tracing installed."""
 
-    async def GetTracing(self, request: telemetry_pb2.GetTracingRequest,
-                         context: grpc.aio.ServicerContext) -> telemetry_pb2.GetTracingResponse:
+    async def GetTracing(
+        self, request: telemetry_pb2.GetTracingRequest, context: grpc.aio.ServicerContext
+    ) -> telemetry_pb2.GetTracingResponse:
         setup = tracing_setup()
-        return telemetry_pb2.GetTracingResponse(service_name=setup.service_name, otlp_endpoint=setup.otlp_endpoint,
-                                                sampler=setup.sampler, sample_ratio=setup.sample_ratio)
+        return telemetry_pb2.GetTracingResponse(
+            service_name=setup.service_name,
+            otlp_endpoint=setup.otlp_endpoint,
+            sampler=setup.sampler,
+            sample_ratio=setup.sample_ratio,
+        )
 
 
 class MalformedRequest(Exception):
@@ -86,8 +100,11 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if (handler is None or handler.request_deserializer is None
-                or handler_call_details.method.startswith(OPEN_PREFIXES)):  # type: ignore[attr-defined]
+        if (
+            handler is None
+            or handler.request_deserializer is None
+            or handler_call_details.method.startswith(OPEN_PREFIXES)
+        ):  # type: ignore[attr-defined]
             return handler
         deserialize = handler.request_deserializer
 
@@ -112,29 +129,37 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
 
         serialize = handler.response_serializer
         if handler.request_streaming and handler.response_streaming:
-            async def stream_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-                                    ) -> AsyncIterator[Any]:
+
+            async def stream_stream(
+                requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
                 try:
                     async for response in handler.stream_stream(parsed_stream(requests), context):
                         yield response
                 except MalformedRequest as error:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
             return grpc.stream_stream_rpc_method_handler(stream_stream, response_serializer=serialize)
         if handler.request_streaming:
+
             async def stream_unary(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
                 try:
                     return await handler.stream_unary(parsed_stream(requests), context)
                 except MalformedRequest as error:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
             return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=serialize)
         if handler.response_streaming:
+
             async def unary_stream(data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 async for response in handler.unary_stream(await parsed(data, context), context):
                     yield response
+
             return grpc.unary_stream_rpc_method_handler(unary_stream, response_serializer=serialize)
 
         async def unary_unary(data: bytes, context: grpc.aio.ServicerContext) -> Any:
             return await handler.unary_unary(await parsed(data, context), context)
+
         return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=serialize)
 
 
@@ -155,8 +180,10 @@ class UnexpectedErrorInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method  # type: ignore[attr-defined]
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        options: dict[str, Any] = {"request_deserializer": handler.request_deserializer,
-                                   "response_serializer": handler.response_serializer}
+        options: dict[str, Any] = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
 
         async def internal(context: grpc.aio.ServicerContext) -> None:
             log.exception("%s failed", method)
@@ -174,8 +201,11 @@ class UnexpectedErrorInterceptor(grpc.aio.ServerInterceptor):
                 except Exception:  # noqa: BLE001 - any: the client gets INTERNAL, the log the details
                     await internal(context)
 
-            make = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
-                    else grpc.unary_stream_rpc_method_handler)
+            make = (
+                grpc.stream_stream_rpc_method_handler
+                if handler.request_streaming
+                else grpc.unary_stream_rpc_method_handler
+            )
             return make(guarded_stream, **options)
 
         unary = handler.stream_unary if handler.request_streaming else handler.unary_unary
@@ -188,14 +218,22 @@ class UnexpectedErrorInterceptor(grpc.aio.ServerInterceptor):
             except Exception:  # noqa: BLE001 - any: the client gets INTERNAL, the log the details
                 await internal(context)
 
-        make_unary = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
-                      else grpc.unary_unary_rpc_method_handler)
+        make_unary = (
+            grpc.stream_unary_rpc_method_handler
+            if handler.request_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
         return make_unary(guarded, **options)
 
 
 class GrpcServer:
-    def __init__(self, service: str, settings: ServerSettings, auth: AuthSettings,
-                 untraced_methods: Collection[str] = ()):
+    def __init__(
+        self,
+        service: str,
+        settings: ServerSettings,
+        auth: AuthSettings,
+        untraced_methods: Collection[str] = (),
+    ):
         """untraced_methods: full names ("/k2.query.v1.QueryService/SubscribeTrades") served without a span: endless
         streams, whose span would never end usefully and which the OpenTelemetry aio interceptor cannot close
         cleanly when the client goes away (it logs "Failed to detach context" for every such stream)."""
@@ -204,16 +242,25 @@ class GrpcServer:
         self.settings = settings
         self.health = health_aio.HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(filter_=_traced(untraced_methods)), TokenAuthInterceptor(auth),
-                          LimitsInterceptor(settings), UnexpectedErrorInterceptor(),
-                          MalformedRequestInterceptor()],
-            options=[("grpc.max_receive_message_length", settings.max_message_bytes),
-                     ("grpc.max_send_message_length", settings.max_message_bytes)])
+            interceptors=[
+                aio_server_interceptor(filter_=_traced(untraced_methods)),
+                TokenAuthInterceptor(auth),
+                LimitsInterceptor(settings),
+                UnexpectedErrorInterceptor(),
+                MalformedRequestInterceptor(),
+            ],
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+            ],
+        )
         self.service_names: list[str] = []
         self.port = 0
         self.serving = False
 
-    def add(self, add_to_server: Callable[[object, grpc.aio.Server], None], servicer: object, full_name: str) -> None:
+    def add(
+        self, add_to_server: Callable[[object, grpc.aio.Server], None], servicer: object, full_name: str
+    ) -> None:
         """Registers a servicer, e.g. add(add_IngestServiceServicer_to_server, servicer, "k2.ingest.v1.IngestService")."""
         add_to_server(servicer, self.server)
         self.service_names.append(full_name)
@@ -229,8 +276,14 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(TelemetryServicer(), self.server)
         reflection.enable_server_reflection(
-            [*self.service_names, TELEMETRY_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME], self.server)
+            [
+                *self.service_names,
+                TELEMETRY_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self.server,
+        )
         address = f"{self.settings.host}:{self.settings.port}"
         credentials = server_credentials(self.settings)
         if credentials is None:
@@ -240,8 +293,14 @@ class GrpcServer:
         await self.server.start()
         start_metrics_server(self.settings.host, self.settings.metrics_port)
         await self.set_serving(True)
-        log.info("%s serving gRPC on %s:%d (%s), metrics on %s", self.service, self.settings.host, self.port,
-                 "TLS" if credentials else "plaintext", self.settings.metrics_port or "off")
+        log.info(
+            "%s serving gRPC on %s:%d (%s), metrics on %s",
+            self.service,
+            self.settings.host,
+            self.port,
+            "TLS" if credentials else "plaintext",
+            self.settings.metrics_port or "off",
+        )
         return self.port
 
     async def stop(self) -> None:
@@ -264,8 +323,9 @@ class Service:
     # The process's young-generation collection thresholds (gc.set_threshold) under `run`; None: Python's.
     gc_thresholds: tuple[int, int, int] | None = None
 
-    def __init__(self, name: str, settings: ServerSettings, auth: AuthSettings,
-                 untraced_methods: Collection[str] = ()):
+    def __init__(
+        self, name: str, settings: ServerSettings, auth: AuthSettings, untraced_methods: Collection[str] = ()
+    ):
         """name: the service's name in traces, metrics and logs ("ingest"); untraced_methods as GrpcServer's."""
         self.grpc = GrpcServer(name, settings, auth, untraced_methods)
 

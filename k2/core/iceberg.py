@@ -58,8 +58,10 @@ def _s3_properties(settings: IcebergSettings) -> dict[str, str]:
         # S3-compatible stores address the bucket in the path (http://host:port/bucket/key), not the host name.
         properties |= {S3_ENDPOINT: settings.s3_endpoint, S3_FORCE_VIRTUAL_ADDRESSING: "false"}
     if settings.s3_access_key_id:
-        properties |= {S3_ACCESS_KEY_ID: settings.s3_access_key_id,
-                       S3_SECRET_ACCESS_KEY: settings.s3_secret_access_key.get_secret_value()}
+        properties |= {
+            S3_ACCESS_KEY_ID: settings.s3_access_key_id,
+            S3_SECRET_ACCESS_KEY: settings.s3_secret_access_key.get_secret_value(),
+        }
     return properties
 
 
@@ -79,8 +81,10 @@ PartitionFields = list[tuple[str, Transform[Any, Any], str]]
 
 def partition_fields(buckets: int | None = SYMBOL_BUCKETS) -> PartitionFields:
     """The layout's partition fields: day and exchange, then the symbol's bucket (None: no bucket field)."""
-    fields: PartitionFields = [("timestamp", DayTransform(), "timestamp_day"),
-                               ("exchange", IdentityTransform(), "exchange")]
+    fields: PartitionFields = [
+        ("timestamp", DayTransform(), "timestamp_day"),
+        ("exchange", IdentityTransform(), "exchange"),
+    ]
     if buckets:
         fields.append(("symbol", BucketTransform(buckets), "symbol_bucket"))
     return fields
@@ -88,19 +92,29 @@ def partition_fields(buckets: int | None = SYMBOL_BUCKETS) -> PartitionFields:
 
 def layout(kind: RecordKind, fields: PartitionFields | None = None) -> tuple[PartitionSpec, SortOrder]:
     schema = iceberg_schema(kind)
-    spec = PartitionSpec(*(
-        PartitionField(source_id=schema.find_field(column).field_id, field_id=1000 + i, transform=transform,
-                       name=name)
-        for i, (column, transform, name) in enumerate(partition_fields() if fields is None else fields)))
+    spec = PartitionSpec(
+        *(
+            PartitionField(
+                source_id=schema.find_field(column).field_id,
+                field_id=1000 + i,
+                transform=transform,
+                name=name,
+            )
+            for i, (column, transform, name) in enumerate(partition_fields() if fields is None else fields)
+        )
+    )
     symbol = schema.find_field("symbol").field_id
     timestamp = schema.find_field("timestamp").field_id
-    order = SortOrder(SortField(source_id=symbol, transform=IdentityTransform()),
-                      SortField(source_id=timestamp, transform=IdentityTransform()))
+    order = SortOrder(
+        SortField(source_id=symbol, transform=IdentityTransform()),
+        SortField(source_id=timestamp, transform=IdentityTransform()),
+    )
     return spec, order
 
 
-def ensure_table(catalog: Catalog, settings: IcebergSettings, kind: RecordKind,
-                 fields: PartitionFields | None = None) -> Table:
+def ensure_table(
+    catalog: Catalog, settings: IcebergSettings, kind: RecordKind, fields: PartitionFields | None = None
+) -> Table:
     """Creates the table if missing, with the layout's partition spec (`fields`, default `partition_fields()`);
     an existing table gains columns the current Avro schema added and moves to the layout's partition spec, both
     by metadata evolution (no rewrite: files keep the spec they were written with until compaction rewrites them).
@@ -109,11 +123,15 @@ def ensure_table(catalog: Catalog, settings: IcebergSettings, kind: RecordKind,
         return _ensure_table(catalog, settings, kind, partition_fields() if fields is None else fields)
     except OSError as error:
         # pyarrow's message names only the object and the S3 operation (often a HEAD, whose 403 has no body).
-        raise OSError(f"the warehouse {settings.warehouse} refused or failed a request (check K2_ICEBERG_WAREHOUSE "
-                      f"and K2_ICEBERG_S3_*): {error}") from error
+        raise OSError(
+            f"the warehouse {settings.warehouse} refused or failed a request (check K2_ICEBERG_WAREHOUSE "
+            f"and K2_ICEBERG_S3_*): {error}"
+        ) from error
 
 
-def _ensure_table(catalog: Catalog, settings: IcebergSettings, kind: RecordKind, fields: PartitionFields) -> Table:
+def _ensure_table(
+    catalog: Catalog, settings: IcebergSettings, kind: RecordKind, fields: PartitionFields
+) -> Table:
     catalog.create_namespace_if_not_exists(settings.namespace)
     identifier = table_identifier(settings, kind)
     schema = iceberg_schema(kind)
@@ -121,10 +139,17 @@ def _ensure_table(catalog: Catalog, settings: IcebergSettings, kind: RecordKind,
         table = catalog.load_table(identifier)
     except NoSuchTableError:
         spec, order = layout(kind, fields)
-        return catalog.create_table_if_not_exists(identifier, schema, partition_spec=spec, sort_order=order,
-                                                  properties={"format-version": "2",
-                                                              "write.parquet.compression-codec": "zstd",
-                                                              **LAYOUT_PROPERTIES})
+        return catalog.create_table_if_not_exists(
+            identifier,
+            schema,
+            partition_spec=spec,
+            sort_order=order,
+            properties={
+                "format-version": "2",
+                "write.parquet.compression-codec": "zstd",
+                **LAYOUT_PROPERTIES,
+            },
+        )
     for attempt in range(EVOLVE_ATTEMPTS):  # two processes may evolve at once: the loser finds it done
         try:
             _evolve(table, schema, fields)
@@ -161,7 +186,9 @@ def _evolve(table: Table, schema: Schema, fields: PartitionFields) -> None:
                 for field in table.spec().fields:
                     if (table.schema().find_column_name(field.source_id), field.transform) not in wanted:
                         update.remove_field(field.name)
-                current = {(table.schema().find_column_name(f.source_id), f.transform) for f in table.spec().fields}
+                current = {
+                    (table.schema().find_column_name(f.source_id), f.transform) for f in table.spec().fields
+                }
                 for column, transform, name in fields:
                     if (column, transform) not in current:
                         update.add_field(column, transform, name)
@@ -192,6 +219,7 @@ def committed_offsets(table: Table, snapshot_id: int | None = None) -> Offsets:
 
 def offsets_property(offsets: Offsets) -> dict[str, str]:
     """Snapshot summary properties recording `offsets`, for table.append(..., snapshot_properties=...)."""
-    payload: dict[str, Any] = {topic: {str(p): o for p, o in sorted(parts.items())}
-                               for topic, parts in sorted(offsets.items())}
+    payload: dict[str, Any] = {
+        topic: {str(p): o for p, o in sorted(parts.items())} for topic, parts in sorted(offsets.items())
+    }
     return {OFFSETS_PROPERTY: json.dumps(payload, separators=(",", ":"))}

@@ -43,30 +43,45 @@ def partition_values(metadata: TableMetadata, rows: pa.Table) -> list[pa.Array]:
     """For each field of the table's current partition spec, its value for every row of `rows` (the field's
     transform of its source column)."""
     schema = metadata.schema()
-    return [field.transform.pyarrow_transform(schema.find_field(field.source_id).field_type)(
-                rows[schema.find_column_name(field.source_id)])
-            for field in metadata.spec().fields]
+    return [
+        field.transform.pyarrow_transform(schema.find_field(field.source_id).field_type)(
+            rows[schema.find_column_name(field.source_id)]
+        )
+        for field in metadata.spec().fields
+    ]
 
 
-def write_partition_files(metadata: TableMetadata, io: FileIO, rows: pa.Table,
-                          runs: Iterable[tuple[Sequence[Any], int]],
-                          on_failure: Callable[[Iterable[str]], None]) -> list[DataFile]:
+def write_partition_files(
+    metadata: TableMetadata,
+    io: FileIO,
+    rows: pa.Table,
+    runs: Iterable[tuple[Sequence[Any], int]],
+    on_failure: Callable[[Iterable[str]], None],
+) -> list[DataFile]:
     """Writes `rows` as one Parquet data file per run of consecutive rows: `runs` are, in order, (the run's value
     of each field of the current partition spec, its number of rows). The files are not committed. When a file
     cannot be written (a full disk, a refused write), every other write is waited for and `on_failure` gets the
     paths of all of them, whole, partial or never begun, before the error is raised."""
     spec, schema = metadata.spec(), metadata.schema()
-    task_schema = pyarrow_to_schema(rows.schema, name_mapping=schema.name_mapping,
-                                    format_version=metadata.format_version)
+    task_schema = pyarrow_to_schema(
+        rows.schema, name_mapping=schema.name_mapping, format_version=metadata.format_version
+    )
     write_uuid = uuid.uuid4()
     tasks = []
     offset = 0
     for task_id, (values, count) in enumerate(runs):
-        key = PartitionKey([PartitionFieldValue(f, v) for f, v in zip(spec.fields, values, strict=True)], spec,
-                           schema)
-        tasks.append(WriteTask(write_uuid=write_uuid, task_id=task_id, schema=task_schema,
-                               record_batches=rows.slice(offset, count).combine_chunks().to_batches(),
-                               partition_key=key if spec.fields else None))
+        key = PartitionKey(
+            [PartitionFieldValue(f, v) for f, v in zip(spec.fields, values, strict=True)], spec, schema
+        )
+        tasks.append(
+            WriteTask(
+                write_uuid=write_uuid,
+                task_id=task_id,
+                schema=task_schema,
+                record_batches=rows.slice(offset, count).combine_chunks().to_batches(),
+                partition_key=key if spec.fields else None,
+            )
+        )
         offset += count
     # One write_file per task: each goes to pyiceberg's pool at once (they run in parallel), so that when one
     # fails none of the others is still writing when their files are deleted.
@@ -80,8 +95,10 @@ def write_partition_files(metadata: TableMetadata, io: FileIO, rows: pa.Table,
             failure = failure or error
     if failure is not None:
         provider = load_location_provider(metadata.location, metadata.properties)
-        on_failure(provider.new_data_location(task.generate_data_file_filename("parquet"), task.partition_key)
-                   for task in tasks)
+        on_failure(
+            provider.new_data_location(task.generate_data_file_filename("parquet"), task.partition_key)
+            for task in tasks
+        )
         raise failure
     return files
 
@@ -89,7 +106,8 @@ def write_partition_files(metadata: TableMetadata, io: FileIO, rows: pa.Table,
 def read_data_files(table: Table, files: Iterable[DataFile]) -> pa.Table:
     """The rows of the given data files of `table`, in its current schema."""
     return ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table(
-        [FileScanTask(f) for f in files])
+        [FileScanTask(f) for f in files]
+    )
 
 
 def expire_snapshots(table: Table, snapshot_ids: list[int]) -> None:

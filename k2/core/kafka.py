@@ -48,11 +48,16 @@ def topic_name(settings: KafkaSettings, topic: Topic) -> str:
 def client_config(settings: KafkaSettings) -> ClientConfig:
     # TCP_NODELAY, as the Java clients set it: with Nagle on, a small produce or fetch can wait for the delayed ACK.
     config: ClientConfig = {
-        "bootstrap.servers": settings.bootstrap_servers, "security.protocol": settings.security_protocol,
-        "socket.nagle.disable": True}
+        "bootstrap.servers": settings.bootstrap_servers,
+        "security.protocol": settings.security_protocol,
+        "socket.nagle.disable": True,
+    }
     if settings.sasl_mechanism:
-        config |= {"sasl.mechanism": settings.sasl_mechanism, "sasl.username": settings.sasl_username,
-                   "sasl.password": settings.sasl_password.get_secret_value()}
+        config |= {
+            "sasl.mechanism": settings.sasl_mechanism,
+            "sasl.username": settings.sasl_username,
+            "sasl.password": settings.sasl_password.get_secret_value(),
+        }
     if settings.ssl_ca_location:
         config["ssl.ca.location"] = settings.ssl_ca_location
     return config
@@ -87,15 +92,26 @@ def consumer_config(settings: KafkaSettings, group_id: str, **overrides: str | f
     return config | overrides
 
 
-def provision_topics(settings: KafkaSettings, topics: Sequence[Topic] = TOPICS, timeout: float = 30.0) -> list[str]:
+def provision_topics(
+    settings: KafkaSettings, topics: Sequence[Topic] = TOPICS, timeout: float = 30.0
+) -> list[str]:
     """Creates missing topics, with the settings' replication factor and min.insync.replicas; existing ones are
     left as they are. Returns the names created."""
     admin = AdminClient(client_config(settings))
     existing = set(admin.list_topics(timeout=timeout).topics)
-    durability = {"min.insync.replicas": str(settings.min_insync_replicas)} if settings.min_insync_replicas else {}
-    wanted = [NewTopic(topic_name(settings, t), num_partitions=t.partitions,
-                       replication_factor=settings.replication_factor, config=t.config | durability)
-              for t in topics if topic_name(settings, t) not in existing]
+    durability = (
+        {"min.insync.replicas": str(settings.min_insync_replicas)} if settings.min_insync_replicas else {}
+    )
+    wanted = [
+        NewTopic(
+            topic_name(settings, t),
+            num_partitions=t.partitions,
+            replication_factor=settings.replication_factor,
+            config=t.config | durability,
+        )
+        for t in topics
+        if topic_name(settings, t) not in existing
+    ]
     created = []
     for name, future in admin.create_topics(wanted, request_timeout=timeout).items() if wanted else []:
         try:
@@ -107,8 +123,12 @@ def provision_topics(settings: KafkaSettings, topics: Sequence[Topic] = TOPICS, 
     return created
 
 
-async def watch_reachability(settings: KafkaSettings, on_change: Callable[[bool], Awaitable[None]],
-                             interval: float = 5.0, timeout: float = 5.0) -> None:
+async def watch_reachability(
+    settings: KafkaSettings,
+    on_change: Callable[[bool], Awaitable[None]],
+    interval: float = 5.0,
+    timeout: float = 5.0,
+) -> None:
     """Calls on_change(reachable) at the first check and whenever Kafka's reachability changes, until cancelled:
     how a service's health follows its Kafka dependency."""
     admin = AdminClient(client_config(settings))
@@ -127,14 +147,24 @@ async def watch_reachability(settings: KafkaSettings, on_change: Callable[[bool]
         await asyncio.sleep(interval)
 
 
-def dead_letter_headers(reason: str, source: str, field_name: str = "", *, topic: str = "",
-                        partition: int | None = None, offset: int | None = None) -> list[tuple[str, bytes]]:
+def dead_letter_headers(
+    reason: str,
+    source: str,
+    field_name: str = "",
+    *,
+    topic: str = "",
+    partition: int | None = None,
+    offset: int | None = None,
+) -> list[tuple[str, bytes]]:
     headers = [(DLQ_REASON, reason.encode()), (DLQ_SOURCE, source.encode())]
     if field_name:
         headers.append((DLQ_FIELD, field_name.encode()))
     if topic:
-        headers += [(DLQ_SOURCE_TOPIC, topic.encode()), (DLQ_SOURCE_PARTITION, str(partition).encode()),
-                    (DLQ_SOURCE_OFFSET, str(offset).encode())]
+        headers += [
+            (DLQ_SOURCE_TOPIC, topic.encode()),
+            (DLQ_SOURCE_PARTITION, str(partition).encode()),
+            (DLQ_SOURCE_OFFSET, str(offset).encode()),
+        ]
     return headers
 
 
@@ -143,8 +173,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO)
     settings = KafkaSettings()
     created = provision_topics(settings)
-    print(f"Topics on {settings.bootstrap_servers}: {', '.join(topic_name(settings, t) for t in TOPICS)}"
-          f" ({len(created)} created)")
+    print(
+        f"Topics on {settings.bootstrap_servers}: {', '.join(topic_name(settings, t) for t in TOPICS)}"
+        f" ({len(created)} created)"
+    )
 
 
 if __name__ == "__main__":

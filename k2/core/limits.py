@@ -32,7 +32,9 @@ class TokenBuckets:
 
     def __init__(self, rate: float, burst: float):
         self.rate, self.burst = rate, burst
-        self.buckets: LRUCache[str, tuple[float, float]] = LRUCache(MAX_TRACKED_CLIENTS)  # (tokens, last refill)
+        self.buckets: LRUCache[str, tuple[float, float]] = LRUCache(
+            MAX_TRACKED_CLIENTS
+        )  # (tokens, last refill)
 
     def take(self, client: str) -> bool:
         now = time.monotonic()
@@ -54,14 +56,23 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
     def _refusal(self, client: str, streaming: bool) -> str | None:
         settings = self._settings
         if self._buckets is not None and not self._buckets.take(client):
-            return (f"more than {settings.max_requests_per_second_per_client:g} requests per second from this "
-                    "client; slow down and retry")
+            return (
+                f"more than {settings.max_requests_per_second_per_client:g} requests per second from this "
+                "client; slow down and retry"
+            )
         if streaming:
             if settings.max_streams and self._streams >= settings.max_streams:
-                return f"this server already serves its maximum of {settings.max_streams} streams; retry later"
-            if settings.max_streams_per_client and self._streams_by_client[client] >= settings.max_streams_per_client:
-                return (f"this client already has {settings.max_streams_per_client} open streams, the maximum; "
-                        "close one first")
+                return (
+                    f"this server already serves its maximum of {settings.max_streams} streams; retry later"
+                )
+            if (
+                settings.max_streams_per_client
+                and self._streams_by_client[client] >= settings.max_streams_per_client
+            ):
+                return (
+                    f"this client already has {settings.max_streams_per_client} open streams, the maximum; "
+                    "close one first"
+                )
         return None
 
     def _open(self, client: str) -> None:
@@ -82,12 +93,17 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        options: dict[str, Any] = {"request_deserializer": handler.request_deserializer,
-                                   "response_serializer": handler.response_serializer}
+        options: dict[str, Any] = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
         if handler.response_streaming:
             behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
-            make = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
-                    else grpc.unary_stream_rpc_method_handler)
+            make = (
+                grpc.stream_stream_rpc_method_handler
+                if handler.request_streaming
+                else grpc.unary_stream_rpc_method_handler
+            )
 
             async def admit(context: grpc.aio.ServicerContext) -> str:
                 client = client_of(context)
@@ -98,6 +114,7 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
                 return client
 
             if not inspect.isasyncgenfunction(behavior):  # writes through context.write (health's Watch)
+
                 async def limited_writer(request: Any, context: grpc.aio.ServicerContext) -> None:
                     client = await admit(context)
                     try:
@@ -125,5 +142,9 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(EXHAUSTED, refusal)
             return await behavior(request, context)
 
-        make = grpc.stream_unary_rpc_method_handler if handler.request_streaming else grpc.unary_unary_rpc_method_handler
+        make = (
+            grpc.stream_unary_rpc_method_handler
+            if handler.request_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
         return make(limited, **options)

@@ -115,12 +115,22 @@ class AsyncProducer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._handed_over.wait(), IDLE_POLL_SECONDS)
 
-    async def send_batch(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes],
-                         headers: Sequence[Headers] | None = None) -> DeliveryReport:
+    async def send_batch(
+        self,
+        topic: str,
+        keys: Sequence[bytes | None],
+        values: Sequence[bytes],
+        headers: Sequence[Headers] | None = None,
+    ) -> DeliveryReport:
         return await (await self.produce_batch(topic, keys, values, headers))
 
-    async def produce_batch(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes],
-                            headers: Sequence[Headers] | None = None) -> asyncio.Future[DeliveryReport]:
+    async def produce_batch(
+        self,
+        topic: str,
+        keys: Sequence[bytes | None],
+        values: Sequence[bytes],
+        headers: Sequence[Headers] | None = None,
+    ) -> asyncio.Future[DeliveryReport]:
         """Hands every message (keys[i], values[i], headers[i] when given) to the producer, waiting while its
         buffer is full, and returns the future of the batch's delivery report, so a caller can produce the next
         batch while this one awaits its acks. Batches are produced one after another, never interleaved, so
@@ -140,10 +150,12 @@ class AsyncProducer:
         self._handed_over.set()
         return future
 
-    async def _produce_together(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes],
-                                batch: _BatchDelivery) -> int:
-        messages: list[dict[str, Any]] = [{"key": key, "value": value}
-                                          for key, value in zip(keys, values, strict=True)]
+    async def _produce_together(
+        self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes], batch: _BatchDelivery
+    ) -> int:
+        messages: list[dict[str, Any]] = [
+            {"key": key, "value": value} for key, value in zip(keys, values, strict=True)
+        ]
         refused = 0
         start = 0
         while start < len(messages):
@@ -170,18 +182,31 @@ class AsyncProducer:
                 await asyncio.sleep(QUEUE_FULL_WAIT_SECONDS)
         return refused
 
-    async def _produce_each(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes],
-                            headers: Sequence[Headers], batch: _BatchDelivery) -> int:
+    async def _produce_each(
+        self,
+        topic: str,
+        keys: Sequence[bytes | None],
+        values: Sequence[bytes],
+        headers: Sequence[Headers],
+        batch: _BatchDelivery,
+    ) -> int:
         produce = self._producer.produce
         refused = 0
         for index, (key, value, message_headers) in enumerate(zip(keys, values, headers, strict=True)):
             while True:
                 try:
-                    produce(topic, value, key, headers=list(message_headers),
-                            on_delivery=partial(batch.on_delivery_at, index))
+                    produce(
+                        topic,
+                        value,
+                        key,
+                        headers=list(message_headers),
+                        on_delivery=partial(batch.on_delivery_at, index),
+                    )
                     break
                 except BufferError:
-                    await asyncio.sleep(QUEUE_FULL_WAIT_SECONDS)  # buffer full: wait for deliveries to free space
+                    await asyncio.sleep(
+                        QUEUE_FULL_WAIT_SECONDS
+                    )  # buffer full: wait for deliveries to free space
                 except KafkaException as error:  # refused before sending, e.g. above message.max.bytes
                     batch.errors[index] = error.args[0].str()
                     refused += 1

@@ -79,30 +79,55 @@ def _seconds(value: datetime) -> int:
 
 
 _TRADES = TradeEncoder(
-    avro.CURRENT_HEADERS[TRADE], avro.CURRENT_FIELDS[TRADE], _enum_tags("asset_class", ASSET_CLASS_NAMES),
-    _enum_tags("side", SIDE_NAMES), MAX_TEXT_LENGTH, NATIVE_LIMITS, (DECIMAL_PRECISION, DECIMAL_SCALE),
-    (_seconds(datetime.min), _seconds(datetime.max) + 1))
+    avro.CURRENT_HEADERS[TRADE],
+    avro.CURRENT_FIELDS[TRADE],
+    _enum_tags("asset_class", ASSET_CLASS_NAMES),
+    _enum_tags("side", SIDE_NAMES),
+    MAX_TEXT_LENGTH,
+    NATIVE_LIMITS,
+    (DECIMAL_PRECISION, DECIMAL_SCALE),
+    (_seconds(datetime.min), _seconds(datetime.max) + 1),
+)
 
 
 def encode_trades(request: PublishTradesRequest, received: datetime, message_ids: MessageIds) -> EncodedBatch:
     """Validates and encodes a request's trades, each exactly as trade_from_proto + avro.encode would; `received`
     is their ingestion timestamp."""
     keys, values, unjudged, symbols = _TRADES.encode(
-        request.SerializeToString(), micros(received), message_ids.prefix, message_ids.node)
-    return _encode_plain(TRADE, trade_from_proto, request.trades, unjudged, received, message_ids,
-                            keys, values, symbols)
+        request.SerializeToString(), micros(received), message_ids.prefix, message_ids.node
+    )
+    return _encode_plain(
+        TRADE, trade_from_proto, request.trades, unjudged, received, message_ids, keys, values, symbols
+    )
 
 
 def encode_quotes(request: PublishQuotesRequest, received: datetime, message_ids: MessageIds) -> EncodedBatch:
     """Validates and encodes a request's quotes (quote_from_proto + avro.encode)."""
     quotes = request.quotes
-    return _encode_plain(QUOTE, quote_from_proto, quotes, range(len(quotes)), received, message_ids,
-                            [None] * len(quotes), [None] * len(quotes), Counter(quote.symbol for quote in quotes))
+    return _encode_plain(
+        QUOTE,
+        quote_from_proto,
+        quotes,
+        range(len(quotes)),
+        received,
+        message_ids,
+        [None] * len(quotes),
+        [None] * len(quotes),
+        Counter(quote.symbol for quote in quotes),
+    )
 
 
-def _encode_plain(kind: RecordKind, convert: Callable[..., Record], messages: Sequence[Any],
-                     unjudged: Iterable[int], received: datetime, message_ids: MessageIds,
-                     keys: list[bytes | None], values: list[bytes | None], symbols: Mapping[str, int]) -> EncodedBatch:
+def _encode_plain(
+    kind: RecordKind,
+    convert: Callable[..., Record],
+    messages: Sequence[Any],
+    unjudged: Iterable[int],
+    received: datetime,
+    message_ids: MessageIds,
+    keys: list[bytes | None],
+    values: list[bytes | None],
+    symbols: Mapping[str, int],
+) -> EncodedBatch:
     """The batch once the plain path has filled in (keys[i], values[i]) of each unjudged item i, or rejected it."""
     rejected = []
     for index in unjudged:
@@ -115,5 +140,10 @@ def _encode_plain(kind: RecordKind, convert: Callable[..., Record], messages: Se
     if not rejected:
         return EncodedBatch(keys, values, range(len(values)), rejected, symbols)  # type: ignore[arg-type]
     indexes = [index for index, value in enumerate(values) if value is not None]
-    return EncodedBatch([keys[index] for index in indexes], [values[index] for index in indexes],  # type: ignore[misc]
-                        indexes, rejected, symbols)
+    return EncodedBatch(
+        [keys[index] for index in indexes],  # type: ignore[misc]
+        [values[index] for index in indexes],  # type: ignore[misc]
+        indexes,
+        rejected,
+        symbols,
+    )

@@ -62,15 +62,17 @@ def _vendor_data(message: Trade | Quote) -> dict[str, str] | None:
     return dict(sorted(message.vendor_data.items())) or None
 
 
-def trade_from_proto(message: Trade, received: datetime | None = None,
-                     message_id: str | None = None) -> Record:
+def trade_from_proto(
+    message: Trade, received: datetime | None = None, message_id: str | None = None
+) -> Record:
     """A validated v2 trade from a published message; ingest stamps the ingestion time and, when the message
     has none, the message_id (the given one, else a new random UUID)."""
     if not message.HasField("timestamp"):
         raise FieldError("timestamp", "required")
     record: Record = {
-        "message_id": (check_message_id(message.message_id) if message.message_id
-                       else message_id or new_message_id()),
+        "message_id": (
+            check_message_id(message.message_id) if message.message_id else message_id or new_message_id()
+        ),
         "trade_id": message.trade_id,
         "symbol": message.symbol,
         "exchange": message.exchange,
@@ -93,13 +95,15 @@ def _optional_decimal(message: Quote, field: str) -> Decimal | None:
     return read_decimal(field, getattr(message, field)) if message.HasField(field) else None
 
 
-def quote_from_proto(message: Quote, received: datetime | None = None,
-                     message_id: str | None = None) -> Record:
+def quote_from_proto(
+    message: Quote, received: datetime | None = None, message_id: str | None = None
+) -> Record:
     if not message.HasField("timestamp"):
         raise FieldError("timestamp", "required")
     record: Record = {
-        "message_id": (check_message_id(message.message_id) if message.message_id
-                       else message_id or new_message_id()),
+        "message_id": (
+            check_message_id(message.message_id) if message.message_id else message_id or new_message_id()
+        ),
         "quote_id": message.quote_id,
         "symbol": message.symbol,
         "exchange": message.exchange,
@@ -126,12 +130,19 @@ def _set_ingestion_timestamp(message: Trade | Quote, record: Record) -> None:
 
 def trade_to_proto(record: Record) -> Trade:
     message = Trade(
-        message_id=record["message_id"], trade_id=record["trade_id"], symbol=record["symbol"],
-        exchange=record["exchange"], asset_class=ASSET_CLASS_VALUES[record["asset_class"]],
-        price=decimal_text(record["price"]), quantity=decimal_text(record["quantity"]),
-        currency=record["currency"], side=SIDE_VALUES[record["side"]],
-        trade_conditions=record["trade_conditions"], source_sequence=record["source_sequence"],
-        platform_sequence=record["platform_sequence"], vendor_data=record["vendor_data"],
+        message_id=record["message_id"],
+        trade_id=record["trade_id"],
+        symbol=record["symbol"],
+        exchange=record["exchange"],
+        asset_class=ASSET_CLASS_VALUES[record["asset_class"]],
+        price=decimal_text(record["price"]),
+        quantity=decimal_text(record["quantity"]),
+        currency=record["currency"],
+        side=SIDE_VALUES[record["side"]],
+        trade_conditions=record["trade_conditions"],
+        source_sequence=record["source_sequence"],
+        platform_sequence=record["platform_sequence"],
+        vendor_data=record["vendor_data"],
     )
     set_timestamp(message.timestamp, record["timestamp"])
     _set_ingestion_timestamp(message, record)
@@ -144,12 +155,19 @@ def _optional_text(value: Decimal | None) -> str | None:
 
 def quote_to_proto(record: Record) -> Quote:
     message = Quote(
-        message_id=record["message_id"], quote_id=record["quote_id"], symbol=record["symbol"],
-        exchange=record["exchange"], asset_class=ASSET_CLASS_VALUES[record["asset_class"]],
-        bid_price=_optional_text(record["bid_price"]), bid_quantity=_optional_text(record["bid_quantity"]),
-        ask_price=_optional_text(record["ask_price"]), ask_quantity=_optional_text(record["ask_quantity"]),
-        currency=record["currency"], source_sequence=record["source_sequence"],
-        platform_sequence=record["platform_sequence"], vendor_data=record["vendor_data"],
+        message_id=record["message_id"],
+        quote_id=record["quote_id"],
+        symbol=record["symbol"],
+        exchange=record["exchange"],
+        asset_class=ASSET_CLASS_VALUES[record["asset_class"]],
+        bid_price=_optional_text(record["bid_price"]),
+        bid_quantity=_optional_text(record["bid_quantity"]),
+        ask_price=_optional_text(record["ask_price"]),
+        ask_quantity=_optional_text(record["ask_quantity"]),
+        currency=record["currency"],
+        source_sequence=record["source_sequence"],
+        platform_sequence=record["platform_sequence"],
+        vendor_data=record["vendor_data"],
     )
     set_timestamp(message.timestamp, record["timestamp"])
     _set_ingestion_timestamp(message, record)

@@ -40,17 +40,31 @@ MAX_VENDOR_DATA_ENTRIES = 8
 MAX_VENDOR_DATA_KEY_LENGTH = 32
 MAX_VENDOR_DATA_VALUE_LENGTH = 64
 # The same bounds as the native paths take them (native/src/limits.rs): they hand back what is outside.
-NATIVE_LIMITS = (NAME_CHARACTERS, MAX_NAME_LENGTH, MAX_TRADE_CONDITIONS, MAX_CONDITION_LENGTH,
-                 MAX_VENDOR_DATA_ENTRIES, MAX_VENDOR_DATA_KEY_LENGTH, MAX_VENDOR_DATA_VALUE_LENGTH)
+NATIVE_LIMITS = (
+    NAME_CHARACTERS,
+    MAX_NAME_LENGTH,
+    MAX_TRADE_CONDITIONS,
+    MAX_CONDITION_LENGTH,
+    MAX_VENDOR_DATA_ENTRIES,
+    MAX_VENDOR_DATA_KEY_LENGTH,
+    MAX_VENDOR_DATA_VALUE_LENGTH,
+)
 # What the compiled readers of Avro records (the live fan-out's, the writer's) clear on their own besides those
 # bounds; a record outside them is handed to the plain path, which judges it. Texts of 1 to MAX_TEXT_LENGTH
 # characters; decimals above zero (a zero or negative price is valid for futures and options only, which the
 # validator decides); fields that are both null or both set.
-NATIVE_CHECKED_TEXTS = {TRADE: ("trade_id", "symbol", "exchange", "currency"),
-                        QUOTE: ("quote_id", "symbol", "exchange", "currency")}
-NATIVE_POSITIVE = {TRADE: ("price", "quantity"), QUOTE: ("bid_price", "bid_quantity", "ask_price", "ask_quantity")}
+NATIVE_CHECKED_TEXTS = {
+    TRADE: ("trade_id", "symbol", "exchange", "currency"),
+    QUOTE: ("quote_id", "symbol", "exchange", "currency"),
+}
+NATIVE_POSITIVE = {
+    TRADE: ("price", "quantity"),
+    QUOTE: ("bid_price", "bid_quantity", "ask_price", "ask_quantity"),
+}
 NATIVE_BOTH_OR_NEITHER: dict[RecordKind, tuple[tuple[str, str], ...]] = {
-    TRADE: (), QUOTE: (("bid_price", "bid_quantity"), ("ask_price", "ask_quantity"))}
+    TRADE: (),
+    QUOTE: (("bid_price", "bid_quantity"), ("ask_price", "ask_quantity")),
+}
 # Decimal strings as exchanges and programs write them: an optional '-', digits, optionally '.' and digits, and an
 # optional exponent (Java's BigDecimal.toString and Python's str(Decimal) write 1E-8). No '+', spaces, '_', 'NaN'.
 DECIMAL_PATTERN = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
@@ -124,7 +138,9 @@ def check_trade_conditions(values: list[str]) -> None:
         raise FieldError("trade_conditions", f"{len(values)} given, at most {MAX_TRADE_CONDITIONS}")
     for index, value in enumerate(values):
         if len(value) > MAX_CONDITION_LENGTH:
-            raise FieldError("trade_conditions", f"[{index}] is longer than {MAX_CONDITION_LENGTH} characters")
+            raise FieldError(
+                "trade_conditions", f"[{index}] is longer than {MAX_CONDITION_LENGTH} characters"
+            )
 
 
 def check_vendor_data(values: dict[str, str] | None) -> None:
@@ -134,11 +150,14 @@ def check_vendor_data(values: dict[str, str] | None) -> None:
         raise FieldError("vendor_data", f"{len(values)} entries, at most {MAX_VENDOR_DATA_ENTRIES}")
     for key, value in values.items():
         if len(key) > MAX_VENDOR_DATA_KEY_LENGTH:
-            raise FieldError("vendor_data", f"key {key[:40]!r} is longer than {MAX_VENDOR_DATA_KEY_LENGTH} "
-                                            "characters")
+            raise FieldError(
+                "vendor_data", f"key {key[:40]!r} is longer than {MAX_VENDOR_DATA_KEY_LENGTH} characters"
+            )
         if len(value) > MAX_VENDOR_DATA_VALUE_LENGTH:
-            raise FieldError("vendor_data", f"the value of {key[:40]!r} is longer than "
-                                            f"{MAX_VENDOR_DATA_VALUE_LENGTH} characters")
+            raise FieldError(
+                "vendor_data",
+                f"the value of {key[:40]!r} is longer than {MAX_VENDOR_DATA_VALUE_LENGTH} characters",
+            )
 
 
 def check_timestamp(field: str, value: datetime) -> datetime:
@@ -196,8 +215,10 @@ def validate_quote(record: Record) -> Record:
     for side in ("bid", "ask"):
         price, quantity = record[f"{side}_price"], record[f"{side}_quantity"]
         if (price is None) != (quantity is None):
-            raise FieldError(f"{side}_price" if price is None else f"{side}_quantity",
-                             f"{side} price and quantity must both be set or both absent")
+            raise FieldError(
+                f"{side}_price" if price is None else f"{side}_quantity",
+                f"{side} price and quantity must both be set or both absent",
+            )
         if price is not None:
             record[f"{side}_price"] = check_decimal(f"{side}_price", price)
             record[f"{side}_quantity"] = check_decimal(f"{side}_quantity", quantity)

@@ -35,4 +35,6 @@ def _published() -> dict[RecordKind, list[SchemaFile]]:
 
 
 PUBLISHED = _published()
-CURRENT_SCHEMA: dict[RecordKind, dict[str, Any]] = {kind: files[-1].schema for kind, files in PUBLISHED.items()}
+CURRENT_SCHEMA: dict[RecordKind, dict[str, Any]] = {
+    kind: files[-1].schema for kind, files in PUBLISHED.items()
+}

@@ -38,10 +38,15 @@ DEFAULT_SAMPLE_RATIO = 0.01
 # OTEL_TRACES_SAMPLER's standard names: those without an argument (with the share of new traces they sample), and
 # the ratio samplers (OTEL_TRACES_SAMPLER_ARG, default DEFAULT_SAMPLE_RATIO).
 FIXED_SAMPLERS: dict[str, tuple[Sampler, float]] = {
-    "always_on": (ALWAYS_ON, 1.0), "always_off": (ALWAYS_OFF, 0.0),
-    "parentbased_always_on": (DEFAULT_ON, 1.0), "parentbased_always_off": (DEFAULT_OFF, 0.0)}
+    "always_on": (ALWAYS_ON, 1.0),
+    "always_off": (ALWAYS_OFF, 0.0),
+    "parentbased_always_on": (DEFAULT_ON, 1.0),
+    "parentbased_always_off": (DEFAULT_OFF, 0.0),
+}
 RATIO_SAMPLERS: dict[str, Callable[[float], Sampler]] = {
-    "traceidratio": TraceIdRatioBased, "parentbased_traceidratio": ParentBasedTraceIdRatio}
+    "traceidratio": TraceIdRatioBased,
+    "parentbased_traceidratio": ParentBasedTraceIdRatio,
+}
 # Messages of one send whose ids become events of its span (searchable in Jaeger): every message of the feed's and
 # the file loader's batches (5000 by default); bounds a sampled span's size (~625 kB in OTLP).
 MAX_MESSAGE_EVENTS = 5000
@@ -73,8 +78,10 @@ def configured_sampler() -> tuple[str, float, Sampler]:
         sampler, ratio = FIXED_SAMPLERS[name]
         return name, ratio, sampler
     if name not in RATIO_SAMPLERS:
-        raise ValueError(f"OTEL_TRACES_SAMPLER: unknown sampler {name!r}; one of "
-                         f"{', '.join([*FIXED_SAMPLERS, *RATIO_SAMPLERS])}")
+        raise ValueError(
+            f"OTEL_TRACES_SAMPLER: unknown sampler {name!r}; one of "
+            f"{', '.join([*FIXED_SAMPLERS, *RATIO_SAMPLERS])}"
+        )
     argument = os.environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
     try:
         ratio = float(argument) if argument else DEFAULT_SAMPLE_RATIO
@@ -87,8 +94,11 @@ def configured_sampler() -> tuple[str, float, Sampler]:
 
 def otlp_endpoint() -> str:
     """The endpoint the OTLP/gRPC span exporter uses, by the standard variables' precedence; "" when unset."""
-    return (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-            or "").strip()
+    return (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or ""
+    ).strip()
 
 
 def setup_tracing(service: str) -> TracerProvider:
@@ -100,7 +110,9 @@ def setup_tracing(service: str) -> TracerProvider:
     resource = Resource.create({"service.name": service_name, "service.namespace": "k2"})
     sampler_name, ratio, sampler = configured_sampler()
     # Room for the message events of a send (and an exception's), unless set by the standard variable.
-    limits = SpanLimits(max_events=None if os.environ.get("OTEL_SPAN_EVENT_COUNT_LIMIT") else MAX_MESSAGE_EVENTS + 8)
+    limits = SpanLimits(
+        max_events=None if os.environ.get("OTEL_SPAN_EVENT_COUNT_LIMIT") else MAX_MESSAGE_EVENTS + 8
+    )
     provider = TracerProvider(resource=resource, sampler=sampler, span_limits=limits)
     endpoint = otlp_endpoint()
     if endpoint:
@@ -183,7 +195,9 @@ def _traceparent(headers: Sequence[tuple[str, bytes | None]]) -> bytes | None:
     return None
 
 
-def sampled_message_traces(headers: Iterable[Sequence[tuple[str, bytes | None]] | None]) -> list[MessageTrace]:
+def sampled_message_traces(
+    headers: Iterable[Sequence[tuple[str, bytes | None]] | None],
+) -> list[MessageTrace]:
     """The distinct sampled trace contexts of a batch of messages (each message's Kafka headers, in batch order),
     in order of first appearance. A batch published together shares one context, so this is usually one entry
     per producer batch, and none at all for unsampled traffic."""
@@ -203,16 +217,31 @@ def sampled_message_traces(headers: Iterable[Sequence[tuple[str, bytes | None]] 
     return [found for found in traces.values() if found is not None]
 
 
-def messaging_span(tracer: Tracer, name: str, parent: MessageTrace, *, operation: str, topic: str, partition: int,
-                   offset: int, group: str | None = None, operation_type: str = "process") -> Span:
+def messaging_span(
+    tracer: Tracer,
+    name: str,
+    parent: MessageTrace,
+    *,
+    operation: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    group: str | None = None,
+    operation_type: str = "process",
+) -> Span:
     """A CONSUMER span for the messages of one trace context, a CHILD of the producer's span (so the trace
     continues across Kafka), with the messaging semantic-convention attributes. partition/offset are those of the
     first message of the context in the batch; messaging.batch.message_count says how many it covers."""
     attributes: dict[str, str | int] = {
-        "messaging.system": "kafka", "messaging.operation.type": operation_type,
-        "messaging.operation.name": operation, "messaging.destination.name": topic,
-        "messaging.destination.partition.id": str(partition), "messaging.kafka.destination.partition": partition,
-        "messaging.kafka.offset": offset, "messaging.batch.message_count": parent.count}
+        "messaging.system": "kafka",
+        "messaging.operation.type": operation_type,
+        "messaging.operation.name": operation,
+        "messaging.destination.name": topic,
+        "messaging.destination.partition.id": str(partition),
+        "messaging.kafka.destination.partition": partition,
+        "messaging.kafka.offset": offset,
+        "messaging.batch.message_count": parent.count,
+    }
     if group is not None:
         attributes["messaging.consumer.group.name"] = group
     return tracer.start_span(name, context=parent.context, kind=SpanKind.CONSUMER, attributes=attributes)
@@ -236,8 +265,9 @@ def links_to(traces: Iterable[MessageTrace]) -> list[Link]:
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=os.environ.get("K2_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("K2_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def start_metrics_server(host: str, port: int) -> None:

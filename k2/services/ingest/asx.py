@@ -47,8 +47,9 @@ def load_symbols(path: Path) -> dict[str, str]:
         reader = csv.DictReader(file)
         try:
             if not reader.fieldnames or not {"company_id", "symbol"} <= set(reader.fieldnames):
-                raise ValueError(f"{path.name}: expected a header with company_id and symbol, found "
-                                 f"{reader.fieldnames}")
+                raise ValueError(
+                    f"{path.name}: expected a header with company_id and symbol, found {reader.fieldnames}"
+                )
             symbols = {}
             for row in reader:
                 if not row["company_id"]:
@@ -87,8 +88,11 @@ class _AsxParser:
                 fields = raw.decode().split(",")
                 day, record_id = self._row_id(fields[0])
                 if len(fields) != len(self.columns):
-                    raise FieldError("", f"expected {len(self.columns)} columns ({','.join(self.columns)}), "
-                                         f"found {len(fields)}")
+                    raise FieldError(
+                        "",
+                        f"expected {len(self.columns)} columns ({','.join(self.columns)}), "
+                        f"found {len(fields)}",
+                    )
                 record = record_from(number, fields, day, record_id)
             except FieldError as error:
                 chunk.rejected.append(RejectedRow(number, raw, error.field, error.reason))
@@ -124,14 +128,25 @@ class AsxTradeParser(_AsxParser):
             vendor_data["venue"] = venue
         if buyer_id:
             vendor_data["buyer_id"] = buyer_id
-        return validate_trade({
-            "message_id": record_message_id(TRADE, trade_id), "trade_id": trade_id, "symbol": self.symbol,
-            "exchange": EXCHANGE, "asset_class": "EQUITIES", "timestamp": _utc(day, time_text),
-            "price": read_decimal("price", price), "quantity": read_decimal("quantity", volume),
-            "currency": CURRENCY, "side": "UNKNOWN", "trade_conditions": [qualifiers] if qualifiers else [],
-            "source_sequence": number, "ingestion_timestamp": self.received, "platform_sequence": None,
-            "vendor_data": vendor_data,
-        })
+        return validate_trade(
+            {
+                "message_id": record_message_id(TRADE, trade_id),
+                "trade_id": trade_id,
+                "symbol": self.symbol,
+                "exchange": EXCHANGE,
+                "asset_class": "EQUITIES",
+                "timestamp": _utc(day, time_text),
+                "price": read_decimal("price", price),
+                "quantity": read_decimal("quantity", volume),
+                "currency": CURRENCY,
+                "side": "UNKNOWN",
+                "trade_conditions": [qualifiers] if qualifiers else [],
+                "source_sequence": number,
+                "ingestion_timestamp": self.received,
+                "platform_sequence": None,
+                "vendor_data": vendor_data,
+            }
+        )
 
 
 class AsxQuoteParser(_AsxParser):
@@ -142,14 +157,25 @@ class AsxQuoteParser(_AsxParser):
         _, time_text, bid, ask, bid_volume, ask_volume = fields
         bid_price, bid_quantity = _book_side("bid", bid, bid_volume)
         ask_price, ask_quantity = _book_side("ask", ask, ask_volume)
-        return validate_quote({
-            "message_id": record_message_id(QUOTE, quote_id), "quote_id": quote_id, "symbol": self.symbol,
-            "exchange": EXCHANGE, "asset_class": "EQUITIES", "timestamp": _utc(day, time_text),
-            "bid_price": bid_price, "bid_quantity": bid_quantity, "ask_price": ask_price,
-            "ask_quantity": ask_quantity, "currency": CURRENCY, "source_sequence": number,
-            "ingestion_timestamp": self.received, "platform_sequence": None,
-            "vendor_data": {"company_id": self.company_id},
-        })
+        return validate_quote(
+            {
+                "message_id": record_message_id(QUOTE, quote_id),
+                "quote_id": quote_id,
+                "symbol": self.symbol,
+                "exchange": EXCHANGE,
+                "asset_class": "EQUITIES",
+                "timestamp": _utc(day, time_text),
+                "bid_price": bid_price,
+                "bid_quantity": bid_quantity,
+                "ask_price": ask_price,
+                "ask_quantity": ask_quantity,
+                "currency": CURRENCY,
+                "source_sequence": number,
+                "ingestion_timestamp": self.received,
+                "platform_sequence": None,
+                "vendor_data": {"company_id": self.company_id},
+            }
+        )
 
 
 def _parse_date(text: str) -> tuple[date, str]:
@@ -172,8 +198,16 @@ def _utc(day: date, time_text: str) -> datetime:
         if match is None:
             raise ValueError
         hour, minute, second, fraction = match.groups()
-        local = datetime(day.year, day.month, day.day, int(hour), int(minute), int(second),
-                         int(fraction.ljust(6, "0")) if fraction else 0, tzinfo=EXCHANGE_ZONE)
+        local = datetime(
+            day.year,
+            day.month,
+            day.day,
+            int(hour),
+            int(minute),
+            int(second),
+            int(fraction.ljust(6, "0")) if fraction else 0,
+            tzinfo=EXCHANGE_ZONE,
+        )
         return local.astimezone(UTC)
     except ValueError:
         raise FieldError("timestamp", f"time {time_text!r:.24} is not HH:MM:SS.mmm") from None
@@ -188,9 +222,11 @@ def _book_side(side: str, price_text: str, volume_text: str) -> tuple[Decimal | 
     if not price and not quantity:
         return None, None
     if price <= 0:
-        raise FieldError(f"{side}_price", f"must be positive when the {side} volume is {volume_text}: "
-                                          f"{price_text}")
+        raise FieldError(
+            f"{side}_price", f"must be positive when the {side} volume is {volume_text}: {price_text}"
+        )
     if quantity <= 0:
-        raise FieldError(f"{side}_quantity", f"must be positive when the {side} is {price_text}: "
-                                             f"{volume_text}")
+        raise FieldError(
+            f"{side}_quantity", f"must be positive when the {side} is {price_text}: {volume_text}"
+        )
     return price, quantity

@@ -30,14 +30,30 @@ from k2.services.ingest.ids import record_message_id
 from k2.services.ingest.rows import ParsedChunk, RejectedRow
 
 REQUIRED: dict[RecordKind, tuple[str, ...]] = {
-    TRADE: ("trade_id", "symbol", "exchange", "asset_class", "timestamp", "price", "quantity", "currency",
-            "side"),
+    TRADE: (
+        "trade_id",
+        "symbol",
+        "exchange",
+        "asset_class",
+        "timestamp",
+        "price",
+        "quantity",
+        "currency",
+        "side",
+    ),
     QUOTE: ("quote_id", "symbol", "exchange", "asset_class", "timestamp", "currency"),
 }
 OPTIONAL: dict[RecordKind, tuple[str, ...]] = {
     TRADE: ("message_id", "trade_conditions", "source_sequence", "vendor_data"),
-    QUOTE: ("message_id", "bid_price", "bid_quantity", "ask_price", "ask_quantity", "source_sequence",
-            "vendor_data"),
+    QUOTE: (
+        "message_id",
+        "bid_price",
+        "bid_quantity",
+        "ask_price",
+        "ask_quantity",
+        "source_sequence",
+        "vendor_data",
+    ),
 }
 CONDITION_SEPARATOR = "|"
 _FRACTION = re.compile(r"[.,](\d+)", re.ASCII)
@@ -53,13 +69,17 @@ def read_header(kind: RecordKind, path: Path) -> list[str]:
     columns = [name.strip() for name in header]
     missing = [name for name in REQUIRED[kind] if name not in columns]
     if missing:
-        raise ValueError(f"{path.name}: missing required column(s) {', '.join(missing)} "
-                         "(the first line must be the header)")
+        raise ValueError(
+            f"{path.name}: missing required column(s) {', '.join(missing)} "
+            "(the first line must be the header)"
+        )
     allowed = REQUIRED[kind] + OPTIONAL[kind]
     unknown = [name for name in columns if name not in allowed]
     if unknown:
-        raise ValueError(f"{path.name}: unknown column(s) {', '.join(map(repr, unknown))}; "
-                         f"a {kind} file has {', '.join(allowed)}")
+        raise ValueError(
+            f"{path.name}: unknown column(s) {', '.join(map(repr, unknown))}; "
+            f"a {kind} file has {', '.join(allowed)}"
+        )
     repeated = sorted({name for name in columns if columns.count(name) > 1})
     if repeated:
         raise ValueError(f"{path.name}: column(s) {', '.join(repeated)} appear more than once")
@@ -97,13 +117,18 @@ class CsvParser:
         message_id = row.get("message_id")
         sequence = row.get("source_sequence")
         return {
-            "message_id": check_message_id(message_id) if message_id
+            "message_id": check_message_id(message_id)
+            if message_id
             else record_message_id(self.kind, row[id_field]),
-            id_field: row[id_field], "symbol": row["symbol"], "exchange": row["exchange"],
-            "asset_class": row["asset_class"], "timestamp": _timestamp(row["timestamp"]),
+            id_field: row[id_field],
+            "symbol": row["symbol"],
+            "exchange": row["exchange"],
+            "asset_class": row["asset_class"],
+            "timestamp": _timestamp(row["timestamp"]),
             "currency": row["currency"],
             "source_sequence": _integer("source_sequence", sequence) if sequence else None,
-            "ingestion_timestamp": self.received, "platform_sequence": None,
+            "ingestion_timestamp": self.received,
+            "platform_sequence": None,
             "vendor_data": _vendor_data(row.get("vendor_data", "")),
         }
 
@@ -111,7 +136,8 @@ class CsvParser:
         conditions = row.get("trade_conditions")
         record = self._common(row, "trade_id") | {
             "price": read_decimal("price", row["price"]),
-            "quantity": read_decimal("quantity", row["quantity"]), "side": row["side"],
+            "quantity": read_decimal("quantity", row["quantity"]),
+            "side": row["side"],
             "trade_conditions": conditions.split(CONDITION_SEPARATOR) if conditions else [],
         }
         return validate_trade(record)
@@ -130,8 +156,9 @@ def _timestamp(text: str) -> datetime:
     except ValueError:
         raise FieldError("timestamp", f"not an ISO-8601 timestamp: {text!r:.40}") from None
     if value.tzinfo is None:
-        raise FieldError("timestamp", f"no UTC offset (e.g. 2014-03-10T10:05:44.516+11:00 or ...Z): "
-                                      f"{text!r:.40}")
+        raise FieldError(
+            "timestamp", f"no UTC offset (e.g. 2014-03-10T10:05:44.516+11:00 or ...Z): {text!r:.40}"
+        )
     fraction = _FRACTION.search(text)
     if fraction and fraction.group(1)[6:].strip("0"):
         raise FieldError("timestamp", "finer than a microsecond; K2 timestamps are whole microseconds")
@@ -162,6 +189,8 @@ def _vendor_data(text: str) -> dict[str, str] | None:
         raise FieldError("vendor_data", 'must be a JSON object of strings, e.g. {"venue": "X"}')
     try:
         "".join([*value, *value.values()]).encode()
-    except UnicodeEncodeError:  # a \ud800-\udfff escape without its pair: not text, and Avro could not carry it
+    except (
+        UnicodeEncodeError
+    ):  # a \ud800-\udfff escape without its pair: not text, and Avro could not carry it
         raise FieldError("vendor_data", "contains an unpaired surrogate escape (\\ud800-\\udfff)") from None
     return value or None

@@ -89,9 +89,13 @@ class FileCounts:
 
     def progress(self) -> ingest_pb2.LoadProgress:
         elapsed = time.monotonic() - self.started
-        return ingest_pb2.LoadProgress(path=self.path, rows_read=self.read, rows_accepted=self.accepted,
-                                       rows_rejected=self.rejected,
-                                       rows_per_second=self.read / elapsed if elapsed > 0 else 0.0)
+        return ingest_pb2.LoadProgress(
+            path=self.path,
+            rows_read=self.read,
+            rows_accepted=self.accepted,
+            rows_rejected=self.rejected,
+            rows_per_second=self.read / elapsed if elapsed > 0 else 0.0,
+        )
 
 
 @dataclass
@@ -111,31 +115,40 @@ class Loader:
         """Checks the whole request before anything is written: format, paths, reference data, headers."""
         spec = FORMATS.get(request.format)
         if spec is None:
-            raise LoadRefused(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"format is required: one of {', '.join(ingest_pb2.FileFormat.keys()[1:])}")
+            raise LoadRefused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"format is required: one of {', '.join(ingest_pb2.FileFormat.keys()[1:])}",
+            )
         if not request.paths:
             raise LoadRefused(grpc.StatusCode.INVALID_ARGUMENT, "no paths to load")
         if len(request.paths) > self.settings.max_load_paths:
-            raise LoadRefused(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"{len(request.paths)} paths; at most {self.settings.max_load_paths} per request")
+            raise LoadRefused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{len(request.paths)} paths; at most {self.settings.max_load_paths} per request",
+            )
         root = self.settings.load_root.resolve()
         paths = [self._below_root(root, text) for text in request.paths]
         repeated = sorted(str(path.relative_to(root)) for path, count in Counter(paths).items() if count > 1)
         if repeated:
-            raise LoadRefused(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"listed more than once: {', '.join(repeated[:10])}"
-                              + (f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""))
+            raise LoadRefused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"listed more than once: {', '.join(repeated[:10])}"
+                + (f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""),
+            )
         received = utc_now()
         if spec.vendor == "asx":
             symbols = self._asx_symbols(root, request.reference_data_path)
             parsers: list[Parser] = [self._asx_parser(spec, path, symbols, received) for path in paths]
             header_lines = 0
         else:
-            parsers = [csv_files.CsvParser(spec.kind, self._csv_columns(spec, path), received)
-                       for path in paths]
+            parsers = [
+                csv_files.CsvParser(spec.kind, self._csv_columns(spec, path), received) for path in paths
+            ]
             header_lines = 1
-        return [PlannedFile(text, path, spec, parser, header_lines)
-                for text, path, parser in zip(request.paths, paths, parsers, strict=True)]
+        return [
+            PlannedFile(text, path, spec, parser, header_lines)
+            for text, path, parser in zip(request.paths, paths, parsers, strict=True)
+        ]
 
     async def load(self, files: list[PlannedFile]) -> AsyncIterator[ingest_pb2.LoadFilesResponse]:
         started = time.monotonic()
@@ -148,10 +161,15 @@ class Loader:
                 finished.append(progress)
         finally:
             metrics.LOADS_ACTIVE.dec()
-        yield ingest_pb2.LoadFilesResponse(summary=ingest_pb2.LoadSummary(
-            files=finished, rows_read=sum(p.rows_read for p in finished),
-            rows_accepted=sum(p.rows_accepted for p in finished),
-            rows_rejected=sum(p.rows_rejected for p in finished), seconds=time.monotonic() - started))
+        yield ingest_pb2.LoadFilesResponse(
+            summary=ingest_pb2.LoadSummary(
+                files=finished,
+                rows_read=sum(p.rows_read for p in finished),
+                rows_accepted=sum(p.rows_accepted for p in finished),
+                rows_rejected=sum(p.rows_rejected for p in finished),
+                seconds=time.monotonic() - started,
+            )
+        )
 
     async def _load_file(self, file: PlannedFile) -> AsyncIterator[ingest_pb2.LoadProgress]:
         counts = FileCounts(file.requested)
@@ -171,8 +189,10 @@ class Loader:
                 while len(in_flight) >= self.settings.load_batches_in_flight:
                     await self._settle(file, counts, in_flight.popleft())
                 now = time.monotonic()
-                if (counts.read - reported_rows >= self.settings.load_progress_rows
-                        or now - reported_at >= self.settings.load_progress_seconds):
+                if (
+                    counts.read - reported_rows >= self.settings.load_progress_rows
+                    or now - reported_at >= self.settings.load_progress_seconds
+                ):
                     reported_at, reported_rows = now, counts.read
                     yield counts.progress()
             while in_flight:
@@ -193,8 +213,11 @@ class Loader:
         """Counts a produced chunk once Kafka answered; rows Kafka refused go to the dead-letter topic."""
         kind, chunk = file.format.kind, batch.chunk
         report = await batch.delivery
-        refused = [self._letter(file, *chunk.lines[position], f"not written to Kafka: {error}", "")
-                   for position, error in enumerate(report.errors) if error is not None]
+        refused = [
+            self._letter(file, *chunk.lines[position], f"not written to Kafka: {error}", "")
+            for position, error in enumerate(report.errors)
+            if error is not None
+        ]
         if refused:
             self._check_dead_letters(file, counts, await (await self.sink.produce_dead_letters(refused)))
         if batch.dead_letters is not None:
@@ -212,14 +235,21 @@ class Loader:
     def _check_dead_letters(self, file: PlannedFile, counts: FileCounts, report: DeliveryReport) -> None:
         if report.failed:
             error = next(e for e in report.errors if e is not None)
-            raise LoadRefused(grpc.StatusCode.UNAVAILABLE,
-                              f"{file.requested}: the dead-letter topic refused {report.failed} rejected "
-                              f"rows ({error}); stopped after {counts.read} rows read, {counts.accepted} "
-                              "accepted")
+            raise LoadRefused(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{file.requested}: the dead-letter topic refused {report.failed} rejected "
+                f"rows ({error}); stopped after {counts.read} rows read, {counts.accepted} "
+                "accepted",
+            )
 
     def _letter(self, file: PlannedFile, line: int, raw: bytes, reason: str, field: str) -> DeadLetter:
-        return DeadLetter(raw, reason, field, file.format.name,
-                          ((DLQ_FILE, str(file.path).encode()), (DLQ_LINE, str(line).encode())))
+        return DeadLetter(
+            raw,
+            reason,
+            field,
+            file.format.name,
+            ((DLQ_FILE, str(file.path).encode()), (DLQ_LINE, str(line).encode())),
+        )
 
     @staticmethod
     def _below_root(root: Path, text: str) -> Path:
@@ -228,9 +258,10 @@ class Loader:
         if not text:
             raise LoadRefused(grpc.StatusCode.INVALID_ARGUMENT, "an empty path")
         if len(text) > MAX_PATH_LENGTH or "\0" in text:
-            raise LoadRefused(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"{text[:60]!r}: not a path (longer than {MAX_PATH_LENGTH} characters "
-                              "or with a NUL)")
+            raise LoadRefused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{text[:60]!r}: not a path (longer than {MAX_PATH_LENGTH} characters or with a NUL)",
+            )
         path = Path(text)
         try:
             resolved = (path if path.is_absolute() else root / path).resolve()
@@ -238,12 +269,17 @@ class Loader:
         except RuntimeError:  # Path.resolve's "Symlink loop"
             raise LoadRefused(grpc.StatusCode.INVALID_ARGUMENT, f"{text}: a loop of symbolic links") from None
         except OSError as error:
-            code = (grpc.StatusCode.INVALID_ARGUMENT if error.errno in PATH_ERRORS
-                    else grpc.StatusCode.FAILED_PRECONDITION)
+            code = (
+                grpc.StatusCode.INVALID_ARGUMENT
+                if error.errno in PATH_ERRORS
+                else grpc.StatusCode.FAILED_PRECONDITION
+            )
             raise LoadRefused(code, f"{text}: {error.strerror}") from None
         if not resolved.is_relative_to(root):
-            raise LoadRefused(grpc.StatusCode.PERMISSION_DENIED,
-                              f"{text}: outside the load root; LoadFiles reads only files below it")
+            raise LoadRefused(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{text}: outside the load root; LoadFiles reads only files below it",
+            )
         if not is_file:
             raise LoadRefused(grpc.StatusCode.NOT_FOUND, f"{text}: no such file below the load root")
         return resolved
@@ -256,8 +292,10 @@ class Loader:
             reason = error.strerror
         except (ValueError, KeyError) as error:
             reason = str(error)
-        raise LoadRefused(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"ASX reference data {requested or '(the configured file)'} unreadable: {reason}")
+        raise LoadRefused(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"ASX reference data {requested or '(the configured file)'} unreadable: {reason}",
+        )
 
     @staticmethod
     def _asx_parser(format: Format, path: Path, symbols: dict[str, str], received: datetime) -> Parser:
@@ -267,8 +305,10 @@ class Loader:
             raise LoadRefused(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
         symbol = symbols.get(company_id)
         if symbol is None:
-            raise LoadRefused(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"{path.name}: company id {company_id} is not in the ASX reference data")
+            raise LoadRefused(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{path.name}: company id {company_id} is not in the ASX reference data",
+            )
         parser_type = asx.AsxTradeParser if format.kind == TRADE else asx.AsxQuoteParser
         return parser_type(company_id, symbol, received)
 

@@ -128,11 +128,17 @@ class Publisher:
         self.sink = sink
         self.symbols = symbols
         self.ledgers = {kind: BatchLedger(kind, settings.dedupe_window_bytes) for kind in (TRADE, QUOTE)}
-        self.recovery = Recovery(sink.settings, sink.framing, sink.topics, settings.publish_recovery_seconds,
-                                 settings.publish_recovery_messages)
+        self.recovery = Recovery(
+            sink.settings,
+            sink.framing,
+            sink.topics,
+            settings.publish_recovery_seconds,
+            settings.publish_recovery_messages,
+        )
 
-    async def stream(self, kind: Kind, requests: AsyncIterator[Any],
-                     trace_context: Context | None = None) -> AsyncIterator[Any]:
+    async def stream(
+        self, kind: Kind, requests: AsyncIterator[Any], trace_context: Context | None = None
+    ) -> AsyncIterator[Any]:
         """Answers a stream of batches in order; raises BatchRefused for a request refused as a whole (after
         answering the batches before it). trace_context: the caller's, parent of each batch's span."""
         depth = self.settings.max_batches_in_flight
@@ -166,9 +172,15 @@ class Publisher:
         # Named as the gRPC instrumentation names the spans of the other calls ("/<service>/<method>").
         span = tracer.start_span(f"/{SERVICE_NAME}/{kind.method}", trace_context, SpanKind.SERVER)
         if span.is_recording():
-            span.set_attributes({"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": kind.method,
-                                 "k2.batch.id": request.batch_id,
-                                 "k2.batch.items": len(getattr(request, kind.items_field))})
+            span.set_attributes(
+                {
+                    "rpc.system": "grpc",
+                    "rpc.service": SERVICE_NAME,
+                    "rpc.method": kind.method,
+                    "k2.batch.id": request.batch_id,
+                    "k2.batch.items": len(getattr(request, kind.items_field)),
+                }
+            )
         # The caller's context too, so its baggage reaches the records' headers with the send span's context.
         token = otel_context.attach(trace.set_span_in_context(span, trace_context))
         try:
@@ -188,13 +200,16 @@ class Publisher:
         batch_id = request.batch_id
         if len(items) > self.settings.max_batch_items:
             metrics.PUBLISH_BATCHES.labels(metrics.SERVICE, kind.kind, "refused").inc()
-            raise BatchRefused(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"batch {batch_id!r} has {len(items)} {kind.items_field}; at most "
-                               f"{self.settings.max_batch_items} per request")
+            raise BatchRefused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"batch {batch_id!r} has {len(items)} {kind.items_field}; at most "
+                f"{self.settings.max_batch_items} per request",
+            )
         if len(batch_id) > MAX_TEXT_LENGTH:
             metrics.PUBLISH_BATCHES.labels(metrics.SERVICE, kind.kind, "refused").inc()
-            raise BatchRefused(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"batch_id longer than {MAX_TEXT_LENGTH} characters")
+            raise BatchRefused(
+                grpc.StatusCode.INVALID_ARGUMENT, f"batch_id longer than {MAX_TEXT_LENGTH} characters"
+            )
         ledger = self.ledgers[kind.kind]
         if batch_id:
             earlier = ledger.get(batch_id)
@@ -202,12 +217,15 @@ class Publisher:
                 metrics.PUBLISH_BATCHES.labels(metrics.SERVICE, kind.kind, "duplicate").inc()
                 return _as_duplicate(earlier)
 
-        encoded = kind.encode(request, utc_now(),
-                              batch_message_ids(kind.kind, batch_id) if batch_id else MessageIds.random())
+        encoded = kind.encode(
+            request, utc_now(), batch_message_ids(kind.kind, batch_id) if batch_id else MessageIds.random()
+        )
         self.symbols.count_received_per_symbol(SOURCE, kind.kind, encoded.symbols)
         keys, values, indexes = encoded.keys, encoded.values, encoded.indexes
-        rejections = [ingest_pb2.Rejection(index=index, field=error.field, reason=error.reason)
-                      for index, error in encoded.rejected]
+        rejections = [
+            ingest_pb2.Rejection(index=index, field=error.field, reason=error.reason)
+            for index, error in encoded.rejected
+        ]
         metrics.count_rejected(SOURCE, kind.kind, "invalid", (r.field for r in rejections))
         await self.recovery.wait()
         written = self.recovery.written[kind.kind].written(values)
@@ -216,8 +234,11 @@ class Publisher:
             written_before = sum(written)
             metrics.PUBLISH_ITEMS_WRITTEN_BEFORE.labels(metrics.SERVICE, kind.kind).inc(written_before)
             fresh = [position for position, done in enumerate(written) if not done]
-            keys, values, indexes = ([keys[p] for p in fresh], [values[p] for p in fresh],
-                                     [indexes[p] for p in fresh])
+            keys, values, indexes = (
+                [keys[p] for p in fresh],
+                [values[p] for p in fresh],
+                [indexes[p] for p in fresh],
+            )
         delivery = await self.sink.produce_encoded(kind.kind, keys, values)
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if batch_id:
@@ -225,7 +246,9 @@ class Publisher:
 
         def delivered(report: asyncio.Future[DeliveryReport]) -> None:
             try:
-                answer.set_result(_answer(kind, batch_id, indexes, rejections, report.result(), written_before))
+                answer.set_result(
+                    _answer(kind, batch_id, indexes, rejections, report.result(), written_before)
+                )
             except Exception as error:  # noqa: BLE001 - the stream waits on this answer: never leave it pending
                 ledger.forget(batch_id, answer)
                 answer.set_exception(error)
@@ -235,18 +258,35 @@ class Publisher:
         return answer
 
 
-def _answer(kind: Kind, batch_id: str, indexes: Sequence[int], rejections: list[Any],
-            report: DeliveryReport, written_before: int) -> Any:
+def _answer(
+    kind: Kind,
+    batch_id: str,
+    indexes: Sequence[int],
+    rejections: list[Any],
+    report: DeliveryReport,
+    written_before: int,
+) -> Any:
     """The batch's answer once Kafka has answered for each item written (`indexes`); `written_before` more
     were accepted without writing them, Kafka had them already."""
-    failed = [ingest_pb2.Rejection(index=indexes[position], field="", reason=f"not written to Kafka: {error}")
-              for position, error in enumerate(report.errors) if error is not None] if report.failed else []
+    failed = (
+        [
+            ingest_pb2.Rejection(index=indexes[position], field="", reason=f"not written to Kafka: {error}")
+            for position, error in enumerate(report.errors)
+            if error is not None
+        ]
+        if report.failed
+        else []
+    )
     metrics.MESSAGES_ACCEPTED.labels(metrics.SERVICE, SOURCE, kind.kind).inc(len(indexes) - len(failed))
     if failed:
         metrics.count_rejected(SOURCE, kind.kind, "not_delivered", ("" for _ in failed))
         rejections = sorted(rejections + failed, key=lambda rejection: rejection.index)
-    return kind.response(batch_id=batch_id, accepted=len(indexes) - len(failed) + written_before,
-                         rejections=rejections, duplicate=bool(written_before) and not indexes)
+    return kind.response(
+        batch_id=batch_id,
+        accepted=len(indexes) - len(failed) + written_before,
+        rejections=rejections,
+        duplicate=bool(written_before) and not indexes,
+    )
 
 
 def _end_batch_span(span: Span, answer: asyncio.Future[Any]) -> None:
@@ -255,8 +295,13 @@ def _end_batch_span(span: Span, answer: asyncio.Future[Any]) -> None:
             span.set_status(trace.Status(trace.StatusCode.ERROR, "the batch was not answered"))
         else:
             result = answer.result()
-            span.set_attributes({"k2.batch.accepted": result.accepted, "k2.batch.rejected": len(result.rejections),
-                                 "k2.batch.duplicate": result.duplicate})
+            span.set_attributes(
+                {
+                    "k2.batch.accepted": result.accepted,
+                    "k2.batch.rejected": len(result.rejections),
+                    "k2.batch.duplicate": result.duplicate,
+                }
+            )
     span.end()
 
 

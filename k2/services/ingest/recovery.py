@@ -61,8 +61,14 @@ class Recovery:
     count for `seconds` after start. Publishing waits for it (wait()). While Kafka is unreachable it retries,
     for at most those `seconds`: what was written before start matters no longer than that."""
 
-    def __init__(self, kafka: KafkaSettings, framing: Framing, topics: Mapping[RecordKind, str], seconds: float,
-                 max_messages: int):
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        framing: Framing,
+        topics: Mapping[RecordKind, str],
+        seconds: float,
+        max_messages: int,
+    ):
         self._kafka = kafka
         self._framing = framing
         self._topics = topics
@@ -82,17 +88,31 @@ class Recovery:
         started = time.monotonic()
         try:
             for kind, topic in self._topics.items():
-                ids = await asyncio.to_thread(read_recent_message_ids, self._kafka, self._framing, topic,
-                                              self._seconds, self._max_messages, self._until, self._stop)
+                ids = await asyncio.to_thread(
+                    read_recent_message_ids,
+                    self._kafka,
+                    self._framing,
+                    topic,
+                    self._seconds,
+                    self._max_messages,
+                    self._until,
+                    self._stop,
+                )
                 self.written[kind] = RecentlyWritten(ids, self._until)
         except Exception as error:  # noqa: BLE001 - publishing goes on without it
             if not self._stop.is_set():
-                log.error("could not read back what was written before start (%s): a batch re-sent after this "
-                          "restart may be written twice", error)
+                log.error(
+                    "could not read back what was written before start (%s): a batch re-sent after this "
+                    "restart may be written twice",
+                    error,
+                )
             return
-        log.info("read back %s message ids written in the last %g s, in %.1f s",
-                 " and ".join(f"{len(written)} {kind}" for kind, written in self.written.items()),
-                 self._seconds, time.monotonic() - started)
+        log.info(
+            "read back %s message ids written in the last %g s, in %.1f s",
+            " and ".join(f"{len(written)} {kind}" for kind, written in self.written.items()),
+            self._seconds,
+            time.monotonic() - started,
+        )
 
     async def wait(self) -> None:
         if self._task is not None and not self._task.done():
@@ -119,31 +139,55 @@ class Stopped(Exception):
     """The recovery was told to stop, or ran out of time."""
 
 
-def read_recent_message_ids(kafka: KafkaSettings, framing: Framing, topic: str, seconds: float,
-                            max_messages: int, deadline: float, stop: threading.Event) -> set[str]:
+def read_recent_message_ids(
+    kafka: KafkaSettings,
+    framing: Framing,
+    topic: str,
+    seconds: float,
+    max_messages: int,
+    deadline: float,
+    stop: threading.Event,
+) -> set[str]:
     """The message ids on the topic written within the last `seconds`, at most `max_messages` (the newest,
     spread evenly over the partitions). Retried after a Kafka error until `deadline` (monotonic) or `stop`."""
-    retrying = until_stopped(stop, f"reading back {topic}'s recent message ids", initial=0.1, cap=2,
-                             retry_on=KafkaException, deadline=deadline)
+    retrying = until_stopped(
+        stop,
+        f"reading back {topic}'s recent message ids",
+        initial=0.1,
+        cap=2,
+        retry_on=KafkaException,
+        deadline=deadline,
+    )
     ids = retrying(_read_recent_message_ids, kafka, framing, topic, seconds, max_messages, deadline, stop)
     if ids is None:
         raise Stopped(f"stopped reading back {topic}")
     return ids
 
 
-def _read_recent_message_ids(kafka: KafkaSettings, framing: Framing, topic: str, seconds: float,
-                             max_messages: int, deadline: float, stop: threading.Event) -> set[str]:
+def _read_recent_message_ids(
+    kafka: KafkaSettings,
+    framing: Framing,
+    topic: str,
+    seconds: float,
+    max_messages: int,
+    deadline: float,
+    stop: threading.Event,
+) -> set[str]:
     consumer = Consumer(consumer_config(kafka, "k2-ingest-recovery", **{"enable.partition.eof": True}))
     try:
-        partitions = sorted(consumer.list_topics(topic, timeout=CALL_TIMEOUT_SECONDS).topics[topic].partitions)
+        partitions = sorted(
+            consumer.list_topics(topic, timeout=CALL_TIMEOUT_SECONDS).topics[topic].partitions
+        )
         per_partition = max(1, max_messages // max(1, len(partitions)))
         since_ms = int((time.time() - seconds) * 1000)
-        by_time = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in partitions],
-                                             CALL_TIMEOUT_SECONDS)
+        by_time = consumer.offsets_for_times(
+            [TopicPartition(topic, p, since_ms) for p in partitions], CALL_TIMEOUT_SECONDS
+        )
         starts = []
         for found in by_time:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, found.partition),
-                                                       CALL_TIMEOUT_SECONDS)
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, found.partition), CALL_TIMEOUT_SECONDS
+            )
             first = high if found.offset < 0 else found.offset  # < 0: nothing written since
             first = max(first, high - per_partition, low)
             if first < high:

@@ -33,27 +33,34 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self.feeds = feeds
 
     async def PublishTrades(
-            self, request_iterator: AsyncIterator[ingest_pb2.PublishTradesRequest],
-            context: grpc.aio.ServicerContext) -> AsyncIterator[ingest_pb2.PublishTradesResponse]:
+        self,
+        request_iterator: AsyncIterator[ingest_pb2.PublishTradesRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[ingest_pb2.PublishTradesResponse]:
         try:
-            async for answer in self.publisher.stream(TRADES, request_iterator,
-                                                      context_from_metadata(context.invocation_metadata())):
+            async for answer in self.publisher.stream(
+                TRADES, request_iterator, context_from_metadata(context.invocation_metadata())
+            ):
                 yield answer
         except BatchRefused as refused:
             await context.abort(refused.code, refused.message)
 
     async def PublishQuotes(
-            self, request_iterator: AsyncIterator[ingest_pb2.PublishQuotesRequest],
-            context: grpc.aio.ServicerContext) -> AsyncIterator[ingest_pb2.PublishQuotesResponse]:
+        self,
+        request_iterator: AsyncIterator[ingest_pb2.PublishQuotesRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[ingest_pb2.PublishQuotesResponse]:
         try:
-            async for answer in self.publisher.stream(QUOTES, request_iterator,
-                                                      context_from_metadata(context.invocation_metadata())):
+            async for answer in self.publisher.stream(
+                QUOTES, request_iterator, context_from_metadata(context.invocation_metadata())
+            ):
                 yield answer
         except BatchRefused as refused:
             await context.abort(refused.code, refused.message)
 
-    async def LoadFiles(self, request: ingest_pb2.LoadFilesRequest,
-                        context: grpc.aio.ServicerContext) -> AsyncIterator[ingest_pb2.LoadFilesResponse]:
+    async def LoadFiles(
+        self, request: ingest_pb2.LoadFilesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ingest_pb2.LoadFilesResponse]:
         try:
             files = await asyncio.to_thread(self.loader.plan, request)
             async for response in self.loader.load(files):
@@ -61,8 +68,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         except LoadRefused as refused:
             await context.abort(refused.code, refused.message)
 
-    async def GetFeedStatus(self, request: ingest_pb2.GetFeedStatusRequest,
-                            context: grpc.aio.ServicerContext) -> ingest_pb2.GetFeedStatusResponse:
+    async def GetFeedStatus(
+        self, request: ingest_pb2.GetFeedStatusRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.GetFeedStatusResponse:
         return ingest_pb2.GetFeedStatusResponse(feeds=self.feeds.statuses())
 
 
@@ -82,8 +90,9 @@ class IngestApp(Service):
         self.feeds = FeedRegistry()
         self._kafka_watch: asyncio.Task[None] | None = None
         symbols = metrics.SymbolLabels(settings.metrics_symbols_per_source)
-        self.servicer = IngestServicer(Publisher(settings, self.sink, symbols),
-                                       Loader(settings, self.sink, symbols), self.feeds)
+        self.servicer = IngestServicer(
+            Publisher(settings, self.sink, symbols), Loader(settings, self.sink, symbols), self.feeds
+        )
         self.grpc.add(ingest_pb2_grpc.add_IngestServiceServicer_to_server, self.servicer, SERVICE_NAME)
         metrics.PRODUCER_BUFFERED_MESSAGES.set_function(self.sink.buffered)
 

@@ -49,7 +49,9 @@ class KafkaSink:
         self.topics = {kind: topic_name(settings, topic) for kind, topic in TOPIC_FOR.items()}
         self.dead_letter_topic = topic_name(settings, DEAD_LETTER)
 
-    async def publish_encoded(self, kind: RecordKind, keys: Sequence[bytes], values: Sequence[bytes]) -> DeliveryReport:
+    async def publish_encoded(
+        self, kind: RecordKind, keys: Sequence[bytes], values: Sequence[bytes]
+    ) -> DeliveryReport:
         """Writes records already encoded (avro.encode) and keyed by symbol, and waits for Kafka's acks: one
         error (or None) per record, in order. While the producer's buffer is full this waits (backpressure)."""
         return await (await self.produce_encoded(kind, keys, values))
@@ -58,20 +60,31 @@ class KafkaSink:
         """Hands the records to the producer and returns the awaitable of their delivery report, so the caller
         can prepare its next batch meanwhile. Batches are written in the order of the calls."""
         encode = avro.encode
-        return await self.produce_encoded(kind, [record["symbol"].encode() for record in records],
-                                          [encode(kind, record) for record in records])
+        return await self.produce_encoded(
+            kind,
+            [record["symbol"].encode() for record in records],
+            [encode(kind, record) for record in records],
+        )
 
-    async def produce_encoded(self, kind: RecordKind, keys: Sequence[bytes],
-                              values: Sequence[bytes]) -> asyncio.Future[DeliveryReport]:
+    async def produce_encoded(
+        self, kind: RecordKind, keys: Sequence[bytes], values: Sequence[bytes]
+    ) -> asyncio.Future[DeliveryReport]:
         """`produce` for records already encoded (avro.encode) and keyed by their symbol."""
         topic = self.topics[kind]
         span = _send_span(topic, len(values))
         with _ended_on_error(span):
             if span.is_recording():
-                add_message_events(span, (avro.leading_ids(value) for value in values), RECORD_ID_ATTRIBUTES[kind])
+                add_message_events(
+                    span, (avro.leading_ids(value) for value in values), RECORD_ID_ATTRIBUTES[kind]
+                )
             headers = _propagated_headers(span)
-            return await self._produce(span, topic, keys, self.framing.framed(kind, values),
-                                       None if headers is None else [headers] * len(values))
+            return await self._produce(
+                span,
+                topic,
+                keys,
+                self.framing.framed(kind, values),
+                None if headers is None else [headers] * len(values),
+            )
 
     async def dead_letter(self, raw: bytes, reason: str, field: str, source: str) -> None:
         """Writes one rejected input to the dead-letter topic; returns once Kafka has it, or DeliveryError."""
@@ -84,13 +97,24 @@ class KafkaSink:
         span = _send_span(topic, len(letters))
         with _ended_on_error(span):
             trace_context = trace_headers(trace.set_span_in_context(span))
-            headers = [dead_letter_headers(letter.reason, letter.source, letter.field) + list(letter.context)
-                       + trace_context for letter in letters]
-            return await self._produce(span, topic, [None] * len(letters), [letter.raw for letter in letters],
-                                       headers)
+            headers = [
+                dead_letter_headers(letter.reason, letter.source, letter.field)
+                + list(letter.context)
+                + trace_context
+                for letter in letters
+            ]
+            return await self._produce(
+                span, topic, [None] * len(letters), [letter.raw for letter in letters], headers
+            )
 
-    async def _produce(self, span: Span, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes],
-                       headers: Sequence[Headers] | None) -> asyncio.Future[DeliveryReport]:
+    async def _produce(
+        self,
+        span: Span,
+        topic: str,
+        keys: Sequence[bytes | None],
+        values: Sequence[bytes],
+        headers: Sequence[Headers] | None,
+    ) -> asyncio.Future[DeliveryReport]:
         started = time.perf_counter()
         count = len(values)
         delivery = await self.producer.produce_batch(topic, keys, values, headers)
@@ -143,6 +167,14 @@ def _propagated_headers(span: Span) -> Headers | None:
 
 def _send_span(topic: str, count: int) -> Span:
     # OpenTelemetry messaging semantic conventions for a batch send to Kafka.
-    return tracer.start_span(f"send {topic}", kind=SpanKind.PRODUCER, attributes={
-        "messaging.system": "kafka", "messaging.operation.type": "send", "messaging.operation.name": "send",
-        "messaging.destination.name": topic, "messaging.batch.message_count": count})
+    return tracer.start_span(
+        f"send {topic}",
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "send",
+            "messaging.destination.name": topic,
+            "messaging.batch.message_count": count,
+        },
+    )

@@ -35,10 +35,12 @@ COLUMNS = ["timestamp", "exchange", "symbol", "source_sequence", "message_id", "
 def decimal_units(column: pa.ChunkedArray | pa.Array) -> tuple[list[int], int]:
     """(unscaled integers, scale) of a decimal128 column without nulls."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    data = memoryview(array.buffers()[1])[array.offset * 16:(array.offset + len(array)) * 16]
+    data = memoryview(array.buffers()[1])[array.offset * 16 : (array.offset + len(array)) * 16]
     from_bytes = int.from_bytes
     order = sys.byteorder
-    return [from_bytes(data[i:i + 16], order, signed=True) for i in range(0, len(data), 16)], array.type.scale
+    return [
+        from_bytes(data[i : i + 16], order, signed=True) for i in range(0, len(data), 16)
+    ], array.type.scale
 
 
 def units(value: Decimal, scale: int) -> int:
@@ -86,19 +88,32 @@ class BarBuilder:
         if price.type.scale != quantity.type.scale:
             raise ValueError("price and quantity must share one decimal scale")
         self.scale = price.type.scale
-        largest = int(max(abs(value.as_py() or 0) for value in (*pc.min_max(price).values(),
-                                                               *pc.min_max(quantity).values()))) + 1
+        largest = (
+            int(
+                max(
+                    abs(value.as_py() or 0)
+                    for value in (*pc.min_max(price).values(), *pc.min_max(quantity).values())
+                )
+            )
+            + 1
+        )
         if largest >= EXACT_FACTOR_LIMIT or largest * largest * rows.num_rows >= EXACT_NOTIONAL_LIMIT:
             self._add_by_row(rows)
             return
         micros = pc.cast(rows["timestamp"], pa.int64())
         starts = pc.subtract(micros, pc.modulo(micros, self.interval))
         narrow = pa.decimal256(FACTOR_DIGITS, self.scale)
-        table = pa.table({"start": starts, "price": price,
-                          "volume": quantity.cast(pa.decimal256(76, self.scale)),
-                          "notional": pc.multiply(price.cast(narrow), quantity.cast(narrow))})
+        table = pa.table(
+            {
+                "start": starts,
+                "price": price,
+                "volume": quantity.cast(pa.decimal256(76, self.scale)),
+                "notional": pc.multiply(price.cast(narrow), quantity.cast(narrow)),
+            }
+        )
         groups = table.group_by("start", use_threads=False).aggregate(
-            [("price", "min"), ("price", "max"), ("volume", "sum"), ("notional", "sum"), ("start", "count")])
+            [("price", "min"), ("price", "max"), ("volume", "sum"), ("notional", "sum"), ("start", "count")]
+        )
         counts = groups["start_count"].to_pylist()
         lasts = list(itertools.accumulate(counts))
         firsts = [last - count for last, count in zip(lasts, counts, strict=True)]
@@ -106,11 +121,28 @@ class BarBuilder:
         closes = pc.take(price, pa.array([last - 1 for last in lasts])).to_pylist()
         scale = self.scale
         for start, low, high, volume, notional, count, first, last in zip(
-                groups["start"].to_pylist(), groups["price_min"].to_pylist(), groups["price_max"].to_pylist(),
-                groups["volume_sum"].to_pylist(), groups["notional_sum"].to_pylist(), counts, opens, closes,
-                strict=True):
-            self._merge(_Bar(start, units(first, scale), units(high, scale), units(low, scale), units(last, scale),
-                             units(volume, scale), units(notional, 2 * scale), count))
+            groups["start"].to_pylist(),
+            groups["price_min"].to_pylist(),
+            groups["price_max"].to_pylist(),
+            groups["volume_sum"].to_pylist(),
+            groups["notional_sum"].to_pylist(),
+            counts,
+            opens,
+            closes,
+            strict=True,
+        ):
+            self._merge(
+                _Bar(
+                    start,
+                    units(first, scale),
+                    units(high, scale),
+                    units(low, scale),
+                    units(last, scale),
+                    units(volume, scale),
+                    units(notional, 2 * scale),
+                    count,
+                )
+            )
 
     def _merge(self, bar: "_Bar") -> None:
         previous = self.bars[-1] if self.bars else None
@@ -153,10 +185,15 @@ class BarBuilder:
     def protos(self) -> list[query_pb2.Bar]:
         result = []
         for bar in self.bars:
-            message = query_pb2.Bar(open=self._text(bar.open), high=self._text(bar.high), low=self._text(bar.low),
-                                    close=self._text(bar.close), volume=self._text(bar.volume),
-                                    vwap=self._text(divide_half_even(bar.notional, bar.volume)),
-                                    trade_count=bar.count)
+            message = query_pb2.Bar(
+                open=self._text(bar.open),
+                high=self._text(bar.high),
+                low=self._text(bar.low),
+                close=self._text(bar.close),
+                volume=self._text(bar.volume),
+                vwap=self._text(divide_half_even(bar.notional, bar.volume)),
+                trade_count=bar.count,
+            )
             set_timestamp(message.start, from_micros(bar.start))
             result.append(message)
         return result

@@ -45,7 +45,9 @@ MarketMessage = Trade | Quote
 FIELD_ONE_TAG = b"\x0a"  # field 1, wire type 2 (length-delimited)
 RESPONSES = {TRADE: query_pb2.SubscribeTradesResponse, QUOTE: query_pb2.SubscribeQuotesResponse}
 TO_PROTO: dict[RecordKind, Callable[[dict[str, Any]], MarketMessage]] = {
-    TRADE: trade_to_proto, QUOTE: quote_to_proto}
+    TRADE: trade_to_proto,
+    QUOTE: quote_to_proto,
+}
 
 
 def frame(message: MarketMessage) -> bytes:
@@ -54,8 +56,9 @@ def frame(message: MarketMessage) -> bytes:
     return FIELD_ONE_TAG + varint(len(payload)) + payload
 
 
-def decode_plain(kind: RecordKind, value: bytes,
-                   framing: Framing = SINGLE_OBJECT) -> tuple[MarketMessage, str, str, int] | None:
+def decode_plain(
+    kind: RecordKind, value: bytes, framing: Framing = SINGLE_OBJECT
+) -> tuple[MarketMessage, str, str, int] | None:
     """Kafka value → (message, symbol, exchange, timestamp µs) by the plain path (any schema version, the
     validators), or None for a value that is not a valid record of the kind (the writer refuses those too)."""
     try:
@@ -84,22 +87,38 @@ def _native_type(kind: RecordKind, avro_field: dict[str, Any], proto: FieldDescr
         prefix = enum.values_by_number[0].name.removesuffix("UNSPECIFIED")
         numbers = {value.name.removeprefix(prefix): value.number for value in enum.values}
         found = "enum", [numbers.get(symbol, 0) for symbol in inner["symbols"]]
-    elif (base, logical) == ("long", "timestamp-micros") and not optional and proto.message_type is not None \
-            and proto.message_type.full_name == "google.protobuf.Timestamp":
+    elif (
+        (base, logical) == ("long", "timestamp-micros")
+        and not optional
+        and proto.message_type is not None
+        and proto.message_type.full_name == "google.protobuf.Timestamp"
+    ):
         found = "timestamp-micros", None
     elif (base, logical) == ("bytes", "decimal") and string:
         found = "optional-decimal" if optional else "decimal", (inner["precision"], inner.get("scale", 0))
     elif (base, logical) == ("long", None) and optional and proto.type == FieldDescriptor.TYPE_INT64:
         found = "optional-long", None
-    elif base == "array" and inner.get("items") == "string" and not optional and proto.is_repeated \
-            and proto.type == FieldDescriptor.TYPE_STRING:
+    elif (
+        base == "array"
+        and inner.get("items") == "string"
+        and not optional
+        and proto.is_repeated
+        and proto.type == FieldDescriptor.TYPE_STRING
+    ):
         found = "text-list", None
-    elif base == "map" and inner.get("values") == "string" and optional and proto.message_type is not None \
-            and proto.message_type.GetOptions().map_entry:
+    elif (
+        base == "map"
+        and inner.get("values") == "string"
+        and optional
+        and proto.message_type is not None
+        and proto.message_type.GetOptions().map_entry
+    ):
         found = "optional-text-map", None
     if found is None:
-        raise ValueError(f"{kind} field {avro_field['name']}: the live transcoder has no mapping of Avro "
-                         f"{avro_type} to proto {proto.full_name}")
+        raise ValueError(
+            f"{kind} field {avro_field['name']}: the live transcoder has no mapping of Avro "
+            f"{avro_type} to proto {proto.full_name}"
+        )
     return found
 
 
@@ -113,14 +132,24 @@ def _transcoder(kind: RecordKind, headers: tuple[bytes, ...]) -> LiveTranscoder:
     avro_fields = current.schema["fields"]
     names = [field["name"] for field in avro_fields]
     if sorted(names) != sorted(descriptor.fields_by_name):
-        raise ValueError(f"{kind}: the Avro fields {names} are not the message's {list(descriptor.fields_by_name)}")
+        raise ValueError(
+            f"{kind}: the Avro fields {names} are not the message's {list(descriptor.fields_by_name)}"
+        )
     fields = []
     for avro_field in avro_fields:
         name = avro_field["name"]
         proto = descriptor.fields_by_name[name]
         native_type, argument = _native_type(kind, avro_field, proto)
-        fields.append((native_type, proto.number, proto.has_presence, name in NATIVE_CHECKED_TEXTS[kind],
-                       name in NATIVE_POSITIVE[kind], argument))
+        fields.append(
+            (
+                native_type,
+                proto.number,
+                proto.has_presence,
+                name in NATIVE_CHECKED_TEXTS[kind],
+                name in NATIVE_POSITIVE[kind],
+                argument,
+            )
+        )
     pairs = [(names.index(a), names.index(b)) for a, b in NATIVE_BOTH_OR_NEITHER[kind]]
     routing = (names.index("symbol"), names.index("exchange"), names.index("timestamp"))
     return LiveTranscoder(list(headers), fields, pairs, MAX_TEXT_LENGTH, NATIVE_LIMITS, routing)
@@ -156,6 +185,9 @@ def decode_batch(kind: RecordKind, batch: LiveBatch, framing: Framing = SINGLE_O
 def response_bytes(kind: RecordKind, framed: bytes, resume_token: str, replay: bool) -> bytes:
     """A Subscribe*Response: the framed records, then the resume token, replay flag and server time."""
     now = time.time_ns()
-    trailer = RESPONSES[kind](resume_token=resume_token, replay=replay,
-                              server_time=Timestamp(seconds=now // 1_000_000_000, nanos=now % 1_000_000_000))
+    trailer = RESPONSES[kind](
+        resume_token=resume_token,
+        replay=replay,
+        server_time=Timestamp(seconds=now // 1_000_000_000, nanos=now % 1_000_000_000),
+    )
     return framed + trailer.SerializeToString()

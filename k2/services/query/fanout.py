@@ -69,8 +69,17 @@ tracer = trace.get_tracer(__name__)
 class Subscriber:
     """One live stream's bounded queue of response bytes, filled by the fan-out and drained by its handler."""
 
-    __slots__ = ("buffered", "ending", "final_position", "kind", "limit", "queue", "selection", "skip_below",
-                 "wakeup")
+    __slots__ = (
+        "buffered",
+        "ending",
+        "final_position",
+        "kind",
+        "limit",
+        "queue",
+        "selection",
+        "skip_below",
+        "wakeup",
+    )
 
     def __init__(self, kind: RecordKind, selection: Selection, limit: int, skip_below: Offsets):
         self.kind = kind
@@ -116,16 +125,26 @@ class _Group:
 
 
 class FanOut:
-    def __init__(self, kafka: KafkaSettings, settings: QuerySettings, history: History,
-                 on_health: Callable[[bool], Awaitable[None]]):
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        settings: QuerySettings,
+        history: History,
+        on_health: Callable[[bool], Awaitable[None]],
+    ):
         self.framing = Framing.connect(kafka)
-        self.token_keys = TokenKeys(settings.token_keys)  # shared by the subscriptions and queries of this service
+        self.token_keys = TokenKeys(
+            settings.token_keys
+        )  # shared by the subscriptions and queries of this service
         self._kafka = kafka
         self._settings = settings
         self._history = history
         self._on_health = on_health
         self._admin = KafkaAdmin(kafka, min(settings.kafka_timeout_seconds, 2.0))
-        self.topics: dict[RecordKind, str] = {TRADE: topic_name(kafka, TRADES), QUOTE: topic_name(kafka, QUOTES)}
+        self.topics: dict[RecordKind, str] = {
+            TRADE: topic_name(kafka, TRADES),
+            QUOTE: topic_name(kafka, QUOTES),
+        }
         self._kinds = {topic: kind for kind, topic in self.topics.items()}
         self.positions: dict[RecordKind, Offsets] = {kind: {} for kind in KINDS}
         # symbol (the message key) → the last message value read; written by the consumer thread
@@ -140,7 +159,9 @@ class FanOut:
         self._ahead: dict[RecordKind, set[Subscriber]] = {kind: set() for kind in KINDS}
         self._waiting = threading.Semaphore(MAX_WAITING_BATCHES)
         self._stopping = threading.Event()
-        self._consumed: dict[RecordKind, Offsets] | None = None  # the next offset of each partition, once known
+        self._consumed: dict[RecordKind, Offsets] | None = (
+            None  # the next offset of each partition, once known
+        )
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._health_tasks: set[asyncio.Task[None]] = set()
@@ -162,7 +183,9 @@ class FanOut:
     def end_all(self, code: grpc.StatusCode, reason: str) -> None:
         """Ends every subscription (each is sent what it has queued, then the status)."""
         for kind in KINDS:
-            subscribers = [s for g in self._groups[kind].values() for s in g.subscribers] + list(self._ahead[kind])
+            subscribers = [s for g in self._groups[kind].values() for s in g.subscribers] + list(
+                self._ahead[kind]
+            )
             for subscriber in subscribers:
                 subscriber.final_position = self.position_of(subscriber)
                 self.unregister(subscriber)
@@ -170,7 +193,9 @@ class FanOut:
 
     # ---- subscribers (event loop) ----------------------------------------------------------------------------
 
-    def register(self, kind: RecordKind, selection: Selection, offsets: Offsets) -> tuple[Subscriber, Offsets]:
+    def register(
+        self, kind: RecordKind, selection: Selection, offsets: Offsets
+    ) -> tuple[Subscriber, Offsets]:
         """A new live subscriber whose stream continues from `offsets`. Returns it and the fan-out position it
         joins at: records before that position (and from `offsets`) are the caller's to replay."""
         live = self.positions[kind]
@@ -227,25 +252,34 @@ class FanOut:
             return subscriber.final_position
         live = self.positions[subscriber.kind]
         return {p: max(offset, subscriber.skip_below.get(p, 0)) for p, offset in live.items()} | {
-            p: offset for p, offset in subscriber.skip_below.items() if p not in live}
+            p: offset for p, offset in subscriber.skip_below.items() if p not in live
+        }
 
     def _failed(self, subscribers: list[Subscriber]) -> None:
         """Ends subscribers that could not be served (the exception being handled): only them."""
-        log.exception("fan-out: delivering to %d %s subscriber(s) failed; ending them", len(subscribers),
-                      subscribers[0].kind)
+        log.exception(
+            "fan-out: delivering to %d %s subscriber(s) failed; ending them",
+            len(subscribers),
+            subscribers[0].kind,
+        )
         for subscriber in subscribers:
             self.unregister(subscriber)
-            subscriber.end(grpc.StatusCode.INTERNAL,
-                           "the server failed delivering to this subscription and ended it (the error is "
-                           "logged); resubscribe with the last resume_token received to continue", discard=True)
+            subscriber.end(
+                grpc.StatusCode.INTERNAL,
+                "the server failed delivering to this subscription and ended it (the error is "
+                "logged); resubscribe with the last resume_token received to continue",
+                discard=True,
+            )
             metrics.FAILED_SUBSCRIBERS.labels(metrics.SERVICE, subscriber.kind).inc()
 
     def _too_slow(self, subscriber: Subscriber) -> None:
         self.unregister(subscriber)
-        subscriber.end(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                       f"subscriber too slow: more than {subscriber.limit} bytes of {subscriber.kind}s were "
-                       "waiting to be sent; resubscribe with the last resume_token received to continue",
-                       discard=True)
+        subscriber.end(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"subscriber too slow: more than {subscriber.limit} bytes of {subscriber.kind}s were "
+            "waiting to be sent; resubscribe with the last resume_token received to continue",
+            discard=True,
+        )
         metrics.SLOW_SUBSCRIBER_DROPS.labels(metrics.SERVICE, subscriber.kind).inc()
 
     # ---- routing (event loop) --------------------------------------------------------------------------------
@@ -279,8 +313,17 @@ class FanOut:
         spans = []
         for found in traces:
             partition, offset = batch.position(found.first)
-            spans.append(messaging_span(tracer, f"deliver {topic}", found, operation="deliver", topic=topic,
-                                        partition=partition, offset=offset))
+            spans.append(
+                messaging_span(
+                    tracer,
+                    f"deliver {topic}",
+                    found,
+                    operation="deliver",
+                    topic=topic,
+                    partition=partition,
+                    offset=offset,
+                )
+            )
         subscribers = self._deliver(kind, batch, position)
         for span in spans:
             span.set_attribute("k2.subscribers", subscribers)
@@ -296,8 +339,9 @@ class FanOut:
         for group in groups:
             selection, subscribers = group.selection, list(group.subscribers)
             try:
-                framed, count, newest = batch.select(selection.symbols, selection.exchanges, selection.start,
-                                                     selection.end)
+                framed, count, newest = batch.select(
+                    selection.symbols, selection.exchanges, selection.start, selection.end
+                )
                 if count:
                     self._send(kind, framed, count, newest, position, selection, subscribers)
                     reached += len(subscribers)
@@ -306,18 +350,32 @@ class FanOut:
         for subscriber in list(self._ahead[kind]):
             selection = subscriber.selection
             try:
-                framed, count, newest = batch.select(selection.symbols, selection.exchanges, selection.start,
-                                                     selection.end, subscriber.skip_below)
+                framed, count, newest = batch.select(
+                    selection.symbols,
+                    selection.exchanges,
+                    selection.start,
+                    selection.end,
+                    subscriber.skip_below,
+                )
                 if count:
-                    self._send(kind, framed, count, newest, self.position_of(subscriber), selection,
-                               [subscriber])
+                    self._send(
+                        kind, framed, count, newest, self.position_of(subscriber), selection, [subscriber]
+                    )
                     reached += 1
             except Exception:  # noqa: BLE001 - this subscriber's alone
                 self._failed([subscriber])
         return reached
 
-    def _send(self, kind: RecordKind, framed: bytes, count: int, newest: int, position: Offsets,
-              selection: Selection, subscribers: list[Subscriber]) -> None:
+    def _send(
+        self,
+        kind: RecordKind,
+        framed: bytes,
+        count: int,
+        newest: int,
+        position: Offsets,
+        selection: Selection,
+        subscribers: list[Subscriber],
+    ) -> None:
         token = StreamPosition(kind, position, since=selection.start, mark=newest).encode(self.token_keys)
         payload = response_bytes(kind, framed, token, replay=False)
         for subscriber in subscribers:
@@ -368,8 +426,9 @@ class FanOut:
             self._call(self._set_health, healthy)
 
     def _run(self) -> None:
-        until_stopped(self._stopping, "fan-out consumer", cap=10.0,
-                      on_failure=lambda _error: self._report_health(False))(self._consume_until_stopped)
+        until_stopped(
+            self._stopping, "fan-out consumer", cap=10.0, on_failure=lambda _error: self._report_health(False)
+        )(self._consume_until_stopped)
 
     def _consume_until_stopped(self) -> None:
         """Consumes from where the last run got to (from the tables' offsets the first time) until the stop;
@@ -399,10 +458,21 @@ class FanOut:
         return offsets
 
     def _open(self, consumed: dict[RecordKind, Offsets]) -> Consumer:
-        consumer = Consumer(consumer_config(self._kafka, f"k2-query-fanout-{uuid.uuid4().hex}", **{
-            "fetch.wait.max.ms": self._settings.fetch_wait_max_ms, "fetch.error.backoff.ms": 50}), logger=KAFKA_LOG)
-        consumer.assign([TopicPartition(self.topics[kind], p, offset)
-                         for kind in KINDS for p, offset in consumed[kind].items()])
+        consumer = Consumer(
+            consumer_config(
+                self._kafka,
+                f"k2-query-fanout-{uuid.uuid4().hex}",
+                **{"fetch.wait.max.ms": self._settings.fetch_wait_max_ms, "fetch.error.backoff.ms": 50},
+            ),
+            logger=KAFKA_LOG,
+        )
+        consumer.assign(
+            [
+                TopicPartition(self.topics[kind], p, offset)
+                for kind in KINDS
+                for p, offset in consumed[kind].items()
+            ]
+        )
         return consumer
 
     def _forget_oldest(self, kind: RecordKind, values: dict[bytes, bytes]) -> None:
@@ -455,7 +525,10 @@ class FanOut:
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("fan-out consumer: %s", error.str())
             polled = dict(zip(KINDS, batches, strict=True))
-            for kind, batch in polled.items():  # may raise (a schema registry not answering): the poll is re-read
+            for (
+                kind,
+                batch,
+            ) in polled.items():  # may raise (a schema registry not answering): the poll is re-read
                 if self._wanted[kind] and len(batch):
                     self._decode(kind, batch)
             for kind, batch in polled.items():

@@ -89,8 +89,12 @@ class History:
         snapshot = table.current_snapshot() if table is not None else None
         if table is None or snapshot is None:
             return Snapshot(table, None, {}, self._cache)
-        return Snapshot(table, snapshot.snapshot_id, committed_offsets(table, snapshot.snapshot_id).get(topic, {}),
-                        self._cache)
+        return Snapshot(
+            table,
+            snapshot.snapshot_id,
+            committed_offsets(table, snapshot.snapshot_id).get(topic, {}),
+            self._cache,
+        )
 
     def at(self, kind: RecordKind, topic: str, snapshot_id: int | None) -> Snapshot:
         """The snapshot a token named (None: the table was empty then)."""
@@ -118,13 +122,20 @@ class _File:
 
     def may_hold(self, selection: Selection) -> bool:
         if (selection.start is not None and self.last < selection.start) or (
-                selection.end is not None and self.first >= selection.end):
+            selection.end is not None and self.first >= selection.end
+        ):
             return False
-        if self.exchange is not None and selection.exchanges is not None and self.exchange not in selection.exchanges:
+        if (
+            self.exchange is not None
+            and selection.exchanges is not None
+            and self.exchange not in selection.exchanges
+        ):
             return False
         if selection.symbols is None:
             return True
-        if self.bucket is not None and all(_bucket(self.bucket[0], s) != self.bucket[1] for s in selection.symbols):
+        if self.bucket is not None and all(
+            _bucket(self.bucket[0], s) != self.bucket[1] for s in selection.symbols
+        ):
             return False
         return self.symbols is None or any(self.symbols[0] <= s <= self.symbols[1] for s in selection.symbols)
 
@@ -134,7 +145,9 @@ def _plan_files(table: Table, snapshot_id: int) -> list[_File]:
     schema = table.schema()
     timestamp, symbol = schema.find_field("timestamp"), schema.find_field("symbol")
     timestamp_type, symbol_type = timestamp.field_type, symbol.field_type
-    assert isinstance(timestamp_type, PrimitiveType) and isinstance(symbol_type, PrimitiveType)  # for from_bytes
+    assert isinstance(timestamp_type, PrimitiveType) and isinstance(
+        symbol_type, PrimitiveType
+    )  # for from_bytes
     specs = table.specs()
     files = []
     for task in table.scan(snapshot_id=snapshot_id).plan_files():
@@ -153,11 +166,18 @@ def _plan_files(table: Table, snapshot_id: int) -> list[_File]:
             elif source == "symbol" and isinstance(field.transform, BucketTransform):
                 bucket = (field.transform.num_buckets, value)
         # from_bytes is typed as returning a TypeVar bound by no argument, which mypy reads as str
-        files.append(_File(
-            task, cast(int, from_bytes(timestamp_type, first)) if first else MIN_TIME,
-            cast(int, from_bytes(timestamp_type, last)) if last else MAX_TIME,
-            (from_bytes(symbol_type, low_symbol), from_bytes(symbol_type, high_symbol))
-            if low_symbol is not None and high_symbol is not None else None, exchange, bucket))
+        files.append(
+            _File(
+                task,
+                cast(int, from_bytes(timestamp_type, first)) if first else MIN_TIME,
+                cast(int, from_bytes(timestamp_type, last)) if last else MAX_TIME,
+                (from_bytes(symbol_type, low_symbol), from_bytes(symbol_type, high_symbol))
+                if low_symbol is not None and high_symbol is not None
+                else None,
+                exchange,
+                bucket,
+            )
+        )
     return files
 
 
@@ -194,10 +214,19 @@ def _read_footer(table: Table, kind: RecordKind, path: str) -> _Footer:
         group = metadata.row_group(index)
         stats = {group.column(c).path_in_schema: group.column(c).statistics for c in range(group.num_columns)}
         times, symbols = stats.get("timestamp"), stats.get("symbol")
-        first, last = (times.min_raw, times.max_raw) if times is not None and times.has_min_max else (
-            MIN_TIME, MAX_TIME)
-        groups.append(_RowGroupStats(group.num_rows, first, last, (symbols.min, symbols.max)
-                                     if symbols is not None and symbols.has_min_max else None))
+        first, last = (
+            (times.min_raw, times.max_raw)
+            if times is not None and times.has_min_max
+            else (MIN_TIME, MAX_TIME)
+        )
+        groups.append(
+            _RowGroupStats(
+                group.num_rows,
+                first,
+                last,
+                (symbols.min, symbols.max) if symbols is not None and symbols.has_min_max else None,
+            )
+        )
     return _Footer(metadata, groups, direct, 4 * metadata.serialized_size + 256 * len(groups))
 
 
@@ -244,8 +273,15 @@ class Scan:
     """The selected rows of a snapshot (and of a Kafka tail) in the row order, after `after`, chunk by chunk.
     `rows_read` counts the rows decoded so far: what the scan has cost."""
 
-    def __init__(self, kind: RecordKind, snapshot: Snapshot, selection: Selection, columns: list[str],
-                 tail: pa.Table | None = None, after: Key | None = None):
+    def __init__(
+        self,
+        kind: RecordKind,
+        snapshot: Snapshot,
+        selection: Selection,
+        columns: list[str],
+        tail: pa.Table | None = None,
+        after: Key | None = None,
+    ):
         self.rows_read = 0
         self.snapshot = snapshot
         self._kind = kind
@@ -256,8 +292,9 @@ class Scan:
         self._target = _row_schema(kind, columns)
         self._after = after
         self._names = Selection(selection.symbols, selection.exchanges)  # for the remembered bounds
-        self._start = max(MIN_TIME if selection.start is None else selection.start,
-                          MIN_TIME if after is None else after[0])
+        self._start = max(
+            MIN_TIME if selection.start is None else selection.start, MIN_TIME if after is None else after[0]
+        )
         self._open: list[pa.Table] = []
         self._reading: dict[int, Future[pa.Table]] = {}  # by id() of the pending group: read ahead
         if tail is not None and tail.num_rows:
@@ -282,9 +319,15 @@ class Scan:
                 groups.append(_Group(file, None, -1, file.first, file.last, file.task.file.record_count))
                 continue
             for index, stats in enumerate(footer.groups):
-                if stats.last < start or stats.first >= end or (
-                        selection.symbols is not None and stats.symbols is not None
-                        and not any(stats.symbols[0] <= s <= stats.symbols[1] for s in selection.symbols)):
+                if (
+                    stats.last < start
+                    or stats.first >= end
+                    or (
+                        selection.symbols is not None
+                        and stats.symbols is not None
+                        and not any(stats.symbols[0] <= s <= stats.symbols[1] for s in selection.symbols)
+                    )
+                ):
                     continue
                 first, last = stats.first, stats.last
                 known = cache.bounds((path, index, self._names))
@@ -329,29 +372,42 @@ class Scan:
             projection = table.scan(snapshot_id=self.snapshot.snapshot_id).projection()
             scan = ArrowScan(table.metadata, table.io, projection, selection.row_filter())
             rows = scan.to_table([group.file.task]).select(_full_schema(self._kind).names)
-            return sort_rows(selection.filter(rows.cast(_full_schema(self._kind))).select(self._data_columns)
-                             .cast(self._data_schema))
+            return sort_rows(
+                selection.filter(rows.cast(_full_schema(self._kind)))
+                .select(self._data_columns)
+                .cast(self._data_schema)
+            )
         path = group.file.task.file.file_path
         with table.io.new_input(path).open(seekable=True) as stream:
-            parquet = pq.ParquetFile(stream, metadata=group.footer.metadata,
-                                     read_dictionary=[c for c in DICTIONARY_COLUMNS if c in self._data_columns])
+            parquet = pq.ParquetFile(
+                stream,
+                metadata=group.footer.metadata,
+                read_dictionary=[c for c in DICTIONARY_COLUMNS if c in self._data_columns],
+            )
             keys = parquet.read_row_group(group.index, columns=KEY_COLUMNS)
             named = self._names.mask(keys)
             times = pc.filter(keys["timestamp"], named).cast(pa.int64())
-            self.snapshot.cache.remember_bounds((path, group.index, self._names),
-                                                 (pc.min(times).as_py(), pc.max(times).as_py()) if len(times) else None)
+            self.snapshot.cache.remember_bounds(
+                (path, group.index, self._names),
+                (pc.min(times).as_py(), pc.max(times).as_py()) if len(times) else None,
+            )
             if not len(times):
                 return self._data_schema.empty_table()
             if (selection.start is not None and pc.min(times).as_py() < selection.start) or (
-                    selection.end is not None and pc.max(times).as_py() >= selection.end):
+                selection.end is not None and pc.max(times).as_py() >= selection.end
+            ):
                 named = pc.and_(named, Selection(start=selection.start, end=selection.end).mask(keys))
             selected = pc.indices_nonzero(named)
             if not len(selected):
                 return self._data_schema.empty_table()
             stop = selected[-1].as_py() + 1
-            if stop < keys.num_rows:  # the rows are sorted by symbol: the group's rows after the last are not needed
+            if (
+                stop < keys.num_rows
+            ):  # the rows are sorted by symbol: the group's rows after the last are not needed
                 batches = []
-                for batch in parquet.iter_batches(BATCH_ROWS, row_groups=[group.index], columns=self._data_columns):
+                for batch in parquet.iter_batches(
+                    BATCH_ROWS, row_groups=[group.index], columns=self._data_columns
+                ):
                     batches.append(batch)
                     stop -= batch.num_rows
                     if stop <= 0:
@@ -376,8 +432,11 @@ class Scan:
     @property
     def nbytes(self) -> int:
         """The rows it holds (read, not yet handed out, and read ahead)."""
-        ahead = sum(future.result().nbytes if future.done() and not future.exception() else ROW_BYTES * group.rows
-                    for group in self._pending if (future := self._reading.get(id(group))) is not None)
+        ahead = sum(
+            future.result().nbytes if future.done() and not future.exception() else ROW_BYTES * group.rows
+            for group in self._pending
+            if (future := self._reading.get(id(group))) is not None
+        )
         return sum(rows.nbytes for rows in self._open) + ahead
 
     def resume(self) -> None:
@@ -389,7 +448,11 @@ class Scan:
         moved on (False)."""
         frontier = self.position() if self._open else None
         while self._pending and (frontier is None or self._pending[0].first <= frontier):
-            if read_limit is not None and self.rows_read >= read_limit and (self.position() or MAX_TIME) > self._start:
+            if (
+                read_limit is not None
+                and self.rows_read >= read_limit
+                and (self.position() or MAX_TIME) > self._start
+            ):
                 return False
             self._hold(self._take(self._pending.popleft()))
             frontier = self.position() if self._open else None
@@ -429,8 +492,14 @@ class Scan:
             yield chunk
 
 
-def ordered_rows(kind: RecordKind, snapshot: Snapshot, selection: Selection, columns: list[str],
-                 tail: pa.Table | None = None, after: Key | None = None) -> Iterator[pa.Table]:
+def ordered_rows(
+    kind: RecordKind,
+    snapshot: Snapshot,
+    selection: Selection,
+    columns: list[str],
+    tail: pa.Table | None = None,
+    after: Key | None = None,
+) -> Iterator[pa.Table]:
     """The selected rows of the snapshot plus `tail` (rows already selected, every column), in the row order,
     after `after`, as a sequence of non-empty tables. Nothing is read (not even planned) before the first next():
     callers run that on a worker thread."""

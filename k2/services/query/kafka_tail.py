@@ -42,9 +42,11 @@ class KafkaAdmin:
         return sorted(metadata.partitions)
 
     def _offsets(self, topic: str, partitions: list[int], spec: OffsetSpec) -> Offsets:
-        futures = self._admin.list_offsets({TopicPartition(topic, p): spec for p in partitions},
-                                           isolation_level=IsolationLevel.READ_COMMITTED,
-                                           request_timeout=self._timeout)
+        futures = self._admin.list_offsets(
+            {TopicPartition(topic, p): spec for p in partitions},
+            isolation_level=IsolationLevel.READ_COMMITTED,
+            request_timeout=self._timeout,
+        )
         return {tp.partition: future.result().offset for tp, future in futures.items()}
 
     def watermarks(self, topic: str) -> tuple[Offsets, Offsets]:
@@ -65,14 +67,20 @@ class RangeReader:
         self._consumer: Consumer | None = None
         if self._remaining:
             overrides: ClientConfig = {
-                "enable.partition.eof": True, "fetch.wait.max.ms": fetch_wait_ms,
+                "enable.partition.eof": True,
+                "fetch.wait.max.ms": fetch_wait_ms,
                 # a start below the retained range is an error here, never a silent jump
                 "auto.offset.reset": "error",
                 # what a replay waiting on a slow client holds in prefetched messages, at most
-                "queued.max.messages.kbytes": 4 * 1024, "fetch.max.bytes": 4 * 1024 * 1024}
-            self._consumer = Consumer(consumer_config(settings, f"k2-query-range-{uuid.uuid4().hex}", **overrides),
-                                      logger=KAFKA_LOG)
-            self._consumer.assign([TopicPartition(topic, p, start.get(p, 0)) for p in sorted(self._remaining)])
+                "queued.max.messages.kbytes": 4 * 1024,
+                "fetch.max.bytes": 4 * 1024 * 1024,
+            }
+            self._consumer = Consumer(
+                consumer_config(settings, f"k2-query-range-{uuid.uuid4().hex}", **overrides), logger=KAFKA_LOG
+            )
+            self._consumer.assign(
+                [TopicPartition(topic, p, start.get(p, 0)) for p in sorted(self._remaining)]
+            )
 
     @property
     def done(self) -> bool:
@@ -97,7 +105,9 @@ class RangeReader:
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
                         if partition is not None:
-                            self._finish(partition)  # at the partition's current end, which is at or past `end`
+                            self._finish(
+                                partition
+                            )  # at the partition's current end, which is at or past `end`
                         continue
                     if error.code() == KafkaError._AUTO_OFFSET_RESET:
                         raise OffsetsExpired(f"{self.topic}[{partition}]: {error.str()}")
@@ -154,9 +164,18 @@ def symbol_keys(selection: Selection) -> frozenset[bytes] | None:
     return None if selection.symbols is None else frozenset(s.encode() for s in selection.symbols)
 
 
-def read_tail_table(settings: KafkaSettings, framing: Framing, kind: RecordKind, topic: str, start: Offsets,
-                    end: Offsets, selection: Selection, columns: list[str], fetch_wait_ms: int,
-                    check: Callable[[], None]) -> pa.Table:
+def read_tail_table(
+    settings: KafkaSettings,
+    framing: Framing,
+    kind: RecordKind,
+    topic: str,
+    start: Offsets,
+    end: Offsets,
+    selection: Selection,
+    columns: list[str],
+    fetch_wait_ms: int,
+    check: Callable[[], None],
+) -> pa.Table:
     """The selected rows of the range as one Arrow table (unsorted). Messages are decoded and judged exactly as
     the writer does (k2.core.arrow.batch_decoder), so a record the writer refused is absent here as it is from Iceberg."""
     schema = arrow_schema(kind)

@@ -83,10 +83,12 @@ class Selection:
         return table.filter(self.mask(table))
 
     def matches(self, symbol: str, exchange: str, timestamp: int) -> bool:
-        return ((self.symbols is None or symbol in self.symbols)
-                and (self.exchanges is None or exchange in self.exchanges)
-                and (self.start is None or timestamp >= self.start)
-                and (self.end is None or timestamp < self.end))
+        return (
+            (self.symbols is None or symbol in self.symbols)
+            and (self.exchanges is None or exchange in self.exchanges)
+            and (self.start is None or timestamp >= self.start)
+            and (self.end is None or timestamp < self.end)
+        )
 
 
 def sort_rows(table: pa.Table) -> pa.Table:
@@ -101,7 +103,13 @@ def _comparable(key: Key) -> tuple[Any, ...]:
 
 def row_key(table: pa.Table, index: int) -> Key:
     row = table.slice(index, 1).select(list(ORDER_COLUMNS)).to_pylist()[0]
-    return (micros(row["timestamp"]), row["exchange"], row["symbol"], row["source_sequence"], row["message_id"])
+    return (
+        micros(row["timestamp"]),
+        row["exchange"],
+        row["symbol"],
+        row["source_sequence"],
+        row["message_id"],
+    )
 
 
 def rows_after(table: pa.Table, after: Key) -> pa.Table:

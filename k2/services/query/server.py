@@ -35,7 +35,10 @@ from k2.services.query.workers import Workers
 
 SERVICE_NAME = query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
 T = TypeVar("T")
-QUERY_RESPONSES: dict[RecordKind, type] = {TRADE: query_pb2.QueryTradesResponse, QUOTE: query_pb2.QueryQuotesResponse}
+QUERY_RESPONSES: dict[RecordKind, type] = {
+    TRADE: query_pb2.QueryTradesResponse,
+    QUOTE: query_pb2.QueryQuotesResponse,
+}
 
 
 class DeadlineExceeded(Exception):
@@ -79,8 +82,16 @@ def _status(error: Exception) -> tuple[grpc.StatusCode, str]:
 
 
 class QueryServicer:
-    def __init__(self, settings: QuerySettings, kafka: KafkaSettings, history: History, admin: KafkaAdmin,
-                 fanout: FanOut, subscriptions: Subscriptions, workers: Workers):
+    def __init__(
+        self,
+        settings: QuerySettings,
+        kafka: KafkaSettings,
+        history: History,
+        admin: KafkaAdmin,
+        fanout: FanOut,
+        subscriptions: Subscriptions,
+        workers: Workers,
+    ):
         self._settings = settings
         self._workers = workers
         self._kafka = kafka
@@ -92,8 +103,14 @@ class QueryServicer:
 
     # ---- error handling and metrics --------------------------------------------------------------------------
 
-    async def _stream(self, rpc: str, context: grpc.aio.ServicerContext,
-                      responses: Callable[[Budget], AsyncIterator[T]], *, timed: bool = True) -> AsyncIterator[T]:
+    async def _stream(
+        self,
+        rpc: str,
+        context: grpc.aio.ServicerContext,
+        responses: Callable[[Budget], AsyncIterator[T]],
+        *,
+        timed: bool = True,
+    ) -> AsyncIterator[T]:
         started = time.perf_counter()
         budget = Budget(context)
         context.add_done_callback(lambda _: budget.cancel())  # stops worker threads as soon as the call ends
@@ -116,8 +133,9 @@ class QueryServicer:
             if timed and code == grpc.StatusCode.OK:
                 metrics.REQUEST_SECONDS.labels(metrics.SERVICE, rpc).observe(time.perf_counter() - started)
 
-    async def _unary(self, rpc: str, context: grpc.aio.ServicerContext,
-                     answer: Callable[[Budget], Awaitable[T]]) -> T:
+    async def _unary(
+        self, rpc: str, context: grpc.aio.ServicerContext, answer: Callable[[Budget], Awaitable[T]]
+    ) -> T:
         async def once(budget: Budget) -> AsyncIterator[T]:
             yield await answer(budget)
 
@@ -128,13 +146,15 @@ class QueryServicer:
 
     # ---- QueryTrades / QueryQuotes ---------------------------------------------------------------------------
 
-    async def QueryTrades(self, request: query_pb2.QueryTradesRequest,
-                          context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def QueryTrades(
+        self, request: query_pb2.QueryTradesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
         async for response in self._stream("QueryTrades", context, lambda b: self._range(TRADE, request, b)):
             yield response
 
-    async def QueryQuotes(self, request: query_pb2.QueryQuotesRequest,
-                          context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def QueryQuotes(
+        self, request: query_pb2.QueryQuotesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
         async for response in self._stream("QueryQuotes", context, lambda b: self._range(QUOTE, request, b)):
             yield response
 
@@ -143,22 +163,42 @@ class QueryServicer:
         at most tail_max_messages of it. Both are read at once: a snapshot newer than the watermarks only makes
         that range empty."""
         topic = self._fanout.topics[kind]
-        snapshot, (low, high) = await asyncio.gather(self._workers.run(self._history.current, kind, topic),
-                                                     self._workers.run(self._admin.watermarks, topic))
+        snapshot, (low, high) = await asyncio.gather(
+            self._workers.run(self._history.current, kind, topic),
+            self._workers.run(self._admin.watermarks, topic),
+        )
         start = {p: max(snapshot.offsets.get(p, first), first) for p, first in low.items()}
         end = bounded_tail(start, high, self._settings.tail_max_messages)
         if end != high:
             metrics.TAIL_CAPPED.labels(metrics.SERVICE, kind).inc()
         return snapshot, start, end
 
-    async def _tail(self, kind: RecordKind, start: Offsets, end: Offsets, selection: Selection, columns: list[str],
-                    budget: Budget) -> Any:
-        return await self._workers.run(read_tail_table, self._kafka, self._fanout.framing, kind,
-                                       self._fanout.topics[kind], start, end, selection, columns,
-                                       self._settings.fetch_wait_max_ms, budget.check)
+    async def _tail(
+        self,
+        kind: RecordKind,
+        start: Offsets,
+        end: Offsets,
+        selection: Selection,
+        columns: list[str],
+        budget: Budget,
+    ) -> Any:
+        return await self._workers.run(
+            read_tail_table,
+            self._kafka,
+            self._fanout.framing,
+            kind,
+            self._fanout.topics[kind],
+            start,
+            end,
+            selection,
+            columns,
+            self._settings.fetch_wait_max_ms,
+            budget.check,
+        )
 
-    async def _range(self, kind: RecordKind, request: validation.QueryRequest,
-                     budget: Budget) -> AsyncIterator[bytes]:
+    async def _range(
+        self, kind: RecordKind, request: validation.QueryRequest, budget: Budget
+    ) -> AsyncIterator[bytes]:
         query = validation.range_query(kind, request, self._settings, self._fanout.token_keys)
         arrow = request.format == query_pb2.ROW_FORMAT_ARROW
         columns = arrow_schema(kind).names
@@ -174,10 +214,14 @@ class QueryServicer:
             scan = self._scans.take((request.page_token, arrow))
             if scan is None:
                 topic = self._fanout.topics[kind]
-                validation.check_partitions("page_token", {*page.tail_start, *page.tail_end},
-                                            await self._workers.run(self._admin.partitions, topic))
-                validation.check_tail("page_token", page.tail_start, page.tail_end,
-                                      self._settings.tail_max_messages)
+                validation.check_partitions(
+                    "page_token",
+                    {*page.tail_start, *page.tail_end},
+                    await self._workers.run(self._admin.partitions, topic),
+                )
+                validation.check_tail(
+                    "page_token", page.tail_start, page.tail_end, self._settings.tail_max_messages
+                )
                 snapshot = await self._workers.run(self._history.at, kind, topic, page.snapshot_id)
             else:
                 snapshot = scan.snapshot
@@ -204,9 +248,13 @@ class QueryServicer:
                 reading = None
                 if chunk is None:
                     break
-                if chunk.num_rows == 0:  # the page read what it may: the next one goes on from where it stopped
+                if (
+                    chunk.num_rows == 0
+                ):  # the page read what it may: the next one goes on from where it stopped
                     position = scan.position()
-                    resume = last_key if last_key is not None or position is None else (position, "", "", None, "")
+                    resume = (
+                        last_key if last_key is not None or position is None else (position, "", "", None, "")
+                    )
                     break
                 remaining -= chunk.num_rows
                 last_key = row_key(chunk, chunk.num_rows - 1)
@@ -222,12 +270,17 @@ class QueryServicer:
         finally:
             if reading is not None:  # the call ended early: the scan is left as it is, never kept
                 reading.cancel()
-            metrics.ROWS_READ.labels(metrics.SERVICE, f"Query{kind.title()}s").inc(scan.rows_read - rows_before)
+            metrics.ROWS_READ.labels(metrics.SERVICE, f"Query{kind.title()}s").inc(
+                scan.rows_read - rows_before
+            )
         token = ""
         if resume is not None:
             token = PageToken(query.digest, snapshot.snapshot_id, tail_start, tail_end, resume).encode(
-                self._fanout.token_keys)
-            if resume == last_key:  # the scan stands right after the last row sent: the next page goes on with it
+                self._fanout.token_keys
+            )
+            if (
+                resume == last_key
+            ):  # the scan stands right after the last row sent: the next page goes on with it
                 self._scans.keep((token, arrow), scan)
         if pending is not None or token:
             returned.inc(0 if pending is None else pending.num_rows)
@@ -239,7 +292,10 @@ class QueryServicer:
             return list(response_slices(rows[FRAMED], most_rows, most_bytes))
         # Arrow rows are cut by bytes alone (many rows per response is what makes them fast), by their average size
         per_response = max(1, most_bytes * rows.num_rows // max(1, rows.nbytes))
-        return [(start, min(per_response, rows.num_rows - start)) for start in range(0, rows.num_rows, per_response)]
+        return [
+            (start, min(per_response, rows.num_rows - start))
+            for start in range(0, rows.num_rows, per_response)
+        ]
 
     @staticmethod
     def _rows_response(kind: RecordKind, rows: pa.Table | None, arrow: bool, token: str) -> bytes:
@@ -247,12 +303,16 @@ class QueryServicer:
             return QUERY_RESPONSES[kind](next_page_token=token).SerializeToString()
         if arrow:
             return QUERY_RESPONSES[kind](arrow=ipc_stream(rows), next_page_token=token).SerializeToString()
-        return joined(rows[FRAMED].combine_chunks()) + QUERY_RESPONSES[kind](next_page_token=token).SerializeToString()
+        return (
+            joined(rows[FRAMED].combine_chunks())
+            + QUERY_RESPONSES[kind](next_page_token=token).SerializeToString()
+        )
 
     # ---- GetBars ---------------------------------------------------------------------------------------------
 
-    async def GetBars(self, request: query_pb2.GetBarsRequest,
-                      context: grpc.aio.ServicerContext) -> query_pb2.GetBarsResponse:
+    async def GetBars(
+        self, request: query_pb2.GetBarsRequest, context: grpc.aio.ServicerContext
+    ) -> query_pb2.GetBarsResponse:
         return await self._unary("GetBars", context, lambda budget: self._bars(request, budget))
 
     async def _bars(self, request: query_pb2.GetBarsRequest, budget: Budget) -> query_pb2.GetBarsResponse:
@@ -273,11 +333,14 @@ class QueryServicer:
 
     # ---- GetLatest -------------------------------------------------------------------------------------------
 
-    async def GetLatest(self, request: query_pb2.GetLatestRequest,
-                        context: grpc.aio.ServicerContext) -> query_pb2.GetLatestResponse:
+    async def GetLatest(
+        self, request: query_pb2.GetLatestRequest, context: grpc.aio.ServicerContext
+    ) -> query_pb2.GetLatestResponse:
         return await self._unary("GetLatest", context, lambda budget: self._latest(request, budget))
 
-    async def _latest(self, request: query_pb2.GetLatestRequest, budget: Budget) -> query_pb2.GetLatestResponse:
+    async def _latest(
+        self, request: query_pb2.GetLatestRequest, budget: Budget
+    ) -> query_pb2.GetLatestResponse:
         symbols = validation.latest_symbols(request, self._settings)
         snapshots: dict[RecordKind, Snapshot] = {}
         entries = []
@@ -294,28 +357,36 @@ class QueryServicer:
                     snapshots[kind] = await self._workers.run(self._history.current, kind, topic)
                 row = await self._workers.run(latest_row, kind, snapshots[kind], symbol)
                 if row is not None:
-                    getattr(entry, field).CopyFrom(MESSAGE_TYPES[kind].FromString(messages(kind, row)[0].as_py()))
+                    getattr(entry, field).CopyFrom(
+                        MESSAGE_TYPES[kind].FromString(messages(kind, row)[0].as_py())
+                    )
             entries.append(entry)
         metrics.ROWS_RETURNED.labels(metrics.SERVICE, "GetLatest").inc(
-            sum(e.HasField("trade") + e.HasField("quote") for e in entries))
+            sum(e.HasField("trade") + e.HasField("quote") for e in entries)
+        )
         return query_pb2.GetLatestResponse(latest=entries)
 
     # ---- subscriptions ---------------------------------------------------------------------------------------
 
-    async def SubscribeTrades(self, request: query_pb2.SubscribeTradesRequest,
-                              context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        async for payload in self._stream("SubscribeTrades", context,
-                                          lambda _: self._subscribe(TRADE, request, context), timed=False):
+    async def SubscribeTrades(
+        self, request: query_pb2.SubscribeTradesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        async for payload in self._stream(
+            "SubscribeTrades", context, lambda _: self._subscribe(TRADE, request, context), timed=False
+        ):
             yield payload
 
-    async def SubscribeQuotes(self, request: query_pb2.SubscribeQuotesRequest,
-                              context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        async for payload in self._stream("SubscribeQuotes", context,
-                                          lambda _: self._subscribe(QUOTE, request, context), timed=False):
+    async def SubscribeQuotes(
+        self, request: query_pb2.SubscribeQuotesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        async for payload in self._stream(
+            "SubscribeQuotes", context, lambda _: self._subscribe(QUOTE, request, context), timed=False
+        ):
             yield payload
 
-    async def _subscribe(self, kind: RecordKind, request: validation.SubscribeRequest,
-                         context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def _subscribe(
+        self, kind: RecordKind, request: validation.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
         subscription = validation.subscription(kind, request, self._settings, self._fanout.token_keys)
         clean_ups: list[Callable[[], None]] = [metrics.ACTIVE_SUBSCRIBERS.labels(metrics.SERVICE, kind).dec]
         metrics.ACTIVE_SUBSCRIBERS.labels(metrics.SERVICE, kind).inc()
@@ -339,43 +410,66 @@ def add_query_service(servicer: QueryServicer, server: grpc.aio.Server) -> None:
     (k2.services.query.wire), subscriptions share one response's bytes among every subscriber with the same filter."""
     handlers = {
         "QueryTrades": grpc.unary_stream_rpc_method_handler(
-            servicer.QueryTrades, request_deserializer=query_pb2.QueryTradesRequest.FromString,
-            response_serializer=_pass_through),
+            servicer.QueryTrades,
+            request_deserializer=query_pb2.QueryTradesRequest.FromString,
+            response_serializer=_pass_through,
+        ),
         "QueryQuotes": grpc.unary_stream_rpc_method_handler(
-            servicer.QueryQuotes, request_deserializer=query_pb2.QueryQuotesRequest.FromString,
-            response_serializer=_pass_through),
+            servicer.QueryQuotes,
+            request_deserializer=query_pb2.QueryQuotesRequest.FromString,
+            response_serializer=_pass_through,
+        ),
         "GetBars": grpc.unary_unary_rpc_method_handler(
-            servicer.GetBars, request_deserializer=query_pb2.GetBarsRequest.FromString,
-            response_serializer=query_pb2.GetBarsResponse.SerializeToString),
+            servicer.GetBars,
+            request_deserializer=query_pb2.GetBarsRequest.FromString,
+            response_serializer=query_pb2.GetBarsResponse.SerializeToString,
+        ),
         "GetLatest": grpc.unary_unary_rpc_method_handler(
-            servicer.GetLatest, request_deserializer=query_pb2.GetLatestRequest.FromString,
-            response_serializer=query_pb2.GetLatestResponse.SerializeToString),
+            servicer.GetLatest,
+            request_deserializer=query_pb2.GetLatestRequest.FromString,
+            response_serializer=query_pb2.GetLatestResponse.SerializeToString,
+        ),
         "SubscribeTrades": grpc.unary_stream_rpc_method_handler(
-            servicer.SubscribeTrades, request_deserializer=query_pb2.SubscribeTradesRequest.FromString,
-            response_serializer=_pass_through),
+            servicer.SubscribeTrades,
+            request_deserializer=query_pb2.SubscribeTradesRequest.FromString,
+            response_serializer=_pass_through,
+        ),
         "SubscribeQuotes": grpc.unary_stream_rpc_method_handler(
-            servicer.SubscribeQuotes, request_deserializer=query_pb2.SubscribeQuotesRequest.FromString,
-            response_serializer=_pass_through),
+            servicer.SubscribeQuotes,
+            request_deserializer=query_pb2.SubscribeQuotesRequest.FromString,
+            response_serializer=_pass_through,
+        ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 class QueryServer(Service):
-    def __init__(self, settings: QuerySettings | None = None, kafka: KafkaSettings | None = None,
-                 iceberg: IcebergSettings | None = None, auth: AuthSettings | None = None):
+    def __init__(
+        self,
+        settings: QuerySettings | None = None,
+        kafka: KafkaSettings | None = None,
+        iceberg: IcebergSettings | None = None,
+        auth: AuthSettings | None = None,
+    ):
         settings = settings or QuerySettings()
         kafka = kafka or KafkaSettings()
-        super().__init__(metrics.SERVICE, settings, auth or AuthSettings(), untraced_methods=[
-            f"/{SERVICE_NAME}/SubscribeTrades", f"/{SERVICE_NAME}/SubscribeQuotes"])
+        super().__init__(
+            metrics.SERVICE,
+            settings,
+            auth or AuthSettings(),
+            untraced_methods=[f"/{SERVICE_NAME}/SubscribeTrades", f"/{SERVICE_NAME}/SubscribeQuotes"],
+        )
         history = History(iceberg or IcebergSettings(), ReadCache(settings.footer_cache_bytes))
         admin = KafkaAdmin(kafka, settings.kafka_timeout_seconds)
         self.workers = Workers(settings.worker_threads)
         self.fanout = FanOut(kafka, settings, history, self.grpc.set_serving)
         self.subscriptions = Subscriptions(kafka, settings, admin, history, self.fanout, self.workers)
-        self.grpc.add(add_query_service,  # type: ignore[arg-type]
-                      QueryServicer(settings, kafka, history, admin, self.fanout, self.subscriptions, self.workers),
-                      SERVICE_NAME)
+        self.grpc.add(
+            add_query_service,  # type: ignore[arg-type]
+            QueryServicer(settings, kafka, history, admin, self.fanout, self.subscriptions, self.workers),
+            SERVICE_NAME,
+        )
 
     async def start_work(self) -> None:
         await self.grpc.set_serving(False)  # until the fan-out reaches Kafka

@@ -57,8 +57,15 @@ def _now_micros() -> int:
 
 
 class Subscriptions:
-    def __init__(self, kafka: KafkaSettings, settings: QuerySettings, admin: KafkaAdmin, history: History,
-                 fanout: FanOut, workers: Workers):
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        settings: QuerySettings,
+        admin: KafkaAdmin,
+        history: History,
+        fanout: FanOut,
+        workers: Workers,
+    ):
         self._kafka = kafka
         self._workers = workers
         self._settings = settings
@@ -77,8 +84,9 @@ class Subscriptions:
         if self._closing is not None:
             raise StreamEnded(grpc.StatusCode.UNAVAILABLE, self._closing)
 
-    async def stream(self, request: Subscription,
-                     on_end: Callable[[Callable[[], None]], None]) -> AsyncIterator[bytes]:
+    async def stream(
+        self, request: Subscription, on_end: Callable[[Callable[[], None]], None]
+    ) -> AsyncIterator[bytes]:
         """Response bytes until the client cancels; StreamEnded when the server ends the stream. `on_end`
         registers a clean-up to run as soon as the RPC ends, however it ends (a generator abandoned at a yield by
         a cancelled RPC only runs its `finally` when it is finalized)."""
@@ -113,7 +121,9 @@ class Subscriptions:
                 position = advanced
                 self._check_open()
                 if subscriber.ending is not None and subscriber.final_position is None:
-                    raise StreamEnded(*subscriber.ending)  # its live queue overflowed (or failed) while it replayed
+                    raise StreamEnded(
+                        *subscriber.ending
+                    )  # its live queue overflowed (or failed) while it replayed
             async for payload in self._live(subscriber, position.mark):
                 yield payload
         finally:
@@ -135,24 +145,31 @@ class Subscriptions:
             if not expired:  # partitions added since the token was issued are read from their start
                 return replace(position, offsets={p: position.offsets.get(p, low[p]) for p in high})
             metrics.RESUME_FALLBACKS.labels(metrics.SERVICE, kind).inc()
-            log.info("resume position of a %s stream has left Kafka or Iceberg; restarting from history at %s",
-                     kind, from_micros(position.mark))
+            log.info(
+                "resume position of a %s stream has left Kafka or Iceberg; restarting from history at %s",
+                kind,
+                from_micros(position.mark),
+            )
             restart: Key = (position.mark, "", "", None, "")  # before every row at the mark
             return await self._from_history(kind, topic, low, position.since, position.mark, restart)
         if request.start is not None:
             return await self._from_history(kind, topic, low, request.start, request.start, None)
         return StreamPosition(kind, dict(high), mark=_now_micros())
 
-    async def _from_history(self, kind: RecordKind, topic: str, low: Offsets, since: int | None, mark: int,
-                            after: Key | None) -> StreamPosition:
+    async def _from_history(
+        self, kind: RecordKind, topic: str, low: Offsets, since: int | None, mark: int, after: Key | None
+    ) -> StreamPosition:
         snapshot = await self._workers.run(self._history.current, kind, topic)
         offsets = {p: max(snapshot.offsets.get(p, first), first) for p, first in low.items()}
-        return StreamPosition(kind, offsets, since=since, snapshot_id=snapshot.snapshot_id, after=after, mark=mark)
+        return StreamPosition(
+            kind, offsets, since=since, snapshot_id=snapshot.snapshot_id, after=after, mark=mark
+        )
 
     # ---- history ---------------------------------------------------------------------------------------------
 
-    async def _history_phase(self, kind: RecordKind, selection: Selection,
-                             position: StreamPosition) -> AsyncIterator[tuple[bytes, StreamPosition]]:
+    async def _history_phase(
+        self, kind: RecordKind, selection: Selection, position: StreamPosition
+    ) -> AsyncIterator[tuple[bytes, StreamPosition]]:
         topic = self._fanout.topics[kind]
         snapshot = await self._workers.run(self._history.at, kind, topic, position.snapshot_id)
         rows = ordered_rows(kind, snapshot, selection, [*ORDER_COLUMNS, FRAMED], after=position.after)
@@ -160,19 +177,24 @@ class Subscriptions:
             window = await self._workers.run(next, rows, None)
             if window is None:
                 return
-            for start, length in response_slices(window[FRAMED], self._settings.subscription_batch,
-                                                 self._settings.subscription_response_bytes):
+            for start, length in response_slices(
+                window[FRAMED], self._settings.subscription_batch, self._settings.subscription_response_bytes
+            ):
                 chunk = window.slice(start, length)
                 framed = joined(chunk[FRAMED].combine_chunks())
                 after = row_key(chunk, chunk.num_rows - 1)
                 position = replace(position, after=after, mark=max(position.mark, after[0]))
                 metrics.DELIVERED.labels(metrics.SERVICE, kind, "history").inc(chunk.num_rows)
-                yield response_bytes(kind, framed, position.encode(self._fanout.token_keys), replay=True), position
+                yield (
+                    response_bytes(kind, framed, position.encode(self._fanout.token_keys), replay=True),
+                    position,
+                )
 
     # ---- Kafka replay ----------------------------------------------------------------------------------------
 
-    def _read(self, reader: RangeReader, kind: RecordKind, selection: Selection,
-              offsets: Offsets) -> list[tuple[bytes, int, int, Offsets]]:
+    def _read(
+        self, reader: RangeReader, kind: RecordKind, selection: Selection, offsets: Offsets
+    ) -> list[tuple[bytes, int, int, Offsets]]:
         """(framed records, count, newest timestamp, offsets after them) of the reader's next messages, in parts
         of at most subscription_response_bytes; advances `offsets`."""
         messages = reader.read(self._settings.subscription_batch, 0.2)
@@ -181,21 +203,24 @@ class Subscriptions:
         parts = []
         for part in batch.split(self._settings.subscription_response_bytes):
             offsets.update(part.positions)
-            framed, count, newest = part.select(selection.symbols, selection.exchanges, selection.start,
-                                                selection.end)
+            framed, count, newest = part.select(
+                selection.symbols, selection.exchanges, selection.start, selection.end
+            )
             parts.append((framed, count, newest, dict(offsets)))
         offsets.update(batch.positions)  # and the messages of other symbols, which it skipped undecoded
         parts[-1] = (*parts[-1][:3], dict(offsets))
         return parts
 
-    async def _replay(self, kind: RecordKind, selection: Selection, position: StreamPosition,
-                      end: Offsets) -> AsyncIterator[tuple[bytes | None, StreamPosition]]:
+    async def _replay(
+        self, kind: RecordKind, selection: Selection, position: StreamPosition, end: Offsets
+    ) -> AsyncIterator[tuple[bytes | None, StreamPosition]]:
         """Kafka records from the position's offsets up to `end`; the last item is (None, position at `end`)."""
         offsets = dict(position.offsets)
         if any(offsets.get(p, 0) < offset for p, offset in end.items()):
             topic = self._fanout.topics[kind]
-            reader = await self._workers.run(RangeReader, self._kafka, topic, offsets, end,
-                                             self._settings.fetch_wait_max_ms)
+            reader = await self._workers.run(
+                RangeReader, self._kafka, topic, offsets, end, self._settings.fetch_wait_max_ms
+            )
             try:
                 last_sent = time.monotonic()
                 while not reader.done:
@@ -208,7 +233,12 @@ class Subscriptions:
                             position = replace(position, offsets=after, mark=max(position.mark, newest))
                             metrics.DELIVERED.labels(metrics.SERVICE, kind, "replay").inc(count)
                             last_sent = now
-                            yield response_bytes(kind, framed, position.encode(self._fanout.token_keys), replay=True), position
+                            yield (
+                                response_bytes(
+                                    kind, framed, position.encode(self._fanout.token_keys), replay=True
+                                ),
+                                position,
+                            )
             finally:
                 await self._workers.run(reader.close)
         # the range is done even where its last offsets held no message (transaction markers)
@@ -240,7 +270,7 @@ class Subscriptions:
                 yield self._heartbeat(subscriber, mark)
 
     def _heartbeat(self, subscriber: Subscriber, mark: int) -> bytes:
-        position = StreamPosition(subscriber.kind, self._fanout.position_of(subscriber),
-                                  since=subscriber.selection.start, mark=mark)
+        position = StreamPosition(
+            subscriber.kind, self._fanout.position_of(subscriber), since=subscriber.selection.start, mark=mark
+        )
         return response_bytes(subscriber.kind, b"", position.encode(self._fanout.token_keys), replay=False)
-

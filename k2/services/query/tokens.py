@@ -63,7 +63,9 @@ class TokenKeys:
         return hmac.digest(self._keys[0], data, hashlib.sha256)
 
     def verify(self, data: bytes, signature: bytes) -> bool:
-        return any(hmac.compare_digest(hmac.digest(key, data, hashlib.sha256), signature) for key in self._keys)
+        return any(
+            hmac.compare_digest(hmac.digest(key, data, hashlib.sha256), signature) for key in self._keys
+        )
 
 
 def _b64(data: bytes) -> str:
@@ -133,17 +135,33 @@ def _key_out(key: Key | None) -> list[Any] | None:
 def _key_in(field_name: str, value: Any) -> Key | None:
     if value is None:
         return None
-    if (not isinstance(value, list) or len(value) != 5 or not all(isinstance(v, str) for v in value[1:3])
-            or not isinstance(value[4], str)):
+    if (
+        not isinstance(value, list)
+        or len(value) != 5
+        or not all(isinstance(v, str) for v in value[1:3])
+        or not isinstance(value[4], str)
+    ):
         raise FieldError(field_name, "malformed token: not a row's key")
-    return (_int(field_name, value[0], "a row's time", MICROS_RANGE), value[1], value[2],
-            _int(field_name, value[3], "a row's sequence", INT64, optional=True), value[4])
+    return (
+        _int(field_name, value[0], "a row's time", MICROS_RANGE),
+        value[1],
+        value[2],
+        _int(field_name, value[3], "a row's sequence", INT64, optional=True),
+        value[4],
+    )
 
 
 def query_digest(kind: RecordKind, selection: Selection) -> str:
     """Names a query (kind and selection) so a page token is only accepted by the query that issued it."""
-    text = json.dumps([kind, sorted(selection.symbols or ()), sorted(selection.exchanges or ()),
-                       selection.start, selection.end])
+    text = json.dumps(
+        [
+            kind,
+            sorted(selection.symbols or ()),
+            sorted(selection.exchanges or ()),
+            selection.start,
+            selection.end,
+        ]
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -156,20 +174,36 @@ class PageToken:
     after: Key
 
     def encode(self, keys: TokenKeys) -> str:
-        return _encode({"v": VERSION, "q": self.query, "s": self.snapshot_id, "ts": _offsets_out(self.tail_start),
-                        "te": _offsets_out(self.tail_end), "a": _key_out(self.after)}, keys)
+        return _encode(
+            {
+                "v": VERSION,
+                "q": self.query,
+                "s": self.snapshot_id,
+                "ts": _offsets_out(self.tail_start),
+                "te": _offsets_out(self.tail_end),
+                "a": _key_out(self.after),
+            },
+            keys,
+        )
 
     @classmethod
     def decode(cls, token: str, query: str, keys: TokenKeys) -> "PageToken":
         name = "page_token"
         payload = _decode(name, token, keys)
         if payload.get("q") != query:
-            raise FieldError(name, "belongs to a different query (symbols, exchange, start and end must stay)")
+            raise FieldError(
+                name, "belongs to a different query (symbols, exchange, start and end must stay)"
+            )
         after = _key_in(name, payload.get("a"))
         if after is None:
             raise FieldError(name, "malformed token: no row's key")
-        return cls(query, _int(name, payload.get("s"), "the snapshot", INT64, optional=True),
-                   _offsets_in(name, payload.get("ts")), _offsets_in(name, payload.get("te")), after)
+        return cls(
+            query,
+            _int(name, payload.get("s"), "the snapshot", INT64, optional=True),
+            _offsets_in(name, payload.get("ts")),
+            _offsets_in(name, payload.get("te")),
+            after,
+        )
 
 
 @dataclass(frozen=True)
@@ -184,8 +218,12 @@ class StreamPosition:
     mark: int = 0
 
     def encode(self, keys: TokenKeys) -> str:
-        payload: dict[str, Any] = {"v": VERSION, "k": KIND_CODES[self.kind], "o": _offsets_out(self.offsets),
-                                   "m": self.mark}
+        payload: dict[str, Any] = {
+            "v": VERSION,
+            "k": KIND_CODES[self.kind],
+            "o": _offsets_out(self.offsets),
+            "m": self.mark,
+        }
         if self.since is not None:
             payload["s"] = self.since
         if self.snapshot_id is not None:
@@ -199,7 +237,11 @@ class StreamPosition:
         payload = _decode(name, token, keys)
         if payload.get("k") != KIND_CODES[kind]:
             raise FieldError(name, f"not a {kind} stream's token")
-        return cls(kind, _offsets_in(name, payload.get("o")),
-                   _int(name, payload.get("s"), "the start time", MICROS_RANGE, optional=True),
-                   _int(name, payload.get("sn"), "the snapshot", INT64, optional=True),
-                   _key_in(name, payload.get("a")), _int(name, payload.get("m"), "the time mark", MICROS_RANGE))
+        return cls(
+            kind,
+            _offsets_in(name, payload.get("o")),
+            _int(name, payload.get("s"), "the start time", MICROS_RANGE, optional=True),
+            _int(name, payload.get("sn"), "the snapshot", INT64, optional=True),
+            _key_in(name, payload.get("a")),
+            _int(name, payload.get("m"), "the time mark", MICROS_RANGE),
+        )

@@ -69,11 +69,16 @@ class RangeQuery:
     page: PageToken | None
 
 
-def range_query(kind: RecordKind, request: QueryRequest, settings: QuerySettings, keys: TokenKeys) -> RangeQuery:
+def range_query(
+    kind: RecordKind, request: QueryRequest, settings: QuerySettings, keys: TokenKeys
+) -> RangeQuery:
     symbols = check_names("symbols", list(request.symbols), settings.max_symbols, required=True)
     exchanges = frozenset([check_name("exchange", request.exchange)]) if request.exchange else None
-    start, end = time_range(request.start if request.HasField("start") else None,
-                            request.end if request.HasField("end") else None, settings.max_span_days * DAY_MICROS)
+    start, end = time_range(
+        request.start if request.HasField("start") else None,
+        request.end if request.HasField("end") else None,
+        settings.max_span_days * DAY_MICROS,
+    )
     if request.limit > settings.max_limit:
         raise FieldError("limit", f"at most {settings.max_limit}")
     selection = Selection(symbols, exchanges, start, end)
@@ -107,8 +112,11 @@ def bars_query(request: query_pb2.GetBarsRequest, settings: QuerySettings) -> Ba
     interval = BAR_INTERVALS.get(request.interval)
     if interval is None:
         raise FieldError("interval", "required: one of 1S, 1M, 5M, 15M, 1H, 1D")
-    start, end = time_range(request.start if request.HasField("start") else None,
-                            request.end if request.HasField("end") else None, settings.max_span_days * DAY_MICROS)
+    start, end = time_range(
+        request.start if request.HasField("start") else None,
+        request.end if request.HasField("end") else None,
+        settings.max_span_days * DAY_MICROS,
+    )
     first_bar, last_bar = start - start % interval, end - 1 - (end - 1) % interval
     if (last_bar - first_bar) // interval + 1 > settings.max_bars:
         raise FieldError("end", f"the range holds more than {settings.max_bars} intervals of this size")
@@ -129,8 +137,9 @@ class Subscription:
     resume: StreamPosition | None
 
 
-def subscription(kind: RecordKind, request: SubscribeRequest, settings: QuerySettings,
-                 keys: TokenKeys) -> Subscription:
+def subscription(
+    kind: RecordKind, request: SubscribeRequest, settings: QuerySettings, keys: TokenKeys
+) -> Subscription:
     symbols = check_names("symbols", list(request.symbols), settings.max_symbols, required=False)
     exchanges = check_names("exchanges", list(request.exchanges), settings.max_symbols, required=False)
     start = micros_of("start", request.start) if request.HasField("start") else None

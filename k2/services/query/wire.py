@@ -77,8 +77,9 @@ def _unsigned_varints(bits: pa.Array) -> pa.Array:
     small = pc.take(_SMALL_VARINTS, low_bits)
     if highest.as_py() < _SMALL:
         return small
-    large = pc.binary_join_element_wise(pc.take(_LOW_GROUPS, low_bits),
-                                        _unsigned_varints(pc.shift_right(bits, _U64_14)), b"")
+    large = pc.binary_join_element_wise(
+        pc.take(_LOW_GROUPS, low_bits), _unsigned_varints(pc.shift_right(bits, _U64_14)), b""
+    )
     return large if lowest.as_py() >= _SMALL else pc.if_else(pc.less(bits, _U64_SMALL), small, large)
 
 
@@ -124,7 +125,9 @@ def decimal_texts(column: pa.Array) -> pa.Array:
     rest = pc.utf8_slice_codeunits(text, digits)  # the units digit onwards
     if scale:
         rest = pc.ascii_rtrim(pc.ascii_rtrim(rest, "0"), ".")
-    sign = pc.take(pa.array(["", "-"]), pc.cast(pc.less(column, pa.scalar(Decimal(0), column.type)), pa.int8()))
+    sign = pc.take(
+        pa.array(["", "-"]), pc.cast(pc.less(column, pa.scalar(Decimal(0), column.type)), pa.int8())
+    )
     return pc.binary_join_element_wise(sign, integer, rest, "")
 
 
@@ -149,11 +152,15 @@ def _integers(field: FieldDescriptor, column: pa.Array) -> list[pa.Array]:
 def _timestamp(field: FieldDescriptor, column: pa.Array) -> list[pa.Array]:
     """A google.protobuf.Timestamp (seconds = 1, nanos = 2), present wherever the column has a value."""
     micros = column.cast(pa.int64())
-    fraction = pc.modulo(micros, 1_000_000)  # floored: a time before 1970 has negative seconds, positive nanos
+    fraction = pc.modulo(
+        micros, 1_000_000
+    )  # floored: a time before 1970 has negative seconds, positive nanos
     seconds = pc.divide(pc.subtract(micros, fraction), 1_000_000)
     nanos = pc.multiply(fraction, 1000)
-    body = _join(_without(pc.equal(seconds, 0), pc.binary_join_element_wise(_tag(1, VARINT), varints(seconds), b"")),
-                 _without(pc.equal(nanos, 0), pc.binary_join_element_wise(_tag(2, VARINT), varints(nanos), b"")))
+    body = _join(
+        _without(pc.equal(seconds, 0), pc.binary_join_element_wise(_tag(1, VARINT), varints(seconds), b"")),
+        _without(pc.equal(nanos, 0), pc.binary_join_element_wise(_tag(2, VARINT), varints(nanos), b"")),
+    )
     return _delimited_parts(_tag(field.number, LENGTH_DELIMITED), _when_valid(column, body))
 
 
@@ -182,8 +189,11 @@ def _concatenated(column: pa.ListArray | pa.MapArray, encoded_elements: pa.Array
 
 
 def _repeated_text(field: FieldDescriptor, column: pa.ListArray) -> list[pa.Array]:
-    return [_concatenated(column, _delimited(_tag(field.number, LENGTH_DELIMITED),
-                                             _elements(column).cast(pa.binary())))]
+    return [
+        _concatenated(
+            column, _delimited(_tag(field.number, LENGTH_DELIMITED), _elements(column).cast(pa.binary()))
+        )
+    ]
 
 
 def _map(field: FieldDescriptor, column: pa.MapArray) -> list[pa.Array]:
@@ -226,12 +236,16 @@ def framed(kind: RecordKind, table: pa.Table) -> pa.Array:
     return _delimited(_tag(FIELD_ONE, LENGTH_DELIMITED), messages(kind, table))
 
 
-def response_slices(framed: pa.Array | pa.ChunkedArray, most_rows: int, most_bytes: int) -> Iterator[tuple[int, int]]:
+def response_slices(
+    framed: pa.Array | pa.ChunkedArray, most_rows: int, most_bytes: int
+) -> Iterator[tuple[int, int]]:
     """(start, length) of consecutive framed rows, for responses of at most `most_rows` rows and `most_bytes`
     bytes (a larger row alone)."""
     sizes = pc.binary_length(framed)
     if (pc.sum(sizes).as_py() or 0) <= most_bytes:  # nearly always
-        yield from ((start, min(most_rows, len(framed) - start)) for start in range(0, len(framed), most_rows))
+        yield from (
+            (start, min(most_rows, len(framed) - start)) for start in range(0, len(framed), most_rows)
+        )
         return
     start, taken, size = 0, 0, 0
     for row_size in sizes.to_pylist():
@@ -259,4 +273,4 @@ def joined(array: pa.Array, start: int = 0, stop: int | None = None) -> bytes:
         return b""
     _, offsets_buffer, data = array.buffers()
     offsets = pa.Array.from_buffers(pa.int32(), len(array) + 1, [None, offsets_buffer], offset=array.offset)
-    return data[offsets[start].as_py():offsets[stop].as_py()].to_pybytes()
+    return data[offsets[start].as_py() : offsets[stop].as_py()].to_pybytes()

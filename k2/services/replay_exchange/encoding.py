@@ -64,8 +64,9 @@ def _recorded_payload(event: tuple, event_time_us: int, micro: bool) -> str:
     return ascii_json(retimed)
 
 
-def encode_batch(batch: list[tuple], wanted: set[str] | frozenset[str], combined: bool, micro: bool,
-                 event_time_us: int) -> list[str | None]:
+def encode_batch(
+    batch: list[tuple], wanted: set[str] | frozenset[str], combined: bool, micro: bool, event_time_us: int
+) -> list[str | None]:
     """Framed text per event of the batch (None where the stream is not wanted)."""
     if micro:
         event_time = event_time_us
@@ -83,15 +84,21 @@ def encode_batch(batch: list[tuple], wanted: set[str] | frozenset[str], combined
             continue
         kind = event[1]
         if kind == TRADE:
-            payload = (f'{{"e":"trade","E":{event_time},"s":"{event[2]}","t":{event[3]},"p":"{event[4]}",'
-                       f'"q":"{event[5]}","T":{event[6] // divisor},"m":{event[7]},"M":true}}')
+            payload = (
+                f'{{"e":"trade","E":{event_time},"s":"{event[2]}","t":{event[3]},"p":"{event[4]}",'
+                f'"q":"{event[5]}","T":{event[6] // divisor},"m":{event[7]},"M":true}}'
+            )
         elif kind == BOOK_TICKER:
-            payload = (f'{{"u":{event[3]},"s":"{event[2]}","b":"{event[4]}","B":"{event[5]}",'
-                       f'"a":"{event[6]}","A":"{event[7]}"}}')
+            payload = (
+                f'{{"u":{event[3]},"s":"{event[2]}","b":"{event[4]}","B":"{event[5]}",'
+                f'"a":"{event[6]}","A":"{event[7]}"}}'
+            )
         elif kind == AGG_TRADE:
-            payload = (f'{{"e":"aggTrade","E":{event_time},"s":"{event[2]}","a":{event[3]},"p":"{event[4]}",'
-                       f'"q":"{event[5]}","f":{event[6]},"l":{event[7]},"T":{event[8] // divisor},'
-                       f'"m":{event[9]},"M":true}}')
+            payload = (
+                f'{{"e":"aggTrade","E":{event_time},"s":"{event[2]}","a":{event[3]},"p":"{event[4]}",'
+                f'"q":"{event[5]}","f":{event[6]},"l":{event[7]},"T":{event[8] // divisor},'
+                f'"m":{event[9]},"M":true}}'
+            )
         else:
             payload = _recorded_payload(event, event_time_us, micro)
         if combined:

@@ -50,8 +50,14 @@ def _decimal_formatter(decimals: int):
 _PoolCache = dict[tuple[object, ...], list[tuple[int, str]]]
 
 
-def _quantity_pool(spec: SymbolSpec, rng: random.Random, median_notional: float, sigma: float,
-                   whale_share: float, cache: _PoolCache) -> list[tuple[int, str]]:
+def _quantity_pool(
+    spec: SymbolSpec,
+    rng: random.Random,
+    median_notional: float,
+    sigma: float,
+    whale_share: float,
+    cache: _PoolCache,
+) -> list[tuple[int, str]]:
     key = (spec.initial_price, spec.qty_step, spec.qty_decimals, median_notional, sigma, whale_share)
     pool = cache.get(key)
     if pool is None:
@@ -59,8 +65,9 @@ def _quantity_pool(spec: SymbolSpec, rng: random.Random, median_notional: float,
     return pool
 
 
-def _draw_quantity_pool(spec: SymbolSpec, rng: random.Random, median_notional: float, sigma: float,
-                        whale_share: float) -> list[tuple[int, str]]:
+def _draw_quantity_pool(
+    spec: SymbolSpec, rng: random.Random, median_notional: float, sigma: float, whale_share: float
+) -> list[tuple[int, str]]:
     """Pre-drawn (units, text) quantities: log-normal notional, rounded to the lot step, many round lots."""
     fmt = _decimal_formatter(spec.qty_decimals)
     step_units = spec.units(spec.qty_step, spec.qty_decimals)
@@ -293,20 +300,46 @@ class MarketSimulator:
             for fill in range(fills):
                 units, qty_text = qty_pool[getbits(pool_bits)]
                 if emit_trades:
-                    append((trade_stream, TRADE, symbol, trade_id, price_text, qty_text, trade_time_us, maker))
+                    append(
+                        (trade_stream, TRADE, symbol, trade_id, price_text, qty_text, trade_time_us, maker)
+                    )
                 level_units += units
                 trade_id += 1
                 if fill + 1 < fills and (sweep_bits >> (fill & 7)) & sweep_mask == 0:  # level exhausted
                     if emit_aggs:
-                        append((book.agg_stream, AGG_TRADE, symbol, agg_id, price_text, book.fmt_qty(level_units),
-                                level_first_id, trade_id - 1, trade_time_us, maker))
+                        append(
+                            (
+                                book.agg_stream,
+                                AGG_TRADE,
+                                symbol,
+                                agg_id,
+                                price_text,
+                                book.fmt_qty(level_units),
+                                level_first_id,
+                                trade_id - 1,
+                                trade_time_us,
+                                maker,
+                            )
+                        )
                     agg_id += 1
                     level_first_id, level_units = trade_id, 0
                     price += step
                     price_text = texts.get(price) or book.price(price)
             if emit_aggs:
-                append((book.agg_stream, AGG_TRADE, symbol, agg_id, price_text, book.fmt_qty(level_units),
-                        level_first_id, trade_id - 1, trade_time_us, maker))
+                append(
+                    (
+                        book.agg_stream,
+                        AGG_TRADE,
+                        symbol,
+                        agg_id,
+                        price_text,
+                        book.fmt_qty(level_units),
+                        level_first_id,
+                        trade_id - 1,
+                        trade_time_us,
+                        maker,
+                    )
+                )
             agg_id += 1
             book.aggs_generated += agg_id - book.next_agg_id
             book.next_agg_id = agg_id
@@ -346,9 +379,18 @@ class MarketSimulator:
                         book.ask_qty = book_qty[getbits(pool_bits)][1]
                 book.update_id += 1 + getbits(4)  # other depth levels change in between
                 if book.emit_books:
-                    append((book.book_stream, BOOK_TICKER, symbol, book.update_id,
-                            texts.get(book.bid) or book.price(book.bid), book.bid_qty,
-                            texts.get(book.ask) or book.price(book.ask), book.ask_qty))
+                    append(
+                        (
+                            book.book_stream,
+                            BOOK_TICKER,
+                            symbol,
+                            book.update_id,
+                            texts.get(book.bid) or book.price(book.bid),
+                            book.bid_qty,
+                            texts.get(book.ask) or book.price(book.ask),
+                            book.ask_qty,
+                        )
+                    )
         return produced
 
     def _toggle_burst(self, now_us: int) -> None:
@@ -390,4 +432,6 @@ class MarketSimulator:
         try:
             return self._by_symbol[symbol.upper()]
         except KeyError:
-            raise ValueError(f"symbol {symbol!r} is not in this market ({', '.join(self._by_symbol)})") from None
+            raise ValueError(
+                f"symbol {symbol!r} is not in this market ({', '.join(self._by_symbol)})"
+            ) from None

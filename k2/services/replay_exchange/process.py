@@ -41,7 +41,9 @@ def _request(request: urllib.request.Request, timeout: float) -> dict[str, Any]:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        raise RuntimeError(f"{request.full_url}: HTTP {exc.code}: {exc.read().decode(errors='replace')}") from None
+        raise RuntimeError(
+            f"{request.full_url}: HTTP {exc.code}: {exc.read().decode(errors='replace')}"
+        ) from None
 
 
 class ReplayExchangeProcess:
@@ -64,7 +66,10 @@ class ReplayExchangeProcess:
     def start(self) -> str:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "k2.services.replay_exchange", *self.args],
-            stdout=subprocess.PIPE, stderr=self.stderr, text=True, cwd=_REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            cwd=_REPO_ROOT,
         )
         assert self.process.stdout is not None
         deadline = time.monotonic() + self.startup_timeout
@@ -73,8 +78,9 @@ class ReplayExchangeProcess:
         match = _BANNER_URL.search(line)
         if match is None:
             self.stop(timeout=max(1.0, deadline - time.monotonic()))
-            raise RuntimeError(f"replay exchange did not start (exit code {self.process.returncode}, "
-                               f"first line {line!r})")
+            raise RuntimeError(
+                f"replay exchange did not start (exit code {self.process.returncode}, first line {line!r})"
+            )
         self.url = match.group(1)
         return self.url
 

@@ -94,7 +94,7 @@ class RecordedStream:
         events = self._events
         end = min(self._position + min_events, len(events))
         wanted = self._wanted
-        for stream, data, lag_us, _ in events[self._position:end]:
+        for stream, data, lag_us, _ in events[self._position : end]:
             self._generated[stream] = self._generated.get(stream, 0) + 1
             symbol = data.get("s")
             offset = self._id_offsets.get(symbol, 0) if isinstance(symbol, str) else 0
@@ -130,8 +130,9 @@ class RecordedStream:
         return symbol
 
 
-async def record_stream(url: str, path: str | Path, *, max_frames: int | None = None,
-                        max_seconds: float | None = None) -> int:
+async def record_stream(
+    url: str, path: str | Path, *, max_frames: int | None = None, max_seconds: float | None = None
+) -> int:
     """Append the frames of a combined-stream URL (`.../stream?streams=...`) to a JSON-lines file.
 
     Stops after `max_frames` frames or `max_seconds` seconds (at least one must be given); returns the
@@ -174,4 +175,3 @@ async def _close_draining(websocket: ClientConnection) -> None:
     except ConnectionClosed:
         pass
     await closing
-

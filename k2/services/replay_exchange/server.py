@@ -104,7 +104,13 @@ class ExchangeConfig:
         object.__setattr__(self, "symbols", tuple(s.upper() for s in self.symbols))
         if self.speed <= 0:
             raise ValueError("speed must be positive")
-        for name in ("ping_interval", "pong_timeout", "max_lifetime", "close_timeout", "slow_consumer_timeout"):
+        for name in (
+            "ping_interval",
+            "pong_timeout",
+            "max_lifetime",
+            "close_timeout",
+            "slow_consumer_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.market_symbols < 0 or self.quotes_per_trade < 0:
@@ -147,8 +153,16 @@ class _ExchangeConnection(ServerConnection):
 class _Session:
     """Per-connection state: subscriptions, format, faults, counters."""
 
-    def __init__(self, exchange: "ReplayExchange", connection: _ExchangeConnection, session_id: int, path: str,
-                 streams: list[str], combined: bool, micro: bool) -> None:
+    def __init__(
+        self,
+        exchange: "ReplayExchange",
+        connection: _ExchangeConnection,
+        session_id: int,
+        path: str,
+        streams: list[str],
+        combined: bool,
+        micro: bool,
+    ) -> None:
         self.exchange = exchange
         self.connection = connection
         self.id = session_id
@@ -164,7 +178,8 @@ class _Session:
         self.peak_incoming_per_second = 0  # most incoming frames seen within one second
         self.close_reason: str | None = None
         self._incoming: collections.deque[float] = collections.deque(
-            maxlen=exchange.config.max_incoming_messages_per_second + 1)
+            maxlen=exchange.config.max_incoming_messages_per_second + 1
+        )
 
     @property
     def protocol(self) -> _ExchangeProtocol:
@@ -179,8 +194,11 @@ class _Session:
         self._incoming.append(now)
         within_second = sum(1 for at in self._incoming if now - at < 1.0)
         self.peak_incoming_per_second = max(self.peak_incoming_per_second, within_second)
-        if (len(self._incoming) == self._incoming.maxlen and now - self._incoming[0] < 1.0
-                and frame.opcode is not Opcode.CLOSE):
+        if (
+            len(self._incoming) == self._incoming.maxlen
+            and now - self._incoming[0] < 1.0
+            and frame.opcode is not Opcode.CLOSE
+        ):
             self.close("rate_limit", CLOSE_POLICY_VIOLATION, "Too many messages")
 
     def write(self, data: bytes, events: int, now: float) -> bool:
@@ -257,13 +275,17 @@ class ReplayExchange:
         if self.config.replay_path is not None:
             self._source: MarketSimulator | RecordedStream = RecordedStream(self.config.replay_path)
         else:
-            self._source = MarketSimulator(self.config.specs(), self.config.seed, self.config.quotes_per_trade)
+            self._source = MarketSimulator(
+                self.config.specs(), self.config.seed, self.config.quotes_per_trade
+            )
         self._known_streams = frozenset(self._source.streams())
         self._delisted: dict[str, SymbolSpec] = {}  # shown as BREAK in exchangeInfo
         self._sessions: dict[int, _Session] = {}
         self._next_session_id = 1
         # (combined, micro) -> (union of streams, [(streams, sessions)])
-        self._variants: dict[tuple[bool, bool], tuple[frozenset[str], list[tuple[frozenset[str], list[_Session]]]]]
+        self._variants: dict[
+            tuple[bool, bool], tuple[frozenset[str], list[tuple[frozenset[str], list[_Session]]]]
+        ]
         self._variants = {}
         self._market_listened = False
         self._listeners_changed = asyncio.Event()
@@ -280,7 +302,8 @@ class ReplayExchange:
         self._pongs_withheld_closed = 0
         # symbol -> the most recent trade events (see encoding.TRADE), oldest first, ids ascending
         self._trade_history: dict[str, collections.deque[tuple]] = collections.defaultdict(
-            lambda: collections.deque(maxlen=self.config.rest_history_trades))
+            lambda: collections.deque(maxlen=self.config.rest_history_trades)
+        )
         self.failure: BaseException | None = None
         self._bad_pages: collections.deque[Any] = collections.deque()  # answers historicalTrades gives first
 
@@ -450,8 +473,18 @@ class ReplayExchange:
                 history[event[2]].append(event)
             elif event[1] == RECORDED and event[2].get("e") == "trade":
                 data = event[2]
-                history[data["s"]].append((event[0], TRADE, data["s"], data["t"], data["p"], data["q"],
-                                           time.time_ns() // 1000, "true" if data.get("m") else "false"))
+                history[data["s"]].append(
+                    (
+                        event[0],
+                        TRADE,
+                        data["s"],
+                        data["t"],
+                        data["p"],
+                        data["q"],
+                        time.time_ns() // 1000,
+                        "true" if data.get("m") else "false",
+                    )
+                )
         event_time_us = time.time_ns() // 1000
         now = time.monotonic()
         per_stream: collections.Counter[str] | None = None
@@ -510,8 +543,9 @@ class ReplayExchange:
                 result = self._http_fault(url.path.removeprefix("/control/"), query)
                 return self._json_response(connection, http.HTTPStatus.OK, result)
             if url.path == "/api/v3/exchangeInfo":
-                return self._json_response(connection, http.HTTPStatus.OK, self.exchange_info(
-                    query.get("symbolStatus", [""])[-1]))
+                return self._json_response(
+                    connection, http.HTTPStatus.OK, self.exchange_info(query.get("symbolStatus", [""])[-1])
+                )
             if url.path == "/api/v3/historicalTrades":
                 return self._historical_trades_response(connection, request, query)
             if url.path in ("/ws", "/stream") or url.path.startswith(("/ws/", "/stream/")):
@@ -521,8 +555,9 @@ class ReplayExchange:
         except _HttpError as exc:
             return self._json_response(connection, exc.status, {"error": str(exc)})
 
-    def _admit(self, connection: _ExchangeConnection, request: Request, path: str,
-               query: dict[str, list[str]]) -> None:
+    def _admit(
+        self, connection: _ExchangeConnection, request: Request, path: str, query: dict[str, list[str]]
+    ) -> None:
         limit = self.config.max_connection_attempts
         if limit:
             peer = connection.remote_address[0] if connection.remote_address else "?"
@@ -549,10 +584,19 @@ class ReplayExchange:
             raise _HttpError(http.HTTPStatus.BAD_REQUEST, f"invalid stream name(s): {', '.join(invalid)}")
         if len(set(names)) > self.config.max_streams_per_connection:
             self._rejected["bad_request"] += 1
-            raise _HttpError(http.HTTPStatus.BAD_REQUEST,
-                             f"at most {self.config.max_streams_per_connection} streams per connection")
-        connection.session = _Session(self, connection, self._next_session_id, request.path, names, combined,
-                                      time_unit.upper() == "MICROSECOND")
+            raise _HttpError(
+                http.HTTPStatus.BAD_REQUEST,
+                f"at most {self.config.max_streams_per_connection} streams per connection",
+            )
+        connection.session = _Session(
+            self,
+            connection,
+            self._next_session_id,
+            request.path,
+            names,
+            combined,
+            time_unit.upper() == "MICROSECOND",
+        )
         self._next_session_id += 1
 
     async def _handle(self, connection: ServerConnection) -> None:
@@ -623,14 +667,18 @@ class ReplayExchange:
         try:
             request = json.loads(message)
         except ValueError as exc:
-            position = f"line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "?"
+            position = (
+                f"line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "?"
+            )
             return self._error(3, f"Invalid JSON: expected value at {position}", None)
         if not isinstance(request, dict):
             return self._error(2, "Invalid request: expected an object", None)
         request_id = request.get("id")
-        valid_id = (request_id is None
-                    or (type(request_id) is int and -(2**63) <= request_id < 2**63)
-                    or (isinstance(request_id, str) and _REQUEST_ID.match(request_id)))
+        valid_id = (
+            request_id is None
+            or (type(request_id) is int and -(2**63) <= request_id < 2**63)
+            or (isinstance(request_id, str) and _REQUEST_ID.match(request_id))
+        )
         if not valid_id:
             return self._error(2, "Invalid request: request ID must be an unsigned integer", None)
         if "method" not in request:
@@ -638,14 +686,20 @@ class ReplayExchange:
         method = request["method"]
         params = request.get("params", [])
         if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
-            if (not isinstance(params, list) or not params
-                    or not all(isinstance(p, str) and _STREAM_NAME.match(p) for p in params)):
+            if (
+                not isinstance(params, list)
+                or not params
+                or not all(isinstance(p, str) and _STREAM_NAME.match(p) for p in params)
+            ):
                 return self._error(2, "Invalid request: invalid stream", request_id)
             if method == "SUBSCRIBE":
                 added = [p for p in params if p not in session.streams]
                 if len(session.streams) + len(set(added)) > self.config.max_streams_per_connection:
-                    return self._error(2, "Invalid request: too many streams "
-                                          f"(max {self.config.max_streams_per_connection})", request_id)
+                    return self._error(
+                        2,
+                        f"Invalid request: too many streams (max {self.config.max_streams_per_connection})",
+                        request_id,
+                    )
                 session.streams.update(dict.fromkeys(added))
             else:
                 for name in params:
@@ -669,8 +723,9 @@ class ReplayExchange:
             session.combined = params[1]
             self._listeners_updated()
             return ascii_json({"result": None, "id": request_id})
-        return self._error(2, f"Invalid request: unknown variant `{method}`, expected one of {_METHODS}",
-                           request_id)
+        return self._error(
+            2, f"Invalid request: unknown variant `{method}`, expected one of {_METHODS}", request_id
+        )
 
     @staticmethod
     def _error(code: int, message: str, request_id: Any) -> str:
@@ -701,8 +756,9 @@ class ReplayExchange:
         self._faults["drop"] += 1
         return [s.id for s in sessions]
 
-    def close_connections(self, code: int = 1000, reason: str = "", which: str = "all",
-                          connection: int | None = None) -> list[int]:
+    def close_connections(
+        self, code: int = 1000, reason: str = "", which: str = "all", connection: int | None = None
+    ) -> list[int]:
         """Close with a close frame carrying `code` and `reason`."""
         sessions = self._select(which, connection)
         for session in sessions:
@@ -722,8 +778,9 @@ class ReplayExchange:
         self._faults["stall"] += 1
         return [s.id for s in sessions]
 
-    def suppress_pings(self, seconds: float | None = None, which: str = "all",
-                       connection: int | None = None) -> list[int]:
+    def suppress_pings(
+        self, seconds: float | None = None, which: str = "all", connection: int | None = None
+    ) -> list[int]:
         """Stop sending keepalive pings (for `seconds`, or until clear_faults)."""
         until = float("inf") if seconds is None else time.monotonic() + seconds
         sessions = self._select(which, connection)
@@ -732,8 +789,9 @@ class ReplayExchange:
         self._faults["suppress_pings"] += 1
         return [s.id for s in sessions]
 
-    def suppress_pongs(self, seconds: float | None = None, which: str = "all",
-                       connection: int | None = None) -> list[int]:
+    def suppress_pongs(
+        self, seconds: float | None = None, which: str = "all", connection: int | None = None
+    ) -> list[int]:
         """Stop answering the client's pings (for `seconds`, or until clear_faults)."""
         until = float("inf") if seconds is None else time.monotonic() + seconds
         sessions = self._select(which, connection)
@@ -781,11 +839,15 @@ class ReplayExchange:
         of the trades asked for; returns how many bad pages are now pending."""
         if count <= 0:
             raise ValueError("count must be positive")
-        self._bad_pages.extend([[{"id": "not-a-number"}, ["a", "list"], None] if page is None else page] * count)
+        self._bad_pages.extend(
+            [[{"id": "not-a-number"}, ["a", "list"], None] if page is None else page] * count
+        )
         self._faults["bad_pages"] += 1
         return len(self._bad_pages)
 
-    def historical_trades(self, symbol: str, from_id: int | None, limit: int, micros: bool) -> list[dict[str, Any]]:
+    def historical_trades(
+        self, symbol: str, from_id: int | None, limit: int, micros: bool
+    ) -> list[dict[str, Any]]:
         """Binance's GET /api/v3/historicalTrades: up to `limit` trades from `from_id` (default: the most recent),
         as Binance returns them (decimal strings; time in ms, or µs when asked with X-MBX-TIME-UNIT)."""
         history = self._trade_history.get(symbol.upper())
@@ -794,13 +856,29 @@ class ReplayExchange:
         first_id = history[0][3]
         start = len(history) - limit if from_id is None else from_id - first_id  # ids are consecutive
         trades = islice(history, max(start, 0), max(start, 0) + limit)
-        return [{"id": trade_id, "price": price, "qty": qty, "quoteQty": str(Decimal(price) * Decimal(qty)),
-                 "time": time_us if micros else time_us // 1000, "isBuyerMaker": maker == "true", "isBestMatch": True}
-                for _, _, _, trade_id, price, qty, time_us, maker in trades
-                if from_id is None or trade_id >= from_id]
+        return [
+            {
+                "id": trade_id,
+                "price": price,
+                "qty": qty,
+                "quoteQty": str(Decimal(price) * Decimal(qty)),
+                "time": time_us if micros else time_us // 1000,
+                "isBuyerMaker": maker == "true",
+                "isBestMatch": True,
+            }
+            for _, _, _, trade_id, price, qty, time_us, maker in trades
+            if from_id is None or trade_id >= from_id
+        ]
 
-    def send_malformed(self, kind: str, symbol: str | None = None, field: str = "p", value: str = "12.34.56",
-                       which: str = "all", connection: int | None = None) -> list[int]:
+    def send_malformed(
+        self,
+        kind: str,
+        symbol: str | None = None,
+        field: str = "p",
+        value: str = "12.34.56",
+        which: str = "all",
+        connection: int | None = None,
+    ) -> list[int]:
         """Send one corrupted trade on `<symbol>@trade` to the chosen connections subscribed to it.
 
         kind: "invalid_json" (the frame text cut in half), "missing_field" (the trade without `field`),
@@ -817,8 +895,17 @@ class ReplayExchange:
         sessions = [s for s in self._select(which, connection) if stream in s.streams]
         for session in sessions:
             scale = 1 if session.micro else 1000
-            trade = {"e": "trade", "E": now_us // scale, "s": symbol, "t": trade_id, "p": price, "q": qty,
-                     "T": now_us // scale, "m": True, "M": True}
+            trade = {
+                "e": "trade",
+                "E": now_us // scale,
+                "s": symbol,
+                "t": trade_id,
+                "p": price,
+                "q": qty,
+                "T": now_us // scale,
+                "m": True,
+                "M": True,
+            }
             if kind == "missing_field":
                 trade.pop(field, None)
             elif kind == "non_decimal_price":
@@ -832,7 +919,9 @@ class ReplayExchange:
         self._faults["malformed"] += 1
         return [s.id for s in sessions]
 
-    def server_shutdown(self, delay: float = 1.0, which: str = "all", connection: int | None = None) -> list[int]:
+    def server_shutdown(
+        self, delay: float = 1.0, which: str = "all", connection: int | None = None
+    ) -> list[int]:
         """Send the serverShutdown event now, then close (1001) after `delay` seconds."""
         now_us = time.time_ns() // 1000
         now = time.monotonic()
@@ -884,21 +973,39 @@ class ReplayExchange:
             for symbol in self._source.symbols:
                 with contextlib.suppress(ValueError):
                     trading.append(listed_spec(symbol, self.config.seed))
-        entries = [(spec, "TRADING") for spec in trading] + [(spec, "BREAK") for spec in self._delisted.values()]
+        entries = [(spec, "TRADING") for spec in trading] + [
+            (spec, "BREAK") for spec in self._delisted.values()
+        ]
         return {
             "timezone": "UTC",
             "serverTime": time.time_ns() // 1_000_000,
-            "rateLimits": [{"rateLimitType": "CONNECTIONS", "interval": "MINUTE", "intervalNum": 5,
-                            "limit": self.config.max_connection_attempts}],
+            "rateLimits": [
+                {
+                    "rateLimitType": "CONNECTIONS",
+                    "interval": "MINUTE",
+                    "intervalNum": 5,
+                    "limit": self.config.max_connection_attempts,
+                }
+            ],
             "exchangeFilters": [],
-            "symbols": [{
-                "symbol": spec.symbol, "status": state,
-                "baseAsset": spec.base_asset or spec.symbol.removesuffix(spec.quote_asset),
-                "baseAssetPrecision": 8, "quoteAsset": spec.quote_asset, "quotePrecision": 8,
-                "quoteAssetPrecision": 8, "isSpotTradingAllowed": True,
-                "filters": [{"filterType": "PRICE_FILTER", "tickSize": str(spec.tick_size)},
-                            {"filterType": "LOT_SIZE", "stepSize": str(spec.qty_step)}],
-            } for spec, state in entries if not status or state == status],
+            "symbols": [
+                {
+                    "symbol": spec.symbol,
+                    "status": state,
+                    "baseAsset": spec.base_asset or spec.symbol.removesuffix(spec.quote_asset),
+                    "baseAssetPrecision": 8,
+                    "quoteAsset": spec.quote_asset,
+                    "quotePrecision": 8,
+                    "quoteAssetPrecision": 8,
+                    "isSpotTradingAllowed": True,
+                    "filters": [
+                        {"filterType": "PRICE_FILTER", "tickSize": str(spec.tick_size)},
+                        {"filterType": "LOT_SIZE", "stepSize": str(spec.qty_step)},
+                    ],
+                }
+                for spec, state in entries
+                if not status or state == status
+            ],
         }
 
     def _default_symbol(self) -> str:
@@ -935,7 +1042,8 @@ class ReplayExchange:
             "pings": {
                 "sent": self._stats["pings_sent"],
                 "pongs_received": self._stats["pongs_received"],
-                "pongs_withheld": self._pongs_withheld_closed + sum(s.protocol.pongs_withheld for s in open_sessions),
+                "pongs_withheld": self._pongs_withheld_closed
+                + sum(s.protocol.pongs_withheld for s in open_sessions),
             },
             "incoming_messages": self._stats["incoming_messages"],
             "dropped_while_stalled": self._stats["dropped_while_stalled"],
@@ -945,7 +1053,9 @@ class ReplayExchange:
     def _http_fault(self, name: str, query: dict[str, list[str]]) -> dict[str, Any]:
         params = {key: values[-1] for key, values in query.items()}
         if name not in _HTTP_FAULTS:
-            raise _HttpError(http.HTTPStatus.NOT_FOUND, f"unknown fault {name!r}; known: {', '.join(_HTTP_FAULTS)}")
+            raise _HttpError(
+                http.HTTPStatus.NOT_FOUND, f"unknown fault {name!r}; known: {', '.join(_HTTP_FAULTS)}"
+            )
         try:
             target: dict[str, Any] = {"which": params.pop("which", "all")}
             if "connection" in params:
@@ -956,13 +1066,15 @@ class ReplayExchange:
                 self._reject_leftovers(params)
                 return self.list_symbol(symbol, rate) if name == "list" else self.delist_symbol(symbol)
             if name == "skip_ids":
-                next_id = self.skip_trade_ids(params.pop("symbol", self._default_symbol()),
-                                              int(params.pop("count", "1")))
+                next_id = self.skip_trade_ids(
+                    params.pop("symbol", self._default_symbol()), int(params.pop("count", "1"))
+                )
                 self._reject_leftovers(params)
                 return {"fault": name, "next_trade_id": next_id}
             if name == "renumber":
-                next_id = self.renumber_trades(params.pop("symbol", self._default_symbol()),
-                                               int(params.pop("next_id")))
+                next_id = self.renumber_trades(
+                    params.pop("symbol", self._default_symbol()), int(params.pop("next_id"))
+                )
                 self._reject_leftovers(params)
                 return {"fault": name, "next_trade_id": next_id}
             if name == "bad_pages":
@@ -970,34 +1082,50 @@ class ReplayExchange:
                 self._reject_leftovers(params)
                 return {"fault": name, "pending": pending}
             method, converters = _HTTP_FAULTS[name]
-            arguments = {key: convert(params.pop(key)) for key, convert in converters.items() if key in params}
+            arguments = {
+                key: convert(params.pop(key)) for key, convert in converters.items() if key in params
+            }
             self._reject_leftovers(params)
             ids = getattr(self, method)(**arguments, **target)
-        except (ValueError, TypeError, KeyError) as exc:  # TypeError, KeyError: a required parameter is missing
+        except (
+            ValueError,
+            TypeError,
+            KeyError,
+        ) as exc:  # TypeError, KeyError: a required parameter is missing
             raise _HttpError(http.HTTPStatus.BAD_REQUEST, str(exc)) from None
         return {"fault": name, "connections": ids}
 
-    def _historical_trades_response(self, connection: ServerConnection, request: Request,
-                                    query: dict[str, list[str]]) -> Response:
+    def _historical_trades_response(
+        self, connection: ServerConnection, request: Request, query: dict[str, list[str]]
+    ) -> Response:
         params = {key: values[-1] for key, values in query.items()}
         symbol = params.get("symbol", "").upper()
         if symbol not in self._source.symbols:
-            return self._json_response(connection, http.HTTPStatus.BAD_REQUEST, {"code": -1121, "msg": "Invalid symbol."})
+            return self._json_response(
+                connection, http.HTTPStatus.BAD_REQUEST, {"code": -1121, "msg": "Invalid symbol."}
+            )
         try:
             limit = int(params.get("limit", "500"))
             from_id = int(params["fromId"]) if "fromId" in params else None
         except ValueError:
-            return self._json_response(connection, http.HTTPStatus.BAD_REQUEST,
-                                       {"code": -1100, "msg": "Illegal characters found in a parameter."})
+            return self._json_response(
+                connection,
+                http.HTTPStatus.BAD_REQUEST,
+                {"code": -1100, "msg": "Illegal characters found in a parameter."},
+            )
         if not 1 <= limit <= 1000:
-            return self._json_response(connection, http.HTTPStatus.BAD_REQUEST,
-                                       {"code": -1131, "msg": "Invalid limit: must be between 1 and 1000."})
+            return self._json_response(
+                connection,
+                http.HTTPStatus.BAD_REQUEST,
+                {"code": -1131, "msg": "Invalid limit: must be between 1 and 1000."},
+            )
         micros = request.headers.get("X-MBX-TIME-UNIT", "").upper() == "MICROSECOND"
         self._stats["rest_requests"] += 1
         if self._bad_pages:
             return self._json_response(connection, http.HTTPStatus.OK, self._bad_pages.popleft())
-        return self._json_response(connection, http.HTTPStatus.OK,
-                                   self.historical_trades(symbol, from_id, limit, micros))
+        return self._json_response(
+            connection, http.HTTPStatus.OK, self.historical_trades(symbol, from_id, limit, micros)
+        )
 
     @staticmethod
     def _reject_leftovers(params: dict[str, str]) -> None:

@@ -41,25 +41,97 @@ class SymbolSpec:
 SYMBOLS: dict[str, SymbolSpec] = {
     spec.symbol: spec
     for spec in (
-        SymbolSpec("BTCUSDT", Decimal("97123.45"), Decimal("0.01"), Decimal("0.00001"), 8, 8,
-                   4_712_345_678, 68_123_456_789, 12.0, 300.0),
-        SymbolSpec("ETHUSDT", Decimal("3412.67"), Decimal("0.01"), Decimal("0.0001"), 8, 8,
-                   2_634_567_890, 52_345_678_901, 8.0, 250.0),
-        SymbolSpec("BNBUSDT", Decimal("689.40"), Decimal("0.01"), Decimal("0.001"), 8, 8,
-                   1_056_789_012, 21_098_765_432, 3.0, 150.0),
-        SymbolSpec("SOLUSDT", Decimal("187.32"), Decimal("0.01"), Decimal("0.001"), 8, 8,
-                   1_298_765_432, 25_432_109_876, 5.0, 150.0),
-        SymbolSpec("SHIBUSDT", Decimal("0.00001234"), Decimal("0.00000001"), Decimal(1), 8, 2,
-                   712_345_678, 13_579_246_801, 2.0, 120.0, whale_share=0.004),
-        SymbolSpec("PEPEUSDT", Decimal("0.00000950"), Decimal("0.00000001"), Decimal(1), 8, 2,
-                   498_765_432, 11_223_344_556, 2.0, 100.0, whale_share=0.004),
+        SymbolSpec(
+            "BTCUSDT",
+            Decimal("97123.45"),
+            Decimal("0.01"),
+            Decimal("0.00001"),
+            8,
+            8,
+            4_712_345_678,
+            68_123_456_789,
+            12.0,
+            300.0,
+        ),
+        SymbolSpec(
+            "ETHUSDT",
+            Decimal("3412.67"),
+            Decimal("0.01"),
+            Decimal("0.0001"),
+            8,
+            8,
+            2_634_567_890,
+            52_345_678_901,
+            8.0,
+            250.0,
+        ),
+        SymbolSpec(
+            "BNBUSDT",
+            Decimal("689.40"),
+            Decimal("0.01"),
+            Decimal("0.001"),
+            8,
+            8,
+            1_056_789_012,
+            21_098_765_432,
+            3.0,
+            150.0,
+        ),
+        SymbolSpec(
+            "SOLUSDT",
+            Decimal("187.32"),
+            Decimal("0.01"),
+            Decimal("0.001"),
+            8,
+            8,
+            1_298_765_432,
+            25_432_109_876,
+            5.0,
+            150.0,
+        ),
+        SymbolSpec(
+            "SHIBUSDT",
+            Decimal("0.00001234"),
+            Decimal("0.00000001"),
+            Decimal(1),
+            8,
+            2,
+            712_345_678,
+            13_579_246_801,
+            2.0,
+            120.0,
+            whale_share=0.004,
+        ),
+        SymbolSpec(
+            "PEPEUSDT",
+            Decimal("0.00000950"),
+            Decimal("0.00000001"),
+            Decimal(1),
+            8,
+            2,
+            498_765_432,
+            11_223_344_556,
+            2.0,
+            100.0,
+            whale_share=0.004,
+        ),
     )
 }
 
 
 # Quote assets of the generated market and their share of its symbols (Binance Spot's mix, roughly).
-_QUOTES = (("USDT", 0.45), ("USDC", 0.12), ("FDUSD", 0.08), ("BTC", 0.14), ("ETH", 0.05), ("BNB", 0.04),
-           ("TRY", 0.05), ("EUR", 0.03), ("BRL", 0.02), ("JPY", 0.02))
+_QUOTES = (
+    ("USDT", 0.45),
+    ("USDC", 0.12),
+    ("FDUSD", 0.08),
+    ("BTC", 0.14),
+    ("ETH", 0.05),
+    ("BNB", 0.04),
+    ("TRY", 0.05),
+    ("EUR", 0.03),
+    ("BRL", 0.02),
+    ("JPY", 0.02),
+)
 # (initial price, tick size, lot step): from sub-cent tokens to large caps.
 _PRICE_TIERS = (
     (Decimal("0.00001234"), Decimal("0.00000001"), Decimal(1)),
@@ -87,18 +159,34 @@ def _base_name(index: int) -> str:
 
 def generated_spec(symbol: str, base: str, quote: str, rank: int, rng: random.Random) -> SymbolSpec:
     price, tick, step = _PRICE_TIERS[rng.randrange(len(_PRICE_TIERS))]
-    return SymbolSpec(symbol, price, tick, step, 8, 8, rng.randrange(1_000_000, 900_000_000),
-                      rng.randrange(1_000_000, 9_000_000_000), TOP_ORDERS_PER_SECOND / rank**ZIPF_EXPONENT,
-                      rng.choice((20.0, 50.0, 100.0)), base_asset=base, quote_asset=quote)
+    return SymbolSpec(
+        symbol,
+        price,
+        tick,
+        step,
+        8,
+        8,
+        rng.randrange(1_000_000, 900_000_000),
+        rng.randrange(1_000_000, 9_000_000_000),
+        TOP_ORDERS_PER_SECOND / rank**ZIPF_EXPONENT,
+        rng.choice((20.0, 50.0, 100.0)),
+        base_asset=base,
+        quote_asset=quote,
+    )
 
 
 def full_market(count: int, seed: int) -> list[SymbolSpec]:
     """`count` symbols, most active first: the six real ones, then generated ones whose taker-order rates
     follow Zipf's law (rank r: TOP_ORDERS_PER_SECOND / r), so a few symbols carry most trades."""
     rng = random.Random(seed)
-    real = [dataclasses.replace(spec, taker_orders_per_second=TOP_ORDERS_PER_SECOND / rank**ZIPF_EXPONENT,
-                                base_asset=spec.symbol.removesuffix("USDT"))
-            for rank, spec in enumerate(SYMBOLS.values(), start=1)][:count]
+    real = [
+        dataclasses.replace(
+            spec,
+            taker_orders_per_second=TOP_ORDERS_PER_SECOND / rank**ZIPF_EXPONENT,
+            base_asset=spec.symbol.removesuffix("USDT"),
+        )
+        for rank, spec in enumerate(SYMBOLS.values(), start=1)
+    ][:count]
     quotes, weights = zip(*_QUOTES, strict=True)
     specs = list(real)
     for index in range(count - len(real)):
@@ -112,8 +200,9 @@ def listed_spec(symbol: str, seed: int) -> SymbolSpec:
     symbol = symbol.upper()
     if symbol in SYMBOLS:
         return SYMBOLS[symbol]
-    quote = next((q for q, _ in sorted(_QUOTES, key=lambda q: -len(q[0])) if symbol.endswith(q) and symbol != q),
-                 None)
+    quote = next(
+        (q for q, _ in sorted(_QUOTES, key=lambda q: -len(q[0])) if symbol.endswith(q) and symbol != q), None
+    )
     if quote is None:
         raise ValueError(f"{symbol}: no quote asset suffix ({', '.join(q for q, _ in _QUOTES)})")
     return generated_spec(symbol, symbol.removesuffix(quote), quote, 1000, random.Random(f"{seed}:{symbol}"))

@@ -85,10 +85,19 @@ class DeadLetters:
         else:
             self._failures.append(error.str())
 
-    def send(self, value: bytes | None, rejection: Rejection, topic: str, partition: int, offset: int) -> None:
-        headers: list[tuple[str, str | bytes | None]] = [*dead_letter_headers(
-            rejection.reason, DEAD_LETTER_SOURCE, rejection.field, topic=topic, partition=partition,
-            offset=offset)]
+    def send(
+        self, value: bytes | None, rejection: Rejection, topic: str, partition: int, offset: int
+    ) -> None:
+        headers: list[tuple[str, str | bytes | None]] = [
+            *dead_letter_headers(
+                rejection.reason,
+                DEAD_LETTER_SOURCE,
+                rejection.field,
+                topic=topic,
+                partition=partition,
+                offset=offset,
+            )
+        ]
         while True:
             try:
                 self._producer.produce(self.topic, value, headers=headers, on_delivery=self._on_delivery)
@@ -104,8 +113,9 @@ class DeadLetters:
         remaining = self._producer.flush(timeout)
         if remaining or self._failures:
             failures, self._failures = self._failures, []
-            raise DeadLetterError(f"dead letters not acknowledged: {remaining} pending, "
-                                  f"failures: {failures[:3]}")
+            raise DeadLetterError(
+                f"dead letters not acknowledged: {remaining} pending, failures: {failures[:3]}"
+            )
 
     def close(self, timeout: float) -> None:
         self._producer.flush(timeout)
@@ -151,8 +161,11 @@ class TableBuffer:
     def due(self, now: float, settings: WriterSettings) -> bool:
         if self.oldest is None:
             return False
-        return (self.rows >= settings.commit_rows or self.nbytes >= settings.commit_bytes
-                or (now - self.oldest) * 1000 >= settings.commit_interval_ms)
+        return (
+            self.rows >= settings.commit_rows
+            or self.nbytes >= settings.commit_bytes
+            or (now - self.oldest) * 1000 >= settings.commit_interval_ms
+        )
 
     def _clear_rows(self) -> None:
         self.chunks, self.rows, self.nbytes = [], 0, 0
@@ -226,7 +239,8 @@ class WriterLoop:
         overrides: dict[str, str | int | float] = {
             "partition.assignment.strategy": settings.assignment_strategy,
             "session.timeout.ms": settings.session_timeout_ms,
-            "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 4)}
+            "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 4),
+        }
         self.consumer = Consumer(consumer_config(kafka, settings.group_id, **overrides))
         self._cooperative = settings.assignment_strategy == "cooperative-sticky"
         self.dead_letters = DeadLetters(kafka)
@@ -260,6 +274,7 @@ class WriterLoop:
 
     def flush(self) -> Future[object]:
         """Commits everything consumed so far."""
+
         def flush() -> list[CommitResult]:
             self._apply_decoded(wait=True)
             return self.commit_all()
@@ -274,8 +289,9 @@ class WriterLoop:
     # -- the loop's thread
 
     def _run(self) -> None:
-        self.consumer.subscribe(list(self.buffers), on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_revoke)
+        self.consumer.subscribe(
+            list(self.buffers), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
         backoff = 0.0
         while not self._stopping.is_set():
             try:
@@ -341,8 +357,9 @@ class WriterLoop:
         for tp in partitions:
             recorded = offsets[tp.topic].get(tp.partition)
             self.buffers[tp.topic].progress[tp.partition] = PartitionProgress(recorded)
-            positioned.append(TopicPartition(tp.topic, tp.partition,
-                                             recorded if recorded is not None else OFFSET_BEGINNING))
+            positioned.append(
+                TopicPartition(tp.topic, tp.partition, recorded if recorded is not None else OFFSET_BEGINNING)
+            )
         return positioned
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -408,16 +425,38 @@ class WriterLoop:
             buffer = self.buffers[topic]
             spans = {partition: buffer.progress.get(partition) for partition in set(partitions)}
             if None in spans.values():
-                raise RuntimeError(f"{topic}: messages of unassigned partitions "
-                                   f"{sorted(p for p, span in spans.items() if span is None)}")
+                raise RuntimeError(
+                    f"{topic}: messages of unassigned partitions "
+                    f"{sorted(p for p, span in spans.items() if span is None)}"
+                )
             metrics.MESSAGES_CONSUMED.labels(metrics.SERVICE, topic).inc(len(values))
             decoded = self.decoders.submit(buffer.kind, values)
             traces = sampled_message_traces(headers)
-            trace_spans = [messaging_span(tracer, f"process {topic}", found, operation="process", topic=topic,
-                                          partition=partitions[found.first], offset=offsets[found.first],
-                                          group=self.settings.group_id) for found in traces]
-            self._decoding.append(_Decoding(buffer, values, partitions, offsets, spans,  # type: ignore[arg-type]
-                                            decoded, traces, trace_spans))
+            trace_spans = [
+                messaging_span(
+                    tracer,
+                    f"process {topic}",
+                    found,
+                    operation="process",
+                    topic=topic,
+                    partition=partitions[found.first],
+                    offset=offsets[found.first],
+                    group=self.settings.group_id,
+                )
+                for found in traces
+            ]
+            self._decoding.append(
+                _Decoding(
+                    buffer,
+                    values,
+                    partitions,
+                    offsets,
+                    spans,  # type: ignore[arg-type]
+                    decoded,
+                    traces,
+                    trace_spans,
+                )
+            )
 
     def _apply_decoded(self, wait: bool) -> None:
         """Buffers the decoded batches in the order they were read (all of them when `wait`)."""
@@ -437,12 +476,14 @@ class WriterLoop:
         for rejection in batch.rejected:
             index = rejection.index
             if partitions[index] not in stale:
-                self.dead_letters.send(decoding.values[index], rejection, buffer.topic, partitions[index],
-                                       offsets[index])
+                self.dead_letters.send(
+                    decoding.values[index], rejection, buffer.topic, partitions[index], offsets[index]
+                )
         if batch.table.num_rows:
             rows = batch.rows
-            chunk = (batch.table.append_column(PARTITION_COLUMN, pa.array(partitions, pa.int32()).take(rows))
-                     .append_column(OFFSET_COLUMN, pa.array(offsets, pa.int64()).take(rows)))
+            chunk = batch.table.append_column(
+                PARTITION_COLUMN, pa.array(partitions, pa.int32()).take(rows)
+            ).append_column(OFFSET_COLUMN, pa.array(offsets, pa.int64()).take(rows))
             if stale:
                 chunk = without_partitions(chunk, stale)
             buffer.add(chunk)
@@ -454,7 +495,8 @@ class WriterLoop:
             buffer.oldest = time.monotonic()
         if len(buffer.traces) < MAX_COMMIT_LINKS:
             buffer.traces += list(zip(decoding.traces, decoding.trace_spans, strict=True))[
-                :MAX_COMMIT_LINKS - len(buffer.traces)]
+                : MAX_COMMIT_LINKS - len(buffer.traces)
+            ]
 
     def _commit_due(self) -> None:
         now = time.monotonic()
@@ -478,9 +520,13 @@ class WriterLoop:
             self.last_commit = LastCommit(time.time(), result.rows, result.bytes)
             if result.oldest_ingestion_us is not None:
                 metrics.VISIBILITY_DELAY.labels(metrics.SERVICE, result.table).observe(
-                    max(0.0, time.time() - result.oldest_ingestion_us / 1e6))
-        owned = [TopicPartition(buffer.topic, partition, offset)
-                 for partition, offset in result.offsets.items() if partition in buffer.progress]
+                    max(0.0, time.time() - result.oldest_ingestion_us / 1e6)
+                )
+        owned = [
+            TopicPartition(buffer.topic, partition, offset)
+            for partition, offset in result.offsets.items()
+            if partition in buffer.progress
+        ]
         if owned:  # for lag tools only; positions always come from the table
             try:
                 self.consumer.commit(offsets=owned, asynchronous=True)
@@ -495,12 +541,19 @@ class WriterLoop:
         span), so every trade's trace reads publish → send → process → commit, not only the first's: a link is
         shown only from the span that holds it."""
         name = f"{buffer.appender.name} commit"
-        attributes: dict[str, str | int] = {"db.system": "iceberg", "db.collection.name": buffer.appender.name}
+        attributes: dict[str, str | int] = {
+            "db.system": "iceberg",
+            "db.collection.name": buffer.appender.name,
+        }
         first, first_process = buffer.traces[0]
         started = time.time_ns()
         with tracer.start_as_current_span(
-                name, context=trace.set_span_in_context(first_process, first.context), start_time=started,
-                links=links_to(found for found, _ in buffer.traces), attributes=attributes) as span:
+            name,
+            context=trace.set_span_in_context(first_process, first.context),
+            start_time=started,
+            links=links_to(found for found, _ in buffer.traces),
+            attributes=attributes,
+        ) as span:
             result = buffer.appender.commit(buffer.buffered(), buffer.progress)
             attributes |= {"k2.rows": result.rows, "k2.snapshot_id": result.snapshot_id}
             span.set_attributes(attributes)
@@ -511,6 +564,11 @@ class WriterLoop:
             trace_id = found.span_context.trace_id
             if trace_id not in hops:  # one hop per trace, however many of its contexts the commit covers
                 hops.add(trace_id)
-                tracer.start_span(name, context=trace.set_span_in_context(process, found.context),
-                                  start_time=started, links=commit_link, attributes=attributes).end(ended)
+                tracer.start_span(
+                    name,
+                    context=trace.set_span_in_context(process, found.context),
+                    start_time=started,
+                    links=commit_link,
+                    attributes=attributes,
+                ).end(ended)
         return result

@@ -52,8 +52,12 @@ class Decoders:
         self.close()
         if self.processes:
             # spawn: the workers inherit none of the parent's threads (librdkafka, gRPC) or locks.
-            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_start_worker, initargs=(os.getpid(), self._framing))
+            self._pool = ProcessPoolExecutor(
+                self.processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(os.getpid(), self._framing),
+            )
             for future in [self._pool.submit(_ready) for _ in range(self.processes)]:
                 future.result()
 

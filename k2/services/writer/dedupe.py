@@ -80,13 +80,15 @@ class SeenIds:
             return
         since_us = int(time.time() * 1e6) - self._window_us
         # The ingestion times first (8 bytes a row): ids are read only for the newest `max_ids` rows.
-        times = table.scan(row_filter=f"{INGESTION_TIME} >= {since_us}",
-                           selected_fields=(INGESTION_TIME,)).to_arrow()[INGESTION_TIME]
+        times = table.scan(
+            row_filter=f"{INGESTION_TIME} >= {since_us}", selected_fields=(INGESTION_TIME,)
+        ).to_arrow()[INGESTION_TIME]
         if len(times) > self._max_ids:
             newest = pc.sort_indices(times, sort_keys=[("", "descending")])[self._max_ids - 1]
             since_us = times.cast(pa.int64())[newest.as_py()].as_py()
-        rows = table.scan(row_filter=f"{INGESTION_TIME} >= {since_us}",
-                          selected_fields=(MESSAGE_ID, INGESTION_TIME)).to_arrow()
+        rows = table.scan(
+            row_filter=f"{INGESTION_TIME} >= {since_us}", selected_fields=(MESSAGE_ID, INGESTION_TIME)
+        ).to_arrow()
         rows = rows.sort_by(INGESTION_TIME).slice(max(0, rows.num_rows - self._max_ids))
         self._committed, self._chunks = set(), deque()
         for start in range(0, rows.num_rows, _REBUILD_CHUNK):

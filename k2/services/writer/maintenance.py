@@ -114,8 +114,9 @@ class TableMaintenance:
         partitions: dict[tuple[int, tuple[object, ...]], _Partition] = {}
         for manifest in snapshot.manifests(self.table.io):
             spec = specs[manifest.partition_spec_id]
-            day_index = next((i for i, field in enumerate(spec.fields) if isinstance(field.transform, DayTransform)),
-                             None)
+            day_index = next(
+                (i for i, field in enumerate(spec.fields) if isinstance(field.transform, DayTransform)), None
+            )
             for entry in manifest.fetch_manifest_entry(self.table.io, discard_deleted=True):
                 data_file = entry.data_file
                 key = tuple(data_file.partition[i] for i in range(len(spec.fields)))
@@ -123,8 +124,13 @@ class TableMaintenance:
                 if partition is None:
                     day = key[day_index] if day_index is not None else None
                     partition = partitions[(spec.spec_id, key)] = _Partition(
-                        key, spec.spec_id, spec.partition_to_path(data_file.partition, schema),
-                        day if isinstance(day, int) else None, [], 0)
+                        key,
+                        spec.spec_id,
+                        spec.partition_to_path(data_file.partition, schema),
+                        day if isinstance(day, int) else None,
+                        [],
+                        0,
+                    )
                 partition.files.append(data_file)
                 added_by = self.table.snapshot_by_id(entry.snapshot_id) if entry.snapshot_id else None
                 partition.newest_ms = max(partition.newest_ms, added_by.timestamp_ms if added_by else 0)
@@ -158,8 +164,12 @@ class TableMaintenance:
         tiers: dict[int, list[DataFile]] = {}
         for data_file in small:
             tiers.setdefault(size_tier(data_file.file_size_in_bytes, small_limit), []).append(data_file)
-        return [b for files in tiers.values() if len(files) >= max(2, min_files)
-                for b in self._pack(files, target)]
+        return [
+            b
+            for files in tiers.values()
+            if len(files) >= max(2, min_files)
+            for b in self._pack(files, target)
+        ]
 
     def _rewrite(self, files: list[DataFile]) -> list[DataFile]:
         table = self.table
@@ -204,9 +214,15 @@ class TableMaintenance:
                 self._delete(f.file_path for f in new)
             raise
 
-    def compact(self, start: date | None = None, end: date | None = None, target_file_bytes: int = 0,
-                quiet_seconds: float = 0.0, min_files: int = 2,
-                on_progress: Callable[[CompactionProgress], None] | None = None) -> CompactionResult:
+    def compact(
+        self,
+        start: date | None = None,
+        end: date | None = None,
+        target_file_bytes: int = 0,
+        quiet_seconds: float = 0.0,
+        min_files: int = 2,
+        on_progress: Callable[[CompactionProgress], None] | None = None,
+    ) -> CompactionResult:
         """Rewrites the partitions whose day is in [start, end): files of an older partition spec always (into
         the current spec's partitions); small files of a partition that received no file for `quiet_seconds`
         (0: any partition) when it has at least `min_files` of them; and, in a partition that did receive files
@@ -246,8 +262,13 @@ class TableMaintenance:
                 if on_progress is not None:
                     on_progress(CompactionProgress(partition.path, done, len(selected)))
             if selected:
-                log.info("%s: compacted %d partitions, %d files → %d", self.name, len(selected), files_before,
-                         files_after)
+                log.info(
+                    "%s: compacted %d partitions, %d files → %d",
+                    self.name,
+                    len(selected),
+                    files_before,
+                    files_after,
+                )
             return CompactionResult(files_before, files_after, snapshot_id)
 
     # -- snapshot expiry
@@ -272,10 +293,13 @@ class TableMaintenance:
 
     def _expirable(self, now_ms: float) -> list[Snapshot]:
         metadata = self.table.metadata
-        protected = {ref.snapshot_id for ref in metadata.refs.values()
-                     if ref.snapshot_ref_type in (SnapshotRefType.BRANCH, SnapshotRefType.TAG)}
+        protected = {
+            ref.snapshot_id
+            for ref in metadata.refs.values()
+            if ref.snapshot_ref_type in (SnapshotRefType.BRANCH, SnapshotRefType.TAG)
+        }
         newest_first = sorted(metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True)
-        protected |= {s.snapshot_id for s in newest_first[:self.settings.snapshot_min_keep]}
+        protected |= {s.snapshot_id for s in newest_first[: self.settings.snapshot_min_keep]}
         oldest_kept_ms = now_ms - self.settings.snapshot_max_age_seconds * 1000
         return [s for s in newest_first if s.snapshot_id not in protected and s.timestamp_ms < oldest_kept_ms]
 
@@ -356,8 +380,10 @@ class MaintenanceScheduler:
                     if settings.snapshot_expiry_interval_seconds and now >= next_expiry:
                         maintenance.expire()
                     if settings.compaction_interval_seconds and now >= next_compaction:
-                        maintenance.compact(quiet_seconds=settings.compaction_quiet_seconds,
-                                            min_files=settings.compaction_min_files)
+                        maintenance.compact(
+                            quiet_seconds=settings.compaction_quiet_seconds,
+                            min_files=settings.compaction_min_files,
+                        )
                 except Exception:
                     log.exception("%s: maintenance failed; retried at the next interval", maintenance.name)
             if now >= next_expiry:

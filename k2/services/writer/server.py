@@ -39,8 +39,9 @@ class WriterApp(Service):
 
     gc_thresholds = GC_THRESHOLDS
 
-    def __init__(self, settings: WriterSettings, kafka: KafkaSettings, iceberg: IcebergSettings,
-                 auth: AuthSettings):
+    def __init__(
+        self, settings: WriterSettings, kafka: KafkaSettings, iceberg: IcebergSettings, auth: AuthSettings
+    ):
         super().__init__(metrics.SERVICE, settings, auth)
         self.settings = settings
         self.kafka = kafka
@@ -75,14 +76,23 @@ class WriterApp(Service):
         self.loop = WriterLoop(settings, kafka, tables)
         maintenance_catalog = load_catalog(iceberg)
         self.maintenance = {
-            kind: TableMaintenance(maintenance_catalog.load_table(table_identifier(iceberg, kind)), settings,
-                                   self.loop.serialized)
-            for kind in KINDS}
+            kind: TableMaintenance(
+                maintenance_catalog.load_table(table_identifier(iceberg, kind)),
+                settings,
+                self.loop.serialized,
+            )
+            for kind in KINDS
+        }
         self.scheduler = MaintenanceScheduler(self.maintenance, settings)
         status_catalog = load_catalog(iceberg)
-        self.status = StatusReader(kafka, settings, {
-            topic_name(kafka, TOPIC_FOR[kind]): status_catalog.load_table(table_identifier(iceberg, kind))
-            for kind in KINDS})
+        self.status = StatusReader(
+            kafka,
+            settings,
+            {
+                topic_name(kafka, TOPIC_FOR[kind]): status_catalog.load_table(table_identifier(iceberg, kind))
+                for kind in KINDS
+            },
+        )
 
     async def start_work(self) -> None:
         """Consuming, maintenance, and health that follows Kafka (the monitor)."""
@@ -113,8 +123,9 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
     def __init__(self, app: WriterApp):
         self.app = app
 
-    async def GetStatus(self, request: pb.GetStatusRequest,
-                        context: grpc.aio.ServicerContext) -> pb.GetStatusResponse:
+    async def GetStatus(
+        self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetStatusResponse:
         reader = self.app.status
         try:
             partitions = await asyncio.to_thread(reader.partitions)
@@ -124,11 +135,21 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
         tables = await asyncio.to_thread(reader.table_states)
         response = pb.GetStatusResponse(dead_lettered=self.app.loop.dead_letters.acknowledged)
         for p in partitions:
-            response.partitions.add(topic=p.topic, partition=p.partition, committed_offset=p.committed_offset,
-                                    high_watermark=p.high_watermark, lag=p.lag)
+            response.partitions.add(
+                topic=p.topic,
+                partition=p.partition,
+                committed_offset=p.committed_offset,
+                high_watermark=p.high_watermark,
+                lag=p.lag,
+            )
         for t in tables:
-            status = response.tables.add(table=t.table, snapshot_id=t.snapshot_id, rows=t.rows, files=t.files,
-                                         freshness_seconds=t.freshness_seconds or 0.0)
+            status = response.tables.add(
+                table=t.table,
+                snapshot_id=t.snapshot_id,
+                rows=t.rows,
+                files=t.files,
+                freshness_seconds=t.freshness_seconds or 0.0,
+            )
             if t.newest_event_time is not None:
                 set_timestamp(status.newest_event_time, t.newest_event_time)
         last = self.app.loop.last_commit
@@ -144,19 +165,26 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
         try:
             results = await asyncio.wrap_future(self.app.loop.flush())
         except Exception as error:  # any commit failure is the caller's UNAVAILABLE
-            log.exception("flush failed")  # the details (which may name the warehouse's paths) stay in the log
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                f"flush failed ({type(error).__name__}); the writer logged why; retry")
-        return pb.FlushResponse(commits=[pb.TableCommit(table=r.table, snapshot_id=r.snapshot_id, rows=r.rows)
-                                         for r in results])  # type: ignore[attr-defined]
+            log.exception(
+                "flush failed"
+            )  # the details (which may name the warehouse's paths) stay in the log
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"flush failed ({type(error).__name__}); the writer logged why; retry",
+            )
+        return pb.FlushResponse(
+            commits=[pb.TableCommit(table=r.table, snapshot_id=r.snapshot_id, rows=r.rows) for r in results]  # type: ignore[attr-defined]
+        )
 
-    async def Compact(self, request: pb.CompactRequest,
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.CompactResponse]:
+    async def Compact(
+        self, request: pb.CompactRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.CompactResponse]:
         kind = self.app.kind_of(request.table)
         if kind is None:
             known = ", ".join(table_identifier(self.app.iceberg, k) for k in KINDS)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"unknown table {request.table!r}; one of {known}")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"unknown table {request.table!r}; one of {known}"
+            )
             return
         try:
             start = _day("start", request.start) if request.HasField("start") else None
@@ -185,16 +213,26 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
         while True:
             event = await events.get()
             if isinstance(event, CompactionProgress):
-                yield pb.CompactResponse(progress=pb.CompactProgress(
-                    partition=event.partition, partitions_done=event.partitions_done,
-                    partitions_total=event.partitions_total))
+                yield pb.CompactResponse(
+                    progress=pb.CompactProgress(
+                        partition=event.partition,
+                        partitions_done=event.partitions_done,
+                        partitions_total=event.partitions_total,
+                    )
+                )
             elif isinstance(event, CompactionResult):
-                yield pb.CompactResponse(result=pb.CompactResult(files_before=event.files_before,
-                                                                 files_after=event.files_after,
-                                                                 snapshot_id=event.snapshot_id))
+                yield pb.CompactResponse(
+                    result=pb.CompactResult(
+                        files_before=event.files_before,
+                        files_after=event.files_after,
+                        snapshot_id=event.snapshot_id,
+                    )
+                )
                 break
             else:
                 await running
-                await context.abort(grpc.StatusCode.INTERNAL,
-                                    f"compaction failed ({type(event).__name__}); the writer logged why")
+                await context.abort(
+                    grpc.StatusCode.INTERNAL,
+                    f"compaction failed ({type(event).__name__}); the writer logged why",
+                )
         await running

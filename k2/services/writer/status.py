@@ -70,12 +70,16 @@ class StatusReader:
                 if topic_metadata is None or topic_metadata.error is not None:
                     continue
                 for partition in sorted(topic_metadata.partitions):
-                    low, high = self._probe.get_watermark_offsets(TopicPartition(topic, partition),
-                                                                  timeout=KAFKA_TIMEOUT_SECONDS, cached=False)
+                    low, high = self._probe.get_watermark_offsets(
+                        TopicPartition(topic, partition), timeout=KAFKA_TIMEOUT_SECONDS, cached=False
+                    )
                     committed = recorded.get(partition)
                     lag = high - committed if committed is not None else high - low
-                    states.append(PartitionState(topic, partition, -1 if committed is None else committed,
-                                                 high, max(0, lag)))
+                    states.append(
+                        PartitionState(
+                            topic, partition, -1 if committed is None else committed, high, max(0, lag)
+                        )
+                    )
             return states
 
     def table_states(self) -> list[TableState]:
@@ -91,11 +95,16 @@ class StatusReader:
             summary = snapshot.summary.additional_properties if snapshot and snapshot.summary else {}
             newest_event = summary_micros(table, MAX_EVENT_TIME)
             newest_ingestion = summary_micros(table, MAX_INGESTION_TIME)
-            states.append(TableState(
-                ".".join(table.name()), snapshot.snapshot_id if snapshot else 0,
-                int(summary.get("total-records", 0)), int(summary.get("total-data-files", 0)),
-                datetime.fromtimestamp(newest_event / 1e6, UTC) if newest_event is not None else None,
-                max(0.0, now - newest_ingestion / 1e6) if newest_ingestion is not None else None))
+            states.append(
+                TableState(
+                    ".".join(table.name()),
+                    snapshot.snapshot_id if snapshot else 0,
+                    int(summary.get("total-records", 0)),
+                    int(summary.get("total-data-files", 0)),
+                    datetime.fromtimestamp(newest_event / 1e6, UTC) if newest_event is not None else None,
+                    max(0.0, now - newest_ingestion / 1e6) if newest_ingestion is not None else None,
+                )
+            )
         return states
 
     def close(self) -> None:
@@ -126,8 +135,9 @@ class Monitor:
             up = self.reader.kafka_reachable()
             metrics.KAFKA_UP.labels(metrics.SERVICE).set(1 if up else 0)
             if up != self.kafka_up:
-                log.log(logging.INFO if up else logging.WARNING, "Kafka %s",
-                        "reachable" if up else "unreachable")
+                log.log(
+                    logging.INFO if up else logging.WARNING, "Kafka %s", "reachable" if up else "unreachable"
+                )
                 self.kafka_up = up
                 self.on_kafka(up)
             try:

@@ -76,9 +76,13 @@ def write_data_files(metadata: TableMetadata, io: FileIO, rows: pa.Table) -> lis
         keyed = keyed.append_column(keys[-1], values)
     keyed = keyed.take(pc.sort_indices(keyed, [(k, "ascending") for k in keys] + SORT_KEYS))
     runs = keyed.select(keys).group_by(keys, use_threads=False).aggregate([([], "count_all")]).to_pylist()
-    return write_partition_files(metadata, io, keyed.drop_columns(keys),
-                                 [([run[k] for k in keys], run["count_all"]) for run in runs],
-                                 on_failure=lambda paths: delete_files(io, paths, "a write that failed part-way"))
+    return write_partition_files(
+        metadata,
+        io,
+        keyed.drop_columns(keys),
+        [([run[k] for k in keys], run["count_all"]) for run in runs],
+        on_failure=lambda paths: delete_files(io, paths, "a write that failed part-way"),
+    )
 
 
 def delete_snapshot_metadata(io: FileIO, snapshot: Snapshot | None) -> None:
@@ -88,7 +92,9 @@ def delete_snapshot_metadata(io: FileIO, snapshot: Snapshot | None) -> None:
         return
     why = f"snapshot {snapshot.snapshot_id}, which did not land"
     try:
-        manifests = [m.manifest_path for m in snapshot.manifests(io) if m.added_snapshot_id == snapshot.snapshot_id]
+        manifests = [
+            m.manifest_path for m in snapshot.manifests(io) if m.added_snapshot_id == snapshot.snapshot_id
+        ]
     except OSError as error:
         log.warning("could not read the manifest list of %s: %s", why, error)
         manifests = []
@@ -128,13 +134,17 @@ def summary_micros(table: Table, name: str) -> int | None:
 
 def retrying(settings: WriterSettings, table_name: str, operation: str) -> Retrying:
     """Bounded retries of a commit that lost a race, with jittered exponential backoff."""
+
     def count_conflict(_: object) -> None:
         metrics.COMMIT_CONFLICTS.labels(metrics.SERVICE, table_name, operation).inc()
 
-    return Retrying(retry=retry_if_exception_type(CommitFailedException),
-                    stop=stop_after_attempt(settings.commit_attempts),
-                    wait=wait_random_exponential(multiplier=0.02, max=settings.commit_backoff_max_seconds),
-                    before_sleep=count_conflict, reraise=True)
+    return Retrying(
+        retry=retry_if_exception_type(CommitFailedException),
+        stop=stop_after_attempt(settings.commit_attempts),
+        wait=wait_random_exponential(multiplier=0.02, max=settings.commit_backoff_max_seconds),
+        before_sleep=count_conflict,
+        reraise=True,
+    )
 
 
 def commit_landed(table: Table, snapshot_id: int) -> bool:
@@ -157,8 +167,9 @@ def with_retries(settings: WriterSettings, table: Table, operation: str, attempt
     raise AssertionError("unreachable")
 
 
-def open_table(catalog: Catalog, iceberg: IcebergSettings, settings: WriterSettings,
-               kind: RecordKind) -> Table:
+def open_table(
+    catalog: Catalog, iceberg: IcebergSettings, settings: WriterSettings, kind: RecordKind
+) -> Table:
     """The kind's table, created if missing, with the writer's table properties set."""
     table = ensure_table(catalog, iceberg, kind)
 
@@ -221,8 +232,11 @@ class TableAppender:
             if self.table.snapshot_by_id(staged.snapshot_id) is None:
                 if live is None:  # a landed snapshot since expired may have left its files to others
                     live = {task.file.file_path for task in self.table.scan().plan_files()}
-                delete_files(self.table.io, [path for path in paths if path not in live],
-                             f"{self.name} commit {staged.snapshot_id}, which did not land")
+                delete_files(
+                    self.table.io,
+                    [path for path in paths if path not in live],
+                    f"{self.name} commit {staged.snapshot_id}, which did not land",
+                )
                 delete_snapshot_metadata(self.table.io, staged)
             self._outcome_unknown.popleft()
 
@@ -238,8 +252,10 @@ class TableAppender:
                 continue
             in_table = recorded.get(partition)
             if span.start is not None and (in_table is None or in_table < span.start):
-                raise OffsetsRegressed(f"{self.topic}[{partition}]: the table records {in_table}, below the "
-                                       f"buffered span's start {span.start}")
+                raise OffsetsRegressed(
+                    f"{self.topic}[{partition}]: the table records {in_table}, below the "
+                    f"buffered span's start {span.start}"
+                )
             if in_table is not None and in_table > (span.start if span.start is not None else -1):
                 cutoffs[partition] = in_table
             advanced[partition] = max(span.next, in_table if in_table is not None else -1)
@@ -251,8 +267,9 @@ class TableAppender:
     def _drop_committed(rows: pa.Table, cutoffs: dict[int, int]) -> pa.Table:
         keep = None
         for partition, cutoff in cutoffs.items():
-            covered = pc.and_(pc.equal(rows[PARTITION_COLUMN], partition),
-                              pc.less(rows[OFFSET_COLUMN], cutoff))
+            covered = pc.and_(
+                pc.equal(rows[PARTITION_COLUMN], partition), pc.less(rows[OFFSET_COLUMN], cutoff)
+            )
             keep = pc.invert(covered) if keep is None else pc.and_(keep, pc.invert(covered))
         return rows if keep is None else rows.filter(keep)
 
@@ -300,9 +317,15 @@ class TableAppender:
             oldest = None
             if prepared.files:
                 oldest = pc.min(prepared.rows["ingestion_timestamp"]).cast(pa.int64()).as_py()
-            return CommitResult(self.name, snapshot_id, prepared.rows.num_rows,
-                                sum(f.file_size_in_bytes for f in prepared.files), len(prepared.files),
-                                offsets.get(self.topic, {}), oldest)
+            return CommitResult(
+                self.name,
+                snapshot_id,
+                prepared.rows.num_rows,
+                sum(f.file_size_in_bytes for f in prepared.files),
+                len(prepared.files),
+                offsets.get(self.topic, {}),
+                oldest,
+            )
 
         try:
             result = with_retries(self.settings, self.table, "append", attempt)
@@ -311,9 +334,14 @@ class TableAppender:
                 prepared.discard()
             else:  # files a landed commit may reference are deleted only once the catalog says it did not land
                 if len(self._outcome_unknown) == MAX_UNKNOWN_OUTCOMES:
-                    log.warning("%s: more than %d commits of unknown outcome; the files of the oldest stay",
-                                self.name, MAX_UNKNOWN_OUTCOMES)
-                self._outcome_unknown.append((prepared.outcome_unknown, [f.file_path for f in prepared.files]))
+                    log.warning(
+                        "%s: more than %d commits of unknown outcome; the files of the oldest stay",
+                        self.name,
+                        MAX_UNKNOWN_OUTCOMES,
+                    )
+                self._outcome_unknown.append(
+                    (prepared.outcome_unknown, [f.file_path for f in prepared.files])
+                )
             raise
         if prepared.dropped:
             metrics.ROWS_ALREADY_COMMITTED.labels(metrics.SERVICE, self.name).inc(prepared.dropped)
@@ -340,7 +368,9 @@ class _PreparedFiles:
         self.rows = _EMPTY
         self.files: list[DataFile] = []
         self.dropped = 0
-        self.outcome_unknown: Snapshot | None = None  # the staged snapshot of a commit the catalog could not confirm
+        self.outcome_unknown: Snapshot | None = (
+            None  # the staged snapshot of a commit the catalog could not confirm
+        )
 
     def prepare(self, table: Table, cutoffs: dict[int, int]) -> None:
         if self.buffered is None or self.buffered.num_rows == 0 or cutoffs == self.cutoffs:
@@ -354,8 +384,11 @@ class _PreparedFiles:
 
     def discard(self) -> None:
         """Deletes the files of a commit that did not land (best effort, logged)."""
-        delete_files(self.table.io, [f.file_path for f in self.files], f"{'.'.join(self.table.name())} commit "
-                     "that failed")
+        delete_files(
+            self.table.io,
+            [f.file_path for f in self.files],
+            f"{'.'.join(self.table.name())} commit that failed",
+        )
         self.files = []
 
 

@@ -45,7 +45,9 @@ class RestUnavailable(Exception):
 
     def __init__(self, reason: str, retriable: bool):
         super().__init__(reason)
-        self.retriable = retriable  # network and server-side trouble; not a 4xx (bad symbol, banned, rate limited)
+        self.retriable = (
+            retriable  # network and server-side trouble; not a 4xx (bad symbol, banned, rate limited)
+        )
 
 
 class BadPage(RestUnavailable):
@@ -83,7 +85,9 @@ class GapBackfill:
         self.queue: asyncio.Queue[Gap] = asyncio.Queue(maxsize=settings.backfill_max_pending_gaps)
         self.scale = 1 if settings.time_unit == "MICROSECOND" else 1000  # REST times → µs
         self.filled = 0  # trades recovered and queued for Kafka
-        self.outcomes: Counter[str] = Counter()  # per gap: filled, partly_filled, unavailable, not_queued, delisted
+        self.outcomes: Counter[str] = (
+            Counter()
+        )  # per gap: filled, partly_filled, unavailable, not_queued, delisted
         self._tls = ssl.create_default_context()  # certificate and host name verification, always
 
     def request(self, gap: Gap) -> None:
@@ -94,8 +98,12 @@ class GapBackfill:
             self.queue.put_nowait(gap)
         except asyncio.QueueFull:
             self.outcomes["not_queued"] += 1
-            log.warning("binance %s: backfill queue full; ids %d..%d stay unfilled", gap.symbol, gap.first_missing,
-                        gap.last_missing)
+            log.warning(
+                "binance %s: backfill queue full; ids %d..%d stay unfilled",
+                gap.symbol,
+                gap.first_missing,
+                gap.last_missing,
+            )
 
     async def run(self) -> None:
         while True:
@@ -104,17 +112,31 @@ class GapBackfill:
                 outcome = await self.fill(gap)
             except BadPage as error:
                 outcome = "bad_page"
-                log.warning("binance %s: ids %d..%d not backfilled: the REST API answered a bad page "
-                            "%d time(s): %s", gap.symbol, gap.first_missing, gap.last_missing,
-                            self.settings.backfill_attempts, error)
+                log.warning(
+                    "binance %s: ids %d..%d not backfilled: the REST API answered a bad page %d time(s): %s",
+                    gap.symbol,
+                    gap.first_missing,
+                    gap.last_missing,
+                    self.settings.backfill_attempts,
+                    error,
+                )
             except RestUnavailable as error:
                 outcome = "unavailable"
-                log.warning("binance %s: ids %d..%d not backfilled: %s", gap.symbol, gap.first_missing,
-                            gap.last_missing, error)
+                log.warning(
+                    "binance %s: ids %d..%d not backfilled: %s",
+                    gap.symbol,
+                    gap.first_missing,
+                    gap.last_missing,
+                    error,
+                )
             except Exception:
                 outcome = "failed"
-                log.exception("binance %s: backfilling ids %d..%d failed", gap.symbol, gap.first_missing,
-                              gap.last_missing)
+                log.exception(
+                    "binance %s: backfilling ids %d..%d failed",
+                    gap.symbol,
+                    gap.first_missing,
+                    gap.last_missing,
+                )
             self.outcomes[outcome] += 1
 
     async def fill(self, gap: Gap) -> str:
@@ -139,8 +161,14 @@ class GapBackfill:
                 self.filled += 1  # counted as they go: a later page failing takes nothing back
                 state.backfilled += 1
             next_id = max(trade["id"] for trade in trades) + 1
-        log.info("binance %s: backfilled %d of %d missing trade(s), ids %d..%d", gap.symbol, recovered, gap.size,
-                 gap.first_missing, gap.last_missing)
+        log.info(
+            "binance %s: backfilled %d of %d missing trade(s), ids %d..%d",
+            gap.symbol,
+            recovered,
+            gap.size,
+            gap.first_missing,
+            gap.last_missing,
+        )
         return "filled" if recovered == gap.size else "partly_filled"
 
     async def _page(self, symbol: str, from_id: int, limit: int) -> list[dict[str, Any]]:
@@ -148,9 +176,12 @@ class GapBackfill:
         url = f"{self.settings.rest_endpoint}/api/v3/historicalTrades?{query}"
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.settings.backfill_attempts),
-            wait=wait_exponential_jitter(multiplier=self.settings.backoff_base_seconds,
-                                         max=self.settings.backoff_cap_seconds),
-            retry=retry_if_exception(_retriable), reraise=True)
+            wait=wait_exponential_jitter(
+                multiplier=self.settings.backoff_base_seconds, max=self.settings.backoff_cap_seconds
+            ),
+            retry=retry_if_exception(_retriable),
+            reraise=True,
+        )
         async for attempt in retrying:
             with attempt:
                 return await asyncio.to_thread(self._get, url)
@@ -159,20 +190,28 @@ class GapBackfill:
     def _get(self, url: str) -> list[dict[str, Any]]:
         request = urllib.request.Request(url, headers={"X-MBX-TIME-UNIT": self.settings.time_unit})
         try:
-            with urllib.request.urlopen(request, timeout=self.settings.open_timeout_seconds,
-                                        context=self._tls if url.startswith("https:") else None) as response:
+            with urllib.request.urlopen(
+                request,
+                timeout=self.settings.open_timeout_seconds,
+                context=self._tls if url.startswith("https:") else None,
+            ) as response:
                 data = response.read(MAX_RESPONSE_BYTES + 1)
         except urllib.error.HTTPError as error:
-            raise RestUnavailable(f"HTTP {error.code} from {self.settings.rest_endpoint}", error.code >= 500) from None
+            raise RestUnavailable(
+                f"HTTP {error.code} from {self.settings.rest_endpoint}", error.code >= 500
+            ) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
             raise RestUnavailable(f"{self.settings.rest_endpoint} unreachable ({error})", True) from None
         if len(data) > MAX_RESPONSE_BYTES:
-            raise RestUnavailable(f"an answer above {MAX_RESPONSE_BYTES} bytes from {self.settings.rest_endpoint}",
-                                  False)
+            raise RestUnavailable(
+                f"an answer above {MAX_RESPONSE_BYTES} bytes from {self.settings.rest_endpoint}", False
+            )
         try:
             body = json.loads(data, parse_float=str)  # numbers stay exact (Binance sends decimals as strings)
         except (ValueError, RecursionError):
-            raise RestUnavailable(f"an answer that is not JSON from {self.settings.rest_endpoint}", False) from None
+            raise RestUnavailable(
+                f"an answer that is not JSON from {self.settings.rest_endpoint}", False
+            ) from None
         return checked_page(body)
 
     def _message(self, state: SymbolState, trade: dict[str, Any]) -> tuple[bytes, bytes, int]:

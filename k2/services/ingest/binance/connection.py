@@ -55,8 +55,15 @@ class FeedConnection:
 
     _ids = itertools.count(1)
 
-    def __init__(self, settings: BinanceSettings, endpoint: str, streams: list[str], parser: FrameParser,
-                 buffer: PublishBuffer, on_server_shutdown: Callable[["FeedConnection"], None]):
+    def __init__(
+        self,
+        settings: BinanceSettings,
+        endpoint: str,
+        streams: list[str],
+        parser: FrameParser,
+        buffer: PublishBuffer,
+        on_server_shutdown: Callable[["FeedConnection"], None],
+    ):
         self.id = next(self._ids)
         self.settings = settings
         self.endpoint = endpoint
@@ -75,7 +82,7 @@ class FeedConnection:
         self._control_limiter = SlidingWindowLimiter(settings.control_messages_per_second, 1.0)
 
     def url(self) -> str:
-        in_url = self.streams[:self.settings.streams_in_url]
+        in_url = self.streams[: self.settings.streams_in_url]
         query = f"streams={'/'.join(in_url)}&" if in_url else ""
         return f"{self.endpoint}/stream?{query}timeUnit={self.settings.time_unit}"
 
@@ -98,7 +105,7 @@ class FeedConnection:
         )
         self._reader = asyncio.create_task(self._read(self._ws), name=f"binance-reader-{self.id}")
         try:
-            await self._control("SUBSCRIBE", self.streams[settings.streams_in_url:])
+            await self._control("SUBSCRIBE", self.streams[settings.streams_in_url :])
         except BaseException:
             await self.close("subscribe_failed")
             raise
@@ -118,7 +125,7 @@ class FeedConnection:
         """One request per streams_per_subscribe streams, each within the control-message budget."""
         step = self.settings.streams_per_subscribe
         for start in range(0, len(streams), step):
-            await self._request(method, streams[start:start + step])
+            await self._request(method, streams[start : start + step])
 
     async def _request(self, method: str, streams: list[str]) -> None:
         assert self._ws is not None
@@ -134,7 +141,8 @@ class FeedConnection:
                 answer = await reply
         except TimeoutError:
             raise SubscribeError(
-                f"no answer to {method} within {self.settings.control_reply_timeout_seconds}s") from None
+                f"no answer to {method} within {self.settings.control_reply_timeout_seconds}s"
+            ) from None
         except ConnectionClosed as error:
             raise SubscribeError(f"connection closed during {method}: {error}") from None
         finally:

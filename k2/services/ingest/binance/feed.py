@@ -148,8 +148,9 @@ class ConnectionGroup:
         feed = self.feed
         await feed.breaker.admit()
         self._symbols_changed = False  # the new connection subscribes the streams as they are now
-        connection = FeedConnection(feed.settings, self.endpoint, self.streams, feed.parser, feed.buffer,
-                                    self._on_server_shutdown)
+        connection = FeedConnection(
+            feed.settings, self.endpoint, self.streams, feed.parser, feed.buffer, self._on_server_shutdown
+        )
         self.connections.add(connection)
         try:
             await feed.connection_attempts.acquire()
@@ -157,7 +158,12 @@ class ConnectionGroup:
         except asyncio.CancelledError:
             feed.breaker.abandoned()
             raise
-        except (OSError, TimeoutError, WebSocketException, SubscribeError) as error:  # refused, TLS, HTTP 429, ...
+        except (
+            OSError,
+            TimeoutError,
+            WebSocketException,
+            SubscribeError,
+        ) as error:  # refused, TLS, HTTP 429, ...
             self._symbols_changed = True  # whatever changed meanwhile: the next attempt subscribes it
             self._forget(connection)
             feed.breaker.failed()
@@ -165,12 +171,23 @@ class ConnectionGroup:
             self.failures += 1
             failed_endpoint = self.endpoint
             self.endpoint_index = (self.endpoint_index + 1) % len(feed.settings.endpoints)
-            log.warning("binance group %d: connecting to %s failed (%s: %s); next attempt on %s", self.number,
-                        failed_endpoint, type(error).__name__, error, self.endpoint)
+            log.warning(
+                "binance group %d: connecting to %s failed (%s: %s); next attempt on %s",
+                self.number,
+                failed_endpoint,
+                type(error).__name__,
+                error,
+                self.endpoint,
+            )
             return None
         feed.breaker.succeeded()
-        log.info("binance group %d: connection %d open on %s (%d streams)", self.number, connection.id,
-                 connection.endpoint, len(connection.streams))
+        log.info(
+            "binance group %d: connection %d open on %s (%d streams)",
+            self.number,
+            connection.id,
+            connection.endpoint,
+            len(connection.streams),
+        )
         return connection
 
     def _start_serving(self, connection: FeedConnection) -> None:
@@ -207,8 +224,12 @@ class ConnectionGroup:
             if connection.closed.is_set():
                 self._forget(connection)
                 self.failures = 0 if connection.frames else self.failures + 1
-                log.warning("binance group %d: connection %d closed (%s)", self.number, connection.id,
-                            connection.reason)
+                log.warning(
+                    "binance group %d: connection %d closed (%s)",
+                    self.number,
+                    connection.id,
+                    connection.reason,
+                )
                 return connection.reason or "closed"
             if connection.frames:
                 self.failures = 0
@@ -217,8 +238,13 @@ class ConnectionGroup:
                 try:
                     await self._follow_symbols(connection)
                 except SubscribeError as error:
-                    log.warning("binance group %d: changing the subscriptions of connection %d failed (%s); "
-                                "reconnecting", self.number, connection.id, error)
+                    log.warning(
+                        "binance group %d: changing the subscriptions of connection %d failed (%s); "
+                        "reconnecting",
+                        self.number,
+                        connection.id,
+                        error,
+                    )
                     await connection.close("subscribe_failed")
                     self._forget(connection)
                     return "subscribe_failed"
@@ -244,8 +270,12 @@ class ConnectionGroup:
             if connection.frames != seen_frames or connection.blocked:
                 seen_frames, active_since = connection.frames, now
             elif now - active_since >= settings.watchdog_silence_seconds:
-                log.warning("binance group %d: no data on connection %d for %.1fs; reconnecting", self.number,
-                            connection.id, now - active_since)
+                log.warning(
+                    "binance group %d: no data on connection %d for %.1fs; reconnecting",
+                    self.number,
+                    connection.id,
+                    now - active_since,
+                )
                 await connection.close("watchdog")
                 self._forget(connection)
                 return "watchdog"
@@ -258,20 +288,31 @@ class ConnectionGroup:
         added = [stream for stream in wanted if stream not in carried]
         if added:
             await connection.subscribe(added)
-            log.info("binance group %d: subscribed %d stream(s) on connection %d", self.number, len(added),
-                     connection.id)
+            log.info(
+                "binance group %d: subscribed %d stream(s) on connection %d",
+                self.number,
+                len(added),
+                connection.id,
+            )
         wanted_set = set(wanted)
         removed = [stream for stream in connection.streams if stream not in wanted_set]
         if removed:
             await connection.unsubscribe(removed)
-            log.info("binance group %d: unsubscribed %d stream(s) on connection %d", self.number, len(removed),
-                     connection.id)
+            log.info(
+                "binance group %d: unsubscribed %d stream(s) on connection %d",
+                self.number,
+                len(removed),
+                connection.id,
+            )
         self._retire_leaving()
 
     def _rotation_deadline(self) -> float:
         settings = self.feed.settings
-        return time.monotonic() + settings.rotation_interval_seconds + random.uniform(
-            0, settings.rotation_jitter_seconds)
+        return (
+            time.monotonic()
+            + settings.rotation_interval_seconds
+            + random.uniform(0, settings.rotation_jitter_seconds)
+        )
 
     async def _switch_over(self, old: FeedConnection, reason: str) -> FeedConnection | None:
         """Make-before-break: open and subscribe a new connection, let both deliver until the new one has
@@ -299,8 +340,12 @@ class ConnectionGroup:
                     break
                 await asyncio.sleep(SWITCH_POLL_SECONDS)
             if new.closed.is_set():
-                log.warning("binance group %d: new connection %d closed during the switch-over (%s)", self.number,
-                            new.id, new.reason)
+                log.warning(
+                    "binance group %d: new connection %d closed during the switch-over (%s)",
+                    self.number,
+                    new.id,
+                    new.reason,
+                )
                 self._forget(new)
                 self.state = ConnectionState.CONNECTION_STATE_CONNECTED
                 return None
@@ -345,17 +390,26 @@ class BinanceFeed:
         self.buffer = PublishBuffer(settings.max_buffered_records)
         self.parser = FrameParser([], settings.stream_types, settings.time_unit == "MICROSECOND", self.buffer)
         self.backoff = Backoff(settings.backoff_base_seconds, settings.backoff_cap_seconds)
-        self.publisher = Publisher(sink, self.buffer, settings.batch_size, settings.batch_linger_seconds,
-                                   self.backoff, settings.publish_attempts)
+        self.publisher = Publisher(
+            sink,
+            self.buffer,
+            settings.batch_size,
+            settings.batch_linger_seconds,
+            self.backoff,
+            settings.publish_attempts,
+        )
         self.backfill = GapBackfill(settings, [], self.buffer)
         self.gap_log.on_gap = self.backfill.request
         self.breaker = CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_cooldown_seconds)
-        self.connection_attempts = SlidingWindowLimiter(settings.max_connection_attempts,
-                                                        settings.connection_attempt_window_seconds)
+        self.connection_attempts = SlidingWindowLimiter(
+            settings.max_connection_attempts, settings.connection_attempt_window_seconds
+        )
         self.symbols_per_connection = settings.max_streams_per_connection // len(settings.stream_types)
         self.listing = ExchangeListing(settings) if settings.all_symbols else None
         self.groups: list[ConnectionGroup] = []
-        self.listed = self.delisted = self.over_limit = 0  # symbol changes followed; listings past max_symbols
+        self.listed = self.delisted = self.over_limit = (
+            0  # symbol changes followed; listings past max_symbols
+        )
         self.reconnects: Counter[str] = Counter()
         self.task_restarts: Counter[str] = Counter()
         self.connect_failures = 0
@@ -382,8 +436,12 @@ class BinanceFeed:
         room = max(self.settings.max_symbols - (len(current) - len(gone)), 0)
         if len(new) > room:
             self.over_limit = len(new) - room
-            log.warning("binance: %d listed symbol(s) past max_symbols=%d not followed, e.g. %s", len(new) - room,
-                        self.settings.max_symbols, ", ".join(new[room:room + 5]))
+            log.warning(
+                "binance: %d listed symbol(s) past max_symbols=%d not followed, e.g. %s",
+                len(new) - room,
+                self.settings.max_symbols,
+                ", ".join(new[room : room + 5]),
+            )
             new = new[:room]
         if gone:
             for group in self.groups:
@@ -414,8 +472,9 @@ class BinanceFeed:
                 states = states[room:]
         while states:
             numbers = {group.number for group in self.groups}
-            group = ConnectionGroup(self, next(n for n in itertools.count() if n not in numbers),
-                                    states[:per_connection])
+            group = ConnectionGroup(
+                self, next(n for n in itertools.count() if n not in numbers), states[:per_connection]
+            )
             states = states[per_connection:]
             self.groups.append(group)
             if self._running:
@@ -440,8 +499,11 @@ class BinanceFeed:
                 if not listed:
                     raise ListingUnavailable("exchangeInfo lists no TRADING symbol", False)
             except ListingUnavailable as error:
-                log.warning("binance: reading the symbol list failed (%s); %s", error,
-                            "keeping the current list" if self.states else "no symbol to follow yet")
+                log.warning(
+                    "binance: reading the symbol list failed (%s); %s",
+                    error,
+                    "keeping the current list" if self.states else "no symbol to follow yet",
+                )
                 if not self.listing.reads:
                     await asyncio.sleep(self.backoff.delay(self.listing.failures - 1))
                     continue
@@ -486,18 +548,27 @@ class BinanceFeed:
             return
         self._running = True
         if self.listing is not None:
-            log.info("binance feed: every TRADING symbol of %s, endpoints %s", self.settings.rest_endpoint,
-                     ", ".join(self.settings.endpoints))
+            log.info(
+                "binance feed: every TRADING symbol of %s, endpoints %s",
+                self.settings.rest_endpoint,
+                ", ".join(self.settings.endpoints),
+            )
         else:
-            log.info("binance feed: %d symbol(s) on %d connection(s), endpoints %s", len(self.states),
-                     len(self.groups), ", ".join(self.settings.endpoints))
+            log.info(
+                "binance feed: %d symbol(s) on %d connection(s), endpoints %s",
+                len(self.states),
+                len(self.groups),
+                ", ".join(self.settings.endpoints),
+            )
         draining = asyncio.Event()
         self._crashed = asyncio.get_running_loop().create_future()
         for group in self.groups:
             self._start_group(group)
         publisher = asyncio.create_task(self.publisher.run(draining), name="binance-publisher")
         sampler = asyncio.create_task(self._sample_rates(), name="binance-rates")
-        backfill = asyncio.create_task(self._restarting("backfill", self.backfill.run), name="binance-backfill")
+        backfill = asyncio.create_task(
+            self._restarting("backfill", self.backfill.run), name="binance-backfill"
+        )
         helpers = [sampler, backfill]
         if self.listing is not None:
             helpers.append(asyncio.create_task(self._follow_listings(), name="binance-listing"))
@@ -524,8 +595,10 @@ class BinanceFeed:
             await asyncio.gather(publisher, return_exceptions=True)
             self.unpublished_at_stop = self.publisher.unpublished()
             if self.unpublished_at_stop:
-                log.error("binance feed: %d parsed record(s) could not be published before stopping",
-                          self.unpublished_at_stop)
+                log.error(
+                    "binance feed: %d parsed record(s) could not be published before stopping",
+                    self.unpublished_at_stop,
+                )
             for group in self.groups:
                 await group.close()
             self._running = False
@@ -537,15 +610,24 @@ class BinanceFeed:
     async def _restarting(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         """Runs a task that should never end (the backfill) until cancelled: if it fails or ends all the same, it
         is logged, counted and started again after a capped, jittered backoff, never left dead."""
+
         def restarting(state: RetryCallState) -> None:
             assert state.outcome is not None
             self.task_restarts[name] += 1
-            log.error("binance feed: %s failed; restarting it in %.1fs", name, state.upcoming_sleep,
-                      exc_info=state.outcome.exception())
+            log.error(
+                "binance feed: %s failed; restarting it in %.1fs",
+                name,
+                state.upcoming_sleep,
+                exc_info=state.outcome.exception(),
+            )
 
         async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(Exception), before_sleep=restarting,
-                wait=wait_random_exponential(self.settings.backoff_base_seconds, self.settings.backoff_cap_seconds)):
+            retry=retry_if_exception_type(Exception),
+            before_sleep=restarting,
+            wait=wait_random_exponential(
+                self.settings.backoff_base_seconds, self.settings.backoff_cap_seconds
+            ),
+        ):
             with attempt:
                 await run()
                 raise RuntimeError(f"{name} ended")
@@ -564,7 +646,9 @@ class BinanceFeed:
     # ---- state -----------------------------------------------------------------------------------
 
     def messages_received(self) -> int:
-        return self._retired_messages + sum(state.messages for state in [*self.states, *self.retiring.values()])
+        return self._retired_messages + sum(
+            state.messages for state in [*self.states, *self.retiring.values()]
+        )
 
     def trades_received(self) -> int:
         return self._retired_trades + sum(state.trades for state in [*self.states, *self.retiring.values()])
@@ -596,8 +680,11 @@ class BinanceFeed:
 
     def status(self) -> FeedStatus:
         messages_rate, trades_rate = self._rates()
-        endpoints = list(dict.fromkeys(
-            group.active.endpoint if group.active is not None else group.endpoint for group in self.groups))
+        endpoints = list(
+            dict.fromkeys(
+                group.active.endpoint if group.active is not None else group.endpoint for group in self.groups
+            )
+        )
         status = FeedStatus(
             name=FEED_NAME,
             state=self.connection_state(),  # type: ignore[arg-type]
@@ -616,10 +703,14 @@ class BinanceFeed:
         )
         for group in sorted(self.groups, key=lambda g: g.number):
             connection = status.connection_statuses.add(
-                number=group.number, state=self.group_state(group),  # type: ignore[arg-type]
+                number=group.number,
+                state=self.group_state(group),  # type: ignore[arg-type]
                 endpoint=group.active.endpoint if group.active is not None else group.endpoint,
                 streams=len(group.active.streams) if group.active is not None else 0,
-                symbols=len(group.states), frames=group.frames, reconnects=group.reconnects)
+                symbols=len(group.states),
+                frames=group.frames,
+                reconnects=group.reconnects,
+            )
             if group.active is not None:
                 set_timestamp(connection.connected_since, from_micros(int(group.connected_at * 1e6)))
         for state in heapq.nlargest(MOST_ACTIVE_SYMBOLS, self.states, key=lambda s: (s.trades, s.quotes)):
@@ -628,11 +719,13 @@ class BinanceFeed:
         if last_event_us:
             set_timestamp(status.last_event_time, from_micros(last_event_us))
         for gap in self.gap_log.recent:
-            entry = status.recent_gaps.add(symbol=gap.symbol, first_missing=gap.first_missing,
-                                           last_missing=gap.last_missing)
+            entry = status.recent_gaps.add(
+                symbol=gap.symbol, first_missing=gap.first_missing, last_missing=gap.last_missing
+            )
             set_timestamp(entry.detected_at, gap.detected_at)
         for reset in self.gap_log.recent_resets:
-            reported = status.recent_resets.add(symbol=reset.symbol, previous_trade_id=reset.previous_trade_id,
-                                                trade_id=reset.trade_id)
+            reported = status.recent_resets.add(
+                symbol=reset.symbol, previous_trade_id=reset.previous_trade_id, trade_id=reset.trade_id
+            )
             set_timestamp(reported.detected_at, reset.detected_at)
         return status

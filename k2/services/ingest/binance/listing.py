@@ -72,10 +72,12 @@ class ExchangeListing:
         """{symbol: quote asset} of every TRADING symbol K2 can take; raises ListingUnavailable after the retries."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.settings.backfill_attempts),
-            wait=wait_exponential_jitter(multiplier=self.settings.backoff_base_seconds,
-                                         max=self.settings.backoff_cap_seconds),
+            wait=wait_exponential_jitter(
+                multiplier=self.settings.backoff_base_seconds, max=self.settings.backoff_cap_seconds
+            ),
             retry=retry_if_exception(lambda error: isinstance(error, ListingUnavailable) and error.retriable),
-            reraise=True)
+            reraise=True,
+        )
         try:
             async for attempt in retrying:
                 with attempt:
@@ -94,15 +96,20 @@ class ExchangeListing:
     def _get(self) -> Any:
         endpoint = self.settings.rest_endpoint
         try:
-            with urllib.request.urlopen(self.url, timeout=self.settings.open_timeout_seconds,
-                                        context=self._tls if self.url.startswith("https:") else None) as response:
+            with urllib.request.urlopen(
+                self.url,
+                timeout=self.settings.open_timeout_seconds,
+                context=self._tls if self.url.startswith("https:") else None,
+            ) as response:
                 data = response.read(MAX_EXCHANGE_INFO_BYTES + 1)
         except urllib.error.HTTPError as error:
             raise ListingUnavailable(f"HTTP {error.code} from {endpoint}", error.code >= 500) from None
         except (urllib.error.URLError, OSError) as error:
             raise ListingUnavailable(f"{endpoint} unreachable ({error})", True) from None
         if len(data) > MAX_EXCHANGE_INFO_BYTES:
-            raise ListingUnavailable(f"an exchangeInfo above {MAX_EXCHANGE_INFO_BYTES} bytes from {endpoint}", False)
+            raise ListingUnavailable(
+                f"an exchangeInfo above {MAX_EXCHANGE_INFO_BYTES} bytes from {endpoint}", False
+            )
         try:
             return json.loads(data, parse_float=str)
         except ValueError:

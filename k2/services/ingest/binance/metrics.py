@@ -29,11 +29,25 @@ _METRICS = [
     ("k2_binance_messages_received", "Data frames received, by symbol", "symbol", True),
     ("k2_binance_trades", "Trades parsed and queued for Kafka, by symbol", "symbol", True),
     ("k2_binance_quotes", "Quotes (bookTicker) parsed and queued for Kafka, by symbol", "symbol", True),
-    ("k2_binance_duplicates", "Copies dropped (switch-over overlap, superseded quotes), by kind", "kind", True),
-    ("k2_binance_published", "Records acknowledged by Kafka, by kind (trade, quote, dead_letter)", "kind", True),
+    (
+        "k2_binance_duplicates",
+        "Copies dropped (switch-over overlap, superseded quotes), by kind",
+        "kind",
+        True,
+    ),
+    (
+        "k2_binance_published",
+        "Records acknowledged by Kafka, by kind (trade, quote, dead_letter)",
+        "kind",
+        True,
+    ),
     ("k2_binance_publish_retries", "Publish attempts repeated after Kafka refused records", None, True),
-    ("k2_binance_undeliverable", "Records Kafka refused publish_attempts times, by outcome (dead_lettered, lost)",
-     "outcome", True),
+    (
+        "k2_binance_undeliverable",
+        "Records Kafka refused publish_attempts times, by outcome (dead_lettered, lost)",
+        "outcome",
+        True,
+    ),
     ("k2_binance_unknown_events", "Frames of unknown event types, skipped", "event", True),
     ("k2_binance_unknown_fields", "Unknown fields in known events, skipped", "field", True),
     ("k2_binance_malformed", "Frames dead-lettered as malformed, by reason", "reason", True),
@@ -41,27 +55,59 @@ _METRICS = [
     ("k2_binance_connect_failures", "Failed connection attempts", None, True),
     ("k2_binance_gaps", "Trade-id gaps detected, by symbol", "symbol", True),
     ("k2_binance_trades_missed", "Trades missing in detected gaps, by symbol", "symbol", True),
-    ("k2_binance_sequence_resets", "Trade-id sequences reset by an id beyond the maximum jump, by symbol", "symbol",
-     True),
-    ("k2_binance_trades_backfilled", "Missing trades recovered from the REST API and queued for Kafka, by symbol",
-     "symbol", True),
+    (
+        "k2_binance_sequence_resets",
+        "Trade-id sequences reset by an id beyond the maximum jump, by symbol",
+        "symbol",
+        True,
+    ),
+    (
+        "k2_binance_trades_backfilled",
+        "Missing trades recovered from the REST API and queued for Kafka, by symbol",
+        "symbol",
+        True,
+    ),
     ("k2_binance_backfills", "Gaps handed to the REST backfill, by outcome", "outcome", True),
     ("k2_binance_task_restarts", "Feed tasks restarted after failing (the backfill), by task", "task", True),
     ("k2_binance_last_event_timestamp_seconds", "Trade time of the latest trade, by symbol", "symbol", False),
-    ("k2_binance_connection_state",
-     "ConnectionState of each connection group (1 connecting, 2 connected, 3 reconnecting, 4 stopped)",
-     "connection", False),
-    ("k2_binance_connection_streams", "Streams subscribed on each connection group's serving connection",
-     "connection", False),
-    ("k2_binance_connection_frames", "Frames received by each connection group, over its reconnects", "connection",
-     True),
-    ("k2_binance_connection_reconnects", "Reconnects and switch-overs of each connection group", "connection", True),
+    (
+        "k2_binance_connection_state",
+        "ConnectionState of each connection group (1 connecting, 2 connected, 3 reconnecting, 4 stopped)",
+        "connection",
+        False,
+    ),
+    (
+        "k2_binance_connection_streams",
+        "Streams subscribed on each connection group's serving connection",
+        "connection",
+        False,
+    ),
+    (
+        "k2_binance_connection_frames",
+        "Frames received by each connection group, over its reconnects",
+        "connection",
+        True,
+    ),
+    (
+        "k2_binance_connection_reconnects",
+        "Reconnects and switch-overs of each connection group",
+        "connection",
+        True,
+    ),
     ("k2_binance_connections", "Open WebSocket connections", None, False),
     ("k2_binance_symbols", "Symbols followed", None, False),
-    ("k2_binance_symbol_changes",
-     "Symbols listed or delisted while running (symbols=ALL), and listings past max_symbols not followed", "change",
-     True),
-    ("k2_binance_listing_reads", "Reads of the exchange's symbol list (exchangeInfo), by outcome", "outcome", True),
+    (
+        "k2_binance_symbol_changes",
+        "Symbols listed or delisted while running (symbols=ALL), and listings past max_symbols not followed",
+        "change",
+        True,
+    ),
+    (
+        "k2_binance_listing_reads",
+        "Reads of the exchange's symbol list (exchangeInfo), by outcome",
+        "outcome",
+        True,
+    ),
     ("k2_binance_circuit_state", "Circuit breaker state (1 closed, 2 open, 3 half-open)", None, False),
     ("k2_binance_queue_depth", "Records parsed but not yet acknowledged by Kafka", None, False),
 ]
@@ -104,7 +150,11 @@ def _samples(feed: "BinanceFeed") -> Iterator[tuple[str, str, float]]:
     for group in feed.groups:
         number = str(group.number)
         yield "k2_binance_connection_state", number, feed.group_state(group)
-        yield "k2_binance_connection_streams", number, len(group.active.streams) if group.active is not None else 0
+        yield (
+            "k2_binance_connection_streams",
+            number,
+            len(group.active.streams) if group.active is not None else 0,
+        )
         yield "k2_binance_connection_frames", number, group.frames
         yield "k2_binance_connection_reconnects", number, group.reconnects
     yield "k2_binance_connections", "", len(feed.open_connections())
@@ -127,7 +177,9 @@ class BinanceFeedCollector(Collector):
                 totals[name, label] = totals.get((name, label), 0) + value
         for name, documentation, label_name, is_counter in _METRICS:
             family_type = CounterMetricFamily if is_counter else GaugeMetricFamily
-            family = family_type(name, documentation, labels=["service"] + ([label_name] if label_name else []))
+            family = family_type(
+                name, documentation, labels=["service"] + ([label_name] if label_name else [])
+            )
             for (metric, label_value), value in sorted(totals.items()):
                 if metric == name:
                     family.add_metric([SERVICE, label_value] if label_name else [SERVICE], value)

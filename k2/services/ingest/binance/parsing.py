@@ -59,9 +59,20 @@ TRADE_KEYS = frozenset("eEstpqTmM")
 QUOTE_KEYS = frozenset("usbBaA")
 # Binance keys → the record fields they become (dead-letter headers name the record field).
 FIELD_OF_KEY = {
-    "t": "source_sequence", "p": "price", "q": "quantity", "T": "timestamp", "m": "side", "E": "event_time",
-    "s": "symbol", "u": "source_sequence", "b": "bid_price", "B": "bid_quantity", "a": "ask_price",
-    "A": "ask_quantity", "stream": "stream", "data": "data",
+    "t": "source_sequence",
+    "p": "price",
+    "q": "quantity",
+    "T": "timestamp",
+    "m": "side",
+    "E": "event_time",
+    "s": "symbol",
+    "u": "source_sequence",
+    "b": "bid_price",
+    "B": "bid_quantity",
+    "a": "ask_price",
+    "A": "ask_quantity",
+    "stream": "stream",
+    "data": "data",
 }
 TRADE = 0
 QUOTE = 1
@@ -110,7 +121,8 @@ _TRADE_HEADER_AND_ID_SIZE = avro.CURRENT_HEADERS[TRADE_KIND] + b"H"  # message i
 # platform_sequence (null), then vendor_data up to the event time's value.
 _TAKER_SOLD, _TAKER_BOUGHT = (
     b"\x00\x02\x04" + text_written("is_buyer_maker") + text_written(maker) + text_written("event_time")
-    for maker in ("true", "false"))
+    for maker in ("true", "false")
+)
 _QUOTE_HEADER_AND_ID_SIZE = avro.CURRENT_HEADERS[QUOTE_KIND] + b"H"
 # platform_sequence (null), then vendor_data: the quote's time is the receive time.
 _QUOTE_TAIL = b"\x00\x02\x02" + text_written("timestamp_source") + text_written("receive_time") + b"\x00"
@@ -132,12 +144,20 @@ class _SymbolWritten:
 
     def __init__(self, state: SymbolState):
         self.key = state.symbol.encode()
-        self.head = (text_written(state.symbol) + text_written(EXCHANGE)
-                     + avro.enum_written(TRADE_KIND, "asset_class", ASSET_CLASS))
-        self.quote_head = (text_written(state.symbol) + text_written(EXCHANGE)
-                           + avro.enum_written(QUOTE_KIND, "asset_class", ASSET_CLASS))
-        self.buy, self.sell = (text_written(state.currency) + avro.enum_written(TRADE_KIND, "side", side) + b"\x00"
-                               for side in ("BUY", "SELL"))
+        self.head = (
+            text_written(state.symbol)
+            + text_written(EXCHANGE)
+            + avro.enum_written(TRADE_KIND, "asset_class", ASSET_CLASS)
+        )
+        self.quote_head = (
+            text_written(state.symbol)
+            + text_written(EXCHANGE)
+            + avro.enum_written(QUOTE_KIND, "asset_class", ASSET_CLASS)
+        )
+        self.buy, self.sell = (
+            text_written(state.currency) + avro.enum_written(TRADE_KIND, "side", side) + b"\x00"
+            for side in ("BUY", "SELL")
+        )
 
 
 def _quotes_written_natively(state: SymbolState) -> bool:
@@ -195,14 +215,40 @@ class FrameParser:
                 routes[state.quote_stream] = (QUOTE, state)
         trade_states = [state for state in states if "trade" in stream_types]
         encode_plain_trade = TradeFrameEncoder(
-            [(state.trade_stream, w.key, w.head, w.buy, w.sell) for state in trade_states for w in [written[state.symbol]]],
-            _TRADE_HEADER_AND_ID_SIZE, MESSAGE_ID_NAMESPACE.bytes, TRADE_ID_PREFIX.encode(), _TAKER_SOLD,
-            _TAKER_BOUGHT, self._scale, _TRADE_TIMES, (DECIMAL_PRECISION, DECIMAL_SCALE)).encode
-        quote_states = [state for state in states if "bookTicker" in stream_types and _quotes_written_natively(state)]
+            [
+                (state.trade_stream, w.key, w.head, w.buy, w.sell)
+                for state in trade_states
+                for w in [written[state.symbol]]
+            ],
+            _TRADE_HEADER_AND_ID_SIZE,
+            MESSAGE_ID_NAMESPACE.bytes,
+            TRADE_ID_PREFIX.encode(),
+            _TAKER_SOLD,
+            _TAKER_BOUGHT,
+            self._scale,
+            _TRADE_TIMES,
+            (DECIMAL_PRECISION, DECIMAL_SCALE),
+        ).encode
+        quote_states = [
+            state for state in states if "bookTicker" in stream_types and _quotes_written_natively(state)
+        ]
         encode_plain_quote = QuoteFrameEncoder(
-            [(state.quote_stream, w.key, f"{EXCHANGE}-{state.symbol}-".encode(), w.quote_head, state.currency.encode())
-             for state in quote_states for w in [written[state.symbol]]],
-            _QUOTE_HEADER_AND_ID_SIZE, MESSAGE_ID_NAMESPACE.bytes, _QUOTE_TAIL, (DECIMAL_PRECISION, DECIMAL_SCALE)).encode
+            [
+                (
+                    state.quote_stream,
+                    w.key,
+                    f"{EXCHANGE}-{state.symbol}-".encode(),
+                    w.quote_head,
+                    state.currency.encode(),
+                )
+                for state in quote_states
+                for w in [written[state.symbol]]
+            ],
+            _QUOTE_HEADER_AND_ID_SIZE,
+            MESSAGE_ID_NAMESPACE.bytes,
+            _QUOTE_TAIL,
+            (DECIMAL_PRECISION, DECIMAL_SCALE),
+        ).encode
         # Swapped together (no await in between): the encoders' positions index _trade_states and _quote_states.
         self._routes, self._written = routes, written
         self._trade_states, self._quote_states = trade_states, quote_states
@@ -270,8 +316,11 @@ class FrameParser:
             self._reject(raw, MalformedFrame("invalid_value", str(error), error.field), stream)
         except KeyError as error:
             key = str(error.args[0])
-            self._reject(raw, MalformedFrame("missing_field", f"missing field {key!r}", FIELD_OF_KEY.get(key, key)),
-                         stream)
+            self._reject(
+                raw,
+                MalformedFrame("missing_field", f"missing field {key!r}", FIELD_OF_KEY.get(key, key)),
+                stream,
+            )
         except TypeError:
             self._reject(raw, MalformedFrame("invalid_value", "data is not a JSON object", "data"), stream)
         except ArithmeticError as error:  # e.g. a timestamp beyond the datetime range
@@ -345,13 +394,30 @@ class FrameParser:
         received = time_ns() // 1000
         written = self._written[state.symbol]
         # The trade's Avro v2 message, field by field (the schema's order).
-        self.out.trades.append((written.key, b"".join((
-            _TRADE_HEADER_AND_ID_SIZE, message_id(trade_id_text).encode(), text_written(trade_id_text),
-            written.head, self._timestamps.written(micros), price_written, quantity_written,
-            written.sell if maker else written.buy,  # currency, side, no trade_conditions
-            b"\x02", self._sequences.written(trade_id), self._received.written(received),
-            _TAKER_SOLD if maker else _TAKER_BOUGHT, text_written(str(event_time * self._scale)), b"\x00",
-        )), received))
+        self.out.trades.append(
+            (
+                written.key,
+                b"".join(
+                    (
+                        _TRADE_HEADER_AND_ID_SIZE,
+                        message_id(trade_id_text).encode(),
+                        text_written(trade_id_text),
+                        written.head,
+                        self._timestamps.written(micros),
+                        price_written,
+                        quantity_written,
+                        written.sell if maker else written.buy,  # currency, side, no trade_conditions
+                        b"\x02",
+                        self._sequences.written(trade_id),
+                        self._received.written(received),
+                        _TAKER_SOLD if maker else _TAKER_BOUGHT,
+                        text_written(str(event_time * self._scale)),
+                        b"\x00",
+                    )
+                ),
+                received,
+            )
+        )
         state.trades += 1
 
     def _quote(self, data: dict[str, Any], state: SymbolState) -> None:
@@ -379,23 +445,31 @@ class FrameParser:
         quote_id = f"BINANCE-{state.symbol}-{update_id}"
         received_us = time_ns() // 1000
         received = from_micros(received_us)
-        self.out.quotes.append(_encoded(QUOTE_KIND, validate_quote({
-            "message_id": message_id(quote_id),
-            "quote_id": quote_id,
-            "symbol": state.symbol,
-            "exchange": EXCHANGE,
-            "asset_class": ASSET_CLASS,
-            "timestamp": received,
-            "bid_price": bid_price,
-            "bid_quantity": bid_quantity,
-            "ask_price": ask_price,
-            "ask_quantity": ask_quantity,
-            "currency": state.currency,
-            "source_sequence": update_id,
-            "ingestion_timestamp": received,
-            "platform_sequence": None,
-            "vendor_data": {"timestamp_source": "receive_time"},
-        }), received_us))
+        self.out.quotes.append(
+            _encoded(
+                QUOTE_KIND,
+                validate_quote(
+                    {
+                        "message_id": message_id(quote_id),
+                        "quote_id": quote_id,
+                        "symbol": state.symbol,
+                        "exchange": EXCHANGE,
+                        "asset_class": ASSET_CLASS,
+                        "timestamp": received,
+                        "bid_price": bid_price,
+                        "bid_quantity": bid_quantity,
+                        "ask_price": ask_price,
+                        "ask_quantity": ask_quantity,
+                        "currency": state.currency,
+                        "source_sequence": update_id,
+                        "ingestion_timestamp": received,
+                        "platform_sequence": None,
+                        "vendor_data": {"timestamp_source": "receive_time"},
+                    }
+                ),
+                received_us,
+            )
+        )
         state.quotes += 1
 
     def _unwrapped(self, raw: bytes, message: Any) -> dict[str, Any] | None:

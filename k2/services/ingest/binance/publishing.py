@@ -37,8 +37,9 @@ tracer = trace.get_tracer("k2.ingest.binance")
 class RecordSink(Protocol):
     """What the feed publishes through (the ingest service's KafkaSink)."""
 
-    async def publish_encoded(self, kind: RecordKind, keys: Sequence[bytes],
-                              values: Sequence[bytes]) -> DeliveryReport: ...
+    async def publish_encoded(
+        self, kind: RecordKind, keys: Sequence[bytes], values: Sequence[bytes]
+    ) -> DeliveryReport: ...
 
     async def dead_letter(self, raw: bytes, reason: str, field: str, source: str) -> None: ...
 
@@ -71,8 +72,15 @@ class PublishBuffer:
 
 
 class Publisher:
-    def __init__(self, sink: RecordSink, buffer: PublishBuffer, batch_size: int, linger: float, backoff: Backoff,
-                 attempts: int):
+    def __init__(
+        self,
+        sink: RecordSink,
+        buffer: PublishBuffer,
+        batch_size: int,
+        linger: float,
+        backoff: Backoff,
+        attempts: int,
+    ):
         self.sink = sink
         self.buffer = buffer
         self.batch_size = batch_size
@@ -98,17 +106,26 @@ class Publisher:
             self.in_flight = len(trades) + len(quotes) + len(dead_letters)
             if not self.in_flight:
                 continue
-            deliveries = [self._deliver(kind, messages) for kind, messages in ((TRADE, trades), (QUOTE, quotes))
-                          if messages]
+            deliveries = [
+                self._deliver(kind, messages)
+                for kind, messages in ((TRADE, trades), (QUOTE, quotes))
+                if messages
+            ]
             await asyncio.gather(*deliveries, *(self._dead_letter(item) for item in dead_letters))
             self.in_flight = 0
 
     async def _deliver(self, kind: RecordKind, messages: list[Message]) -> None:
-        with tracer.start_as_current_span(f"receive binance {kind}s", kind=SpanKind.CONSUMER,
-                                          start_time=messages[0][2] * 1000) as span:
+        with tracer.start_as_current_span(
+            f"receive binance {kind}s", kind=SpanKind.CONSUMER, start_time=messages[0][2] * 1000
+        ) as span:
             if span.is_recording():
-                span.set_attributes({"messaging.operation.type": "receive", "messaging.batch.message_count":
-                                     len(messages), "k2.feed": "binance"})
+                span.set_attributes(
+                    {
+                        "messaging.operation.type": "receive",
+                        "messaging.batch.message_count": len(messages),
+                        "k2.feed": "binance",
+                    }
+                )
             await self._deliver_batch(kind, messages)
 
     async def _tries(self) -> AsyncIterator[int]:
@@ -123,7 +140,9 @@ class Publisher:
         error = ""
         async for _ in self._tries():
             try:
-                report = await self.sink.publish_encoded(kind, [m[0] for m in messages], [m[1] for m in messages])
+                report = await self.sink.publish_encoded(
+                    kind, [m[0] for m in messages], [m[1] for m in messages]
+                )
             except Exception as failure:  # noqa: BLE001 - whatever the sink raised, the records are retried
                 error = str(failure)
                 log.error("binance: publishing %d %s record(s) failed: %s", len(messages), kind, error)
@@ -133,13 +152,23 @@ class Publisher:
             if not failed:
                 return
             error = next(e for e in report.errors if e is not None)
-            log.error("binance: Kafka refused %d of %d %s record(s) (%s)", len(failed), len(messages), kind, error)
+            log.error(
+                "binance: Kafka refused %d of %d %s record(s) (%s)", len(failed), len(messages), kind, error
+            )
             messages = failed
-        log.error("binance: %d %s record(s) refused %d times; dead-lettering them", len(messages), kind,
-                  self.attempts)
+        log.error(
+            "binance: %d %s record(s) refused %d times; dead-lettering them",
+            len(messages),
+            kind,
+            self.attempts,
+        )
         reason = f"Kafka refused the {kind} {self.attempts} times: {error}"
-        await asyncio.gather(*(self._dead_letter((value, reason, "", f"binance:{kind}"), undeliverable=True)
-                               for _, value, _ in messages))
+        await asyncio.gather(
+            *(
+                self._dead_letter((value, reason, "", f"binance:{kind}"), undeliverable=True)
+                for _, value, _ in messages
+            )
+        )
 
     async def _dead_letter(self, item: DeadLetter, undeliverable: bool = False) -> None:
         async for _ in self._tries():
@@ -153,8 +182,11 @@ class Publisher:
                 self.undeliverable["dead_lettered"] += 1
             return
         self.undeliverable["lost"] += 1
-        log.error("binance: a %s record was lost: neither its topic nor the dead-letter topic took it (%s)",
-                  item[3], item[1])
+        log.error(
+            "binance: a %s record was lost: neither its topic nor the dead-letter topic took it (%s)",
+            item[3],
+            item[1],
+        )
 
     def unpublished(self) -> int:
         return self.buffer.size() + self.in_flight

@@ -83,8 +83,11 @@ class CircuitBreaker:
             self.state = CircuitState.CIRCUIT_STATE_OPEN
             self._opened_at = time.monotonic()
             self.opened += 1
-            log.error("binance circuit open after %d consecutive failed connection attempts; next trial in %.1fs",
-                      self.failures, self.cooldown)
+            log.error(
+                "binance circuit open after %d consecutive failed connection attempts; next trial in %.1fs",
+                self.failures,
+                self.cooldown,
+            )
         self._trial_running = False
         self._notify()
 

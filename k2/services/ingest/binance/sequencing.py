@@ -52,8 +52,12 @@ class GapLog:
     """Every gap of the feed: totals, the most recent ones, a log line each, and `on_gap` (the REST backfill);
     and every sequence reset likewise."""
 
-    def __init__(self, recent: int, on_gap: Callable[[Gap], None] | None = None,
-                 max_jump: int = DEFAULT_MAX_TRADE_ID_JUMP):
+    def __init__(
+        self,
+        recent: int,
+        on_gap: Callable[[Gap], None] | None = None,
+        max_jump: int = DEFAULT_MAX_TRADE_ID_JUMP,
+    ):
         self.recent: deque[Gap] = deque(maxlen=recent)
         self.detected = 0
         self.missed = 0
@@ -67,8 +71,13 @@ class GapLog:
         self.recent_resets.append(reset)
         self.resets += 1
         state.resets += 1
-        log.warning("binance %s: trade id %d after %d, further than %d: the sequence is reset there, no gap "
-                    "reported", state.symbol, trade_id, state.last_trade_id, self.max_jump)
+        log.warning(
+            "binance %s: trade id %d after %d, further than %d: the sequence is reset there, no gap reported",
+            state.symbol,
+            trade_id,
+            state.last_trade_id,
+            self.max_jump,
+        )
 
     def record(self, state: "SymbolState", first_missing: int, last_missing: int) -> None:
         gap = Gap(state.symbol, first_missing, last_missing, utc_now())
@@ -77,8 +86,9 @@ class GapLog:
         self.missed += gap.size
         state.gaps += 1
         state.missed += gap.size
-        log.warning("binance %s: %d trade(s) missing, ids %d..%d", state.symbol, gap.size, first_missing,
-                    last_missing)
+        log.warning(
+            "binance %s: %d trade(s) missing, ids %d..%d", state.symbol, gap.size, first_missing, last_missing
+        )
         if self.on_gap is not None:
             self.on_gap(gap)
 
@@ -139,7 +149,7 @@ class SymbolState:
         for index, (first, final) in enumerate(self.pending):
             if first <= trade_id <= final:
                 pieces = [(lo, hi) for lo, hi in ((first, trade_id - 1), (trade_id + 1, final)) if lo <= hi]
-                self.pending[index:index + 1] = pieces
+                self.pending[index : index + 1] = pieces
                 return True
         if last - trade_id > self.gap_log.max_jump:
             self._reset(trade_id)

@@ -18,9 +18,40 @@ LIVE_ENDPOINTS = [
 ]
 # Quote assets Binance Spot lists; the currency of a symbol is its longest matching suffix.
 QUOTE_ASSETS = (
-    "USDT", "USDC", "FDUSD", "TUSD", "BUSD", "USDP", "DAI", "AEUR", "EURI", "BTC", "ETH", "BNB", "XRP", "TRX",
-    "DOGE", "DOT", "SOL", "EUR", "TRY", "BRL", "GBP", "AUD", "JPY", "RUB", "UAH", "ZAR", "PLN", "RON", "ARS",
-    "MXN", "COP", "IDR", "CZK", "USD1",
+    "USDT",
+    "USDC",
+    "FDUSD",
+    "TUSD",
+    "BUSD",
+    "USDP",
+    "DAI",
+    "AEUR",
+    "EURI",
+    "BTC",
+    "ETH",
+    "BNB",
+    "XRP",
+    "TRX",
+    "DOGE",
+    "DOT",
+    "SOL",
+    "EUR",
+    "TRY",
+    "BRL",
+    "GBP",
+    "AUD",
+    "JPY",
+    "RUB",
+    "UAH",
+    "ZAR",
+    "PLN",
+    "RON",
+    "ARS",
+    "MXN",
+    "COP",
+    "IDR",
+    "CZK",
+    "USD1",
 )
 MAX_CONNECTION_LIFETIME = 24 * 3600.0
 # K2_INGEST_BINANCE_SYMBOLS=ALL: every symbol the exchange lists as TRADING (REST exchangeInfo), followed while running.
@@ -158,7 +189,9 @@ class BinanceSettings(BaseSettings):
             url = urlsplit(endpoint.strip().rstrip("/"))
             if url.scheme == "ws":
                 if not is_loopback_host(url.hostname or ""):
-                    raise ValueError(f"{endpoint}: plain ws:// is only allowed for loopback hosts; use wss://")
+                    raise ValueError(
+                        f"{endpoint}: plain ws:// is only allowed for loopback hosts; use wss://"
+                    )
             elif url.scheme != "wss":
                 raise ValueError(f"{endpoint}: endpoints are wss:// URLs (ws:// for a local replay exchange)")
             if url.path or url.query:
@@ -173,7 +206,9 @@ class BinanceSettings(BaseSettings):
     def _check_rest_endpoint(cls, endpoint: str) -> str:
         url = urlsplit(endpoint.strip().rstrip("/"))
         if url.scheme != "https" and not (url.scheme == "http" and is_loopback_host(url.hostname or "")):
-            raise ValueError(f"{endpoint}: the REST endpoint is an https:// URL (http:// for a local replay exchange)")
+            raise ValueError(
+                f"{endpoint}: the REST endpoint is an https:// URL (http:// for a local replay exchange)"
+            )
         if url.path or url.query:
             raise ValueError(f"{endpoint}: give the base URL only (the feed appends /api/v3/...)")
         return endpoint.strip().rstrip("/")
@@ -181,23 +216,44 @@ class BinanceSettings(BaseSettings):
     @model_validator(mode="after")
     def _check_limits(self) -> "BinanceSettings":
         if self.rotation_interval_seconds + self.rotation_jitter_seconds >= MAX_CONNECTION_LIFETIME:
-            raise ValueError("rotation interval plus jitter must stay below Binance's 24 h connection lifetime")
+            raise ValueError(
+                "rotation interval plus jitter must stay below Binance's 24 h connection lifetime"
+            )
         if not len(self.stream_types) <= self.max_streams_per_connection <= 1024:
             raise ValueError("max_streams_per_connection must hold one symbol's streams and be at most 1024")
         if not 1 <= self.control_messages_per_second <= 4:
             raise ValueError("control_messages_per_second must be 1..4: below Binance's 5 messages/s")
-        for name in ("rotation_interval_seconds", "switch_overlap_seconds", "watchdog_silence_seconds",
-                     "open_timeout_seconds", "backoff_base_seconds", "backoff_cap_seconds",
-                     "circuit_cooldown_seconds", "batch_linger_seconds", "connection_attempt_window_seconds",
-                     "control_reply_timeout_seconds", "symbols_refresh_seconds"):
+        for name in (
+            "rotation_interval_seconds",
+            "switch_overlap_seconds",
+            "watchdog_silence_seconds",
+            "open_timeout_seconds",
+            "backoff_base_seconds",
+            "backoff_cap_seconds",
+            "circuit_cooldown_seconds",
+            "batch_linger_seconds",
+            "connection_attempt_window_seconds",
+            "control_reply_timeout_seconds",
+            "symbols_refresh_seconds",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.backoff_cap_seconds < self.backoff_base_seconds:
             raise ValueError("backoff_cap_seconds must be at least backoff_base_seconds")
-        for name in ("circuit_failure_threshold", "batch_size", "max_buffered_records", "max_connection_attempts",
-                     "streams_in_url", "streams_per_subscribe", "backfill_max_trades_per_gap",
-                     "backfill_max_pending_gaps", "backfill_attempts", "publish_attempts", "max_symbols",
-                     "trade_id_max_jump"):
+        for name in (
+            "circuit_failure_threshold",
+            "batch_size",
+            "max_buffered_records",
+            "max_connection_attempts",
+            "streams_in_url",
+            "streams_per_subscribe",
+            "backfill_max_trades_per_gap",
+            "backfill_max_pending_gaps",
+            "backfill_attempts",
+            "publish_attempts",
+            "max_symbols",
+            "trade_id_max_jump",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.metrics_symbols < 0:
