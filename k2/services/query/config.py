@@ -1,9 +1,11 @@
 """Query service settings, environment prefix K2_QUERY_ (K2_QUERY_PORT, K2_QUERY_MAX_LIMIT, ...)."""
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from k2.core.config import ServerSettings
+from k2.core.config import RUN_DIR, ServerSettings
 
 
 class QuerySettings(ServerSettings):
@@ -13,8 +15,10 @@ class QuerySettings(ServerSettings):
     metrics_port: int = 9103
 
     # Keys page and resume tokens are signed with (HMAC-SHA256, at least 16 bytes each): the first signs, every
-    # one verifies. Replicas behind one address need the same list; none: a random key per process.
+    # one verifies. Replicas on several machines need the same list. None: the key in token_key_file, made once,
+    # so that tokens (a subscriber's resume token above all) hold across a restart.
     token_keys: list[SecretStr] = Field(default_factory=list)
+    token_key_file: Path = RUN_DIR / "query" / "token-key"
 
     # QueryTrades / QueryQuotes
     default_limit: int = 100_000

@@ -133,9 +133,8 @@ class FanOut:
         on_health: Callable[[bool], Awaitable[None]],
     ):
         self.framing = Framing.connect(kafka)
-        self.token_keys = TokenKeys(
-            settings.token_keys
-        )  # shared by the subscriptions and queries of this service
+        # shared by the subscriptions and queries of this service
+        self.token_keys = TokenKeys(settings.token_keys, settings.token_key_file)
         self._kafka = kafka
         self._settings = settings
         self._history = history

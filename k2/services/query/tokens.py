@@ -3,8 +3,8 @@ token key. They carry positions, not secrets, but a position names what the serv
 Kafka range): the signature makes sure the service only ever reads what it handed out itself. The first of the
 configured keys (K2_QUERY_TOKEN_KEYS) signs, every one of them verifies, so keys rotate without breaking tokens
 in flight: add the new key after the old, move it first once every replica has it, drop the old later. Without a
-configured key each process draws a random one (tokens then hold for that process only; replicas behind one
-address need a shared key). A token that is not signed by one of the keys, or whose shape is wrong or that belongs
+configured key the service uses the key in K2_QUERY_TOKEN_KEY_FILE (made once, random, readable by its owner
+only), so tokens hold across restarts on one machine; replicas on several machines need configured keys. A token that is not signed by one of the keys, or whose shape is wrong or that belongs
 to another request, is refused (INVALID_ARGUMENT).
 
 Page token (QueryTrades/QueryQuotes): the Iceberg snapshot the first page scanned, the Kafka tail range it added
@@ -23,8 +23,10 @@ import binascii
 import hashlib
 import hmac
 import json
+import os
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
@@ -43,18 +45,36 @@ OFFSETS = (0, 2**63 - 1)
 
 
 MIN_KEY_BYTES = 16
-_PROCESS_KEY = secrets.token_bytes(32)  # when no key is configured: tokens hold for this process only
+_PROCESS_KEY = secrets.token_bytes(32)  # no key configured and no key file: tokens hold for this process only
+
+
+def _key_from_file(path: Path) -> bytes:
+    """The key in `path`, made first (32 random bytes, hex, mode 0600) if there is none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_hex(32))
+    key = path.read_text().strip().encode()
+    if len(key) < MIN_KEY_BYTES:  # e.g. read while another process was still writing it
+        raise ValueError(f"{path}: a token key of at least {MIN_KEY_BYTES} bytes is needed")
+    return key
 
 
 class TokenKeys:
     """The keys tokens are signed with: the first signs, any verifies."""
 
-    def __init__(self, keys: list[SecretStr]):
+    def __init__(self, keys: list[SecretStr], key_file: Path | None = None):
         configured = [key.get_secret_value().encode() for key in keys]
         for index, key in enumerate(configured):
             if len(key) < MIN_KEY_BYTES:
                 raise ValueError(f"K2_QUERY_TOKEN_KEYS[{index}]: at least {MIN_KEY_BYTES} bytes")
-        self._keys = configured or [_PROCESS_KEY]
+        if not configured:
+            configured = [_key_from_file(key_file) if key_file is not None else _PROCESS_KEY]
+        self._keys = configured
 
     def __repr__(self) -> str:
         return f"TokenKeys({len(self._keys)} keys)"  # never the keys themselves
