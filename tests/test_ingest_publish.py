@@ -50,6 +50,7 @@ from k2.marketdata.v1.marketdata_pb2 import AssetClass, Quote, Side, Trade
 from k2.query.v1 import query_pb2
 from k2.services.ingest.ids import batch_message_ids
 from k2.services.ingest.publish import ENTRY_BYTES
+from k2.services.query.config import QuerySettings
 
 START = datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -257,12 +258,12 @@ async def test_items_outside_the_rules_are_rejected_by_field(kafka_settings: Kaf
     assert quote_answer.accepted == 1  # a future's book may be priced at zero or below
 
 
-async def test_records_at_every_bound_fill_a_query_response_and_a_live_stream(
+async def test_records_at_every_bound_reach_a_query_and_a_live_stream(
     kafka_settings: KafkaSettings, iceberg_settings: IcebergSettings
 ) -> None:
     """Rows of ~9 kB broke 2,000-row QueryTrades responses (16 MiB) and ended live subscribers as too slow: at
-    the bounds, in 4-byte characters, a trade is ~6.5 kB, and 2,000 of them are one query response and reach a
-    subscriber on the default settings."""
+    the bounds, in 4-byte characters, a trade is ~6.5 kB, and 2,000 of them reach a query (in responses cut by
+    bytes) and a subscriber on the default settings."""
     wide = "\U0001f600"  # 4 bytes in UTF-8
     symbol = "X" * MAX_NAME_LENGTH
     largest = [
@@ -310,7 +311,9 @@ async def test_records_at_every_bound_fill_a_query_response_and_a_live_stream(
         )
         responses = [r async for r in query.stub.QueryTrades(request, timeout=120)]
     assert [t.trade_id for r in responses for t in r.trades] == [m.trade_id for m in largest]
-    assert max(r.ByteSize() for r in responses) > 12_000_000  # one response of 2,000 rows, within 16 MiB
+    # 2,000 rows of 6.5 kB are 13 MB: cut into responses of at most K2_QUERY_RESPONSE_BYTES (1 MiB) of rows
+    assert len(responses) > 1
+    assert max(r.ByteSize() for r in responses) <= QuerySettings().response_bytes
     assert sorted(t.trade_id for r in streamed for t in r.trades) == [m.trade_id for m in largest]
 
 
