@@ -33,25 +33,16 @@ COLUMNS = ["timestamp", "exchange", "symbol", "source_sequence", "message_id", "
 
 
 def decimal_units(column: pa.ChunkedArray | pa.Array) -> tuple[list[int], int]:
-    """(unscaled integers, scale) of a decimal128 column without nulls."""
+    """(unscaled integers, scale) of a decimal128 or decimal256 column without nulls, read from its buffer: no
+    Decimal objects."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    data = memoryview(array.buffers()[1])[array.offset * 16 : (array.offset + len(array)) * 16]
+    width = array.type.byte_width
+    data = memoryview(array.buffers()[1])[array.offset * width : (array.offset + len(array)) * width]
     from_bytes = int.from_bytes
     order = sys.byteorder
     return [
-        from_bytes(data[i : i + 16], order, signed=True) for i in range(0, len(data), 16)
+        from_bytes(data[i : i + width], order, signed=True) for i in range(0, len(data), width)
     ], array.type.scale
-
-
-def units(value: Decimal, scale: int) -> int:
-    """The integer count of 10^-scale in `value` (which has at most `scale` decimal places), exactly: no
-    arithmetic context, which would round past 28 digits."""
-    sign, digits, exponent = value.as_tuple()
-    assert isinstance(exponent, int)  # a finite number
-    number = int("".join(map(str, digits)) or "0")
-    shift = exponent + scale
-    number = number * 10**shift if shift >= 0 else number // 10**-shift
-    return -number if sign else number
 
 
 def divide_half_even(numerator: int, denominator: int) -> int:
@@ -117,32 +108,17 @@ class BarBuilder:
         counts = groups["start_count"].to_pylist()
         lasts = list(itertools.accumulate(counts))
         firsts = [last - count for last, count in zip(lasts, counts, strict=True)]
-        opens = pc.take(price, pa.array(firsts)).to_pylist()
-        closes = pc.take(price, pa.array([last - 1 for last in lasts])).to_pylist()
-        scale = self.scale
-        for start, low, high, volume, notional, count, first, last in zip(
-            groups["start"].to_pylist(),
-            groups["price_min"].to_pylist(),
-            groups["price_max"].to_pylist(),
-            groups["volume_sum"].to_pylist(),
-            groups["notional_sum"].to_pylist(),
-            counts,
-            opens,
-            closes,
-            strict=True,
+        opens, _ = decimal_units(pc.take(price, pa.array(firsts)))
+        closes, _ = decimal_units(pc.take(price, pa.array([last - 1 for last in lasts])))
+        lows, _ = decimal_units(groups["price_min"])
+        highs, _ = decimal_units(groups["price_max"])
+        volumes, volume_scale = decimal_units(groups["volume_sum"])
+        notionals, notional_scale = decimal_units(groups["notional_sum"])
+        assert (volume_scale, notional_scale) == (self.scale, 2 * self.scale)
+        for bar in zip(
+            groups["start"].to_pylist(), opens, highs, lows, closes, volumes, notionals, counts, strict=True
         ):
-            self._merge(
-                _Bar(
-                    start,
-                    units(first, scale),
-                    units(high, scale),
-                    units(low, scale),
-                    units(last, scale),
-                    units(volume, scale),
-                    units(notional, 2 * scale),
-                    count,
-                )
-            )
+            self._merge(_Bar(*bar))
 
     def _merge(self, bar: "_Bar") -> None:
         previous = self.bars[-1] if self.bars else None
