@@ -51,7 +51,8 @@ def test_cached_reads_follow_the_snapshots_and_match_uncached_reads(
     table = ensure_table(load_catalog(iceberg_settings), iceberg_settings, TRADE)
     first = batch(["BTCUSDT", "ETHUSDT"], 40, T0)
     table.append(records_to_arrow(TRADE, first))
-    cached, uncached = History(iceberg_settings, ReadCache(64 << 20)), History(iceberg_settings, ReadCache(0))
+    cached = History(iceberg_settings, ReadCache(64 << 20, small_files_bytes=64 << 20))
+    uncached = History(iceberg_settings, ReadCache(0))
     everything, eth = Selection(), Selection(symbols=frozenset(["ETHUSDT"]))
 
     old = cached.current(TRADE, "trades")
@@ -72,6 +73,9 @@ def test_cached_reads_follow_the_snapshots_and_match_uncached_reads(
         0 < new.cache.footers_nbytes <= 64 << 20
         and uncached.current(TRADE, "trades").cache.footers_nbytes == 0
     )
+    assert 0 < new.cache.small_files_nbytes <= 64 << 20  # these files are small: their rows were kept
+    for selection in (everything, eth):  # and read from there, the same rows
+        assert read(new, selection).equals(read(uncached.current(TRADE, "trades"), selection))
 
 
 def test_a_row_group_found_to_hold_none_of_a_selection_is_not_read_again(

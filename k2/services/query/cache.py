@@ -1,4 +1,4 @@
-"""What the query service keeps between reads of Iceberg: metadata only, never rows.
+"""What the query service keeps between reads of Iceberg: metadata, and the rows of small files only.
 
 - each snapshot's planned file list (a few objects per data file), least recently used dropped past
   `plans` snapshots;
@@ -6,11 +6,15 @@
   group then needs no footer read first;
 - per row group and selection, the time range its selected rows actually span (or that none are selected): a
   row group's statistics cover every symbol in it, its selected rows often far fewer times, so a later page
-  skips it without reading it.
+  skips it without reading it;
+- the decoded row group of each small data file (at most history.SMALL_FILE_ROWS rows: a commit compaction has
+  not merged yet), by bytes: opening and reading such a file costs more than the rows in it, and a query of
+  recent data reads many of them. A large file's rows are never kept: a query reads only its selected rows.
 
 None of these can go stale: a data file is never rewritten in place (compaction writes new files, which are new
 keys) and a snapshot's file list never changes. None makes a read slower than reading without it: a miss costs
-what a read without the cache costs, and each is bounded (K2_QUERY_FOOTER_CACHE_BYTES)."""
+what a read without the cache costs (for a small file, its whole row group, which is what the read decodes
+anyway), and each is bounded (K2_QUERY_FOOTER_CACHE_BYTES, K2_QUERY_SMALL_FILE_CACHE_BYTES)."""
 
 import threading
 from collections.abc import Callable, Hashable
@@ -25,8 +29,10 @@ BOUNDS = 200_000  # row groups × selections whose selected rows' time range is 
 
 
 class ReadCache:
-    def __init__(self, footer_bytes: int):
+    def __init__(self, footer_bytes: int, small_files_bytes: int = 0):
         self.footer_bytes = footer_bytes
+        self.small_files_bytes = small_files_bytes
+        self._row_groups: LRUCache[Hashable, Any] = LRUCache(max(small_files_bytes, 1), getsizeof=_table_size)
         self._plans: LRUCache[Hashable, Any] = LRUCache(PLANS)
         self._footers: LRUCache[Hashable, Any] = LRUCache(max(footer_bytes, 1), getsizeof=_footer_size)
         self._bounds: LRUCache[Hashable, tuple[int, int] | None] = LRUCache(BOUNDS)
@@ -53,6 +59,9 @@ class ReadCache:
             return load()
         return self._get(self._footers, key, load)
 
+    def row_group(self, key: Hashable, load: Callable[[], T]) -> T:
+        return self._get(self._row_groups, key, load)
+
     def bounds(self, key: Hashable) -> tuple[int, int] | None | object:
         """The remembered (first, last) time of a row group's selected rows, None if it holds none, or MISSING."""
         with self._lock:
@@ -65,6 +74,14 @@ class ReadCache:
     @property
     def footers_nbytes(self) -> int:
         return int(self._footers.currsize)
+
+    @property
+    def small_files_nbytes(self) -> int:
+        return int(self._row_groups.currsize)
+
+
+def _table_size(table: Any) -> int:
+    return int(table.nbytes)
 
 
 def _footer_size(footer: Any) -> int:

@@ -60,6 +60,8 @@ class QuerySettings(ServerSettings):
     # Parquet footers of Iceberg data files kept in memory (row-group statistics: a read then starts at the
     # row groups it needs), at most this many bytes, least recently used dropped first; 0: none.
     footer_cache_bytes: int = 64 * 1024 * 1024
+    # Decoded rows of small data files (one row group, not compacted yet) kept between queries
+    small_file_cache_bytes: int = 64 * 1024 * 1024
     # Rows read but not yet returned by scans whose page ended, kept so the next page goes on with the same scan
     # (least recently used dropped first); 0: every page plans and reads from its token's row.
     scan_cache_bytes: int = 128 * 1024 * 1024

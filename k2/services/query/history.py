@@ -19,10 +19,10 @@ import functools
 import itertools
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -51,6 +51,7 @@ FIELD_ID = b"PARQUET:field_id"
 DICTIONARY_COLUMNS = ["symbol", "exchange", "asset_class", "currency", "side"]
 BATCH_ROWS = 8_192  # a row group is decoded in batches of this many rows when its end is not needed
 READ_AHEAD = 2  # row groups a scan reads ahead of the merge
+SMALL_FILE_ROWS = 65_536  # a file of at most this many rows (one row group) is a small one
 ROW_BYTES = 256  # what a row being read ahead is counted as until it is read
 _READERS = ThreadPoolExecutor(8, thread_name_prefix="k2-row-groups")  # shared by every scan: bounded
 
@@ -287,7 +288,11 @@ class Scan:
         self._kind = kind
         self._selection = selection
         self._columns = columns
-        self._data_columns = _full_schema(kind).names if wire.FRAMED in columns else list(columns)
+        # what rows are read as: with the framed column (each row's message), every column and that one, framed
+        # as each row group is read (on the reading threads; a small file's once, kept with its rows)
+        self._framed = wire.FRAMED in columns
+        self._stored_columns = _full_schema(kind).names if self._framed else list(columns)
+        self._data_columns = [*self._stored_columns, wire.FRAMED] if self._framed else self._stored_columns
         self._data_schema = _row_schema(kind, self._data_columns)
         self._target = _row_schema(kind, columns)
         self._after = after
@@ -298,7 +303,9 @@ class Scan:
         self._open: list[pa.Table] = []
         self._reading: dict[int, Future[pa.Table]] = {}  # by id() of the pending group: read ahead
         if tail is not None and tail.num_rows:
-            self._hold(sort_rows(tail.select(self._data_columns).cast(self._data_schema)))
+            self._hold(
+                sort_rows(self._with_framed(tail.select(self._stored_columns))).cast(self._data_schema)
+            )
         self.groups = self._plan()
         self._pending = deque(sorted(self.groups, key=lambda g: g.first))
 
@@ -372,55 +379,93 @@ class Scan:
             projection = table.scan(snapshot_id=self.snapshot.snapshot_id).projection()
             scan = ArrowScan(table.metadata, table.io, projection, selection.row_filter())
             rows = scan.to_table([group.file.task]).select(_full_schema(self._kind).names)
-            return sort_rows(
-                selection.filter(rows.cast(_full_schema(self._kind)))
-                .select(self._data_columns)
-                .cast(self._data_schema)
-            )
+            selected = selection.filter(rows.cast(_full_schema(self._kind))).select(self._stored_columns)
+            return sort_rows(self._with_framed(selected)).cast(self._data_schema)
         path = group.file.task.file.file_path
+        cache = self.snapshot.cache
+        if group.file.task.file.record_count <= SMALL_FILE_ROWS and cache.small_files_bytes > 0:
+            # a small file (a commit not compacted yet): its row group is kept decoded, as opening and reading
+            # it again would cost more than the rows it holds
+            whole = cache.row_group((path, group.index), functools.partial(self._read_whole, group, path))
+            return self._selected(group, path, whole.select(KEY_COLUMNS), lambda _stop: whole)
         with table.io.new_input(path).open(seekable=True) as stream:
-            parquet = pq.ParquetFile(
-                stream,
-                metadata=group.footer.metadata,
-                read_dictionary=[c for c in DICTIONARY_COLUMNS if c in self._data_columns],
-            )
+            parquet = self._parquet(stream, group)
             keys = parquet.read_row_group(group.index, columns=KEY_COLUMNS)
-            named = self._names.mask(keys)
-            times = pc.filter(keys["timestamp"], named).cast(pa.int64())
-            self.snapshot.cache.remember_bounds(
-                (path, group.index, self._names),
-                (pc.min(times).as_py(), pc.max(times).as_py()) if len(times) else None,
-            )
-            if not len(times):
-                return self._data_schema.empty_table()
-            if (selection.start is not None and pc.min(times).as_py() < selection.start) or (
-                selection.end is not None and pc.max(times).as_py() >= selection.end
-            ):
-                named = pc.and_(named, Selection(start=selection.start, end=selection.end).mask(keys))
-            selected = pc.indices_nonzero(named)
-            if not len(selected):
-                return self._data_schema.empty_table()
-            stop = selected[-1].as_py() + 1
-            if (
-                stop < keys.num_rows
-            ):  # the rows are sorted by symbol: the group's rows after the last are not needed
+
+            def read_until(stop: int) -> pa.Table:
+                if stop >= keys.num_rows:
+                    return parquet.read_row_group(group.index, columns=self._stored_columns)
+                # the rows are sorted by symbol: the group's rows after the last selected are not needed
                 batches = []
                 for batch in parquet.iter_batches(
-                    BATCH_ROWS, row_groups=[group.index], columns=self._data_columns
+                    BATCH_ROWS, row_groups=[group.index], columns=self._stored_columns
                 ):
                     batches.append(batch)
                     stop -= batch.num_rows
                     if stop <= 0:
                         break
-                rows = pa.Table.from_batches(batches)
-            else:
-                rows = parquet.read_row_group(group.index, columns=self._data_columns)
+                return pa.Table.from_batches(batches)
+
+            return self._selected(group, path, keys, read_until)
+
+    def _parquet(self, stream: Any, group: _Group) -> pq.ParquetFile:
+        assert group.footer is not None
+        return pq.ParquetFile(
+            stream,
+            metadata=group.footer.metadata,
+            read_dictionary=[c for c in DICTIONARY_COLUMNS if c in self._stored_columns],
+        )
+
+    def _read_whole(self, group: _Group, path: str) -> pa.Table:
+        """The whole row group: every column, and each row's framed message (what any request may need)."""
+        table = self.snapshot.table
+        assert table is not None
+        kind = self._kind
+        with table.io.new_input(path).open(seekable=True) as stream:
+            rows = pq.ParquetFile(
+                stream,
+                metadata=group.footer.metadata if group.footer else None,
+                read_dictionary=[c for c in DICTIONARY_COLUMNS if c in _full_schema(kind).names],
+            ).read_row_group(group.index, columns=_full_schema(kind).names)
+        return rows.append_column(wire.FRAMED_FIELD, wire.framed(kind, rows.cast(_full_schema(kind))))
+
+    def _with_framed(self, rows: pa.Table) -> pa.Table:
+        """`rows` (the stored columns) with each row's framed message, when the scan returns them."""
+        if not self._framed or wire.FRAMED in rows.column_names:
+            return rows
+        return rows.append_column(
+            wire.FRAMED_FIELD, wire.framed(self._kind, rows.cast(_full_schema(self._kind)))
+        )
+
+    def _selected(
+        self, group: _Group, path: str, keys: pa.Table, read_until: Callable[[int], pa.Table]
+    ) -> pa.Table:
+        """The selected rows of a row group whose key columns are `keys`, in the row order; `read_until(n)`
+        gives (at least) its first n rows' data columns."""
+        selection = self._selection
+        named = self._names.mask(keys)
+        times = pc.filter(keys["timestamp"], named).cast(pa.int64())
+        self.snapshot.cache.remember_bounds(
+            (path, group.index, self._names),
+            (pc.min(times).as_py(), pc.max(times).as_py()) if len(times) else None,
+        )
+        if not len(times):
+            return self._data_schema.empty_table()
+        if (selection.start is not None and pc.min(times).as_py() < selection.start) or (
+            selection.end is not None and pc.max(times).as_py() >= selection.end
+        ):
+            named = pc.and_(named, Selection(start=selection.start, end=selection.end).mask(keys))
+        selected = pc.indices_nonzero(named)
+        if not len(selected):
+            return self._data_schema.empty_table()
+        rows = read_until(selected[-1].as_py() + 1)
+        rows = rows.select([c for c in self._data_columns if c in rows.column_names])
         first = selected[0].as_py()
         if selected[-1].as_py() - first + 1 == len(selected):  # one run, as one symbol's rows are
             rows = rows.slice(first, len(selected))
         else:
             rows = rows.take(selected)
-        return _in_order(rows.cast(self._data_schema))
+        return _in_order(self._with_framed(rows).cast(self._data_schema))
 
     def position(self) -> int | None:
         """A time no row still to come is before (None: the scan is done)."""
@@ -483,8 +528,6 @@ class Scan:
             kept.append(chunk.slice(max_rows))
             chunk = chunk.slice(0, max_rows)
         self._open = kept
-        if wire.FRAMED in self._columns:
-            chunk = chunk.append_column(wire.FRAMED_FIELD, wire.framed(self._kind, chunk))
         return chunk.select(self._columns).cast(self._target)
 
     def __iter__(self) -> Iterator[pa.Table]:

@@ -460,7 +460,10 @@ class QueryServer(Service):
             auth or AuthSettings(),
             untraced_methods=[f"/{SERVICE_NAME}/SubscribeTrades", f"/{SERVICE_NAME}/SubscribeQuotes"],
         )
-        history = History(iceberg or IcebergSettings(), ReadCache(settings.footer_cache_bytes))
+        history = History(
+            iceberg or IcebergSettings(),
+            ReadCache(settings.footer_cache_bytes, settings.small_file_cache_bytes),
+        )
         admin = KafkaAdmin(kafka, settings.kafka_timeout_seconds)
         self.workers = Workers(settings.worker_threads)
         self.fanout = FanOut(kafka, settings, history, self.grpc.set_serving)
