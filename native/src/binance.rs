@@ -281,6 +281,37 @@ type Encoded<'py> = (usize, i64, i64, Py<PyBytes>, Bound<'py, PyBytes>);
 /// A trade stream as Python describes it: (stream name, symbol, head, buy, sell).
 type RouteSpec = (String, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
 
+/// (integer digits, scale, powers of ten up to the scale) of decimal(precision, scale), as both encoders read
+/// plain decimals; refused beyond 128-bit integers.
+fn decimal_layout((precision, scale): (usize, usize)) -> PyResult<(usize, usize, Vec<u128>)> {
+    if precision > 38 || scale > precision {
+        return Err(PyValueError::new_err(format!(
+            "decimal({precision},{scale}) is beyond 128-bit integers"
+        )));
+    }
+    let powers = (0..=scale as u32).map(|power| 10u128.pow(power)).collect();
+    Ok((precision - scale, scale, powers))
+}
+
+/// Each stream's name → its position, and the routes `route` makes of the specs, in that order.
+fn stream_routes<S, R>(
+    specs: Vec<S>,
+    mut route: impl FnMut(S) -> (String, R),
+) -> (HashMap<Vec<u8>, usize>, Vec<R>) {
+    let mut streams = HashMap::new();
+    let mut routes = Vec::new();
+    for (position, spec) in specs.into_iter().enumerate() {
+        let (stream, made) = route(spec);
+        streams.insert(stream.into_bytes(), position);
+        routes.push(made);
+    }
+    (streams, routes)
+}
+
+fn namespace_uuid(bytes: &[u8]) -> PyResult<Uuid> {
+    Uuid::from_slice(bytes).map_err(|error| PyValueError::new_err(format!("namespace: {error}")))
+}
+
 #[pymethods]
 impl TradeFrameEncoder {
     /// routes: one per trade stream; the others as documented on the struct;
@@ -299,27 +330,19 @@ impl TradeFrameEncoder {
         micros: (i64, i64),
         decimals: (usize, usize),
     ) -> PyResult<Self> {
-        let (precision, scale) = decimals;
-        if precision > 38 || scale > precision {
-            return Err(PyValueError::new_err(format!(
-                "decimal({precision},{scale}) is beyond 128-bit integers"
-            )));
-        }
-        let mut streams = HashMap::new();
-        let mut symbols = Vec::new();
-        for (position, (stream, symbol, head, buy, sell)) in routes.into_iter().enumerate() {
-            streams.insert(stream.into_bytes(), position);
+        let (integer_digits, scale, powers) = decimal_layout(decimals)?;
+        let (streams, symbols) = stream_routes(routes, |(stream, symbol, head, buy, sell)| {
             let key = PyBytes::new(py, &symbol).unbind();
-            symbols.push(Route {
+            let route = Route {
                 symbol,
                 key,
                 head,
                 buy,
                 sell,
-            });
-        }
-        let namespace = Uuid::from_slice(&namespace)
-            .map_err(|error| PyValueError::new_err(format!("namespace: {error}")))?;
+            };
+            (stream, route)
+        });
+        let namespace = namespace_uuid(&namespace)?;
         Ok(TradeFrameEncoder {
             routes: streams,
             symbols,
@@ -330,9 +353,9 @@ impl TradeFrameEncoder {
             taker_bought,
             time_scale,
             micros,
-            integer_digits: precision - scale,
+            integer_digits,
             scale,
-            powers: (0..=scale as u32).map(|power| 10u128.pow(power)).collect(),
+            powers,
         })
     }
 
@@ -430,38 +453,31 @@ impl QuoteFrameEncoder {
         tail: Vec<u8>,
         decimals: (usize, usize),
     ) -> PyResult<Self> {
-        let (precision, scale) = decimals;
-        if precision > 38 || scale > precision {
-            return Err(PyValueError::new_err(format!(
-                "decimal({precision},{scale}) is beyond 128-bit integers"
-            )));
-        }
-        let mut streams = HashMap::new();
-        let mut symbols = Vec::new();
-        for (position, (stream, symbol, quote_id_prefix, head, currency)) in
-            routes.into_iter().enumerate()
-        {
-            streams.insert(stream.into_bytes(), position);
-            let key = PyBytes::new(py, &symbol).unbind();
-            symbols.push(QuoteRoute {
-                symbol,
-                key,
-                quote_id_prefix,
-                head,
-                currency,
-            });
-        }
-        let namespace = Uuid::from_slice(&namespace)
-            .map_err(|error| PyValueError::new_err(format!("namespace: {error}")))?;
+        let (integer_digits, scale, powers) = decimal_layout(decimals)?;
+        let (streams, symbols) = stream_routes(
+            routes,
+            |(stream, symbol, quote_id_prefix, head, currency)| {
+                let key = PyBytes::new(py, &symbol).unbind();
+                let route = QuoteRoute {
+                    symbol,
+                    key,
+                    quote_id_prefix,
+                    head,
+                    currency,
+                };
+                (stream, route)
+            },
+        );
+        let namespace = namespace_uuid(&namespace)?;
         Ok(QuoteFrameEncoder {
             routes: streams,
             symbols,
             header,
             namespace,
             tail,
-            integer_digits: precision - scale,
+            integer_digits,
             scale,
-            powers: (0..=scale as u32).map(|power| 10u128.pow(power)).collect(),
+            powers,
         })
     }
 
